@@ -1,0 +1,369 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Thin bindings to the C kernel (csrc/). Checks buffer lengths, converts, calls
+with the GIL released. Shapes and dtypes are validated by the Python layer; the
+length checks here are a second line so that no caller can make the kernel
+write out of bounds."""
+from libc.stdint cimport int64_t
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_GetName
+
+cdef extern from "fusedrnn.h" nogil:
+    ctypedef void (*fr_sgemm_fn)(char*, char*, int*, int*, int*, float*, float*, int*,
+                                 float*, int*, float*, float*, int*)
+    ctypedef void (*fr_dgemm_fn)(char*, char*, int*, int*, int*, double*, double*, int*,
+                                 double*, int*, double*, double*, int*)
+    const char *fr_status_str(int status)
+    void fr_set_blas(fr_sgemm_fn sgemm, fr_dgemm_fn dgemm)
+    int fr_have_blas()
+    int fr_gemm_f32(float *C, const float *A, const float *B, int tA, int tB, int64_t M,
+                    int64_t N, int64_t K, float alpha, float beta, int64_t lda, int64_t ldb,
+                    int64_t ldc)
+    int fr_gemm_f64(double *C, const double *A, const double *B, int tA, int tB, int64_t M,
+                    int64_t N, int64_t K, double alpha, double beta, int64_t lda, int64_t ldb,
+                    int64_t ldc)
+
+    ctypedef struct fr_lstm_config:
+        int64_t T, B, I, H
+        int peepholes
+    int fr_lstm_acts_size(size_t *n, const fr_lstm_config *cfg)
+    int fr_lstm_workspace_size(size_t *n, const fr_lstm_config *cfg, int training)
+    int fr_lstm_backward_workspace_size(size_t *n, const fr_lstm_config *cfg)
+    int fr_lstm_forward_f32(float*, float*, float*, float*, float*, const float*, const float*,
+                            const float*, const float*, const float*, const float*,
+                            const float*, const fr_lstm_config*)
+    int fr_lstm_forward_f64(double*, double*, double*, double*, double*, const double*,
+                            const double*, const double*, const double*, const double*,
+                            const double*, const double*, const fr_lstm_config*)
+    int fr_lstm_backward_f32(float*, float*, float*, float*, float*, float*, float*, float*,
+                             const float*, const float*, const float*, const float*,
+                             const float*, const float*, const float*, const float*,
+                             const float*, const float*, const float*, const fr_lstm_config*)
+    int fr_lstm_backward_f64(double*, double*, double*, double*, double*, double*, double*,
+                             double*, const double*, const double*, const double*,
+                             const double*, const double*, const double*, const double*,
+                             const double*, const double*, const double*, const double*,
+                             const fr_lstm_config*)
+
+    ctypedef struct fr_rnn_config:
+        int64_t T, B, I, H
+        int state_feedback
+    int fr_rnn_acts_size(size_t *n, const fr_rnn_config *cfg)
+    int fr_rnn_workspace_size(size_t *n, const fr_rnn_config *cfg, int training)
+    int fr_rnn_backward_workspace_size(size_t *n, const fr_rnn_config *cfg)
+    int fr_rnn_forward_f32(float*, float*, float*, float*, float*, const float*, const float*,
+                           const float*, const float*, const float*, const float*,
+                           const float*, const fr_rnn_config*)
+    int fr_rnn_forward_f64(double*, double*, double*, double*, double*, const double*,
+                           const double*, const double*, const double*, const double*,
+                           const double*, const double*, const fr_rnn_config*)
+    int fr_rnn_backward_f32(float*, float*, float*, float*, float*, float*, float*, float*,
+                            const float*, const float*, const float*, const float*,
+                            const float*, const float*, const float*, const float*,
+                            const float*, const float*, const float*, const fr_rnn_config*)
+    int fr_rnn_backward_f64(double*, double*, double*, double*, double*, double*, double*,
+                            double*, const double*, const double*, const double*,
+                            const double*, const double*, const double*, const double*,
+                            const double*, const double*, const double*, const double*,
+                            const fr_rnn_config*)
+
+ctypedef fused real:
+    float
+    double
+
+cdef fr_sgemm_fn _scipy_sgemm = NULL
+cdef fr_dgemm_fn _scipy_dgemm = NULL
+
+
+cdef void *_capsule_pointer(object capi, str name) except NULL:
+    cap = capi[name]
+    return PyCapsule_GetPointer(cap, PyCapsule_GetName(cap))
+
+
+def _load_scipy_blas() -> bool:
+    """Fetch sgemm/dgemm from scipy.linalg.cython_blas (no BLAS is linked at build time)."""
+    global _scipy_sgemm, _scipy_dgemm
+    try:
+        from scipy.linalg import cython_blas
+    except ImportError:
+        return False
+    capi = cython_blas.__pyx_capi__
+    _scipy_sgemm = <fr_sgemm_fn>_capsule_pointer(capi, "sgemm")
+    _scipy_dgemm = <fr_dgemm_fn>_capsule_pointer(capi, "dgemm")
+    return True
+
+
+def set_gemm(str backend) -> None:
+    """Select the GEMM provider: "blas" (SciPy's BLAS) or "portable" (the kernel's own loops)."""
+    if backend == "blas":
+        if _scipy_sgemm == NULL and not _load_scipy_blas():
+            raise RuntimeError("SciPy's BLAS is not available; use set_gemm('portable')")
+        fr_set_blas(_scipy_sgemm, _scipy_dgemm)
+    elif backend == "portable":
+        fr_set_blas(NULL, NULL)
+    else:
+        raise ValueError(f"backend must be 'blas' or 'portable', got {backend!r}")
+
+
+def get_gemm() -> str:
+    """The GEMM provider in use: "blas" or "portable"."""
+    return "blas" if fr_have_blas() else "portable"
+
+
+cdef int _raise(int status, str what) except -1:
+    msg = fr_status_str(status).decode()
+    if status == -2:
+        raise ValueError(f"{what}: sizes too large ({msg}); every GEMM dimension, including "
+                         "T*B, must be below 2**31 and every buffer addressable")
+    if status == -1:
+        raise ValueError(f"{what}: {msg}")
+    raise RuntimeError(f"{what}: kernel error {status} ({msg})")
+
+
+cdef inline int _check(int status, str what) except -1:
+    if status != 0:
+        _raise(status, what)
+    return 0
+
+
+cdef inline void _need(Py_ssize_t have, size_t want, str name) except *:
+    if <size_t>have < want:
+        raise ValueError(f"internal: buffer {name} has {have} elements, kernel needs {want}")
+
+
+cdef inline real *_ptr(real[::1] a) noexcept nogil:
+    return NULL if a is None or a.shape[0] == 0 else &a[0]
+
+
+cdef inline const real *_cptr(const real[::1] a) noexcept nogil:
+    return NULL if a is None or a.shape[0] == 0 else &a[0]
+
+
+# ---- GEMM (exposed for tests) ------------------------------------------------
+
+def gemm(real[::1] C, const real[::1] A, const real[::1] Bm, bint tA, bint tB,
+         int64_t M, int64_t N, int64_t K, double alpha=1.0, double beta=0.0):
+    """Row-major C (M, N) = alpha op(A) op(B) + beta C on flat contiguous buffers."""
+    cdef int64_t lda = M if tA else K
+    cdef int64_t ldb = K if tB else N
+    cdef int status
+    _need(C.shape[0], <size_t>(M * N), "C")
+    _need(A.shape[0], <size_t>(M * K), "A")
+    _need(Bm.shape[0], <size_t>(K * N), "B")
+    with nogil:
+        if real is float:
+            status = fr_gemm_f32(&C[0], &A[0], &Bm[0], tA, tB, M, N, K, <float>alpha,
+                                 <float>beta, lda, ldb, N)
+        else:
+            status = fr_gemm_f64(&C[0], &A[0], &Bm[0], tA, tB, M, N, K, alpha, beta, lda,
+                                 ldb, N)
+    _check(status, "gemm")
+
+
+# ---- LSTM ----------------------------------------------------------------------
+
+cdef fr_lstm_config _lstm_cfg(int64_t T, int64_t B, int64_t I, int64_t H, int peepholes):
+    cdef fr_lstm_config cfg
+    cfg.T = T; cfg.B = B; cfg.I = I; cfg.H = H; cfg.peepholes = peepholes
+    return cfg
+
+
+def lstm_sizes(int64_t T, int64_t B, int64_t I, int64_t H, int peepholes):
+    """Element counts (acts, train workspace, inference workspace, backward workspace)."""
+    cdef fr_lstm_config cfg = _lstm_cfg(T, B, I, H, peepholes)
+    cdef size_t acts = 0, wt = 0, wi = 0, wb = 0
+    _check(fr_lstm_acts_size(&acts, &cfg), "LSTM")
+    _check(fr_lstm_workspace_size(&wt, &cfg, 1), "LSTM")
+    _check(fr_lstm_workspace_size(&wi, &cfg, 0), "LSTM")
+    _check(fr_lstm_backward_workspace_size(&wb, &cfg), "LSTM")
+    return acts, wt, wi, wb
+
+
+def lstm_forward(real[::1] v_seq, real[::1] s_T, real[::1] v_T, real[::1] acts,
+                 real[::1] work, const real[::1] x, const real[::1] s0, const real[::1] v0,
+                 const real[::1] W_x, const real[::1] W_v, const real[::1] b,
+                 const real[::1] w_s, int64_t T, int64_t B, int64_t I, int64_t H,
+                 int peepholes):
+    """fr_lstm_forward on flat buffers; acts=None selects inference."""
+    cdef fr_lstm_config cfg = _lstm_cfg(T, B, I, H, peepholes)
+    cdef size_t n_acts = 0, n_work = 0, TBH = <size_t>(T * B * H), BH = <size_t>(B * H)
+    cdef bint training = acts is not None
+    cdef int status
+    _check(fr_lstm_acts_size(&n_acts, &cfg), "LSTM forward")
+    _check(fr_lstm_workspace_size(&n_work, &cfg, training), "LSTM forward")
+    _need(v_seq.shape[0], TBH, "v_seq"); _need(s_T.shape[0], BH, "s_T")
+    _need(v_T.shape[0], BH, "v_T"); _need(x.shape[0], <size_t>(T * B * I), "x")
+    _need(s0.shape[0], BH, "s0"); _need(v0.shape[0], BH, "v0")
+    _need(W_x.shape[0], <size_t>(4 * H * I), "W_x"); _need(W_v.shape[0], <size_t>(4 * H * H), "W_v")
+    _need(b.shape[0], <size_t>(4 * H), "b")
+    if training:
+        _need(acts.shape[0], n_acts, "acts")
+    if work is not None:
+        _need(work.shape[0], n_work, "work")
+    elif n_work:
+        raise ValueError("internal: workspace missing")
+    if peepholes:
+        if w_s is None:
+            raise ValueError("internal: peephole weights missing")
+        _need(w_s.shape[0], <size_t>(3 * H), "w_s")
+    with nogil:
+        if real is float:
+            status = fr_lstm_forward_f32(&v_seq[0], &s_T[0], &v_T[0], _ptr(acts), _ptr(work),
+                                         &x[0], &s0[0], &v0[0], &W_x[0], &W_v[0], &b[0],
+                                         _cptr(w_s), &cfg)
+        else:
+            status = fr_lstm_forward_f64(&v_seq[0], &s_T[0], &v_T[0], _ptr(acts), _ptr(work),
+                                         &x[0], &s0[0], &v0[0], &W_x[0], &W_v[0], &b[0],
+                                         _cptr(w_s), &cfg)
+    _check(status, "LSTM forward")
+
+
+def lstm_backward(real[::1] dx, real[::1] ds0, real[::1] dv0, real[::1] dW_x,
+                  real[::1] dW_v, real[::1] db, real[::1] dw_s, real[::1] work,
+                  const real[::1] dv_seq, const real[::1] ds_T, const real[::1] dv_T,
+                  const real[::1] acts, const real[::1] x, const real[::1] v_seq,
+                  const real[::1] s0, const real[::1] v0, const real[::1] W_x,
+                  const real[::1] W_v, const real[::1] w_s, int64_t T, int64_t B, int64_t I,
+                  int64_t H, int peepholes):
+    """fr_lstm_backward on flat buffers; every gradient output is accumulated (+=)."""
+    cdef fr_lstm_config cfg = _lstm_cfg(T, B, I, H, peepholes)
+    cdef size_t n_acts = 0, n_work = 0, TBH = <size_t>(T * B * H), BH = <size_t>(B * H)
+    cdef int status
+    _check(fr_lstm_acts_size(&n_acts, &cfg), "LSTM backward")
+    _check(fr_lstm_backward_workspace_size(&n_work, &cfg), "LSTM backward")
+    _need(dx.shape[0], <size_t>(T * B * I), "dx"); _need(ds0.shape[0], BH, "ds0")
+    _need(dv0.shape[0], BH, "dv0"); _need(dW_x.shape[0], <size_t>(4 * H * I), "dW_x")
+    _need(dW_v.shape[0], <size_t>(4 * H * H), "dW_v"); _need(db.shape[0], <size_t>(4 * H), "db")
+    _need(work.shape[0], n_work, "work"); _need(acts.shape[0], n_acts, "acts")
+    _need(x.shape[0], <size_t>(T * B * I), "x"); _need(v_seq.shape[0], TBH, "v_seq")
+    _need(s0.shape[0], BH, "s0"); _need(v0.shape[0], BH, "v0")
+    _need(W_x.shape[0], <size_t>(4 * H * I), "W_x"); _need(W_v.shape[0], <size_t>(4 * H * H), "W_v")
+    if dv_seq is not None:
+        _need(dv_seq.shape[0], TBH, "dv_seq")
+    if ds_T is not None:
+        _need(ds_T.shape[0], BH, "ds_T")
+    if dv_T is not None:
+        _need(dv_T.shape[0], BH, "dv_T")
+    if peepholes:
+        if w_s is None or dw_s is None:
+            raise ValueError("internal: peephole weights missing")
+        _need(w_s.shape[0], <size_t>(3 * H), "w_s"); _need(dw_s.shape[0], <size_t>(3 * H), "dw_s")
+    with nogil:
+        if real is float:
+            status = fr_lstm_backward_f32(&dx[0], &ds0[0], &dv0[0], &dW_x[0], &dW_v[0], &db[0],
+                                          _ptr(dw_s), &work[0], _cptr(dv_seq), _cptr(ds_T),
+                                          _cptr(dv_T), &acts[0], &x[0], &v_seq[0], &s0[0],
+                                          &v0[0], &W_x[0], &W_v[0], _cptr(w_s), &cfg)
+        else:
+            status = fr_lstm_backward_f64(&dx[0], &ds0[0], &dv0[0], &dW_x[0], &dW_v[0], &db[0],
+                                          _ptr(dw_s), &work[0], _cptr(dv_seq), _cptr(ds_T),
+                                          _cptr(dv_T), &acts[0], &x[0], &v_seq[0], &s0[0],
+                                          &v0[0], &W_x[0], &W_v[0], _cptr(w_s), &cfg)
+    _check(status, "LSTM backward")
+
+
+# ---- canonical RNN ---------------------------------------------------------------
+
+cdef fr_rnn_config _rnn_cfg(int64_t T, int64_t B, int64_t I, int64_t H, int state_feedback):
+    cdef fr_rnn_config cfg
+    cfg.T = T; cfg.B = B; cfg.I = I; cfg.H = H; cfg.state_feedback = state_feedback
+    return cfg
+
+
+def rnn_sizes(int64_t T, int64_t B, int64_t I, int64_t H, int state_feedback):
+    """Element counts (acts, train workspace, inference workspace, backward workspace)."""
+    cdef fr_rnn_config cfg = _rnn_cfg(T, B, I, H, state_feedback)
+    cdef size_t acts = 0, wt = 0, wi = 0, wb = 0
+    _check(fr_rnn_acts_size(&acts, &cfg), "RNN")
+    _check(fr_rnn_workspace_size(&wt, &cfg, 1), "RNN")
+    _check(fr_rnn_workspace_size(&wi, &cfg, 0), "RNN")
+    _check(fr_rnn_backward_workspace_size(&wb, &cfg), "RNN")
+    return acts, wt, wi, wb
+
+
+def rnn_forward(real[::1] r_seq, real[::1] s_T, real[::1] r_T, real[::1] acts,
+                real[::1] work, const real[::1] x, const real[::1] s0, const real[::1] r0,
+                const real[::1] W_x, const real[::1] W_r, const real[::1] theta_s,
+                const real[::1] W_s, int64_t T, int64_t B, int64_t I, int64_t H,
+                int state_feedback):
+    """fr_rnn_forward on flat buffers; acts=None (or empty) selects inference."""
+    cdef fr_rnn_config cfg = _rnn_cfg(T, B, I, H, state_feedback)
+    cdef size_t n_acts = 0, n_work = 0, TBH = <size_t>(T * B * H), BH = <size_t>(B * H)
+    cdef bint training = acts is not None
+    cdef int status
+    _check(fr_rnn_acts_size(&n_acts, &cfg), "RNN forward")
+    _check(fr_rnn_workspace_size(&n_work, &cfg, training), "RNN forward")
+    _need(r_seq.shape[0], TBH, "r_seq"); _need(s_T.shape[0], BH, "s_T")
+    _need(r_T.shape[0], BH, "r_T"); _need(x.shape[0], <size_t>(T * B * I), "x")
+    _need(s0.shape[0], BH, "s0"); _need(r0.shape[0], BH, "r0")
+    _need(W_x.shape[0], <size_t>(H * I), "W_x"); _need(W_r.shape[0], <size_t>(H * H), "W_r")
+    _need(theta_s.shape[0], <size_t>H, "theta_s")
+    if training:
+        _need(acts.shape[0], n_acts, "acts")
+    if work is not None:
+        _need(work.shape[0], n_work, "work")
+    elif n_work:
+        raise ValueError("internal: workspace missing")
+    if state_feedback:
+        if W_s is None:
+            raise ValueError("internal: W_s missing")
+        _need(W_s.shape[0], <size_t>(H * H), "W_s")
+    with nogil:
+        if real is float:
+            status = fr_rnn_forward_f32(&r_seq[0], &s_T[0], &r_T[0], _ptr(acts), _ptr(work),
+                                        &x[0], &s0[0], &r0[0], &W_x[0], &W_r[0], &theta_s[0],
+                                        _cptr(W_s), &cfg)
+        else:
+            status = fr_rnn_forward_f64(&r_seq[0], &s_T[0], &r_T[0], _ptr(acts), _ptr(work),
+                                        &x[0], &s0[0], &r0[0], &W_x[0], &W_r[0], &theta_s[0],
+                                        _cptr(W_s), &cfg)
+    _check(status, "RNN forward")
+
+
+def rnn_backward(real[::1] dx, real[::1] ds0, real[::1] dr0, real[::1] dW_x,
+                 real[::1] dW_r, real[::1] dtheta_s, real[::1] dW_s, real[::1] work,
+                 const real[::1] dr_seq, const real[::1] ds_T, const real[::1] dr_T,
+                 const real[::1] acts, const real[::1] x, const real[::1] r_seq,
+                 const real[::1] s0, const real[::1] r0, const real[::1] W_x,
+                 const real[::1] W_r, const real[::1] W_s, int64_t T, int64_t B, int64_t I,
+                 int64_t H, int state_feedback):
+    """fr_rnn_backward on flat buffers; every gradient output is accumulated (+=)."""
+    cdef fr_rnn_config cfg = _rnn_cfg(T, B, I, H, state_feedback)
+    cdef size_t n_acts = 0, n_work = 0, TBH = <size_t>(T * B * H), BH = <size_t>(B * H)
+    cdef int status
+    _check(fr_rnn_acts_size(&n_acts, &cfg), "RNN backward")
+    _check(fr_rnn_backward_workspace_size(&n_work, &cfg), "RNN backward")
+    _need(dx.shape[0], <size_t>(T * B * I), "dx"); _need(ds0.shape[0], BH, "ds0")
+    _need(dr0.shape[0], BH, "dr0"); _need(dW_x.shape[0], <size_t>(H * I), "dW_x")
+    _need(dW_r.shape[0], <size_t>(H * H), "dW_r"); _need(dtheta_s.shape[0], <size_t>H, "dtheta_s")
+    _need(work.shape[0], n_work, "work"); _need(x.shape[0], <size_t>(T * B * I), "x")
+    _need(r_seq.shape[0], TBH, "r_seq"); _need(s0.shape[0], BH, "s0"); _need(r0.shape[0], BH, "r0")
+    _need(W_x.shape[0], <size_t>(H * I), "W_x"); _need(W_r.shape[0], <size_t>(H * H), "W_r")
+    if dr_seq is not None:
+        _need(dr_seq.shape[0], TBH, "dr_seq")
+    if ds_T is not None:
+        _need(ds_T.shape[0], BH, "ds_T")
+    if dr_T is not None:
+        _need(dr_T.shape[0], BH, "dr_T")
+    if state_feedback:
+        if W_s is None or dW_s is None or acts is None:
+            raise ValueError("internal: state-feedback buffers missing")
+        _need(W_s.shape[0], <size_t>(H * H), "W_s"); _need(dW_s.shape[0], <size_t>(H * H), "dW_s")
+        _need(acts.shape[0], n_acts, "acts")
+    with nogil:
+        if real is float:
+            status = fr_rnn_backward_f32(&dx[0], &ds0[0], &dr0[0], &dW_x[0], &dW_r[0],
+                                         &dtheta_s[0], _ptr(dW_s), &work[0], _cptr(dr_seq),
+                                         _cptr(ds_T), _cptr(dr_T), _cptr(acts), &x[0],
+                                         &r_seq[0], &s0[0], &r0[0], &W_x[0], &W_r[0],
+                                         _cptr(W_s), &cfg)
+        else:
+            status = fr_rnn_backward_f64(&dx[0], &ds0[0], &dr0[0], &dW_x[0], &dW_r[0],
+                                         &dtheta_s[0], _ptr(dW_s), &work[0], _cptr(dr_seq),
+                                         _cptr(ds_T), _cptr(dr_T), _cptr(acts), &x[0],
+                                         &r_seq[0], &s0[0], &r0[0], &W_x[0], &W_r[0],
+                                         _cptr(W_s), &cfg)
+    _check(status, "RNN backward")
+
+
+# SciPy's BLAS by default; the portable GEMM when SciPy is missing.
+if _load_scipy_blas():
+    fr_set_blas(_scipy_sgemm, _scipy_dgemm)

@@ -1,0 +1,95 @@
+"""Argument checks and conversions shared by the layers.
+
+Every error names the argument and the expected shape or dtype."""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_dtype(dtype: Any) -> np.dtype:
+    """The layer dtype: float32 or float64, else TypeError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dt not in SUPPORTED_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def positive_int(value: Any, name: str) -> int:
+    """A Python int >= 1 (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def as_real_array(a: Any, name: str, dtype: np.dtype) -> np.ndarray:
+    """Convert array-likes of bool, integer or floating values to `dtype`.
+
+    The cast to the layer dtype is documented behaviour; complex, object and
+    string data raise TypeError rather than being silently coerced."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers (it is cast to {dtype}), got dtype {arr.dtype}")
+    return arr.astype(dtype, copy=False)
+
+
+def sequence(a: Any, name: str, dtype: np.dtype, features: int, batch_first: bool,
+             batch: Optional[int] = None, steps: Optional[int] = None) -> np.ndarray:
+    """A (T, B, features) time-major C-contiguous array from (T, B, F) or, with
+    batch_first, (B, T, F) input."""
+    arr = as_real_array(a, name, dtype)
+    layout = "(B, T, {f})" if batch_first else "(T, B, {f})"
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must have shape {layout.format(f=features)}, got shape {arr.shape}")
+    if batch_first:
+        arr = arr.transpose(1, 0, 2)
+    T, B, F = arr.shape
+    if F != features:
+        raise ValueError(f"{name} must have shape {layout.format(f=features)} with feature size "
+                         f"{features}, got shape {np.asarray(a).shape}")
+    if T < 1 or B < 1:
+        raise ValueError(f"{name} must have at least one time step and one batch row, got shape "
+                         f"{np.asarray(a).shape} (T = 0 and B = 0 are refused)")
+    if steps is not None and T != steps:
+        raise ValueError(f"{name} must have {steps} time steps like the forward input, got {T}")
+    if batch is not None and B != batch:
+        raise ValueError(f"{name} must have batch size {batch} like the forward input, got {B}")
+    return np.ascontiguousarray(arr)
+
+
+def state_part(a: Any, name: str, dtype: np.dtype, shape: Tuple[int, int, int]) -> np.ndarray:
+    """One state tensor (layers * directions, B, H), returned C-contiguous."""
+    arr = as_real_array(a, name, dtype)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} (layers * directions, B, H), got {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def parameter(params: dict, key: str, dtype: np.dtype, shape: Tuple[int, ...]) -> np.ndarray:
+    """A parameter as the kernel will read it: checked and C-contiguous (a view
+    when it already is, so in-place updates are always seen)."""
+    if key not in params:
+        raise KeyError(f"params is missing {key!r}")
+    arr = params[key]
+    if not isinstance(arr, np.ndarray) or arr.dtype != dtype:
+        raise TypeError(f"params[{key!r}] must be a numpy array of dtype {dtype}, got "
+                        f"{getattr(arr, 'dtype', type(arr).__name__)}")
+    if arr.shape != shape:
+        raise ValueError(f"params[{key!r}] must have shape {shape}, got {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def private_copy(arr: np.ndarray, source: Any) -> np.ndarray:
+    """`arr`, copied when it may share memory with the caller's `source`, so
+    that the backward reads what the forward saw."""
+    if isinstance(source, np.ndarray) and np.may_share_memory(arr, source):
+        return arr.copy()
+    return arr
