@@ -9,6 +9,16 @@
 #include <string.h>
 
 #include "fusedrnn.h"
+#include "vmath.h"
+
+/* The element-wise passes are compiled for AVX-512, AVX2 and baseline x86-64
+ * and picked at load time (ifunc), so a default build runs on any x86-64. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(FR_NO_TARGET_CLONES)
+#define FR_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FR_TARGET_CLONES
+#endif
 
 #define FR_CAT_(a, b) a##b
 #define FR_CAT(a, b) FR_CAT_(a, b)

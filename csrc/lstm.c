@@ -43,13 +43,16 @@ int fr_lstm_workspace_size(size_t *n_elems, const fr_lstm_config *cfg, int train
     return FR_OK;
 }
 
-/* dA (T, B, 4H) all steps' alpha_* + f_chi (B, H) + f_psi (B, H). */
+/* dA (T, B, 4H) all steps' alpha_* + f_chi, f_psi (B, H) + r row (H) +
+ * zeros (max(B, 3), H) + peephole-gradient sink (3, H). */
 int fr_lstm_backward_workspace_size(size_t *n_elems, const fr_lstm_config *cfg) {
     FR_CHECK(lstm_check_config(cfg));
-    size_t dA, carry, n;
-    FR_CHECK(fr_mul3(&dA, (size_t)cfg->T, (size_t)cfg->B, 4 * (size_t)cfg->H));
-    FR_CHECK(fr_mul3(&carry, 2, (size_t)cfg->B, (size_t)cfg->H));
-    FR_CHECK(fr_add(&n, dA, carry));
+    size_t dA, rows, rest, n;
+    size_t B = (size_t)cfg->B;
+    FR_CHECK(fr_mul3(&dA, (size_t)cfg->T, B, 4 * (size_t)cfg->H));
+    rows = 2 * B + 1 + (B > 3 ? B : 3) + 3; /* B < INT_MAX by the config check */
+    FR_CHECK(fr_mul(&rest, rows, (size_t)cfg->H));
+    FR_CHECK(fr_add(&n, dA, rest));
     if (n > FR_MAX_ELEMS) return FR_EOVERFLOW;
     *n_elems = n;
     return FR_OK;
@@ -57,20 +60,16 @@ int fr_lstm_backward_workspace_size(size_t *n_elems, const fr_lstm_config *cfg) 
 
 #define real float
 #define SUFFIX _f32
-#define EXP expf
-#define TANH tanhf
+#define EXP fr_exp_f32
 #include "lstm_body.h"
 #undef real
 #undef SUFFIX
 #undef EXP
-#undef TANH
 
 #define real double
 #define SUFFIX _f64
-#define EXP exp
-#define TANH tanh
+#define EXP fr_exp_f64
 #include "lstm_body.h"
 #undef real
 #undef SUFFIX
 #undef EXP
-#undef TANH

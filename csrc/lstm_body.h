@@ -1,48 +1,42 @@
-/* Type-generic LSTM body, included by lstm.c with `real`, SUFFIX, EXP, TANH.
+/* Type-generic LSTM body, included by lstm.c with `real`, SUFFIX, EXP.
  * Equation names refer to shared/spec/equations.md §2. */
 #define FN(name) FR_CAT(name, SUFFIX)
 
-static inline real FN(lstm_sigmoid)(real a) { return (real)1 / ((real)1 + EXP(-a)); }
+#include "warp_body.h"
 
 /* One step's fused element-wise pass. On entry g (B, 4H) holds the x- and
- * v-side products of the accumulations a_*[n] without bias; on exit (when
- * store_gates) it holds the warped gates (g_cu, g_cs, u, g_cr). */
+ * v-side products of the accumulations a_*[n] without bias; on exit it holds
+ * the warped gates (g_cu, g_cs, u, g_cr), which training keeps for backward. */
+FR_TARGET_CLONES
 static void FN(lstm_cell_forward)(real *g,            /* (B, 4H) */
                                   real *s,            /* (B, H) s[n] out */
                                   real *v,            /* (B, H) v[n] out */
                                   const real *s_prev, /* (B, H) s[n-1] */
                                   const real *b,      /* (4H) */
                                   const real *w_s,    /* (3, H) or NULL */
-                                  int64_t B, int64_t H, int store_gates) {
+                                  int64_t B, int64_t H) {
     const int64_t G = 4 * H;
     for (int64_t bi = 0; bi < B; bi++) {
-        real *gr = g + bi * G;
-        const real *sp = s_prev + bi * H;
-        real *sr = s + bi * H, *vr = v + bi * H;
-        for (int64_t j = 0; j < H; j++) {
-            real a_cu = gr[j] + b[j];
-            real a_cs = gr[H + j] + b[H + j];
-            real a_du = gr[2 * H + j] + b[2 * H + j];
-            real a_cr = gr[3 * H + j] + b[3 * H + j];
-            if (w_s) { /* peepholes see s[n-1] for cu and cs */
-                a_cu += w_s[j] * sp[j];
-                a_cs += w_s[H + j] * sp[j];
-            }
-            real g_cu = FN(lstm_sigmoid)(a_cu);
-            real g_cs = FN(lstm_sigmoid)(a_cs);
-            real u = TANH(a_du);
-            real s_n = g_cs * sp[j] + g_cu * u; /* s[n] = g_cs s[n-1] + g_cu u */
-            if (w_s) a_cr += w_s[2 * H + j] * s_n; /* readout peephole sees s[n] */
-            real g_cr = FN(lstm_sigmoid)(a_cr);
-            sr[j] = s_n;
-            vr[j] = g_cr * TANH(s_n); /* v[n] = g_cr r[n], r[n] = G_d(s[n]) */
-            if (store_gates) {
-                gr[j] = g_cu;
-                gr[H + j] = g_cs;
-                gr[2 * H + j] = u;
-                gr[3 * H + j] = g_cr;
+        real *restrict a_cu = g + bi * G, *restrict a_cs = a_cu + H;
+        real *restrict a_du = a_cu + 2 * H, *restrict a_cr = a_cu + 3 * H;
+        const real *restrict sp = s_prev + bi * H;
+        real *restrict sr = s + bi * H, *restrict vr = v + bi * H;
+        for (int64_t j = 0; j < G; j++) a_cu[j] += b[j]; /* + b_* for all four */
+        if (w_s) { /* peepholes: a_cu, a_cs see s[n-1] */
+            for (int64_t j = 0; j < H; j++) {
+                a_cu[j] += w_s[j] * sp[j];
+                a_cs[j] += w_s[H + j] * sp[j];
             }
         }
+        FN(vsigmoid)(a_cu, a_cu, 2 * H);  /* g_cu, g_cs = G_c(a_cu), G_c(a_cs) */
+        FN(vtanh)(a_du, a_du, H);         /* u = G_d(a_du) */
+        for (int64_t j = 0; j < H; j++)   /* s[n] = g_cs s[n-1] + g_cu u */
+            sr[j] = a_cs[j] * sp[j] + a_cu[j] * a_du[j];
+        if (w_s) /* the readout peephole sees the new state s[n] */
+            for (int64_t j = 0; j < H; j++) a_cr[j] += w_s[2 * H + j] * sr[j];
+        FN(vsigmoid)(a_cr, a_cr, H);      /* g_cr = G_c(a_cr) */
+        FN(vtanh)(vr, sr, H);             /* r[n] = G_d(s[n]) */
+        for (int64_t j = 0; j < H; j++) vr[j] *= a_cr[j]; /* v[n] = g_cr r[n] */
     }
 }
 
@@ -78,7 +72,7 @@ int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
             real *s_n = training ? s_all + (size_t)n * BH : s_ring + (size_t)(n & 1) * BH;
             /* recurrent accumulations: + W_v* v[n-1] */
             FR_CHECK(FN(fr_gemm)(g, v_prev, W_v, 0, 1, B, G, H, 1, 1, H, H, G));
-            FN(lstm_cell_forward)(g, s_n, v_seq + (size_t)n * BH, s_prev, b, peep, B, H, training);
+            FN(lstm_cell_forward)(g, s_n, v_seq + (size_t)n * BH, s_prev, b, peep, B, H);
         }
     }
     const real *s_last = training ? s_all + (size_t)(T - 1) * BH : s_ring + (size_t)((T - 1) & 1) * BH;
@@ -87,49 +81,40 @@ int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
     return FR_OK;
 }
 
-/* One step's fused backward element-wise pass (§2, backward). Reads the stored
- * gates of step n and the carries f_chi[n+1] (as W_v^T alpha[n+1]) and
- * f_psi[n+1]; writes alpha_*[n] into dA and f_psi[n] in place. */
-static void FN(lstm_cell_backward)(real *dA,          /* (B, 4H) alpha_*[n] out */
-                                   real *f_psi,       /* (B, H) in: f_psi[n+1], out: f_psi[n] */
-                                   real *dw_s,        /* (3, H) += peephole grads, or NULL */
-                                   const real *f_chi, /* (B, H) f_chi[n+1] */
-                                   const real *dv,    /* (B, H) dE/dv[n] from above, or NULL */
-                                   const real *g,     /* (B, 4H) warped gates of step n */
-                                   const real *s,     /* (B, H) s[n] */
-                                   const real *s_prev,/* (B, H) s[n-1] */
-                                   const real *w_s,   /* (3, H) or NULL */
-                                   int64_t B, int64_t H) {
-    const int64_t G = 4 * H;
-    for (int64_t bi = 0; bi < B; bi++) {
-        const real *gr = g + bi * G;
-        const real *sr = s + bi * H, *sp = s_prev + bi * H, *fc = f_chi + bi * H;
-        const real *dvr = dv ? dv + bi * H : NULL;
-        real *ar = dA + bi * G, *fp = f_psi + bi * H;
-        for (int64_t j = 0; j < H; j++) {
-            const real g_cu = gr[j], g_cs = gr[H + j], u = gr[2 * H + j], g_cr = gr[3 * H + j];
-            const real chi = (dvr ? dvr[j] : 0) + fc[j]; /* chi = dy/dv + f_chi[n+1] */
-            const real r = TANH(sr[j]);
-            const real rho = chi * g_cr;                           /* dE/dr[n] */
-            const real alpha_cr = chi * r * g_cr * (1 - g_cr);
-            real psi = rho * (1 - r * r) + fp[j];                  /* dE/ds[n] */
-            if (w_s) psi += w_s[2 * H + j] * alpha_cr;
-            const real alpha_cs = psi * sp[j] * g_cs * (1 - g_cs);
-            const real alpha_cu = psi * u * g_cu * (1 - g_cu);
-            const real alpha_du = psi * g_cu * (1 - u * u);
-            real f = g_cs * psi;                                   /* f_psi[n] */
-            if (w_s) {
-                f += w_s[j] * alpha_cu + w_s[H + j] * alpha_cs;
-                dw_s[j] += alpha_cu * sp[j];          /* dE/dw_scu = sum alpha_cu s[n-1] */
-                dw_s[H + j] += alpha_cs * sp[j];      /* dE/dw_scs = sum alpha_cs s[n-1] */
-                dw_s[2 * H + j] += alpha_cr * sr[j];  /* dE/dw_scr = sum alpha_cr s[n] */
-            }
-            fp[j] = f;
-            ar[j] = alpha_cu;
-            ar[H + j] = alpha_cs;
-            ar[2 * H + j] = alpha_du;
-            ar[3 * H + j] = alpha_cr;
-        }
+/* One batch row of the fused backward element-wise pass (§2, backward). Reads
+ * the stored gates of step n and the carries f_chi[n+1] (= W_v^T alpha[n+1])
+ * and f_psi[n+1]; writes alpha_*[n] and f_psi[n] (in place). */
+FR_TARGET_CLONES
+static void FN(lstm_row_backward)(real *restrict ar,       /* (4H) alpha_cu|cs|du|cr out */
+                                  real *restrict fp,       /* (H) f_psi[n+1] in, f_psi[n] out */
+                                  real *restrict dw_s,     /* (3, H) += peephole grads */
+                                  real *restrict r,        /* (H) scratch: r[n] */
+                                  const real *restrict fc, /* (H) f_chi[n+1] */
+                                  const real *restrict dv, /* (H) dE/dv[n] from above */
+                                  const real *restrict gr, /* (4H) g_cu|g_cs|u|g_cr */
+                                  const real *restrict sr, /* (H) s[n] */
+                                  const real *restrict sp, /* (H) s[n-1] */
+                                  const real *restrict w_s,/* (3, H), zeros without peepholes */
+                                  int64_t H) {
+    FN(vtanh)(r, sr, H); /* r[n] = G_d(s[n]), recomputed rather than stored */
+    for (int64_t j = 0; j < H; j++) {
+        const real g_cu = gr[j], g_cs = gr[H + j], u = gr[2 * H + j], g_cr = gr[3 * H + j];
+        const real chi = dv[j] + fc[j];                        /* chi = dy/dv + f_chi[n+1] */
+        const real rho = chi * g_cr;                           /* dE/dr[n] */
+        const real alpha_cr = chi * r[j] * g_cr * (1 - g_cr);
+        const real psi = rho * (1 - r[j] * r[j]) + w_s[2 * H + j] * alpha_cr + fp[j]; /* dE/ds[n] */
+        const real alpha_cs = psi * sp[j] * g_cs * (1 - g_cs);
+        const real alpha_cu = psi * u * g_cu * (1 - g_cu);
+        const real alpha_du = psi * g_cu * (1 - u * u);
+        /* f_psi[n] = W_scu^T alpha_cu + W_scs^T alpha_cs + g_cs psi */
+        fp[j] = g_cs * psi + w_s[j] * alpha_cu + w_s[H + j] * alpha_cs;
+        dw_s[j] += alpha_cu * sp[j];          /* dE/dw_scu = sum alpha_cu s[n-1] */
+        dw_s[H + j] += alpha_cs * sp[j];      /* dE/dw_scs = sum alpha_cs s[n-1] */
+        dw_s[2 * H + j] += alpha_cr * sr[j];  /* dE/dw_scr = sum alpha_cr s[n] */
+        ar[j] = alpha_cu;
+        ar[H + j] = alpha_cs;
+        ar[2 * H + j] = alpha_du;
+        ar[3 * H + j] = alpha_cr;
     }
 }
 
@@ -146,6 +131,12 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
     real *dA = work;                              /* (T, B, 4H) alpha_* of every step */
     real *f_chi = work + (size_t)T * BG;          /* (B, H) */
     real *f_psi = f_chi + BH;                     /* (B, H) */
+    real *r_row = f_psi + BH;                     /* (H) */
+    /* Without dy or peepholes the loop reads zeros instead of branching. */
+    const size_t n_zeros = (size_t)(B > 3 ? B : 3) * H;
+    real *zeros = r_row + H;                      /* (max(B, 3), H) */
+    real *dw_s_sink = zeros + n_zeros;            /* (3, H) peephole grads when off */
+    memset(zeros, 0, n_zeros * sizeof(real));
 
     /* f_chi[T] = dE/dv[T-1] from a later window, f_psi[T] = dE/ds[T-1]. */
     if (dv_T) memcpy(f_chi, dv_T, BH * sizeof(real)); else memset(f_chi, 0, BH * sizeof(real));
@@ -154,10 +145,12 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
     for (int64_t n = T - 1; n >= 0; n--) {
         real *dA_n = dA + (size_t)n * BG; /* (B, 4H) */
         const real *s_prev = n == 0 ? s0 : s_all + (size_t)(n - 1) * BH;
-        FN(lstm_cell_backward)(dA_n, f_psi, peep ? dw_s : NULL, f_chi,
-                               dv_seq ? dv_seq + (size_t)n * BH : NULL,
-                               gates_all + (size_t)n * BG, s_all + (size_t)n * BH, s_prev,
-                               peep, B, H);
+        const real *dv_n = dv_seq ? dv_seq + (size_t)n * BH : zeros;
+        const real *g_n = gates_all + (size_t)n * BG, *s_n = s_all + (size_t)n * BH;
+        for (int64_t bi = 0; bi < B; bi++)
+            FN(lstm_row_backward)(dA_n + bi * G, f_psi + bi * H, peep ? dw_s : dw_s_sink, r_row,
+                                  f_chi + bi * H, dv_n + bi * H, g_n + bi * G, s_n + bi * H,
+                                  s_prev + bi * H, peep ? peep : zeros, H);
         /* f_chi[n] = sum_* W_v*^T alpha_*[n]: (B, 4H) x (4H, H) */
         FR_CHECK(FN(fr_gemm)(f_chi, dA_n, W_v, 0, 0, B, H, G, 1, 0, G, H, H));
     }

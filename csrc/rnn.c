@@ -57,16 +57,16 @@ int fr_rnn_backward_workspace_size(size_t *n_elems, const fr_rnn_config *cfg) {
 
 #define real float
 #define SUFFIX _f32
-#define TANH tanhf
+#define EXP fr_exp_f32
 #include "rnn_body.h"
 #undef real
 #undef SUFFIX
-#undef TANH
+#undef EXP
 
 #define real double
 #define SUFFIX _f64
-#define TANH tanh
+#define EXP fr_exp_f64
 #include "rnn_body.h"
 #undef real
 #undef SUFFIX
-#undef TANH
+#undef EXP

@@ -1,6 +1,31 @@
-/* Type-generic canonical RNN body, included by rnn.c with `real`, SUFFIX, TANH.
+/* Type-generic canonical RNN body, included by rnn.c with `real`, SUFFIX, EXP.
  * Equation names refer to shared/spec/equations.md §1. */
 #define FN(name) FR_CAT(name, SUFFIX)
+
+#include "warp_body.h"
+
+/* s[n] = accumulations + theta_s, r[n] = G(s[n]) for one step. */
+FR_TARGET_CLONES
+static void FN(rnn_cell_forward)(real *s, real *r, const real *a, const real *theta_s,
+                                 int64_t B, int64_t H) {
+    for (int64_t bi = 0; bi < B; bi++) {
+        real *restrict sr = s + bi * H, *restrict rr = r + bi * H;
+        const real *ar = a + bi * H;
+        for (int64_t j = 0; j < H; j++) sr[j] = ar[j] + theta_s[j]; /* (s and a may alias) */
+        FN(vtanh)(rr, sr, H);
+    }
+}
+
+/* psi[n] = G'(s[n]) chi[n] + W_s^T psi[n+1], chi[n] = dy/dr[n] + W_r^T psi[n+1]. */
+FR_TARGET_CLONES
+static void FN(rnn_cell_backward)(real *psi, const real *f_psi, const real *f_chi,
+                                  const real *dr, const real *r, size_t BH) {
+    const real zero = 0;
+    for (size_t i = 0; i < BH; i++) {
+        real chi = (dr ? dr[i] : zero) + f_chi[i];
+        psi[i] = (1 - r[i] * r[i]) * chi + f_psi[i];
+    }
+}
 
 int FN(fr_rnn_forward)(FR_RNN_FORWARD_ARGS(real)) {
     FR_CHECK(rnn_check_config(cfg));
@@ -33,14 +58,7 @@ int FN(fr_rnn_forward)(FR_RNN_FORWARD_ARGS(real)) {
             if (cfg->state_feedback)
                 FR_CHECK(FN(fr_gemm)(a, s_prev, W_s, 0, 1, B, H, H, 1, 1, H, H, H));
             real *s_n = store ? a : s_ring + (size_t)(n & 1) * BH;
-            real *r_n = r_seq + (size_t)n * BH;
-            for (int64_t bi = 0; bi < B; bi++) {
-                for (int64_t j = 0; j < H; j++) {
-                    real s = a[bi * H + j] + theta_s[j]; /* s[n] (+ theta_s) */
-                    s_n[bi * H + j] = s;
-                    r_n[bi * H + j] = TANH(s);           /* r[n] = G(s[n]) */
-                }
-            }
+            FN(rnn_cell_forward)(s_n, r_seq + (size_t)n * BH, a, theta_s, B, H);
         }
     }
     const real *s_last = store ? s_all + (size_t)(T - 1) * BH : s_ring + (size_t)((T - 1) & 1) * BH;
@@ -68,10 +86,7 @@ int FN(fr_rnn_backward)(FR_RNN_BACKWARD_ARGS(real)) {
         real *psi = psi_all + (size_t)n * BH; /* (B, H) */
         const real *r = r_seq + (size_t)n * BH;
         const real *dr = dr_seq ? dr_seq + (size_t)n * BH : NULL;
-        for (size_t i = 0; i < BH; i++) {
-            real chi = (dr ? dr[i] : 0) + f_chi[i];        /* chi[n] = dy/dr + W_r^T psi[n+1] */
-            psi[i] = (1 - r[i] * r[i]) * chi + f_psi[i];   /* psi[n] = G'(s) chi + W_s^T psi[n+1] */
-        }
+        FN(rnn_cell_backward)(psi, f_psi, f_chi, dr, r, BH);
         FR_CHECK(FN(fr_gemm)(f_chi, psi, W_r, 0, 0, B, H, H, 1, 0, H, H, H));
         if (cfg->state_feedback)
             FR_CHECK(FN(fr_gemm)(f_psi, psi, W_s, 0, 0, B, H, H, 1, 0, H, H, H));
