@@ -3,6 +3,7 @@ state handling, input conversion, and the forward/backward bookkeeping around
 the C kernel calls (the math lives in csrc/ and, for reading, in reference.py)."""
 from __future__ import annotations
 
+import threading
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -28,7 +29,13 @@ class Tape(NamedTuple):
 
 class RecurrentLayer:
     """Base of `LSTM` and `RNN`. Subclasses define `State`, `_param_shapes`,
-    `_kernel_forward` and `_kernel_backward`."""
+    `_kernel_forward` and `_kernel_backward`.
+
+    Threads: one layer may be shared by several threads. The activations of a
+    training forward are kept per thread, so `backward` pairs with the same
+    thread's last training forward, and the accumulation into `grads` is
+    serialised by a per-layer lock. Calls on different layers run in parallel
+    (the kernel releases the GIL)."""
 
     State: Any  # a NamedTuple type with two fields: s and the output (v or r)
 
@@ -48,7 +55,29 @@ class RecurrentLayer:
         self.grads: Dict[str, np.ndarray] = {
             name: np.zeros_like(p) for name, p in self.params.items()
         }
-        self._tape: Optional[Tape] = None
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._local = threading.local()  # .tape: this thread's last training forward
+        self._grad_lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        # copies and pickles carry configuration and parameters, not activations
+        state = self.__dict__.copy()
+        del state["_local"], state["_grad_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    @property
+    def _tape(self) -> Optional[Tape]:
+        return getattr(self._local, "tape", None)
+
+    @_tape.setter
+    def _tape(self, tape: Optional[Tape]) -> None:
+        self._local.tape = tape
 
     # -- to be provided by subclasses ---------------------------------------------
     def _param_shapes(self) -> Dict[str, Tuple[int, ...]]:
@@ -110,7 +139,8 @@ class RecurrentLayer:
         dy: dE/dy with the shape of y (None: zero). dstate: a State of (1, B, H)
         gradients with respect to the final state, entries may be None.
         Accumulates (+=) into `grads`; returns dx (shaped like x) and the State of
-        gradients with respect to the initial state."""
+        gradients with respect to the initial state. Pairs with this thread's
+        last training forward; may be called more than once (it accumulates)."""
         tape = self._tape
         if tape is None:
             raise ValueError("backward() needs a preceding forward(x, training=True); the last "
@@ -126,11 +156,12 @@ class RecurrentLayer:
                 raise ValueError(f"dstate must be a {type(self).__name__} state ({names[0]}, {names[1]})")
             ds_T, do_T = (None if d is None else V.state_part(d, f"dstate.{n}", self.dtype, (1, B, H))
                           for n, d in zip(names, dstate))
-        grads = self._checked_grads()
         dx = np.zeros((T, B, self.input_size), self.dtype)
         ds0 = np.zeros((1, B, H), self.dtype)
         do0 = np.zeros((1, B, H), self.dtype)
-        self._kernel_backward(dx, ds0, do0, dyt, ds_T, do_T, tape, grads, T, B)
+        with self._grad_lock:  # += into the shared grads
+            grads = self._checked_grads()
+            self._kernel_backward(dx, ds0, do0, dyt, ds_T, do_T, tape, grads, T, B)
         return self._out(dx), self.State(ds0, do0)
 
     # -- helpers --------------------------------------------------------------------
