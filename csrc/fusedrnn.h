@@ -50,22 +50,41 @@ int fr_gemm_f64(double *C, const double *A, const double *B, int transA, int tra
                 int64_t M, int64_t N, int64_t K, double alpha, double beta,
                 int64_t lda, int64_t ldb, int64_t ldc);
 
-/* ---- Vanilla LSTM (§2) -----------------------------------------------------
- * Fused gate order (cu, cs, du, cr) = PyTorch (i, f, g, o).
- *   W_x (4H, I) = [W_xcu; W_xcs; W_xdu; W_xcr]
- *   W_v (4H, H) = [W_vcu; W_vcs; W_vdu; W_vcr]
- *   b   (4H)    = [b_cu; b_cs; b_du; b_cr]
- *   w_s (3, H)  = [w_scu; w_scs; w_scr]  diagonal peepholes, NULL when off */
+/* ---- LSTM: Vanilla (§2) and augmented (§3) --------------------------------
+ * One layer, one direction. Fused gate order (cu, cs, du, cr) = PyTorch (i, f, g, o).
+ * R = P with the projection, else H: the width of the output and of the
+ * recurrent feedback (v[n], or q[n] = W_qv v[n]).
+ *   W_x  (4H, I) = [W_xcu; W_xcs; W_xdu; W_xcr]   (I is K*d_x for a context window,
+ *                                                   the caller unfolds the input)
+ *   W_v  (4H, R) = [W_vcu; W_vcs; W_vdu; W_vcr]   (W_q* with projection)
+ *   b    (4H)    = [b_cu; b_cs; b_du; b_cr]
+ *   W_s  diagonal: (3, H) = [w_scu; w_scs; w_scr]; full: (3, H, H); NULL: none
+ *   W_qv (P, H) projection, or NULL
+ * Variable lengths: row b is active at steps n < lengths[b]. An inactive step
+ * holds the row's state (s[n] = s[prev], y[n] = y[prev]) so that y doubles as
+ * the recurrent carry; callers zero the padded outputs they show. The final
+ * state is the one after the last visited step (n = T-1, or 0 in reverse),
+ * which the hold makes the state at each row's own last valid step. */
+enum { FR_PEEP_NONE = 0, FR_PEEP_DIAGONAL = 1, FR_PEEP_FULL = 2 };
+
 typedef struct {
     int64_t T;  /* time steps */
     int64_t B;  /* batch rows */
-    int64_t I;  /* input size d_x */
+    int64_t I;  /* input width d_x (times the context window size) */
     int64_t H;  /* state size d_s */
-    int peepholes; /* 0: none, 1: diagonal */
+    int64_t P;  /* projection size d_q, 0 for none (then R = H) */
+    int peepholes;            /* FR_PEEP_* */
+    int coupled_gates;        /* g_cs = 1 - g_cu (§3c, ONNX input_forget) */
+    int reverse;              /* visit the steps T-1 .. 0 */
+    double cell_clip;         /* > 0: s[n] clipped to [-c, c] (§3c); 0: off */
+    double accumulation_clip; /* > 0: every a_* clipped to [-c, c] (§3c); 0: off */
+    const int64_t *lengths;   /* (B) valid steps of each row in [0, T], or NULL: all T */
 } fr_lstm_config;
 
 /* Elements of the activation store a training forward fills and the backward
- * reads: gates (T, B, 4H) after warping, then states s (T, B, H). */
+ * reads: gates (T, B, 4H) (warped; the accumulations a_* when
+ * accumulation_clip is on), states s (T, B, H), and with projection the
+ * unprojected outputs v (T, B, H). */
 int fr_lstm_acts_size(size_t *n_elems, const fr_lstm_config *cfg);
 /* Elements of scratch space for a forward (training or inference) or backward. */
 int fr_lstm_workspace_size(size_t *n_elems, const fr_lstm_config *cfg, int training);
@@ -74,32 +93,35 @@ int fr_lstm_backward_workspace_size(size_t *n_elems, const fr_lstm_config *cfg);
 /* Forward over T steps. acts == NULL selects inference (nothing stored, the
  * workspace is O(B*H)); otherwise acts gets fr_lstm_acts_size elements. */
 #define FR_LSTM_FORWARD_ARGS(real)                                              \
-    real *v_seq,       /* (T, B, H) outputs v[n] */                            \
-    real *s_T,         /* (B, H) final state s[T-1] */                         \
-    real *v_T,         /* (B, H) final output v[T-1] */                        \
+    real *y_seq,       /* (T, B, R) outputs = recurrent carry */               \
+    real *s_T,         /* (B, H) final state */                                \
+    real *y_T,         /* (B, R) final output */                               \
     real *acts,        /* training: activation store, or NULL */               \
     real *work,        /* workspace */                                         \
     const real *x,     /* (T, B, I) */                                         \
     const real *s0,    /* (B, H) s[-1] */                                      \
-    const real *v0,    /* (B, H) v[-1] */                                      \
-    const real *W_x, const real *W_v, const real *b, const real *w_s,         \
+    const real *y0,    /* (B, R) v[-1] (q[-1] with projection) */              \
+    const real *W_x, const real *W_v, const real *b, const real *W_s,         \
+    const real *W_qv,                                                          \
     const fr_lstm_config *cfg
 int fr_lstm_forward_f32(FR_LSTM_FORWARD_ARGS(float));
 int fr_lstm_forward_f64(FR_LSTM_FORWARD_ARGS(double));
 
-/* Backward through the last training forward. Every output is +=. */
+/* Backward through the last training forward. Every output is +=; dx, ds0,
+ * dy0 may be NULL (not wanted); dy_seq, ds_T, dy_T may be NULL (zero). dy at
+ * inactive (padded) steps is ignored. */
 #define FR_LSTM_BACKWARD_ARGS(real)                                             \
     real *dx,          /* (T, B, I) */                                         \
     real *ds0,         /* (B, H) dE/ds[-1] */                                  \
-    real *dv0,         /* (B, H) dE/dv[-1] */                                  \
-    real *dW_x, real *dW_v, real *db, real *dw_s, /* like the weights */      \
+    real *dy0,         /* (B, R) dE/dy[-1] */                                  \
+    real *dW_x, real *dW_v, real *db, real *dW_s, real *dW_qv, /* like weights */ \
     real *work,        /* backward workspace */                                \
-    const real *dv_seq, /* (T, B, H) dE/dv[n] from above, or NULL */           \
-    const real *ds_T,  /* (B, H) dE/ds[T-1], or NULL */                        \
-    const real *dv_T,  /* (B, H) dE/dv[T-1], or NULL */                        \
+    const real *dy_seq, /* (T, B, R) dE/dy[n] from above */                    \
+    const real *ds_T,  /* (B, H) dE/d(final s) */                              \
+    const real *dy_T,  /* (B, R) dE/d(final y) */                              \
     const real *acts,  /* activation store of the forward */                  \
-    const real *x, const real *v_seq, const real *s0, const real *v0,        \
-    const real *W_x, const real *W_v, const real *w_s,                       \
+    const real *x, const real *y_seq, const real *s0, const real *y0,        \
+    const real *W_x, const real *W_v, const real *W_s, const real *W_qv,     \
     const fr_lstm_config *cfg
 int fr_lstm_backward_f32(FR_LSTM_BACKWARD_ARGS(float));
 int fr_lstm_backward_f64(FR_LSTM_BACKWARD_ARGS(double));

@@ -1,11 +1,33 @@
-/* Vanilla LSTM with diagonal peepholes (§2): one body, two precisions. */
+/* The LSTM kernel, Vanilla (§2) and augmented (§3): one body, two precisions.
+ * This file validates configurations and lays out the buffers; the math is in
+ * lstm_body.h. */
 #include "common.h"
+
+/* Element counts of every buffer region, computed once with overflow checks;
+ * the size functions report the totals and the kernel carves by the counts. */
+typedef struct {
+    size_t TB4H, TBH, TBP, B4H, BH, BR, H, R;
+    size_t chunk;          /* inference gate chunk (Tc, B, 4H) */
+    int64_t Tc;
+    size_t acts;           /* gates + s (+ v with projection) */
+    size_t work_train;     /* gw scratch (acc. clip) */
+    size_t work_infer;     /* chunk + s ring + v row block + gw scratch */
+    size_t work_backward;  /* dA + dQ + carries + scratch */
+    size_t n_zeros;        /* zero block: max(B * R, 3H) */
+} lstm_layout;
 
 static int lstm_check_config(const fr_lstm_config *cfg) {
     if (cfg == NULL) return FR_ENULL;
-    if (cfg->T < 1 || cfg->B < 1 || cfg->I < 1 || cfg->H < 1) return FR_EINVAL;
-    if (cfg->peepholes != 0 && cfg->peepholes != 1) return FR_EINVAL;
-    /* GEMM dims: rows T*B and columns 4H go to BLAS as int. */
+    if (cfg->T < 1 || cfg->B < 1 || cfg->I < 1 || cfg->H < 1 || cfg->P < 0) return FR_EINVAL;
+    if (cfg->P >= cfg->H && cfg->P != 0) return FR_EINVAL; /* projection must shrink: d_q < d_s */
+    if (cfg->peepholes < FR_PEEP_NONE || cfg->peepholes > FR_PEEP_FULL) return FR_EINVAL;
+    if ((cfg->coupled_gates != 0 && cfg->coupled_gates != 1) || (cfg->reverse != 0 && cfg->reverse != 1))
+        return FR_EINVAL;
+    /* clips: 0 is off; negative or NaN is invalid */
+    if (!(cfg->cell_clip >= 0) || !(cfg->accumulation_clip >= 0)) return FR_EINVAL;
+    if (cfg->lengths)
+        for (int64_t b = 0; b < cfg->B; b++)
+            if (cfg->lengths[b] < 0 || cfg->lengths[b] > cfg->T) return FR_EINVAL;
     size_t TB, G;
     FR_CHECK(fr_mul(&TB, (size_t)cfg->T, (size_t)cfg->B));
     FR_CHECK(fr_mul(&G, 4, (size_t)cfg->H));
@@ -14,48 +36,73 @@ static int lstm_check_config(const fr_lstm_config *cfg) {
     return FR_OK;
 }
 
-/* gates (T, B, 4H) + states s (T, B, H) = T * B * 5H elements. */
-int fr_lstm_acts_size(size_t *n_elems, const fr_lstm_config *cfg) {
+static int lstm_layout_of(lstm_layout *L, const fr_lstm_config *cfg) {
     FR_CHECK(lstm_check_config(cfg));
+    const size_t T = (size_t)cfg->T, B = (size_t)cfg->B, H = (size_t)cfg->H;
+    const size_t P = (size_t)cfg->P, R = P ? P : H;
+    const int proj = P > 0, aclip = cfg->accumulation_clip > 0;
+    memset(L, 0, sizeof *L);
+    L->H = H;
+    L->R = R;
+    FR_CHECK(fr_mul3(&L->TB4H, T, B, 4 * H));
+    FR_CHECK(fr_mul3(&L->TBH, T, B, H));
+    FR_CHECK(fr_mul3(&L->TBP, T, B, P));
+    FR_CHECK(fr_mul(&L->B4H, B, 4 * H));
+    FR_CHECK(fr_mul(&L->BH, B, H));
+    FR_CHECK(fr_mul(&L->BR, B, R));
+    L->Tc = fr_inference_chunk(cfg->T, cfg->B);
+    FR_CHECK(fr_mul(&L->chunk, (size_t)L->Tc, L->B4H));
+    L->n_zeros = L->BR > 3 * H ? L->BR : 3 * H;
+
     size_t n;
-    FR_CHECK(fr_mul3(&n, (size_t)cfg->T, (size_t)cfg->B, (size_t)cfg->H));
-    FR_CHECK(fr_mul(&n, n, 5));
-    if (n > FR_MAX_ELEMS) return FR_EOVERFLOW;
-    *n_elems = n;
+    /* acts: gates (T, B, 4H) + s (T, B, H) [+ v (T, B, H)] */
+    FR_CHECK(fr_add(&n, L->TB4H, L->TBH));
+    if (proj) FR_CHECK(fr_add(&n, n, L->TBH));
+    L->acts = n;
+    /* training forward: gw (B, 4H) when the stored gates are the accumulations */
+    L->work_train = aclip ? L->B4H : 0;
+    /* inference: chunk + s ring (2, B, H) + v (B, H) + gw (B, 4H) */
+    FR_CHECK(fr_add(&n, L->chunk, 2 * L->BH));
+    FR_CHECK(fr_add(&n, n, L->BH));
+    FR_CHECK(fr_add(&n, n, L->B4H));
+    L->work_infer = n;
+    /* backward: dA (T,B,4H) + dQ (T,B,P) + f_chi, hold (B,R) x2 + f_psi, chi,
+     * psi (B,H) x3 + r (H) + zeros + dW_s sink (3H) + gw, mask (B,4H) x2 */
+    FR_CHECK(fr_add(&n, L->TB4H, L->TBP));
+    FR_CHECK(fr_add(&n, n, 2 * L->BR));
+    FR_CHECK(fr_add(&n, n, 3 * L->BH));
+    FR_CHECK(fr_add(&n, n, H + L->n_zeros + 3 * H));
+    FR_CHECK(fr_add(&n, n, 2 * L->B4H));
+    L->work_backward = n;
+    if (L->acts > FR_MAX_ELEMS || L->work_infer > FR_MAX_ELEMS || L->work_backward > FR_MAX_ELEMS)
+        return FR_EOVERFLOW;
     return FR_OK;
 }
 
-/* Training keeps its gates in the activation store and needs no scratch.
- * Inference: gate chunk (Tc, B, 4H) + state ping-pong (2, B, H). */
+int fr_lstm_acts_size(size_t *n_elems, const fr_lstm_config *cfg) {
+    lstm_layout L;
+    FR_CHECK(lstm_layout_of(&L, cfg));
+    *n_elems = L.acts;
+    return FR_OK;
+}
+
 int fr_lstm_workspace_size(size_t *n_elems, const fr_lstm_config *cfg, int training) {
-    FR_CHECK(lstm_check_config(cfg));
-    if (training) {
-        *n_elems = 0;
-        return FR_OK;
-    }
-    size_t chunk, states, n;
-    int64_t tc = fr_inference_chunk(cfg->T, cfg->B);
-    FR_CHECK(fr_mul3(&chunk, (size_t)tc, (size_t)cfg->B, 4 * (size_t)cfg->H));
-    FR_CHECK(fr_mul3(&states, 2, (size_t)cfg->B, (size_t)cfg->H));
-    FR_CHECK(fr_add(&n, chunk, states));
-    if (n > FR_MAX_ELEMS) return FR_EOVERFLOW;
-    *n_elems = n;
+    lstm_layout L;
+    FR_CHECK(lstm_layout_of(&L, cfg));
+    *n_elems = training ? L.work_train : L.work_infer;
     return FR_OK;
 }
 
-/* dA (T, B, 4H) all steps' alpha_* + f_chi, f_psi (B, H) + r row (H) +
- * zeros (max(B, 3), H) + peephole-gradient sink (3, H). */
 int fr_lstm_backward_workspace_size(size_t *n_elems, const fr_lstm_config *cfg) {
-    FR_CHECK(lstm_check_config(cfg));
-    size_t dA, rows, rest, n;
-    size_t B = (size_t)cfg->B;
-    FR_CHECK(fr_mul3(&dA, (size_t)cfg->T, B, 4 * (size_t)cfg->H));
-    rows = 2 * B + 1 + (B > 3 ? B : 3) + 3; /* B < INT_MAX by the config check */
-    FR_CHECK(fr_mul(&rest, rows, (size_t)cfg->H));
-    FR_CHECK(fr_add(&n, dA, rest));
-    if (n > FR_MAX_ELEMS) return FR_EOVERFLOW;
-    *n_elems = n;
+    lstm_layout L;
+    FR_CHECK(lstm_layout_of(&L, cfg));
+    *n_elems = L.work_backward;
     return FR_OK;
+}
+
+/* Row b is active at time n (not past its length). */
+static inline int lstm_active(const fr_lstm_config *cfg, int64_t b, int64_t n) {
+    return cfg->lengths == NULL || n < cfg->lengths[b];
 }
 
 #define real float

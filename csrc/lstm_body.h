@@ -1,174 +1,346 @@
 /* Type-generic LSTM body, included by lstm.c with `real`, SUFFIX, EXP.
- * Equation names refer to shared/spec/equations.md §2. */
+ * Equation names refer to shared/spec/equations.md §2 (Vanilla LSTM) and §3
+ * (augmented LSTM). Per step: one recurrent GEMM, the fused element-wise
+ * passes below (split only where a full peephole or the projection needs a
+ * GEMM in between), and nothing allocated. */
 #define FN(name) FR_CAT(name, SUFFIX)
 
 #include "warp_body.h"
 
-/* One step's fused element-wise pass. On entry g (B, 4H) holds the x- and
- * v-side products of the accumulations a_*[n] without bias; on exit it holds
- * the warped gates (g_cu, g_cs, u, g_cr), which training keeps for backward. */
+static inline real FN(clip)(real a, real c) { return a > c ? c : (a < -c ? -c : a); }
+
+/* ---- forward ------------------------------------------------------------------
+ * Part 1 of a step for one active row: accumulations a_cu, a_cs, a_du get the
+ * bias and diagonal peepholes, are (optionally) clipped and warped, and the
+ * state is updated: s[n] = g_cs s[n-1] + g_cu u[n] (then the cell clip).
+ * a_cr gets its bias and diagonal peephole on the new s[n]. gw may alias a (the
+ * gates are then warped in place); with the accumulation clip a keeps the
+ * accumulations for the backward and gw is scratch. */
 FR_TARGET_CLONES
-static void FN(lstm_cell_forward)(real *g,            /* (B, 4H) */
-                                  real *s,            /* (B, H) s[n] out */
-                                  real *v,            /* (B, H) v[n] out */
-                                  const real *s_prev, /* (B, H) s[n-1] */
-                                  const real *b,      /* (4H) */
-                                  const real *w_s,    /* (3, H) or NULL */
-                                  int64_t B, int64_t H) {
-    const int64_t G = 4 * H;
-    for (int64_t bi = 0; bi < B; bi++) {
-        real *restrict a_cu = g + bi * G, *restrict a_cs = a_cu + H;
-        real *restrict a_du = a_cu + 2 * H, *restrict a_cr = a_cu + 3 * H;
-        const real *restrict sp = s_prev + bi * H;
-        real *restrict sr = s + bi * H, *restrict vr = v + bi * H;
-        for (int64_t j = 0; j < G; j++) a_cu[j] += b[j]; /* + b_* for all four */
-        if (w_s) { /* peepholes: a_cu, a_cs see s[n-1] */
-            for (int64_t j = 0; j < H; j++) {
-                a_cu[j] += w_s[j] * sp[j];
-                a_cs[j] += w_s[H + j] * sp[j];
-            }
+static void FN(lstm_row_state)(real *a,               /* (4H) accumulations a_cu|cs|du|cr */
+                               real *gw,              /* (4H) warped gates g_cu|g_cs|u|. */
+                               real *restrict s,      /* (H) s[n] out */
+                               const real *restrict sp,  /* (H) s[n-1] */
+                               const real *restrict b,   /* (4H) */
+                               const real *restrict w_s, /* (3, H) diagonal peepholes or NULL */
+                               real c_acc, real c_cell, int coupled, int64_t H) {
+    for (int64_t j = 0; j < 4 * H; j++) a[j] += b[j];
+    if (w_s) { /* a_cu, a_cs see s[n-1] */
+        for (int64_t j = 0; j < H; j++) {
+            a[j] += w_s[j] * sp[j];
+            a[H + j] += w_s[H + j] * sp[j];
         }
-        FN(vsigmoid)(a_cu, a_cu, 2 * H);  /* g_cu, g_cs = G_c(a_cu), G_c(a_cs) */
-        FN(vtanh)(a_du, a_du, H);         /* u = G_d(a_du) */
-        for (int64_t j = 0; j < H; j++)   /* s[n] = g_cs s[n-1] + g_cu u */
-            sr[j] = a_cs[j] * sp[j] + a_cu[j] * a_du[j];
-        if (w_s) /* the readout peephole sees the new state s[n] */
-            for (int64_t j = 0; j < H; j++) a_cr[j] += w_s[2 * H + j] * sr[j];
-        FN(vsigmoid)(a_cr, a_cr, H);      /* g_cr = G_c(a_cr) */
-        FN(vtanh)(vr, sr, H);             /* r[n] = G_d(s[n]) */
-        for (int64_t j = 0; j < H; j++) vr[j] *= a_cr[j]; /* v[n] = g_cr r[n] */
     }
+    if (c_acc > 0)
+        for (int64_t j = 0; j < 3 * H; j++) gw[j] = FN(clip)(a[j], c_acc);
+    FN(vsigmoid)(gw, c_acc > 0 ? gw : a, 2 * H);                 /* g_cu, g_cs */
+    FN(vtanh)(gw + 2 * H, c_acc > 0 ? gw + 2 * H : a + 2 * H, H); /* u = G_d(a_du) */
+    if (coupled)
+        for (int64_t j = 0; j < H; j++) gw[H + j] = 1 - gw[j];   /* g_cs = 1 - g_cu */
+    for (int64_t j = 0; j < H; j++) s[j] = gw[H + j] * sp[j] + gw[j] * gw[2 * H + j];
+    if (c_cell > 0)
+        for (int64_t j = 0; j < H; j++) s[j] = FN(clip)(s[j], c_cell);
+    if (w_s) /* the readout peephole sees the new state s[n] */
+        for (int64_t j = 0; j < H; j++) a[3 * H + j] += w_s[2 * H + j] * s[j];
+}
+
+/* Part 2: g_cr = G_c(a_cr), v[n] = g_cr G_d(s[n]). */
+FR_TARGET_CLONES
+static void FN(lstm_row_readout)(real *a_cr,           /* (H) */
+                                 real *gw_cr,          /* (H) may alias a_cr */
+                                 real *restrict v,     /* (H) v[n] out */
+                                 const real *restrict s, /* (H) s[n] */
+                                 real c_acc, int64_t H) {
+    if (c_acc > 0)
+        for (int64_t j = 0; j < H; j++) gw_cr[j] = FN(clip)(a_cr[j], c_acc);
+    FN(vsigmoid)(gw_cr, c_acc > 0 ? gw_cr : a_cr, H);
+    FN(vtanh)(v, s, H);
+    for (int64_t j = 0; j < H; j++) v[j] *= gw_cr[j];
 }
 
 int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
-    FR_CHECK(lstm_check_config(cfg));
-    if (!v_seq || !s_T || !v_T || !x || !s0 || !v0 || !W_x || !W_v || !b) return FR_ENULL;
-    if (cfg->peepholes && !w_s) return FR_ENULL;
-    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H;
-    const real *peep = cfg->peepholes ? w_s : NULL;
-    const int training = acts != NULL;
-    if (!training && !work) return FR_ENULL;
-    const size_t BG = (size_t)B * G, BH = (size_t)B * H; /* checked by config */
+    lstm_layout L;
+    FR_CHECK(lstm_layout_of(&L, cfg));
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, P = cfg->P;
+    const int64_t R = P ? P : H;
+    const int diag = cfg->peepholes == FR_PEEP_DIAGONAL, full = cfg->peepholes == FR_PEEP_FULL;
+    const int training = acts != NULL, aclip = cfg->accumulation_clip > 0;
+    if (!y_seq || !s_T || !y_T || !x || !s0 || !y0 || !W_x || !W_v || !b) return FR_ENULL;
+    if ((cfg->peepholes && !W_s) || (P && !W_qv)) return FR_ENULL;
+    if ((!training || aclip) && !work) return FR_ENULL;
+    const real c_acc = (real)cfg->accumulation_clip, c_cell = (real)cfg->cell_clip;
+    const size_t B4H = L.B4H, BH = L.BH, BR = L.BR;
 
-    /* Training: gates (T, B, 4H) and s (T, B, H) live in the activation store.
-     * Inference: a gate chunk (Tc, B, 4H) and two state rows (2, B, H). */
-    real *gates_all = training ? acts : NULL;                           /* (T, B, 4H) */
-    real *s_all = training ? acts + (size_t)T * BG : NULL;              /* (T, B, H) */
-    const int64_t Tc = training ? T : fr_inference_chunk(T, B);
-    real *chunk = training ? NULL : work;                               /* (Tc, B, 4H) */
-    real *s_ring = training ? NULL : work + (size_t)Tc * BG;            /* (2, B, H) */
+    /* Training: gates (T, B, 4H), s (T, B, H), v (T, B, H) in the activation
+     * store. Inference: a gate chunk (Tc, B, 4H), a state ring (2, B, H), one
+     * step of v (B, H). Both: gw (B, 4H) when the accumulations are clipped. */
+    real *gates_all = training ? acts : NULL;                          /* (T, B, 4H) */
+    real *s_all = training ? acts + L.TB4H : NULL;                     /* (T, B, H) */
+    real *v_all = training && P ? s_all + L.TBH : NULL;                /* (T, B, H) */
+    real *chunk = training ? NULL : work;                              /* (Tc, B, 4H) */
+    real *s_ring = training ? NULL : chunk + L.chunk;                  /* (2, B, H) */
+    real *v_blk = training ? NULL : s_ring + 2 * BH;                   /* (B, H) */
+    real *gw_blk = !aclip ? NULL : training ? work : v_blk + BH;       /* (B, 4H) */
+    const int64_t Tc = training ? T : L.Tc;
 
-    for (int64_t t0 = 0; t0 < T; t0 += Tc) {
-        const int64_t tc = (T - t0 < Tc) ? T - t0 : Tc;
-        real *g0 = training ? gates_all + (size_t)t0 * BG : chunk; /* (tc, B, 4H) */
+    for (int64_t k0 = 0; k0 < T; k0 += Tc) {
+        const int64_t tc = (T - k0 < Tc) ? T - k0 : Tc;
+        const int64_t lo = cfg->reverse ? T - k0 - tc : k0; /* steps [lo, lo + tc) */
+        real *g_lo = training ? gates_all + (size_t)lo * B4H : chunk; /* (tc, B, 4H) */
         /* x-side accumulations of tc steps in one GEMM: W_x* x[n] */
-        FR_CHECK(FN(fr_gemm)(g0, x + (size_t)t0 * B * I, W_x, 0, 1, tc * B, G, I, 1, 0, I, I, G));
-        for (int64_t n = t0; n < t0 + tc; n++) {
-            real *g = g0 + (size_t)(n - t0) * BG; /* (B, 4H) */
-            const real *v_prev = n == 0 ? v0 : v_seq + (size_t)(n - 1) * BH;
-            const real *s_prev = n == 0 ? s0
-                                 : training ? s_all + (size_t)(n - 1) * BH
-                                            : s_ring + (size_t)((n - 1) & 1) * BH;
-            real *s_n = training ? s_all + (size_t)n * BH : s_ring + (size_t)(n & 1) * BH;
-            /* recurrent accumulations: + W_v* v[n-1] */
-            FR_CHECK(FN(fr_gemm)(g, v_prev, W_v, 0, 1, B, G, H, 1, 1, H, H, G));
-            FN(lstm_cell_forward)(g, s_n, v_seq + (size_t)n * BH, s_prev, b, peep, B, H);
+        FR_CHECK(FN(fr_gemm)(g_lo, x + (size_t)lo * B * I, W_x, 0, 1, tc * B, G, I, 1, 0, I, I, G));
+        for (int64_t k = k0; k < k0 + tc; k++) {
+            const int64_t n = cfg->reverse ? T - 1 - k : k;
+            const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
+            real *g = g_lo + (size_t)(n - lo) * B4H;                          /* (B, 4H) */
+            real *gw = aclip ? gw_blk : g;                                    /* (B, 4H) */
+            const real *y_prev = k == 0 ? y0 : y_seq + (size_t)n_prev * BR;   /* (B, R) */
+            const real *s_prev = k == 0 ? s0
+                                 : training ? s_all + (size_t)n_prev * BH
+                                            : s_ring + (size_t)((k - 1) & 1) * BH;
+            real *s_n = training ? s_all + (size_t)n * BH : s_ring + (size_t)(k & 1) * BH;
+            real *y_n = y_seq + (size_t)n * BR;                               /* (B, R) */
+            real *v_n = !P ? y_n : training ? v_all + (size_t)n * BH : v_blk; /* (B, H) */
+
+            /* recurrent accumulations: + W_v* v[n-1] (W_q* q[n-1]) */
+            FR_CHECK(FN(fr_gemm)(g, y_prev, W_v, 0, 1, B, G, R, 1, 1, R, R, G));
+            if (full) /* + W_scu s[n-1], W_scs s[n-1] */
+                FR_CHECK(FN(fr_gemm)(g, s_prev, W_s, 0, 1, B, 2 * H, H, 1, 1, H, H, G));
+            for (int64_t bi = 0; bi < B; bi++) {
+                if (lstm_active(cfg, bi, n))
+                    FN(lstm_row_state)(g + bi * G, gw + bi * G, s_n + bi * H, s_prev + bi * H, b,
+                                       diag ? W_s : NULL, c_acc, c_cell, cfg->coupled_gates, H);
+                else /* padding: hold the state */
+                    memcpy(s_n + bi * H, s_prev + bi * H, (size_t)H * sizeof(real));
+            }
+            if (full) /* + W_scr s[n] */
+                FR_CHECK(FN(fr_gemm)(g + 3 * H, s_n, W_s + (size_t)2 * H * H, 0, 1, B, H, H, 1, 1,
+                                     H, H, G));
+            for (int64_t bi = 0; bi < B; bi++) {
+                if (lstm_active(cfg, bi, n))
+                    FN(lstm_row_readout)(g + bi * G + 3 * H, gw + bi * G + 3 * H, v_n + bi * H,
+                                         s_n + bi * H, c_acc, H);
+                else if (P) /* finite, and never read with a nonzero weight */
+                    memset(v_n + bi * H, 0, (size_t)H * sizeof(real));
+                else
+                    memcpy(y_n + bi * R, y_prev + bi * R, (size_t)R * sizeof(real));
+            }
+            if (P) { /* q[n] = W_qv v[n] (§3b); padding holds q */
+                FR_CHECK(FN(fr_gemm)(y_n, v_n, W_qv, 0, 1, B, P, H, 1, 0, H, H, P));
+                for (int64_t bi = 0; bi < B; bi++)
+                    if (!lstm_active(cfg, bi, n))
+                        memcpy(y_n + bi * R, y_prev + bi * R, (size_t)R * sizeof(real));
+            }
         }
     }
-    const real *s_last = training ? s_all + (size_t)(T - 1) * BH : s_ring + (size_t)((T - 1) & 1) * BH;
+    const int64_t n_last = cfg->reverse ? 0 : T - 1;
+    const real *s_last = training ? s_all + (size_t)n_last * BH : s_ring + (size_t)((T - 1) & 1) * BH;
     memcpy(s_T, s_last, BH * sizeof(real));
-    memcpy(v_T, v_seq + (size_t)(T - 1) * BH, BH * sizeof(real));
+    memcpy(y_T, y_seq + (size_t)n_last * BR, BR * sizeof(real));
     return FR_OK;
 }
 
-/* One batch row of the fused backward element-wise pass (§2, backward). Reads
- * the stored gates of step n and the carries f_chi[n+1] (= W_v^T alpha[n+1])
- * and f_psi[n+1]; writes alpha_*[n] and f_psi[n] (in place). */
+/* ---- backward -----------------------------------------------------------------
+ * With the accumulation clip the store holds a_*; recompute the gates of one
+ * row and the clip masks (1 where |a| <= c, the gradient of the clip). */
 FR_TARGET_CLONES
-static void FN(lstm_row_backward)(real *restrict ar,       /* (4H) alpha_cu|cs|du|cr out */
-                                  real *restrict fp,       /* (H) f_psi[n+1] in, f_psi[n] out */
-                                  real *restrict dw_s,     /* (3, H) += peephole grads */
-                                  real *restrict r,        /* (H) scratch: r[n] */
-                                  const real *restrict fc, /* (H) f_chi[n+1] */
-                                  const real *restrict dv, /* (H) dE/dv[n] from above */
-                                  const real *restrict gr, /* (4H) g_cu|g_cs|u|g_cr */
-                                  const real *restrict sr, /* (H) s[n] */
-                                  const real *restrict sp, /* (H) s[n-1] */
-                                  const real *restrict w_s,/* (3, H), zeros without peepholes */
-                                  int64_t H) {
-    FN(vtanh)(r, sr, H); /* r[n] = G_d(s[n]), recomputed rather than stored */
+static void FN(lstm_row_regate)(real *restrict gw, real *restrict mask, const real *restrict a,
+                                real c_acc, int coupled, int64_t H) {
+    for (int64_t j = 0; j < 4 * H; j++) {
+        mask[j] = (a[j] <= c_acc && a[j] >= -c_acc) ? 1 : 0;
+        gw[j] = FN(clip)(a[j], c_acc);
+    }
+    FN(vsigmoid)(gw, gw, 2 * H);
+    FN(vtanh)(gw + 2 * H, gw + 2 * H, H);
+    FN(vsigmoid)(gw + 3 * H, gw + 3 * H, H);
+    if (coupled)
+        for (int64_t j = 0; j < H; j++) gw[H + j] = 1 - gw[j];
+}
+
+/* Part 1 for one active row: r[n], alpha_cr and psi = dE/ds[n] without the
+ * full-peephole term W_scr^T alpha_cr (a GEMM the caller adds). */
+FR_TARGET_CLONES
+static void FN(lstm_row_backward_readout)(real *restrict ar,        /* (4H) alpha_cr at 3H */
+                                          real *restrict psi,       /* (H) out */
+                                          real *restrict dw_scr,    /* (H) += */
+                                          real *restrict r,         /* (H) scratch r[n] */
+                                          const real *restrict chi, /* (H) dE/dv[n] */
+                                          const real *restrict f_psi, /* (H) f_psi[n+1] */
+                                          const real *restrict gw,  /* (4H) gates */
+                                          const real *restrict mask,/* (4H) clip masks */
+                                          const real *restrict s,   /* (H) s[n] */
+                                          const real *restrict w_scr, /* (H) */
+                                          int64_t H) {
+    FN(vtanh)(r, s, H); /* r[n] = G_d(s[n]), recomputed rather than stored */
     for (int64_t j = 0; j < H; j++) {
-        const real g_cu = gr[j], g_cs = gr[H + j], u = gr[2 * H + j], g_cr = gr[3 * H + j];
-        const real chi = dv[j] + fc[j];                        /* chi = dy/dv + f_chi[n+1] */
-        const real rho = chi * g_cr;                           /* dE/dr[n] */
-        const real alpha_cr = chi * r[j] * g_cr * (1 - g_cr);
-        const real psi = rho * (1 - r[j] * r[j]) + w_s[2 * H + j] * alpha_cr + fp[j]; /* dE/ds[n] */
-        const real alpha_cs = psi * sp[j] * g_cs * (1 - g_cs);
-        const real alpha_cu = psi * u * g_cu * (1 - g_cu);
-        const real alpha_du = psi * g_cu * (1 - u * u);
-        /* f_psi[n] = W_scu^T alpha_cu + W_scs^T alpha_cs + g_cs psi */
-        fp[j] = g_cs * psi + w_s[j] * alpha_cu + w_s[H + j] * alpha_cs;
-        dw_s[j] += alpha_cu * sp[j];          /* dE/dw_scu = sum alpha_cu s[n-1] */
-        dw_s[H + j] += alpha_cs * sp[j];      /* dE/dw_scs = sum alpha_cs s[n-1] */
-        dw_s[2 * H + j] += alpha_cr * sr[j];  /* dE/dw_scr = sum alpha_cr s[n] */
-        ar[j] = alpha_cu;
-        ar[H + j] = alpha_cs;
-        ar[2 * H + j] = alpha_du;
+        const real g_cr = gw[3 * H + j];
+        const real alpha_cr = chi[j] * r[j] * g_cr * (1 - g_cr) * mask[3 * H + j];
+        const real rho = chi[j] * g_cr;                                 /* dE/dr[n] */
+        psi[j] = rho * (1 - r[j] * r[j]) + w_scr[j] * alpha_cr + f_psi[j];
+        dw_scr[j] += alpha_cr * s[j];                  /* dE/dw_scr = sum alpha_cr s[n] */
         ar[3 * H + j] = alpha_cr;
     }
 }
 
-int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
-    FR_CHECK(lstm_check_config(cfg));
-    if (!dW_x || !dW_v || !db || !work || !acts || !x || !v_seq || !s0 || !v0 || !W_x || !W_v)
-        return FR_ENULL;
-    if (cfg->peepholes && (!w_s || !dw_s)) return FR_ENULL;
-    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H;
-    const real *peep = cfg->peepholes ? w_s : NULL;
-    const size_t BG = (size_t)B * G, BH = (size_t)B * H;
-    const real *gates_all = acts;                 /* (T, B, 4H) */
-    const real *s_all = acts + (size_t)T * BG;    /* (T, B, H) */
-    real *dA = work;                              /* (T, B, 4H) alpha_* of every step */
-    real *f_chi = work + (size_t)T * BG;          /* (B, H) */
-    real *f_psi = f_chi + BH;                     /* (B, H) */
-    real *r_row = f_psi + BH;                     /* (H) */
-    /* Without dy or peepholes the loop reads zeros instead of branching. */
-    const size_t n_zeros = (size_t)(B > 3 ? B : 3) * H;
-    real *zeros = r_row + H;                      /* (max(B, 3), H) */
-    real *dw_s_sink = zeros + n_zeros;            /* (3, H) peephole grads when off */
-    memset(zeros, 0, n_zeros * sizeof(real));
+/* Part 2 for one active row: the cell clip's gradient, alpha_cs, alpha_cu,
+ * alpha_du and f_psi[n] without the full-peephole terms (a GEMM). */
+FR_TARGET_CLONES
+static void FN(lstm_row_backward_state)(real *restrict ar,          /* (4H) alpha_cu|cs|du */
+                                        real *restrict f_psi,       /* (H) f_psi[n] out */
+                                        real *restrict dw_s,        /* (3, H) += (cu, cs) */
+                                        const real *restrict psi,   /* (H) dE/ds[n] */
+                                        const real *restrict gw,    /* (4H) */
+                                        const real *restrict mask,  /* (4H) */
+                                        const real *restrict sp,    /* (H) s[n-1] */
+                                        const real *restrict w_s,   /* (3, H) diagonal or zeros */
+                                        real c_cell, real coupled, int64_t H) {
+    for (int64_t j = 0; j < H; j++) {
+        const real g_cu = gw[j], g_cs = gw[H + j], u = gw[2 * H + j];
+        const real pre = g_cs * sp[j] + g_cu * u;               /* s[n] before the cell clip */
+        const real keep = (pre <= c_cell && pre >= -c_cell) ? 1 : 0;
+        const real psi_p = psi[j] * keep;                       /* dE/d(pre-clip s[n]) */
+        const real alpha_cs = (1 - coupled) * psi_p * sp[j] * g_cs * (1 - g_cs) * mask[H + j];
+        /* with coupled gates s[n] = (1 - g_cu) s[n-1] + g_cu u: ds/dg_cu = u - s[n-1] */
+        const real alpha_cu = psi_p * (u - coupled * sp[j]) * g_cu * (1 - g_cu) * mask[j];
+        const real alpha_du = psi_p * g_cu * (1 - u * u) * mask[2 * H + j];
+        /* f_psi[n] = W_scu^T alpha_cu + W_scs^T alpha_cs + g_cs psi */
+        f_psi[j] = g_cs * psi_p + w_s[j] * alpha_cu + w_s[H + j] * alpha_cs;
+        dw_s[j] += alpha_cu * sp[j];       /* dE/dw_scu = sum alpha_cu s[n-1] */
+        dw_s[H + j] += alpha_cs * sp[j];   /* dE/dw_scs = sum alpha_cs s[n-1] */
+        ar[j] = alpha_cu;
+        ar[H + j] = alpha_cs;
+        ar[2 * H + j] = alpha_du;
+    }
+}
 
-    /* f_chi[T] = dE/dv[T-1] from a later window, f_psi[T] = dE/ds[T-1]. */
-    if (dv_T) memcpy(f_chi, dv_T, BH * sizeof(real)); else memset(f_chi, 0, BH * sizeof(real));
+int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
+    lstm_layout L;
+    FR_CHECK(lstm_layout_of(&L, cfg));
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, P = cfg->P;
+    const int64_t R = P ? P : H;
+    const int diag = cfg->peepholes == FR_PEEP_DIAGONAL, full = cfg->peepholes == FR_PEEP_FULL;
+    const int aclip = cfg->accumulation_clip > 0;
+    if (!dW_x || !dW_v || !db || !work || !acts || !x || !y_seq || !s0 || !y0 || !W_x || !W_v)
+        return FR_ENULL;
+    if ((cfg->peepholes && (!W_s || !dW_s)) || (P && (!W_qv || !dW_qv))) return FR_ENULL;
+    const size_t B4H = L.B4H, BH = L.BH, BR = L.BR;
+    const real c_acc = (real)cfg->accumulation_clip;
+    const real c_cell = cfg->cell_clip > 0 ? (real)cfg->cell_clip : (real)INFINITY;
+    const real coupled = (real)cfg->coupled_gates;
+
+    const real *gates_all = acts;                  /* (T, B, 4H) */
+    const real *s_all = acts + L.TB4H;             /* (T, B, H) */
+    const real *v_all = s_all + L.TBH;             /* (T, B, H) with projection */
+    real *dA = work;                               /* (T, B, 4H) alpha_* of every step */
+    real *dQ = dA + L.TB4H;                        /* (T, B, P) chi_q of every step */
+    real *f_chi = dQ + L.TBP;                      /* (B, R) W_v^T alpha[n+1] */
+    real *hold = f_chi + BR;                       /* (B, R) carry through padding */
+    real *f_psi = hold + BR;                       /* (B, H) */
+    real *chi = f_psi + BH;                        /* (B, H) dE/dv[n] */
+    real *psi = chi + BH;                          /* (B, H) dE/ds[n] */
+    real *r_row = psi + BH;                        /* (H) */
+    real *zeros = r_row + H;                       /* (max(B R, 3H)) */
+    real *dw_sink = zeros + L.n_zeros;             /* (3, H) diagonal grads when not diagonal */
+    real *gw_blk = dw_sink + 3 * H;                /* (B, 4H) recomputed gates */
+    real *mask_blk = gw_blk + B4H;                 /* (B, 4H) accumulation-clip masks */
+    memset(zeros, 0, L.n_zeros * sizeof(real));
+    memset(dw_sink, 0, (size_t)(3 * H) * sizeof(real));
+    if (!aclip) for (size_t i = 0; i < B4H; i++) mask_blk[i] = 1;
+    const real *w_diag = diag ? W_s : zeros;       /* (3, H) */
+    real *dw_diag = diag ? dW_s : dw_sink;         /* (3, H) */
+
+    /* f_chi[T] = dE/d(final y) from a later window, f_psi[T] = dE/d(final s). */
+    if (dy_T) memcpy(f_chi, dy_T, BR * sizeof(real)); else memset(f_chi, 0, BR * sizeof(real));
     if (ds_T) memcpy(f_psi, ds_T, BH * sizeof(real)); else memset(f_psi, 0, BH * sizeof(real));
 
-    for (int64_t n = T - 1; n >= 0; n--) {
-        real *dA_n = dA + (size_t)n * BG; /* (B, 4H) */
-        const real *s_prev = n == 0 ? s0 : s_all + (size_t)(n - 1) * BH;
-        const real *dv_n = dv_seq ? dv_seq + (size_t)n * BH : zeros;
-        const real *g_n = gates_all + (size_t)n * BG, *s_n = s_all + (size_t)n * BH;
+    for (int64_t k = T - 1; k >= 0; k--) {
+        const int64_t n = cfg->reverse ? T - 1 - k : k;
+        const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
+        const real *s_prev = k == 0 ? s0 : s_all + (size_t)n_prev * BH;   /* (B, H) */
+        const real *s_n = s_all + (size_t)n * BH;                         /* (B, H) */
+        const real *g_n = gates_all + (size_t)n * B4H;                    /* (B, 4H) */
+        const real *dy_n = dy_seq ? dy_seq + (size_t)n * BR : zeros;      /* (B, R) */
+        real *dA_n = dA + (size_t)n * B4H;                                /* (B, 4H) */
+        real *chi_q = P ? dQ + (size_t)n * B * P : chi;                   /* (B, R) */
+
+        /* chi_q[n] = dy/dy[n] + f_chi[n+1]; padding ignores dy and passes f_chi on */
+        for (int64_t bi = 0; bi < B; bi++) {
+            real *cq = chi_q + bi * R, *fc = f_chi + bi * R;
+            const real *d = dy_n + bi * R;
+            if (lstm_active(cfg, bi, n)) {
+                for (int64_t j = 0; j < R; j++) cq[j] = d[j] + fc[j];
+            } else {
+                memcpy(hold + bi * R, fc, (size_t)R * sizeof(real));
+                memset(cq, 0, (size_t)R * sizeof(real));
+            }
+        }
+        if (P) /* chi[n] = W_qv^T chi_q[n] (§3b) */
+            FR_CHECK(FN(fr_gemm)(chi, chi_q, W_qv, 0, 0, B, H, P, 1, 0, P, H, H));
+
+        for (int64_t bi = 0; bi < B; bi++) {
+            if (!lstm_active(cfg, bi, n)) {
+                memset(dA_n + bi * G, 0, (size_t)G * sizeof(real));
+                continue;
+            }
+            const real *gw = g_n + bi * G;
+            if (aclip) {
+                FN(lstm_row_regate)(gw_blk + bi * G, mask_blk + bi * G, g_n + bi * G, c_acc,
+                                    cfg->coupled_gates, H);
+                gw = gw_blk + bi * G;
+            }
+            FN(lstm_row_backward_readout)(dA_n + bi * G, psi + bi * H, dw_diag + 2 * H, r_row,
+                                          chi + bi * H, f_psi + bi * H, gw, mask_blk + bi * G,
+                                          s_n + bi * H, w_diag + 2 * H, H);
+        }
+        if (full) /* psi += W_scr^T alpha_cr */
+            FR_CHECK(FN(fr_gemm)(psi, dA_n + 3 * H, W_s + (size_t)2 * H * H, 0, 0, B, H, H, 1, 1,
+                                 G, H, H));
+        for (int64_t bi = 0; bi < B; bi++) {
+            if (!lstm_active(cfg, bi, n)) continue; /* f_psi holds through padding */
+            const real *gw = aclip ? gw_blk + bi * G : g_n + bi * G;
+            FN(lstm_row_backward_state)(dA_n + bi * G, f_psi + bi * H, dw_diag, psi + bi * H, gw,
+                                        mask_blk + bi * G, s_prev + bi * H, w_diag, c_cell,
+                                        coupled, H);
+        }
+        if (full) /* f_psi += W_scu^T alpha_cu + W_scs^T alpha_cs */
+            FR_CHECK(FN(fr_gemm)(f_psi, dA_n, W_s, 0, 0, B, H, 2 * H, 1, 1, G, H, H));
+        /* f_chi[n] = sum_* W_v*^T alpha_*[n]: (B, 4H) x (4H, R) */
+        FR_CHECK(FN(fr_gemm)(f_chi, dA_n, W_v, 0, 0, B, R, G, 1, 0, G, R, R));
         for (int64_t bi = 0; bi < B; bi++)
-            FN(lstm_row_backward)(dA_n + bi * G, f_psi + bi * H, peep ? dw_s : dw_s_sink, r_row,
-                                  f_chi + bi * H, dv_n + bi * H, g_n + bi * G, s_n + bi * H,
-                                  s_prev + bi * H, peep ? peep : zeros, H);
-        /* f_chi[n] = sum_* W_v*^T alpha_*[n]: (B, 4H) x (4H, H) */
-        FR_CHECK(FN(fr_gemm)(f_chi, dA_n, W_v, 0, 0, B, H, G, 1, 0, G, H, H));
+            if (!lstm_active(cfg, bi, n))
+                memcpy(f_chi + bi * R, hold + bi * R, (size_t)R * sizeof(real));
     }
-    /* Initial-state gradients: dE/dv[-1] = f_chi[0], dE/ds[-1] = f_psi[0]. */
-    if (dv0) for (size_t i = 0; i < BH; i++) dv0[i] += f_chi[i];
+    /* Initial-state gradients: dE/dy[-1] = f_chi[0], dE/ds[-1] = f_psi[0]. */
+    if (dy0) for (size_t i = 0; i < BR; i++) dy0[i] += f_chi[i];
     if (ds0) for (size_t i = 0; i < BH; i++) ds0[i] += f_psi[i];
 
-    const int64_t TB = T * B;
+    const int64_t TB = T * B, T1B = (T - 1) * B;
+    /* step n's predecessor: forward n-1 (the rows after the first step), reverse n+1 */
+    real *dA_first = dA + (size_t)(cfg->reverse ? T - 1 : 0) * B4H;   /* alpha of the first visit */
+    real *dA_rest = dA + (cfg->reverse ? 0 : B4H);                     /* (T-1, B, 4H) */
+    const size_t prev_off = cfg->reverse ? 1 : 0;                      /* predecessors' first step */
     /* dE/dW_x* = sum_n alpha_*[n] x[n]^T: (4H, TB) x (TB, I) */
     FR_CHECK(FN(fr_gemm)(dW_x, dA, x, 1, 0, G, I, TB, 1, 1, G, I, I));
-    /* dE/dW_v* = sum_n alpha_*[n] v[n-1]^T, v[-1] = v0 then v[0..T-2] */
-    FR_CHECK(FN(fr_gemm)(dW_v, dA, v0, 1, 0, G, H, B, 1, 1, G, H, H));
+    /* dE/dW_v* = sum_n alpha_*[n] y[prev]^T */
+    FR_CHECK(FN(fr_gemm)(dW_v, dA_first, y0, 1, 0, G, R, B, 1, 1, G, R, R));
     if (T > 1)
-        FR_CHECK(FN(fr_gemm)(dW_v, dA + BG, v_seq, 1, 0, G, H, (T - 1) * B, 1, 1, G, H, H));
+        FR_CHECK(FN(fr_gemm)(dW_v, dA_rest, y_seq + prev_off * BR, 1, 0, G, R, T1B, 1, 1, G, R, R));
+    if (full) {
+        /* dE/dW_scu, dE/dW_scs = sum_n alpha_{cu,cs}[n] s[prev]^T: (2H, TB) x (TB, H) */
+        FR_CHECK(FN(fr_gemm)(dW_s, dA_first, s0, 1, 0, 2 * H, H, B, 1, 1, G, H, H));
+        if (T > 1)
+            FR_CHECK(FN(fr_gemm)(dW_s, dA_rest, s_all + prev_off * BH, 1, 0, 2 * H, H, T1B, 1, 1,
+                                 G, H, H));
+        /* dE/dW_scr = sum_n alpha_cr[n] s[n]^T */
+        FR_CHECK(FN(fr_gemm)(dW_s + (size_t)2 * H * H, dA + 3 * H, s_all, 1, 0, H, H, TB, 1, 1,
+                             G, H, H));
+    }
+    if (P) /* dE/dW_qv = sum_n chi_q[n] v[n]^T: (P, TB) x (TB, H) */
+        FR_CHECK(FN(fr_gemm)(dW_qv, dQ, v_all, 1, 0, P, H, TB, 1, 1, P, H, H));
     /* dE/db_* = sum_n alpha_*[n] */
     for (int64_t row = 0; row < TB; row++) {
         const real *a = dA + (size_t)row * G;
-        for (int64_t k = 0; k < G; k++) db[k] += a[k];
+        for (int64_t j = 0; j < G; j++) db[j] += a[j];
     }
     /* dE/dx[n] = sum_* W_x*^T alpha_*[n]: (TB, 4H) x (4H, I) */
     if (dx) FR_CHECK(FN(fr_gemm)(dx, dA, W_x, 0, 0, TB, I, G, 1, 1, G, I, I));

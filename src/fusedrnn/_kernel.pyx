@@ -22,26 +22,29 @@ cdef extern from "fusedrnn.h" nogil:
                     int64_t ldc)
 
     ctypedef struct fr_lstm_config:
-        int64_t T, B, I, H
-        int peepholes
+        int64_t T, B, I, H, P
+        int peepholes, coupled_gates, reverse
+        double cell_clip, accumulation_clip
+        const int64_t *lengths
     int fr_lstm_acts_size(size_t *n, const fr_lstm_config *cfg)
     int fr_lstm_workspace_size(size_t *n, const fr_lstm_config *cfg, int training)
     int fr_lstm_backward_workspace_size(size_t *n, const fr_lstm_config *cfg)
     int fr_lstm_forward_f32(float*, float*, float*, float*, float*, const float*, const float*,
                             const float*, const float*, const float*, const float*,
-                            const float*, const fr_lstm_config*)
+                            const float*, const float*, const fr_lstm_config*)
     int fr_lstm_forward_f64(double*, double*, double*, double*, double*, const double*,
                             const double*, const double*, const double*, const double*,
-                            const double*, const double*, const fr_lstm_config*)
+                            const double*, const double*, const double*, const fr_lstm_config*)
     int fr_lstm_backward_f32(float*, float*, float*, float*, float*, float*, float*, float*,
+                             float*, const float*, const float*, const float*, const float*,
                              const float*, const float*, const float*, const float*,
                              const float*, const float*, const float*, const float*,
-                             const float*, const float*, const float*, const fr_lstm_config*)
-    int fr_lstm_backward_f64(double*, double*, double*, double*, double*, double*, double*,
-                             double*, const double*, const double*, const double*,
-                             const double*, const double*, const double*, const double*,
-                             const double*, const double*, const double*, const double*,
                              const fr_lstm_config*)
+    int fr_lstm_backward_f64(double*, double*, double*, double*, double*, double*, double*,
+                             double*, double*, const double*, const double*, const double*,
+                             const double*, const double*, const double*, const double*,
+                             const double*, const double*, const double*, const double*,
+                             const double*, const fr_lstm_config*)
 
     ctypedef struct fr_rnn_config:
         int64_t T, B, I, H
@@ -160,103 +163,141 @@ def gemm(real[::1] C, const real[::1] A, const real[::1] Bm, bint tA, bint tB,
 
 # ---- LSTM ----------------------------------------------------------------------
 
-cdef fr_lstm_config _lstm_cfg(int64_t T, int64_t B, int64_t I, int64_t H, int peepholes):
+cdef class LSTMConfig:
+    """One LSTM layer-direction call: sizes and options (see fr_lstm_config).
+    Holds the lengths buffer alive for the duration of the kernel calls."""
     cdef fr_lstm_config cfg
-    cfg.T = T; cfg.B = B; cfg.I = I; cfg.H = H; cfg.peepholes = peepholes
-    return cfg
+    cdef const int64_t[::1] _lengths
+    cdef readonly int64_t R
+
+    def __init__(self, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P=0,
+                 int peepholes=0, bint coupled_gates=False, bint reverse=False,
+                 double cell_clip=0.0, double accumulation_clip=0.0,
+                 const int64_t[::1] lengths=None):
+        self.cfg.T = T; self.cfg.B = B; self.cfg.I = I; self.cfg.H = H; self.cfg.P = P
+        self.cfg.peepholes = peepholes; self.cfg.coupled_gates = coupled_gates
+        self.cfg.reverse = reverse; self.cfg.cell_clip = cell_clip
+        self.cfg.accumulation_clip = accumulation_clip
+        self.cfg.lengths = NULL
+        if lengths is not None:
+            if lengths.shape[0] != B:
+                raise ValueError(f"internal: lengths has {lengths.shape[0]} entries, B = {B}")
+            self._lengths = lengths
+            self.cfg.lengths = &lengths[0]
+        self.R = P if P else H
+
+    def sizes(self):
+        """Element counts (acts, train workspace, inference workspace, backward workspace)."""
+        cdef size_t acts = 0, wt = 0, wi = 0, wb = 0
+        _check(fr_lstm_acts_size(&acts, &self.cfg), "LSTM")
+        _check(fr_lstm_workspace_size(&wt, &self.cfg, 1), "LSTM")
+        _check(fr_lstm_workspace_size(&wi, &self.cfg, 0), "LSTM")
+        _check(fr_lstm_backward_workspace_size(&wb, &self.cfg), "LSTM")
+        return acts, wt, wi, wb
 
 
-def lstm_sizes(int64_t T, int64_t B, int64_t I, int64_t H, int peepholes):
+def lstm_sizes(int64_t T, int64_t B, int64_t I, int64_t H, int peepholes, int64_t P=0):
     """Element counts (acts, train workspace, inference workspace, backward workspace)."""
-    cdef fr_lstm_config cfg = _lstm_cfg(T, B, I, H, peepholes)
-    cdef size_t acts = 0, wt = 0, wi = 0, wb = 0
-    _check(fr_lstm_acts_size(&acts, &cfg), "LSTM")
-    _check(fr_lstm_workspace_size(&wt, &cfg, 1), "LSTM")
-    _check(fr_lstm_workspace_size(&wi, &cfg, 0), "LSTM")
-    _check(fr_lstm_backward_workspace_size(&wb, &cfg), "LSTM")
-    return acts, wt, wi, wb
+    return LSTMConfig(T, B, I, H, P, peepholes).sizes()
 
 
-def lstm_forward(real[::1] v_seq, real[::1] s_T, real[::1] v_T, real[::1] acts,
-                 real[::1] work, const real[::1] x, const real[::1] s0, const real[::1] v0,
+cdef _check_weights(LSTMConfig c, Py_ssize_t nW_x, Py_ssize_t nW_v, Py_ssize_t nb,
+                    Py_ssize_t nW_s, Py_ssize_t nW_qv):
+    """Weight buffer lengths against the configuration; -1 marks a missing one."""
+    cdef int64_t H = c.cfg.H, I = c.cfg.I, P = c.cfg.P
+    _need(nW_x, <size_t>(4 * H * I), "W_x"); _need(nW_v, <size_t>(4 * H * c.R), "W_v")
+    _need(nb, <size_t>(4 * H), "b")
+    if c.cfg.peepholes:
+        if nW_s < 0:
+            raise ValueError("internal: peephole weights missing")
+        _need(nW_s, <size_t>(3 * H * (H if c.cfg.peepholes == 2 else 1)), "W_s")
+    if P:
+        if nW_qv < 0:
+            raise ValueError("internal: projection weights missing")
+        _need(nW_qv, <size_t>(P * H), "W_qv")
+
+
+def lstm_forward(LSTMConfig c, real[::1] y_seq, real[::1] s_T, real[::1] y_T, real[::1] acts,
+                 real[::1] work, const real[::1] x, const real[::1] s0, const real[::1] y0,
                  const real[::1] W_x, const real[::1] W_v, const real[::1] b,
-                 const real[::1] w_s, int64_t T, int64_t B, int64_t I, int64_t H,
-                 int peepholes):
+                 const real[::1] W_s, const real[::1] W_qv):
     """fr_lstm_forward on flat buffers; acts=None selects inference."""
-    cdef fr_lstm_config cfg = _lstm_cfg(T, B, I, H, peepholes)
-    cdef size_t n_acts = 0, n_work = 0, TBH = <size_t>(T * B * H), BH = <size_t>(B * H)
+    cdef size_t n_acts = 0, n_work = 0
+    cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H, R = c.R
     cdef bint training = acts is not None
     cdef int status
-    _check(fr_lstm_acts_size(&n_acts, &cfg), "LSTM forward")
-    _check(fr_lstm_workspace_size(&n_work, &cfg, training), "LSTM forward")
-    _need(v_seq.shape[0], TBH, "v_seq"); _need(s_T.shape[0], BH, "s_T")
-    _need(v_T.shape[0], BH, "v_T"); _need(x.shape[0], <size_t>(T * B * I), "x")
-    _need(s0.shape[0], BH, "s0"); _need(v0.shape[0], BH, "v0")
-    _need(W_x.shape[0], <size_t>(4 * H * I), "W_x"); _need(W_v.shape[0], <size_t>(4 * H * H), "W_v")
-    _need(b.shape[0], <size_t>(4 * H), "b")
+    _check(fr_lstm_acts_size(&n_acts, &c.cfg), "LSTM forward")
+    _check(fr_lstm_workspace_size(&n_work, &c.cfg, training), "LSTM forward")
+    _need(y_seq.shape[0], <size_t>(T * B * R), "y_seq"); _need(s_T.shape[0], <size_t>(B * H), "s_T")
+    _need(y_T.shape[0], <size_t>(B * R), "y_T"); _need(x.shape[0], <size_t>(T * B * I), "x")
+    _need(s0.shape[0], <size_t>(B * H), "s0"); _need(y0.shape[0], <size_t>(B * R), "y0")
+    _check_weights(c, W_x.shape[0], W_v.shape[0], b.shape[0],
+                   -1 if W_s is None else W_s.shape[0],
+                   -1 if W_qv is None else W_qv.shape[0])
     if training:
         _need(acts.shape[0], n_acts, "acts")
-    if work is not None:
+    if n_work:
+        if work is None:
+            raise ValueError("internal: workspace missing")
         _need(work.shape[0], n_work, "work")
-    elif n_work:
-        raise ValueError("internal: workspace missing")
-    if peepholes:
-        if w_s is None:
-            raise ValueError("internal: peephole weights missing")
-        _need(w_s.shape[0], <size_t>(3 * H), "w_s")
     with nogil:
         if real is float:
-            status = fr_lstm_forward_f32(&v_seq[0], &s_T[0], &v_T[0], _ptr(acts), _ptr(work),
-                                         &x[0], &s0[0], &v0[0], &W_x[0], &W_v[0], &b[0],
-                                         _cptr(w_s), &cfg)
+            status = fr_lstm_forward_f32(&y_seq[0], &s_T[0], &y_T[0], _ptr(acts), _ptr(work),
+                                         &x[0], &s0[0], &y0[0], &W_x[0], &W_v[0], &b[0],
+                                         _cptr(W_s), _cptr(W_qv), &c.cfg)
         else:
-            status = fr_lstm_forward_f64(&v_seq[0], &s_T[0], &v_T[0], _ptr(acts), _ptr(work),
-                                         &x[0], &s0[0], &v0[0], &W_x[0], &W_v[0], &b[0],
-                                         _cptr(w_s), &cfg)
+            status = fr_lstm_forward_f64(&y_seq[0], &s_T[0], &y_T[0], _ptr(acts), _ptr(work),
+                                         &x[0], &s0[0], &y0[0], &W_x[0], &W_v[0], &b[0],
+                                         _cptr(W_s), _cptr(W_qv), &c.cfg)
     _check(status, "LSTM forward")
 
 
-def lstm_backward(real[::1] dx, real[::1] ds0, real[::1] dv0, real[::1] dW_x,
-                  real[::1] dW_v, real[::1] db, real[::1] dw_s, real[::1] work,
-                  const real[::1] dv_seq, const real[::1] ds_T, const real[::1] dv_T,
-                  const real[::1] acts, const real[::1] x, const real[::1] v_seq,
-                  const real[::1] s0, const real[::1] v0, const real[::1] W_x,
-                  const real[::1] W_v, const real[::1] w_s, int64_t T, int64_t B, int64_t I,
-                  int64_t H, int peepholes):
+def lstm_backward(LSTMConfig c, real[::1] dx, real[::1] ds0, real[::1] dy0, real[::1] dW_x,
+                  real[::1] dW_v, real[::1] db, real[::1] dW_s, real[::1] dW_qv, real[::1] work,
+                  const real[::1] dy_seq, const real[::1] ds_T, const real[::1] dy_T,
+                  const real[::1] acts, const real[::1] x, const real[::1] y_seq,
+                  const real[::1] s0, const real[::1] y0, const real[::1] W_x,
+                  const real[::1] W_v, const real[::1] W_s, const real[::1] W_qv):
     """fr_lstm_backward on flat buffers; every gradient output is accumulated (+=)."""
-    cdef fr_lstm_config cfg = _lstm_cfg(T, B, I, H, peepholes)
-    cdef size_t n_acts = 0, n_work = 0, TBH = <size_t>(T * B * H), BH = <size_t>(B * H)
+    cdef size_t n_acts = 0, n_work = 0
+    cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H, R = c.R
     cdef int status
-    _check(fr_lstm_acts_size(&n_acts, &cfg), "LSTM backward")
-    _check(fr_lstm_backward_workspace_size(&n_work, &cfg), "LSTM backward")
-    _need(dx.shape[0], <size_t>(T * B * I), "dx"); _need(ds0.shape[0], BH, "ds0")
-    _need(dv0.shape[0], BH, "dv0"); _need(dW_x.shape[0], <size_t>(4 * H * I), "dW_x")
-    _need(dW_v.shape[0], <size_t>(4 * H * H), "dW_v"); _need(db.shape[0], <size_t>(4 * H), "db")
+    _check(fr_lstm_acts_size(&n_acts, &c.cfg), "LSTM backward")
+    _check(fr_lstm_backward_workspace_size(&n_work, &c.cfg), "LSTM backward")
+    if dx is not None:
+        _need(dx.shape[0], <size_t>(T * B * I), "dx")
+    if ds0 is not None:
+        _need(ds0.shape[0], <size_t>(B * H), "ds0")
+    if dy0 is not None:
+        _need(dy0.shape[0], <size_t>(B * R), "dy0")
+    _check_weights(c, dW_x.shape[0], dW_v.shape[0], db.shape[0],
+                   -1 if dW_s is None else dW_s.shape[0],
+                   -1 if dW_qv is None else dW_qv.shape[0])
+    _check_weights(c, W_x.shape[0], W_v.shape[0], 4 * H,
+                   -1 if W_s is None else W_s.shape[0],
+                   -1 if W_qv is None else W_qv.shape[0])
     _need(work.shape[0], n_work, "work"); _need(acts.shape[0], n_acts, "acts")
-    _need(x.shape[0], <size_t>(T * B * I), "x"); _need(v_seq.shape[0], TBH, "v_seq")
-    _need(s0.shape[0], BH, "s0"); _need(v0.shape[0], BH, "v0")
-    _need(W_x.shape[0], <size_t>(4 * H * I), "W_x"); _need(W_v.shape[0], <size_t>(4 * H * H), "W_v")
-    if dv_seq is not None:
-        _need(dv_seq.shape[0], TBH, "dv_seq")
+    _need(x.shape[0], <size_t>(T * B * I), "x"); _need(y_seq.shape[0], <size_t>(T * B * R), "y_seq")
+    _need(s0.shape[0], <size_t>(B * H), "s0"); _need(y0.shape[0], <size_t>(B * R), "y0")
+    if dy_seq is not None:
+        _need(dy_seq.shape[0], <size_t>(T * B * R), "dy_seq")
     if ds_T is not None:
-        _need(ds_T.shape[0], BH, "ds_T")
-    if dv_T is not None:
-        _need(dv_T.shape[0], BH, "dv_T")
-    if peepholes:
-        if w_s is None or dw_s is None:
-            raise ValueError("internal: peephole weights missing")
-        _need(w_s.shape[0], <size_t>(3 * H), "w_s"); _need(dw_s.shape[0], <size_t>(3 * H), "dw_s")
+        _need(ds_T.shape[0], <size_t>(B * H), "ds_T")
+    if dy_T is not None:
+        _need(dy_T.shape[0], <size_t>(B * R), "dy_T")
     with nogil:
         if real is float:
-            status = fr_lstm_backward_f32(&dx[0], &ds0[0], &dv0[0], &dW_x[0], &dW_v[0], &db[0],
-                                          _ptr(dw_s), &work[0], _cptr(dv_seq), _cptr(ds_T),
-                                          _cptr(dv_T), &acts[0], &x[0], &v_seq[0], &s0[0],
-                                          &v0[0], &W_x[0], &W_v[0], _cptr(w_s), &cfg)
+            status = fr_lstm_backward_f32(_ptr(dx), _ptr(ds0), _ptr(dy0), &dW_x[0], &dW_v[0],
+                                          &db[0], _ptr(dW_s), _ptr(dW_qv), &work[0],
+                                          _cptr(dy_seq), _cptr(ds_T), _cptr(dy_T), &acts[0],
+                                          &x[0], &y_seq[0], &s0[0], &y0[0], &W_x[0], &W_v[0],
+                                          _cptr(W_s), _cptr(W_qv), &c.cfg)
         else:
-            status = fr_lstm_backward_f64(&dx[0], &ds0[0], &dv0[0], &dW_x[0], &dW_v[0], &db[0],
-                                          _ptr(dw_s), &work[0], _cptr(dv_seq), _cptr(ds_T),
-                                          _cptr(dv_T), &acts[0], &x[0], &v_seq[0], &s0[0],
-                                          &v0[0], &W_x[0], &W_v[0], _cptr(w_s), &cfg)
+            status = fr_lstm_backward_f64(_ptr(dx), _ptr(ds0), _ptr(dy0), &dW_x[0], &dW_v[0],
+                                          &db[0], _ptr(dW_s), _ptr(dW_qv), &work[0],
+                                          _cptr(dy_seq), _cptr(ds_T), _cptr(dy_T), &acts[0],
+                                          &x[0], &y_seq[0], &s0[0], &y0[0], &W_x[0], &W_v[0],
+                                          _cptr(W_s), _cptr(W_qv), &c.cfg)
     _check(status, "LSTM backward")
 
 

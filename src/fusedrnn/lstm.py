@@ -74,25 +74,27 @@ class LSTM(RecurrentLayer):
             shapes["w_s"] = (3, H)
         return shapes
 
+    def _config(self, T: int, B: int) -> "_kernel.LSTMConfig":
+        return _kernel.LSTMConfig(T, B, self.input_size, self.hidden_size, 0, int(self.peepholes))
+
     def _sizes(self, T: int, B: int) -> Tuple[int, int, int, int]:
-        return _kernel.lstm_sizes(T, B, self.input_size, self.hidden_size, int(self.peepholes))
+        return self._config(T, B).sizes()
 
     def _kernel_forward(self, y, s_T, o_T, acts, work, x, s0, o0, p, T, B) -> None:
-        _kernel.lstm_forward(flat(y), flat(s_T), flat(o_T), flat(acts), flat(work), flat(x),
-                             flat(s0), flat(o0), flat(p["W_x"]), flat(p["W_v"]), flat(p["b"]),
-                             flat(p.get("w_s")), T, B, self.input_size, self.hidden_size,
-                             int(self.peepholes))
+        _kernel.lstm_forward(self._config(T, B), flat(y), flat(s_T), flat(o_T), flat(acts),
+                             flat(work), flat(x), flat(s0), flat(o0), flat(p["W_x"]),
+                             flat(p["W_v"]), flat(p["b"]), flat(p.get("w_s")), None)
 
     def _kernel_backward(self, dx, ds0, do0, dy, ds_T, do_T, tape: Tape, grads, T, B) -> None:
         _, _, _, n_work = self._sizes(T, B)
         work = np.empty(n_work, self.dtype)
         p = tape.params
-        _kernel.lstm_backward(flat(dx), flat(ds0), flat(do0), flat(grads["W_x"]),
-                              flat(grads["W_v"]), flat(grads["b"]), flat(grads.get("w_s")),
-                              work, flat(dy), flat(ds_T), flat(do_T), tape.acts, flat(tape.x),
-                              flat(tape.y), flat(tape.s0), flat(tape.o0), flat(p["W_x"]),
-                              flat(p["W_v"]), flat(p.get("w_s")), T, B, self.input_size,
-                              self.hidden_size, int(self.peepholes))
+        _kernel.lstm_backward(self._config(T, B), flat(dx), flat(ds0), flat(do0),
+                              flat(grads["W_x"]), flat(grads["W_v"]), flat(grads["b"]),
+                              flat(grads.get("w_s")), None, work, flat(dy), flat(ds_T),
+                              flat(do_T), tape.acts, flat(tape.x), flat(tape.y), flat(tape.s0),
+                              flat(tape.o0), flat(p["W_x"]), flat(p["W_v"]), flat(p.get("w_s")),
+                              None)
 
     # -- the paper's names ---------------------------------------------------------
     def _paper_views(self, store: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
