@@ -131,7 +131,10 @@ int fr_lstm_backward_f64(FR_LSTM_BACKWARD_ARGS(double));
  *   W_x (H, I), W_r (H, H), theta_s (H), W_s (H, H) or NULL (no state feedback) */
 typedef struct {
     int64_t T, B, I, H;
-    int state_feedback; /* 0: W_s = 0 (standard RNN), 1: W_s used */
+    int state_feedback;     /* 0: W_s = 0 (standard RNN), 1: W_s used */
+    int reverse;            /* visit the steps T-1 .. 0 */
+    const int64_t *lengths; /* (B) valid steps per row in [0, T], or NULL; padding holds
+                               the state as for the LSTM */
 } fr_rnn_config;
 
 /* Activation store: states s (T, B, H). */

@@ -6,6 +6,10 @@ static int rnn_check_config(const fr_rnn_config *cfg) {
     if (cfg == NULL) return FR_ENULL;
     if (cfg->T < 1 || cfg->B < 1 || cfg->I < 1 || cfg->H < 1) return FR_EINVAL;
     if (cfg->state_feedback != 0 && cfg->state_feedback != 1) return FR_EINVAL;
+    if (cfg->reverse != 0 && cfg->reverse != 1) return FR_EINVAL;
+    if (cfg->lengths)
+        for (int64_t b = 0; b < cfg->B; b++)
+            if (cfg->lengths[b] < 0 || cfg->lengths[b] > cfg->T) return FR_EINVAL;
     size_t TB;
     FR_CHECK(fr_mul(&TB, (size_t)cfg->T, (size_t)cfg->B));
     if (!fr_fits_int((int64_t)TB) || !fr_fits_int(cfg->H) || !fr_fits_int(cfg->I))
@@ -43,16 +47,20 @@ int fr_rnn_workspace_size(size_t *n_elems, const fr_rnn_config *cfg, int trainin
     return FR_OK;
 }
 
-/* psi (T, B, H) of every step + f_chi (B, H) + f_psi (B, H). */
+/* psi (T, B, H) of every step + f_chi, f_psi, and their holds (B, H) x 4. */
 int fr_rnn_backward_workspace_size(size_t *n_elems, const fr_rnn_config *cfg) {
     FR_CHECK(rnn_check_config(cfg));
     size_t psi, carry, n;
     FR_CHECK(fr_mul3(&psi, (size_t)cfg->T, (size_t)cfg->B, (size_t)cfg->H));
-    FR_CHECK(fr_mul3(&carry, 2, (size_t)cfg->B, (size_t)cfg->H));
+    FR_CHECK(fr_mul3(&carry, 4, (size_t)cfg->B, (size_t)cfg->H));
     FR_CHECK(fr_add(&n, psi, carry));
     if (n > FR_MAX_ELEMS) return FR_EOVERFLOW;
     *n_elems = n;
     return FR_OK;
+}
+
+static inline int rnn_active(const fr_rnn_config *cfg, int64_t b, int64_t n) {
+    return cfg->lengths == NULL || n < cfg->lengths[b];
 }
 
 #define real float

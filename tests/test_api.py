@@ -165,7 +165,7 @@ def test_initial_state_and_repr():
     lstm = fr.LSTM(3, 4, seed=0)
     st = lstm.initial_state(5)
     assert st.s.shape == (1, 5, 4) and not st.s.any() and st.v.dtype == np.float32
-    assert "peepholes=True" in repr(lstm)
+    assert "peepholes='diagonal'" in repr(lstm)
     assert "state_feedback=False" in repr(fr.RNN(3, 4))
 
 

@@ -34,7 +34,7 @@ def test_lstm_matches_torch(T, B, I, H, bias, batch_first):
     torch.manual_seed(T + H)
     module = torch.nn.LSTM(I, H, bias=bias, batch_first=batch_first, dtype=torch.float64)
     layer = fr.LSTM.from_torch(module)
-    assert layer.batch_first == batch_first and layer.dtype == np.float64 and not layer.peepholes
+    assert layer.batch_first == batch_first and layer.dtype == np.float64 and layer.peepholes == "none"
     rng = np.random.default_rng(0)
     xs = (B, T, I) if batch_first else (T, B, I)
     ys = (B, T, H) if batch_first else (T, B, H)
@@ -107,8 +107,8 @@ def test_torch_mapping_refusals():
         fr.LSTM(3, 4, peepholes=True).to_torch()
     with pytest.raises(ValueError, match="state feedback"):
         fr.RNN(3, 4, state_feedback=True).to_torch()
-    with pytest.raises(ValueError, match="one-layer"):
-        fr.LSTM.from_torch(torch.nn.LSTM(3, 4, num_layers=2))
+    with pytest.raises(ValueError, match="coupled gates, cell_clip"):
+        fr.LSTM(3, 4, peepholes=None, coupled_gates=True, cell_clip=1.0).to_torch()
     with pytest.raises(ValueError, match="tanh"):
         fr.RNN.from_torch(torch.nn.RNN(3, 4, nonlinearity="relu"))
     with pytest.raises(TypeError, match="torch.nn.LSTM"):

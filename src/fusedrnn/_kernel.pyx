@@ -48,7 +48,8 @@ cdef extern from "fusedrnn.h" nogil:
 
     ctypedef struct fr_rnn_config:
         int64_t T, B, I, H
-        int state_feedback
+        int state_feedback, reverse
+        const int64_t *lengths
     int fr_rnn_acts_size(size_t *n, const fr_rnn_config *cfg)
     int fr_rnn_workspace_size(size_t *n, const fr_rnn_config *cfg, int training)
     int fr_rnn_backward_workspace_size(size_t *n, const fr_rnn_config *cfg)
@@ -303,35 +304,49 @@ def lstm_backward(LSTMConfig c, real[::1] dx, real[::1] ds0, real[::1] dy0, real
 
 # ---- canonical RNN ---------------------------------------------------------------
 
-cdef fr_rnn_config _rnn_cfg(int64_t T, int64_t B, int64_t I, int64_t H, int state_feedback):
+cdef class RNNConfig:
+    """One RNN layer-direction call: sizes and options (see fr_rnn_config)."""
     cdef fr_rnn_config cfg
-    cfg.T = T; cfg.B = B; cfg.I = I; cfg.H = H; cfg.state_feedback = state_feedback
-    return cfg
+    cdef const int64_t[::1] _lengths
+
+    def __init__(self, int64_t T, int64_t B, int64_t I, int64_t H, bint state_feedback=False,
+                 bint reverse=False, const int64_t[::1] lengths=None):
+        self.cfg.T = T; self.cfg.B = B; self.cfg.I = I; self.cfg.H = H
+        self.cfg.state_feedback = state_feedback; self.cfg.reverse = reverse
+        self.cfg.lengths = NULL
+        if lengths is not None:
+            if lengths.shape[0] != B:
+                raise ValueError(f"internal: lengths has {lengths.shape[0]} entries, B = {B}")
+            self._lengths = lengths
+            self.cfg.lengths = &lengths[0]
+
+    def sizes(self):
+        """Element counts (acts, train workspace, inference workspace, backward workspace)."""
+        cdef size_t acts = 0, wt = 0, wi = 0, wb = 0
+        _check(fr_rnn_acts_size(&acts, &self.cfg), "RNN")
+        _check(fr_rnn_workspace_size(&wt, &self.cfg, 1), "RNN")
+        _check(fr_rnn_workspace_size(&wi, &self.cfg, 0), "RNN")
+        _check(fr_rnn_backward_workspace_size(&wb, &self.cfg), "RNN")
+        return acts, wt, wi, wb
 
 
 def rnn_sizes(int64_t T, int64_t B, int64_t I, int64_t H, int state_feedback):
     """Element counts (acts, train workspace, inference workspace, backward workspace)."""
-    cdef fr_rnn_config cfg = _rnn_cfg(T, B, I, H, state_feedback)
-    cdef size_t acts = 0, wt = 0, wi = 0, wb = 0
-    _check(fr_rnn_acts_size(&acts, &cfg), "RNN")
-    _check(fr_rnn_workspace_size(&wt, &cfg, 1), "RNN")
-    _check(fr_rnn_workspace_size(&wi, &cfg, 0), "RNN")
-    _check(fr_rnn_backward_workspace_size(&wb, &cfg), "RNN")
-    return acts, wt, wi, wb
+    return RNNConfig(T, B, I, H, state_feedback).sizes()
 
 
-def rnn_forward(real[::1] r_seq, real[::1] s_T, real[::1] r_T, real[::1] acts,
+def rnn_forward(RNNConfig c, real[::1] r_seq, real[::1] s_T, real[::1] r_T, real[::1] acts,
                 real[::1] work, const real[::1] x, const real[::1] s0, const real[::1] r0,
                 const real[::1] W_x, const real[::1] W_r, const real[::1] theta_s,
-                const real[::1] W_s, int64_t T, int64_t B, int64_t I, int64_t H,
-                int state_feedback):
+                const real[::1] W_s):
     """fr_rnn_forward on flat buffers; acts=None (or empty) selects inference."""
-    cdef fr_rnn_config cfg = _rnn_cfg(T, B, I, H, state_feedback)
-    cdef size_t n_acts = 0, n_work = 0, TBH = <size_t>(T * B * H), BH = <size_t>(B * H)
+    cdef size_t n_acts = 0, n_work = 0
+    cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H
+    cdef size_t TBH = <size_t>(T * B * H), BH = <size_t>(B * H)
     cdef bint training = acts is not None
     cdef int status
-    _check(fr_rnn_acts_size(&n_acts, &cfg), "RNN forward")
-    _check(fr_rnn_workspace_size(&n_work, &cfg, training), "RNN forward")
+    _check(fr_rnn_acts_size(&n_acts, &c.cfg), "RNN forward")
+    _check(fr_rnn_workspace_size(&n_work, &c.cfg, training), "RNN forward")
     _need(r_seq.shape[0], TBH, "r_seq"); _need(s_T.shape[0], BH, "s_T")
     _need(r_T.shape[0], BH, "r_T"); _need(x.shape[0], <size_t>(T * B * I), "x")
     _need(s0.shape[0], BH, "s0"); _need(r0.shape[0], BH, "r0")
@@ -339,11 +354,11 @@ def rnn_forward(real[::1] r_seq, real[::1] s_T, real[::1] r_T, real[::1] acts,
     _need(theta_s.shape[0], <size_t>H, "theta_s")
     if training:
         _need(acts.shape[0], n_acts, "acts")
-    if work is not None:
+    if n_work:
+        if work is None:
+            raise ValueError("internal: workspace missing")
         _need(work.shape[0], n_work, "work")
-    elif n_work:
-        raise ValueError("internal: workspace missing")
-    if state_feedback:
+    if c.cfg.state_feedback:
         if W_s is None:
             raise ValueError("internal: W_s missing")
         _need(W_s.shape[0], <size_t>(H * H), "W_s")
@@ -351,29 +366,34 @@ def rnn_forward(real[::1] r_seq, real[::1] s_T, real[::1] r_T, real[::1] acts,
         if real is float:
             status = fr_rnn_forward_f32(&r_seq[0], &s_T[0], &r_T[0], _ptr(acts), _ptr(work),
                                         &x[0], &s0[0], &r0[0], &W_x[0], &W_r[0], &theta_s[0],
-                                        _cptr(W_s), &cfg)
+                                        _cptr(W_s), &c.cfg)
         else:
             status = fr_rnn_forward_f64(&r_seq[0], &s_T[0], &r_T[0], _ptr(acts), _ptr(work),
                                         &x[0], &s0[0], &r0[0], &W_x[0], &W_r[0], &theta_s[0],
-                                        _cptr(W_s), &cfg)
+                                        _cptr(W_s), &c.cfg)
     _check(status, "RNN forward")
 
 
-def rnn_backward(real[::1] dx, real[::1] ds0, real[::1] dr0, real[::1] dW_x,
+def rnn_backward(RNNConfig c, real[::1] dx, real[::1] ds0, real[::1] dr0, real[::1] dW_x,
                  real[::1] dW_r, real[::1] dtheta_s, real[::1] dW_s, real[::1] work,
                  const real[::1] dr_seq, const real[::1] ds_T, const real[::1] dr_T,
                  const real[::1] acts, const real[::1] x, const real[::1] r_seq,
                  const real[::1] s0, const real[::1] r0, const real[::1] W_x,
-                 const real[::1] W_r, const real[::1] W_s, int64_t T, int64_t B, int64_t I,
-                 int64_t H, int state_feedback):
+                 const real[::1] W_r, const real[::1] W_s):
     """fr_rnn_backward on flat buffers; every gradient output is accumulated (+=)."""
-    cdef fr_rnn_config cfg = _rnn_cfg(T, B, I, H, state_feedback)
-    cdef size_t n_acts = 0, n_work = 0, TBH = <size_t>(T * B * H), BH = <size_t>(B * H)
+    cdef size_t n_acts = 0, n_work = 0
+    cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H
+    cdef size_t TBH = <size_t>(T * B * H), BH = <size_t>(B * H)
     cdef int status
-    _check(fr_rnn_acts_size(&n_acts, &cfg), "RNN backward")
-    _check(fr_rnn_backward_workspace_size(&n_work, &cfg), "RNN backward")
-    _need(dx.shape[0], <size_t>(T * B * I), "dx"); _need(ds0.shape[0], BH, "ds0")
-    _need(dr0.shape[0], BH, "dr0"); _need(dW_x.shape[0], <size_t>(H * I), "dW_x")
+    _check(fr_rnn_acts_size(&n_acts, &c.cfg), "RNN backward")
+    _check(fr_rnn_backward_workspace_size(&n_work, &c.cfg), "RNN backward")
+    if dx is not None:
+        _need(dx.shape[0], <size_t>(T * B * I), "dx")
+    if ds0 is not None:
+        _need(ds0.shape[0], BH, "ds0")
+    if dr0 is not None:
+        _need(dr0.shape[0], BH, "dr0")
+    _need(dW_x.shape[0], <size_t>(H * I), "dW_x")
     _need(dW_r.shape[0], <size_t>(H * H), "dW_r"); _need(dtheta_s.shape[0], <size_t>H, "dtheta_s")
     _need(work.shape[0], n_work, "work"); _need(x.shape[0], <size_t>(T * B * I), "x")
     _need(r_seq.shape[0], TBH, "r_seq"); _need(s0.shape[0], BH, "s0"); _need(r0.shape[0], BH, "r0")
@@ -384,24 +404,24 @@ def rnn_backward(real[::1] dx, real[::1] ds0, real[::1] dr0, real[::1] dW_x,
         _need(ds_T.shape[0], BH, "ds_T")
     if dr_T is not None:
         _need(dr_T.shape[0], BH, "dr_T")
-    if state_feedback:
+    if c.cfg.state_feedback:
         if W_s is None or dW_s is None or acts is None:
             raise ValueError("internal: state-feedback buffers missing")
         _need(W_s.shape[0], <size_t>(H * H), "W_s"); _need(dW_s.shape[0], <size_t>(H * H), "dW_s")
         _need(acts.shape[0], n_acts, "acts")
     with nogil:
         if real is float:
-            status = fr_rnn_backward_f32(&dx[0], &ds0[0], &dr0[0], &dW_x[0], &dW_r[0],
+            status = fr_rnn_backward_f32(_ptr(dx), _ptr(ds0), _ptr(dr0), &dW_x[0], &dW_r[0],
                                          &dtheta_s[0], _ptr(dW_s), &work[0], _cptr(dr_seq),
                                          _cptr(ds_T), _cptr(dr_T), _cptr(acts), &x[0],
                                          &r_seq[0], &s0[0], &r0[0], &W_x[0], &W_r[0],
-                                         _cptr(W_s), &cfg)
+                                         _cptr(W_s), &c.cfg)
         else:
-            status = fr_rnn_backward_f64(&dx[0], &ds0[0], &dr0[0], &dW_x[0], &dW_r[0],
+            status = fr_rnn_backward_f64(_ptr(dx), _ptr(ds0), _ptr(dr0), &dW_x[0], &dW_r[0],
                                          &dtheta_s[0], _ptr(dW_s), &work[0], _cptr(dr_seq),
                                          _cptr(ds_T), _cptr(dr_T), _cptr(acts), &x[0],
                                          &r_seq[0], &s0[0], &r0[0], &W_x[0], &W_r[0],
-                                         _cptr(W_s), &cfg)
+                                         _cptr(W_s), &c.cfg)
     _check(status, "RNN backward")
 
 

@@ -1,13 +1,21 @@
-"""What the LSTM and the canonical RNN layers share: parameters and gradients,
-state handling, input conversion, and the forward/backward bookkeeping around
-the C kernel calls (the math lives in csrc/ and, for reading, in reference.py)."""
+"""What the LSTM and the canonical RNN share: a network of kernel cells
+(`num_layers` x directions), its parameters and gradients, state handling,
+variable lengths, dropout between layers, input conversion, and the
+forward/backward bookkeeping around the C kernel calls. The math lives in
+csrc/ and, for reading, in reference.py.
+
+A cell is one layer in one direction. Its parameters are stored under the
+base name plus a suffix: "" for layer 0 forward, "_reverse" for layer 0
+reverse, "_l1", "_l1_reverse" for layer 1, ... (PyTorch's scheme)."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+import warnings
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from . import _context
 from . import _validate as V
 
 
@@ -16,33 +24,61 @@ def flat(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
     return None if a is None else a.reshape(-1)
 
 
-class Tape(NamedTuple):
-    """What a training forward keeps for the backward (all time-major, C-contiguous)."""
+def suffix(layer: int, direction: int) -> str:
+    """Parameter-name suffix of a cell: "", "_reverse", "_l1", "_l1_reverse", ..."""
+    return ("" if layer == 0 else f"_l{layer}") + ("_reverse" if direction else "")
 
-    x: np.ndarray       # (T, B, I) input, private copy
-    y: np.ndarray       # (T, B, H) outputs (the recurrent feedback of the next step)
-    s0: np.ndarray      # (B, H) initial state s[-1]
-    o0: np.ndarray      # (B, H) initial output v[-1] (LSTM) or r[-1] (RNN)
-    acts: np.ndarray    # activation store of the kernel
-    params: Dict[str, np.ndarray]  # the weights the forward used
+
+class CellTape(NamedTuple):
+    """What a training forward keeps of one cell for the backward."""
+
+    x: np.ndarray       # (T, B, I_l) the cell's input, private
+    y: np.ndarray       # (T, B, R) outputs = recurrent carry (padding holds the state)
+    s0: np.ndarray      # (B, H) initial state
+    o0: np.ndarray      # (B, R) initial output / feedback
+    acts: np.ndarray    # the kernel's activation store
+    params: Dict[str, np.ndarray]  # base name -> the weights the forward used
+    config: Any         # the kernel configuration of the call
+
+
+class Tape(NamedTuple):
+    cells: List[CellTape]               # index layer * D + direction
+    masks: List[Optional[np.ndarray]]   # dropout masks of layers 1.. (scaled), or None
+    lengths: Optional[np.ndarray]
+    input_size: int                     # I of the caller's x (before context unfolding)
 
 
 class RecurrentLayer:
-    """Base of `LSTM` and `RNN`. Subclasses define `State`, `_param_shapes`,
-    `_kernel_forward` and `_kernel_backward`.
+    """Base of `LSTM` and `RNN`: a stack of `num_layers` layers, each with one or
+    two directions. Subclasses define `State`, `output_size`, `_cell_param_shapes`,
+    `_cell_forward` and `_cell_backward`.
 
-    Threads: one layer may be shared by several threads. The activations of a
-    training forward are kept per thread, so `backward` pairs with the same
+    Threads: one layer object may be shared by several threads. The activations
+    of a training forward are kept per thread, so `backward` pairs with the same
     thread's last training forward, and the accumulation into `grads` is
     serialised by a per-layer lock. Calls on different layers run in parallel
     (the kernel releases the GIL)."""
 
-    State: Any  # a NamedTuple type with two fields: s and the output (v or r)
+    State: Any  # NamedTuple type: (s, output[, x_past])
+    context: Tuple[int, int] = (0, 0)
 
-    def __init__(self, input_size: int, hidden_size: int, *, dtype: Any = np.float32,
+    def __init__(self, input_size: int, hidden_size: int, *, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, dtype: Any = np.float32,
                  batch_first: bool = False, seed: Optional[int] = None) -> None:
         self.input_size = V.positive_int(input_size, "input_size")
         self.hidden_size = V.positive_int(hidden_size, "hidden_size")
+        self.num_layers = V.positive_int(num_layers, "num_layers")
+        if not isinstance(bidirectional, (bool, np.bool_)):
+            raise TypeError(f"bidirectional must be a bool, got {bidirectional!r}")
+        self.bidirectional = bool(bidirectional)
+        if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, (int, float, np.floating)):
+            raise TypeError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout acts between layers; with num_layers=1 it has no effect",
+                          UserWarning, stacklevel=3)
+        self.dropout = float(dropout)
         self.dtype = V.as_dtype(dtype)
         self.batch_first = bool(batch_first)
         rng = np.random.default_rng(seed)
@@ -55,7 +91,46 @@ class RecurrentLayer:
         self.grads: Dict[str, np.ndarray] = {
             name: np.zeros_like(p) for name, p in self.params.items()
         }
+        self._dropout_rng = np.random.default_rng(rng.integers(2**63))
         self._init_runtime()
+
+    # -- to be provided by subclasses ---------------------------------------------
+    @property
+    def output_size(self) -> int:
+        """R: width of one direction's output and recurrent feedback."""
+        return self.hidden_size
+
+    def _cell_param_shapes(self, in_size: int) -> Dict[str, Tuple[int, ...]]:
+        raise NotImplementedError
+
+    def _cell_forward(self, p: Dict[str, np.ndarray], x: np.ndarray, s0: np.ndarray,
+                      o0: np.ndarray, lengths: Optional[np.ndarray], reverse: bool,
+                      training: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[CellTape]]:
+        raise NotImplementedError
+
+    def _cell_backward(self, tape: CellTape, g: Dict[str, np.ndarray], dx: np.ndarray,
+                       ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
+                       ds_T: Optional[np.ndarray], do_T: Optional[np.ndarray]) -> None:
+        raise NotImplementedError
+
+    # -- structure ------------------------------------------------------------------
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _cell_input_size(self, layer: int) -> int:
+        if layer > 0:
+            return self.num_directions * self.output_size
+        L_past, L_future = self.context
+        return (L_past + 1 + L_future) * self.input_size
+
+    def _param_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        shapes: Dict[str, Tuple[int, ...]] = {}
+        for l in range(self.num_layers):
+            for d in range(self.num_directions):
+                for name, shape in self._cell_param_shapes(self._cell_input_size(l)).items():
+                    shapes[name + suffix(l, d)] = shape
+        return shapes
 
     def _init_runtime(self) -> None:
         self._local = threading.local()  # .tape: this thread's last training forward
@@ -79,19 +154,6 @@ class RecurrentLayer:
     def _tape(self, tape: Optional[Tape]) -> None:
         self._local.tape = tape
 
-    # -- to be provided by subclasses ---------------------------------------------
-    def _param_shapes(self) -> Dict[str, Tuple[int, ...]]:
-        raise NotImplementedError
-
-    def _kernel_forward(self, y, s_T, o_T, acts, x, s0, o0, p, T, B):  # pragma: no cover
-        raise NotImplementedError
-
-    def _kernel_backward(self, dx, ds0, do0, dy, ds_T, do_T, tape, T, B):  # pragma: no cover
-        raise NotImplementedError
-
-    def _sizes(self, T: int, B: int) -> Tuple[int, int, int, int]:  # pragma: no cover
-        raise NotImplementedError
-
     # -- public API ---------------------------------------------------------------
     def zero_grad(self) -> None:
         """Set every gradient buffer to zero (backward accumulates into them)."""
@@ -99,85 +161,149 @@ class RecurrentLayer:
             g[...] = 0
 
     def initial_state(self, batch: int) -> Any:
-        """A zero state for `batch` rows: each field (1, B, H)."""
-        shape = (1, V.positive_int(batch, "batch"), self.hidden_size)
-        return self.State(*(np.zeros(shape, self.dtype) for _ in self.State._fields))
+        """A zero state for `batch` rows: s (L*D, B, H), the output (L*D, B, R)."""
+        B = V.positive_int(batch, "batch")
+        LD = self.num_layers * self.num_directions
+        return self.State(np.zeros((LD, B, self.hidden_size), self.dtype),
+                          np.zeros((LD, B, self.output_size), self.dtype))
 
-    def forward(self, x: Any, state: Any = None, training: bool = True) -> Tuple[np.ndarray, Any]:
-        """Run the layer over a sequence.
+    def forward(self, x: Any, state: Any = None, training: bool = True, lengths: Any = None,
+                x_future: Any = None) -> Tuple[np.ndarray, Any]:
+        """Run the network over a sequence.
 
         x: (T, B, I), or (B, T, I) with batch_first; any real array-like, cast to
-        the layer dtype. state: a State (or a 2-tuple) of (1, B, H) arrays, or None
-        for zeros. Returns y (T, B, H) (or (B, T, H)) and the final State.
+        the layer dtype. state: a State of (L*D, B, H) and (L*D, B, R) arrays (and
+        the context frames, LSTM only), or None for zeros. lengths: None or B
+        integers in [0, T]: steps at or after a row's length are padding (output
+        0, state held, no gradient). x_future: see `LSTM` (context windows).
+        Returns y (T, B, D*R) (or (B, T, D*R)) and the final State; with lengths
+        the final state of each row is the one at its own last step.
 
         training=True stores the activations the backward needs; the returned y
-        is then read-only because the backward reads it (copy it to modify it).
-        training=False stores nothing and forbids backward until the next
+        is then read-only when it is the kernel's own buffer (copy it to modify
+        it). training=False stores nothing and forbids backward until the next
         training forward."""
         self._tape = None
         xt = V.sequence(x, "x", self.dtype, self.input_size, self.batch_first)
         T, B, _ = xt.shape
-        s0, o0 = self._state_in(state, B)
+        lens = V.lengths(lengths, B, T)
+        s0_all, o0_all, x_past = self._state_in(state, B)
+        xf = self._future_in(x_future, B, state is not None, T)
         p = self._checked_params()
-        n_acts, n_work_train, n_work_infer, _ = self._sizes(T, B)
-        y = np.empty((T, B, self.hidden_size), self.dtype)
-        s_T = np.empty((1, B, self.hidden_size), self.dtype)
-        o_T = np.empty((1, B, self.hidden_size), self.dtype)
-        acts = np.empty(n_acts, self.dtype) if training else None
-        work = np.empty(n_work_train if training else n_work_infer, self.dtype)
-        self._kernel_forward(y, s_T, o_T, acts, work, xt, s0, o0, p, T, B)
+        L_past, L_future = self.context
+        inp = xt if self.context == (0, 0) else _context.unfold(xt, x_past, xf, L_past, L_future, lens)
+        if inp is xt and training:
+            inp = V.private_copy(xt, x)
+        valid = None if lens is None else (np.arange(T)[:, None] < lens[None, :])[:, :, None]
+        LD = self.num_layers * self.num_directions
+        s_T = np.empty((LD, B, self.hidden_size), self.dtype)
+        o_T = np.empty((LD, B, self.output_size), self.dtype)
+        cells: List[CellTape] = []
+        masks: List[Optional[np.ndarray]] = []
+        out = inp
+        for l in range(self.num_layers):
+            if l > 0:
+                mask = self._dropout_mask(out.shape) if training and self.dropout > 0 else None
+                masks.append(mask)
+                inp = out if mask is None else out * mask
+            outs = []
+            for d in range(self.num_directions):
+                i = l * self.num_directions + d
+                y, s_T[i], o_T[i], tape = self._cell_forward(self._cell_dict(p, l, d), inp, s0_all[i], o0_all[i],
+                                                             lens, bool(d), training)
+                outs.append(y)
+                if tape is not None:
+                    cells.append(tape)
+            out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
+            if valid is not None:
+                out = np.where(valid, out, 0).astype(self.dtype, copy=False)
         if training:
-            self._tape = Tape(V.private_copy(xt, x), y, V.private_copy(s0, _field(state, 0)),
-                              V.private_copy(o0, _field(state, 1)), acts, p)
-            y = y.view()
-            y.flags.writeable = False
-        return self._out(y), self.State(s_T, o_T)
+            self._tape = Tape(cells, masks, lens, self.input_size)
+            if out is cells[-1].y:
+                out = out.view()
+                out.flags.writeable = False
+        return self._out(out), self._state_out(s_T, o_T, x_past, xt)
 
     def backward(self, dy: Any = None, dstate: Any = None) -> Tuple[np.ndarray, Any]:
-        """Back-propagate through the last training forward.
+        """Back-propagate through this thread's last training forward.
 
-        dy: dE/dy with the shape of y (None: zero). dstate: a State of (1, B, H)
-        gradients with respect to the final state, entries may be None.
-        Accumulates (+=) into `grads`; returns dx (shaped like x) and the State of
-        gradients with respect to the initial state. Pairs with this thread's
-        last training forward; may be called more than once (it accumulates)."""
+        dy: dE/dy with the shape of y (None: zero; entries at padded steps are
+        ignored). dstate: a State of gradients with respect to the final state,
+        entries may be None. Accumulates (+=) into `grads`; returns dx (shaped
+        like x) and the State of gradients with respect to the initial state (for
+        context windows its x_past field holds dE/d(state.x_past)). May be called
+        more than once (it accumulates)."""
         tape = self._tape
         if tape is None:
             raise ValueError("backward() needs a preceding forward(x, training=True); the last "
                              "forward was an inference call or there was none")
-        T, B, _ = tape.x.shape
-        H = self.hidden_size
-        dyt = None if dy is None else V.sequence(dy, "dy", self.dtype, H, self.batch_first,
+        T, B = tape.cells[0].x.shape[:2]
+        H, R, D = self.hidden_size, self.output_size, self.num_directions
+        LD = self.num_layers * D
+        dout = None if dy is None else V.sequence(dy, "dy", self.dtype, D * R, self.batch_first,
                                                  batch=B, steps=T)
         ds_T = do_T = None
         if dstate is not None:
             names = self.State._fields
-            if len(dstate) != 2:
-                raise ValueError(f"dstate must be a {type(self).__name__} state ({names[0]}, {names[1]})")
-            ds_T, do_T = (None if d is None else V.state_part(d, f"dstate.{n}", self.dtype, (1, B, H))
-                          for n, d in zip(names, dstate))
-        dx = np.zeros((T, B, self.input_size), self.dtype)
-        ds0 = np.zeros((1, B, H), self.dtype)
-        do0 = np.zeros((1, B, H), self.dtype)
+            if not isinstance(dstate, tuple) or len(dstate) not in (2, len(names)):
+                raise ValueError(f"dstate must be a {self.State.__name__} ({', '.join(names)})")
+            shapes = [(LD, B, H), (LD, B, R)]
+            ds_T, do_T = (None if d is None else V.state_part(d, f"dstate.{n}", self.dtype, shp)
+                          for n, d, shp in zip(names, dstate[:2], shapes))
+        ds0 = np.zeros((LD, B, H), self.dtype)
+        do0 = np.zeros((LD, B, R), self.dtype)
         with self._grad_lock:  # += into the shared grads
             grads = self._checked_grads()
-            self._kernel_backward(dx, ds0, do0, dyt, ds_T, do_T, tape, grads, T, B)
-        return self._out(dx), self.State(ds0, do0)
+            for l in reversed(range(self.num_layers)):
+                dinp = np.zeros((T, B, self._cell_input_size(l)), self.dtype)
+                for d in range(D):
+                    i = l * D + d
+                    g = self._cell_dict(grads, l, d)
+                    dy_ld = None if dout is None else np.ascontiguousarray(dout[:, :, d * R:(d + 1) * R])
+                    self._cell_backward(tape.cells[i], g, dinp, ds0[i], do0[i], dy_ld,
+                                        None if ds_T is None else ds_T[i],
+                                        None if do_T is None else do_T[i])
+                if l > 0:
+                    mask = tape.masks[l - 1]
+                    dout = dinp if mask is None else dinp * mask
+        return self._backward_input(dinp, tape, ds0, do0)
 
     # -- helpers --------------------------------------------------------------------
+    def _cell_dict(self, store: Dict[str, np.ndarray], l: int, d: int) -> Dict[str, np.ndarray]:
+        """One cell's entries of `params` or `grads`, under their base names."""
+        sfx = suffix(l, d)
+        return {name: store[name + sfx] for name in self._cell_param_shapes(self._cell_input_size(l))}
+
+    def _dropout_mask(self, shape: Tuple[int, ...]) -> np.ndarray:
+        keep = 1.0 - self.dropout
+        return ((self._dropout_rng.random(shape) < keep) / keep).astype(self.dtype)
+
+    def _backward_input(self, dinp: np.ndarray, tape: Tape, ds0: np.ndarray, do0: np.ndarray):
+        return self._out(dinp), self.State(ds0, do0)
+
+    def _state_out(self, s_T, o_T, x_past, xt):
+        return self.State(s_T, o_T)
+
+    def _future_in(self, x_future: Any, B: int, has_state: bool, T: int) -> Optional[np.ndarray]:
+        if x_future is not None:
+            raise ValueError(f"x_future is only for {type(self).__name__}s with a look-ahead context window")
+        return None
+
     def _out(self, seq: np.ndarray) -> np.ndarray:
         return seq.transpose(1, 0, 2) if self.batch_first else seq
 
-    def _state_in(self, state: Any, B: int) -> Tuple[np.ndarray, np.ndarray]:
-        shape = (1, B, self.hidden_size)
+    def _state_in(self, state: Any, B: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        LD = self.num_layers * self.num_directions
+        shapes = [(LD, B, self.hidden_size), (LD, B, self.output_size)]
         if state is None:
-            return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+            return np.zeros(shapes[0], self.dtype), np.zeros(shapes[1], self.dtype), None
         names = self.State._fields
-        if not isinstance(state, tuple) or len(state) != 2:
-            raise TypeError(f"state must be a {self.State.__name__} ({names[0]}, {names[1]}) or None, "
+        if not isinstance(state, tuple) or len(state) not in (2, len(names)):
+            raise TypeError(f"state must be a {self.State.__name__} ({', '.join(names)}) or None, "
                             f"got {type(state).__name__}")
-        return tuple(V.state_part(a, f"state.{n}", self.dtype, shape)  # type: ignore[return-value]
-                     for n, a in zip(names, state))
+        s0, o0 = (V.private_copy(V.state_part(a, f"state.{n}", self.dtype, shp), a)
+                  for n, a, shp in zip(names, state[:2], shapes))
+        return s0, o0, None
 
     def _checked_params(self) -> Dict[str, np.ndarray]:
         return {k: V.parameter(self.params, k, self.dtype, shape)
@@ -191,7 +317,3 @@ class RecurrentLayer:
                 raise ValueError(f"grads[{k!r}] must be a writeable C-contiguous array "
                                  "(backward accumulates into it in place)")
         return grads
-
-
-def _field(state: Any, i: int) -> Any:
-    return None if state is None else state[i]

@@ -1,4 +1,5 @@
-"""Exact weight mapping between fusedrnn layers and torch.nn.LSTM / torch.nn.RNN.
+"""Exact weight mapping between fusedrnn networks and torch.nn.LSTM / torch.nn.RNN,
+for every setting PyTorch has (layers, directions, proj_size, biases).
 
 torch is imported lazily: it is an optional dependency."""
 from __future__ import annotations
@@ -6,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from ._layer import suffix
 
 
 def _torch() -> Any:
@@ -22,43 +25,42 @@ def _np(t: Any) -> np.ndarray:
 
 def _check_module(module: Any, kind: str) -> None:
     torch = _torch()
-    cls = getattr(torch.nn, kind)
-    if not isinstance(module, cls):
+    if not isinstance(module, getattr(torch.nn, kind)):
         raise TypeError(f"expected a torch.nn.{kind}, got {type(module).__name__}")
-    if module.num_layers != 1 or module.bidirectional or getattr(module, "proj_size", 0):
-        raise ValueError(f"only a one-layer, unidirectional torch.nn.{kind} without proj_size "
-                         f"maps onto this layer (got num_layers={module.num_layers}, "
-                         f"bidirectional={module.bidirectional}, "
-                         f"proj_size={getattr(module, 'proj_size', 0)})")
     dtype = module.weight_ih_l0.dtype
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"torch.nn.{kind} weights must be float32 or float64, got {dtype}")
 
 
-def _bias(module: Any, rows: int, dtype: np.dtype) -> np.ndarray:
-    if not module.bias:
-        return np.zeros(rows, dtype)
-    return _np(module.bias_ih_l0) + _np(module.bias_hh_l0)
+def _cells(module: Any):
+    """(torch suffix, fusedrnn suffix) of every layer and direction."""
+    for l in range(module.num_layers):
+        for d in range(2 if module.bidirectional else 1):
+            yield f"_l{l}" + ("_reverse" if d else ""), suffix(l, d)
 
 
-def lstm_from_torch(cls: Any, module: Any) -> Any:
-    _check_module(module, "LSTM")
-    W_x = _np(module.weight_ih_l0)
-    layer = cls(module.input_size, module.hidden_size, peepholes=False, dtype=W_x.dtype,
-                batch_first=module.batch_first)
-    layer.params["W_x"][...] = W_x
-    layer.params["W_v"][...] = _np(module.weight_hh_l0)
-    layer.params["b"][...] = _bias(module, 4 * module.hidden_size, W_x.dtype)
+def _copy_in(layer: Any, module: Any, names: dict) -> Any:
+    """Fill layer.params from the module: names maps our base name -> torch base name."""
+    for t_sfx, f_sfx in _cells(module):
+        for ours, theirs in names.items():
+            layer.params[ours + f_sfx][...] = _np(getattr(module, theirs + t_sfx))
+        bias_key = "b" if "b" in layer.params else "theta_s"
+        if module.bias:
+            layer.params[bias_key + f_sfx][...] = (_np(getattr(module, "bias_ih" + t_sfx))
+                                                   + _np(getattr(module, "bias_hh" + t_sfx)))
+        else:
+            layer.params[bias_key + f_sfx][...] = 0
     return layer
 
 
-def _fill(module: Any, W_x: np.ndarray, W_h: np.ndarray, b: np.ndarray) -> Any:
+def _copy_out(layer: Any, module: Any, names: dict, bias_key: str) -> Any:
     torch = _torch()
     with torch.no_grad():
-        module.weight_ih_l0.copy_(torch.from_numpy(W_x))
-        module.weight_hh_l0.copy_(torch.from_numpy(W_h))
-        module.bias_ih_l0.copy_(torch.from_numpy(b))
-        module.bias_hh_l0.zero_()
+        for t_sfx, f_sfx in _cells(module):
+            for ours, theirs in names.items():
+                getattr(module, theirs + t_sfx).copy_(torch.from_numpy(layer.params[ours + f_sfx]))
+            getattr(module, "bias_ih" + t_sfx).copy_(torch.from_numpy(layer.params[bias_key + f_sfx]))
+            getattr(module, "bias_hh" + t_sfx).zero_()
     return module
 
 
@@ -67,27 +69,47 @@ def _torch_dtype(dtype: np.dtype) -> Any:
     return torch.float64 if dtype == np.float64 else torch.float32
 
 
+def lstm_from_torch(cls: Any, module: Any) -> Any:
+    _check_module(module, "LSTM")
+    layer = cls(module.input_size, module.hidden_size, peepholes=None, proj_size=module.proj_size,
+                num_layers=module.num_layers, bidirectional=module.bidirectional,
+                dropout=float(module.dropout) if module.num_layers > 1 else 0.0,
+                dtype=_np(module.weight_ih_l0).dtype, batch_first=module.batch_first)
+    names = {"W_x": "weight_ih", "W_v": "weight_hh"}
+    if module.proj_size:
+        names["W_qv"] = "weight_hr"
+    return _copy_in(layer, module, names)
+
+
 def lstm_to_torch(layer: Any) -> Any:
-    if layer.peepholes:
-        raise ValueError("torch.nn.LSTM has no peepholes: build the LSTM with peepholes=False "
-                         "to export it")
+    blocked = [name for name, on in (("peepholes", layer.peepholes != "none"),
+                                     ("context windows", layer.context != (0, 0)),
+                                     ("coupled gates", layer.coupled_gates),
+                                     ("cell_clip", layer.cell_clip is not None),
+                                     ("accumulation_clip", layer.accumulation_clip is not None)) if on]
+    if blocked:
+        raise ValueError(f"torch.nn.LSTM has no {', '.join(blocked)}: this LSTM cannot be "
+                         "exported to it")
     torch = _torch()
-    module = torch.nn.LSTM(layer.input_size, layer.hidden_size, batch_first=layer.batch_first,
+    module = torch.nn.LSTM(layer.input_size, layer.hidden_size, num_layers=layer.num_layers,
+                           bidirectional=layer.bidirectional, proj_size=layer.proj_size,
+                           dropout=layer.dropout, batch_first=layer.batch_first,
                            dtype=_torch_dtype(layer.dtype))
-    return _fill(module, layer.params["W_x"], layer.params["W_v"], layer.params["b"])
+    names = {"W_x": "weight_ih", "W_v": "weight_hh"}
+    if layer.proj_size:
+        names["W_qv"] = "weight_hr"
+    return _copy_out(layer, module, names, "b")
 
 
 def rnn_from_torch(cls: Any, module: Any) -> Any:
     _check_module(module, "RNN")
     if module.nonlinearity != "tanh":
         raise ValueError(f"the canonical RNN warps with tanh; got nonlinearity={module.nonlinearity!r}")
-    W_x = _np(module.weight_ih_l0)
-    layer = cls(module.input_size, module.hidden_size, state_feedback=False, dtype=W_x.dtype,
-                batch_first=module.batch_first)
-    layer.params["W_x"][...] = W_x
-    layer.params["W_r"][...] = _np(module.weight_hh_l0)
-    layer.params["theta_s"][...] = _bias(module, module.hidden_size, W_x.dtype)
-    return layer
+    layer = cls(module.input_size, module.hidden_size, state_feedback=False,
+                num_layers=module.num_layers, bidirectional=module.bidirectional,
+                dropout=float(module.dropout) if module.num_layers > 1 else 0.0,
+                dtype=_np(module.weight_ih_l0).dtype, batch_first=module.batch_first)
+    return _copy_in(layer, module, {"W_x": "weight_ih", "W_r": "weight_hh"})
 
 
 def rnn_to_torch(layer: Any) -> Any:
@@ -96,5 +118,7 @@ def rnn_to_torch(layer: Any) -> Any:
                          "state_feedback=False to export it")
     torch = _torch()
     module = torch.nn.RNN(layer.input_size, layer.hidden_size, nonlinearity="tanh",
-                          batch_first=layer.batch_first, dtype=_torch_dtype(layer.dtype))
-    return _fill(module, layer.params["W_x"], layer.params["W_r"], layer.params["theta_s"])
+                          num_layers=layer.num_layers, bidirectional=layer.bidirectional,
+                          dropout=layer.dropout, batch_first=layer.batch_first,
+                          dtype=_torch_dtype(layer.dtype))
+    return _copy_out(layer, module, {"W_x": "weight_ih", "W_r": "weight_hh"}, "theta_s")

@@ -93,3 +93,29 @@ def private_copy(arr: np.ndarray, source: Any) -> np.ndarray:
     if isinstance(source, np.ndarray) and np.may_share_memory(arr, source):
         return arr.copy()
     return arr
+
+
+def lengths(a: Any, batch: int, steps: int) -> Optional[np.ndarray]:
+    """Per-row sequence lengths: None, or B integers in [0, T] (int64, contiguous)."""
+    if a is None:
+        return None
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
+    if arr.shape != (batch,):
+        raise ValueError(f"lengths must have shape (B,) = ({batch},), one per batch row, got {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > steps):
+        raise ValueError(f"lengths must lie in [0, T] = [0, {steps}], got min {arr.min()}, max {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def optional_positive(value: Any, name: str) -> Optional[float]:
+    """None, or a finite float > 0."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a positive number or None, got {value!r}")
+    v = float(value)
+    if not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0 or None, got {value!r}")
+    return v

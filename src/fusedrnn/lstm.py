@@ -1,119 +1,237 @@
-"""`fr.LSTM`: the Vanilla LSTM of Sherstinsky (2020) §5, spec §2, on the fused C kernel."""
+"""`fr.LSTM`: the Vanilla LSTM of Sherstinsky (2020) §5 and its augmented
+extensions (§6; spec §2-§4), on the fused C kernel."""
 from __future__ import annotations
 
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import _kernel
-from ._layer import RecurrentLayer, Tape, flat
+from . import _context, _kernel
+from . import _validate as V
+from ._layer import CellTape, RecurrentLayer, Tape, flat, suffix
 
 GATES = ("cu", "cs", "du", "cr")  # control update, control state, data update, control readout
 PEEPHOLE_GATES = ("cu", "cs", "cr")
+_PEEP_CODES = {None: 0, False: 0, "none": 0, True: 1, "diagonal": 1, "full": 2}
 
 
 class LSTMState(NamedTuple):
-    """LSTM state, each field (layers * directions, B, H): the cell state s
-    (PyTorch's c) and the output v (PyTorch's h)."""
+    """LSTM state. s: cell states (L*D, B, H) (PyTorch's c); v: the outputs fed
+    back (L*D, B, R) (PyTorch's h; q = W_qv v with a projection); x_past: the
+    last L_past input frames (L_past, B, I) for a context window, else None."""
 
     s: np.ndarray
     v: np.ndarray
+    x_past: Optional[np.ndarray] = None
 
 
-def _peephole_flag(peepholes: Any) -> bool:
-    if peepholes in (True, "diagonal"):
-        return True
-    if peepholes in (False, None):
-        return False
-    raise ValueError(f"peepholes must be True/'diagonal' or False/None, got {peepholes!r}")
+def _peephole_mode(peepholes: Any) -> str:
+    try:
+        code = _PEEP_CODES[peepholes]
+    except (KeyError, TypeError):
+        raise ValueError("peepholes must be 'diagonal' (or True), 'full', or None (or False), "
+                         f"got {peepholes!r}") from None
+    return ("none", "diagonal", "full")[code]
 
 
 class LSTM(RecurrentLayer):
-    """Vanilla LSTM layer with optional diagonal peepholes (spec §2).
+    """LSTM network: the Vanilla LSTM with peepholes (spec §2) and the paper's
+    augmented LSTM (§3), stacked and bidirectional (§4).
 
-    Accumulations, warpings and state update for each step n:
-        a_cu = W_xcu x[n] + w_scu ⊙ s[n-1] + W_vcu v[n-1] + b_cu   (input gate)
-        a_cs = W_xcs x[n] + w_scs ⊙ s[n-1] + W_vcs v[n-1] + b_cs   (forget gate)
-        a_du = W_xdu x[n]                  + W_vdu v[n-1] + b_du   (cell candidate)
+    For each step n of each layer and direction (σ = sigmoid, ⊙ element-wise):
+        a_cu = W_xcu X[n] + W_scu s[n-1] + W_vcu v[n-1] + b_cu     (input gate)
+        a_cs = W_xcs X[n] + W_scs s[n-1] + W_vcs v[n-1] + b_cs     (forget gate)
+        a_du = W_xdu X[n]                + W_vdu v[n-1] + b_du     (cell candidate)
         s[n] = σ(a_cs) ⊙ s[n-1] + σ(a_cu) ⊙ tanh(a_du)
-        a_cr = W_xcr x[n] + w_scr ⊙ s[n]   + W_vcr v[n-1] + b_cr   (output gate)
-        v[n] = σ(a_cr) ⊙ tanh(s[n])
+        a_cr = W_xcr X[n] + W_scr s[n]   + W_vcr v[n-1] + b_cr     (output gate)
+        v[n] = σ(a_cr) ⊙ tanh(s[n]),     q[n] = W_qv v[n] with a projection
 
-    `params` holds the real storage, fused in gate order (cu, cs, du, cr) =
-    PyTorch's (i, f, g, o):
-        "W_x" (4H, I) = [W_xcu; W_xcs; W_xdu; W_xcr]
-        "W_v" (4H, H) = [W_vcu; W_vcs; W_vdu; W_vcr]
-        "b"   (4H,)   = [b_cu; b_cs; b_du; b_cr]   (PyTorch's bias_ih + bias_hh)
-        "w_s" (3, H)  = [w_scu; w_scs; w_scr]      (only with peepholes)
-    `paper_params` / `paper_grads` give per-gate views under the paper's names.
-    Update `params` in place (optimisers do): the next forward reads them.
+    Options (each combines with every other):
+        peepholes: "diagonal"/True (default: W_s* = diag(w_s*)), "full" (d_s x d_s
+            matrices, the paper's general form), None/False (then equal to torch.nn.LSTM).
+        proj_size: P < H, recurrent projection (§3b): q[n] = W_qv v[n] is the output
+            and replaces v[n-1] in the accumulations (torch's proj_size). R = P, else H.
+        context: (L_past, L_future), external input context window (§3a): layer 0
+            sees X[n] = [x[n-L_past], ..., x[n+L_future]], zero outside the sequence.
+            Streaming: the state carries the last L_past frames (state.x_past), and a
+            caller passes the next L_future frames as forward(..., x_future=...); then
+            chunked calls equal one call. Without x_future the sequence ends there.
+        coupled_gates: g_cs = 1 - g_cu (§3c, ONNX input_forget); the cs weights are unused.
+        cell_clip: c, s[n] clipped to [-c, c] after each update (TensorFlow's cell_clip).
+        accumulation_clip: c, every a_* clipped to [-c, c] before warping (ONNX's clip).
+        num_layers, bidirectional, dropout (between layers, training only, seeded).
+        dtype (float32/float64), batch_first, seed (initialisation and dropout).
 
-    Args:
-        input_size: I (the paper's d_x). hidden_size: H (d_s).
-        peepholes: True or "diagonal" (default) for diagonal peepholes, False/None for none.
-        dtype: np.float32 or np.float64. batch_first: x is (B, T, I) instead of (T, B, I).
-        seed: seed of the U(-1/sqrt(H), 1/sqrt(H)) initialisation.
+    `params` holds the real storage; per cell (suffix "", "_reverse", "_l1", ...):
+        "W_x" (4H, K*I_l) = [W_xcu; W_xcs; W_xdu; W_xcr], K = L_past + 1 + L_future for
+              layer 0 (column block k multiplies x[n + k - L_past]), I_l = D*R above
+        "W_v" (4H, R)     = [W_vcu; W_vcs; W_vdu; W_vcr]  (W_q* with projection)
+        "b"   (4H,)       = [b_cu; b_cs; b_du; b_cr]       (PyTorch's bias_ih + bias_hh)
+        "w_s" (3, H)      = [w_scu; w_scs; w_scr]          diagonal peepholes
+        "W_s" (3, H, H)   = [W_scu; W_scs; W_scr]          full peepholes
+        "W_qv" (P, H)                                     projection
+    Gate order (cu, cs, du, cr) = PyTorch's (i, f, g, o). `paper_params` gives
+    per-gate views under the paper's names. Update `params` in place.
     """
 
     State = LSTMState
 
     def __init__(self, input_size: int, hidden_size: int, peepholes: Any = True, *,
-                 dtype: Any = np.float32, batch_first: bool = False,
-                 seed: Optional[int] = None) -> None:
-        self.peepholes = _peephole_flag(peepholes)
-        super().__init__(input_size, hidden_size, dtype=dtype, batch_first=batch_first, seed=seed)
+                 proj_size: int = 0, context: Tuple[int, int] = (0, 0),
+                 coupled_gates: bool = False, cell_clip: Optional[float] = None,
+                 accumulation_clip: Optional[float] = None, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, dtype: Any = np.float32,
+                 batch_first: bool = False, seed: Optional[int] = None) -> None:
+        self.peepholes = _peephole_mode(peepholes)
+        H = V.positive_int(hidden_size, "hidden_size")
+        if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, (int, np.integer)):
+            raise TypeError(f"proj_size must be an int, got {proj_size!r}")
+        if not 0 <= proj_size < H:
+            raise ValueError(f"proj_size must satisfy 0 <= proj_size < hidden_size = {H} "
+                             f"(the projection reduces d_q below d_s), got {proj_size}")
+        self.proj_size = int(proj_size)
+        try:
+            L_past, L_future = context
+        except (TypeError, ValueError):
+            raise TypeError(f"context must be a pair (L_past, L_future), got {context!r}") from None
+        for name, val in (("context[0] (L_past)", L_past), ("context[1] (L_future)", L_future)):
+            if isinstance(val, (bool, np.bool_)) or not isinstance(val, (int, np.integer)) or val < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {val!r}")
+        self.context = (int(L_past), int(L_future))
+        if not isinstance(coupled_gates, (bool, np.bool_)):
+            raise TypeError(f"coupled_gates must be a bool, got {coupled_gates!r}")
+        self.coupled_gates = bool(coupled_gates)
+        self.cell_clip = V.optional_positive(cell_clip, "cell_clip")
+        self.accumulation_clip = V.optional_positive(accumulation_clip, "accumulation_clip")
+        super().__init__(input_size, hidden_size, num_layers=num_layers,
+                         bidirectional=bidirectional, dropout=dropout, dtype=dtype,
+                         batch_first=batch_first, seed=seed)
 
     def __repr__(self) -> str:
+        opts = [f"peepholes={self.peepholes!r}"]
+        for name, default in (("proj_size", 0), ("context", (0, 0)), ("coupled_gates", False),
+                              ("cell_clip", None), ("accumulation_clip", None), ("num_layers", 1),
+                              ("bidirectional", False), ("dropout", 0.0), ("batch_first", False)):
+            if getattr(self, name) != default:
+                opts.append(f"{name}={getattr(self, name)!r}")
         return (f"LSTM(input_size={self.input_size}, hidden_size={self.hidden_size}, "
-                f"peepholes={self.peepholes}, dtype={self.dtype.name}, batch_first={self.batch_first})")
+                f"{', '.join(opts)}, dtype={self.dtype.name})")
 
-    def _param_shapes(self) -> Dict[str, Tuple[int, ...]]:
-        H, I = self.hidden_size, self.input_size
-        shapes: Dict[str, Tuple[int, ...]] = {"W_x": (4 * H, I), "W_v": (4 * H, H), "b": (4 * H,)}
-        if self.peepholes:
+    @property
+    def output_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    def _cell_param_shapes(self, in_size: int) -> Dict[str, Tuple[int, ...]]:
+        H, R = self.hidden_size, self.output_size
+        shapes: Dict[str, Tuple[int, ...]] = {"W_x": (4 * H, in_size), "W_v": (4 * H, R),
+                                              "b": (4 * H,)}
+        if self.peepholes == "diagonal":
             shapes["w_s"] = (3, H)
+        elif self.peepholes == "full":
+            shapes["W_s"] = (3, H, H)
+        if self.proj_size:
+            shapes["W_qv"] = (self.proj_size, H)
         return shapes
 
-    def _config(self, T: int, B: int) -> "_kernel.LSTMConfig":
-        return _kernel.LSTMConfig(T, B, self.input_size, self.hidden_size, 0, int(self.peepholes))
+    # -- kernel calls -----------------------------------------------------------------
+    def _config(self, T: int, B: int, in_size: int, lengths, reverse: bool) -> "_kernel.LSTMConfig":
+        return _kernel.LSTMConfig(T, B, in_size, self.hidden_size, self.proj_size,
+                                  _PEEP_CODES[self.peepholes],
+                                  self.coupled_gates, reverse, self.cell_clip or 0.0,
+                                  self.accumulation_clip or 0.0, lengths)
 
-    def _sizes(self, T: int, B: int) -> Tuple[int, int, int, int]:
-        return self._config(T, B).sizes()
+    def _cell_forward(self, p, x, s0, o0, lengths, reverse, training):
+        T, B, I_l = x.shape
+        cfg = self._config(T, B, I_l, lengths, reverse)
+        n_acts, n_train, n_infer, _ = cfg.sizes()
+        y = np.empty((T, B, self.output_size), self.dtype)
+        s_T = np.empty((B, self.hidden_size), self.dtype)
+        y_T = np.empty((B, self.output_size), self.dtype)
+        acts = np.empty(n_acts, self.dtype) if training else None
+        work = np.empty(n_train if training else n_infer, self.dtype)
+        W_s = p.get("w_s", p.get("W_s"))
+        _kernel.lstm_forward(cfg, flat(y), s_T.reshape(-1), y_T.reshape(-1), acts, work, flat(x),
+                             flat(s0), flat(o0), flat(p["W_x"]), flat(p["W_v"]), flat(p["b"]),
+                             flat(W_s), flat(p.get("W_qv")))
+        tape = CellTape(x, y, s0, o0, acts, p, cfg) if training else None
+        return y, s_T, y_T, tape
 
-    def _kernel_forward(self, y, s_T, o_T, acts, work, x, s0, o0, p, T, B) -> None:
-        _kernel.lstm_forward(self._config(T, B), flat(y), flat(s_T), flat(o_T), flat(acts),
-                             flat(work), flat(x), flat(s0), flat(o0), flat(p["W_x"]),
-                             flat(p["W_v"]), flat(p["b"]), flat(p.get("w_s")), None)
-
-    def _kernel_backward(self, dx, ds0, do0, dy, ds_T, do_T, tape: Tape, grads, T, B) -> None:
-        _, _, _, n_work = self._sizes(T, B)
-        work = np.empty(n_work, self.dtype)
+    def _cell_backward(self, tape: CellTape, g, dx, ds0, do0, dy, ds_T, do_T) -> None:
+        cfg = tape.config
+        work = np.empty(cfg.sizes()[3], self.dtype)
         p = tape.params
-        _kernel.lstm_backward(self._config(T, B), flat(dx), flat(ds0), flat(do0),
-                              flat(grads["W_x"]), flat(grads["W_v"]), flat(grads["b"]),
-                              flat(grads.get("w_s")), None, work, flat(dy), flat(ds_T),
-                              flat(do_T), tape.acts, flat(tape.x), flat(tape.y), flat(tape.s0),
-                              flat(tape.o0), flat(p["W_x"]), flat(p["W_v"]), flat(p.get("w_s")),
-                              None)
+        W_s = p.get("w_s", p.get("W_s"))
+        dW_s = g.get("w_s", g.get("W_s"))
+        _kernel.lstm_backward(cfg, flat(dx), flat(ds0), flat(do0), flat(g["W_x"]), flat(g["W_v"]),
+                              flat(g["b"]), flat(dW_s), flat(g.get("W_qv")), work, flat(dy),
+                              flat(ds_T), flat(do_T), tape.acts, flat(tape.x), flat(tape.y),
+                              flat(tape.s0), flat(tape.o0), flat(p["W_x"]), flat(p["W_v"]),
+                              flat(W_s), flat(p.get("W_qv")))
+
+    # -- context windows ------------------------------------------------------------------
+    def _state_in(self, state, B):
+        s0, o0, _ = super()._state_in(state, B)
+        L_past = self.context[0]
+        x_past = None
+        if state is not None and len(state) > 2 and state[2] is not None:
+            if L_past == 0:
+                raise ValueError("state.x_past is only for LSTMs with context=(L_past > 0, .)")
+            if self.bidirectional:
+                raise ValueError("streaming context (state.x_past) needs a unidirectional LSTM")
+            x_past = V.private_copy(V.state_part(state[2], "state.x_past", self.dtype,
+                                                 (L_past, B, self.input_size)), state[2])
+        return s0, o0, x_past
+
+    def _future_in(self, x_future, B, has_state, T):
+        L_past, L_future = self.context
+        if x_future is None:
+            if not has_state and (L_past >= T or L_future >= T):
+                raise ValueError(f"the context window {self.context} is wider than the sequence "
+                                 f"(T = {T}); for streaming pass the neighbouring frames in "
+                                 "state.x_past and x_future")
+            return None
+        if L_future == 0:
+            raise ValueError("x_future is only for LSTMs with a look-ahead, context=(., L_future > 0)")
+        if self.bidirectional:
+            raise ValueError("x_future (streaming look-ahead) needs a unidirectional LSTM")
+        return V.sequence(x_future, "x_future", self.dtype, self.input_size, self.batch_first,
+                          batch=B, steps=L_future)
+
+    def _state_out(self, s_T, o_T, x_past, xt):
+        return LSTMState(s_T, o_T, _context.next_past(x_past, xt, self.context[0]))
+
+    def _backward_input(self, dinp, tape: Tape, ds0, do0):
+        if self.context == (0, 0):
+            return self._out(dinp), LSTMState(ds0, do0)
+        dx, dx_past, _ = _context.fold(dinp, self.input_size, *self.context, tape.lengths)
+        return self._out(dx), LSTMState(ds0, do0, dx_past if self.context[0] else None)
 
     # -- the paper's names ---------------------------------------------------------
     def _paper_views(self, store: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         H = self.hidden_size
         views: Dict[str, np.ndarray] = {}
-        for i, gate in enumerate(GATES):
-            rows = slice(i * H, (i + 1) * H)
-            views[f"W_x{gate}"] = store["W_x"][rows]
-            views[f"W_v{gate}"] = store["W_v"][rows]
-            views[f"b_{gate}"] = store["b"][rows]
-        if self.peepholes:
-            for i, gate in enumerate(PEEPHOLE_GATES):
-                views[f"w_s{gate}"] = store["w_s"][i]
+        for l in range(self.num_layers):
+            for d in range(self.num_directions):
+                sfx = suffix(l, d)
+                for i, gate in enumerate(GATES):
+                    rows = slice(i * H, (i + 1) * H)
+                    views[f"W_x{gate}{sfx}"] = store["W_x" + sfx][rows]
+                    views[f"W_v{gate}{sfx}"] = store["W_v" + sfx][rows]
+                    views[f"b_{gate}{sfx}"] = store["b" + sfx][rows]
+                for i, gate in enumerate(PEEPHOLE_GATES):
+                    if self.peepholes == "diagonal":
+                        views[f"w_s{gate}{sfx}"] = store["w_s" + sfx][i]
+                    elif self.peepholes == "full":
+                        views[f"W_s{gate}{sfx}"] = store["W_s" + sfx][i]
+                if self.proj_size:
+                    views[f"W_qv{sfx}"] = store["W_qv" + sfx]
         return views
 
     @property
     def paper_params(self) -> Dict[str, np.ndarray]:
-        """Views of `params` under the paper's names: W_xcu (H, I), W_vcu (H, H),
-        b_cu (H,), w_scu (H,) ... for every gate (writes go to the real storage)."""
+        """Views of `params` under the paper's names: W_xcu (H, I), W_vcu (H, R),
+        b_cu (H,), w_scu (H,) or W_scu (H, H), W_qv (P, H) ..., with the cell suffix
+        (writes go to the real storage)."""
         return self._paper_views(self.params)
 
     @property
@@ -124,14 +242,15 @@ class LSTM(RecurrentLayer):
     # -- PyTorch interop -------------------------------------------------------------
     @classmethod
     def from_torch(cls, module: Any) -> "LSTM":
-        """An LSTM with the exact weights of a one-layer, unidirectional
-        `torch.nn.LSTM` (no projection): W_x = weight_ih_l0, W_v = weight_hh_l0,
-        b = bias_ih_l0 + bias_hh_l0; dtype and batch_first are taken from it."""
+        """An LSTM with the exact weights of a `torch.nn.LSTM` (any num_layers,
+        bidirectional, proj_size, bias): W_x = weight_ih_l{k}, W_v = weight_hh_l{k},
+        W_qv = weight_hr_l{k}, b = bias_ih_l{k} + bias_hh_l{k}; dtype and batch_first
+        are taken from it. torch's dropout probability is carried over."""
         from ._torch import lstm_from_torch
         return lstm_from_torch(cls, module)
 
     def to_torch(self) -> Any:
-        """A `torch.nn.LSTM` computing the same function (peepholes must be off:
-        PyTorch has none). b goes to bias_ih_l0, bias_hh_l0 is zero."""
+        """A `torch.nn.LSTM` computing the same function (only for what PyTorch
+        has: no peepholes, context windows, coupled gates or clips)."""
         from ._torch import lstm_to_torch
         return lstm_to_torch(self)

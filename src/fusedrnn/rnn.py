@@ -6,7 +6,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 
 from . import _kernel
-from ._layer import RecurrentLayer, Tape, flat
+from ._layer import CellTape, RecurrentLayer, flat
 
 
 class RNNState(NamedTuple):
@@ -18,58 +18,70 @@ class RNNState(NamedTuple):
 
 
 class RNN(RecurrentLayer):
-    """The canonical RNN (spec §1):
+    """The canonical RNN (spec §1), stacked and bidirectional (§4):
 
         s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + θ_s,   r[n] = tanh(s[n])
 
-    With state_feedback=False (default) W_s = 0 and the layer equals
-    `torch.nn.RNN(nonlinearity="tanh")`. `params`:
-        "W_x" (H, I), "W_r" (H, H), "theta_s" (H,) (PyTorch's bias_ih + bias_hh),
+    With state_feedback=False (default) W_s = 0 and the network equals
+    `torch.nn.RNN(nonlinearity="tanh")`. `params`, per cell (suffix "",
+    "_reverse", "_l1", ...):
+        "W_x" (H, I_l), "W_r" (H, H), "theta_s" (H,) (PyTorch's bias_ih + bias_hh),
         "W_s" (H, H) only with state_feedback=True.
-    The output sequence is r[n]; the state is RNNState(s, r).
+    The output sequence is r[n] (directions concatenated); the state is
+    RNNState(s, r). Options num_layers, bidirectional, dropout, dtype,
+    batch_first, seed and forward's lengths are as for `fr.LSTM`.
     """
 
     State = RNNState
 
     def __init__(self, input_size: int, hidden_size: int, state_feedback: bool = False, *,
+                 num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
                  dtype: Any = np.float32, batch_first: bool = False,
                  seed: Optional[int] = None) -> None:
         if not isinstance(state_feedback, (bool, np.bool_)):
             raise TypeError(f"state_feedback must be a bool, got {state_feedback!r}")
         self.state_feedback = bool(state_feedback)
-        super().__init__(input_size, hidden_size, dtype=dtype, batch_first=batch_first, seed=seed)
+        super().__init__(input_size, hidden_size, num_layers=num_layers,
+                         bidirectional=bidirectional, dropout=dropout, dtype=dtype,
+                         batch_first=batch_first, seed=seed)
 
     def __repr__(self) -> str:
         return (f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, "
-                f"state_feedback={self.state_feedback}, dtype={self.dtype.name}, "
+                f"state_feedback={self.state_feedback}, num_layers={self.num_layers}, "
+                f"bidirectional={self.bidirectional}, dtype={self.dtype.name}, "
                 f"batch_first={self.batch_first})")
 
-    def _param_shapes(self) -> Dict[str, Tuple[int, ...]]:
-        H, I = self.hidden_size, self.input_size
-        shapes: Dict[str, Tuple[int, ...]] = {"W_x": (H, I), "W_r": (H, H), "theta_s": (H,)}
+    def _cell_param_shapes(self, in_size: int) -> Dict[str, Tuple[int, ...]]:
+        H = self.hidden_size
+        shapes: Dict[str, Tuple[int, ...]] = {"W_x": (H, in_size), "W_r": (H, H), "theta_s": (H,)}
         if self.state_feedback:
             shapes["W_s"] = (H, H)
         return shapes
 
-    def _sizes(self, T: int, B: int) -> Tuple[int, int, int, int]:
-        return _kernel.rnn_sizes(T, B, self.input_size, self.hidden_size, int(self.state_feedback))
-
-    def _kernel_forward(self, y, s_T, o_T, acts, work, x, s0, o0, p, T, B) -> None:
-        _kernel.rnn_forward(flat(y), flat(s_T), flat(o_T), flat(acts), flat(work), flat(x),
+    def _cell_forward(self, p, x, s0, o0, lengths, reverse, training):
+        T, B, I_l = x.shape
+        H = self.hidden_size
+        cfg = _kernel.RNNConfig(T, B, I_l, H, self.state_feedback, reverse, lengths)
+        n_acts, n_train, n_infer, _ = cfg.sizes()
+        y = np.empty((T, B, H), self.dtype)
+        s_T = np.empty((B, H), self.dtype)
+        r_T = np.empty((B, H), self.dtype)
+        acts = np.empty(n_acts, self.dtype) if training else None
+        work = np.empty(n_train if training else n_infer, self.dtype)
+        _kernel.rnn_forward(cfg, flat(y), s_T.reshape(-1), r_T.reshape(-1), acts, work, flat(x),
                             flat(s0), flat(o0), flat(p["W_x"]), flat(p["W_r"]),
-                            flat(p["theta_s"]), flat(p.get("W_s")), T, B, self.input_size,
-                            self.hidden_size, int(self.state_feedback))
+                            flat(p["theta_s"]), flat(p.get("W_s")))
+        tape = CellTape(x, y, s0, o0, acts, p, cfg) if training else None
+        return y, s_T, r_T, tape
 
-    def _kernel_backward(self, dx, ds0, do0, dy, ds_T, do_T, tape: Tape, grads, T, B) -> None:
-        _, _, _, n_work = self._sizes(T, B)
-        work = np.empty(n_work, self.dtype)
+    def _cell_backward(self, tape: CellTape, g, dx, ds0, do0, dy, ds_T, do_T) -> None:
+        cfg = tape.config
+        work = np.empty(cfg.sizes()[3], self.dtype)
         p = tape.params
-        _kernel.rnn_backward(flat(dx), flat(ds0), flat(do0), flat(grads["W_x"]),
-                             flat(grads["W_r"]), flat(grads["theta_s"]), flat(grads.get("W_s")),
-                             work, flat(dy), flat(ds_T), flat(do_T), tape.acts, flat(tape.x),
-                             flat(tape.y), flat(tape.s0), flat(tape.o0), flat(p["W_x"]),
-                             flat(p["W_r"]), flat(p.get("W_s")), T, B, self.input_size,
-                             self.hidden_size, int(self.state_feedback))
+        _kernel.rnn_backward(cfg, flat(dx), flat(ds0), flat(do0), flat(g["W_x"]), flat(g["W_r"]),
+                             flat(g["theta_s"]), flat(g.get("W_s")), work, flat(dy), flat(ds_T),
+                             flat(do_T), tape.acts, flat(tape.x), flat(tape.y), flat(tape.s0),
+                             flat(tape.o0), flat(p["W_x"]), flat(p["W_r"]), flat(p.get("W_s")))
 
     @property
     def paper_params(self) -> Dict[str, np.ndarray]:
@@ -82,9 +94,9 @@ class RNN(RecurrentLayer):
 
     @classmethod
     def from_torch(cls, module: Any) -> "RNN":
-        """An RNN with the exact weights of a one-layer, unidirectional
-        `torch.nn.RNN(nonlinearity='tanh')`: W_x = weight_ih_l0, W_r = weight_hh_l0,
-        theta_s = bias_ih_l0 + bias_hh_l0."""
+        """An RNN with the exact weights of a `torch.nn.RNN(nonlinearity='tanh')`
+        (any num_layers, bidirectional, bias): W_x = weight_ih_l{k}, W_r =
+        weight_hh_l{k}, theta_s = bias_ih_l{k} + bias_hh_l{k}."""
         from ._torch import rnn_from_torch
         return rnn_from_torch(cls, module)
 

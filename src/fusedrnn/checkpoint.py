@@ -1,0 +1,304 @@
+"""Checkpoints: a model's configuration and parameters (and optimiser state) in
+one portable `.npz` file, read back without pickle.
+
+    fr.save("model.npz", model, optimizer=opt, metadata={"vocab": chars})
+    model = fr.load("model.npz")
+    model, opt, metadata = fr.load_checkpoint("model.npz")
+
+File layout (format version 1), a NumPy .npz (zip) archive with members:
+    "__fusedrnn__"          uint8: the UTF-8 JSON header (below)
+    "param/<key>"           every model parameter, keys as in `model.params`
+    "optim/<buffer>/<key>"  optimiser buffers (Adam "m"/"v", SGD "momentum_buffer")
+The header: {"format": "fusedrnn-checkpoint", "format_version": 1,
+"fusedrnn_version", "model": the configuration tree ({"type": "LSTM",
+"config": {...}} or {"type": "Sequential", "layers": [...]}), "optimizer":
+null or {"type", "hyper", "step", "buffers"}, "metadata": user JSON, "arrays":
+{member: {"dtype", "shape", "sha256"}}}. Loading checks every member against
+the header (names, dtype, shape, SHA-256), so a truncated, corrupted or foreign
+file raises ValueError instead of producing a wrong model.
+
+A layer's configuration is its constructor arguments, read back from the
+attributes of the same names (seed excepted: the parameters are stored)."""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import tempfile
+from typing import Any, Dict, List, NamedTuple, Optional, Type
+
+import numpy as np
+
+from . import optim as _optim
+
+__all__ = ["save", "load", "load_checkpoint", "Checkpoint", "register_layer", "model_config",
+           "model_from_config", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "fusedrnn-checkpoint"
+FORMAT_VERSION = 1
+HEADER = "__fusedrnn__"
+_SKIP_ARGS = ("self", "seed")
+
+_LAYERS: Dict[str, Type[Any]] = {}
+_OPTIMIZERS: Dict[str, Type[Any]] = {"SGD": _optim.SGD, "Adam": _optim.Adam}
+
+
+def register_layer(cls: Type[Any], name: Optional[str] = None) -> Type[Any]:
+    """Make a layer class known to `load` (the built-in layers are registered).
+    Its constructor arguments must be readable as same-named attributes, or it
+    must define `config() -> dict` of keyword arguments."""
+    _LAYERS[name or cls.__name__] = cls
+    return cls
+
+
+def _builtin_layers() -> None:
+    if _LAYERS:
+        return
+    from .linear import Linear
+    from .lstm import LSTM
+    from .rnn import RNN
+    for cls in (LSTM, RNN, Linear):
+        register_layer(cls)
+
+
+# -- configuration ---------------------------------------------------------------------------
+def _jsonable(value: Any, where: str) -> Any:
+    if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
+        return np.dtype(value).name
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, where) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, where) for k, v in value.items()}
+    raise TypeError(f"cannot store {where} = {value!r} ({type(value).__name__}) in a checkpoint")
+
+
+def _from_json(value: Any) -> Any:
+    """JSON lists come back as tuples (the form layer constructors take)."""
+    if isinstance(value, list):
+        return tuple(_from_json(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _from_json(v) for k, v in value.items()}
+    return value
+
+
+def model_config(model: Any) -> Dict[str, Any]:
+    """The JSON-able configuration tree of a layer or a Sequential."""
+    from .sequential import Sequential
+    _builtin_layers()
+    if isinstance(model, Sequential):
+        return {"type": "Sequential", "layers": [model_config(l) for l in model.layers]}
+    name = type(model).__name__
+    if _LAYERS.get(name) is not type(model):
+        raise TypeError(f"cannot save a {name}: not a registered layer type "
+                        f"(known: {sorted(_LAYERS)}; see fusedrnn.checkpoint.register_layer)")
+    if callable(getattr(model, "config", None)):
+        cfg = dict(model.config())
+    else:
+        cfg = {}
+        for pname, prm in inspect.signature(type(model).__init__).parameters.items():
+            if pname in _SKIP_ARGS or prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD):
+                continue
+            if not hasattr(model, pname):
+                raise TypeError(f"cannot save a {name}: its constructor argument {pname!r} is "
+                                "not kept as an attribute of the same name")
+            cfg[pname] = getattr(model, pname)
+    return {"type": name, "config": {k: _jsonable(v, f"{name}.{k}") for k, v in cfg.items()}}
+
+
+def model_from_config(tree: Dict[str, Any]) -> Any:
+    """Build a model (with fresh parameters) from a `model_config` tree."""
+    from .sequential import Sequential
+    _builtin_layers()
+    if not isinstance(tree, dict) or "type" not in tree:
+        raise ValueError(f"bad model configuration: {tree!r}")
+    if tree["type"] == "Sequential":
+        return Sequential(*(model_from_config(t) for t in tree["layers"]))
+    cls = _LAYERS.get(tree["type"])
+    if cls is None:
+        raise ValueError(f"unknown layer type {tree['type']!r} in checkpoint (known: "
+                         f"{sorted(_LAYERS)}; see fusedrnn.checkpoint.register_layer)")
+    kwargs = {k: _from_json(v) for k, v in tree.get("config", {}).items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot rebuild {tree['type']} from its stored configuration "
+                         f"{kwargs}: {exc}") from exc
+
+
+# -- save --------------------------------------------------------------------------------------
+def _sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _optimizer_payload(model: Any, optimizer: Any) -> Dict[str, Any]:
+    """The optimiser's state with its buffers keyed by the model's parameter keys."""
+    if type(optimizer).__name__ not in _OPTIMIZERS:
+        raise TypeError(f"cannot save optimiser {type(optimizer).__name__} "
+                        f"(known: {sorted(_OPTIMIZERS)})")
+    by_id = {id(p): k for k, p in model.params.items()}
+    rename: Dict[str, str] = {}
+    for key, p, _ in optimizer.groups:
+        if id(p) not in by_id:
+            raise ValueError(f"the optimiser's parameter {key!r} is not a parameter of the model "
+                             "being saved")
+        rename[key] = by_id[id(p)]
+    if set(rename.values()) != set(by_id):
+        missing = sorted(set(by_id) - set(rename.values()))
+        raise ValueError(f"the optimiser does not cover the model parameters {missing}")
+    sd = optimizer.state_dict()
+    sd["state"] = {name: {rename[k]: a for k, a in bufs.items()} for name, bufs in sd["state"].items()}
+    return sd
+
+
+def save(path: "os.PathLike[str] | str", model: Any, optimizer: Any = None,
+         metadata: Optional[Dict[str, Any]] = None) -> None:
+    """Write `model` (configuration + parameters), optionally `optimizer`'s state
+    and a JSON-able `metadata` dict, to `path` (exactly that name; written to a
+    temporary file first, then renamed, so a crash never leaves half a file)."""
+    from . import __version__
+    arrays: Dict[str, np.ndarray] = {}
+    for k, p in model.params.items():
+        arrays[f"param/{k}"] = np.ascontiguousarray(p)
+    opt_head = None
+    if optimizer is not None:
+        sd = _optimizer_payload(model, optimizer)
+        opt_head = {"type": sd["type"], "hyper": _jsonable(sd["hyper"], "optimizer.hyper"),
+                    "step": int(sd["step"]),
+                    "buffers": {name: sorted(bufs) for name, bufs in sd["state"].items()}}
+        for name, bufs in sd["state"].items():
+            for k, a in bufs.items():
+                arrays[f"optim/{name}/{k}"] = np.ascontiguousarray(a)
+    header = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "fusedrnn_version": __version__,
+        "model": model_config(model), "optimizer": opt_head,
+        "metadata": _jsonable(metadata or {}, "metadata"),
+        "arrays": {name: {"dtype": a.dtype.str, "shape": list(a.shape), "sha256": _sha256(a)}
+                   for name, a in arrays.items()},
+    }
+    blob = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fusedrnn-", suffix=".npz.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{HEADER: blob}, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# -- load --------------------------------------------------------------------------------------
+class Checkpoint(NamedTuple):
+    """What `load_checkpoint` returns."""
+
+    model: Any
+    optimizer: Any              # a rebuilt optimiser bound to `model`, or None
+    metadata: Dict[str, Any]
+
+
+def _bad(path: str, why: str) -> ValueError:
+    return ValueError(f"{path}: not a valid fusedrnn checkpoint: {why}")
+
+
+def _read(path: str) -> tuple:
+    """(header, arrays) with every check of the file done; ValueError otherwise."""
+    with open(path, "rb") as f:  # FileNotFoundError etc. propagate as they are
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        raise _bad(path, "not an .npz (zip) archive")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = set(z.files)
+            if HEADER not in names:
+                raise _bad(path, f"an .npz archive without the {HEADER!r} header "
+                                 "(not written by fusedrnn.save)")
+            raw = z[HEADER]
+            if raw.dtype != np.uint8 or raw.ndim != 1:
+                raise _bad(path, "malformed header")
+            header = json.loads(raw.tobytes().decode("utf-8"))
+            if not isinstance(header, dict) or header.get("format") != FORMAT:
+                raise _bad(path, "the header is not a fusedrnn checkpoint header")
+            version = header.get("format_version")
+            if not isinstance(version, int) or version < 1:
+                raise _bad(path, f"bad format version {version!r}")
+            if version > FORMAT_VERSION:
+                raise _bad(path, f"format version {version} is newer than this fusedrnn "
+                                 f"supports ({FORMAT_VERSION}); upgrade fusedrnn")
+            meta = header.get("arrays")
+            if not isinstance(meta, dict) or set(meta) != names - {HEADER}:
+                raise _bad(path, "the archive's members do not match its header")
+            arrays = {}
+            for name, m in meta.items():
+                a = z[name]
+                if a.dtype.str != m["dtype"] or list(a.shape) != list(m["shape"]):
+                    raise _bad(path, f"member {name!r} is {a.dtype.str}{list(a.shape)}, the "
+                                     f"header says {m['dtype']}{m['shape']}")
+                if _sha256(a) != m["sha256"]:
+                    raise _bad(path, f"member {name!r} is corrupted (checksum mismatch)")
+                arrays[name] = a
+    except ValueError as exc:
+        if str(exc).startswith(f"{path}: not a valid"):
+            raise
+        raise _bad(path, str(exc)) from exc
+    except (OSError, EOFError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
+            Exception) as exc:
+        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        raise _bad(path, f"{type(exc).__name__}: {exc}") from exc
+    return header, arrays
+
+
+def load_checkpoint(path: "os.PathLike[str] | str") -> Checkpoint:
+    """Read a checkpoint written by `save`: the model rebuilt from its
+    configuration with the stored parameters (bit-exact), the optimiser (if one
+    was saved) rebuilt on that model with its state, and the metadata.
+    Raises ValueError for a wrong, truncated, corrupted or foreign file."""
+    path = os.fspath(path)
+    header, arrays = _read(path)
+    try:
+        model = model_from_config(header["model"])
+    except ValueError as exc:
+        raise _bad(path, str(exc)) from exc
+    params = model.params
+    stored = {n[len("param/"):]: a for n, a in arrays.items() if n.startswith("param/")}
+    if set(stored) != set(params):
+        raise _bad(path, f"parameters {sorted(stored)} do not match the model's {sorted(params)}")
+    for k, p in params.items():
+        a = stored[k]
+        if a.shape != p.shape or a.dtype != p.dtype:
+            raise _bad(path, f"parameter {k!r} is {a.dtype}{a.shape}, the model built from the "
+                             f"configuration expects {p.dtype}{p.shape}")
+        p[...] = a
+    optimizer = None
+    oh = header.get("optimizer")
+    if oh is not None:
+        cls = _OPTIMIZERS.get(oh.get("type"))
+        if cls is None:
+            raise _bad(path, f"unknown optimiser type {oh.get('type')!r}")
+        state = {name: {k: arrays.get(f"optim/{name}/{k}") for k in keys}
+                 for name, keys in oh["buffers"].items()}
+        if any(a is None for bufs in state.values() for a in bufs.values()):
+            raise _bad(path, "optimiser buffers are missing")
+        try:
+            optimizer = cls(model, **oh["hyper"])
+            optimizer.load_state_dict({"type": oh["type"], "hyper": oh["hyper"],
+                                       "step": oh["step"], "state": state})
+        except (TypeError, ValueError) as exc:
+            raise _bad(path, f"optimiser state: {exc}") from exc
+    return Checkpoint(model, optimizer, dict(header.get("metadata") or {}))
+
+
+def load(path: "os.PathLike[str] | str") -> Any:
+    """The model stored in a checkpoint (see `load_checkpoint` for the optimiser)."""
+    return load_checkpoint(path).model

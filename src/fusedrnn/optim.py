@@ -1,0 +1,277 @@
+"""Optimisers that update the layers' `params` in place from their `grads`.
+
+    opt = fr.optim.Adam(model, lr=1e-3)            # a model with .params and .grads
+    opt = fr.optim.SGD([(lstm.params, lstm.grads), (head.params, head.grads)], lr=0.1)
+    model.zero_grad(); model.backward(dy); fr.clip_grad_norm(model, 1.0); opt.step()
+
+The update rules are PyTorch's (torch.optim.SGD / Adam with the same
+hyper-parameters give the same numbers). The kernels read the parameter
+arrays on every call, so an in-place update is all a layer needs."""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Mapping, Tuple, Union
+
+import numpy as np
+
+__all__ = ["Optimizer", "SGD", "Adam", "clip_grad_norm", "param_groups"]
+
+ParamsGrads = Tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]
+
+
+def _pairs(source: Any) -> List[Tuple[str, ParamsGrads]]:
+    """(prefix, (params, grads)) for a model, a (params, grads) pair, or a list of either."""
+    if hasattr(source, "params") and hasattr(source, "grads"):
+        return [("", (source.params, source.grads))]
+    if (isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], Mapping)
+            and isinstance(source[1], Mapping)):
+        return [("", source)]
+    if isinstance(source, (list, tuple)):
+        out = []
+        for i, item in enumerate(source):
+            for prefix, pg in _pairs(item):
+                out.append((f"{i}.{prefix}", pg))
+        return out
+    raise TypeError("expected a model with .params and .grads, a (params, grads) pair of dicts, "
+                    f"or a list of them; got {type(source).__name__}")
+
+
+def param_groups(source: Any) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+    """Flatten `source` into (key, parameter, gradient) triples with unique keys.
+
+    A single model or pair keeps its own keys ("W_x", or "0.W_x" for a
+    Sequential); the items of a list get their index as prefix ("1.W")."""
+    triples: List[Tuple[str, np.ndarray, np.ndarray]] = []
+    seen: Dict[str, int] = {}
+    for prefix, (params, grads) in _pairs(source):
+        for name, p in params.items():
+            key = prefix + name
+            if key in seen:
+                raise ValueError(f"duplicate parameter key {key!r}")
+            seen[key] = 1
+            if name not in grads:
+                raise KeyError(f"grads has no entry for parameter {key!r}")
+            g = grads[name]
+            if not isinstance(p, np.ndarray) or not isinstance(g, np.ndarray):
+                raise TypeError(f"parameter and gradient {key!r} must be numpy arrays")
+            if p.shape != g.shape:
+                raise ValueError(f"gradient {key!r} has shape {g.shape}, parameter {p.shape}")
+            if p.dtype.kind != "f":
+                raise TypeError(f"parameter {key!r} must be floating point, got {p.dtype}")
+            if not p.flags.writeable:
+                raise ValueError(f"parameter {key!r} is read-only; optimisers update in place")
+            triples.append((key, p, g))
+    if not triples:
+        raise ValueError("no parameters to optimise")
+    return triples
+
+
+def clip_grad_norm(grads: Any, max_norm: float) -> float:
+    """Scale all gradients in place so that their global L2 norm is at most `max_norm`.
+
+    grads: a dict of arrays, a model with `.grads`, or a list of these. The
+    norm is sqrt(Σ over every array of Σ g²), computed in float64. When it
+    exceeds max_norm, every gradient is multiplied by max_norm / (norm + 1e-6)
+    (PyTorch's rule). Returns the norm before clipping (inf/nan when a
+    gradient is not finite; then nothing is scaled)."""
+    if not (max_norm > 0):
+        raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
+    arrays = list(_grad_arrays(grads))
+    total = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in arrays)))
+    if np.isfinite(total) and total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for g in arrays:
+            g *= g.dtype.type(scale)
+    return total
+
+
+def _grad_arrays(grads: Any) -> Iterable[np.ndarray]:
+    if hasattr(grads, "grads") and not isinstance(grads, Mapping):
+        grads = grads.grads
+    if isinstance(grads, Mapping):
+        for g in grads.values():
+            if not isinstance(g, np.ndarray):
+                raise TypeError(f"gradients must be numpy arrays, got {type(g).__name__}")
+            yield g
+    elif isinstance(grads, (list, tuple)):
+        for item in grads:
+            yield from _grad_arrays(item)
+    else:
+        raise TypeError("grads must be a dict of arrays, a model with .grads, or a list of them; "
+                        f"got {type(grads).__name__}")
+
+
+class Optimizer:
+    """Base class: holds (key, parameter, gradient) triples and per-key state arrays.
+
+    Subclasses define `defaults` (hyper-parameter names and values), `_state_names`
+    (the per-parameter buffers) and `_update`."""
+
+    _state_names: Tuple[str, ...] = ()
+
+    def __init__(self, params: Any, **hyper: Any) -> None:
+        self.groups = param_groups(params)
+        self.hyper: Dict[str, Any] = hyper
+        self.step_count = 0
+        self.state: Dict[str, Dict[str, np.ndarray]] = {
+            name: {key: np.zeros_like(p) for key, p, _ in self.groups}
+            for name in self._state_names}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items())
+        return f"{type(self).__name__}({len(self.groups)} arrays, {args})"
+
+    @property
+    def lr(self) -> float:
+        """The learning rate (assign to change it, e.g. for a schedule)."""
+        return float(self.hyper["lr"])
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        if not (value >= 0):
+            raise ValueError(f"lr must be >= 0, got {value!r}")
+        self.hyper["lr"] = float(value)
+
+    def zero_grad(self) -> None:
+        """Set every gradient this optimiser sees to zero."""
+        for _, _, g in self.groups:
+            g[...] = 0
+
+    def step(self) -> None:
+        """One update of every parameter, in place, from its current gradient."""
+        self.step_count += 1
+        for key, p, g in self.groups:
+            self._update(key, p, g)
+
+    def _update(self, key: str, p: np.ndarray, g: np.ndarray) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- checkpoints ------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """{"type", "hyper" (JSON-able), "step", "state": {buffer: {key: array copy}}}."""
+        return {"type": type(self).__name__, "hyper": dict(self.hyper), "step": self.step_count,
+                "state": {name: {k: a.copy() for k, a in bufs.items()}
+                          for name, bufs in self.state.items()}}
+
+    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
+        """Restore hyper-parameters, step count and buffers saved by `state_dict`.
+
+        The buffers must match this optimiser's parameter keys and shapes exactly;
+        they are copied into the existing arrays."""
+        if sd.get("type") != type(self).__name__:
+            raise ValueError(f"state_dict is for {sd.get('type')!r}, not {type(self).__name__}")
+        hyper = dict(sd["hyper"])
+        if set(hyper) != set(self.hyper):
+            raise ValueError(f"state_dict hyper-parameters {sorted(hyper)} do not match "
+                             f"{sorted(self.hyper)}")
+        state = sd["state"]
+        if set(state) != set(self.state):
+            raise ValueError(f"state_dict buffers {sorted(state)} do not match {sorted(self.state)}")
+        for name, bufs in self.state.items():
+            if set(state[name]) != set(bufs):
+                raise ValueError(f"state_dict buffer {name!r} has keys {sorted(state[name])}, "
+                                 f"the optimiser has {sorted(bufs)}")
+            for k, a in bufs.items():
+                src = np.asarray(state[name][k])
+                if src.shape != a.shape:
+                    raise ValueError(f"state_dict {name}[{k!r}] has shape {src.shape}, "
+                                     f"expected {a.shape}")
+        for name, bufs in self.state.items():
+            for k, a in bufs.items():
+                a[...] = state[name][k]
+        self.hyper = self._check_hyper(**hyper)
+        self.step_count = int(sd["step"])
+
+    def _check_hyper(self, **hyper: Any) -> Dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _nonneg(name: str, value: Any) -> float:
+    v = float(value)
+    if not (v >= 0) or not np.isfinite(v):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum μ, weight decay λ and Nesterov:
+
+        g ← g + λ p
+        b ← μ b + g                       (b = g at the first step)
+        p ← p - lr (g + μ b)  if nesterov else  p - lr b      (b = g when μ = 0)
+
+    params: a model with .params/.grads, a (params, grads) pair, or a list of them."""
+
+    def __init__(self, params: Any, lr: float = 0.01, momentum: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+        hyper = self._check_hyper(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                  nesterov=nesterov)
+        self._state_names = ("momentum_buffer",) if hyper["momentum"] > 0 else ()
+        super().__init__(params, **hyper)
+
+    def _check_hyper(self, **h: Any) -> Dict[str, Any]:
+        out = {"lr": _nonneg("lr", h["lr"]), "momentum": _nonneg("momentum", h["momentum"]),
+               "weight_decay": _nonneg("weight_decay", h["weight_decay"]),
+               "nesterov": bool(h["nesterov"])}
+        if out["nesterov"] and out["momentum"] == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        return out
+
+    def _update(self, key: str, p: np.ndarray, g: np.ndarray) -> None:
+        h = self.hyper
+        t = p.dtype.type
+        d = g + t(h["weight_decay"]) * p if h["weight_decay"] else g.copy()
+        if h["momentum"]:
+            b = self.state["momentum_buffer"][key]
+            if self.step_count == 1:
+                b[...] = d
+            else:
+                b *= t(h["momentum"])
+                b += d
+            if h["nesterov"]:
+                d += t(h["momentum"]) * b
+            else:
+                d = b
+        p -= t(h["lr"]) * d
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with L2 weight decay λ added to the gradient (torch.optim.Adam):
+
+        g ← g + λ p
+        m ← β1 m + (1 - β1) g          v ← β2 v + (1 - β2) g²
+        p ← p - lr m̂ / (sqrt(v̂) + eps),   m̂ = m / (1 - β1^t),  v̂ = v / (1 - β2^t)
+
+    params: a model with .params/.grads, a (params, grads) pair, or a list of them."""
+
+    _state_names = ("m", "v")
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(params, **self._check_hyper(lr=lr, betas=betas, eps=eps,
+                                                     weight_decay=weight_decay))
+
+    def _check_hyper(self, **h: Any) -> Dict[str, Any]:
+        betas = tuple(float(b) for b in h["betas"])
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {h['betas']!r}")
+        eps = _nonneg("eps", h["eps"])
+        return {"lr": _nonneg("lr", h["lr"]), "betas": list(betas), "eps": eps,
+                "weight_decay": _nonneg("weight_decay", h["weight_decay"])}
+
+    def _update(self, key: str, p: np.ndarray, g: np.ndarray) -> None:
+        h = self.hyper
+        t = p.dtype.type
+        b1, b2 = h["betas"]
+        if h["weight_decay"]:
+            g = g + t(h["weight_decay"]) * p
+        m, v = self.state["m"][key], self.state["v"][key]
+        m *= t(b1)
+        m += t(1 - b1) * g
+        v *= t(b2)
+        v += t(1 - b2) * (g * g)
+        bc1 = 1 - b1 ** self.step_count
+        bc2 = 1 - b2 ** self.step_count
+        # p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), as torch computes it
+        denom = np.sqrt(v) / t(np.sqrt(bc2))
+        denom += t(h["eps"])
+        p -= t(h["lr"] / bc1) * m / denom
