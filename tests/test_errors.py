@@ -130,3 +130,76 @@ def test_internal_buffer_too_small_is_refused():
         _kernel.lstm_forward(_kernel.LSTMConfig(T, B, I, H), z(T * B * H - 1), z(B * H),
                              z(B * H), None, z(10**4), z(T * B * I), z(B * H), z(B * H),
                              z(4 * H * I), z(4 * H * H), z(4 * H), None, None)
+
+
+# ---- augmented options (issue 3) --------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(proj_size=5), ValueError, r"proj_size must satisfy 0 <= proj_size < hidden_size = 5"),
+    (dict(proj_size=-1), ValueError, "proj_size"),
+    (dict(proj_size=2.0), TypeError, "proj_size must be an int"),
+    (dict(context=(1,)), TypeError, r"context must be a pair"),
+    (dict(context=(-1, 0)), ValueError, r"L_past\) must be an int >= 0"),
+    (dict(context=(0, 1.5)), ValueError, r"L_future\) must be an int >= 0"),
+    (dict(peepholes="sideways"), ValueError, "peepholes must be 'diagonal'"),
+    (dict(cell_clip=0), ValueError, "cell_clip must be a finite number > 0"),
+    (dict(accumulation_clip=float("inf")), ValueError, "accumulation_clip must be a finite"),
+    (dict(cell_clip="1"), TypeError, "cell_clip must be a positive number"),
+    (dict(coupled_gates=1), TypeError, "coupled_gates must be a bool"),
+    (dict(num_layers=0), ValueError, "num_layers must be >= 1"),
+    (dict(dropout=1.0, num_layers=2), ValueError, r"dropout must be in \[0, 1\)"),
+    (dict(bidirectional="yes"), TypeError, "bidirectional must be a bool"),
+])
+def test_bad_lstm_options(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        fr.LSTM(4, 5, **kwargs)
+
+
+def test_dropout_with_one_layer_warns():
+    with pytest.warns(UserWarning, match="no effect"):
+        fr.LSTM(4, 5, dropout=0.2)
+
+
+@pytest.mark.parametrize("cls", [fr.LSTM, fr.RNN])
+@pytest.mark.parametrize("lengths,exc,match", [
+    ([3, 4], ValueError, r"lengths must lie in \[0, T\] = \[0, 3\]"),
+    ([-1, 2], ValueError, r"lengths must lie in \[0, T\]"),
+    ([1, 2, 3], ValueError, r"lengths must have shape \(B,\) = \(2,\)"),
+    ([[1, 2]], ValueError, r"lengths must have shape"),
+    ([1.0, 2.0], TypeError, "lengths must be integers"),
+])
+def test_bad_lengths(cls, lengths, exc, match):
+    with pytest.raises(exc, match=match):
+        cls(4, 5).forward(np.zeros((3, 2, 4)), lengths=lengths)
+
+
+def test_context_errors():
+    lstm = fr.LSTM(4, 5, context=(3, 1), dtype=np.float64)
+    with pytest.raises(ValueError, match=r"wider than the sequence \(T = 3\)"):
+        lstm.forward(np.zeros((3, 2, 4)))
+    lstm.forward(np.zeros((3, 2, 4)), state=lstm.initial_state(2))  # a stream may start short
+    with pytest.raises(ValueError, match=r"x_future must have 1 time steps"):
+        lstm.forward(np.zeros((4, 2, 4)), x_future=np.zeros((2, 2, 4)))
+    with pytest.raises(ValueError, match=r"state.x_past must have shape \(3, 2, 4\)"):
+        lstm.forward(np.zeros((4, 2, 4)), state=fr.LSTMState(np.zeros((1, 2, 5)),
+                                                             np.zeros((1, 2, 5)), np.zeros((2, 2, 4))))
+    with pytest.raises(ValueError, match="x_future is only for LSTMs with a look-ahead"):
+        fr.LSTM(4, 5, context=(1, 0)).forward(np.zeros((4, 2, 4)), x_future=np.zeros((1, 2, 4)))
+    with pytest.raises(ValueError, match="state.x_past is only for LSTMs"):
+        fr.LSTM(4, 5).forward(np.zeros((4, 2, 4)), state=fr.LSTMState(
+            np.zeros((1, 2, 5)), np.zeros((1, 2, 5)), np.zeros((1, 2, 4))))
+    with pytest.raises(ValueError, match="needs a unidirectional LSTM"):
+        fr.LSTM(4, 5, context=(0, 1), bidirectional=True).forward(
+            np.zeros((4, 2, 4)), x_future=np.zeros((1, 2, 4)))
+    with pytest.raises(ValueError, match="x_future is only for"):
+        fr.RNN(4, 5).forward(np.zeros((4, 2, 4)), x_future=np.zeros((1, 2, 4)))
+
+
+def test_state_shape_for_stacks():
+    lstm = fr.LSTM(4, 6, proj_size=2, num_layers=2, bidirectional=True)
+    with pytest.raises(ValueError, match=r"state.v must have shape \(4, 3, 2\)"):
+        lstm.forward(np.zeros((5, 3, 4)), state=(np.zeros((4, 3, 6)), np.zeros((4, 3, 6))))
+    y, st = lstm.forward(np.zeros((5, 3, 4)))
+    assert y.shape == (5, 3, 4) and st.s.shape == (4, 3, 6) and st.v.shape == (4, 3, 2)
+    with pytest.raises(ValueError, match=r"dy must have shape \(T, B, 4\)"):
+        lstm.backward(np.zeros((5, 3, 2)))

@@ -56,6 +56,9 @@ class LSTM(RecurrentLayer):
             Streaming: the state carries the last L_past frames (state.x_past), and a
             caller passes the next L_future frames as forward(..., x_future=...); then
             chunked calls equal one call. Without x_future the sequence ends there.
+            A call with state=None is a whole sequence, and a window wider than it
+            (L_past >= T or L_future >= T) raises ValueError; a stream starts from
+            state=layer.initial_state(B) and may use chunks of any length.
         coupled_gates: g_cs = 1 - g_cu (§3c, ONNX input_forget); the cs weights are unused.
         cell_clip: c, s[n] clipped to [-c, c] after each update (TensorFlow's cell_clip).
         accumulation_clip: c, every a_* clipped to [-c, c] before warping (ONNX's clip).
