@@ -27,11 +27,15 @@ def _extended(x: np.ndarray, x_past: Optional[np.ndarray], x_future: Optional[np
 
 
 def _valid(T: int, B: int, L_past: int, L_future: int, lengths: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """(L_past + T + L_future, B, 1) mask of frames inside each row's sequence."""
+    """(L_past + T + L_future, B, 1) mask of frames inside each row's sequence:
+    frames before x[0] stay; a row that ends inside the chunk (lengths < T) has
+    no frames from its end on, the look-ahead frames included; a row that runs
+    the whole chunk goes on into x_future."""
     if lengths is None:
         return None
     m = np.arange(-L_past, T + L_future)[:, None]             # frame index relative to x[0]
-    return (m < lengths[None, :])[:, :, None]                  # frames before x[0] stay
+    keep = (m < lengths[None, :]) | ((m >= T) & (lengths[None, :] == T))
+    return keep[:, :, None]
 
 
 def unfold(x: np.ndarray, x_past: Optional[np.ndarray], x_future: Optional[np.ndarray],
