@@ -50,6 +50,11 @@ static inline int fr_fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
         if (fr_rc_ != FR_OK) return fr_rc_; \
     } while (0)
 
+/* Row b is active at step n: not past its length (lengths NULL: all T steps). */
+static inline int fr_active(const int64_t *lengths, int64_t b, int64_t n) {
+    return lengths == NULL || n < lengths[b];
+}
+
 /* Steps per chunk of the input GEMM in inference mode: the x-side product is
  * hoisted over a chunk of steps so the workspace stays O(B*H) while the GEMM
  * still has ~256 rows. */

@@ -100,11 +100,6 @@ int fr_lstm_backward_workspace_size(size_t *n_elems, const fr_lstm_config *cfg) 
     return FR_OK;
 }
 
-/* Row b is active at time n (not past its length). */
-static inline int lstm_active(const fr_lstm_config *cfg, int64_t b, int64_t n) {
-    return cfg->lengths == NULL || n < cfg->lengths[b];
-}
-
 #define real float
 #define SUFFIX _f32
 #define EXP fr_exp_f32

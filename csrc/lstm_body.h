@@ -107,7 +107,7 @@ int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
             if (full) /* + W_scu s[n-1], W_scs s[n-1] */
                 FR_CHECK(FN(fr_gemm)(g, s_prev, W_s, 0, 1, B, 2 * H, H, 1, 1, H, H, G));
             for (int64_t bi = 0; bi < B; bi++) {
-                if (lstm_active(cfg, bi, n))
+                if (fr_active(cfg->lengths, bi, n))
                     FN(lstm_row_state)(g + bi * G, gw + bi * G, s_n + bi * H, s_prev + bi * H, b,
                                        diag ? W_s : NULL, c_acc, c_cell, cfg->coupled_gates, H);
                 else /* padding: hold the state */
@@ -117,7 +117,7 @@ int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
                 FR_CHECK(FN(fr_gemm)(g + 3 * H, s_n, W_s + (size_t)2 * H * H, 0, 1, B, H, H, 1, 1,
                                      H, H, G));
             for (int64_t bi = 0; bi < B; bi++) {
-                if (lstm_active(cfg, bi, n))
+                if (fr_active(cfg->lengths, bi, n))
                     FN(lstm_row_readout)(g + bi * G + 3 * H, gw + bi * G + 3 * H, v_n + bi * H,
                                          s_n + bi * H, c_acc, H);
                 else if (P) /* finite, and never read with a nonzero weight */
@@ -128,7 +128,7 @@ int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
             if (P) { /* q[n] = W_qv v[n] (§3b); padding holds q */
                 FR_CHECK(FN(fr_gemm)(y_n, v_n, W_qv, 0, 1, B, P, H, 1, 0, H, H, P));
                 for (int64_t bi = 0; bi < B; bi++)
-                    if (!lstm_active(cfg, bi, n))
+                    if (!fr_active(cfg->lengths, bi, n))
                         memcpy(y_n + bi * R, y_prev + bi * R, (size_t)R * sizeof(real));
             }
         }
@@ -267,7 +267,7 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
         for (int64_t bi = 0; bi < B; bi++) {
             real *cq = chi_q + bi * R, *fc = f_chi + bi * R;
             const real *d = dy_n + bi * R;
-            if (lstm_active(cfg, bi, n)) {
+            if (fr_active(cfg->lengths, bi, n)) {
                 for (int64_t j = 0; j < R; j++) cq[j] = d[j] + fc[j];
             } else {
                 memcpy(hold + bi * R, fc, (size_t)R * sizeof(real));
@@ -278,7 +278,7 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
             FR_CHECK(FN(fr_gemm)(chi, chi_q, W_qv, 0, 0, B, H, P, 1, 0, P, H, H));
 
         for (int64_t bi = 0; bi < B; bi++) {
-            if (!lstm_active(cfg, bi, n)) {
+            if (!fr_active(cfg->lengths, bi, n)) {
                 memset(dA_n + bi * G, 0, (size_t)G * sizeof(real));
                 continue;
             }
@@ -296,7 +296,7 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
             FR_CHECK(FN(fr_gemm)(psi, dA_n + 3 * H, W_s + (size_t)2 * H * H, 0, 0, B, H, H, 1, 1,
                                  G, H, H));
         for (int64_t bi = 0; bi < B; bi++) {
-            if (!lstm_active(cfg, bi, n)) continue; /* f_psi holds through padding */
+            if (!fr_active(cfg->lengths, bi, n)) continue; /* f_psi holds through padding */
             const real *gw = aclip ? gw_blk + bi * G : g_n + bi * G;
             FN(lstm_row_backward_state)(dA_n + bi * G, f_psi + bi * H, dw_diag, psi + bi * H, gw,
                                         mask_blk + bi * G, s_prev + bi * H, w_diag, c_cell,
@@ -307,7 +307,7 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
         /* f_chi[n] = sum_* W_v*^T alpha_*[n]: (B, 4H) x (4H, R) */
         FR_CHECK(FN(fr_gemm)(f_chi, dA_n, W_v, 0, 0, B, R, G, 1, 0, G, R, R));
         for (int64_t bi = 0; bi < B; bi++)
-            if (!lstm_active(cfg, bi, n))
+            if (!fr_active(cfg->lengths, bi, n))
                 memcpy(f_chi + bi * R, hold + bi * R, (size_t)R * sizeof(real));
     }
     /* Initial-state gradients: dE/dy[-1] = f_chi[0], dE/ds[-1] = f_psi[0]. */

@@ -59,10 +59,6 @@ int fr_rnn_backward_workspace_size(size_t *n_elems, const fr_rnn_config *cfg) {
     return FR_OK;
 }
 
-static inline int rnn_active(const fr_rnn_config *cfg, int64_t b, int64_t n) {
-    return cfg->lengths == NULL || n < cfg->lengths[b];
-}
-
 #define real float
 #define SUFFIX _f32
 #define EXP fr_exp_f32

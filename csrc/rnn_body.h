@@ -56,7 +56,7 @@ int FN(fr_rnn_forward)(FR_RNN_FORWARD_ARGS(real)) {
             real *s_n = store ? a : s_ring + (size_t)(k & 1) * BH;
             real *r_n = r_seq + (size_t)n * BH;
             for (int64_t bi = 0; bi < B; bi++) {
-                if (rnn_active(cfg, bi, n)) {
+                if (fr_active(cfg->lengths, bi, n)) {
                     FN(rnn_row_forward)(s_n + bi * H, r_n + bi * H, a + bi * H, theta_s, H);
                 } else { /* padding holds the state */
                     memcpy(s_n + bi * H, s_prev + bi * H, (size_t)H * sizeof(real));
@@ -96,7 +96,7 @@ int FN(fr_rnn_backward)(FR_RNN_BACKWARD_ARGS(real)) {
         const real *r = r_seq + (size_t)n * BH;
         for (int64_t bi = 0; bi < B; bi++) {
             const size_t o = (size_t)bi * H;
-            if (rnn_active(cfg, bi, n)) {
+            if (fr_active(cfg->lengths, bi, n)) {
                 if (dr_seq)
                     FN(rnn_row_backward)(psi + o, f_psi + o, f_chi + o, dr_seq + (size_t)n * BH + o,
                                          r + o, H);
@@ -115,7 +115,7 @@ int FN(fr_rnn_backward)(FR_RNN_BACKWARD_ARGS(real)) {
             memset(f_psi, 0, BH * sizeof(real));
         for (int64_t bi = 0; bi < B; bi++) {
             const size_t o = (size_t)bi * H;
-            if (!rnn_active(cfg, bi, n)) {
+            if (!fr_active(cfg->lengths, bi, n)) {
                 memcpy(f_chi + o, hold_chi + o, (size_t)H * sizeof(real));
                 memcpy(f_psi + o, hold_psi + o, (size_t)H * sizeof(real));
                 memset(hold_chi + o, 0, (size_t)H * sizeof(real)); /* zeros for dr_seq == NULL */
