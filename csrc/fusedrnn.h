@@ -79,6 +79,9 @@ typedef struct {
     double cell_clip;         /* > 0: s[n] clipped to [-c, c] (§3c); 0: off */
     double accumulation_clip; /* > 0: every a_* clipped to [-c, c] (§3c); 0: off */
     const int64_t *lengths;   /* (B) valid steps of each row in [0, T], or NULL: all T */
+    int packed_max_rows;      /* batches of at most this many rows run their per-step
+                                 recurrent GEMMs on the kernel's packed-weight micro-kernel
+                                 instead of the GEMM provider (0: never) */
 } fr_lstm_config;
 
 /* Elements of the activation store a training forward fills and the backward

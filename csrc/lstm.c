@@ -14,7 +14,14 @@ typedef struct {
     size_t work_infer;     /* chunk + s ring + v row block + gw scratch */
     size_t work_backward;  /* dA + dQ + carries + scratch */
     size_t n_zeros;        /* zero block: max(B * R, 3H) */
+    size_t packed_fwd;     /* W_v packed for C (B, 4H) += y (B, R) W_v^T, or 0 */
+    size_t packed_bwd;     /* W_v packed for C (B, R) = dA (B, 4H) W_v, or 0 */
 } lstm_layout;
+
+/* Whether the per-step recurrent GEMMs of this call use the packed micro-kernel. */
+static inline int lstm_packed(const fr_lstm_config *cfg) {
+    return cfg->B <= cfg->packed_max_rows;
+}
 
 static int lstm_check_config(const fr_lstm_config *cfg) {
     if (cfg == NULL) return FR_ENULL;
@@ -25,6 +32,7 @@ static int lstm_check_config(const fr_lstm_config *cfg) {
         return FR_EINVAL;
     /* clips: 0 is off; negative or NaN is invalid */
     if (!(cfg->cell_clip >= 0) || !(cfg->accumulation_clip >= 0)) return FR_EINVAL;
+    if (cfg->packed_max_rows < 0) return FR_EINVAL;
     if (cfg->lengths)
         for (int64_t b = 0; b < cfg->B; b++)
             if (cfg->lengths[b] < 0 || cfg->lengths[b] > cfg->T) return FR_EINVAL;
@@ -54,17 +62,24 @@ static int lstm_layout_of(lstm_layout *L, const fr_lstm_config *cfg) {
     FR_CHECK(fr_mul(&L->chunk, (size_t)L->Tc, L->B4H));
     L->n_zeros = L->BR > 3 * H ? L->BR : 3 * H;
 
+    /* packed panels are 8 floats or 4 doubles wide: round the columns up to 8 */
+    if (lstm_packed(cfg)) {
+        FR_CHECK(fr_mul(&L->packed_fwd, (4 * H + 7) / 8 * 8, R));
+        FR_CHECK(fr_mul(&L->packed_bwd, (R + 7) / 8 * 8, 4 * H));
+    }
     size_t n;
     /* acts: gates (T, B, 4H) + s (T, B, H) [+ v (T, B, H)] */
     FR_CHECK(fr_add(&n, L->TB4H, L->TBH));
     if (proj) FR_CHECK(fr_add(&n, n, L->TBH));
     L->acts = n;
-    /* training forward: gw (B, 4H) when the stored gates are the accumulations */
-    L->work_train = aclip ? L->B4H : 0;
-    /* inference: chunk + s ring (2, B, H) + v (B, H) + gw (B, 4H) */
+    /* training forward: gw (B, 4H) when the stored gates are the accumulations,
+     * packed W_v */
+    FR_CHECK(fr_add(&L->work_train, aclip ? L->B4H : 0, L->packed_fwd));
+    /* inference: chunk + s ring (2, B, H) + v (B, H) + gw (B, 4H) + packed W_v */
     FR_CHECK(fr_add(&n, L->chunk, 2 * L->BH));
     FR_CHECK(fr_add(&n, n, L->BH));
     FR_CHECK(fr_add(&n, n, L->B4H));
+    FR_CHECK(fr_add(&n, n, L->packed_fwd));
     L->work_infer = n;
     /* backward: dA (T,B,4H) + dQ (T,B,P) + f_chi, hold (B,R) x2 + f_psi, chi,
      * psi (B,H) x3 + r (H) + zeros + dW_s sink (3H) + gw, mask (B,4H) x2 */
@@ -73,6 +88,7 @@ static int lstm_layout_of(lstm_layout *L, const fr_lstm_config *cfg) {
     FR_CHECK(fr_add(&n, n, 3 * L->BH));
     FR_CHECK(fr_add(&n, n, H + L->n_zeros + 3 * H));
     FR_CHECK(fr_add(&n, n, 2 * L->B4H));
+    FR_CHECK(fr_add(&n, n, L->packed_bwd));
     L->work_backward = n;
     if (L->acts > FR_MAX_ELEMS || L->work_infer > FR_MAX_ELEMS || L->work_backward > FR_MAX_ELEMS)
         return FR_EOVERFLOW;

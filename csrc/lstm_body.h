@@ -6,6 +6,7 @@
 #define FN(name) FR_CAT(name, SUFFIX)
 
 #include "warp_body.h"
+#include "packed_body.h"
 
 static inline real FN(clip)(real a, real c) { return a > c ? c : (a < -c ? -c : a); }
 
@@ -67,7 +68,8 @@ int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
     const int training = acts != NULL, aclip = cfg->accumulation_clip > 0;
     if (!y_seq || !s_T || !y_T || !x || !s0 || !y0 || !W_x || !W_v || !b) return FR_ENULL;
     if ((cfg->peepholes && !W_s) || (P && !W_qv)) return FR_ENULL;
-    if ((!training || aclip) && !work) return FR_ENULL;
+    if ((training ? L.work_train : L.work_infer) > 0 && !work) return FR_ENULL;
+    const int packed = lstm_packed(cfg);
     const real c_acc = (real)cfg->accumulation_clip, c_cell = (real)cfg->cell_clip;
     const size_t B4H = L.B4H, BH = L.BH, BR = L.BR;
 
@@ -81,7 +83,9 @@ int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
     real *s_ring = training ? NULL : chunk + L.chunk;                  /* (2, B, H) */
     real *v_blk = training ? NULL : s_ring + 2 * BH;                   /* (B, H) */
     real *gw_blk = !aclip ? NULL : training ? work : v_blk + BH;       /* (B, 4H) */
+    real *Wp = (training ? work + (aclip ? B4H : 0) : v_blk + BH + B4H); /* packed W_v */
     const int64_t Tc = training ? T : L.Tc;
+    if (packed) FN(pack_weights)(Wp, W_v, 1, G, R);
 
     for (int64_t k0 = 0; k0 < T; k0 += Tc) {
         const int64_t tc = (T - k0 < Tc) ? T - k0 : Tc;
@@ -103,7 +107,10 @@ int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
             real *v_n = !P ? y_n : training ? v_all + (size_t)n * BH : v_blk; /* (B, H) */
 
             /* recurrent accumulations: + W_v* v[n-1] (W_q* q[n-1]) */
-            FR_CHECK(FN(fr_gemm)(g, y_prev, W_v, 0, 1, B, G, R, 1, 1, R, R, G));
+            if (packed)
+                FN(packed_gemm)(g, G, y_prev, R, Wp, B, G, R, 1);
+            else
+                FR_CHECK(FN(fr_gemm)(g, y_prev, W_v, 0, 1, B, G, R, 1, 1, R, R, G));
             if (full) /* + W_scu s[n-1], W_scs s[n-1] */
                 FR_CHECK(FN(fr_gemm)(g, s_prev, W_s, 0, 1, B, 2 * H, H, 1, 1, H, H, G));
             for (int64_t bi = 0; bi < B; bi++) {
@@ -243,6 +250,9 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
     real *dw_sink = zeros + L.n_zeros;             /* (3, H) diagonal grads when not diagonal */
     real *gw_blk = dw_sink + 3 * H;                /* (B, 4H) recomputed gates */
     real *mask_blk = gw_blk + B4H;                 /* (B, 4H) accumulation-clip masks */
+    real *Wp = mask_blk + B4H;                     /* packed W_v, when lstm_packed */
+    const int packed = lstm_packed(cfg);
+    if (packed) FN(pack_weights)(Wp, W_v, 0, R, G);
     memset(zeros, 0, L.n_zeros * sizeof(real));
     memset(dw_sink, 0, (size_t)(3 * H) * sizeof(real));
     if (!aclip) for (size_t i = 0; i < B4H; i++) mask_blk[i] = 1;
@@ -305,7 +315,10 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
         if (full) /* f_psi += W_scu^T alpha_cu + W_scs^T alpha_cs */
             FR_CHECK(FN(fr_gemm)(f_psi, dA_n, W_s, 0, 0, B, H, 2 * H, 1, 1, G, H, H));
         /* f_chi[n] = sum_* W_v*^T alpha_*[n]: (B, 4H) x (4H, R) */
-        FR_CHECK(FN(fr_gemm)(f_chi, dA_n, W_v, 0, 0, B, R, G, 1, 0, G, R, R));
+        if (packed)
+            FN(packed_gemm)(f_chi, R, dA_n, G, Wp, B, R, G, 0);
+        else
+            FR_CHECK(FN(fr_gemm)(f_chi, dA_n, W_v, 0, 0, B, R, G, 1, 0, G, R, R));
         for (int64_t bi = 0; bi < B; bi++)
             if (!fr_active(cfg->lengths, bi, n))
                 memcpy(f_chi + bi * R, hold + bi * R, (size_t)R * sizeof(real));

@@ -26,6 +26,7 @@ cdef extern from "fusedrnn.h" nogil:
         int peepholes, coupled_gates, reverse
         double cell_clip, accumulation_clip
         const int64_t *lengths
+        int packed_max_rows
     int fr_lstm_acts_size(size_t *n, const fr_lstm_config *cfg)
     int fr_lstm_workspace_size(size_t *n, const fr_lstm_config *cfg, int training)
     int fr_lstm_backward_workspace_size(size_t *n, const fr_lstm_config *cfg)
@@ -164,6 +165,23 @@ def gemm(real[::1] C, const real[::1] A, const real[::1] Bm, bint tA, bint tB,
 
 # ---- LSTM ----------------------------------------------------------------------
 
+# Batches of at most this many rows run their per-step recurrent GEMMs on the
+# kernel's packed-weight micro-kernel (measured: bench/README.md).
+cdef int _packed_max_rows = 16
+
+
+def set_packed_max_rows(int rows) -> int:
+    """Set the batch size up to which the per-step recurrent GEMMs use the
+    packed micro-kernel instead of the BLAS (0: never); returns the old value.
+    Read when a call's configuration is made."""
+    global _packed_max_rows
+    if rows < 0:
+        raise ValueError(f"rows must be >= 0, got {rows}")
+    old = _packed_max_rows
+    _packed_max_rows = rows
+    return old
+
+
 cdef class LSTMConfig:
     """One LSTM layer-direction call: sizes and options (see fr_lstm_config).
     Holds the lengths buffer alive for the duration of the kernel calls."""
@@ -180,6 +198,7 @@ cdef class LSTMConfig:
         self.cfg.reverse = reverse; self.cfg.cell_clip = cell_clip
         self.cfg.accumulation_clip = accumulation_clip
         self.cfg.lengths = NULL
+        self.cfg.packed_max_rows = _packed_max_rows
         if lengths is not None:
             if lengths.shape[0] != B:
                 raise ValueError(f"internal: lengths has {lengths.shape[0]} entries, B = {B}")
