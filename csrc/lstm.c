@@ -96,6 +96,7 @@ static int lstm_layout_of(lstm_layout *L, const fr_lstm_config *cfg) {
 }
 
 int fr_lstm_acts_size(size_t *n_elems, const fr_lstm_config *cfg) {
+    if (n_elems == NULL) return FR_ENULL;
     lstm_layout L;
     FR_CHECK(lstm_layout_of(&L, cfg));
     *n_elems = L.acts;
@@ -103,6 +104,7 @@ int fr_lstm_acts_size(size_t *n_elems, const fr_lstm_config *cfg) {
 }
 
 int fr_lstm_workspace_size(size_t *n_elems, const fr_lstm_config *cfg, int training) {
+    if (n_elems == NULL) return FR_ENULL;
     lstm_layout L;
     FR_CHECK(lstm_layout_of(&L, cfg));
     *n_elems = training ? L.work_train : L.work_infer;
@@ -110,6 +112,7 @@ int fr_lstm_workspace_size(size_t *n_elems, const fr_lstm_config *cfg, int train
 }
 
 int fr_lstm_backward_workspace_size(size_t *n_elems, const fr_lstm_config *cfg) {
+    if (n_elems == NULL) return FR_ENULL;
     lstm_layout L;
     FR_CHECK(lstm_layout_of(&L, cfg));
     *n_elems = L.work_backward;

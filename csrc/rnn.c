@@ -20,6 +20,7 @@ static int rnn_check_config(const fr_rnn_config *cfg) {
 /* The backward needs s[n] only for dE/dW_s: states (T, B, H) with state
  * feedback, nothing without (G'(s[n]) = 1 - r[n]^2 comes from the output). */
 int fr_rnn_acts_size(size_t *n_elems, const fr_rnn_config *cfg) {
+    if (n_elems == NULL) return FR_ENULL;
     FR_CHECK(rnn_check_config(cfg));
     size_t n = 0;
     if (cfg->state_feedback)
@@ -32,6 +33,7 @@ int fr_rnn_acts_size(size_t *n_elems, const fr_rnn_config *cfg) {
 /* Chunk of accumulations (Tc, B, H) + state ping-pong (2, B, H), used whenever
  * the states are not kept in the activation store. */
 int fr_rnn_workspace_size(size_t *n_elems, const fr_rnn_config *cfg, int training) {
+    if (n_elems == NULL) return FR_ENULL;
     FR_CHECK(rnn_check_config(cfg));
     if (training && cfg->state_feedback) {
         *n_elems = 0;
@@ -49,6 +51,7 @@ int fr_rnn_workspace_size(size_t *n_elems, const fr_rnn_config *cfg, int trainin
 
 /* psi (T, B, H) of every step + f_chi, f_psi, and their holds (B, H) x 4. */
 int fr_rnn_backward_workspace_size(size_t *n_elems, const fr_rnn_config *cfg) {
+    if (n_elems == NULL) return FR_ENULL;
     FR_CHECK(rnn_check_config(cfg));
     size_t psi, carry, n;
     FR_CHECK(fr_mul3(&psi, (size_t)cfg->T, (size_t)cfg->B, (size_t)cfg->H));
