@@ -174,3 +174,32 @@ def test_seed_reproducible():
     for k in a.params:
         np.testing.assert_array_equal(a.params[k], b.params[k])
     assert not np.array_equal(a.params["W_x"], c.params["W_x"])
+
+
+def test_set_num_threads_controls_the_blas_and_parallel_directions():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    old = fr.get_num_threads()
+    try:
+        fr.set_num_threads(1)
+        assert fr.get_num_threads() == 1
+        blas = [i for i in threadpoolctl.threadpool_info() if "scipy" in i["filepath"]]
+        assert blas and all(i["num_threads"] == 1 for i in blas)
+        layer = fr.LSTM(3, 4, bidirectional=True, num_layers=2, dtype=np.float64, seed=0)
+        x = np.random.default_rng(0).standard_normal((5, 2, 3))
+        y1, _ = layer.forward(x)
+        dx1, _ = layer.backward(np.ones_like(y1))
+        g1 = {k: v.copy() for k, v in layer.grads.items()}
+        fr.set_num_threads(2)  # the directions now run on two threads: same results
+        layer.zero_grad()
+        y2, _ = layer.forward(x)
+        dx2, _ = layer.backward(np.ones_like(y2))
+        np.testing.assert_array_equal(y2, y1)
+        np.testing.assert_array_equal(dx2, dx1)
+        for k in g1:
+            np.testing.assert_array_equal(layer.grads[k], g1[k])
+    finally:
+        fr.set_num_threads(old)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        fr.set_num_threads(0)
+    with pytest.raises(TypeError, match="n must be an int"):
+        fr.set_num_threads(1.5)

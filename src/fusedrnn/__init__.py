@@ -10,6 +10,7 @@
 `fusedrnn.reference` is the plain NumPy oracle of the same equations.
 """
 from ._kernel import get_gemm, set_gemm
+from ._threads import get_num_threads, set_num_threads
 from .lstm import LSTM, LSTMState
 from .rnn import RNN, RNNState
 from . import reference
@@ -17,4 +18,4 @@ from . import reference
 __version__ = "0.1.0"
 
 __all__ = ["LSTM", "LSTMState", "RNN", "RNNState", "reference", "get_gemm", "set_gemm",
-           "__version__"]
+           "get_num_threads", "set_num_threads", "__version__"]

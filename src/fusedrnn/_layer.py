@@ -15,8 +15,12 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import _context
+from . import _context, _threads
 from . import _validate as V
+
+# Batches up to this size run the two directions of a layer on two threads: the
+# per-step work is then too small for the BLAS to use both cores by itself.
+PARALLEL_DIRECTIONS_MAX_BATCH = 16
 
 
 def flat(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -206,14 +210,17 @@ class RecurrentLayer:
                 mask = self._dropout_mask(out.shape) if training and self.dropout > 0 else None
                 masks.append(mask)
                 inp = out if mask is None else out * mask
-            outs = []
-            for d in range(self.num_directions):
+            def run_forward(d: int, l: int = l, inp: np.ndarray = inp):
                 i = l * self.num_directions + d
-                y, s_T[i], o_T[i], tape = self._cell_forward(self._cell_dict(p, l, d), inp, s0_all[i], o0_all[i],
-                                                             lens, bool(d), training)
-                outs.append(y)
+                return self._cell_forward(self._cell_dict(p, l, d), inp, s0_all[i], o0_all[i],
+                                          lens, bool(d), training)
+
+            results = self._each_direction(run_forward, B)
+            for d, (_, s_i, o_i, tape) in enumerate(results):
+                s_T[l * self.num_directions + d], o_T[l * self.num_directions + d] = s_i, o_i
                 if tape is not None:
                     cells.append(tape)
+            outs = [r[0] for r in results]
             out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
             if valid is not None:
                 out = np.where(valid, out, 0).astype(self.dtype, copy=False)
@@ -255,20 +262,34 @@ class RecurrentLayer:
         with self._grad_lock:  # += into the shared grads
             grads = self._checked_grads()
             for l in reversed(range(self.num_layers)):
-                dinp = np.zeros((T, B, self._cell_input_size(l)), self.dtype)
-                for d in range(D):
+                def run_backward(d: int, l: int = l, dout: Optional[np.ndarray] = dout) -> np.ndarray:
                     i = l * D + d
-                    g = self._cell_dict(grads, l, d)
+                    dinp_d = np.zeros((T, B, self._cell_input_size(l)), self.dtype)
                     dy_ld = None if dout is None else np.ascontiguousarray(dout[:, :, d * R:(d + 1) * R])
-                    self._cell_backward(tape.cells[i], g, dinp, ds0[i], do0[i], dy_ld,
+                    self._cell_backward(tape.cells[i], self._cell_dict(grads, l, d), dinp_d,
+                                        ds0[i], do0[i], dy_ld,
                                         None if ds_T is None else ds_T[i],
                                         None if do_T is None else do_T[i])
+                    return dinp_d
+
+                dinps = self._each_direction(run_backward, B)  # one dE/d(input) per direction
+                dinp = dinps[0] if D == 1 else dinps[0] + dinps[1]
                 if l > 0:
                     mask = tape.masks[l - 1]
                     dout = dinp if mask is None else dinp * mask
         return self._backward_input(dinp, tape, ds0, do0)
 
     # -- helpers --------------------------------------------------------------------
+    def _each_direction(self, run: Any, B: int) -> list:
+        """run(d) for each direction: on two threads (the kernel releases the GIL)
+        when the layer is bidirectional, the batch small and 2+ threads are allowed."""
+        if self.num_directions == 2 and B <= PARALLEL_DIRECTIONS_MAX_BATCH:
+            ex = _threads.pool()
+            if ex is not None:
+                futures = [ex.submit(run, d) for d in range(2)]
+                return [f.result() for f in futures]
+        return [run(d) for d in range(self.num_directions)]
+
     def _cell_dict(self, store: Dict[str, np.ndarray], l: int, d: int) -> Dict[str, np.ndarray]:
         """One cell's entries of `params` or `grads`, under their base names."""
         sfx = suffix(l, d)
