@@ -1,10 +1,12 @@
-"""Plain NumPy oracle of the canonical RNN and the Vanilla LSTM (Sherstinsky 2020).
+"""Plain NumPy oracle of the canonical RNN, the Vanilla LSTM and the augmented LSTM
+(Sherstinsky 2020), and of stacked / bidirectional networks of them.
 
 This module is the readable reference that the fused C kernel is tested against.
 It is written to be obviously right, never fast: one Python loop over time,
-forward for n = 0..T-1 and backward for n = T-1..0, using the signal names of
-the paper (and of /spec/equations.md sections 1 and 2), so the code can be read
-line by line next to the equations.
+forward over the visited steps and backward over them in the opposite order,
+using the signal names of the paper (and of /spec/equations.md sections 1-4), so
+the code can be read line by line next to the equations.  It never imports the
+C kernel.
 
 Conventions
 -----------
@@ -17,28 +19,47 @@ Conventions
   initial states are cast to it.
 * Parameters use the fused storage of the C kernel (H = hidden, I = input size):
 
-  LSTM: "W_x" (4H, I) = [W_xcu; W_xcs; W_xdu; W_xcr], "W_v" (4H, H) likewise,
-        "b" (4H,) = [b_cu; b_cs; b_du; b_cr], and, only with diagonal peepholes,
-        "w_s" (3, H) = [w_scu; w_scs; w_scr].  Gate order (cu, cs, du, cr) is
-        PyTorch's (i, f, g, o).  Peepholes are on iff "w_s" is in the dict.
+  LSTM: "W_x" (4H, K*I) = [W_xcu; W_xcs; W_xdu; W_xcr]; with a context window
+        (L_past, L_future), K = L_past + 1 + L_future and column block k (I wide)
+        multiplies x[n + k - L_past] (K = 1 without a window).
+        "W_v" (4H, R) likewise, R = P with a projection, else H.
+        "b" (4H,) = [b_cu; b_cs; b_du; b_cr].
+        Peepholes: "w_s" (3, H) = [w_scu; w_scs; w_scr] (diagonal), or
+        "W_s" (3, H, H) = [W_scu; W_scs; W_scr] (full matrices), or neither key.
+        "W_qv" (P, H): recurrent projection q[n] = W_qv v[n] (paper §6, spec §3b).
+        Gate order (cu, cs, du, cr) is PyTorch's (i, f, g, o).
   RNN:  "W_x" (H, I), "W_r" (H, H), "theta_s" (H,), and "W_s" (H, H) only when
         the linear state feedback is on.
 
-* Gradients of the final state enter at the last step: the backward loop starts
-  from f_chi[T] = dE/dv_T (dE/dr_T for the RNN) and f_psi[T] = dE/ds_T, where
-  f_chi, f_psi are what flows into step n from step n+1.  ``None`` means zero.
-* The LSTM readout-gate peephole sees the NEW state s[n]; the update and state
-  gate peepholes see s[n-1].  G_c = sigmoid, G_d = tanh, G = tanh.
+* The LSTM's output and recurrent feedback is called y below: y = v without a
+  projection, y = q = W_qv v with one; R is its width.
+* Gradients of the final state enter at the last visited step: the backward loop
+  starts from f_chi = dE/dy_T (dE/dr_T for the RNN) and f_psi = dE/ds_T, where
+  f_chi, f_psi are what flows into a step from the step visited after it.
+  ``None`` means zero.
+* The LSTM readout-gate peephole sees the NEW state s[n] (after the cell clip);
+  the update and state gate peepholes see s[n-1].  G_c = sigmoid, G_d = tanh,
+  G = tanh.
+* Variable lengths and direction: row b has lengths[b] valid steps (default T).
+  The cell visits them in the order n = 0..lengths[b]-1 (forward) or
+  n = lengths[b]-1..0 (reverse=True); visit step k of row b is time index
+  order[k, b], and order[k, b] = -1 marks a padding visit (k >= lengths[b]).  A
+  padding visit freezes the state, writes a zero output and passes the gradients
+  through unchanged; outputs are stored at their original time index.  Without
+  lengths and with reverse=False, k = n and nothing changes from the Vanilla LSTM.
+* Clips (spec §3c): where a value is clipped its gradient is zero; the derivative
+  at exactly |value| = c is taken as 1 (``|value| <= c``).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 Params = Dict[str, np.ndarray]
 GATES = ("cu", "cs", "du", "cr")  # control update, control state, data update, control readout
 PEEPHOLE_GATES = ("cu", "cs", "cr")
+LSTM_CELL_OPTIONS = ("coupled_gates", "cell_clip", "accumulation_clip", "context")
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:
@@ -56,14 +77,127 @@ def _state(z: Optional[np.ndarray], B: int, H: int, dtype) -> np.ndarray:
     return np.zeros((B, H), dtype) if z is None else np.asarray(z, dtype=dtype).reshape(B, H)
 
 
+def _clip(a: np.ndarray, c: Optional[float]) -> np.ndarray:
+    """clip(a, -c, c); no clip for c None."""
+    return a if c is None else np.clip(a, -c, c)
+
+
+def _clip_grad(a: np.ndarray, c: Optional[float]) -> np.ndarray:
+    """d clip(a) / da: 1 where |a| <= c, else 0 (all ones for c None), in a's dtype."""
+    return np.ones_like(a) if c is None else (np.abs(a) <= c).astype(a.dtype)
+
+
+def _lengths(lengths, T: int, B: int) -> np.ndarray:
+    """Validated lengths (B,) as int64; None -> all T."""
+    if lengths is None:
+        return np.full(B, T, dtype=np.int64)
+    lens = np.asarray(lengths)
+    if lens.shape != (B,) or not np.issubdtype(lens.dtype, np.integer):
+        raise ValueError(f"lengths must be an int array of shape ({B},), got {lens.dtype} {lens.shape}")
+    if (lens < 0).any() or (lens > T).any():
+        raise ValueError(f"lengths must be in [0, T = {T}], got {lens}")
+    return lens.astype(np.int64)
+
+
+def _visit_order(lens: np.ndarray, T: int, reverse: bool) -> np.ndarray:
+    """order (T, B): the time index that row b visits at step k, or -1 for padding.
+
+    Forward: order[k, b] = k for k < lengths[b].  Reverse: order[k, b] = lengths[b]-1-k,
+    i.e. the row's valid part backwards, starting at its own last valid step."""
+    k = np.arange(T)[:, None]
+    valid = k < lens[None, :]
+    n = (lens[None, :] - 1 - k) if reverse else np.broadcast_to(k, valid.shape)
+    return np.where(valid, n, -1)
+
+
+def _row_mask(order_k: np.ndarray, dt) -> np.ndarray:
+    """(B, 1) mask of the rows whose visit is a real step (1) rather than padding (0)."""
+    return (order_k >= 0).astype(dt)[:, None]
+
+
+def _gather(seq: np.ndarray, order_k: np.ndarray) -> np.ndarray:
+    """seq[order[k, b], b] for every row b (padding rows read time 0; callers mask them)."""
+    return seq[np.maximum(order_k, 0), np.arange(seq.shape[1])]
+
+
+def _scatter(seq: np.ndarray, order_k: np.ndarray, value: np.ndarray) -> None:
+    """seq[order[k, b], b] = value[b] for the rows that are not padding."""
+    rows = np.flatnonzero(order_k >= 0)
+    seq[order_k[rows], rows] = value[rows]
+
+
+# ----------------------------------------------------------------------------------------------
+# External input context window (spec §3a) as an unfolding of the input
+# ----------------------------------------------------------------------------------------------
+
+def _context(context) -> Tuple[int, int]:
+    try:
+        L_past, L_future = (int(c) for c in context)
+    except (TypeError, ValueError):
+        raise ValueError(f"context must be a pair (L_past, L_future), got {context!r}") from None
+    if L_past < 0 or L_future < 0:
+        raise ValueError(f"context sizes must be >= 0, got {context!r}")
+    return L_past, L_future
+
+
+def _frames(z: Optional[np.ndarray], L: int, B: int, I: int, dt, name: str) -> np.ndarray:
+    if z is None:
+        return np.zeros((L, B, I), dt)
+    z = np.asarray(z, dtype=dt)
+    if z.shape != (L, B, I):
+        raise ValueError(f"{name} must have shape {(L, B, I)}, got {z.shape}")
+    return z
+
+
+def _frame_keep(lens: np.ndarray, T: int, L_past: int, L_future: int, dt) -> np.ndarray:
+    """(L_past + T + L_future, B, 1): 1 for the frames of x_ext that are part of the sequence.
+
+    Frame m (relative to x[0]) of row b is dropped (treated as zero) when the row has
+    ended before it: m >= lengths[b] inside the chunk, and every x_future frame when
+    lengths[b] < T.  The x_past frames are always kept."""
+    m = np.arange(-L_past, T + L_future)[:, None]                  # frame index relative to x[0]
+    in_chunk = (m < T) & (m < lens[None, :])
+    future_kept = (m >= T) & (lens[None, :] == T)
+    return ((m < 0) | in_chunk | future_kept).astype(dt)[:, :, None]
+
+
+def _unfold(x_ext: np.ndarray, T: int, K: int) -> np.ndarray:
+    """X (T, B, K*I) with column block k = x_ext[n + k], i.e. x[n + k - L_past]."""
+    I = x_ext.shape[2]
+    X = np.empty((T, x_ext.shape[1], K * I), x_ext.dtype)
+    for k in range(K):
+        X[:, :, k * I:(k + 1) * I] = x_ext[k:k + T]
+    return X
+
+
+def _fold(dX: np.ndarray, I: int, K: int) -> np.ndarray:
+    """The adjoint of `_unfold`: dE/dx_ext (T + K - 1, B, I)."""
+    T, B, _ = dX.shape
+    dext = np.zeros((T + K - 1, B, I), dX.dtype)
+    for k in range(K):
+        dext[k:k + T] += dX[:, :, k * I:(k + 1) * I]
+    return dext
+
+
+# ----------------------------------------------------------------------------------------------
+# LSTM parameters under the paper's names
+# ----------------------------------------------------------------------------------------------
+
+def _peephole_kind(params: Params) -> Optional[str]:
+    if "w_s" in params and "W_s" in params:
+        raise ValueError("params has both diagonal ('w_s') and full ('W_s') peepholes")
+    return "diagonal" if "w_s" in params else "full" if "W_s" in params else None
+
+
 def split_lstm_params(params: Params) -> Dict[str, np.ndarray]:
     """Per-gate views of the fused LSTM storage under the paper's names.
 
-    Returns W_xcu.. (H, I), W_vcu.. (H, H), b_cu.. (H,) for cu, cs, du, cr and, when
-    "w_s" is present, w_scu, w_scs, w_scr (H,).  Views, not copies: writing to them
-    writes to `params`.
+    Returns W_xcu.. (H, K*I), W_vcu.. (H, R), b_cu.. (H,) for cu, cs, du, cr; with
+    diagonal peepholes ("w_s") w_scu, w_scs, w_scr (H,); with full peepholes ("W_s")
+    W_scu, W_scs, W_scr (H, H); with a projection W_qv (P, H).  Views, not copies:
+    writing to them writes to `params`.
     """
-    H = params["W_v"].shape[1]
+    H = params["W_x"].shape[0] // 4
     views = {}
     for i, g in enumerate(GATES):
         rows = slice(i * H, (i + 1) * H)
@@ -73,120 +207,225 @@ def split_lstm_params(params: Params) -> Dict[str, np.ndarray]:
     if "w_s" in params:
         for i, g in enumerate(PEEPHOLE_GATES):
             views["w_s" + g] = params["w_s"][i]
+    if "W_s" in params:
+        for i, g in enumerate(PEEPHOLE_GATES):
+            views["W_s" + g] = params["W_s"][i]
+    if "W_qv" in params:
+        views["W_qv"] = params["W_qv"]
     return views
 
 
+def _peep(P: Dict[str, np.ndarray], kind: Optional[str], g: str, s: np.ndarray) -> np.ndarray:
+    """The peephole term W_s{g} s of accumulation a_{g} (0 without peepholes)."""
+    if kind == "diagonal":
+        return P["w_s" + g] * s
+    if kind == "full":
+        return s @ P["W_s" + g].T
+    return np.zeros_like(s)
+
+
+def _peep_T(P: Dict[str, np.ndarray], kind: Optional[str], g: str, alpha: np.ndarray) -> np.ndarray:
+    """W_s{g}^T alpha: what the peephole sends back to the state it saw."""
+    if kind == "diagonal":
+        return P["w_s" + g] * alpha
+    if kind == "full":
+        return alpha @ P["W_s" + g]
+    return np.zeros_like(alpha)
+
+
+def _peep_grad(G: Dict[str, np.ndarray], kind: Optional[str], g: str, alpha: np.ndarray,
+               s: np.ndarray) -> None:
+    """dE/dW_s{g} += alpha s^T (diagonal: sum of alpha * s)."""
+    if kind == "diagonal":
+        G["w_s" + g] += (alpha * s).sum(axis=0)
+    elif kind == "full":
+        G["W_s" + g] += alpha.T @ s
+
+
 # ----------------------------------------------------------------------------------------------
-# Vanilla LSTM (paper section 5, spec section 2)
+# One layer-direction of the LSTM: Vanilla (paper section 5, spec §2) and augmented (§6, spec §3)
 # ----------------------------------------------------------------------------------------------
 
-def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray], v0: Optional[np.ndarray]
-                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Vanilla LSTM over one window.
+def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
+                 v0: Optional[np.ndarray] = None, *, coupled_gates: bool = False,
+                 cell_clip: Optional[float] = None, accumulation_clip: Optional[float] = None,
+                 context: Tuple[int, int] = (0, 0), x_past: Optional[np.ndarray] = None,
+                 x_future: Optional[np.ndarray] = None, lengths: Optional[np.ndarray] = None,
+                 reverse: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """The (augmented) LSTM over one window, one layer, one direction.
 
-    x (T, B, I); s0, v0 (B, H) = s[-1], v[-1] (None = zeros).  Peepholes are on iff
-    "w_s" in params.  Returns (v_seq (T, B, H), s_T (B, H), v_T (B, H), cache).
+    x (T, B, I); s0 (B, H) = s[-1]; v0 (B, R) = the first recurrent feedback, v[-1]
+    (q[-1] with a projection); None = zeros.  Options (spec §3, §4):
+      coupled_gates      g_cs = 1 - g_cu; the cs weights are unused.
+      cell_clip=c        s[n] = clip(g_cs s[n-1] + g_cu u[n], -c, c) before the readout.
+      accumulation_clip  every a_* (peephole terms included) clipped to [-c, c] before warping.
+      context=(Lp, Lf)   accumulations use W_x X[n], X[n] = [x[n-Lp], ..., x[n+Lf]];
+                         x_past (Lp, B, I), x_future (Lf, B, I) are the frames around the
+                         chunk (None = zeros: the sequence starts / ends here).
+      lengths (B,)       steps n >= lengths[b] are padding (zero output, frozen state).
+      reverse            visit each row's valid part backwards.
+    Returns (y_seq (T, B, R), s_T (B, H), y_T (B, R), cache); y = v, or q = W_qv v.
     """
     x = np.asarray(x)
     dt = x.dtype
     p = _cast(params, dt)
     P = split_lstm_params(p)
-    peep = "w_s" in p
-    T, B, _ = x.shape
-    H = p["W_v"].shape[1]
+    peep = _peephole_kind(p)
+    proj = "W_qv" in p
+    T, B, I = x.shape
+    H = p["W_x"].shape[0] // 4
+    R = p["W_qv"].shape[0] if proj else H
+    L_past, L_future = _context(context)
+    K = L_past + 1 + L_future
+    if p["W_x"].shape != (4 * H, K * I):
+        raise ValueError(f"W_x must have shape {(4 * H, K * I)} (K = {K} frames of I = {I}), "
+                         f"got {p['W_x'].shape}")
+    if p["W_v"].shape != (4 * H, R):
+        raise ValueError(f"W_v must have shape {(4 * H, R)}, got {p['W_v'].shape}")
+    c_cell = None if cell_clip is None else float(cell_clip)
+    c_acc = None if accumulation_clip is None else float(accumulation_clip)
+    lens = _lengths(lengths, T, B)
+    order = _visit_order(lens, T, bool(reverse))
 
-    s = np.empty((T + 1, B, H), dt)  # s[n + 1] holds the paper's s[n]; s[0] = s[-1]
-    v = np.empty((T + 1, B, H), dt)  # likewise for v
-    s[0], v[0] = _state(s0, B, H, dt), _state(v0, B, H, dt)
-    g_cu, g_cs, g_cr, u, r = (np.empty((T, B, H), dt) for _ in range(5))
+    # The unfolded input, in ORIGINAL time order (also for the reverse direction).
+    keep = _frame_keep(lens, T, L_past, L_future, dt)
+    x_ext = np.concatenate([_frames(x_past, L_past, B, I, dt, "x_past"), x,
+                            _frames(x_future, L_future, B, I, dt, "x_future")]) * keep
+    X = _unfold(x_ext, T, K)                                      # (T, B, K*I)
 
-    for n in range(T):
-        s_prev, v_prev = s[n], v[n]
-        a_cu = x[n] @ P["W_xcu"].T + v_prev @ P["W_vcu"].T + P["b_cu"]
-        a_cs = x[n] @ P["W_xcs"].T + v_prev @ P["W_vcs"].T + P["b_cs"]
-        a_du = x[n] @ P["W_xdu"].T + v_prev @ P["W_vdu"].T + P["b_du"]
-        a_cr = x[n] @ P["W_xcr"].T + v_prev @ P["W_vcr"].T + P["b_cr"]
-        if peep:
-            a_cu = a_cu + P["w_scu"] * s_prev
-            a_cs = a_cs + P["w_scs"] * s_prev
-        g_cu[n] = _sigmoid(a_cu)
-        g_cs[n] = _sigmoid(a_cs)
-        u[n] = np.tanh(a_du)
-        s[n + 1] = g_cs[n] * s_prev + g_cu[n] * u[n]
-        if peep:
-            a_cr = a_cr + P["w_scr"] * s[n + 1]  # the readout peephole sees the new state s[n]
-        g_cr[n] = _sigmoid(a_cr)
-        r[n] = np.tanh(s[n + 1])
-        v[n + 1] = g_cr[n] * r[n]
+    # Signals by visit step k (k = n without lengths / reverse); index k + 1 after step k.
+    s = np.empty((T + 1, B, H), dt)      # s[k + 1] = state after visit k (frozen on padding)
+    y = np.empty((T + 1, B, R), dt)      # y[k + 1] = recurrent feedback after visit k
+    v = np.zeros((T + 1, B, H), dt)      # v[k + 1] = the cell's v at visit k; v[0] = v0 if R == H
+    s[0], y[0] = _state(s0, B, H, dt), _state(v0, B, R, dt)
+    if not proj:
+        v[0] = y[0]
+    g_cu, g_cs, g_cr, u, r, s_pre = (np.empty((T, B, H), dt) for _ in range(6))
+    a = {g: np.zeros((T, B, H), dt) for g in GATES}                # pre-clip accumulations
+    y_seq = np.zeros((T, B, R), dt)
 
-    cache = dict(x=x, params=p, s=s, v=v, g_cu=g_cu, g_cs=g_cs, g_cr=g_cr, u=u, r=r)
-    return v[1:].copy(), s[T].copy(), v[T].copy(), cache
+    for k in range(T):
+        s_prev, y_prev = s[k], y[k]
+        X_k = _gather(X, order[k])
+        a_cu = X_k @ P["W_xcu"].T + y_prev @ P["W_vcu"].T + P["b_cu"] + _peep(P, peep, "cu", s_prev)
+        a_du = X_k @ P["W_xdu"].T + y_prev @ P["W_vdu"].T + P["b_du"]
+        g_cu[k] = _sigmoid(_clip(a_cu, c_acc))
+        if coupled_gates:
+            g_cs[k] = 1 - g_cu[k]                                 # §3c: forget = 1 - update
+        else:
+            a_cs = X_k @ P["W_xcs"].T + y_prev @ P["W_vcs"].T + P["b_cs"] + _peep(P, peep, "cs", s_prev)
+            g_cs[k] = _sigmoid(_clip(a_cs, c_acc))
+            a["cs"][k] = a_cs
+        u[k] = np.tanh(_clip(a_du, c_acc))
+        s_pre[k] = g_cs[k] * s_prev + g_cu[k] * u[k]
+        s_n = _clip(s_pre[k], c_cell)                             # the cell clip, before readout
+        # the readout peephole sees the new (clipped) state s[n]
+        a_cr = X_k @ P["W_xcr"].T + y_prev @ P["W_vcr"].T + P["b_cr"] + _peep(P, peep, "cr", s_n)
+        g_cr[k] = _sigmoid(_clip(a_cr, c_acc))
+        r[k] = np.tanh(s_n)
+        v_n = g_cr[k] * r[k]
+        y_n = v_n @ P["W_qv"].T if proj else v_n                  # q[n] = W_qv v[n]
+        a["cu"][k], a["du"][k], a["cr"][k] = a_cu, a_du, a_cr
+
+        m = _row_mask(order[k], dt)                               # padding rows keep their state
+        s[k + 1] = m * s_n + (1 - m) * s_prev
+        y[k + 1] = m * y_n + (1 - m) * y_prev
+        v[k + 1] = m * v_n + (1 - m) * v[k]
+        _scatter(y_seq, order[k], y_n)
+
+    cache = dict(x=x, params=p, s=s, v=v, y=y, g_cu=g_cu, g_cs=g_cs, g_cr=g_cr, u=u, r=r,
+                 s_pre=s_pre, a=a, X=X, keep=keep, order=order, lengths=lens, H=H, R=R,
+                 peephole=peep, projection=proj, coupled_gates=bool(coupled_gates),
+                 cell_clip=c_cell, accumulation_clip=c_acc, context=(L_past, L_future))
+    return y_seq, s[T].copy(), y[T].copy(), cache
 
 
 def lstm_backward(dv_seq: np.ndarray, ds_T: Optional[np.ndarray], dv_T: Optional[np.ndarray],
                   cache: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Params]:
     """Back-propagation through time for `lstm_forward`.
 
-    dv_seq (T, B, H) = dE/dv[n] from above; ds_T, dv_T (B, H) = dE/d(final s), dE/d(final v)
-    (None = zeros).  Returns (dx (T, B, I), ds0 (B, H), dv0 (B, H), grads) where grads has
-    the same keys and shapes as params.
+    dv_seq (T, B, R) = dE/dy[n] from above (ignored at padding positions); ds_T (B, H),
+    dv_T (B, R) = dE/d(final s), dE/d(final y) (None = zeros).  Returns (dx (T, B, I),
+    ds0 (B, H), dy0 (B, R), grads) where grads has the same keys and shapes as params.
+    With a context window it also stores cache["dx_past"] (L_past, B, I) and
+    cache["dx_future"] (L_future, B, I), the gradients w.r.t. the frames around the chunk.
     """
-    x, p = cache["x"], cache["params"]
-    s, v, g_cu, g_cs, g_cr, u, r = (cache[k] for k in ("s", "v", "g_cu", "g_cs", "g_cr", "u", "r"))
+    x, p, X, order = cache["x"], cache["params"], cache["X"], cache["order"]
+    s, v, y = cache["s"], cache["v"], cache["y"]
+    g_cu, g_cs, g_cr, u, r, s_pre, a = (cache[k] for k in ("g_cu", "g_cs", "g_cr", "u", "r",
+                                                            "s_pre", "a"))
+    peep, proj, coupled = cache["peephole"], cache["projection"], cache["coupled_gates"]
+    c_cell, c_acc = cache["cell_clip"], cache["accumulation_clip"]
+    L_past, L_future = cache["context"]
     dt = x.dtype
     P = split_lstm_params(p)
-    peep = "w_s" in p
-    T, B, _ = x.shape
-    H = s.shape[2]
+    T, B, I = x.shape
+    H, R = cache["H"], cache["R"]
     dv_seq = np.asarray(dv_seq, dtype=dt)
 
-    grads = {k: np.zeros_like(a) for k, a in p.items()}
+    grads = {k: np.zeros_like(w) for k, w in p.items()}
     G = split_lstm_params(grads)  # views: accumulating into G fills `grads`
-    dx = np.empty_like(x)
-    f_chi = _state(dv_T, B, H, dt)  # f_chi[T]
-    f_psi = _state(ds_T, B, H, dt)  # f_psi[T]
+    dX = np.zeros_like(X)
+    f_chi = _state(dv_T, B, R, dt)  # dE/dy flowing into the last visit
+    f_psi = _state(ds_T, B, H, dt)  # dE/ds flowing into the last visit
 
-    for n in range(T - 1, -1, -1):
-        s_prev, s_n, v_prev = s[n], s[n + 1], v[n]
-        chi = dv_seq[n] + f_chi                                    # dE/dv[n]
-        rho = chi * g_cr[n]                                        # dE/dr[n]
-        alpha_cr = chi * r[n] * g_cr[n] * (1 - g_cr[n])
-        psi = rho * (1 - r[n] ** 2) + f_psi                        # dE/ds[n]
-        if peep:
-            psi = psi + P["w_scr"] * alpha_cr
-        alpha_cs = psi * s_prev * g_cs[n] * (1 - g_cs[n])
-        alpha_cu = psi * u[n] * g_cu[n] * (1 - g_cu[n])
-        alpha_du = psi * g_cu[n] * (1 - u[n] ** 2)
+    for k in range(T - 1, -1, -1):
+        m = _row_mask(order[k], dt)
+        X_k = _gather(X, order[k])
+        s_prev, s_n, y_prev, v_n = s[k], s[k + 1], y[k], v[k + 1]
+        chi_q = (_gather(dv_seq, order[k]) + f_chi) * m             # dE/dy[n] (0 on padding)
+        if proj:
+            chi = chi_q @ P["W_qv"]                                # chi[n] = W_qv^T chi_q[n]
+            G["W_qv"] += chi_q.T @ v_n
+        else:
+            chi = chi_q                                            # dE/dv[n]
+        rho = chi * g_cr[k]                                        # dE/dr[n]
+        alpha_cr = chi * r[k] * g_cr[k] * (1 - g_cr[k]) * _clip_grad(a["cr"][k], c_acc)
+        psi = rho * (1 - r[k] ** 2) + _peep_T(P, peep, "cr", alpha_cr) + f_psi * m  # dE/ds[n]
+        psi = psi * _clip_grad(s_pre[k], c_cell)                   # dE/d(pre-clip s[n])
+        if coupled:                                                # s = (1 - g_cu) s_prev + g_cu u
+            alpha_cs = np.zeros_like(psi)
+            alpha_cu = psi * (u[k] - s_prev) * g_cu[k] * (1 - g_cu[k])
+        else:
+            alpha_cs = psi * s_prev * g_cs[k] * (1 - g_cs[k]) * _clip_grad(a["cs"][k], c_acc)
+            alpha_cu = psi * u[k] * g_cu[k] * (1 - g_cu[k])
+        alpha_cu = alpha_cu * _clip_grad(a["cu"][k], c_acc)
+        alpha_du = psi * g_cu[k] * (1 - u[k] ** 2) * _clip_grad(a["du"][k], c_acc)
         alpha = dict(cu=alpha_cu, cs=alpha_cs, du=alpha_du, cr=alpha_cr)
 
-        f_chi = sum(alpha[g] @ P["W_v" + g] for g in GATES)        # f_chi[n]
-        f_psi = g_cs[n] * psi                                      # f_psi[n]
-        if peep:
-            f_psi = f_psi + P["w_scu"] * alpha_cu + P["w_scs"] * alpha_cs
-        dx[n] = sum(alpha[g] @ P["W_x" + g] for g in GATES)
+        # what flows to the previous visit; padding rows pass their gradients through
+        f_chi = sum(alpha[g] @ P["W_v" + g] for g in GATES) + (1 - m) * f_chi
+        f_psi = (g_cs[k] * psi + _peep_T(P, peep, "cu", alpha_cu) + _peep_T(P, peep, "cs", alpha_cs)
+                 + (1 - m) * f_psi)
+        _scatter(dX, order[k], sum(alpha[g] @ P["W_x" + g] for g in GATES))
 
         for g in GATES:
-            G["W_x" + g] += alpha[g].T @ x[n]
-            G["W_v" + g] += alpha[g].T @ v_prev
+            G["W_x" + g] += alpha[g].T @ X_k
+            G["W_v" + g] += alpha[g].T @ y_prev
             G["b_" + g] += alpha[g].sum(axis=0)
-        if peep:
-            G["w_scu"] += (alpha_cu * s_prev).sum(axis=0)
-            G["w_scs"] += (alpha_cs * s_prev).sum(axis=0)
-            G["w_scr"] += (alpha_cr * s_n).sum(axis=0)     # the readout peephole saw s[n]
+        _peep_grad(G, peep, "cu", alpha_cu, s_prev)
+        _peep_grad(G, peep, "cs", alpha_cs, s_prev)
+        _peep_grad(G, peep, "cr", alpha_cr, s_n)                   # the readout peephole saw s[n]
 
-    return dx, f_psi, f_chi, grads  # dE/ds[-1] = f_psi[0], dE/dv[-1] = f_chi[0]
+    dext = _fold(dX, I, L_past + 1 + L_future) * cache["keep"]
+    cache["dx_past"] = dext[:L_past].copy()
+    cache["dx_future"] = dext[L_past + T:].copy()
+    dx = dext[L_past:L_past + T].copy()
+    return dx, f_psi, f_chi, grads  # dE/ds[-1], dE/dy[-1]: what flows out of the first visit
 
 
 # ----------------------------------------------------------------------------------------------
 # Canonical RNN (paper sections 2-4, spec section 1)
 # ----------------------------------------------------------------------------------------------
 
-def rnn_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray], r0: Optional[np.ndarray]
-                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Canonical RNN over one window.
+def rnn_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
+                r0: Optional[np.ndarray] = None, *, lengths: Optional[np.ndarray] = None,
+                reverse: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Canonical RNN over one window, one layer, one direction.
 
     s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + theta_s,  r[n] = tanh(s[n]); the W_s term
     only when "W_s" in params.  x (T, B, I); s0, r0 (B, H) = s[-1], r[-1] (None = zeros).
+    lengths / reverse as for `lstm_forward`.
     Returns (r_seq (T, B, H), s_T (B, H), r_T (B, H), cache).
     """
     x = np.asarray(x)
@@ -194,19 +433,25 @@ def rnn_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray], r0: Opt
     p = _cast(params, dt)
     T, B, _ = x.shape
     H = p["W_r"].shape[0]
+    lens = _lengths(lengths, T, B)
+    order = _visit_order(lens, T, bool(reverse))
 
-    s = np.empty((T + 1, B, H), dt)  # s[n + 1] holds the paper's s[n]; s[0] = s[-1]
+    s = np.empty((T + 1, B, H), dt)  # s[k + 1] = state after visit k; s[0] = s[-1]
     r = np.empty((T + 1, B, H), dt)  # likewise for r
     s[0], r[0] = _state(s0, B, H, dt), _state(r0, B, H, dt)
-    for n in range(T):
-        s_n = r[n] @ p["W_r"].T + x[n] @ p["W_x"].T + p["theta_s"]
+    r_seq = np.zeros((T, B, H), dt)
+    for k in range(T):
+        s_n = r[k] @ p["W_r"].T + _gather(x, order[k]) @ p["W_x"].T + p["theta_s"]
         if "W_s" in p:
-            s_n = s_n + s[n] @ p["W_s"].T
-        s[n + 1] = s_n
-        r[n + 1] = np.tanh(s_n)
+            s_n = s_n + s[k] @ p["W_s"].T
+        r_n = np.tanh(s_n)
+        m = _row_mask(order[k], dt)                   # padding rows keep their state
+        s[k + 1] = m * s_n + (1 - m) * s[k]
+        r[k + 1] = m * r_n + (1 - m) * r[k]
+        _scatter(r_seq, order[k], r_n)
 
-    cache = dict(x=x, params=p, s=s, r=r)
-    return r[1:].copy(), s[T].copy(), r[T].copy(), cache
+    cache = dict(x=x, params=p, s=s, r=r, order=order, lengths=lens, H=H, R=H)
+    return r_seq, s[T].copy(), r[T].copy(), cache
 
 
 def rnn_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: Optional[np.ndarray],
@@ -217,31 +462,154 @@ def rnn_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: Optional[
     (None = zeros).  Returns (dx (T, B, I), ds0 (B, H), dr0 (B, H), grads) with grads keyed
     and shaped like params.
     """
-    x, p, s, r = cache["x"], cache["params"], cache["s"], cache["r"]
+    x, p, s, r, order = cache["x"], cache["params"], cache["s"], cache["r"], cache["order"]
     dt = x.dtype
     T, B, _ = x.shape
     H = s.shape[2]
     dr_seq = np.asarray(dr_seq, dtype=dt)
     feedback = "W_s" in p
 
-    grads = {k: np.zeros_like(a) for k, a in p.items()}
-    dx = np.empty_like(x)
+    grads = {k: np.zeros_like(w) for k, w in p.items()}
+    dx = np.zeros_like(x)
     f_chi = _state(dr_T, B, H, dt)  # W_r^T psi[n+1] (plus dE/dr_T at the last step)
     f_psi = _state(ds_T, B, H, dt)  # W_s^T psi[n+1] (plus dE/ds_T at the last step)
 
-    for n in range(T - 1, -1, -1):
-        s_prev, r_prev, r_n = s[n], r[n], r[n + 1]
-        chi = dr_seq[n] + f_chi                    # dE/dr[n]
-        psi = (1 - r_n ** 2) * chi + f_psi         # dE/ds[n], G'(s) = 1 - tanh(s)^2
+    for k in range(T - 1, -1, -1):
+        m = _row_mask(order[k], dt)
+        s_prev, r_prev, r_n = s[k], r[k], r[k + 1]
+        chi = (_gather(dr_seq, order[k]) + f_chi) * m     # dE/dr[n] (0 on padding)
+        psi = (1 - r_n ** 2) * chi + f_psi * m             # dE/ds[n], G'(s) = 1 - tanh(s)^2
 
         grads["W_r"] += psi.T @ r_prev
-        grads["W_x"] += psi.T @ x[n]
+        grads["W_x"] += psi.T @ _gather(x, order[k])
         grads["theta_s"] += psi.sum(axis=0)
         if feedback:
             grads["W_s"] += psi.T @ s_prev
-        dx[n] = psi @ p["W_x"]
+        _scatter(dx, order[k], psi @ p["W_x"])
 
-        f_chi = psi @ p["W_r"]
-        f_psi = psi @ p["W_s"] if feedback else np.zeros_like(psi)
+        # padding rows pass their gradients through the frozen state
+        f_chi = psi @ p["W_r"] + (1 - m) * f_chi
+        f_psi = (psi @ p["W_s"] if feedback else np.zeros_like(psi)) + (1 - m) * f_psi
 
     return dx, f_psi, f_chi, grads  # dE/ds[-1] = W_s^T psi[0], dE/dr[-1] = W_r^T psi[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stacked and bidirectional networks (spec §4): plain compositions of the cells above
+# ----------------------------------------------------------------------------------------------
+
+def _stacked(z: Optional[np.ndarray], i: int) -> Optional[np.ndarray]:
+    """Layer-direction i of an (L*D, B, .) state, or None."""
+    return None if z is None else np.asarray(z)[i]
+
+
+def _network_forward(cell_forward, x, layers: Sequence[Params], s0, o0, bidirectional: bool,
+                     lengths, dropout_masks, first_options: dict, options: dict):
+    """Layer l, direction d (params layers[l*D + d], d = 1 reversed); the input of layer l > 0
+    is [outputs of layer l-1, directions concatenated] * dropout_masks[l-1]."""
+    x = np.asarray(x)
+    D = 2 if bidirectional else 1
+    if len(layers) == 0 or len(layers) % D:
+        raise ValueError(f"layers must hold L*D = L*{D} parameter dicts, got {len(layers)}")
+    L = len(layers) // D
+    if dropout_masks is not None and len(dropout_masks) != L - 1:
+        raise ValueError(f"dropout_masks must hold L - 1 = {L - 1} masks, got {len(dropout_masks)}")
+    caches, s_T, o_T, inputs = [], [], [], []
+    inp = x
+    for l in range(L):
+        if l > 0 and dropout_masks is not None:
+            inp = inp * np.asarray(dropout_masks[l - 1], dtype=x.dtype)
+        inputs.append(inp)
+        outs = []
+        for d in range(D):
+            i = l * D + d
+            opts = first_options if l == 0 else options
+            y_i, s_i, o_i, c_i = cell_forward(inp, layers[i], _stacked(s0, i), _stacked(o0, i),
+                                              lengths=lengths, reverse=(d == 1), **opts)
+            outs.append(y_i)
+            s_T.append(s_i)
+            o_T.append(o_i)
+            caches.append(c_i)
+        inp = np.concatenate(outs, axis=2)                       # forward direction first
+    cache = dict(caches=caches, D=D, L=L, dropout_masks=dropout_masks, x=x)
+    return inp, np.stack(s_T), np.stack(o_T), cache
+
+
+def _network_backward(cell_backward, dy_seq, ds_T, do_T, cache):
+    D, L, caches, masks = cache["D"], cache["L"], cache["caches"], cache["dropout_masks"]
+    x = cache["x"]
+    dt = x.dtype
+    d_out = np.asarray(dy_seq, dtype=dt)                         # dE/d(output of layer l)
+    ds0, do0, grads = [None] * (L * D), [None] * (L * D), [None] * (L * D)
+    for l in range(L - 1, -1, -1):
+        d_in = 0
+        col = 0
+        for d in range(D):
+            i = l * D + d
+            R = caches[i]["R"]
+            dx_i, ds0[i], do0[i], grads[i] = cell_backward(
+                d_out[:, :, col:col + R], _stacked(ds_T, i), _stacked(do_T, i), caches[i])
+            col += R
+            d_in = d_in + dx_i                                    # both directions read the input
+        if l > 0 and masks is not None:
+            d_in = d_in * np.asarray(masks[l - 1], dtype=dt)
+        d_out = d_in
+    if "dx_past" in caches[0]:
+        cache["dx_past"] = sum(caches[d]["dx_past"] for d in range(D))
+        cache["dx_future"] = sum(caches[d]["dx_future"] for d in range(D))
+    return d_out, np.stack(ds0), np.stack(do0), grads
+
+
+def lstm_network_forward(x: np.ndarray, layers: Sequence[Params], s0: Optional[np.ndarray] = None,
+                         v0: Optional[np.ndarray] = None, *, bidirectional: bool = False,
+                         lengths: Optional[np.ndarray] = None,
+                         dropout_masks: Optional[Sequence[np.ndarray]] = None,
+                         x_past: Optional[np.ndarray] = None, x_future: Optional[np.ndarray] = None,
+                         **cell_options) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """A stacked (and optionally bidirectional) LSTM as a composition of `lstm_forward`.
+
+    layers[l*D + d]: the parameters of layer l, direction d (D = 2 if bidirectional, d = 1
+    runs reversed).  s0 (L*D, B, H), v0 (L*D, B, R) (None = zeros).  dropout_masks[l-1]
+    (T, B, D*R), already scaled, multiplies the input of layer l > 0.  cell_options
+    (coupled_gates, cell_clip, accumulation_clip, context) go to every cell, except that
+    context (and x_past / x_future, unidirectional only) applies to layer 0 only.
+    Returns (y (T, B, D*R), s_T (L*D, B, H), y_T (L*D, B, R), cache).
+    """
+    unknown = set(cell_options) - set(LSTM_CELL_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown LSTM cell options {sorted(unknown)}")
+    if bidirectional and (x_past is not None or x_future is not None):
+        raise ValueError("x_past / x_future (streaming context) need a unidirectional network")
+    options = {k: w for k, w in cell_options.items() if k != "context"}
+    first = dict(cell_options, x_past=x_past, x_future=x_future)
+    return _network_forward(lstm_forward, x, layers, s0, v0, bidirectional, lengths,
+                            dropout_masks, first, options)
+
+
+def lstm_network_backward(dy_seq: np.ndarray, ds_T: Optional[np.ndarray], dy_T: Optional[np.ndarray],
+                          cache: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[Params]]:
+    """Back-propagation for `lstm_network_forward`: dy_seq (T, B, D*R), ds_T (L*D, B, H),
+    dy_T (L*D, B, R) (None = zeros).  Returns (dx (T, B, I), ds0 (L*D, B, H),
+    dy0 (L*D, B, R), grads (a list like layers)); stores cache["dx_past"], cache["dx_future"]
+    (the gradients w.r.t. layer 0's context frames, summed over directions)."""
+    return _network_backward(lstm_backward, dy_seq, ds_T, dy_T, cache)
+
+
+def rnn_network_forward(x: np.ndarray, layers: Sequence[Params], s0: Optional[np.ndarray] = None,
+                        r0: Optional[np.ndarray] = None, *, bidirectional: bool = False,
+                        lengths: Optional[np.ndarray] = None,
+                        dropout_masks: Optional[Sequence[np.ndarray]] = None
+                        ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """A stacked (and optionally bidirectional) canonical RNN as a composition of
+    `rnn_forward`; layout as `lstm_network_forward` (R = H).  Each cell has the state
+    feedback iff its params hold "W_s".
+    Returns (r (T, B, D*H), s_T (L*D, B, H), r_T (L*D, B, H), cache)."""
+    return _network_forward(rnn_forward, x, layers, s0, r0, bidirectional, lengths,
+                            dropout_masks, {}, {})
+
+
+def rnn_network_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: Optional[np.ndarray],
+                         cache: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[Params]]:
+    """Back-propagation for `rnn_network_forward`: returns (dx (T, B, I), ds0 (L*D, B, H),
+    dr0 (L*D, B, H), grads (a list like layers))."""
+    return _network_backward(rnn_backward, dr_seq, ds_T, dr_T, cache)
