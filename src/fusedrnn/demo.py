@@ -36,6 +36,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     T, B, H = 40, 32, 64
+    # A model this small runs fastest on one core: the per-step GEMMs are far too
+    # small for a BLAS thread pool (whose spinning workers also suffer when the
+    # machine is busy).
+    fr.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
     lstm = fr.LSTM(input_size=1, hidden_size=H, peepholes=True, dtype=np.float32, seed=args.seed)
     # Linear readout y = v W_o^T + b_o, trained together with the LSTM.
