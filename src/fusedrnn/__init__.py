@@ -19,3 +19,32 @@ __version__ = "0.1.0"
 
 __all__ = ["LSTM", "LSTMState", "RNN", "RNNState", "reference", "get_gemm", "set_gemm",
            "get_num_threads", "set_num_threads", "__version__"]
+
+# Training: read-out layer, losses, optimisers, Sequential, truncated BPTT, checkpoints.
+from .linear import Linear
+from .losses import cross_entropy, mse_loss
+from .sequential import Sequential
+from .optim import clip_grad_norm
+from . import optim, train
+from .checkpoint import load, load_checkpoint, save
+
+__all__ += ["Linear", "Sequential", "mse_loss", "cross_entropy", "clip_grad_norm", "optim",
+            "train", "save", "load", "load_checkpoint"]
+
+# Ecosystem: ONNX export/import, the version from the package metadata, and
+# fusedrnn.torch (torch.nn.Modules) imported on first use of `fr.torch` only,
+# so that `import fusedrnn` does not import torch.
+from types import ModuleType as _ModuleType
+
+from . import onnx
+from ._version import version as _dist_version
+
+__version__ = _dist_version()
+__all__ += ["onnx"]
+
+
+def __getattr__(name: str) -> "_ModuleType":  # PEP 562: fr.torch without importing torch up front
+    if name == "torch":
+        import importlib
+        return importlib.import_module(".torch", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

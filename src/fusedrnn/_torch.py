@@ -4,7 +4,7 @@ for every setting PyTorch has (layers, directions, proj_size, biases).
 torch is imported lazily: it is an optional dependency."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, Iterator, Tuple
 
 import numpy as np
 
@@ -20,7 +20,8 @@ def _torch() -> Any:
 
 
 def _np(t: Any) -> np.ndarray:
-    return t.detach().cpu().numpy().copy()
+    out: np.ndarray = t.detach().cpu().numpy().copy()
+    return out
 
 
 def _check_module(module: Any, kind: str) -> None:
@@ -32,14 +33,14 @@ def _check_module(module: Any, kind: str) -> None:
         raise TypeError(f"torch.nn.{kind} weights must be float32 or float64, got {dtype}")
 
 
-def _cells(module: Any):
+def _cells(module: Any) -> Iterator[Tuple[str, str]]:
     """(torch suffix, fusedrnn suffix) of every layer and direction."""
     for l in range(module.num_layers):
         for d in range(2 if module.bidirectional else 1):
             yield f"_l{l}" + ("_reverse" if d else ""), suffix(l, d)
 
 
-def _copy_in(layer: Any, module: Any, names: dict) -> Any:
+def _copy_in(layer: Any, module: Any, names: Dict[str, str]) -> Any:
     """Fill layer.params from the module: names maps our base name -> torch base name."""
     for t_sfx, f_sfx in _cells(module):
         for ours, theirs in names.items():
@@ -53,7 +54,7 @@ def _copy_in(layer: Any, module: Any, names: dict) -> Any:
     return layer
 
 
-def _copy_out(layer: Any, module: Any, names: dict, bias_key: str) -> Any:
+def _copy_out(layer: Any, module: Any, names: Dict[str, str], bias_key: str) -> Any:
     torch = _torch()
     with torch.no_grad():
         for t_sfx, f_sfx in _cells(module):

@@ -9,13 +9,15 @@ File layout (format version 1), a NumPy .npz (zip) archive with members:
     "__fusedrnn__"          uint8: the UTF-8 JSON header (below)
     "param/<key>"           every model parameter, keys as in `model.params`
     "optim/<buffer>/<key>"  optimiser buffers (Adam "m"/"v", SGD "momentum_buffer")
-The header: {"format": "fusedrnn-checkpoint", "format_version": 1,
+The zip comment (the file's last 64 bytes) is the hex SHA-256 of every byte
+before it. The header: {"format": "fusedrnn-checkpoint", "format_version": 1,
 "fusedrnn_version", "model": the configuration tree ({"type": "LSTM",
 "config": {...}} or {"type": "Sequential", "layers": [...]}), "optimizer":
 null or {"type", "hyper", "step", "buffers"}, "metadata": user JSON, "arrays":
-{member: {"dtype", "shape", "sha256"}}}. Loading checks every member against
-the header (names, dtype, shape, SHA-256), so a truncated, corrupted or foreign
-file raises ValueError instead of producing a wrong model.
+{member: {"dtype", "shape", "sha256"}}}. Loading checks the file checksum and
+every member against the header (names, dtype, shape, SHA-256), so a
+truncated, corrupted or foreign file raises ValueError instead of producing a
+wrong model. Arrays are read with allow_pickle=False: nothing is unpickled.
 
 A layer's configuration is its constructor arguments, read back from the
 attributes of the same names (seed excepted: the parameters are stored)."""
@@ -23,10 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, NamedTuple, Optional, Type
+import zipfile
+from typing import Any, Dict, NamedTuple, Optional, Type
 
 import numpy as np
 
@@ -38,6 +42,7 @@ __all__ = ["save", "load", "load_checkpoint", "Checkpoint", "register_layer", "m
 FORMAT = "fusedrnn-checkpoint"
 FORMAT_VERSION = 1
 HEADER = "__fusedrnn__"
+_DIGEST_LEN = 64  # hex SHA-256 of the whole file before it, stored as the zip comment
 _SKIP_ARGS = ("self", "seed")
 
 _LAYERS: Dict[str, Type[Any]] = {}
@@ -111,7 +116,11 @@ def model_config(model: Any) -> Dict[str, Any]:
                 raise TypeError(f"cannot save a {name}: its constructor argument {pname!r} is "
                                 "not kept as an attribute of the same name")
             cfg[pname] = getattr(model, pname)
-    return {"type": name, "config": {k: _jsonable(v, f"{name}.{k}") for k, v in cfg.items()}}
+    tree = {"type": name, "config": {k: _jsonable(v, f"{name}.{k}") for k, v in cfg.items()}}
+    rng = getattr(model, "_dropout_rng", None)  # the layers' dropout stream, so training resumes exactly
+    if isinstance(rng, np.random.Generator):
+        tree["rng_state"] = _jsonable(rng.bit_generator.state, f"{name} dropout generator")
+    return tree
 
 
 def model_from_config(tree: Dict[str, Any]) -> Any:
@@ -128,10 +137,18 @@ def model_from_config(tree: Dict[str, Any]) -> Any:
                          f"{sorted(_LAYERS)}; see fusedrnn.checkpoint.register_layer)")
     kwargs = {k: _from_json(v) for k, v in tree.get("config", {}).items()}
     try:
-        return cls(**kwargs)
+        model = cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"cannot rebuild {tree['type']} from its stored configuration "
                          f"{kwargs}: {exc}") from exc
+    state = tree.get("rng_state")
+    rng = getattr(model, "_dropout_rng", None)
+    if state is not None and isinstance(rng, np.random.Generator):
+        try:
+            rng.bit_generator.state = state
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"bad dropout generator state for {tree['type']}: {exc}") from exc
+    return model
 
 
 # -- save --------------------------------------------------------------------------------------
@@ -151,8 +168,8 @@ def _optimizer_payload(model: Any, optimizer: Any) -> Dict[str, Any]:
             raise ValueError(f"the optimiser's parameter {key!r} is not a parameter of the model "
                              "being saved")
         rename[key] = by_id[id(p)]
-    if set(rename.values()) != set(by_id):
-        missing = sorted(set(by_id) - set(rename.values()))
+    if set(rename.values()) != set(by_id.values()):
+        missing = sorted(set(by_id.values()) - set(rename.values()))
         raise ValueError(f"the optimiser does not cover the model parameters {missing}")
     sd = optimizer.state_dict()
     sd["state"] = {name: {rename[k]: a for k, a in bufs.items()} for name, bufs in sd["state"].items()}
@@ -185,12 +202,20 @@ def save(path: "os.PathLike[str] | str", model: Any, optimizer: Any = None,
                    for name, a in arrays.items()},
     }
     blob = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        zf.comment = b"0" * _DIGEST_LEN            # placeholder for the file checksum
+        for name, a in ((HEADER, blob), *arrays.items()):
+            with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, a, allow_pickle=False)
+    data = bytearray(buf.getvalue())
+    data[-_DIGEST_LEN:] = hashlib.sha256(bytes(data[:-_DIGEST_LEN])).hexdigest().encode("ascii")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fusedrnn-", suffix=".npz.tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{HEADER: blob}, **arrays)
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -214,11 +239,12 @@ def _bad(path: str, why: str) -> ValueError:
 def _read(path: str) -> tuple:
     """(header, arrays) with every check of the file done; ValueError otherwise."""
     with open(path, "rb") as f:  # FileNotFoundError etc. propagate as they are
-        magic = f.read(4)
-    if magic != b"PK\x03\x04":
+        data = f.read()
+    if data[:4] != b"PK\x03\x04":
         raise _bad(path, "not an .npz (zip) archive")
+    intact = hashlib.sha256(data[:-_DIGEST_LEN]).hexdigest().encode("ascii") == data[-_DIGEST_LEN:]
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             names = set(z.files)
             if HEADER not in names:
                 raise _bad(path, f"an .npz archive without the {HEADER!r} header "
@@ -235,6 +261,9 @@ def _read(path: str) -> tuple:
             if version > FORMAT_VERSION:
                 raise _bad(path, f"format version {version} is newer than this fusedrnn "
                                  f"supports ({FORMAT_VERSION}); upgrade fusedrnn")
+            if not intact:
+                raise _bad(path, "the file is corrupted (file checksum mismatch: its SHA-256 "
+                                 "differs from the one written with it)")
             meta = header.get("arrays")
             if not isinstance(meta, dict) or set(meta) != names - {HEADER}:
                 raise _bad(path, "the archive's members do not match its header")
@@ -251,10 +280,11 @@ def _read(path: str) -> tuple:
         if str(exc).startswith(f"{path}: not a valid"):
             raise
         raise _bad(path, str(exc)) from exc
-    except (OSError, EOFError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
-            Exception) as exc:
-        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
-            raise
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except zipfile.BadZipFile as exc:
+        raise _bad(path, f"damaged or truncated archive ({exc})") from exc
+    except Exception as exc:  # zlib.error, EOFError, KeyError, JSONDecodeError, ...
         raise _bad(path, f"{type(exc).__name__}: {exc}") from exc
     return header, arrays
 
@@ -268,8 +298,8 @@ def load_checkpoint(path: "os.PathLike[str] | str") -> Checkpoint:
     header, arrays = _read(path)
     try:
         model = model_from_config(header["model"])
-    except ValueError as exc:
-        raise _bad(path, str(exc)) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _bad(path, f"model configuration: {exc}") from exc
     params = model.params
     stored = {n[len("param/"):]: a for n, a in arrays.items() if n.startswith("param/")}
     if set(stored) != set(params):
@@ -286,15 +316,13 @@ def load_checkpoint(path: "os.PathLike[str] | str") -> Checkpoint:
         cls = _OPTIMIZERS.get(oh.get("type"))
         if cls is None:
             raise _bad(path, f"unknown optimiser type {oh.get('type')!r}")
-        state = {name: {k: arrays.get(f"optim/{name}/{k}") for k in keys}
-                 for name, keys in oh["buffers"].items()}
-        if any(a is None for bufs in state.values() for a in bufs.values()):
-            raise _bad(path, "optimiser buffers are missing")
         try:
+            state = {name: {k: arrays[f"optim/{name}/{k}"] for k in keys}
+                     for name, keys in oh["buffers"].items()}
             optimizer = cls(model, **oh["hyper"])
             optimizer.load_state_dict({"type": oh["type"], "hyper": oh["hyper"],
                                        "step": oh["step"], "state": state})
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise _bad(path, f"optimiser state: {exc}") from exc
     return Checkpoint(model, optimizer, dict(header.get("metadata") or {}))
 

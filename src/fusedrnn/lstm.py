@@ -2,7 +2,7 @@
 extensions (§6; spec §2-§4), on the fused C kernel."""
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import numpy as np
 
@@ -137,13 +137,16 @@ class LSTM(RecurrentLayer):
         return shapes
 
     # -- kernel calls -----------------------------------------------------------------
-    def _config(self, T: int, B: int, in_size: int, lengths, reverse: bool) -> "_kernel.LSTMConfig":
+    def _config(self, T: int, B: int, in_size: int, lengths: Optional[np.ndarray],
+                reverse: bool) -> "_kernel.LSTMConfig":
         return _kernel.LSTMConfig(T, B, in_size, self.hidden_size, self.proj_size,
                                   _PEEP_CODES[self.peepholes],
                                   self.coupled_gates, reverse, self.cell_clip or 0.0,
                                   self.accumulation_clip or 0.0, lengths)
 
-    def _cell_forward(self, p, x, s0, o0, lengths, reverse, training):
+    def _cell_forward(self, p: Dict[str, np.ndarray], x: np.ndarray, s0: np.ndarray,
+                      o0: np.ndarray, lengths: Optional[np.ndarray], reverse: bool,
+                      training: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[CellTape]]:
         T, B, I_l = x.shape
         cfg = self._config(T, B, I_l, lengths, reverse)
         n_acts, n_train, n_infer, _ = cfg.sizes()
@@ -156,10 +159,12 @@ class LSTM(RecurrentLayer):
         _kernel.lstm_forward(cfg, flat(y), s_T.reshape(-1), y_T.reshape(-1), acts, work, flat(x),
                              flat(s0), flat(o0), flat(p["W_x"]), flat(p["W_v"]), flat(p["b"]),
                              flat(W_s), flat(p.get("W_qv")))
-        tape = CellTape(x, y, s0, o0, acts, p, cfg) if training else None
+        tape = CellTape(x, y, s0, o0, acts, p, cfg) if acts is not None else None
         return y, s_T, y_T, tape
 
-    def _cell_backward(self, tape: CellTape, g, dx, ds0, do0, dy, ds_T, do_T) -> None:
+    def _cell_backward(self, tape: CellTape, g: Dict[str, np.ndarray], dx: np.ndarray,
+                       ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
+                       ds_T: Optional[np.ndarray], do_T: Optional[np.ndarray]) -> None:
         cfg = tape.config
         work = np.empty(cfg.sizes()[3], self.dtype)
         p = tape.params
@@ -172,7 +177,7 @@ class LSTM(RecurrentLayer):
                               flat(W_s), flat(p.get("W_qv")))
 
     # -- context windows ------------------------------------------------------------------
-    def _state_in(self, state, B):
+    def _state_in(self, state: Any, B: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
         s0, o0, _ = super()._state_in(state, B)
         L_past = self.context[0]
         x_past = None
@@ -185,7 +190,7 @@ class LSTM(RecurrentLayer):
                                                  (L_past, B, self.input_size)), state[2])
         return s0, o0, x_past
 
-    def _future_in(self, x_future, B, has_state, T):
+    def _future_in(self, x_future: Any, B: int, has_state: bool, T: int) -> Optional[np.ndarray]:
         L_past, L_future = self.context
         if x_future is None:
             if not has_state and (L_past >= T or L_future >= T):
@@ -200,10 +205,12 @@ class LSTM(RecurrentLayer):
         return V.sequence(x_future, "x_future", self.dtype, self.input_size, self.batch_first,
                           batch=B, steps=L_future)
 
-    def _state_out(self, s_T, o_T, x_past, xt):
+    def _state_out(self, s_T: np.ndarray, o_T: np.ndarray, x_past: Optional[np.ndarray],
+                   xt: np.ndarray) -> LSTMState:
         return LSTMState(s_T, o_T, _context.next_past(x_past, xt, self.context[0]))
 
-    def _backward_input(self, dinp, tape: Tape, ds0, do0):
+    def _backward_input(self, dinp: np.ndarray, tape: Tape, ds0: np.ndarray,
+                        do0: np.ndarray) -> Tuple[np.ndarray, LSTMState]:
         if self.context == (0, 0):
             return self._out(dinp), LSTMState(ds0, do0)
         dx, dx_past, _ = _context.fold(dinp, self.input_size, *self.context, tape.lengths)
@@ -250,7 +257,7 @@ class LSTM(RecurrentLayer):
         W_qv = weight_hr_l{k}, b = bias_ih_l{k} + bias_hh_l{k}; dtype and batch_first
         are taken from it. torch's dropout probability is carried over."""
         from ._torch import lstm_from_torch
-        return lstm_from_torch(cls, module)
+        return cast("LSTM", lstm_from_torch(cls, module))
 
     def to_torch(self) -> Any:
         """A `torch.nn.LSTM` computing the same function (only for what PyTorch

@@ -41,13 +41,14 @@ def param_groups(source: Any) -> List[Tuple[str, np.ndarray, np.ndarray]]:
     A single model or pair keeps its own keys ("W_x", or "0.W_x" for a
     Sequential); the items of a list get their index as prefix ("1.W")."""
     triples: List[Tuple[str, np.ndarray, np.ndarray]] = []
-    seen: Dict[str, int] = {}
+    seen: Dict[int, str] = {}
     for prefix, (params, grads) in _pairs(source):
         for name, p in params.items():
             key = prefix + name
-            if key in seen:
-                raise ValueError(f"duplicate parameter key {key!r}")
-            seen[key] = 1
+            if id(p) in seen:
+                raise ValueError(f"parameter {key!r} is the array {seen[id(p)]!r} again: it "
+                                 "would be updated twice per step")
+            seen[id(p)] = key
             if name not in grads:
                 raise KeyError(f"grads has no entry for parameter {key!r}")
             g = grads[name]

@@ -1,7 +1,7 @@
 """`fr.RNN`: the canonical RNN of Sherstinsky (2020) §2-§4, spec §1, on the fused C kernel."""
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import numpy as np
 
@@ -58,7 +58,9 @@ class RNN(RecurrentLayer):
             shapes["W_s"] = (H, H)
         return shapes
 
-    def _cell_forward(self, p, x, s0, o0, lengths, reverse, training):
+    def _cell_forward(self, p: Dict[str, np.ndarray], x: np.ndarray, s0: np.ndarray,
+                      o0: np.ndarray, lengths: Optional[np.ndarray], reverse: bool,
+                      training: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[CellTape]]:
         T, B, I_l = x.shape
         H = self.hidden_size
         cfg = _kernel.RNNConfig(T, B, I_l, H, self.state_feedback, reverse, lengths)
@@ -71,10 +73,12 @@ class RNN(RecurrentLayer):
         _kernel.rnn_forward(cfg, flat(y), s_T.reshape(-1), r_T.reshape(-1), acts, work, flat(x),
                             flat(s0), flat(o0), flat(p["W_x"]), flat(p["W_r"]),
                             flat(p["theta_s"]), flat(p.get("W_s")))
-        tape = CellTape(x, y, s0, o0, acts, p, cfg) if training else None
+        tape = CellTape(x, y, s0, o0, acts, p, cfg) if acts is not None else None
         return y, s_T, r_T, tape
 
-    def _cell_backward(self, tape: CellTape, g, dx, ds0, do0, dy, ds_T, do_T) -> None:
+    def _cell_backward(self, tape: CellTape, g: Dict[str, np.ndarray], dx: np.ndarray,
+                       ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
+                       ds_T: Optional[np.ndarray], do_T: Optional[np.ndarray]) -> None:
         cfg = tape.config
         work = np.empty(cfg.sizes()[3], self.dtype)
         p = tape.params
@@ -98,7 +102,7 @@ class RNN(RecurrentLayer):
         (any num_layers, bidirectional, bias): W_x = weight_ih_l{k}, W_r =
         weight_hh_l{k}, theta_s = bias_ih_l{k} + bias_hh_l{k}."""
         from ._torch import rnn_from_torch
-        return rnn_from_torch(cls, module)
+        return cast("RNN", rnn_from_torch(cls, module))
 
     def to_torch(self) -> Any:
         """A `torch.nn.RNN` computing the same function (state_feedback must be off)."""

@@ -95,18 +95,25 @@ class Sequential:
                                  f"({type(l).__name__}) has no state")
         return list(states)
 
-    def forward(self, x: Any, state: Optional[Sequence[Any]] = None, training: bool = True
-                ) -> Tuple[np.ndarray, List[Any]]:
+    def forward(self, x: Any, state: Optional[Sequence[Any]] = None, training: bool = True,
+                lengths: Any = None, x_future: Any = None) -> Tuple[np.ndarray, List[Any]]:
         """x: (T, B, I) (or (B, T, I) with batch_first). state: None (zeros) or a
-        list of per-layer states. Returns y (T, B, F_out) and the list of final
-        states (None for non-recurrent layers). training=True keeps what every
-        layer's backward needs."""
+        list of per-layer states. lengths: None or B valid lengths, passed to every
+        recurrent layer (their outputs past a row's length are zero; mask those
+        steps in the loss). x_future: the look-ahead frames of a first LSTM layer
+        with a context window (see `LSTM`). Returns y (T, B, F_out) and the list
+        of final states (None for non-recurrent layers). training=True keeps what
+        every layer's backward needs."""
         states_in = self._per_layer(state, "state")
         states_out: List[Any] = []
+        kw = {} if lengths is None else {"lengths": lengths}
+        if x_future is not None and not is_recurrent(self.layers[0]):
+            raise ValueError("x_future is for a first layer with a look-ahead context window")
         h = x
-        for layer, st in zip(self.layers, states_in):
+        for i, (layer, st) in enumerate(zip(self.layers, states_in)):
             if is_recurrent(layer):
-                h, st_out = layer.forward(h, state=st, training=training)
+                extra = {"x_future": x_future} if i == 0 and x_future is not None else {}
+                h, st_out = layer.forward(h, state=st, training=training, **kw, **extra)
             else:
                 h, st_out = layer.forward(h, training=training), None
             states_out.append(st_out)

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
 from .optim import clip_grad_norm
+from .sequential import Sequential, is_recurrent
 
 __all__ = ["History", "StopTraining", "window_slices", "windowed_forward", "tbptt", "evaluate"]
 
@@ -88,6 +89,51 @@ def _check_targets(targets: Tuple[Any, ...], T: int, axis: int) -> None:
                              f"x has {T}")
 
 
+def _context(model: Any) -> Tuple[int, int]:
+    """(L_past, L_future) of the model's first layer (an LSTM with a context window)."""
+    first = model.layers[0] if isinstance(model, Sequential) else model
+    ctx = getattr(first, "context", (0, 0)) if is_recurrent(first) else (0, 0)
+    return int(ctx[0]), int(ctx[1])
+
+
+class _Walker:
+    """Runs the windows of one pass over a sequence: slices x, encodes it, and
+    for a first layer with a context window streams the frames across window
+    boundaries (state.x_past carries the past, x_future passes the next
+    L_future frames, zeros past the end of the sequence), so that the windows
+    see exactly what one call over the whole sequence sees."""
+
+    def __init__(self, model: Any, x: Any, encode: Optional[Callable[[np.ndarray], np.ndarray]]):
+        self.model, self.x, self.encode = model, x, encode
+        self.axis = _time_axis(model)
+        self.T = _length(x, self.axis)
+        self.L_past, self.L_future = _context(model)
+        self.batch = int(np.shape(x)[1 - self.axis])
+
+    def start(self, state: Any) -> Any:
+        """The state a pass (or a reset window) starts from: a stream start for a
+        context window (zeros, incl. the past frames), else as given."""
+        if state is None and (self.L_past or self.L_future):
+            return self.model.initial_state(self.batch)
+        return state
+
+    def forward(self, sl: slice, state: Any, training: bool) -> Tuple[np.ndarray, Any]:
+        xw = _take(self.x, sl, self.axis)
+        xw = self.encode(xw) if self.encode else xw
+        kw = {}
+        if self.L_future:
+            xf = _take(self.x, slice(sl.stop, sl.stop + self.L_future), self.axis)
+            n = _length(xf, self.axis)
+            xf = (self.encode(xf) if self.encode else np.asarray(xf)) if n else None
+            shape = list(np.shape(xw))
+            shape[self.axis] = self.L_future
+            padded = np.zeros(shape, np.asarray(xw).dtype)
+            if xf is not None:
+                padded[(slice(None),) * self.axis + (slice(0, n),)] = xf
+            kw["x_future"] = padded
+        return self.model.forward(xw, state=state, training=training, **kw)
+
+
 def windowed_forward(model: Any, x: Any, window: int, state: Any = None,
                      reset_state: bool = False, training: bool = False,
                      encode: Optional[Callable[[np.ndarray], np.ndarray]] = None
@@ -95,18 +141,17 @@ def windowed_forward(model: Any, x: Any, window: int, state: Any = None,
     """Run `model` over x (T, B, I) window by window, carrying the state.
 
     Returns the concatenated output (T, B, F) and the final state. Without
-    reset_state this equals model.forward(x, state) (the unrolling argument).
+    reset_state this equals model.forward(x, state) (the unrolling argument),
+    also for a first LSTM layer with a context window (see `_Walker`).
     encode: optional per-window input transform (e.g. one-hot encoding)."""
-    axis = _time_axis(model)
+    walk = _Walker(model, x, encode)
     ys = []
-    st = state
-    for sl in window_slices(_length(x, axis), window):
-        xw = _take(x, sl, axis)
-        y, st_out = model.forward(encode(xw) if encode else xw,
-                                  state=None if reset_state else st, training=training)
+    st = walk.start(state)
+    for sl in window_slices(walk.T, window):
+        y, st_out = walk.forward(sl, walk.start(None) if reset_state else st, training)
         ys.append(np.array(y))
         st = st_out
-    return np.concatenate(ys, axis=axis), st
+    return np.concatenate(ys, axis=walk.axis), st
 
 
 def evaluate(model: Any, x: Any, target: Any, loss: LossFn, window: int, state: Any = None,
@@ -114,15 +159,13 @@ def evaluate(model: Any, x: Any, target: Any, loss: LossFn, window: int, state: 
              encode: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> float:
     """Mean loss of `model` over a long sequence, inference only (nothing stored),
     window by window with the state carried; windows weighted by their length."""
-    axis = _time_axis(model)
+    walk = _Walker(model, x, encode)
+    axis, T = walk.axis, walk.T
     targets = _targets(target)
-    T = _length(x, axis)
     _check_targets(targets, T, axis)
-    total, st = 0.0, state
+    total, st = 0.0, walk.start(state)
     for sl in window_slices(T, window):
-        xw = _take(x, sl, axis)
-        y, st_out = model.forward(encode(xw) if encode else xw,
-                                  state=None if reset_state else st, training=False)
+        y, st_out = walk.forward(sl, walk.start(None) if reset_state else st, training=False)
         L, _ = loss(y, *(None if t is None else _take(t, sl, axis) for t in targets))
         total += L * (sl.stop - sl.start)
         st = st_out
@@ -152,6 +195,9 @@ def tbptt(model: Any, x: Any, target: Any, loss: LossFn, *, window: int,
     clip_norm: clip the global gradient norm of every window to this value.
     encode: optional per-window input transform (e.g. indices -> one-hot), so
         a long sequence need not be encoded at once.
+    A first LSTM layer with a context window (L_past, L_future) is streamed: the
+        windows see the same frames as one call (the state carries the past frames,
+        the next L_future frames are passed as x_future; no gradient flows into them).
     callback: called after every window with a dict (epoch, window, step, loss,
         grad_norm, model, optimizer, state); a returned dict is recorded in
         history.metrics; raising StopTraining ends training.
@@ -163,9 +209,9 @@ def tbptt(model: Any, x: Any, target: Any, loss: LossFn, *, window: int,
     no gradient into the initial state (the truncation), optional clipping, step."""
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    axis = _time_axis(model)
+    walk = _Walker(model, x, encode)
+    axis, T = walk.axis, walk.T
     targets = _targets(target)
-    T = _length(x, axis)
     _check_targets(targets, T, axis)
     slices = window_slices(T, window)
     hist = history if history is not None else History()
@@ -176,12 +222,10 @@ def tbptt(model: Any, x: Any, target: Any, loss: LossFn, *, window: int,
     st_final = state
     try:
         for ep in range(int(epochs)):
-            st = state
+            st = walk.start(state)
             for w, sl in enumerate(slices):
-                xw = _take(x, sl, axis)
                 model.zero_grad()
-                y, st_out = model.forward(encode(xw) if encode else xw,
-                                          state=None if reset_state else st, training=True)
+                y, st_out = walk.forward(sl, walk.start(None) if reset_state else st, True)
                 L, dy = loss(y, *(None if t is None else _take(t, sl, axis) for t in targets))
                 model.backward(dy)  # no dstate: no gradient crosses the window boundary
                 gnorm = clip_grad_norm(model, clip_norm) if clip_norm else _grad_norm(model)

@@ -1,0 +1,433 @@
+"""ONNX export and import of fusedrnn networks: standard `LSTM` / `RNN` nodes.
+
+    fr.onnx.export(lstm, "model.onnx", sequence_lens=True, initial_state=True)
+    lstm2 = fr.onnx.load("model.onnx")            # the same parameters, bit for bit
+
+The exported graph (opset >= 14, default 17) has
+    inputs   X (T, B, I) float ((B, T, I) for a batch_first layer),
+             sequence_lens (B,) int32            with sequence_lens=True
+             initial_h (L*D, B, R), initial_c (L*D, B, H)  with initial_state=True
+             (RNN: initial_h, the readout r; and initial_s, the state s, with
+             state_feedback)
+    outputs  Y (T, B, D*R) ((B, T, D*R) batch_first), Y_h (L*D, B, R), Y_c (L*D, B, H)
+             (RNN: Y, Y_h, and Y_s with state_feedback)
+i.e. fusedrnn's own layouts. A stack is a chain of one node per layer, with
+the Transpose/Reshape from ONNX's (T, D, B, H) output to (T, B, D*H) between
+layers; initial states are sliced per layer and final states concatenated.
+
+What maps onto the ONNX nodes: diagonal peepholes (`P`), coupled gates
+(`input_forget=1`), accumulation_clip (`clip`), bidirectional, variable
+lengths, stacks, and for the RNN the torch-like cell (state_feedback=False).
+Gates are reordered from fusedrnn's (cu, cs, du, cr) = (i, f, g, o) to ONNX's
+(i, o, f, c), peepholes from (cu, cs, cr) = (i, f, o) to ONNX's (i, o, f), and
+fusedrnn's single bias b becomes B = [b; 0].
+
+What ONNX has no node for: projection (proj_size), context windows, full
+peepholes, cell_clip (LSTM) and state feedback (RNN). `export` refuses them
+with a ValueError naming the feature, unless `unsupported="scan"`, which emits
+an exact equivalent subgraph instead: the cell written out in standard
+operators inside a `Scan` over time (ReverseSequence for the reverse
+direction and variable lengths; the context window unfolded with Pad/Slice/
+Concat). Such graphs round-trip through `load` only as far as plain
+LSTM/RNN nodes go: `load` reads LSTM and RNN nodes.
+
+ONNX Runtime implements LSTM and RNN in float32 only: export float64 layers
+with dtype=np.float32 to run them there.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ._layer import suffix
+from .lstm import LSTM
+from .rnn import RNN
+
+__all__ = ["export", "load", "load_nodes", "to_model", "blocking_features",
+           "ONNX_GATE_ORDER", "ONNX_PEEPHOLE_ORDER"]
+
+# ONNX gate blocks (i, o, f, c) taken from ours (cu, cs, du, cr) = (i, f, g, o)
+ONNX_GATE_ORDER = (0, 3, 1, 2)
+# ONNX peephole blocks (i, o, f) taken from our w_s rows (cu, cs, cr) = (i, f, o)
+ONNX_PEEPHOLE_ORDER = (0, 2, 1)
+_INV_GATE_ORDER = tuple(int(i) for i in np.argsort(ONNX_GATE_ORDER))
+_INV_PEEPHOLE_ORDER = tuple(int(i) for i in np.argsort(ONNX_PEEPHOLE_ORDER))
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:  # pragma: no cover - exercised only without onnx
+        raise ImportError("fusedrnn.onnx needs the onnx package: pip install onnx") from exc
+    return onnx
+
+
+def _as_layer(model: Any) -> Any:
+    """A fusedrnn LSTM/RNN from the model (fusedrnn.torch modules are converted)."""
+    if isinstance(model, (LSTM, RNN)):
+        return model
+    if hasattr(model, "to_fusedrnn"):  # fusedrnn.torch.LSTM / RNN
+        return model.to_fusedrnn()
+    raise TypeError(f"expected a fusedrnn.LSTM, fusedrnn.RNN or fusedrnn.torch module, got "
+                    f"{type(model).__name__}")
+
+
+def blocking_features(model: Any) -> List[str]:
+    """The options of `model` that no standard ONNX LSTM/RNN node expresses
+    (empty: it exports as plain nodes)."""
+    layer = _as_layer(model)
+    if isinstance(layer, RNN):
+        return ["state_feedback"] if layer.state_feedback else []
+    return [name for name, on in (
+        ("proj_size (projection)", layer.proj_size > 0),
+        ("context windows", layer.context != (0, 0)),
+        ("peepholes='full'", layer.peepholes == "full"),
+        ("cell_clip", layer.cell_clip is not None)) if on]
+
+
+def _reorder(m: np.ndarray, H: int, order: Sequence[int]) -> np.ndarray:
+    return np.concatenate([m[k * H:(k + 1) * H] for k in order])
+
+
+class _Graph:
+    """A small builder: nodes, initializers and unique names."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.onnx = _onnx()
+        self.helper = self.onnx.helper
+        self.dtype = dtype
+        self.nodes: List[Any] = []
+        self.inits: List[Any] = []
+        self._n = 0
+
+    def name(self, base: str) -> str:
+        self._n += 1
+        return f"{base}_{self._n}"
+
+    def const(self, base: str, value: Any, dtype: Any = None) -> str:
+        name = self.name(base)
+        arr = np.asarray(value, dtype=dtype if dtype is not None else self.dtype)
+        self.inits.append(self.onnx.numpy_helper.from_array(arr, name))
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], n_out: int = 1, **attrs: Any) -> List[str]:
+        outs = [self.name(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, **attrs))
+        return outs
+
+    def op1(self, op_type: str, inputs: Sequence[str], **attrs: Any) -> str:
+        return self.op(op_type, inputs, 1, **attrs)[0]
+
+
+def _tensor_type(dtype: np.dtype) -> int:
+    onnx = _onnx()
+    return int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+
+
+def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = False,
+             opset: int = 17, dtype: Any = None, unsupported: str = "raise",
+             name: str = "fusedrnn") -> Any:
+    """The `onnx.ModelProto` that `export` writes (see `export`)."""
+    onnx = _onnx()
+    layer = _as_layer(model)
+    if opset < 14:
+        raise ValueError(f"opset must be >= 14, got {opset}")
+    if unsupported not in ("raise", "scan"):
+        raise ValueError(f"unsupported must be 'raise' or 'scan', got {unsupported!r}")
+    blocked = blocking_features(layer)
+    if blocked and unsupported == "raise":
+        kind = "LSTM" if isinstance(layer, LSTM) else "RNN"
+        raise ValueError(f"ONNX's {kind} operator has no {', '.join(blocked)}: this "
+                         f"{type(layer).__name__} cannot be exported as standard {kind} nodes "
+                         "(pass unsupported='scan' for an equivalent Scan subgraph)")
+    dt = np.dtype(layer.dtype if dtype is None else dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    g = _Graph(dt)
+    helper = onnx.helper
+    is_lstm = isinstance(layer, LSTM)
+    L, D, H = layer.num_layers, layer.num_directions, layer.hidden_size
+    R = layer.output_size
+
+    x_shape = ["B", "T", layer.input_size] if layer.batch_first else ["T", "B", layer.input_size]
+    inputs = [helper.make_tensor_value_info("X", _tensor_type(dt), x_shape)]
+    x = "X"
+    if layer.batch_first:
+        x = g.op1("Transpose", [x], perm=[1, 0, 2])
+    lens = ""
+    if sequence_lens:
+        inputs.append(helper.make_tensor_value_info("sequence_lens", onnx.TensorProto.INT32, ["B"]))
+        lens = "sequence_lens"
+    h0_all = c0_all = ""
+    if initial_state:
+        inputs.append(helper.make_tensor_value_info("initial_h", _tensor_type(dt), [L * D, "B", R]))
+        h0_all = "initial_h"
+        if is_lstm or layer.state_feedback:
+            c0_all = "initial_c" if is_lstm else "initial_s"
+            inputs.append(helper.make_tensor_value_info(c0_all, _tensor_type(dt),
+                                                        [L * D, "B", H]))
+
+    if blocked:
+        from ._onnx_scan import scan_network
+        y, hs, cs = scan_network(g, layer, x, lens, h0_all, c0_all)
+    else:
+        hs, cs = [], []
+        y = x
+        for l in range(L):
+            h0 = c0 = ""
+            if initial_state:
+                starts = g.const("start", [l * D], np.int64)
+                ends = g.const("end", [(l + 1) * D], np.int64)
+                axes = g.const("axes", [0], np.int64)
+                h0 = g.op1("Slice", [h0_all, starts, ends, axes])
+                if is_lstm:
+                    c0 = g.op1("Slice", [c0_all, starts, ends, axes])
+            if is_lstm:
+                Y, Y_h, Y_c = _lstm_node(g, layer, l, y, lens, h0, c0)
+                cs.append(Y_c)
+            else:
+                Y, Y_h = _rnn_node(g, layer, l, y, lens, h0)
+            hs.append(Y_h)
+            # (T, D, B, H) -> (T, B, D, H) -> (T, B, D*H)
+            yt = g.op1("Transpose", [Y], perm=[0, 2, 1, 3])
+            y = g.op1("Reshape", [yt, g.const("shape", [0, 0, -1], np.int64)])
+    if layer.batch_first:
+        y = g.op1("Transpose", [y], perm=[1, 0, 2])
+    outputs = [("Y", y, [*(["B", "T"] if layer.batch_first else ["T", "B"]), D * R]),
+               ("Y_h", _concat(g, hs), [L * D, "B", R])]
+    if is_lstm or layer.state_feedback:
+        outputs.append(("Y_c" if is_lstm else "Y_s", _concat(g, cs), [L * D, "B", H]))
+    out_infos = []
+    for out_name, src, shape in outputs:
+        g.nodes.append(helper.make_node("Identity", [src], [out_name]))
+        out_infos.append(helper.make_tensor_value_info(out_name, _tensor_type(dt), shape))
+    graph = helper.make_graph(g.nodes, name, inputs, out_infos, initializer=g.inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                          producer_name="fusedrnn", producer_version=_version())
+    m.doc_string = repr(layer)
+    props = {"fusedrnn.layer": repr(layer), "fusedrnn.batch_first": "1" if layer.batch_first else "0"}
+    if is_lstm and layer.accumulation_clip is not None:  # the clip attribute is a float32
+        props["fusedrnn.accumulation_clip"] = repr(layer.accumulation_clip)
+    onnx.helper.set_model_props(m, props)
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _concat(g: _Graph, parts: List[str]) -> str:
+    return parts[0] if len(parts) == 1 else g.op1("Concat", parts, axis=0)
+
+
+def _version() -> str:
+    from ._version import version
+    return version()
+
+
+def _lstm_node(g: _Graph, layer: LSTM, l: int, x: str, lens: str, h0: str,
+               c0: str) -> Tuple[str, str, str]:
+    H, D = layer.hidden_size, layer.num_directions
+    p = layer.params
+    sfx = [suffix(l, d) for d in range(D)]
+    W = np.stack([_reorder(p["W_x" + s], H, ONNX_GATE_ORDER) for s in sfx])
+    R = np.stack([_reorder(p["W_v" + s], H, ONNX_GATE_ORDER) for s in sfx])
+    B = np.stack([np.concatenate([_reorder(p["b" + s], H, ONNX_GATE_ORDER), np.zeros(4 * H)])
+                  for s in sfx])
+    ins = [x, g.const("W", W), g.const("R", R), g.const("B", B), lens, h0, c0]
+    if layer.peepholes == "diagonal":
+        P = np.stack([p["w_s" + s][list(ONNX_PEEPHOLE_ORDER)].reshape(-1) for s in sfx])
+        ins.append(g.const("P", P))
+    while ins[-1] == "":
+        ins.pop()
+    attrs: Dict[str, Any] = dict(hidden_size=H, direction="bidirectional" if D == 2 else "forward")
+    if layer.coupled_gates:
+        attrs["input_forget"] = 1
+    if layer.accumulation_clip is not None:
+        attrs["clip"] = float(layer.accumulation_clip)
+    Y, Y_h, Y_c = g.op("LSTM", ins, 3, **attrs)
+    return Y, Y_h, Y_c
+
+
+def _rnn_node(g: _Graph, layer: RNN, l: int, x: str, lens: str, h0: str) -> Tuple[str, str]:
+    H, D = layer.hidden_size, layer.num_directions
+    p = layer.params
+    sfx = [suffix(l, d) for d in range(D)]
+    W = np.stack([p["W_x" + s] for s in sfx])
+    R = np.stack([p["W_r" + s] for s in sfx])
+    B = np.stack([np.concatenate([p["theta_s" + s], np.zeros(H)]) for s in sfx])
+    ins = [x, g.const("W", W), g.const("R", R), g.const("B", B), lens, h0]
+    while ins[-1] == "":
+        ins.pop()
+    Y, Y_h = g.op("RNN", ins, 2, hidden_size=H,
+                  direction="bidirectional" if D == 2 else "forward")
+    return Y, Y_h
+
+
+def export(model: Any, path: PathLike, *, sequence_lens: bool = False,
+           initial_state: bool = False, opset: int = 17, dtype: Any = None,
+           unsupported: str = "raise") -> Any:
+    """Write `model` (a fusedrnn.LSTM / fusedrnn.RNN, or a fusedrnn.torch module)
+    to `path` as an ONNX model of standard LSTM/RNN nodes; returns the ModelProto.
+
+    sequence_lens: add the graph input sequence_lens (B,) int32 (variable lengths).
+    initial_state: add the graph inputs initial_h (and initial_c for an LSTM);
+        without them the states start at zero.
+    opset: ONNX opset (>= 14). dtype: float32 / float64 of the weights and
+        tensors (default: the layer's; ONNX Runtime runs LSTM/RNN in float32 only).
+    unsupported: "raise" (default) refuses options the ONNX operators lack
+        (projection, context windows, full peepholes, cell_clip, state feedback)
+        with a ValueError naming them; "scan" writes an exact Scan subgraph for them.
+    Inference graph: dropout is not exported."""
+    onnx = _onnx()
+    m = to_model(model, sequence_lens=sequence_lens, initial_state=initial_state, opset=opset,
+                 dtype=dtype, unsupported=unsupported)
+    onnx.save(m, os.fspath(path))
+    return m
+
+
+# -- import -----------------------------------------------------------------------------
+
+def _attrs(node: Any) -> Dict[str, Any]:
+    onnx = _onnx()
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _node_layer(node: Any, inits: Dict[str, np.ndarray], dtype: Any) -> Any:
+    """A one-layer fusedrnn layer from one LSTM or RNN node."""
+    a = _attrs(node)
+    op = node.op_type
+    ins = list(node.input) + [""] * 8
+
+    def init(i: int, what: str) -> Optional[np.ndarray]:
+        name = ins[i]
+        if not name:
+            return None
+        if name not in inits:
+            raise ValueError(f"{op} node {node.name!r}: input {what} ({name!r}) must be a "
+                             "constant initializer to be imported")
+        return inits[name]
+
+    H = int(a["hidden_size"])
+    direction = a.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    if direction == "reverse":
+        raise ValueError(f"{op} node {node.name!r}: direction='reverse' alone has no fusedrnn "
+                         "equivalent (fusedrnn has forward and bidirectional cells)")
+    if int(a.get("layout", 0)) != 0:
+        raise ValueError(f"{op} node {node.name!r}: layout=1 (batch-major) is not supported")
+    default_acts = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "RNN": ["Tanh"]}[op]
+    acts = [s.decode() if isinstance(s, bytes) else s for s in a.get("activations", [])]
+    if acts and [s.lower() for s in acts[:len(default_acts)]] != [s.lower() for s in default_acts]:
+        raise ValueError(f"{op} node {node.name!r}: activations {acts} differ from the "
+                         f"paper's warping functions {default_acts}")
+    W = init(1, "W")
+    Rm = init(2, "R")
+    if W is None or Rm is None:
+        raise ValueError(f"{op} node {node.name!r} has no W or R")
+    D, _, I = W.shape
+    Bm = init(3, "B")
+    dt = np.dtype(dtype) if dtype is not None else (W.dtype if W.dtype in (np.float32, np.float64)
+                                                    else np.dtype(np.float32))
+    if op == "LSTM":
+        P = init(7, "P")
+        layer: Any = LSTM(I, H, peepholes="diagonal" if P is not None else None,
+                          coupled_gates=bool(a.get("input_forget", 0)),
+                          accumulation_clip=float(a["clip"]) if "clip" in a else None,
+                          bidirectional=D == 2, dtype=dt, seed=0)
+        for d in range(D):
+            s = suffix(0, d)
+            layer.params["W_x" + s][...] = _reorder(W[d], H, _INV_GATE_ORDER)
+            layer.params["W_v" + s][...] = _reorder(Rm[d], H, _INV_GATE_ORDER)
+            b = np.zeros(4 * H) if Bm is None else Bm[d, :4 * H] + Bm[d, 4 * H:]
+            layer.params["b" + s][...] = _reorder(b, H, _INV_GATE_ORDER)
+            if P is not None:
+                layer.params["w_s" + s][...] = P[d].reshape(3, H)[list(_INV_PEEPHOLE_ORDER)]
+    else:
+        if "clip" in a:
+            raise ValueError(f"RNN node {node.name!r}: clip has no fusedrnn.RNN equivalent")
+        layer = RNN(I, H, bidirectional=D == 2, dtype=dt, seed=0)
+        for d in range(D):
+            s = suffix(0, d)
+            layer.params["W_x" + s][...] = W[d]
+            layer.params["W_r" + s][...] = Rm[d]
+            layer.params["theta_s" + s][...] = 0 if Bm is None else Bm[d, :H] + Bm[d, H:]
+    return layer
+
+
+def _graph_and_inits(path_or_model: Any) -> Tuple[Any, Dict[str, np.ndarray]]:
+    onnx = _onnx()
+    m = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(
+        os.fspath(path_or_model))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    # constants produced by Constant nodes count as initializers
+    for node in m.graph.node:
+        if node.op_type == "Constant" and len(node.output) == 1:
+            for a in node.attribute:
+                if a.name == "value":
+                    inits[node.output[0]] = onnx.numpy_helper.to_array(a.t)
+    return m.graph, inits
+
+
+def load_nodes(path: Any, dtype: Any = None) -> List[Any]:
+    """One single-layer fusedrnn.LSTM / fusedrnn.RNN per LSTM / RNN node of the ONNX
+    model at `path` (or an onnx.ModelProto), in graph order."""
+    graph, inits = _graph_and_inits(path)
+    nodes = [n for n in graph.node if n.op_type in ("LSTM", "RNN") and n.domain in ("", "ai.onnx")]
+    if not nodes:
+        raise ValueError("the ONNX model has no LSTM or RNN node")
+    return [_node_layer(n, inits, dtype) for n in nodes]
+
+
+def _same_cell(a: Any, b: Any) -> bool:
+    if type(a) is not type(b) or a.hidden_size != b.hidden_size or a.bidirectional != b.bidirectional:
+        return False
+    if isinstance(a, LSTM):
+        return (a.peepholes, a.coupled_gates, a.accumulation_clip) == (
+            b.peepholes, b.coupled_gates, b.accumulation_clip)
+    return True
+
+
+def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None) -> Any:
+    """The fusedrnn network of an ONNX model's LSTM / RNN nodes (inverse of `export`).
+
+    The nodes must form one stack: the same kind, hidden size, directions and
+    options, each layer's input the previous layer's output width. Parameters
+    are mapped back exactly (gates reordered, B = [Wb; Rb] summed to b, P to
+    w_s). For other graphs use `load_nodes`. dtype: default the weights'.
+    batch_first: default as exported by fusedrnn (read from the model's
+    metadata), else False."""
+    onnx = _onnx()
+    model = path if isinstance(path, onnx.ModelProto) else onnx.load(os.fspath(path))
+    if batch_first is None:
+        meta = {p.key: p.value for p in model.metadata_props}
+        batch_first = meta.get("fusedrnn.batch_first") == "1"
+    cells = load_nodes(model, dtype)
+    exact_clip = {p.key: p.value for p in model.metadata_props}.get("fusedrnn.accumulation_clip")
+    for c in cells:  # the exact value when the float32 attribute is its rounding
+        if (exact_clip is not None and isinstance(c, LSTM) and c.accumulation_clip is not None
+                and np.float32(float(exact_clip)) == np.float32(c.accumulation_clip)):
+            c.accumulation_clip = float(exact_clip)
+    first = cells[0]
+    for k, c in enumerate(cells[1:], 1):
+        if not _same_cell(first, c) or c.input_size != first.num_directions * first.output_size:
+            raise ValueError(f"the LSTM/RNN nodes do not form one uniform stack (node {k} "
+                             f"differs: {c!r} after {first!r}); use fusedrnn.onnx.load_nodes")
+    L = len(cells)
+    if isinstance(first, LSTM):
+        net: Any = LSTM(first.input_size, first.hidden_size,
+                        peepholes=None if first.peepholes == "none" else first.peepholes,
+                        coupled_gates=first.coupled_gates,
+                        accumulation_clip=first.accumulation_clip, num_layers=L,
+                        bidirectional=first.bidirectional, dtype=first.dtype,
+                        batch_first=batch_first, seed=0)
+    else:
+        net = RNN(first.input_size, first.hidden_size, num_layers=L,
+                  bidirectional=first.bidirectional, dtype=first.dtype, batch_first=batch_first,
+                  seed=0)
+    for l, c in enumerate(cells):
+        for name, arr in c.params.items():
+            base, rev = (name[:-len("_reverse")], 1) if name.endswith("_reverse") else (name, 0)
+            net.params[base + suffix(l, rev)][...] = arr
+    return net

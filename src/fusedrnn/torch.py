@@ -1,0 +1,587 @@
+"""`fusedrnn.torch`: the fused C kernels as `torch.nn.Module`s.
+
+    import torch, fusedrnn.torch as frt
+    lstm = frt.LSTM(32, 64, peepholes="diagonal", proj_size=16, context=(1, 2),
+                    num_layers=2, bidirectional=True, dtype=torch.float32, seed=0)
+    out, (h, c) = lstm(x, (h0, c0), lengths=lengths)     # like torch.nn.LSTM
+    out.sum().backward()                                  # fused C backward
+    torch.optim.Adam(lstm.parameters()).step()
+
+`LSTM` and `RNN` take the constructor options of `fusedrnn.LSTM` / `fusedrnn.RNN`
+(the augmented ones torch lacks included). Their weights are `nn.Parameter`s
+named like the fusedrnn `params` keys ("W_x", "W_v", "b", "w_s", "W_qv",
+"W_x_reverse", "W_x_l1", ...). The forward and backward run the fused kernel
+through a `torch.autograd.Function`, zero-copy: the fusedrnn layer of each call
+reads numpy views of the Parameters' storage (`tensor.numpy()`), and its outputs
+and gradients are handed to torch with `torch.from_numpy`.
+
+Each forward gets its own fusedrnn layer object (sharing the parameter storage)
+and keeps its activation tape in the autograd graph, so several forwards may
+precede their backwards, in any order and from any thread. In-place changes of
+the weights between a forward and its backward are detected like in torch
+(autograd's version counters), as is an in-place change of the output.
+
+CPU only, float32 or float64: tensors on another device (CUDA, MPS, meta, ...)
+or of another dtype are refused with a ValueError that names the argument.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union, cast
+
+import numpy as np
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .lstm import LSTM as _FrLSTM
+from .lstm import LSTMState
+from .rnn import RNN as _FrRNN
+from .rnn import RNNState
+
+__all__ = ["LSTM", "RNN", "FusedRNNFunction"]
+
+_NP_OF_TORCH: Dict[torch.dtype, "np.dtype[Any]"] = {torch.float32: np.dtype(np.float32),
+                                                    torch.float64: np.dtype(np.float64)}
+_TORCH_OF_NP: Dict["np.dtype[Any]", torch.dtype] = {v: k for k, v in _NP_OF_TORCH.items()}
+
+Tensor = torch.Tensor
+_M = TypeVar("_M", bound="_FusedModule")
+
+
+def _np_dtype(dtype: Any) -> "np.dtype[Any]":
+    """float32 / float64 from a numpy or a torch dtype (TypeError otherwise)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _NP_OF_TORCH:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        return _NP_OF_TORCH[dtype]
+    try:
+        dt: "np.dtype[Any]" = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dt not in _TORCH_OF_NP:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _check_tensor(t: Any, name: str, dtype: Optional[torch.dtype]) -> Tensor:
+    """A CPU tensor of `dtype`, else ValueError naming the argument."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} is on device '{t.device}': fusedrnn's kernels run on the CPU "
+                         f"only; move it there with .cpu() (and the module with .cpu())")
+    if t.layout != torch.strided:
+        raise ValueError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"{name} has dtype {t.dtype}, but the module computes in {dtype}; "
+                         f"convert it with .to({dtype}) (or the module with .to({t.dtype}) "
+                         "if that is float32 or float64)")
+    return t
+
+
+def _as_numpy(t: Tensor) -> np.ndarray:
+    """The numpy view of a CPU tensor's storage (no copy)."""
+    a = t.detach()
+    if a.is_conj() or a.is_neg():
+        a = a.resolve_conj().resolve_neg()
+    return a.numpy()
+
+
+def _opt_numpy(t: Optional[Tensor]) -> Optional[np.ndarray]:
+    return None if t is None else _as_numpy(t)
+
+
+def _opt_tensor(a: Optional[np.ndarray]) -> Optional[Tensor]:
+    return None if a is None else _as_tensor(a)
+
+
+def _as_tensor(a: np.ndarray) -> Tensor:
+    """A tensor sharing the memory of a numpy array (read-only views made writeable:
+    the autograd Function saves outputs it shares with its tape, so torch's version
+    counter catches in-place changes)."""
+    if not a.flags.writeable:
+        try:
+            a.flags.writeable = True
+        except ValueError:
+            a = a.copy()
+    if any(s < 0 for s in a.strides):
+        a = np.ascontiguousarray(a)
+    return torch.from_numpy(a)
+
+
+class _Call:
+    """What one forward call hands to the autograd Function besides tensors."""
+
+    __slots__ = ("template", "names", "lengths", "dropout", "dropout_seed", "state_type",
+                 "has_state")
+
+    def __init__(self, template: Any, names: Sequence[str], lengths: Optional[np.ndarray],
+                 dropout: float, dropout_seed: Optional[int], has_state: bool) -> None:
+        self.template = template
+        self.names = tuple(names)
+        self.lengths = lengths
+        self.dropout = dropout
+        self.dropout_seed = dropout_seed
+        self.state_type = template.State
+        self.has_state = has_state
+
+    def layer(self, weights: Sequence[Tensor]) -> Any:
+        """A fusedrnn layer of its own for this call, whose `params` ARE the numpy
+        views of the weights' storage (no copy)."""
+        layer = copy.copy(self.template)  # shallow: configuration only, fresh thread-local tape
+        layer.params = {n: _as_numpy(w) for n, w in zip(self.names, weights)}
+        layer.grads = {}
+        layer.dropout = self.dropout
+        if self.dropout_seed is not None:
+            layer._dropout_rng = np.random.default_rng(self.dropout_seed)
+        return layer
+
+    def state(self, s0: Optional[Tensor], o0: Optional[Tensor], x_past: Optional[Tensor]) -> Any:
+        if not self.has_state or s0 is None or o0 is None:
+            return None
+        if self.state_type is LSTMState:
+            return LSTMState(_as_numpy(s0), _as_numpy(o0), _opt_numpy(x_past))
+        return RNNState(_as_numpy(s0), _as_numpy(o0))
+
+
+class FusedRNNFunction(torch.autograd.Function):
+    """apply(call, x, s0, o0, x_past, x_future, *weights) -> (y, s_T, o_T).
+
+    One fused forward of a fusedrnn network (time-major or batch-first as the
+    template says); the backward runs the fused C backward of the same call and
+    returns the gradients of x, s0, o0, x_past and every weight. x_future (the
+    streaming look-ahead) gets no gradient; the module refuses it when it
+    requires one."""
+
+    @staticmethod
+    def forward(ctx: Any, call: _Call, x: Tensor, s0: Optional[Tensor], o0: Optional[Tensor],
+                x_past: Optional[Tensor], x_future: Optional[Tensor],
+                *weights: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        layer = call.layer(weights)
+        y, st = layer.forward(_as_numpy(x), call.state(s0, o0, x_past), training=True,
+                              lengths=call.lengths, x_future=_opt_numpy(x_future))
+        ctx.layer, ctx.tape, ctx.call = layer, layer._tape, call
+        ctx.set_materialize_grads(False)
+        y_t = _as_tensor(y)
+        # saved so that autograd refuses a backward after an in-place change of the
+        # weights (e.g. optimizer.step() in between) or of the returned output
+        ctx.save_for_backward(y_t, *weights)
+        return y_t, _as_tensor(st[0]), _as_tensor(st[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: Optional[Tensor], ds: Optional[Tensor],
+                 do: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+        saved = ctx.saved_tensors  # the version check
+        weights = saved[1:]
+        layer, call = ctx.layer, ctx.call
+        layer.grads = {n: np.zeros(tuple(w.shape), layer.dtype) for n, w in zip(call.names, weights)}
+        layer._tape = ctx.tape  # this thread may not be the forward's thread
+        dstate = None
+        if ds is not None or do is not None:
+            dstate = call.state_type(_opt_numpy(ds), _opt_numpy(do))
+        try:
+            dx, dst = layer.backward(_opt_numpy(dy), dstate)
+        finally:
+            layer._tape = None
+        need = ctx.needs_input_grad
+        out: List[Optional[Tensor]] = [None, _as_tensor(dx) if need[1] else None]
+        out += [_as_tensor(dst[0]) if need[2] else None, _as_tensor(dst[1]) if need[3] else None]
+        x_past_grad = dst[2] if len(dst) > 2 else None
+        out += [_opt_tensor(x_past_grad) if need[4] else None, None]
+        out += [torch.from_numpy(layer.grads[n]) if need[6 + i] else None
+                for i, n in enumerate(call.names)]
+        return tuple(out)
+
+
+class _FusedModule(nn.Module):
+    """What `LSTM` and `RNN` share: parameters, templates per dtype, checks, the call."""
+
+    _fr_class: Any = None
+
+    def __init__(self, fr_layer: Any) -> None:
+        super().__init__()
+        self._config = self._config_of(fr_layer)
+        self.input_size: int = fr_layer.input_size
+        self.hidden_size: int = fr_layer.hidden_size
+        self.num_layers: int = fr_layer.num_layers
+        self.bidirectional: bool = fr_layer.bidirectional
+        self.dropout: float = fr_layer.dropout
+        self.batch_first: bool = fr_layer.batch_first
+        self._names: Tuple[str, ...] = tuple(fr_layer.params)
+        self._shapes = {n: fr_layer.params[n].shape for n in self._names}
+        for name in self._names:
+            self.register_parameter(name, nn.Parameter(torch.from_numpy(fr_layer.params[name])))
+        self._templates: Dict[Tuple["np.dtype[Any]", bool], Any] = {}
+
+    # -- subclass hooks ---------------------------------------------------------------
+    @staticmethod
+    def _config_of(layer: Any) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    # -- fusedrnn layers ---------------------------------------------------------------
+    def _template(self, dtype: "np.dtype[Any]") -> Any:
+        """A configuration-only fusedrnn layer of this dtype (its parameters unused)."""
+        key = (dtype, bool(self.batch_first))
+        t = self._templates.get(key)
+        if t is None:
+            t = self._fr_class(**self._config, dtype=dtype, batch_first=self.batch_first, seed=0)
+            t.params, t.grads = {}, {}
+            self._templates[key] = t
+        return t
+
+    def _weights(self, check: bool = True) -> Tuple[List[Tensor], torch.dtype]:
+        ws = [getattr(self, n) for n in self._names]
+        dtype = ws[0].dtype
+        if check:
+            for n, w in zip(self._names, ws):
+                _check_tensor(w, f"parameter {n!r}", None)
+                if w.dtype not in _NP_OF_TORCH or w.dtype != dtype:
+                    raise ValueError(f"parameter {n!r} has dtype {w.dtype}: every parameter must "
+                                     f"be float32, or every one float64 (the first is {dtype})")
+                if tuple(w.shape) != self._shapes[n]:
+                    raise ValueError(f"parameter {n!r} must have shape {self._shapes[n]}, "
+                                     f"got {tuple(w.shape)}")
+        return ws, dtype
+
+    @property
+    def fr_layer(self) -> Any:
+        """A fusedrnn layer computing this module's function whose `params` ARE numpy
+        views of the Parameters' storage (no copy: writes go to the module)."""
+        ws, dtype = self._weights()
+        layer = copy.copy(self._template(_NP_OF_TORCH[dtype]))
+        layer.params = {n: _as_numpy(w) for n, w in zip(self._names, ws)}
+        layer.grads = {n: np.zeros_like(p) for n, p in layer.params.items()}
+        layer.dropout = self.dropout
+        return layer
+
+    def to_fusedrnn(self) -> Any:
+        """An independent fusedrnn layer (a copy of the weights)."""
+        layer = self.fr_layer
+        layer.params = {n: p.copy() for n, p in layer.params.items()}
+        return layer
+
+    @classmethod
+    def from_fusedrnn(cls: Type[_M], layer: Any) -> _M:
+        """A module with a copy of the configuration and weights of a fusedrnn layer."""
+        if not isinstance(layer, cls._fr_class):
+            raise TypeError(f"expected a fusedrnn.{cls._fr_class.__name__}, got {type(layer).__name__}")
+        layer = copy.copy(layer)
+        layer.params = {n: np.array(p, copy=True) for n, p in layer.params.items()}
+        module = cls.__new__(cls)
+        _FusedModule.__init__(module, layer)
+        return module
+
+    def flatten_parameters(self) -> None:
+        """No-op (torch.nn.RNNBase compatibility): the weights are always used in place."""
+
+    def reset_parameters(self) -> None:
+        """Every parameter ~ U(-1/sqrt(H), 1/sqrt(H)) from torch's generator (as torch.nn.LSTM)."""
+        k = 1.0 / float(np.sqrt(self.hidden_size))
+        with torch.no_grad():
+            for w in self.parameters():
+                w.uniform_(-k, k)
+
+    # -- the call ------------------------------------------------------------------------
+    def _run(self, x: Any, s0: Optional[Tensor], o0: Optional[Tensor], x_past: Optional[Tensor],
+             lengths: Any, x_future: Optional[Tensor], unbatched: bool
+             ) -> Tuple[Tensor, Tensor, Tensor]:
+        ws, dtype = self._weights()
+        template = self._template(_NP_OF_TORCH[dtype])
+        lens = None
+        if lengths is not None:
+            if isinstance(lengths, torch.Tensor):
+                lengths = _check_tensor(lengths, "lengths", None)
+                if lengths.dtype.is_floating_point or lengths.dtype.is_complex:
+                    raise ValueError(f"lengths must hold integers, got dtype {lengths.dtype}")
+                lengths = lengths.detach().numpy()
+            lens = np.asarray(lengths)
+            if unbatched:
+                lens = lens.reshape(1)
+        dropout = self.dropout if self.training else 0.0
+        seed = None
+        if dropout > 0 and self.num_layers > 1:
+            seed = int(torch.randint(0, 2**62, (1,)).item())  # masks follow torch's generator
+        call = _Call(template, self._names, lens, dropout, seed, s0 is not None)
+        tensors = [x, s0, o0, x_past]
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in [*tensors, *ws])
+        if needs_grad:
+            res = FusedRNNFunction.apply(call, x, s0, o0, x_past, x_future, *ws)  # type: ignore[no-untyped-call]
+            return cast(Tuple[Tensor, Tensor, Tensor], res)
+        layer = call.layer(ws)
+        y_np, st = layer.forward(_as_numpy(x), call.state(s0, o0, x_past),
+                                 training=dropout > 0 and self.num_layers > 1, lengths=lens,
+                                 x_future=_opt_numpy(x_future))
+        return _as_tensor(y_np), _as_tensor(st[0]), _as_tensor(st[1])
+
+    def _batch_dim(self) -> int:
+        return 0 if self.batch_first else 1
+
+    def _prepare_input(self, input: Any, dtype: torch.dtype
+                       ) -> Tuple[Tensor, Optional[Tensor], Optional[PackedSequence], bool]:
+        """(x as 3-D in the module's layout, the lengths of a PackedSequence, the
+        PackedSequence or None, unbatched)."""
+        if isinstance(input, PackedSequence):
+            _check_tensor(input.data, "input", dtype)
+            x, lens = pad_packed_sequence(input, batch_first=self.batch_first)
+            return x, lens, input, False
+        x = _check_tensor(input, "input", dtype)
+        if x.dim() not in (2, 3):
+            raise ValueError(f"input must be 3-D ({'(B, T, I)' if self.batch_first else '(T, B, I)'}) "
+                             f"or 2-D unbatched (T, I), got shape {tuple(x.shape)}")
+        if x.dim() == 2:
+            return x.unsqueeze(self._batch_dim()), None, None, True
+        return x, None, None, False
+
+    def _state_part(self, hx_part: Any, name: str, dtype: torch.dtype, width: int, B: int,
+                    unbatched: bool) -> Tensor:
+        t = _check_tensor(hx_part, name, dtype)
+        LD = self.num_layers * (2 if self.bidirectional else 1)
+        if unbatched:
+            if tuple(t.shape) != (LD, width):
+                raise ValueError(f"{name} must have shape ({LD}, {width}) for unbatched input "
+                                 f"(layers * directions, hidden), got {tuple(t.shape)}")
+            return t.unsqueeze(1)
+        if tuple(t.shape) != (LD, B, width):
+            raise ValueError(f"{name} must have shape ({LD}, {B}, {width}) (layers * directions, "
+                             f"batch, hidden), got {tuple(t.shape)}")
+        return t
+
+    def _output(self, y: Tensor, packed: Optional[PackedSequence], lens: Optional[Tensor],
+                unbatched: bool) -> Any:
+        """y in the caller's form: squeezed when unbatched, packed like the input
+        (same batch_sizes, sorted_indices and unsorted_indices) for a PackedSequence."""
+        if packed is not None and lens is not None:
+            idx = packed.sorted_indices
+            ordered = y if idx is None else y.index_select(self._batch_dim(), idx)
+            olens = lens if idx is None else lens.index_select(0, idx.cpu())
+            p = pack_padded_sequence(ordered, olens, batch_first=self.batch_first,
+                                     enforce_sorted=True)
+            return PackedSequence(p.data, packed.batch_sizes, packed.sorted_indices,
+                                  packed.unsorted_indices)
+        return y.squeeze(self._batch_dim()) if unbatched else y
+
+    @staticmethod
+    def _squeeze(t: Tensor, unbatched: bool) -> Tensor:
+        return t.squeeze(1) if unbatched else t
+
+
+class LSTM(_FusedModule):
+    """`fusedrnn.LSTM` as a `torch.nn.Module` (see `fusedrnn.LSTM` for the options).
+
+        out, (h, c) = lstm(x, (h0, c0), lengths=None)
+
+    x: (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence;
+    h0 (L*D, B, R) with R = proj_size or hidden_size, c0 (L*D, B, H), as torch.nn.LSTM
+    (h is the paper's v, c its s). lengths: B integers (padding steps give output 0
+    and hold the state, as packed sequences do). With a context window, a stream of
+    chunks passes hx = (h0, c0, x_past) with x_past (L_past, B, I) the previous
+    frames (zeros at the start) and x_future= the next L_future frames; the returned
+    state is then (h, c, x_past') with x_past' the last L_past frames seen.
+
+    Parameters (per cell suffix "", "_reverse", "_l1", ...): W_x (4H, K*I), W_v (4H, R),
+    b (4H,), w_s (3, H) or W_s (3, H, H), W_qv (P, H), gate order (i, f, g, o)."""
+
+    _fr_class = _FrLSTM
+
+    def __init__(self, input_size: int, hidden_size: int, peepholes: Any = "diagonal", *,
+                 proj_size: int = 0, context: Tuple[int, int] = (0, 0),
+                 coupled_gates: bool = False, cell_clip: Optional[float] = None,
+                 accumulation_clip: Optional[float] = None, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, dtype: Any = np.float32,
+                 batch_first: bool = False, seed: Optional[int] = None) -> None:
+        if seed is None:  # initialisation follows torch.manual_seed
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        layer = _FrLSTM(input_size, hidden_size, peepholes, proj_size=proj_size, context=context,
+                        coupled_gates=coupled_gates, cell_clip=cell_clip,
+                        accumulation_clip=accumulation_clip, num_layers=num_layers,
+                        bidirectional=bidirectional, dropout=dropout, dtype=_np_dtype(dtype),
+                        batch_first=batch_first, seed=seed)
+        super().__init__(layer)
+
+    @staticmethod
+    def _config_of(layer: Any) -> Dict[str, Any]:
+        return dict(input_size=layer.input_size, hidden_size=layer.hidden_size,
+                    peepholes=None if layer.peepholes == "none" else layer.peepholes,
+                    proj_size=layer.proj_size, context=tuple(layer.context),
+                    coupled_gates=layer.coupled_gates, cell_clip=layer.cell_clip,
+                    accumulation_clip=layer.accumulation_clip, num_layers=layer.num_layers,
+                    bidirectional=layer.bidirectional, dropout=layer.dropout)
+
+    @property
+    def peepholes(self) -> Optional[str]:
+        return self._config["peepholes"]  # type: ignore[no-any-return]
+
+    @property
+    def proj_size(self) -> int:
+        return int(self._config["proj_size"])
+
+    @property
+    def context(self) -> Tuple[int, int]:
+        return self._config["context"]  # type: ignore[no-any-return]
+
+    @property
+    def coupled_gates(self) -> bool:
+        return bool(self._config["coupled_gates"])
+
+    @property
+    def cell_clip(self) -> Optional[float]:
+        return self._config["cell_clip"]  # type: ignore[no-any-return]
+
+    @property
+    def accumulation_clip(self) -> Optional[float]:
+        return self._config["accumulation_clip"]  # type: ignore[no-any-return]
+
+    def extra_repr(self) -> str:
+        c = self._config
+        s = f"{self.input_size}, {self.hidden_size}, peepholes={c['peepholes']!r}"
+        for k, default in (("proj_size", 0), ("context", (0, 0)), ("coupled_gates", False),
+                           ("cell_clip", None), ("accumulation_clip", None), ("num_layers", 1),
+                           ("bidirectional", False), ("dropout", 0.0)):
+            if c[k] != default:
+                s += f", {k}={c[k]!r}"
+        if self.batch_first:
+            s += ", batch_first=True"
+        return s
+
+    def forward(self, input: Any, hx: Optional[Sequence[Tensor]] = None, *, lengths: Any = None,
+                x_future: Optional[Tensor] = None) -> Tuple[Any, Tuple[Tensor, ...]]:
+        _, dtype = self._weights()
+        x, packed_lens, packed, unbatched = self._prepare_input(input, dtype)
+        if packed is not None:
+            if lengths is not None:
+                raise ValueError("lengths must not be given with a PackedSequence input (it has them)")
+            lengths = packed_lens
+        B = x.shape[self._batch_dim()]
+        H, R = self.hidden_size, self.proj_size or self.hidden_size
+        s0 = o0 = x_past = None
+        streaming = False
+        if hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) not in (2, 3):
+                raise ValueError("hx must be a tuple (h0, c0), or (h0, c0, x_past) for a stream "
+                                 "with a context window")
+            o0 = self._state_part(hx[0], "h0", dtype, R, B, unbatched)
+            s0 = self._state_part(hx[1], "c0", dtype, H, B, unbatched)
+            if len(hx) == 3:
+                streaming = True
+                L_past = self.context[0]
+                if L_past == 0:
+                    raise ValueError("hx has an x_past entry, but this LSTM has no past context "
+                                     "window (context[0] == 0)")
+                x_past = _check_tensor(hx[2], "x_past", dtype)
+                if unbatched:
+                    x_past = x_past.unsqueeze(1)
+                if tuple(x_past.shape) != (L_past, B, self.input_size):
+                    raise ValueError(f"x_past must have shape ({L_past}, {B}, {self.input_size}) "
+                                     f"(L_past, batch, input_size), time-major; got "
+                                     f"{tuple(x_past.shape)}")
+        if x_future is not None:
+            _check_tensor(x_future, "x_future", dtype)
+            if torch.is_grad_enabled() and x_future.requires_grad:
+                raise ValueError("x_future requires grad, but no gradient is propagated to the "
+                                 "look-ahead frames: pass x_future.detach()")
+            if unbatched:
+                x_future = x_future.unsqueeze(self._batch_dim())
+        y, s_T, o_T = self._run(x, s0, o0, x_past, lengths, x_future, unbatched)
+        h, c = self._squeeze(o_T, unbatched), self._squeeze(s_T, unbatched)
+        state: Tuple[Tensor, ...] = (h, c)
+        if streaming and x_past is not None:
+            xt = x.transpose(0, 1) if self.batch_first else x  # time-major
+            past = torch.cat([x_past, xt])[-self.context[0]:]
+            state = (h, c, self._squeeze(past, unbatched))
+        return self._output(y, packed, packed_lens, unbatched), state
+
+    @classmethod
+    def from_torch(cls, module: Any) -> "LSTM":
+        """From a torch.nn.LSTM (exact weights; see fusedrnn.LSTM.from_torch)."""
+        return cls.from_fusedrnn(_FrLSTM.from_torch(module))
+
+    def to_torch(self) -> Any:
+        """A torch.nn.LSTM with the same function (refused for options torch lacks)."""
+        return self.to_fusedrnn().to_torch()
+
+
+class RNN(_FusedModule):
+    """`fusedrnn.RNN` (the canonical RNN) as a `torch.nn.Module`.
+
+        out, h = rnn(x, h0, lengths=None)                  # like torch.nn.RNN (tanh)
+        out, (h, s) = rnn(x, (h0, s0))                     # with the paper's state s
+
+    h is the readout r = tanh(s) (torch's h), s the state. With state_feedback=True
+    (W_s s[n-1] feeds back) the state s is needed: hx is then None or (h0, s0), and
+    the result state is always (h, s). Without it, a tensor h0 sets r[-1] (s[-1] = 0
+    is then only the state reported for rows of length 0). Parameters per cell:
+    W_x (H, I), W_r (H, H), theta_s (H,), W_s (H, H)."""
+
+    _fr_class = _FrRNN
+
+    def __init__(self, input_size: int, hidden_size: int, state_feedback: bool = False, *,
+                 num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
+                 dtype: Any = np.float32, batch_first: bool = False,
+                 seed: Optional[int] = None) -> None:
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        layer = _FrRNN(input_size, hidden_size, state_feedback, num_layers=num_layers,
+                       bidirectional=bidirectional, dropout=dropout, dtype=_np_dtype(dtype),
+                       batch_first=batch_first, seed=seed)
+        super().__init__(layer)
+
+    @staticmethod
+    def _config_of(layer: Any) -> Dict[str, Any]:
+        return dict(input_size=layer.input_size, hidden_size=layer.hidden_size,
+                    state_feedback=layer.state_feedback, num_layers=layer.num_layers,
+                    bidirectional=layer.bidirectional, dropout=layer.dropout)
+
+    @property
+    def state_feedback(self) -> bool:
+        return bool(self._config["state_feedback"])
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.state_feedback:
+            s += ", state_feedback=True"
+        for k, default in (("num_layers", 1), ("bidirectional", False), ("dropout", 0.0)):
+            if self._config[k] != default:
+                s += f", {k}={self._config[k]!r}"
+        if self.batch_first:
+            s += ", batch_first=True"
+        return s
+
+    def forward(self, input: Any, hx: Union[None, Tensor, Sequence[Tensor]] = None, *,
+                lengths: Any = None) -> Tuple[Any, Union[Tensor, Tuple[Tensor, Tensor]]]:
+        _, dtype = self._weights()
+        x, packed_lens, packed, unbatched = self._prepare_input(input, dtype)
+        if packed is not None:
+            if lengths is not None:
+                raise ValueError("lengths must not be given with a PackedSequence input (it has them)")
+            lengths = packed_lens
+        B = x.shape[self._batch_dim()]
+        H = self.hidden_size
+        r0 = s0 = None
+        as_pair = self.state_feedback
+        if isinstance(hx, torch.Tensor):
+            if self.state_feedback:
+                raise ValueError("with state_feedback=True the state s is needed: pass hx=(h0, s0)")
+            r0 = self._state_part(hx, "h0", dtype, H, B, unbatched)
+            s0 = torch.zeros_like(r0)
+        elif hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise ValueError("hx must be a tensor h0 or a tuple (h0, s0)")
+            r0 = self._state_part(hx[0], "h0", dtype, H, B, unbatched)
+            s0 = self._state_part(hx[1], "s0", dtype, H, B, unbatched)
+            as_pair = True
+        y, s_T, r_T = self._run(x, s0, r0, None, lengths, None, unbatched)
+        h, s = self._squeeze(r_T, unbatched), self._squeeze(s_T, unbatched)
+        return self._output(y, packed, packed_lens, unbatched), ((h, s) if as_pair else h)
+
+    @classmethod
+    def from_torch(cls, module: Any) -> "RNN":
+        """From a torch.nn.RNN(nonlinearity='tanh') (exact weights)."""
+        return cls.from_fusedrnn(_FrRNN.from_torch(module))
+
+    def to_torch(self) -> Any:
+        """A torch.nn.RNN with the same function (state_feedback must be off)."""
+        return self.to_fusedrnn().to_torch()

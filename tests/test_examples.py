@@ -1,0 +1,120 @@
+"""The examples run in --quick mode, their loss decreases and they write their
+figure; the ψ[n] = ∂E/∂s[n] of the vanishing-gradient example is checked
+against independent computations."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+import fusedrnn as fr  # noqa: E402
+from fusedrnn import reference  # noqa: E402
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def load_example(name):
+    """Import examples/<name>.py as a module (its os.environ default is undone)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}",
+                                                  os.path.join(EXAMPLES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
+    return module
+
+
+@pytest.fixture(scope="module")
+def vg():
+    return load_example("vanishing_gradients")
+
+
+def test_vanishing_gradients_quick(vg, tmp_path):
+    res = vg.main(["--quick", "--out", str(tmp_path)])
+    assert os.path.getsize(tmp_path / "vanishing_gradients.png") > 10_000
+    d0 = res["delays"][0]
+    for kind in vg.KINDS:
+        losses = res["losses"][kind][d0]
+        assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20]), kind
+    d = res["delays"][-1]
+    for kind in vg.KINDS:
+        for stage in ("init", "trained"):
+            norms = res["psi"][kind][stage]
+            assert norms.shape == (d + 1,) and np.all(np.isfinite(norms)) and norms[-1] > 0
+    # the canonical RNN's gradient decays much faster going back in time
+    rnn, lstm = res["psi"]["RNN"]["init"], res["psi"]["LSTM"]["init"]
+    assert rnn[0] / rnn[-1] < 1e-3 * (lstm[0] / lstm[-1])
+
+
+def test_psi_of_the_rnn_equals_an_input_gradient(vg):
+    """With W_x augmented by an identity block and zero extra inputs, s[n] is
+    unchanged and ∂E/∂x_extra[n] = ψ[n] exactly (the kernel's backward)."""
+    rng = np.random.default_rng(0)
+    model = vg.build("RNN", 6, seed=3)
+    x, target = vg.make_batch(rng, 9, 4)
+    psi = vg.psi(model, x, target)
+    H = 6
+    aug = fr.RNN(2 + H, H, dtype=np.float64)
+    aug.params["W_x"][...] = np.hstack([model[0].params["W_x"], np.eye(H)])
+    aug.params["W_r"][...] = model[0].params["W_r"]
+    aug.params["theta_s"][...] = model[0].params["theta_s"]
+    head = fr.Linear(H, 1, dtype=np.float64)
+    head.params["W"][...] = model[1].params["W"]
+    head.params["b"][...] = model[1].params["b"]
+    net = fr.Sequential(aug, head)
+    xa = np.concatenate([x, np.zeros(x.shape[:2] + (H,))], axis=2)
+    y, _ = net.forward(xa)
+    dx, _ = net.backward(vg.last_step_loss(y, target)[1])
+    np.testing.assert_allclose(psi, dx[:, :, 2:], rtol=1e-4, atol=1e-12)
+
+
+def test_psi_of_the_lstm_against_finite_differences(vg):
+    """ψ[n] = total ∂E/∂s[n]: perturb s[n] (which also changes v[n] through the
+    readout gate and tanh), run the rest with the oracle, difference E."""
+    rng = np.random.default_rng(1)
+    model = vg.build("LSTM", 5, seed=2)
+    x, target = vg.make_batch(rng, 7, 3)
+    psi = vg.psi(model, x, target)
+    p = {k: v.astype(np.float64) for k, v in model[0].params.items()}
+    P = reference.split_lstm_params(p)
+    W, b = model[1].params["W"].astype(np.float64), model[1].params["b"].astype(np.float64)
+    x64 = x.astype(np.float64)
+    _, _, _, cache = reference.lstm_forward(x64, p, None, None)
+    T = x.shape[0]
+
+    def energy(n, s_n):
+        v_prev = cache["v"][n]
+        a_cr = x64[n] @ P["W_xcr"].T + v_prev @ P["W_vcr"].T + P["b_cr"] + P["w_scr"] * s_n
+        v_n = 0.5 * (1 + np.tanh(0.5 * a_cr)) * np.tanh(s_n)
+        if n < T - 1:
+            v_seq, _, _, _ = reference.lstm_forward(x64[n + 1:], p, s_n, v_n)
+            v_n = v_seq[-1]
+        return fr.mse_loss(v_n @ W.T + b, target.astype(np.float64))[0]
+
+    eps = 1e-6
+    for n in (0, 3, T - 2, T - 1):
+        for bj in ((0, 1), (2, 4)):
+            s_p, s_m = cache["s"][n + 1].copy(), cache["s"][n + 1].copy()
+            s_p[bj] += eps
+            s_m[bj] -= eps
+            fd = (energy(n, s_p) - energy(n, s_m)) / (2 * eps)
+            assert psi[n][bj] == pytest.approx(fd, rel=1e-5, abs=1e-10), (n, bj)
+
+
+def test_char_lm_quick(tmp_path):
+    cl = load_example("char_lm")
+    ck = tmp_path / "lm.npz"
+    res = cl.main(["--quick", "--out", str(tmp_path), "--checkpoint", str(ck), "--no-progress"])
+    loss = res["history"].loss
+    assert np.mean(loss[-5:]) < np.mean(loss[:5]) - 0.3
+    assert os.path.getsize(tmp_path / "char_lm.png") > 10_000
+    for s in res["samples"]:
+        assert len(s) > 200 and set(s) <= set(res["vocab"].chars)
+    meta = fr.load_checkpoint(ck).metadata
+    assert meta["vocabulary"] == res["vocab"].chars
