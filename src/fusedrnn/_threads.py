@@ -11,6 +11,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
+from . import _kernel
+
 _num_threads: int = os.cpu_count() or 1
 _pool: Optional[ThreadPoolExecutor] = None
 
@@ -29,8 +31,9 @@ def _scipy_blas_controllers() -> list:
 
 
 def set_num_threads(n: int) -> None:
-    """Use n cores: SciPy's BLAS pool gets n threads, and with n >= 2 the
-    independent cells of a step (bidirectional layers) run in parallel."""
+    """Use n cores: SciPy's BLAS pool gets n threads, with n >= 2 the
+    independent cells of a step (bidirectional layers) run in parallel, and with
+    n = 1 the packed micro-kernel serves the per-step GEMMs of batches up to 64."""
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int >= 1, got {n!r}")
@@ -38,6 +41,10 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"n must be >= 1, got {n}")
     for c in _scipy_blas_controllers():
         c.set_num_threads(n)
+    # The packed micro-kernel of the per-step GEMMs is single-threaded: on one
+    # core it beats the BLAS up to batch 64 (bench/README.md); with more cores
+    # the BLAS spreads batches above 16 over them.
+    _kernel.set_packed_max_rows(64 if n == 1 else 16)
     _num_threads = n
 
 
