@@ -17,6 +17,16 @@ _num_threads: int = os.cpu_count() or 1
 _pool: Optional[ThreadPoolExecutor] = None
 
 
+def _packed_rows_for(n: int) -> int:
+    """The packed micro-kernel of the per-step GEMMs is single-threaded: on one
+    core it beats the BLAS up to batch 64 (bench/README.md); with more cores the
+    BLAS spreads batches above 16 over them."""
+    return 64 if n == 1 else 16
+
+
+_kernel.set_packed_max_rows(_packed_rows_for(_num_threads))
+
+
 def _scipy_blas_controllers() -> list:
     """threadpoolctl's controllers of the BLAS that scipy.linalg.cython_blas uses
     (its own OpenBLAS in wheels; a shared one elsewhere, then all BLAS pools)."""
@@ -41,10 +51,7 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"n must be >= 1, got {n}")
     for c in _scipy_blas_controllers():
         c.set_num_threads(n)
-    # The packed micro-kernel of the per-step GEMMs is single-threaded: on one
-    # core it beats the BLAS up to batch 64 (bench/README.md); with more cores
-    # the BLAS spreads batches above 16 over them.
-    _kernel.set_packed_max_rows(64 if n == 1 else 16)
+    _kernel.set_packed_max_rows(_packed_rows_for(n))
     _num_threads = n
 
 
