@@ -203,3 +203,12 @@ def test_state_shape_for_stacks():
     assert y.shape == (5, 3, 4) and st.s.shape == (4, 3, 6) and st.v.shape == (4, 3, 2)
     with pytest.raises(ValueError, match=r"dy must have shape \(T, B, 4\)"):
         lstm.backward(np.zeros((5, 3, 2)))
+
+
+def test_size_bounds():
+    with pytest.raises(ValueError, match=r"hidden_size must be <= 2147483647"):
+        fr.LSTM(1, 2**64)
+    with pytest.raises(ValueError, match=r"input_size must be <= 2147483647"):
+        fr.RNN(2**40, 2)
+    with pytest.raises(ValueError, match=r"num_layers must be <= 1024"):
+        fr.LSTM(2, 2, num_layers=2**40)

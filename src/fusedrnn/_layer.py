@@ -21,6 +21,8 @@ from . import _validate as V
 # Batches up to this size run the two directions of a layer on two threads: the
 # per-step work is then too small for the BLAS to use both cores by itself.
 PARALLEL_DIRECTIONS_MAX_BATCH = 16
+# Far beyond any trained stack; bounds the per-layer Python bookkeeping.
+MAX_LAYERS = 1024
 
 
 def flat(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -71,7 +73,7 @@ class RecurrentLayer:
                  batch_first: bool = False, seed: Optional[int] = None) -> None:
         self.input_size = V.positive_int(input_size, "input_size")
         self.hidden_size = V.positive_int(hidden_size, "hidden_size")
-        self.num_layers = V.positive_int(num_layers, "num_layers")
+        self.num_layers = V.positive_int(num_layers, "num_layers", MAX_LAYERS)
         if not isinstance(bidirectional, (bool, np.bool_)):
             raise TypeError(f"bidirectional must be a bool, got {bidirectional!r}")
         self.bidirectional = bool(bidirectional)
@@ -160,9 +162,11 @@ class RecurrentLayer:
 
     # -- public API ---------------------------------------------------------------
     def zero_grad(self) -> None:
-        """Set every gradient buffer to zero (backward accumulates into them)."""
-        for g in self.grads.values():
-            g[...] = 0
+        """Set every gradient buffer to zero (backward accumulates into them);
+        serialised with the accumulation of a concurrent backward."""
+        with self._grad_lock:
+            for g in self.grads.values():
+                g[...] = 0
 
     def initial_state(self, batch: int) -> Any:
         """A zero state for `batch` rows: s (L*D, B, H), the output (L*D, B, R)."""

@@ -21,12 +21,18 @@ def as_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
-def positive_int(value: Any, name: str) -> int:
-    """A Python int >= 1 (bools refused)."""
+# Every size reaches the BLAS as a 32-bit int.
+MAX_SIZE = 2**31 - 1
+
+
+def positive_int(value: Any, name: str, maximum: int = MAX_SIZE) -> int:
+    """A Python int in [1, maximum] (bools refused)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be a positive int, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
 
 

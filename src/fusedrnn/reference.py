@@ -327,10 +327,10 @@ def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
         y_n = v_n @ P["W_qv"].T if proj else v_n                  # q[n] = W_qv v[n]
         a["cu"][k], a["du"][k], a["cr"][k] = a_cu, a_du, a_cr
 
-        m = _row_mask(order[k], dt)                               # padding rows keep their state
-        s[k + 1] = m * s_n + (1 - m) * s_prev
-        y[k + 1] = m * y_n + (1 - m) * y_prev
-        v[k + 1] = m * v_n + (1 - m) * v[k]
+        m = _row_mask(order[k], dt) != 0                          # padding rows keep their state
+        s[k + 1] = np.where(m, s_n, s_prev)                       # (a select, so Inf stays Inf)
+        y[k + 1] = np.where(m, y_n, y_prev)
+        v[k + 1] = np.where(m, v_n, v[k])
         _scatter(y_seq, order[k], y_n)
 
     cache = dict(x=x, params=p, s=s, v=v, y=y, g_cu=g_cu, g_cs=g_cs, g_cr=g_cr, u=u, r=r,
@@ -445,9 +445,9 @@ def rnn_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
         if "W_s" in p:
             s_n = s_n + s[k] @ p["W_s"].T
         r_n = np.tanh(s_n)
-        m = _row_mask(order[k], dt)                   # padding rows keep their state
-        s[k + 1] = m * s_n + (1 - m) * s[k]
-        r[k + 1] = m * r_n + (1 - m) * r[k]
+        m = _row_mask(order[k], dt) != 0              # padding rows keep their state
+        s[k + 1] = np.where(m, s_n, s[k])
+        r[k + 1] = np.where(m, r_n, r[k])
         _scatter(r_seq, order[k], r_n)
 
     cache = dict(x=x, params=p, s=s, r=r, order=order, lengths=lens, H=H, R=H)
