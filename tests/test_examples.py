@@ -118,3 +118,19 @@ def test_char_lm_quick(tmp_path):
         assert len(s) > 200 and set(s) <= set(res["vocab"].chars)
     meta = fr.load_checkpoint(ck).metadata
     assert meta["vocabulary"] == res["vocab"].chars
+
+
+def test_timeseries_lookahead_quick(tmp_path):
+    ts = load_example("timeseries_lookahead")
+    threads = fr.get_num_threads()
+    res = ts.main(["--quick", "--out", str(tmp_path), "--no-progress"])
+    assert fr.get_num_threads() == threads          # the example restores the setting
+    for kind in ts.KINDS:
+        loss = res["history"][kind].loss
+        assert np.all(np.isfinite(loss)), kind
+        assert np.mean(loss[-5:]) < 0.5 * np.mean(loss[:5]), kind
+        assert res["rmse"][kind] < res["rmse"]["noisy"], kind
+    assert os.path.getsize(tmp_path / "timeseries_lookahead.png") > 10_000
+    table = (tmp_path / "timeseries_lookahead.md").read_text(encoding="utf-8")
+    for label in ts.LABELS.values():
+        assert label in table
