@@ -57,7 +57,7 @@ class Tape(NamedTuple):
 class RecurrentLayer:
     """Base of `LSTM` and `RNN`: a stack of `num_layers` layers, each with one or
     two directions. Subclasses define `State`, `output_size`, `_cell_param_shapes`,
-    `_cell_forward` and `_cell_backward`.
+    `_cell_config`, `_kernel_forward` and `_kernel_backward`.
 
     Threads: one layer object may be shared by several threads. The activations
     of a training forward are kept per thread, so `backward` pairs with the same
@@ -109,15 +109,46 @@ class RecurrentLayer:
     def _cell_param_shapes(self, in_size: int) -> Dict[str, Tuple[int, ...]]:
         raise NotImplementedError
 
+    def _cell_config(self, T: int, B: int, in_size: int, lengths: Optional[np.ndarray],
+                     reverse: bool) -> Any:
+        """The kernel configuration of one cell's call (_kernel.LSTMConfig / RNNConfig)."""
+        raise NotImplementedError
+
+    def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
+                        acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
+                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
+        """One cell's kernel forward on the buffers `_cell_forward` allocated."""
+        raise NotImplementedError
+
+    def _kernel_backward(self, cfg: Any, tape: CellTape, g: Dict[str, np.ndarray], work: np.ndarray,
+                         dx: np.ndarray, ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
+                         ds_T: Optional[np.ndarray], do_T: Optional[np.ndarray]) -> None:
+        """One cell's kernel backward, accumulating into g, dx, ds0, do0."""
+        raise NotImplementedError
+
+    # -- one cell ---------------------------------------------------------------------
     def _cell_forward(self, p: Dict[str, np.ndarray], x: np.ndarray, s0: np.ndarray,
                       o0: np.ndarray, lengths: Optional[np.ndarray], reverse: bool,
                       training: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[CellTape]]:
-        raise NotImplementedError
+        """Run one cell over x (T, B, I_l): outputs (T, B, R), final s (B, H) and
+        output (B, R), and the tape a training forward keeps."""
+        T, B, I_l = x.shape
+        cfg = self._cell_config(T, B, I_l, lengths, reverse)
+        n_acts, n_train, n_infer, _ = cfg.sizes()
+        y = np.empty((T, B, self.output_size), self.dtype)
+        s_T = np.empty((B, self.hidden_size), self.dtype)
+        o_T = np.empty((B, self.output_size), self.dtype)
+        acts = np.empty(n_acts, self.dtype) if training else None
+        work = np.empty(n_train if training else n_infer, self.dtype)
+        self._kernel_forward(cfg, y, s_T, o_T, acts, work, x, s0, o0, p)
+        tape = CellTape(x, y, s0, o0, acts, p, cfg) if acts is not None else None
+        return y, s_T, o_T, tape
 
     def _cell_backward(self, tape: CellTape, g: Dict[str, np.ndarray], dx: np.ndarray,
                        ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
                        ds_T: Optional[np.ndarray], do_T: Optional[np.ndarray]) -> None:
-        raise NotImplementedError
+        work = np.empty(tape.config.sizes()[3], self.dtype)
+        self._kernel_backward(tape.config, tape, g, work, dx, ds0, do0, dy, ds_T, do_T)
 
     # -- structure ------------------------------------------------------------------
     @property

@@ -137,44 +137,28 @@ class LSTM(RecurrentLayer):
         return shapes
 
     # -- kernel calls -----------------------------------------------------------------
-    def _config(self, T: int, B: int, in_size: int, lengths: Optional[np.ndarray],
-                reverse: bool) -> "_kernel.LSTMConfig":
+    def _cell_config(self, T: int, B: int, in_size: int, lengths: Optional[np.ndarray],
+                     reverse: bool) -> "_kernel.LSTMConfig":
         return _kernel.LSTMConfig(T, B, in_size, self.hidden_size, self.proj_size,
-                                  _PEEP_CODES[self.peepholes],
-                                  self.coupled_gates, reverse, self.cell_clip or 0.0,
-                                  self.accumulation_clip or 0.0, lengths)
+                                  _PEEP_CODES[self.peepholes], self.coupled_gates, reverse,
+                                  self.cell_clip or 0.0, self.accumulation_clip or 0.0, lengths)
 
-    def _cell_forward(self, p: Dict[str, np.ndarray], x: np.ndarray, s0: np.ndarray,
-                      o0: np.ndarray, lengths: Optional[np.ndarray], reverse: bool,
-                      training: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[CellTape]]:
-        T, B, I_l = x.shape
-        cfg = self._config(T, B, I_l, lengths, reverse)
-        n_acts, n_train, n_infer, _ = cfg.sizes()
-        y = np.empty((T, B, self.output_size), self.dtype)
-        s_T = np.empty((B, self.hidden_size), self.dtype)
-        y_T = np.empty((B, self.output_size), self.dtype)
-        acts = np.empty(n_acts, self.dtype) if training else None
-        work = np.empty(n_train if training else n_infer, self.dtype)
-        W_s = p.get("w_s", p.get("W_s"))
-        _kernel.lstm_forward(cfg, flat(y), s_T.reshape(-1), y_T.reshape(-1), acts, work, flat(x),
-                             flat(s0), flat(o0), flat(p["W_x"]), flat(p["W_v"]), flat(p["b"]),
-                             flat(W_s), flat(p.get("W_qv")))
-        tape = CellTape(x, y, s0, o0, acts, p, cfg) if acts is not None else None
-        return y, s_T, y_T, tape
+    def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
+                        acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
+                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
+        _kernel.lstm_forward(cfg, flat(y), flat(s_T), flat(o_T), acts, work, flat(x), flat(s0),
+                             flat(o0), flat(p["W_x"]), flat(p["W_v"]), flat(p["b"]),
+                             flat(p.get("w_s", p.get("W_s"))), flat(p.get("W_qv")))
 
-    def _cell_backward(self, tape: CellTape, g: Dict[str, np.ndarray], dx: np.ndarray,
-                       ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
-                       ds_T: Optional[np.ndarray], do_T: Optional[np.ndarray]) -> None:
-        cfg = tape.config
-        work = np.empty(cfg.sizes()[3], self.dtype)
+    def _kernel_backward(self, cfg: Any, tape: CellTape, g: Dict[str, np.ndarray], work: np.ndarray,
+                         dx: np.ndarray, ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
+                         ds_T: Optional[np.ndarray], do_T: Optional[np.ndarray]) -> None:
         p = tape.params
-        W_s = p.get("w_s", p.get("W_s"))
-        dW_s = g.get("w_s", g.get("W_s"))
         _kernel.lstm_backward(cfg, flat(dx), flat(ds0), flat(do0), flat(g["W_x"]), flat(g["W_v"]),
-                              flat(g["b"]), flat(dW_s), flat(g.get("W_qv")), work, flat(dy),
-                              flat(ds_T), flat(do_T), tape.acts, flat(tape.x), flat(tape.y),
-                              flat(tape.s0), flat(tape.o0), flat(p["W_x"]), flat(p["W_v"]),
-                              flat(W_s), flat(p.get("W_qv")))
+                              flat(g["b"]), flat(g.get("w_s", g.get("W_s"))), flat(g.get("W_qv")),
+                              work, flat(dy), flat(ds_T), flat(do_T), tape.acts, flat(tape.x),
+                              flat(tape.y), flat(tape.s0), flat(tape.o0), flat(p["W_x"]),
+                              flat(p["W_v"]), flat(p.get("w_s", p.get("W_s"))), flat(p.get("W_qv")))
 
     # -- context windows ------------------------------------------------------------------
     def _state_in(self, state: Any, B: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:

@@ -58,29 +58,21 @@ class RNN(RecurrentLayer):
             shapes["W_s"] = (H, H)
         return shapes
 
-    def _cell_forward(self, p: Dict[str, np.ndarray], x: np.ndarray, s0: np.ndarray,
-                      o0: np.ndarray, lengths: Optional[np.ndarray], reverse: bool,
-                      training: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[CellTape]]:
-        T, B, I_l = x.shape
-        H = self.hidden_size
-        cfg = _kernel.RNNConfig(T, B, I_l, H, self.state_feedback, reverse, lengths)
-        n_acts, n_train, n_infer, _ = cfg.sizes()
-        y = np.empty((T, B, H), self.dtype)
-        s_T = np.empty((B, H), self.dtype)
-        r_T = np.empty((B, H), self.dtype)
-        acts = np.empty(n_acts, self.dtype) if training else None
-        work = np.empty(n_train if training else n_infer, self.dtype)
-        _kernel.rnn_forward(cfg, flat(y), s_T.reshape(-1), r_T.reshape(-1), acts, work, flat(x),
-                            flat(s0), flat(o0), flat(p["W_x"]), flat(p["W_r"]),
-                            flat(p["theta_s"]), flat(p.get("W_s")))
-        tape = CellTape(x, y, s0, o0, acts, p, cfg) if acts is not None else None
-        return y, s_T, r_T, tape
+    def _cell_config(self, T: int, B: int, in_size: int, lengths: Optional[np.ndarray],
+                     reverse: bool) -> "_kernel.RNNConfig":
+        return _kernel.RNNConfig(T, B, in_size, self.hidden_size, self.state_feedback, reverse,
+                                 lengths)
 
-    def _cell_backward(self, tape: CellTape, g: Dict[str, np.ndarray], dx: np.ndarray,
-                       ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
-                       ds_T: Optional[np.ndarray], do_T: Optional[np.ndarray]) -> None:
-        cfg = tape.config
-        work = np.empty(cfg.sizes()[3], self.dtype)
+    def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
+                        acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
+                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
+        _kernel.rnn_forward(cfg, flat(y), flat(s_T), flat(o_T), acts, work, flat(x), flat(s0),
+                            flat(o0), flat(p["W_x"]), flat(p["W_r"]), flat(p["theta_s"]),
+                            flat(p.get("W_s")))
+
+    def _kernel_backward(self, cfg: Any, tape: CellTape, g: Dict[str, np.ndarray], work: np.ndarray,
+                         dx: np.ndarray, ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
+                         ds_T: Optional[np.ndarray], do_T: Optional[np.ndarray]) -> None:
         p = tape.params
         _kernel.rnn_backward(cfg, flat(dx), flat(ds0), flat(do0), flat(g["W_x"]), flat(g["W_r"]),
                              flat(g["theta_s"]), flat(g.get("W_s")), work, flat(dy), flat(ds_T),
