@@ -198,7 +198,11 @@ cdef class LSTMConfig:
         self.cfg.reverse = reverse; self.cfg.cell_clip = cell_clip
         self.cfg.accumulation_clip = accumulation_clip
         self.cfg.lengths = NULL
-        self.cfg.packed_max_rows = _packed_max_rows
+        # The micro-kernel streams the recurrent weights once per 4 rows: beyond
+        # 16 rows it only pays while they stay in cache (4H x R <= 256 Ki elements,
+        # 1 MiB in float32; at H = 1024, B = 64 the BLAS won: bench/README.md).
+        self.cfg.packed_max_rows = (_packed_max_rows if 4 * H * (P if P else H) <= 262144
+                                    else min(_packed_max_rows, 16))
         if lengths is not None:
             if lengths.shape[0] != B:
                 raise ValueError(f"internal: lengths has {lengths.shape[0]} entries, B = {B}")
