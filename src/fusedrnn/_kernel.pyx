@@ -150,6 +150,8 @@ def gemm(real[::1] C, const real[::1] A, const real[::1] Bm, bint tA, bint tB,
     cdef int64_t lda = M if tA else K
     cdef int64_t ldb = K if tB else N
     cdef int status
+    if not (0 <= M < 2**31 and 0 <= N < 2**31 and 0 <= K < 2**31):
+        raise ValueError(f"gemm: M, N, K must lie in [0, 2**31), got {M}, {N}, {K}")
     _need(C.shape[0], <size_t>(M * N), "C")
     _need(A.shape[0], <size_t>(M * K), "A")
     _need(Bm.shape[0], <size_t>(K * N), "B")
@@ -201,7 +203,8 @@ cdef class LSTMConfig:
         # The micro-kernel streams the recurrent weights once per 4 rows: beyond
         # 16 rows it only pays while they stay in cache (4H x R <= 256 Ki elements,
         # 1 MiB in float32; at H = 1024, B = 64 the BLAS won: bench/README.md).
-        self.cfg.packed_max_rows = (_packed_max_rows if 4 * H * (P if P else H) <= 262144
+        # (in double: the sizes are not validated yet and may overflow int64)
+        self.cfg.packed_max_rows = (_packed_max_rows if 4.0 * H * (P if P else H) <= 262144.0
                                     else min(_packed_max_rows, 16))
         if lengths is not None:
             if lengths.shape[0] != B:
