@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._layer import suffix
 from .lstm import LSTM
 
 
@@ -189,8 +188,7 @@ def scan_network(g: Any, layer: Any, x: str, lens: str, h0_all: str,
         outs, h_T, s_T = [], [], []
         for d in range(D):
             i = l * D + d
-            p = {k: layer.params[k + suffix(l, d)] for k in
-                 layer._cell_param_shapes(layer._cell_input_size(l))}
+            p = layer._cell_dict(layer.params, l, d)
             o0 = _state_slice(g, h0_all, i) if h0_all else _zeros_state(g, x, R)
             s0 = _state_slice(g, c0_all, i) if c0_all else _zeros_state(g, x, H)
             inp = y

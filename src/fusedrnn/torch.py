@@ -50,6 +50,12 @@ Tensor = torch.Tensor
 _M = TypeVar("_M", bound="_FusedModule")
 
 
+def _seed(seed: Optional[int]) -> int:
+    """The layer's seed: the given one, or (None) one drawn from torch's generator so
+    that the initialisation follows torch.manual_seed."""
+    return int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed
+
+
 def _np_dtype(dtype: Any) -> "np.dtype[Any]":
     """float32 / float64 from a numpy or a torch dtype (TypeError otherwise)."""
     if isinstance(dtype, torch.dtype):
@@ -393,13 +399,11 @@ class LSTM(_FusedModule):
                  accumulation_clip: Optional[float] = None, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, dtype: Any = np.float32,
                  batch_first: bool = False, seed: Optional[int] = None) -> None:
-        if seed is None:  # initialisation follows torch.manual_seed
-            seed = int(torch.randint(0, 2**62, (1,)).item())
         layer = _FrLSTM(input_size, hidden_size, peepholes, proj_size=proj_size, context=context,
                         coupled_gates=coupled_gates, cell_clip=cell_clip,
                         accumulation_clip=accumulation_clip, num_layers=num_layers,
                         bidirectional=bidirectional, dropout=dropout, dtype=_np_dtype(dtype),
-                        batch_first=batch_first, seed=seed)
+                        batch_first=batch_first, seed=_seed(seed))
         super().__init__(layer)
 
     @staticmethod
@@ -522,11 +526,9 @@ class RNN(_FusedModule):
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
                  dtype: Any = np.float32, batch_first: bool = False,
                  seed: Optional[int] = None) -> None:
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
         layer = _FrRNN(input_size, hidden_size, state_feedback, num_layers=num_layers,
                        bidirectional=bidirectional, dropout=dropout, dtype=_np_dtype(dtype),
-                       batch_first=batch_first, seed=seed)
+                       batch_first=batch_first, seed=_seed(seed))
         super().__init__(layer)
 
     @staticmethod
