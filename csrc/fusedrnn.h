@@ -79,9 +79,11 @@ typedef struct {
     double cell_clip;         /* > 0: s[n] clipped to [-c, c] (§3c); 0: off */
     double accumulation_clip; /* > 0: every a_* clipped to [-c, c] (§3c); 0: off */
     const int64_t *lengths;   /* (B) valid steps of each row in [0, T], or NULL: all T */
-    int packed_max_rows;      /* batches of at most this many rows run their per-step
-                                 recurrent GEMMs on the kernel's packed-weight micro-kernel
-                                 instead of the GEMM provider (0: never) */
+    int packed_max_rows;      /* batches of at most this many rows (and no full peepholes)
+                                 run on the kernel's packed-weight micro-kernel, the steps
+                                 split over num_threads threads; others call the GEMM
+                                 provider step by step (0: never packed) */
+    int num_threads;          /* threads of the packed path; 0 or 1: the caller's only */
 } fr_lstm_config;
 
 /* Elements of the activation store a training forward fills and the backward

@@ -14,13 +14,30 @@ typedef struct {
     size_t work_infer;     /* chunk + s ring + v row block + gw scratch */
     size_t work_backward;  /* dA + dQ + carries + scratch */
     size_t n_zeros;        /* zero block: max(B * R, 3H) */
-    size_t packed_fwd;     /* W_v packed for C (B, 4H) += y (B, R) W_v^T, or 0 */
-    size_t packed_bwd;     /* W_v packed for C (B, R) = dA (B, 4H) W_v, or 0 */
+    size_t packed_fwd;     /* team path: W_x, W_v (per gate) and W_qv^T packed, or 0 */
+    size_t packed_bwd;     /* team path: W_v and W_qv packed, or 0 */
 } lstm_layout;
 
-/* Whether the per-step recurrent GEMMs of this call use the packed micro-kernel. */
-static inline int lstm_packed(const fr_lstm_config *cfg) {
-    return cfg->B <= cfg->packed_max_rows;
+/* Whether this call runs the team path: packed weights, every GEMM of the
+ * forward and the per-step GEMMs of the backward on the micro-kernel, the
+ * steps split over cfg->num_threads threads. Full peepholes need a GEMM between
+ * the element-wise passes and take the BLAS path. */
+static inline int lstm_team_path(const fr_lstm_config *cfg) {
+    return cfg->B <= cfg->packed_max_rows && cfg->peepholes != FR_PEEP_FULL;
+}
+
+/* Threads for a team-path call: at most num_threads and one per panel of
+ * hidden units, and each with at least FR_MIN_STEP_FLOPS of recurrent GEMM per
+ * step (below that a barrier per step costs more than it saves). */
+#define FR_MIN_STEP_FLOPS 200000.0
+static int lstm_team_size(const fr_lstm_config *cfg, int64_t pw) {
+    const int64_t R = cfg->P ? cfg->P : cfg->H;
+    const double flops = 2.0 * (double)cfg->B * 4.0 * (double)cfg->H * (double)R;
+    int64_t n = cfg->num_threads < 1 ? 1 : cfg->num_threads;
+    const int64_t panels = (cfg->H + pw - 1) / pw;
+    if (n > panels) n = panels;
+    while (n > 1 && flops / (double)n < FR_MIN_STEP_FLOPS) n--;
+    return (int)n;
 }
 
 static int lstm_check_config(const fr_lstm_config *cfg) {
@@ -32,7 +49,7 @@ static int lstm_check_config(const fr_lstm_config *cfg) {
         return FR_EINVAL;
     /* clips: 0 is off; negative or NaN is invalid */
     if (!(cfg->cell_clip >= 0) || !(cfg->accumulation_clip >= 0)) return FR_EINVAL;
-    if (cfg->packed_max_rows < 0) return FR_EINVAL;
+    if (cfg->packed_max_rows < 0 || cfg->num_threads < 0) return FR_EINVAL;
     if (cfg->lengths)
         for (int64_t b = 0; b < cfg->B; b++)
             if (cfg->lengths[b] < 0 || cfg->lengths[b] > cfg->T) return FR_EINVAL;
@@ -62,12 +79,20 @@ static int lstm_layout_of(lstm_layout *L, const fr_lstm_config *cfg) {
     FR_CHECK(fr_mul(&L->chunk, (size_t)L->Tc, L->B4H));
     L->n_zeros = L->BR > 3 * H ? L->BR : 3 * H;
 
-    /* packed panels are 8 floats or 4 doubles wide: round the columns up to 8 */
-    if (lstm_packed(cfg)) {
-        FR_CHECK(fr_mul(&L->packed_fwd, (4 * H + 7) / 8 * 8, R));
-        FR_CHECK(fr_mul(&L->packed_bwd, (R + 7) / 8 * 8, 4 * H));
-    }
+    /* packed panels are FR_PW(real) wide (32 floats, 16 doubles): size for 32 */
     size_t n;
+    if (lstm_team_path(cfg)) {
+        const size_t H32 = (H + 31) / 32 * 32, P32 = (P + 31) / 32 * 32, R32 = (R + 31) / 32 * 32;
+        size_t wx, wv, wq;
+        FR_CHECK(fr_mul3(&wx, 4, H32, (size_t)cfg->I));
+        FR_CHECK(fr_mul3(&wv, 4, H32, R));
+        FR_CHECK(fr_mul(&wq, P32, H));
+        FR_CHECK(fr_add(&n, wx, wv));
+        FR_CHECK(fr_add(&L->packed_fwd, n, wq));
+        FR_CHECK(fr_mul(&wv, R32, 4 * H));
+        FR_CHECK(fr_mul(&wq, H32, P));
+        FR_CHECK(fr_add(&L->packed_bwd, wv, wq));
+    }
     /* acts: gates (T, B, 4H) + s (T, B, H) [+ v (T, B, H)] */
     FR_CHECK(fr_add(&n, L->TB4H, L->TBH));
     if (proj) FR_CHECK(fr_add(&n, n, L->TBH));

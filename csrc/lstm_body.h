@@ -6,11 +6,14 @@
 #define FN(name) FR_CAT(name, SUFFIX)
 
 #include "warp_body.h"
-#include "packed_body.h"
 
 static inline real FN(clip)(real a, real c) { return a > c ? c : (a < -c ? -c : a); }
 
 /* ---- forward ------------------------------------------------------------------
+ * The element-wise passes work on n hidden units of one row (a thread's share;
+ * n = H for a whole row). Gate blocks of a row are H apart: a[g H + j] is unit
+ * j of gate g (cu, cs, du, cr), and every pointer starts at the first unit.
+ *
  * Part 1 of a step for one active row: accumulations a_cu, a_cs, a_du get the
  * bias and diagonal peepholes, are (optionally) clipped and warped, and the
  * state is updated: s[n] = g_cs s[n-1] + g_cu u[n] (then the cell clip).
@@ -18,45 +21,166 @@ static inline real FN(clip)(real a, real c) { return a > c ? c : (a < -c ? -c : 
  * gates are then warped in place); with the accumulation clip a keeps the
  * accumulations for the backward and gw is scratch. */
 FR_TARGET_CLONES
-static void FN(lstm_row_state)(real *a,               /* (4H) accumulations a_cu|cs|du|cr */
-                               real *gw,              /* (4H) warped gates g_cu|g_cs|u|. */
-                               real *restrict s,      /* (H) s[n] out */
-                               const real *restrict sp,  /* (H) s[n-1] */
-                               const real *restrict b,   /* (4H) */
+static void FN(lstm_row_state)(real *a,               /* (4, H) accumulations a_cu|cs|du|cr */
+                               real *gw,              /* (4, H) warped gates g_cu|g_cs|u|. */
+                               real *restrict s,      /* (n) s[n] out */
+                               const real *restrict sp,  /* (n) s[n-1] */
+                               const real *restrict b,   /* (4, H) */
                                const real *restrict w_s, /* (3, H) diagonal peepholes or NULL */
-                               real c_acc, real c_cell, int coupled, int64_t H) {
-    for (int64_t j = 0; j < 4 * H; j++) a[j] += b[j];
+                               real c_acc, real c_cell, int coupled, int64_t H, int64_t n) {
+    for (int g = 0; g < 4; g++)
+        for (int64_t j = 0; j < n; j++) a[g * H + j] += b[g * H + j];
     if (w_s) { /* a_cu, a_cs see s[n-1] */
-        for (int64_t j = 0; j < H; j++) {
+        for (int64_t j = 0; j < n; j++) {
             a[j] += w_s[j] * sp[j];
             a[H + j] += w_s[H + j] * sp[j];
         }
     }
-    if (c_acc > 0)
-        for (int64_t j = 0; j < 3 * H; j++) gw[j] = FN(clip)(a[j], c_acc);
-    FN(vsigmoid)(gw, c_acc > 0 ? gw : a, 2 * H);                 /* g_cu, g_cs */
-    FN(vtanh)(gw + 2 * H, c_acc > 0 ? gw + 2 * H : a + 2 * H, H); /* u = G_d(a_du) */
+    const real *src = a;
+    if (c_acc > 0) {
+        for (int g = 0; g < 3; g++)
+            for (int64_t j = 0; j < n; j++) gw[g * H + j] = FN(clip)(a[g * H + j], c_acc);
+        src = gw;
+    }
+    FN(vsigmoid)(gw, src, n);                 /* g_cu = G_c(a_cu) */
+    FN(vsigmoid)(gw + H, src + H, n);         /* g_cs = G_c(a_cs) */
+    FN(vtanh)(gw + 2 * H, src + 2 * H, n);    /* u = G_d(a_du) */
     if (coupled)
-        for (int64_t j = 0; j < H; j++) gw[H + j] = 1 - gw[j];   /* g_cs = 1 - g_cu */
-    for (int64_t j = 0; j < H; j++) s[j] = gw[H + j] * sp[j] + gw[j] * gw[2 * H + j];
+        for (int64_t j = 0; j < n; j++) gw[H + j] = 1 - gw[j];   /* g_cs = 1 - g_cu */
+    for (int64_t j = 0; j < n; j++) s[j] = gw[H + j] * sp[j] + gw[j] * gw[2 * H + j];
     if (c_cell > 0)
-        for (int64_t j = 0; j < H; j++) s[j] = FN(clip)(s[j], c_cell);
+        for (int64_t j = 0; j < n; j++) s[j] = FN(clip)(s[j], c_cell);
     if (w_s) /* the readout peephole sees the new state s[n] */
-        for (int64_t j = 0; j < H; j++) a[3 * H + j] += w_s[2 * H + j] * s[j];
+        for (int64_t j = 0; j < n; j++) a[3 * H + j] += w_s[2 * H + j] * s[j];
 }
 
 /* Part 2: g_cr = G_c(a_cr), v[n] = g_cr G_d(s[n]). */
 FR_TARGET_CLONES
-static void FN(lstm_row_readout)(real *a_cr,           /* (H) */
-                                 real *gw_cr,          /* (H) may alias a_cr */
-                                 real *restrict v,     /* (H) v[n] out */
-                                 const real *restrict s, /* (H) s[n] */
-                                 real c_acc, int64_t H) {
+static void FN(lstm_row_readout)(real *a_cr,           /* (n) */
+                                 real *gw_cr,          /* (n) may alias a_cr */
+                                 real *restrict v,     /* (n) v[n] out */
+                                 const real *restrict s, /* (n) s[n] */
+                                 real c_acc, int64_t n) {
     if (c_acc > 0)
-        for (int64_t j = 0; j < H; j++) gw_cr[j] = FN(clip)(a_cr[j], c_acc);
-    FN(vsigmoid)(gw_cr, c_acc > 0 ? gw_cr : a_cr, H);
-    FN(vtanh)(v, s, H);
-    for (int64_t j = 0; j < H; j++) v[j] *= gw_cr[j];
+        for (int64_t j = 0; j < n; j++) gw_cr[j] = FN(clip)(a_cr[j], c_acc);
+    FN(vsigmoid)(gw_cr, c_acc > 0 ? gw_cr : a_cr, n);
+    FN(vtanh)(v, s, n);
+    for (int64_t j = 0; j < n; j++) v[j] *= gw_cr[j];
+}
+
+/* ---- the team path (packed weights, steps split over threads) ----------------
+ * Member id of n owns hidden units [h0, h1) (whole panels) and, with the
+ * projection, outputs [p0, p1). It packs its own panels of W_x, W_v, W_qv, runs
+ * the input GEMM of its gate columns, and per step its slice of the recurrent
+ * GEMM and the element-wise passes of its units; the members meet once per
+ * step (twice with the projection, whose q[n] = W_qv v[n] reads all of v[n]). */
+typedef struct {
+    const fr_lstm_config *cfg;
+    const lstm_layout *L;
+    real *y_seq, *acts, *work;
+    const real *x, *s0, *y0, *W_x, *W_v, *b, *W_s, *W_qv;
+} FN(lstm_fwd_ctx);
+
+static void FN(lstm_forward_member)(void *vctx, int id, int nth, fr_team *team) {
+    const FN(lstm_fwd_ctx) *c = vctx;
+    const fr_lstm_config *cfg = c->cfg;
+    const lstm_layout *L = c->L;
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, P = cfg->P;
+    const int64_t R = P ? P : H, PW = FR_PW(real), H_pad = (H + PW - 1) / PW * PW;
+    const int training = c->acts != NULL, aclip = cfg->accumulation_clip > 0;
+    const real c_acc = (real)cfg->accumulation_clip, c_cell = (real)cfg->cell_clip;
+    const real *w_diag = cfg->peepholes == FR_PEEP_DIAGONAL ? c->W_s : NULL;
+    const size_t B4H = L->B4H, BH = L->BH, BR = L->BR;
+    real *acts = c->acts, *work = c->work, *y_seq = c->y_seq;
+    int64_t h0, h1, p0 = 0, p1 = 0;
+    fr_share(&h0, &h1, H, PW, id, nth);
+    if (P) fr_share(&p0, &p1, P, PW, id, nth);
+    const int64_t nh = h1 - h0, np = p1 - p0;
+
+    real *gates_all = training ? acts : NULL;                          /* (T, B, 4H) */
+    real *s_all = training ? acts + L->TB4H : NULL;                    /* (T, B, H) */
+    real *v_all = training && P ? s_all + L->TBH : NULL;               /* (T, B, H) */
+    real *chunk = training ? NULL : work;                              /* (Tc, B, 4H) */
+    real *s_ring = training ? NULL : chunk + L->chunk;                 /* (2, B, H) */
+    real *v_blk = training ? NULL : s_ring + 2 * BH;                   /* (B, H) */
+    real *gw_blk = !aclip ? NULL : training ? work : v_blk + BH;       /* (B, 4H) */
+    real *Wx_p = training ? work + (aclip ? B4H : 0) : v_blk + BH + B4H; /* 4 x (H_pad, I) */
+    real *Wv_p = Wx_p + 4 * H_pad * I;                                 /* 4 x (H_pad, R) */
+    real *Wq_p = Wv_p + 4 * H_pad * R;                                 /* (P_pad, H) */
+    const int64_t Tc = training ? T : L->Tc;
+
+    /* this member's panels: W_x*, W_v* of its units (per gate), W_qv of its outputs */
+    for (int g = 0; nh > 0 && g < 4; g++) {
+        FN(fr_pack)(Wx_p + (g * H_pad + h0) * I, c->W_x + (g * H + h0) * I, 1, nh, I, I);
+        FN(fr_pack)(Wv_p + (g * H_pad + h0) * R, c->W_v + (g * H + h0) * R, 1, nh, R, R);
+    }
+    if (np > 0) FN(fr_pack)(Wq_p + p0 * H, c->W_qv + p0 * H, 1, np, H, H);
+
+    for (int64_t k0 = 0; k0 < T; k0 += Tc) {
+        const int64_t tc = (T - k0 < Tc) ? T - k0 : Tc;
+        const int64_t lo = cfg->reverse ? T - k0 - tc : k0; /* steps [lo, lo + tc) */
+        real *g_lo = training ? gates_all + (size_t)lo * B4H : chunk; /* (tc, B, 4H) */
+        /* x-side accumulations of tc steps, this member's columns: W_x* x[n] */
+        for (int g = 0; nh > 0 && g < 4; g++)
+            FN(fr_ugemm)(g_lo + g * H + h0, G, c->x + (size_t)lo * B * I, I,
+                         Wx_p + (g * H_pad + h0) * I, tc * B, nh, I, 0);
+        for (int64_t k = k0; k < k0 + tc; k++) {
+            const int64_t n = cfg->reverse ? T - 1 - k : k;
+            const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
+            real *g = g_lo + (size_t)(n - lo) * B4H;                          /* (B, 4H) */
+            real *gw = aclip ? gw_blk : g;                                    /* (B, 4H) */
+            const real *y_prev = k == 0 ? c->y0 : y_seq + (size_t)n_prev * BR; /* (B, R) */
+            const real *s_prev = k == 0 ? c->s0
+                                 : training ? s_all + (size_t)n_prev * BH
+                                            : s_ring + (size_t)((k - 1) & 1) * BH;
+            real *s_n = training ? s_all + (size_t)n * BH : s_ring + (size_t)(k & 1) * BH;
+            real *y_n = y_seq + (size_t)n * BR;                               /* (B, R) */
+            real *v_n = !P ? y_n : training ? v_all + (size_t)n * BH : v_blk; /* (B, H) */
+
+            /* recurrent accumulations of this member's units: + W_v* v[n-1] (W_q* q[n-1]) */
+            for (int gi = 0; nh > 0 && gi < 4; gi++)
+                FN(fr_ugemm)(g + gi * H + h0, G, y_prev, R, Wv_p + (gi * H_pad + h0) * R, B, nh,
+                             R, 1);
+            for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
+                const size_t o = (size_t)bi * H + h0;
+                if (fr_active(cfg->lengths, bi, n)) {
+                    FN(lstm_row_state)(g + bi * G + h0, gw + bi * G + h0, s_n + o, s_prev + o,
+                                       c->b + h0, w_diag ? w_diag + h0 : NULL, c_acc, c_cell,
+                                       cfg->coupled_gates, H, nh);
+                    FN(lstm_row_readout)(g + bi * G + 3 * H + h0, gw + bi * G + 3 * H + h0,
+                                         v_n + o, s_n + o, c_acc, nh);
+                } else { /* padding: hold the state */
+                    memcpy(s_n + o, s_prev + o, (size_t)nh * sizeof(real));
+                    if (P) /* finite, and never read with a nonzero weight */
+                        memset(v_n + o, 0, (size_t)nh * sizeof(real));
+                    else
+                        memcpy(y_n + o, y_prev + o, (size_t)nh * sizeof(real));
+                }
+            }
+            if (P) { /* q[n] = W_qv v[n] (§3b) over all of v[n]; padding holds q */
+                fr_team_barrier(team);
+                if (np > 0) {
+                    FN(fr_ugemm)(y_n + p0, R, v_n, H, Wq_p + p0 * H, B, np, H, 0);
+                    for (int64_t bi = 0; bi < B; bi++)
+                        if (!fr_active(cfg->lengths, bi, n))
+                            memcpy(y_n + bi * R + p0, y_prev + bi * R + p0,
+                                   (size_t)np * sizeof(real));
+                }
+            }
+            fr_team_barrier(team); /* y[n] complete: the next step reads all of it */
+        }
+    }
+}
+
+static int FN(lstm_forward_team)(FR_LSTM_FORWARD_ARGS(real), const lstm_layout *L) {
+    FN(lstm_fwd_ctx) c = {cfg, L, y_seq, acts, work, x, s0, y0, W_x, W_v, b, W_s, W_qv};
+    fr_team_run(lstm_team_size(cfg, FR_PW(real)), FN(lstm_forward_member), &c);
+    const int64_t n_last = cfg->reverse ? 0 : cfg->T - 1;
+    const real *s_last = acts ? acts + L->TB4H + (size_t)n_last * L->BH
+                              : work + L->chunk + (size_t)((cfg->T - 1) & 1) * L->BH;
+    memcpy(s_T, s_last, L->BH * sizeof(real));
+    memcpy(y_T, y_seq + (size_t)n_last * L->BR, L->BR * sizeof(real));
+    return FR_OK;
 }
 
 int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
@@ -69,7 +193,9 @@ int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
     if (!y_seq || !s_T || !y_T || !x || !s0 || !y0 || !W_x || !W_v || !b) return FR_ENULL;
     if ((cfg->peepholes && !W_s) || (P && !W_qv)) return FR_ENULL;
     if ((training ? L.work_train : L.work_infer) > 0 && !work) return FR_ENULL;
-    const int packed = lstm_packed(cfg);
+    if (lstm_team_path(cfg))
+        return FN(lstm_forward_team)(y_seq, s_T, y_T, acts, work, x, s0, y0, W_x, W_v, b, W_s,
+                                     W_qv, cfg, &L);
     const real c_acc = (real)cfg->accumulation_clip, c_cell = (real)cfg->cell_clip;
     const size_t B4H = L.B4H, BH = L.BH, BR = L.BR;
 
@@ -83,9 +209,7 @@ int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
     real *s_ring = training ? NULL : chunk + L.chunk;                  /* (2, B, H) */
     real *v_blk = training ? NULL : s_ring + 2 * BH;                   /* (B, H) */
     real *gw_blk = !aclip ? NULL : training ? work : v_blk + BH;       /* (B, 4H) */
-    real *Wp = (training ? work + (aclip ? B4H : 0) : v_blk + BH + B4H); /* packed W_v */
     const int64_t Tc = training ? T : L.Tc;
-    if (packed) FN(pack_weights)(Wp, W_v, 1, G, R);
 
     for (int64_t k0 = 0; k0 < T; k0 += Tc) {
         const int64_t tc = (T - k0 < Tc) ? T - k0 : Tc;
@@ -107,16 +231,13 @@ int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
             real *v_n = !P ? y_n : training ? v_all + (size_t)n * BH : v_blk; /* (B, H) */
 
             /* recurrent accumulations: + W_v* v[n-1] (W_q* q[n-1]) */
-            if (packed)
-                FN(packed_gemm)(g, G, y_prev, R, Wp, B, G, R, 1);
-            else
-                FR_CHECK(FN(fr_gemm)(g, y_prev, W_v, 0, 1, B, G, R, 1, 1, R, R, G));
+            FR_CHECK(FN(fr_gemm)(g, y_prev, W_v, 0, 1, B, G, R, 1, 1, R, R, G));
             if (full) /* + W_scu s[n-1], W_scs s[n-1] */
                 FR_CHECK(FN(fr_gemm)(g, s_prev, W_s, 0, 1, B, 2 * H, H, 1, 1, H, H, G));
             for (int64_t bi = 0; bi < B; bi++) {
                 if (fr_active(cfg->lengths, bi, n))
                     FN(lstm_row_state)(g + bi * G, gw + bi * G, s_n + bi * H, s_prev + bi * H, b,
-                                       diag ? W_s : NULL, c_acc, c_cell, cfg->coupled_gates, H);
+                                       diag ? W_s : NULL, c_acc, c_cell, cfg->coupled_gates, H, H);
                 else /* padding: hold the state */
                     memcpy(s_n + bi * H, s_prev + bi * H, (size_t)H * sizeof(real));
             }
@@ -152,16 +273,19 @@ int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
  * row and the clip masks (1 where |a| <= c, the gradient of the clip). */
 FR_TARGET_CLONES
 static void FN(lstm_row_regate)(real *restrict gw, real *restrict mask, const real *restrict a,
-                                real c_acc, int coupled, int64_t H) {
-    for (int64_t j = 0; j < 4 * H; j++) {
-        mask[j] = (a[j] <= c_acc && a[j] >= -c_acc) ? 1 : 0;
-        gw[j] = FN(clip)(a[j], c_acc);
-    }
-    FN(vsigmoid)(gw, gw, 2 * H);
-    FN(vtanh)(gw + 2 * H, gw + 2 * H, H);
-    FN(vsigmoid)(gw + 3 * H, gw + 3 * H, H);
+                                real c_acc, int coupled, int64_t H, int64_t n) {
+    for (int g = 0; g < 4; g++)
+        for (int64_t j = 0; j < n; j++) {
+            const real ag = a[g * H + j];
+            mask[g * H + j] = (ag <= c_acc && ag >= -c_acc) ? 1 : 0;
+            gw[g * H + j] = FN(clip)(ag, c_acc);
+        }
+    FN(vsigmoid)(gw, gw, n);
+    FN(vsigmoid)(gw + H, gw + H, n);
+    FN(vtanh)(gw + 2 * H, gw + 2 * H, n);
+    FN(vsigmoid)(gw + 3 * H, gw + 3 * H, n);
     if (coupled)
-        for (int64_t j = 0; j < H; j++) gw[H + j] = 1 - gw[j];
+        for (int64_t j = 0; j < n; j++) gw[H + j] = 1 - gw[j];
 }
 
 /* Part 1 for one active row: r[n], alpha_cr and psi = dE/ds[n] without the
@@ -177,9 +301,9 @@ static void FN(lstm_row_backward_readout)(real *restrict ar,        /* (4H) alph
                                           const real *restrict mask,/* (4H) clip masks */
                                           const real *restrict s,   /* (H) s[n] */
                                           const real *restrict w_scr, /* (H) */
-                                          int64_t H) {
-    FN(vtanh)(r, s, H); /* r[n] = G_d(s[n]), recomputed rather than stored */
-    for (int64_t j = 0; j < H; j++) {
+                                          int64_t H, int64_t n) {
+    FN(vtanh)(r, s, n); /* r[n] = G_d(s[n]), recomputed rather than stored */
+    for (int64_t j = 0; j < n; j++) {
         const real g_cr = gw[3 * H + j];
         const real alpha_cr = chi[j] * r[j] * g_cr * (1 - g_cr) * mask[3 * H + j];
         const real rho = chi[j] * g_cr;                                 /* dE/dr[n] */
@@ -200,8 +324,8 @@ static void FN(lstm_row_backward_state)(real *restrict ar,          /* (4H) alph
                                         const real *restrict mask,  /* (4H) */
                                         const real *restrict sp,    /* (H) s[n-1] */
                                         const real *restrict w_s,   /* (3, H) diagonal or zeros */
-                                        real c_cell, real coupled, int64_t H) {
-    for (int64_t j = 0; j < H; j++) {
+                                        real c_cell, real coupled, int64_t H, int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
         const real g_cu = gw[j], g_cs = gw[H + j], u = gw[2 * H + j];
         const real pre = g_cs * sp[j] + g_cu * u;               /* s[n] before the cell clip */
         const real keep = (pre <= c_cell && pre >= -c_cell) ? 1 : 0;
@@ -218,6 +342,93 @@ static void FN(lstm_row_backward_state)(real *restrict ar,          /* (4H) alph
         ar[H + j] = alpha_cs;
         ar[2 * H + j] = alpha_du;
     }
+}
+
+/* The backward's team path. Member id owns units [h0, h1) and columns
+ * [r0, r1) of R (the same split as its units without the projection): chi_q,
+ * f_chi of its columns, the element-wise passes of its units, then (after the
+ * step's alpha are complete) its columns of f_chi[n] = W_v^T alpha[n]. Its
+ * columns of f_chi are its own to read at the next step, so one barrier per step
+ * suffices (two with the projection: chi = W_qv^T chi_q reads all of chi_q). */
+typedef struct {
+    const fr_lstm_config *cfg;
+    real *dA, *dQ, *f_chi, *hold, *f_psi, *chi, *psi, *r_row, *zeros, *gw_blk, *mask_blk;
+    real *Wv_p, *Wq_p, *dw_diag;
+    const real *dy_seq, *gates_all, *s_all, *s0, *W_v, *W_qv, *w_diag;
+} FN(lstm_bwd_ctx);
+
+static void FN(lstm_backward_member)(void *vctx, int id, int nth, fr_team *team) {
+    const FN(lstm_bwd_ctx) *c = vctx;
+    const fr_lstm_config *cfg = c->cfg;
+    const int64_t T = cfg->T, B = cfg->B, H = cfg->H, G = 4 * H, P = cfg->P, R = P ? P : H;
+    const int64_t PW = FR_PW(real);
+    const int aclip = cfg->accumulation_clip > 0;
+    const real c_acc = (real)cfg->accumulation_clip;
+    const real c_cell = cfg->cell_clip > 0 ? (real)cfg->cell_clip : (real)INFINITY;
+    const real coupled = (real)cfg->coupled_gates;
+    const size_t B4H = (size_t)B * G, BH = (size_t)B * H, BR = (size_t)B * R;
+    int64_t h0, h1, r0, r1;
+    fr_share(&h0, &h1, H, PW, id, nth);
+    fr_share(&r0, &r1, R, PW, id, nth);
+    const int64_t nh = h1 - h0, nr = r1 - r0;
+    /* panels: W_v as (K = 4H, N = R) for f_chi; W_qv as (K = P, N = H) for chi */
+    if (nr > 0) FN(fr_pack)(c->Wv_p + r0 * G, c->W_v + r0, 0, nr, G, R);
+    if (P && nh > 0) FN(fr_pack)(c->Wq_p + h0 * P, c->W_qv + h0, 0, nh, P, H);
+
+    for (int64_t k = T - 1; k >= 0; k--) {
+        const int64_t n = cfg->reverse ? T - 1 - k : k;
+        const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
+        const real *s_prev = k == 0 ? c->s0 : c->s_all + (size_t)n_prev * BH; /* (B, H) */
+        const real *s_n = c->s_all + (size_t)n * BH;                         /* (B, H) */
+        const real *g_n = c->gates_all + (size_t)n * B4H;                    /* (B, 4H) */
+        const real *dy_n = c->dy_seq ? c->dy_seq + (size_t)n * BR : c->zeros; /* (B, R) */
+        real *dA_n = c->dA + (size_t)n * B4H;                                /* (B, 4H) */
+        real *chi_q = P ? c->dQ + (size_t)n * B * P : c->chi;                /* (B, R) */
+
+        /* chi_q[n] = dy/dy[n] + f_chi[n+1], this member's columns */
+        for (int64_t bi = 0; nr > 0 && bi < B; bi++) {
+            real *cq = chi_q + bi * R + r0, *fc = c->f_chi + bi * R + r0;
+            const real *d = dy_n + bi * R + r0;
+            if (fr_active(cfg->lengths, bi, n)) {
+                for (int64_t j = 0; j < nr; j++) cq[j] = d[j] + fc[j];
+            } else {
+                memcpy(c->hold + bi * R + r0, fc, (size_t)nr * sizeof(real));
+                memset(cq, 0, (size_t)nr * sizeof(real));
+            }
+        }
+        if (P) { /* chi[n] = W_qv^T chi_q[n] (§3b), this member's units */
+            fr_team_barrier(team);
+            if (nh > 0) FN(fr_ugemm)(c->chi + h0, H, chi_q, P, c->Wq_p + h0 * P, B, nh, P, 0);
+        }
+        for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
+            const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
+            if (!fr_active(cfg->lengths, bi, n)) {
+                for (int g = 0; g < 4; g++) memset(dA_n + og + g * H, 0, (size_t)nh * sizeof(real));
+                continue; /* f_psi holds through padding */
+            }
+            const real *gw = g_n + og;
+            if (aclip) {
+                FN(lstm_row_regate)(c->gw_blk + og, c->mask_blk + og, g_n + og, c_acc,
+                                    cfg->coupled_gates, H, nh);
+                gw = c->gw_blk + og;
+            }
+            FN(lstm_row_backward_readout)(dA_n + og, c->psi + o, c->dw_diag + 2 * H + h0,
+                                          c->r_row + h0, c->chi + o, c->f_psi + o, gw,
+                                          c->mask_blk + og, s_n + o, c->w_diag + 2 * H + h0, H, nh);
+            FN(lstm_row_backward_state)(dA_n + og, c->f_psi + o, c->dw_diag + h0, c->psi + o, gw,
+                                        c->mask_blk + og, s_prev + o, c->w_diag + h0, c_cell,
+                                        coupled, H, nh);
+        }
+        fr_team_barrier(team); /* alpha[n] complete */
+        /* f_chi[n] = sum_* W_v*^T alpha_*[n], this member's columns: (B, 4H) x (4H, nr) */
+        if (nr > 0) {
+            FN(fr_ugemm)(c->f_chi + r0, R, dA_n, G, c->Wv_p + r0 * G, B, nr, G, 0);
+            for (int64_t bi = 0; bi < B; bi++)
+                if (!fr_active(cfg->lengths, bi, n))
+                    memcpy(c->f_chi + bi * R + r0, c->hold + bi * R + r0, (size_t)nr * sizeof(real));
+        }
+    }
+    fr_team_barrier(team); /* f_chi[0] complete for the caller */
 }
 
 int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
@@ -250,9 +461,8 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
     real *dw_sink = zeros + L.n_zeros;             /* (3, H) diagonal grads when not diagonal */
     real *gw_blk = dw_sink + 3 * H;                /* (B, 4H) recomputed gates */
     real *mask_blk = gw_blk + B4H;                 /* (B, 4H) accumulation-clip masks */
-    real *Wp = mask_blk + B4H;                     /* packed W_v, when lstm_packed */
-    const int packed = lstm_packed(cfg);
-    if (packed) FN(pack_weights)(Wp, W_v, 0, R, G);
+    real *Wp = mask_blk + B4H;                     /* team path: packed W_v, W_qv */
+    const int team = lstm_team_path(cfg);
     memset(zeros, 0, L.n_zeros * sizeof(real));
     memset(dw_sink, 0, (size_t)(3 * H) * sizeof(real));
     if (!aclip) for (size_t i = 0; i < B4H; i++) mask_blk[i] = 1;
@@ -263,7 +473,13 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
     if (dy_T) memcpy(f_chi, dy_T, BR * sizeof(real)); else memset(f_chi, 0, BR * sizeof(real));
     if (ds_T) memcpy(f_psi, ds_T, BH * sizeof(real)); else memset(f_psi, 0, BH * sizeof(real));
 
-    for (int64_t k = T - 1; k >= 0; k--) {
+    if (team) {
+        FN(lstm_bwd_ctx) c = {cfg, dA, dQ, f_chi, hold, f_psi, chi, psi, r_row, zeros, gw_blk,
+                              mask_blk, Wp, Wp + L.packed_bwd - (size_t)((H + 31) / 32 * 32) * P,
+                              dw_diag, dy_seq, gates_all, s_all, s0, W_v, W_qv, w_diag};
+        fr_team_run(lstm_team_size(cfg, FR_PW(real)), FN(lstm_backward_member), &c);
+    }
+    for (int64_t k = T - 1; !team && k >= 0; k--) {
         const int64_t n = cfg->reverse ? T - 1 - k : k;
         const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
         const real *s_prev = k == 0 ? s0 : s_all + (size_t)n_prev * BH;   /* (B, H) */
@@ -295,12 +511,12 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
             const real *gw = g_n + bi * G;
             if (aclip) {
                 FN(lstm_row_regate)(gw_blk + bi * G, mask_blk + bi * G, g_n + bi * G, c_acc,
-                                    cfg->coupled_gates, H);
+                                    cfg->coupled_gates, H, H);
                 gw = gw_blk + bi * G;
             }
             FN(lstm_row_backward_readout)(dA_n + bi * G, psi + bi * H, dw_diag + 2 * H, r_row,
                                           chi + bi * H, f_psi + bi * H, gw, mask_blk + bi * G,
-                                          s_n + bi * H, w_diag + 2 * H, H);
+                                          s_n + bi * H, w_diag + 2 * H, H, H);
         }
         if (full) /* psi += W_scr^T alpha_cr */
             FR_CHECK(FN(fr_gemm)(psi, dA_n + 3 * H, W_s + (size_t)2 * H * H, 0, 0, B, H, H, 1, 1,
@@ -310,15 +526,12 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
             const real *gw = aclip ? gw_blk + bi * G : g_n + bi * G;
             FN(lstm_row_backward_state)(dA_n + bi * G, f_psi + bi * H, dw_diag, psi + bi * H, gw,
                                         mask_blk + bi * G, s_prev + bi * H, w_diag, c_cell,
-                                        coupled, H);
+                                        coupled, H, H);
         }
         if (full) /* f_psi += W_scu^T alpha_cu + W_scs^T alpha_cs */
             FR_CHECK(FN(fr_gemm)(f_psi, dA_n, W_s, 0, 0, B, H, 2 * H, 1, 1, G, H, H));
         /* f_chi[n] = sum_* W_v*^T alpha_*[n]: (B, 4H) x (4H, R) */
-        if (packed)
-            FN(packed_gemm)(f_chi, R, dA_n, G, Wp, B, R, G, 0);
-        else
-            FR_CHECK(FN(fr_gemm)(f_chi, dA_n, W_v, 0, 0, B, R, G, 1, 0, G, R, R));
+        FR_CHECK(FN(fr_gemm)(f_chi, dA_n, W_v, 0, 0, B, R, G, 1, 0, G, R, R));
         for (int64_t bi = 0; bi < B; bi++)
             if (!fr_active(cfg->lengths, bi, n))
                 memcpy(f_chi + bi * R, hold + bi * R, (size_t)R * sizeof(real));

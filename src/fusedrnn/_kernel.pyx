@@ -27,6 +27,7 @@ cdef extern from "fusedrnn.h" nogil:
         double cell_clip, accumulation_clip
         const int64_t *lengths
         int packed_max_rows
+        int num_threads
     int fr_lstm_acts_size(size_t *n, const fr_lstm_config *cfg)
     int fr_lstm_workspace_size(size_t *n, const fr_lstm_config *cfg, int training)
     int fr_lstm_backward_workspace_size(size_t *n, const fr_lstm_config *cfg)
@@ -167,20 +168,34 @@ def gemm(real[::1] C, const real[::1] A, const real[::1] Bm, bint tA, bint tB,
 
 # ---- LSTM ----------------------------------------------------------------------
 
-# Batches of at most this many rows run their per-step recurrent GEMMs on the
-# kernel's packed-weight micro-kernel (measured: bench/README.md).
-cdef int _packed_max_rows = 16
+# Batches of at most this many rows run on the kernel's packed-weight
+# micro-kernel and its own threads (the team path); larger ones call the BLAS
+# step by step. The micro-kernel is faster than OpenBLAS on every shape the
+# benchmark has (bench/README.md), so by default every batch takes it.
+cdef int _packed_max_rows = 1 << 30
+# Threads of the team path (fusedrnn.set_num_threads sets it).
+cdef int _num_threads = 1
 
 
 def set_packed_max_rows(int rows) -> int:
-    """Set the batch size up to which the per-step recurrent GEMMs use the
-    packed micro-kernel instead of the BLAS (0: never); returns the old value.
-    Read when a call's configuration is made."""
+    """Set the batch size up to which a call runs on the packed micro-kernel
+    (the team path) instead of the BLAS step by step (0: never); returns the old
+    value. Read when a call's configuration is made."""
     global _packed_max_rows
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
     old = _packed_max_rows
     _packed_max_rows = rows
+    return old
+
+
+def set_num_threads(int n) -> int:
+    """Threads of the kernel's team path (>= 1); returns the old value."""
+    global _num_threads
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    old = _num_threads
+    _num_threads = n
     return old
 
 
@@ -194,18 +209,15 @@ cdef class LSTMConfig:
     def __init__(self, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P=0,
                  int peepholes=0, bint coupled_gates=False, bint reverse=False,
                  double cell_clip=0.0, double accumulation_clip=0.0,
-                 const int64_t[::1] lengths=None):
+                 const int64_t[::1] lengths=None, int threads=0):
+        """threads: the team path's threads for this call (0: set_num_threads')."""
         self.cfg.T = T; self.cfg.B = B; self.cfg.I = I; self.cfg.H = H; self.cfg.P = P
         self.cfg.peepholes = peepholes; self.cfg.coupled_gates = coupled_gates
         self.cfg.reverse = reverse; self.cfg.cell_clip = cell_clip
         self.cfg.accumulation_clip = accumulation_clip
         self.cfg.lengths = NULL
-        # The micro-kernel streams the recurrent weights once per 4 rows: beyond
-        # 16 rows it only pays while they stay in cache (4H x R <= 256 Ki elements,
-        # 1 MiB in float32; at H = 1024, B = 64 the BLAS won: bench/README.md).
-        # (in double: the sizes are not validated yet and may overflow int64)
-        self.cfg.packed_max_rows = (_packed_max_rows if 4.0 * H * (P if P else H) <= 262144.0
-                                    else min(_packed_max_rows, 16))
+        self.cfg.packed_max_rows = _packed_max_rows
+        self.cfg.num_threads = threads if threads > 0 else _num_threads
         if lengths is not None:
             if lengths.shape[0] != B:
                 raise ValueError(f"internal: lengths has {lengths.shape[0]} entries, B = {B}")

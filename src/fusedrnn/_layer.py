@@ -321,7 +321,11 @@ class RecurrentLayer:
         if self.num_directions == 2 and B <= PARALLEL_DIRECTIONS_MAX_BATCH:
             ex = _threads.pool()
             if ex is not None:
-                futures = [ex.submit(run, d) for d in range(2)]
+                def run_alone(d: int) -> Any:
+                    with _threads.one_kernel_thread():
+                        return run(d)
+
+                futures = [ex.submit(run_alone, d) for d in range(2)]
                 return [f.result() for f in futures]
         return [run(d) for d in range(self.num_directions)]
 

@@ -1,15 +1,19 @@
 """How many cores fusedrnn uses: `set_num_threads(n)` / `get_num_threads()`.
 
-The big GEMMs run on SciPy's BLAS, whose thread pool threadpoolctl controls;
-independent cells (the two directions of a bidirectional layer) run on a small
-pool of Python threads while the kernel has released the GIL. Both follow the
-one setting, which defaults to all cores. threadpoolctl's context managers
+The LSTM kernel splits every time step over its own threads (the team path);
+the big GEMMs after the backward loop run on SciPy's BLAS, whose thread pool
+threadpoolctl controls; independent cells (the two directions of a
+bidirectional layer at small batch) run on a small pool of Python threads while
+the kernel has released the GIL, each then with a one-thread kernel. All follow
+the one setting, which defaults to all cores. threadpoolctl's context managers
 (`threadpool_limits(n, "blas")`) keep working on the BLAS part."""
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import Iterator, Optional
 
 from . import _kernel
 
@@ -17,14 +21,25 @@ _num_threads: int = os.cpu_count() or 1
 _pool: Optional[ThreadPoolExecutor] = None
 
 
-def _packed_rows_for(n: int) -> int:
-    """The packed micro-kernel of the per-step GEMMs is single-threaded: on one
-    core it beats the BLAS up to batch 64 (bench/README.md); with more cores the
-    BLAS spreads batches above 16 over them."""
-    return 64 if n == 1 else 16
+_local = threading.local()
+_kernel.set_num_threads(_num_threads)
 
 
-_kernel.set_packed_max_rows(_packed_rows_for(_num_threads))
+def kernel_threads() -> int:
+    """Threads for a kernel call made on this thread (1 inside `one_kernel_thread`)."""
+    return int(getattr(_local, "kernel_threads", 0)) or _num_threads
+
+
+@contextlib.contextmanager
+def one_kernel_thread() -> Iterator[None]:
+    """Kernel calls made on this thread inside the block use one thread (the
+    caller already runs independent calls side by side)."""
+    old = getattr(_local, "kernel_threads", 0)
+    _local.kernel_threads = 1
+    try:
+        yield
+    finally:
+        _local.kernel_threads = old
 
 
 def _scipy_blas_controllers() -> list:
@@ -41,9 +56,9 @@ def _scipy_blas_controllers() -> list:
 
 
 def set_num_threads(n: int) -> None:
-    """Use n cores: SciPy's BLAS pool gets n threads, with n >= 2 the
-    independent cells of a step (bidirectional layers) run in parallel, and with
-    n = 1 the packed micro-kernel serves the per-step GEMMs of batches up to 64."""
+    """Use n cores: the kernel's time loops split each step over n threads,
+    SciPy's BLAS pool gets n threads, and with n >= 2 the independent cells of a
+    step (bidirectional layers at small batch) run in parallel."""
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int >= 1, got {n!r}")
@@ -51,7 +66,7 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"n must be >= 1, got {n}")
     for c in _scipy_blas_controllers():
         c.set_num_threads(n)
-    _kernel.set_packed_max_rows(_packed_rows_for(n))
+    _kernel.set_num_threads(n)
     _num_threads = n
 
 

@@ -6,7 +6,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import numpy as np
 
-from . import _context, _kernel
+from . import _context, _kernel, _threads
 from . import _validate as V
 from ._layer import CellTape, RecurrentLayer, Tape, flat, suffix
 
@@ -141,7 +141,8 @@ class LSTM(RecurrentLayer):
                      reverse: bool) -> "_kernel.LSTMConfig":
         return _kernel.LSTMConfig(T, B, in_size, self.hidden_size, self.proj_size,
                                   _PEEP_CODES[self.peepholes], self.coupled_gates, reverse,
-                                  self.cell_clip or 0.0, self.accumulation_clip or 0.0, lengths)
+                                  self.cell_clip or 0.0, self.accumulation_clip or 0.0, lengths,
+                                  _threads.kernel_threads())
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,

@@ -1,0 +1,262 @@
+/* Packed-weight GEMM for the per-step products of the time loops.
+ *
+ * Every step of a recurrent layer multiplies a few rows (the batch) by a
+ * weight matrix that stays the same for all T steps. Packing the weights once
+ * per call into panels of FR_PW columns (128 bytes: two AVX-512 or four AVX2
+ * registers wide), contiguous along K, lets each step stream them with unit
+ * stride through a register-blocked tile. The tile is written with intrinsics
+ * for AVX-512 and AVX2+FMA and picked at run time (__builtin_cpu_supports), so
+ * a default build runs on any x86-64; other CPUs and compilers get portable C. */
+#include "common.h"
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(FR_NO_SIMD_KERNELS)
+#define FR_UK_X86 1
+#include <immintrin.h>
+#endif
+
+/* ---- packing ---------------------------------------------------------------- */
+#define FR_PACK_BODY(real)                                                              \
+    const int64_t PW = FR_PW(real), n_panels = (N + PW - 1) / PW;                       \
+    for (int64_t p = 0; p < n_panels; p++)                                              \
+        for (int64_t k = 0; k < K; k++)                                                 \
+            for (int64_t i = 0; i < PW; i++) {                                          \
+                const int64_t n = p * PW + i;                                           \
+                Wp[(p * K + k) * PW + i] =                                              \
+                    n >= N ? 0 : transposed ? W[n * ldw + k] : W[k * ldw + n];          \
+            }
+
+void fr_pack_f32(float *Wp, const float *W, int transposed, int64_t N, int64_t K, int64_t ldw) {
+    FR_PACK_BODY(float)
+}
+void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t K, int64_t ldw) {
+    FR_PACK_BODY(double)
+}
+
+/* ---- portable tile ------------------------------------------------------------- */
+#define UK_KC ((int64_t)(1024 / sizeof(real)))
+#define UK_MAXR 4
+#define UK_MR 4
+#define UK_MR_NP 1
+#define UK_4_NP 1
+#define UK_2_NP 1
+#define UK_1_NP 1
+#define VZERO() ((real)0)
+#define VLOAD(p) (*(p))
+#define VSTORE(p, v) (*(p) = (v))
+#define VFMA(a, b, c) ((a) * (b) + (c))
+#define VBCAST(p) (*(p))
+#define VADD(a, b) ((a) + (b))
+
+#define real float
+#define VEC float
+#define VL 1
+#define NV 32
+#define UKSUF _f32_generic
+#include "ukernel_body.h"
+#undef real
+#undef VEC
+#undef NV
+#undef UKSUF
+
+#define real double
+#define VEC double
+#define NV 16
+#define UKSUF _f64_generic
+#include "ukernel_body.h"
+#undef real
+#undef VEC
+#undef VL
+#undef NV
+#undef UKSUF
+#undef VZERO
+#undef VLOAD
+#undef VSTORE
+#undef VFMA
+#undef VBCAST
+#undef VADD
+#undef UK_MAXR
+#undef UK_MR
+#undef UK_MR_NP
+#undef UK_4_NP
+#undef UK_2_NP
+#undef UK_1_NP
+
+#ifdef FR_UK_X86
+/* ---- AVX-512: 32 registers; 12 rows x 2 vectors = 24 accumulators ------------- */
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+#define UK_MAXR 12
+#define UK_MR 12
+#define UK_MR_NP 1
+#define UK_4_NP 2
+#define UK_2_NP 4
+#define UK_1_NP 4
+#define real float
+#define VEC __m512
+#define VL 16
+#define NV 2
+#define VZERO() _mm512_setzero_ps()
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VSTORE(p, v) _mm512_storeu_ps((p), (v))
+#define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define VBCAST(p) _mm512_set1_ps(*(p))
+#define VADD(a, b) _mm512_add_ps((a), (b))
+#define UKSUF _f32_avx512
+#include "ukernel_body.h"
+#undef real
+#undef VEC
+#undef VL
+#undef VZERO
+#undef VLOAD
+#undef VSTORE
+#undef VFMA
+#undef VBCAST
+#undef VADD
+#undef UKSUF
+#define real double
+#define VEC __m512d
+#define VL 8
+#define VZERO() _mm512_setzero_pd()
+#define VLOAD(p) _mm512_loadu_pd(p)
+#define VSTORE(p, v) _mm512_storeu_pd((p), (v))
+#define VFMA(a, b, c) _mm512_fmadd_pd((a), (b), (c))
+#define VBCAST(p) _mm512_set1_pd(*(p))
+#define VADD(a, b) _mm512_add_pd((a), (b))
+#define UKSUF _f64_avx512
+#include "ukernel_body.h"
+#undef real
+#undef VEC
+#undef VL
+#undef NV
+#undef VZERO
+#undef VLOAD
+#undef VSTORE
+#undef VFMA
+#undef VBCAST
+#undef VADD
+#undef UKSUF
+#undef UK_MAXR
+#undef UK_MR
+#undef UK_MR_NP
+#undef UK_4_NP
+#undef UK_2_NP
+#undef UK_1_NP
+#pragma GCC pop_options
+
+/* ---- AVX2 + FMA: 16 registers; 2 rows x 4 vectors = 8 accumulators ------------ *
+ * (3 rows x 4 vectors spilled with GCC 12; about 45 GFLOP/s on Zen 4 either way,
+ * against about 110 for the AVX-512 tile.) */
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define UK_MAXR 4
+#define UK_MR 2
+#define UK_MR_NP 1
+#define UK_4_NP 1
+#define UK_2_NP 1
+#define UK_1_NP 2
+#define real float
+#define VEC __m256
+#define VL 8
+#define NV 4
+#define VZERO() _mm256_setzero_ps()
+#define VLOAD(p) _mm256_loadu_ps(p)
+#define VSTORE(p, v) _mm256_storeu_ps((p), (v))
+#define VFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define VBCAST(p) _mm256_broadcast_ss(p)
+#define VADD(a, b) _mm256_add_ps((a), (b))
+#define UKSUF _f32_avx2
+#include "ukernel_body.h"
+#undef real
+#undef VEC
+#undef VL
+#undef VZERO
+#undef VLOAD
+#undef VSTORE
+#undef VFMA
+#undef VBCAST
+#undef VADD
+#undef UKSUF
+#define real double
+#define VEC __m256d
+#define VL 4
+#define VZERO() _mm256_setzero_pd()
+#define VLOAD(p) _mm256_loadu_pd(p)
+#define VSTORE(p, v) _mm256_storeu_pd((p), (v))
+#define VFMA(a, b, c) _mm256_fmadd_pd((a), (b), (c))
+#define VBCAST(p) _mm256_broadcast_sd(p)
+#define VADD(a, b) _mm256_add_pd((a), (b))
+#define UKSUF _f64_avx2
+#include "ukernel_body.h"
+#undef real
+#undef VEC
+#undef VL
+#undef NV
+#undef VZERO
+#undef VLOAD
+#undef VSTORE
+#undef VFMA
+#undef VBCAST
+#undef VADD
+#undef UKSUF
+#undef UK_MAXR
+#undef UK_MR
+#undef UK_MR_NP
+#undef UK_4_NP
+#undef UK_2_NP
+#undef UK_1_NP
+#pragma GCC pop_options
+#endif /* FR_UK_X86 */
+
+/* ---- dispatch ---------------------------------------------------------------- */
+typedef void (*ugemm_f32_fn)(float *, int64_t, const float *, int64_t, const float *, int64_t,
+                             int64_t, int64_t, int);
+typedef void (*ugemm_f64_fn)(double *, int64_t, const double *, int64_t, const double *, int64_t,
+                             int64_t, int64_t, int);
+
+static int g_isa = -1; /* FR_ISA_*, chosen on first use; fr_set_isa overrides */
+
+int fr_best_isa(void) {
+#ifdef FR_UK_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return FR_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return FR_ISA_AVX2;
+#endif
+    return FR_ISA_GENERIC;
+}
+
+int fr_get_isa(void) {
+    int isa = __atomic_load_n(&g_isa, __ATOMIC_RELAXED);
+    if (isa < 0) {
+        isa = fr_best_isa();
+        __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
+    }
+    return isa;
+}
+
+int fr_set_isa(int isa) {
+    if (isa < FR_ISA_GENERIC || isa > fr_best_isa()) return FR_EINVAL;
+    __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
+    return FR_OK;
+}
+
+void fr_ugemm_f32(float *C, int64_t ldc, const float *A, int64_t lda, const float *Wp, int64_t M,
+                  int64_t N, int64_t K, int beta1) {
+    switch (fr_get_isa()) {
+#ifdef FR_UK_X86
+    case FR_ISA_AVX512: ugemm_f32_avx512(C, ldc, A, lda, Wp, M, N, K, beta1); return;
+    case FR_ISA_AVX2: ugemm_f32_avx2(C, ldc, A, lda, Wp, M, N, K, beta1); return;
+#endif
+    default: ugemm_f32_generic(C, ldc, A, lda, Wp, M, N, K, beta1); return;
+    }
+}
+
+void fr_ugemm_f64(double *C, int64_t ldc, const double *A, int64_t lda, const double *Wp,
+                  int64_t M, int64_t N, int64_t K, int beta1) {
+    switch (fr_get_isa()) {
+#ifdef FR_UK_X86
+    case FR_ISA_AVX512: ugemm_f64_avx512(C, ldc, A, lda, Wp, M, N, K, beta1); return;
+    case FR_ISA_AVX2: ugemm_f64_avx2(C, ldc, A, lda, Wp, M, N, K, beta1); return;
+#endif
+    default: ugemm_f64_generic(C, ldc, A, lda, Wp, M, N, K, beta1); return;
+    }
+}
