@@ -28,11 +28,13 @@ static inline int64_t fr_packed_elems(int64_t N, int64_t K, int64_t pw) {
 /* Wp: the (K, N) operand W (transposed: W is (N, K)) with row stride ldw, packed. */
 void fr_pack_f32(float *Wp, const float *W, int transposed, int64_t N, int64_t K, int64_t ldw);
 void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t K, int64_t ldw);
-/* C (M, N) = A (M, K) . W (+ C when beta1), W from fr_pack_*. */
-void fr_ugemm_f32(float *C, int64_t ldc, const float *A, int64_t lda, const float *Wp, int64_t M,
-                  int64_t N, int64_t K, int beta1);
-void fr_ugemm_f64(double *C, int64_t ldc, const double *A, int64_t lda, const double *Wp,
-                  int64_t M, int64_t N, int64_t K, int beta1);
+/* C (M, N) = op(A) (M, K) . W (K, N) (+ C when beta1). op(A) = A with row stride
+ * lda, or A^T of A (K, M) (ta = 1). W from fr_pack_* (ldw = 0), or row-major
+ * with row stride ldw. */
+void fr_ugemm_f32(float *C, int64_t ldc, const float *A, int64_t lda, int ta, const float *W,
+                  int64_t ldw, int64_t M, int64_t N, int64_t K, int beta1);
+void fr_ugemm_f64(double *C, int64_t ldc, const double *A, int64_t lda, int ta,
+                  const double *W, int64_t ldw, int64_t M, int64_t N, int64_t K, int beta1);
 int fr_best_isa(void);
 int fr_get_isa(void);
 int fr_set_isa(int isa); /* FR_ISA_*, at most fr_best_isa(); for tests and benchmarks */
@@ -113,11 +115,13 @@ static inline int64_t fr_packed_elems(int64_t N, int64_t K, int64_t pw) {
 /* Wp: the (K, N) operand W (transposed: W is (N, K)) with row stride ldw, packed. */
 void fr_pack_f32(float *Wp, const float *W, int transposed, int64_t N, int64_t K, int64_t ldw);
 void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t K, int64_t ldw);
-/* C (M, N) = A (M, K) . W (+ C when beta1), W from fr_pack_*. */
-void fr_ugemm_f32(float *C, int64_t ldc, const float *A, int64_t lda, const float *Wp, int64_t M,
-                  int64_t N, int64_t K, int beta1);
-void fr_ugemm_f64(double *C, int64_t ldc, const double *A, int64_t lda, const double *Wp,
-                  int64_t M, int64_t N, int64_t K, int beta1);
+/* C (M, N) = op(A) (M, K) . W (K, N) (+ C when beta1). op(A) = A with row stride
+ * lda, or A^T of A (K, M) (ta = 1). W from fr_pack_* (ldw = 0), or row-major
+ * with row stride ldw. */
+void fr_ugemm_f32(float *C, int64_t ldc, const float *A, int64_t lda, int ta, const float *W,
+                  int64_t ldw, int64_t M, int64_t N, int64_t K, int beta1);
+void fr_ugemm_f64(double *C, int64_t ldc, const double *A, int64_t lda, int ta,
+                  const double *W, int64_t ldw, int64_t M, int64_t N, int64_t K, int beta1);
 int fr_best_isa(void);
 int fr_get_isa(void);
 int fr_set_isa(int isa); /* FR_ISA_*, at most fr_best_isa(); for tests and benchmarks */

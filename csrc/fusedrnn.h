@@ -86,6 +86,10 @@ typedef struct {
     int num_threads;          /* threads of the packed path; 0 or 1: the caller's only */
 } fr_lstm_config;
 
+/* Tuning: a team-path call uses a thread only for at least this many flops of
+ * recurrent GEMM per step (default 2e5); 0 lets tests split tiny problems. */
+void fr_set_min_step_flops(double flops);
+
 /* Elements of the activation store a training forward fills and the backward
  * reads: gates (T, B, 4H) (warped; the accumulations a_* when
  * accumulation_clip is on), states s (T, B, H), and with projection the

@@ -28,15 +28,19 @@ static inline int lstm_team_path(const fr_lstm_config *cfg) {
 
 /* Threads for a team-path call: at most num_threads and one per panel of
  * hidden units, and each with at least FR_MIN_STEP_FLOPS of recurrent GEMM per
- * step (below that a barrier per step costs more than it saves). */
-#define FR_MIN_STEP_FLOPS 200000.0
+ * step (below that a barrier per step costs more than it saves; tests set it
+ * to 0 to run small problems on several threads). */
+static double g_min_step_flops = 200000.0;
+
+void fr_set_min_step_flops(double flops) { g_min_step_flops = flops > 0 ? flops : 0; }
+
 static int lstm_team_size(const fr_lstm_config *cfg, int64_t pw) {
     const int64_t R = cfg->P ? cfg->P : cfg->H;
     const double flops = 2.0 * (double)cfg->B * 4.0 * (double)cfg->H * (double)R;
     int64_t n = cfg->num_threads < 1 ? 1 : cfg->num_threads;
     const int64_t panels = (cfg->H + pw - 1) / pw;
     if (n > panels) n = panels;
-    while (n > 1 && flops / (double)n < FR_MIN_STEP_FLOPS) n--;
+    while (n > 1 && flops / (double)n < g_min_step_flops) n--;
     return (int)n;
 }
 

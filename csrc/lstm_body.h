@@ -122,8 +122,8 @@ static void FN(lstm_forward_member)(void *vctx, int id, int nth, fr_team *team) 
         real *g_lo = training ? gates_all + (size_t)lo * B4H : chunk; /* (tc, B, 4H) */
         /* x-side accumulations of tc steps, this member's columns: W_x* x[n] */
         for (int g = 0; nh > 0 && g < 4; g++)
-            FN(fr_ugemm)(g_lo + g * H + h0, G, c->x + (size_t)lo * B * I, I,
-                         Wx_p + (g * H_pad + h0) * I, tc * B, nh, I, 0);
+            FN(fr_ugemm)(g_lo + g * H + h0, G, c->x + (size_t)lo * B * I, I, 0,
+                         Wx_p + (g * H_pad + h0) * I, 0, tc * B, nh, I, 0);
         for (int64_t k = k0; k < k0 + tc; k++) {
             const int64_t n = cfg->reverse ? T - 1 - k : k;
             const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
@@ -139,8 +139,8 @@ static void FN(lstm_forward_member)(void *vctx, int id, int nth, fr_team *team) 
 
             /* recurrent accumulations of this member's units: + W_v* v[n-1] (W_q* q[n-1]) */
             for (int gi = 0; nh > 0 && gi < 4; gi++)
-                FN(fr_ugemm)(g + gi * H + h0, G, y_prev, R, Wv_p + (gi * H_pad + h0) * R, B, nh,
-                             R, 1);
+                FN(fr_ugemm)(g + gi * H + h0, G, y_prev, R, 0, Wv_p + (gi * H_pad + h0) * R, 0, B,
+                             nh, R, 1);
             for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
                 const size_t o = (size_t)bi * H + h0;
                 if (fr_active(cfg->lengths, bi, n)) {
@@ -160,7 +160,7 @@ static void FN(lstm_forward_member)(void *vctx, int id, int nth, fr_team *team) 
             if (P) { /* q[n] = W_qv v[n] (§3b) over all of v[n]; padding holds q */
                 fr_team_barrier(team);
                 if (np > 0) {
-                    FN(fr_ugemm)(y_n + p0, R, v_n, H, Wq_p + p0 * H, B, np, H, 0);
+                    FN(fr_ugemm)(y_n + p0, R, v_n, H, 0, Wq_p + p0 * H, 0, B, np, H, 0);
                     for (int64_t bi = 0; bi < B; bi++)
                         if (!fr_active(cfg->lengths, bi, n))
                             memcpy(y_n + bi * R + p0, y_prev + bi * R + p0,
@@ -355,6 +355,9 @@ typedef struct {
     real *dA, *dQ, *f_chi, *hold, *f_psi, *chi, *psi, *r_row, *zeros, *gw_blk, *mask_blk;
     real *Wv_p, *Wq_p, *dw_diag;
     const real *dy_seq, *gates_all, *s_all, *s0, *W_v, *W_qv, *w_diag;
+    /* after the loop */
+    real *dW_x, *dW_v, *dW_qv, *db, *dx;
+    const real *x, *y_seq, *y0, *v_all, *W_x;
 } FN(lstm_bwd_ctx);
 
 static void FN(lstm_backward_member)(void *vctx, int id, int nth, fr_team *team) {
@@ -398,7 +401,7 @@ static void FN(lstm_backward_member)(void *vctx, int id, int nth, fr_team *team)
         }
         if (P) { /* chi[n] = W_qv^T chi_q[n] (§3b), this member's units */
             fr_team_barrier(team);
-            if (nh > 0) FN(fr_ugemm)(c->chi + h0, H, chi_q, P, c->Wq_p + h0 * P, B, nh, P, 0);
+            if (nh > 0) FN(fr_ugemm)(c->chi + h0, H, chi_q, P, 0, c->Wq_p + h0 * P, 0, B, nh, P, 0);
         }
         for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
             const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
@@ -422,13 +425,42 @@ static void FN(lstm_backward_member)(void *vctx, int id, int nth, fr_team *team)
         fr_team_barrier(team); /* alpha[n] complete */
         /* f_chi[n] = sum_* W_v*^T alpha_*[n], this member's columns: (B, 4H) x (4H, nr) */
         if (nr > 0) {
-            FN(fr_ugemm)(c->f_chi + r0, R, dA_n, G, c->Wv_p + r0 * G, B, nr, G, 0);
+            FN(fr_ugemm)(c->f_chi + r0, R, dA_n, G, 0, c->Wv_p + r0 * G, 0, B, nr, G, 0);
             for (int64_t bi = 0; bi < B; bi++)
                 if (!fr_active(cfg->lengths, bi, n))
                     memcpy(c->f_chi + bi * R + r0, c->hold + bi * R + r0, (size_t)nr * sizeof(real));
         }
     }
-    fr_team_barrier(team); /* f_chi[0] complete for the caller */
+    fr_team_barrier(team); /* every alpha[n] complete */
+
+    /* The gradient GEMMs over all T B rows, this member's output columns; they
+     * read dA and the activations in place (row-major W operand, op(A) = dA^T). */
+    const int64_t I = cfg->I, TB = T * B, T1B = (T - 1) * B;
+    int64_t i0, i1;
+    fr_share(&i0, &i1, I, PW, id, nth);
+    const int64_t ni = i1 - i0;
+    const real *dA_first = c->dA + (size_t)(cfg->reverse ? T - 1 : 0) * B4H; /* first visit */
+    const real *dA_rest = c->dA + (cfg->reverse ? 0 : B4H);                  /* (T-1, B, 4H) */
+    const size_t prev_off = cfg->reverse ? 1 : 0;          /* predecessors' first step */
+    if (ni > 0) /* dE/dW_x* = sum_n alpha_*[n] x[n]^T: (4H, TB) x (TB, ni) */
+        FN(fr_ugemm)(c->dW_x + i0, I, c->dA, G, 1, c->x + i0, I, G, ni, TB, 1);
+    if (nr > 0) { /* dE/dW_v* = sum_n alpha_*[n] y[prev]^T */
+        FN(fr_ugemm)(c->dW_v + r0, R, dA_first, G, 1, c->y0 + r0, R, G, nr, B, 1);
+        if (T > 1)
+            FN(fr_ugemm)(c->dW_v + r0, R, dA_rest, G, 1, c->y_seq + prev_off * BR + r0, R, G, nr,
+                         T1B, 1);
+    }
+    if (P && nh > 0) /* dE/dW_qv = sum_n chi_q[n] v[n]^T: (P, TB) x (TB, nh) */
+        FN(fr_ugemm)(c->dW_qv + h0, H, c->dQ, P, 1, c->v_all + h0, H, P, nh, TB, 1);
+    for (int g = 0; nh > 0 && g < 4; g++) { /* dE/db_* = sum_n alpha_*[n], this member's units */
+        real *d = c->db + g * H + h0;
+        for (int64_t row = 0; row < TB; row++) {
+            const real *a = c->dA + (size_t)row * G + g * H + h0;
+            for (int64_t j = 0; j < nh; j++) d[j] += a[j];
+        }
+    }
+    if (c->dx && ni > 0) /* dE/dx[n] = sum_* W_x*^T alpha_*[n]: (TB, 4H) x (4H, ni) */
+        FN(fr_ugemm)(c->dx + i0, I, c->dA, G, 0, c->W_x + i0, I, TB, ni, G, 1);
 }
 
 int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
@@ -476,10 +508,15 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
     if (team) {
         FN(lstm_bwd_ctx) c = {cfg, dA, dQ, f_chi, hold, f_psi, chi, psi, r_row, zeros, gw_blk,
                               mask_blk, Wp, Wp + L.packed_bwd - (size_t)((H + 31) / 32 * 32) * P,
-                              dw_diag, dy_seq, gates_all, s_all, s0, W_v, W_qv, w_diag};
+                              dw_diag, dy_seq, gates_all, s_all, s0, W_v, W_qv, w_diag,
+                              dW_x, dW_v, dW_qv, db, dx, x, y_seq, y0, v_all, W_x};
         fr_team_run(lstm_team_size(cfg, FR_PW(real)), FN(lstm_backward_member), &c);
+        /* Initial-state gradients: dE/dy[-1] = f_chi[0], dE/ds[-1] = f_psi[0]. */
+        if (dy0) for (size_t i = 0; i < BR; i++) dy0[i] += f_chi[i];
+        if (ds0) for (size_t i = 0; i < BH; i++) ds0[i] += f_psi[i];
+        return FR_OK;
     }
-    for (int64_t k = T - 1; !team && k >= 0; k--) {
+    for (int64_t k = T - 1; k >= 0; k--) {
         const int64_t n = cfg->reverse ? T - 1 - k : k;
         const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
         const real *s_prev = k == 0 ? s0 : s_all + (size_t)n_prev * BH;   /* (B, H) */

@@ -46,7 +46,7 @@ void fr_team_barrier(fr_team *team) {
         return;
     }
     for (long spin = 0; atomic_load_explicit(&team->sense, memory_order_acquire) != my; spin++) {
-        if (spin < 20000) FR_PAUSE();
+        if (spin < 2000) FR_PAUSE();
         else sched_yield(); /* the other member lost its core: let it run */
     }
 }

@@ -42,6 +42,7 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #define UK_1_NP 1
 #define VZERO() ((real)0)
 #define VLOAD(p) (*(p))
+#define VLOADM(p, n) ((n) > 0 ? *(p) : 0)
 #define VSTORE(p, v) (*(p) = (v))
 #define VFMA(a, b, c) ((a) * (b) + (c))
 #define VBCAST(p) (*(p))
@@ -70,6 +71,7 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #undef UKSUF
 #undef VZERO
 #undef VLOAD
+#undef VLOADM
 #undef VSTORE
 #undef VFMA
 #undef VBCAST
@@ -97,6 +99,7 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #define NV 2
 #define VZERO() _mm512_setzero_ps()
 #define VLOAD(p) _mm512_loadu_ps(p)
+#define VLOADM(p, n) _mm512_maskz_loadu_ps((__mmask16)((n) <= 0 ? 0u : (1u << (n)) - 1u), (p))
 #define VSTORE(p, v) _mm512_storeu_ps((p), (v))
 #define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define VBCAST(p) _mm512_set1_ps(*(p))
@@ -108,6 +111,7 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #undef VL
 #undef VZERO
 #undef VLOAD
+#undef VLOADM
 #undef VSTORE
 #undef VFMA
 #undef VBCAST
@@ -118,6 +122,7 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #define VL 8
 #define VZERO() _mm512_setzero_pd()
 #define VLOAD(p) _mm512_loadu_pd(p)
+#define VLOADM(p, n) _mm512_maskz_loadu_pd((__mmask8)((n) <= 0 ? 0u : (1u << (n)) - 1u), (p))
 #define VSTORE(p, v) _mm512_storeu_pd((p), (v))
 #define VFMA(a, b, c) _mm512_fmadd_pd((a), (b), (c))
 #define VBCAST(p) _mm512_set1_pd(*(p))
@@ -130,6 +135,7 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #undef NV
 #undef VZERO
 #undef VLOAD
+#undef VLOADM
 #undef VSTORE
 #undef VFMA
 #undef VBCAST
@@ -160,6 +166,9 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #define NV 4
 #define VZERO() _mm256_setzero_ps()
 #define VLOAD(p) _mm256_loadu_ps(p)
+#define VLOADM(p, n) \
+    _mm256_maskload_ps((p), _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n)), \
+                                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))
 #define VSTORE(p, v) _mm256_storeu_ps((p), (v))
 #define VFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define VBCAST(p) _mm256_broadcast_ss(p)
@@ -171,6 +180,7 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #undef VL
 #undef VZERO
 #undef VLOAD
+#undef VLOADM
 #undef VSTORE
 #undef VFMA
 #undef VBCAST
@@ -181,6 +191,9 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #define VL 4
 #define VZERO() _mm256_setzero_pd()
 #define VLOAD(p) _mm256_loadu_pd(p)
+#define VLOADM(p, n) \
+    _mm256_maskload_pd((p), _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)(n)), \
+                                               _mm256_setr_epi64x(0, 1, 2, 3)))
 #define VSTORE(p, v) _mm256_storeu_pd((p), (v))
 #define VFMA(a, b, c) _mm256_fmadd_pd((a), (b), (c))
 #define VBCAST(p) _mm256_broadcast_sd(p)
@@ -193,6 +206,7 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #undef NV
 #undef VZERO
 #undef VLOAD
+#undef VLOADM
 #undef VSTORE
 #undef VFMA
 #undef VBCAST
@@ -208,10 +222,6 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #endif /* FR_UK_X86 */
 
 /* ---- dispatch ---------------------------------------------------------------- */
-typedef void (*ugemm_f32_fn)(float *, int64_t, const float *, int64_t, const float *, int64_t,
-                             int64_t, int64_t, int);
-typedef void (*ugemm_f64_fn)(double *, int64_t, const double *, int64_t, const double *, int64_t,
-                             int64_t, int64_t, int);
 
 static int g_isa = -1; /* FR_ISA_*, chosen on first use; fr_set_isa overrides */
 
@@ -239,24 +249,24 @@ int fr_set_isa(int isa) {
     return FR_OK;
 }
 
-void fr_ugemm_f32(float *C, int64_t ldc, const float *A, int64_t lda, const float *Wp, int64_t M,
-                  int64_t N, int64_t K, int beta1) {
+void fr_ugemm_f32(float *C, int64_t ldc, const float *A, int64_t lda, int ta, const float *W,
+                  int64_t ldw, int64_t M, int64_t N, int64_t K, int beta1) {
     switch (fr_get_isa()) {
 #ifdef FR_UK_X86
-    case FR_ISA_AVX512: ugemm_f32_avx512(C, ldc, A, lda, Wp, M, N, K, beta1); return;
-    case FR_ISA_AVX2: ugemm_f32_avx2(C, ldc, A, lda, Wp, M, N, K, beta1); return;
+    case FR_ISA_AVX512: ugemm_f32_avx512(C, ldc, A, lda, ta, W, ldw, M, N, K, beta1); return;
+    case FR_ISA_AVX2: ugemm_f32_avx2(C, ldc, A, lda, ta, W, ldw, M, N, K, beta1); return;
 #endif
-    default: ugemm_f32_generic(C, ldc, A, lda, Wp, M, N, K, beta1); return;
+    default: ugemm_f32_generic(C, ldc, A, lda, ta, W, ldw, M, N, K, beta1); return;
     }
 }
 
-void fr_ugemm_f64(double *C, int64_t ldc, const double *A, int64_t lda, const double *Wp,
-                  int64_t M, int64_t N, int64_t K, int beta1) {
+void fr_ugemm_f64(double *C, int64_t ldc, const double *A, int64_t lda, int ta,
+                  const double *W, int64_t ldw, int64_t M, int64_t N, int64_t K, int beta1) {
     switch (fr_get_isa()) {
 #ifdef FR_UK_X86
-    case FR_ISA_AVX512: ugemm_f64_avx512(C, ldc, A, lda, Wp, M, N, K, beta1); return;
-    case FR_ISA_AVX2: ugemm_f64_avx2(C, ldc, A, lda, Wp, M, N, K, beta1); return;
+    case FR_ISA_AVX512: ugemm_f64_avx512(C, ldc, A, lda, ta, W, ldw, M, N, K, beta1); return;
+    case FR_ISA_AVX2: ugemm_f64_avx2(C, ldc, A, lda, ta, W, ldw, M, N, K, beta1); return;
 #endif
-    default: ugemm_f64_generic(C, ldc, A, lda, Wp, M, N, K, beta1); return;
+    default: ugemm_f64_generic(C, ldc, A, lda, ta, W, ldw, M, N, K, beta1); return;
     }
 }

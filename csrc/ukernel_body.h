@@ -1,28 +1,39 @@
-/* One ISA's register-blocked tile for the packed-weight GEMM (ukernel.c),
+/* One ISA's register-blocked tile for the micro-kernel GEMM (ukernel.c),
  * included once per (ISA, precision) with: real, UKSUF, VEC, VL (lanes), NV
- * (vectors per panel = FR_PW(real) / VL), VLOAD, VSTORE, VFMA(a, b, c) = a b + c,
- * VBCAST, VZERO, VADD.
+ * (vectors per panel = FR_PW(real) / VL), VLOAD, VLOADM(p, n) (the first n
+ * lanes, zeros after, no access past them), VSTORE, VFMA(a, b, c) = a b + c,
+ * VBCAST, VZERO, VADD, and the tile shapes UK_MAXR, UK_MR, UK_*_NP, UK_KC.
  *
- *   C (M, N) (+)= A (M, K) . W,  W packed as panels of FR_PW columns:
- *   Wp[p][k][i] = W[k][p PW + i] (zero past N), one panel (K, PW) contiguous. */
+ *   C (M, N) (+)= op(A) (M, K) . W (K, N)
+ *   op(A) = A (M, K) with row stride lda, or A^T for A (K, M) (ta = 1);
+ *   W packed (ldw = 0): panels of PW columns, Wp[p][k][i] = W[k][p PW + i]
+ *   (zero past N), each panel (K, PW) contiguous; or W row-major with row
+ *   stride ldw (the big GEMMs after the backward loop read activations in place). */
 #define UK(name) FR_CAT(name, UKSUF)
 
-/* MR rows x NP panels over K: MR * NP * NV accumulators in registers (the
- * constants are known after inlining). ldp: elements from one panel to the
- * next; ncols: valid columns from the first panel on. */
+/* MR rows x NP panels over kc steps of K: MR * NP * NV accumulators in
+ * registers (every int parameter is a constant after inlining). W element
+ * (k, panel q, lane i) is at W[q ldp + k ldk + i]; ncols: valid columns from
+ * the first panel on (MASKED: loads stop there, for a row-major W's last panel). */
 static inline __attribute__((always_inline)) void
-UK(tile)(real *C, int64_t ldc, const real *A, int64_t lda, const real *Wp, int64_t K,
-         int64_t ldp, int64_t ncols, int beta1, const int MR, const int NP) {
+UK(tile)(real *C, int64_t ldc, const real *A, int64_t lda, const real *W, int64_t ldp,
+         int64_t ldk, int64_t kc, int64_t ncols, int beta1, const int MR, const int NP,
+         const int TA, const int PACKED, const int MASKED) {
     enum { PW = NV * VL };
+    if (PACKED) ldk = PW;
     VEC acc[UK_MAXR][4 * NV];
     for (int r = 0; r < MR; r++)
         for (int j = 0; j < NP * NV; j++) acc[r][j] = VZERO();
-    for (int64_t k = 0; k < K; k++) {
+    for (int64_t k = 0; k < kc; k++) {
         VEC w[4 * NV];
         for (int q = 0; q < NP; q++)
-            for (int v = 0; v < NV; v++) w[q * NV + v] = VLOAD(Wp + q * ldp + k * PW + v * VL);
+            for (int v = 0; v < NV; v++) {
+                const real *p = W + q * ldp + k * ldk + v * VL;
+                const int64_t left = ncols - (int64_t)(q * PW + v * VL);
+                w[q * NV + v] = MASKED && left < VL ? VLOADM(p, left) : VLOAD(p);
+            }
         for (int r = 0; r < MR; r++) {
-            const VEC a = VBCAST(A + r * lda + k);
+            const VEC a = VBCAST(TA ? A + k * lda + r : A + r * lda + k);
             for (int j = 0; j < NP * NV; j++) acc[r][j] = VFMA(a, w[j], acc[r][j]);
         }
     }
@@ -44,44 +55,73 @@ UK(tile)(real *C, int64_t ldc, const real *A, int64_t lda, const real *Wp, int64
     }
 }
 
-/* Rows [m, M) against panels [p0, p1) in tiles of MR rows: the largest MR first,
- * then the remainder in tiles of 4, 2, 1 rows with more panels each. */
+/* Rows [*m, M) in tiles of MR rows against panels [p0, p1), NP at a time. */
 static inline __attribute__((always_inline)) void
-UK(panel_rows)(real *C, int64_t ldc, const real *A, int64_t lda, const real *Wp, int64_t M,
-               int64_t N, int64_t K, int64_t kc, int64_t p0, int64_t p1, int beta1, const int MR,
-               const int NP, int64_t *m_io) {
+UK(panel_rows)(real *C, int64_t ldc, const real *A, int64_t lda, const real *W, int64_t ldp,
+               int64_t ldk, int64_t M, int64_t N, int64_t kc, int64_t p0, int64_t p1, int beta1,
+               int64_t *m_io, const int MR, const int NP, const int TA, const int PACKED) {
     enum { PW = NV * VL };
     int64_t m = *m_io;
     for (; m + MR <= M; m += MR) {
+        real *c = C + m * ldc;
+        const real *a = TA ? A + m : A + m * lda;
         int64_t p = p0;
-        for (; p + NP <= p1; p += NP)
-            UK(tile)(C + m * ldc + p * PW, ldc, A + m * lda, lda, Wp + p * K * PW, kc, K * PW, N - p * PW,
-                     beta1, MR, NP);
-        for (; p < p1; p++)
-            UK(tile)(C + m * ldc + p * PW, ldc, A + m * lda, lda, Wp + p * K * PW, kc, K * PW, N - p * PW,
-                     beta1, MR, 1);
+        for (; p + NP <= p1; p += NP) {
+            if (!PACKED && (p + NP) * PW > N)
+                UK(tile)(c + p * PW, ldc, a, lda, W + p * ldp, ldp, ldk, kc, N - p * PW, beta1,
+                         MR, NP, TA, PACKED, 1);
+            else
+                UK(tile)(c + p * PW, ldc, a, lda, W + p * ldp, ldp, ldk, kc, N - p * PW, beta1,
+                         MR, NP, TA, PACKED, 0);
+        }
+        for (; p < p1; p++) {
+            if (!PACKED && (p + 1) * PW > N)
+                UK(tile)(c + p * PW, ldc, a, lda, W + p * ldp, ldp, ldk, kc, N - p * PW, beta1,
+                         MR, 1, TA, PACKED, 1);
+            else
+                UK(tile)(c + p * PW, ldc, a, lda, W + p * ldp, ldp, ldk, kc, N - p * PW, beta1,
+                         MR, 1, TA, PACKED, 0);
+        }
     }
     *m_io = m;
 }
 
 /* K in chunks of UK_KC (the A rows of a tile stay in L1), and within a chunk
- * groups of 4 panels (reused from L2 by every row tile). */
-static void UK(ugemm)(real *C, int64_t ldc, const real *A, int64_t lda, const real *Wp,
-                      int64_t M, int64_t N, int64_t K, int beta1) {
+ * groups of 4 panels (reused from L2 by every row tile): the largest row tile
+ * first, then the remainder in tiles of 4, 2, 1 rows with more panels each. */
+static inline __attribute__((always_inline)) void
+UK(ugemm_t)(real *C, int64_t ldc, const real *A, int64_t lda, const real *W, int64_t ldw,
+            int64_t M, int64_t N, int64_t K, int beta1, const int TA, const int PACKED) {
     enum { PW = NV * VL };
     const int64_t n_panels = (N + PW - 1) / PW;
+    const int64_t ldp = PACKED ? K * PW : PW, ldk = PACKED ? PW : ldw;
     for (int64_t k0 = 0; k0 < K; k0 += UK_KC) {
         const int64_t kc = K - k0 < UK_KC ? K - k0 : UK_KC;
         const int b1 = beta1 || k0 > 0;
+        const real *Ak = TA ? A + k0 * lda : A + k0, *Wk = W + k0 * ldk;
         for (int64_t p0 = 0; p0 < n_panels; p0 += 4) {
             const int64_t p1 = p0 + 4 < n_panels ? p0 + 4 : n_panels;
             int64_t m = 0;
-            const real *Ak = A + k0, *Wk = Wp + k0 * PW;
-            UK(panel_rows)(C, ldc, Ak, lda, Wk, M, N, K, kc, p0, p1, b1, UK_MR, UK_MR_NP, &m);
-            UK(panel_rows)(C, ldc, Ak, lda, Wk, M, N, K, kc, p0, p1, b1, 4, UK_4_NP, &m);
-            UK(panel_rows)(C, ldc, Ak, lda, Wk, M, N, K, kc, p0, p1, b1, 2, UK_2_NP, &m);
-            UK(panel_rows)(C, ldc, Ak, lda, Wk, M, N, K, kc, p0, p1, b1, 1, UK_1_NP, &m);
+            UK(panel_rows)(C, ldc, Ak, lda, Wk, ldp, ldk, M, N, kc, p0, p1, b1, &m, UK_MR,
+                           UK_MR_NP, TA, PACKED);
+            UK(panel_rows)(C, ldc, Ak, lda, Wk, ldp, ldk, M, N, kc, p0, p1, b1, &m, 4, UK_4_NP,
+                           TA, PACKED);
+            UK(panel_rows)(C, ldc, Ak, lda, Wk, ldp, ldk, M, N, kc, p0, p1, b1, &m, 2, UK_2_NP,
+                           TA, PACKED);
+            UK(panel_rows)(C, ldc, Ak, lda, Wk, ldp, ldk, M, N, kc, p0, p1, b1, &m, 1, UK_1_NP,
+                           TA, PACKED);
         }
+    }
+}
+
+static void UK(ugemm)(real *C, int64_t ldc, const real *A, int64_t lda, int ta, const real *W,
+                      int64_t ldw, int64_t M, int64_t N, int64_t K, int beta1) {
+    if (ldw == 0) {
+        if (ta) UK(ugemm_t)(C, ldc, A, lda, W, 0, M, N, K, beta1, 1, 1);
+        else UK(ugemm_t)(C, ldc, A, lda, W, 0, M, N, K, beta1, 0, 1);
+    } else {
+        if (ta) UK(ugemm_t)(C, ldc, A, lda, W, ldw, M, N, K, beta1, 1, 0);
+        else UK(ugemm_t)(C, ldc, A, lda, W, ldw, M, N, K, beta1, 0, 0);
     }
 }
 

@@ -5,6 +5,7 @@ length checks here are a second line so that no caller can make the kernel
 write out of bounds."""
 from libc.stdint cimport int64_t
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_GetName
+import numpy as np
 
 cdef extern from "fusedrnn.h" nogil:
     ctypedef void (*fr_sgemm_fn)(char*, char*, int*, int*, int*, float*, float*, int*,
@@ -28,6 +29,21 @@ cdef extern from "fusedrnn.h" nogil:
         const int64_t *lengths
         int packed_max_rows
         int num_threads
+    void fr_set_min_step_flops(double flops)
+
+cdef extern from "common.h" nogil:
+    int fr_best_isa()
+    int fr_get_isa()
+    int fr_set_isa(int isa)
+    void fr_pack_f32(float *Wp, const float *W, int transposed, int64_t N, int64_t K, int64_t ldw)
+    void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t K,
+                     int64_t ldw)
+    void fr_ugemm_f32(float *C, int64_t ldc, const float *A, int64_t lda, int ta, const float *W,
+                      int64_t ldw, int64_t M, int64_t N, int64_t K, int beta1)
+    void fr_ugemm_f64(double *C, int64_t ldc, const double *A, int64_t lda, int ta,
+                      const double *W, int64_t ldw, int64_t M, int64_t N, int64_t K, int beta1)
+
+cdef extern from "fusedrnn.h" nogil:
     int fr_lstm_acts_size(size_t *n, const fr_lstm_config *cfg)
     int fr_lstm_workspace_size(size_t *n, const fr_lstm_config *cfg, int training)
     int fr_lstm_backward_workspace_size(size_t *n, const fr_lstm_config *cfg)
@@ -197,6 +213,54 @@ def set_num_threads(int n) -> int:
     old = _num_threads
     _num_threads = n
     return old
+
+
+def best_isa() -> int:
+    """The micro-kernel's best tile for this CPU: 0 baseline, 1 AVX2+FMA, 2 AVX-512."""
+    return fr_best_isa()
+
+
+def set_isa(int isa) -> int:
+    """Tests and benchmarks: use the tiles of ISA level isa (<= best_isa());
+    returns the old level."""
+    old = fr_get_isa()
+    if fr_set_isa(isa) != 0:
+        raise ValueError(f"isa must be in 0..{fr_best_isa()}, got {isa}")
+    return old
+
+
+def ugemm(real[:, ::1] C, const real[:, ::1] A, const real[:, ::1] W, bint ta, bint packed,
+          bint beta1):
+    """The micro-kernel GEMM (tests): C (M, N) (+)= op(A) W, op(A) = A (M, K) or
+    A^T of A (K, M); W (K, N) row-major, or packed first when `packed`."""
+    cdef int64_t M = C.shape[0], N = C.shape[1], K = W.shape[0]
+    if W.shape[1] != N or (A.shape[1] if ta else A.shape[0]) != M or \
+            (A.shape[0] if ta else A.shape[1]) != K or M < 1 or N < 1 or K < 1:
+        raise ValueError("ugemm: C (M, N), op(A) (M, K) and W (K, N) do not match")
+    cdef int64_t lda = A.shape[1], pw = 128 // sizeof(real)
+    cdef real[::1] Wp
+    if real is float:
+        Wp = np.zeros(((N + pw - 1) // pw * pw * K if packed else 1), np.float32)
+        with nogil:
+            if packed:
+                fr_pack_f32(&Wp[0], &W[0, 0], 0, N, K, N)
+                fr_ugemm_f32(&C[0, 0], N, &A[0, 0], lda, ta, &Wp[0], 0, M, N, K, beta1)
+            else:
+                fr_ugemm_f32(&C[0, 0], N, &A[0, 0], lda, ta, &W[0, 0], N, M, N, K, beta1)
+    else:
+        Wp = np.zeros(((N + pw - 1) // pw * pw * K if packed else 1), np.float64)
+        with nogil:
+            if packed:
+                fr_pack_f64(&Wp[0], &W[0, 0], 0, N, K, N)
+                fr_ugemm_f64(&C[0, 0], N, &A[0, 0], lda, ta, &Wp[0], 0, M, N, K, beta1)
+            else:
+                fr_ugemm_f64(&C[0, 0], N, &A[0, 0], lda, ta, &W[0, 0], N, M, N, K, beta1)
+
+
+def set_min_step_flops(double flops) -> None:
+    """Tuning / tests: the recurrent-GEMM flops per step that each thread of the
+    team path needs (default 2e5); 0 splits even tiny problems."""
+    fr_set_min_step_flops(flops)
 
 
 cdef class LSTMConfig:

@@ -12,13 +12,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="$ROOT/build/ctest"
 CC="${CC:-gcc}"
 CFLAGS=(-std=c11 -O1 -g -Wall -Wextra -Werror)
-SRCS=("$ROOT/tests/c/test_kernel.c" "$ROOT/csrc/gemm.c" "$ROOT/csrc/lstm.c" "$ROOT/csrc/rnn.c")
+SRCS=("$ROOT/tests/c/test_kernel.c" "$ROOT/csrc/gemm.c" "$ROOT/csrc/lstm.c" "$ROOT/csrc/rnn.c"
+      "$ROOT/csrc/team.c" "$ROOT/csrc/ukernel.c")
 mkdir -p "$OUT"
 
 build() { # build <output> [extra flags...]
     local exe="$1"
     shift
-    "$CC" "${CFLAGS[@]}" "$@" -I"$ROOT/csrc" "${SRCS[@]}" -lm -o "$exe"
+    "$CC" "${CFLAGS[@]}" "$@" -pthread -I"$ROOT/csrc" "${SRCS[@]}" -lm -o "$exe"
 }
 
 run_plain() {

@@ -102,7 +102,8 @@ typedef struct {
     int opt;                 // LSTM: peepholes (FR_PEEP_*); RNN: state_feedback
     int coupled, reverse;    // LSTM coupled gates; visit T-1 .. 0
     const int64_t *lengths;  // (B) valid steps per row, or NULL
-    int packed;              // LSTM: per-step GEMMs on the packed micro-kernel
+    int packed;              // LSTM: the team path (packed micro-kernel)
+    int threads;             // LSTM team path: threads (0: one)
 } spec;
 
 typedef struct {
@@ -148,6 +149,7 @@ static int model_init(model *m, const spec *sp) {
         c->peepholes = sp->opt; c->coupled_gates = sp->coupled; c->reverse = sp->reverse;
         c->lengths = sp->lengths;
         c->packed_max_rows = sp->packed ? 1 << 30 : 0;
+        c->num_threads = sp->threads;
         if ((rc = fr_lstm_acts_size(&m->n_acts, c)) != FR_OK) return rc;
         if ((rc = fr_lstm_workspace_size(&train, c, 1)) != FR_OK) return rc;
         if ((rc = fr_lstm_workspace_size(&infer, c, 0)) != FR_OK) return rc;
@@ -849,6 +851,7 @@ static void test_sizes_rnn(void) {
 
 int main(void) {
     fr_set_blas(NULL, NULL); // the portable GEMM (the default; never a BLAS here)
+    fr_set_min_step_flops(0); // the team path splits even these small problems
     static const int64_t len3[3] = {4, 0, 2};     // (B=3) with one empty row
     static int64_t len64[64];                     // (B=64)
     for (int b = 0; b < 64; b++) len64[b] = (b * 7) % 11; // 0 .. 10
@@ -885,6 +888,11 @@ int main(void) {
         {.lstm = 1, .T = 4, .B = 3, .I = 5, .H = 3, .P = 2, .opt = FR_PEEP_FULL, .packed = 1},
         {.lstm = 1, .T = 4, .B = 3, .I = 5, .H = 4, .opt = FR_PEEP_DIAGONAL, .reverse = 1,
          .lengths = len3, .packed = 1},
+        // the team path on 2 and 3 threads (uneven splits, partial panels)
+        {.lstm = 1, .T = 4, .B = 3, .I = 5, .H = 18, .P = 3, .opt = FR_PEEP_DIAGONAL,
+         .packed = 1, .threads = 2},
+        {.lstm = 1, .T = 4, .B = 3, .I = 5, .H = 34, .opt = FR_PEEP_NONE, .reverse = 1,
+         .lengths = len3, .packed = 1, .threads = 3},
     };
     const size_t n_small = sizeof small / sizeof small[0];
     for (size_t i = 0; i < n_small; i++) test_fd(&small[i]);

@@ -1,0 +1,94 @@
+"""The team path (packed micro-kernel for every GEMM of the forward and the
+per-step GEMMs of the backward, steps split over the kernel's own threads)
+gives the results of the step-by-step GEMM-provider path, for every option it
+serves, with 1, 2 and 3 threads and uneven splits of the hidden units."""
+import numpy as np
+import pytest
+
+import fusedrnn as fr
+from fusedrnn import _kernel
+
+OPTS = [
+    dict(peepholes=False),
+    dict(peepholes="diagonal", proj_size=40),
+    dict(peepholes="diagonal", coupled_gates=True, cell_clip=0.5, accumulation_clip=1.5,
+         bidirectional=True),
+    dict(peepholes=False, proj_size=7, num_layers=2, bidirectional=True),
+]
+
+
+def _run(layer, x, dy, lengths, packed_rows, threads):
+    old_rows = _kernel.set_packed_max_rows(packed_rows)
+    old_threads = _kernel.set_num_threads(threads)
+    try:
+        y_inf, st_inf = layer.forward(x, training=False, lengths=lengths)
+        layer.zero_grad()
+        y, st = layer.forward(x, lengths=lengths)
+        dx, dst = layer.backward(dy)
+        return dict(y_inf=y_inf.copy(), s_inf=np.array(st_inf[0]), y=np.array(y), dx=dx,
+                    s=np.array(st[0]), ds0=np.array(dst[0]),
+                    **{"grad " + k: g.copy() for k, g in layer.grads.items()})
+    finally:
+        _kernel.set_packed_max_rows(old_rows)
+        _kernel.set_num_threads(old_threads)
+
+
+@pytest.fixture
+def split_everything():
+    """Every team-path call uses as many threads as it is given."""
+    _kernel.set_min_step_flops(0)
+    yield
+    _kernel.set_min_step_flops(2e5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("opts", OPTS, ids=range(len(OPTS)))
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("T,B,ragged", [(6, 5, True), (70, 13, False)])
+def test_team_equals_provider(split_everything, opts, threads, dtype, T, B, ragged):
+    I, H = 45, 70  # partial panels everywhere; 3 f32 / 5 f64 panels of units
+    layer = fr.LSTM(I, H, dtype=dtype, seed=threads, **opts)
+    rng = np.random.default_rng(B)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    dy = rng.standard_normal((T, B, layer.num_directions * layer.output_size)).astype(dtype)
+    lengths = rng.integers(0, T + 1, size=B) if ragged else None
+    ref = _run(layer, x, dy, lengths, 0, 1)
+    got = _run(layer, x, dy, lengths, 1 << 30, threads)
+    tol = dict(rtol=1e-11, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], **tol, err_msg=k)
+
+
+def test_team_threads_are_deterministic(split_everything):
+    """Each output element is computed by one thread in a fixed order: two
+    threads give the same bits as one."""
+    layer = fr.LSTM(33, 96, peepholes="diagonal", dtype=np.float32, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 9, 33)).astype(np.float32)
+    dy = rng.standard_normal((20, 9, 96)).astype(np.float32)
+    one = _run(layer, x, dy, None, 1 << 30, 1)
+    two = _run(layer, x, dy, None, 1 << 30, 2)
+    for k in one:
+        np.testing.assert_array_equal(two[k], one[k], err_msg=k)
+
+
+@pytest.mark.parametrize("isa", range(_kernel.best_isa() + 1))
+def test_every_isa_tile_matches_numpy(isa):
+    """The micro-kernel's tiles for baseline x86-64, AVX2 and AVX-512 (those this
+    CPU has) against NumPy, packed and row-major W, op(A) = A and A^T."""
+    old = _kernel.set_isa(isa)
+    try:
+        rng = np.random.default_rng(isa)
+        for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+            for M, N, K in [(1, 1, 1), (13, 45, 300), (29, 100, 7), (4, 130, 513)]:
+                for ta in (False, True):
+                    for packed in (False, True):
+                        A = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+                        W = rng.standard_normal((K, N)).astype(dtype)
+                        C0 = rng.standard_normal((M, N)).astype(dtype)
+                        C = C0.copy()
+                        _kernel.ugemm(C, A, W, ta, packed, True)
+                        want = C0 + (A.T if ta else A).astype(np.float64) @ W
+                        np.testing.assert_allclose(C, want, rtol=tol, atol=tol * K)
+    finally:
+        _kernel.set_isa(old)
