@@ -34,6 +34,18 @@ static double g_min_step_flops = 200000.0;
 
 void fr_set_min_step_flops(double flops) { g_min_step_flops = flops > 0 ? flops : 0; }
 
+/* Whether the team path's backward also runs the gradient GEMMs over all T B
+ * rows on the micro-kernel (split over the team) rather than on the BLAS after
+ * the team: only for a few rows, where a BLAS call costs more than it saves
+ * (measured: the BLAS wins from T B = 400, bench/README.md). */
+static int64_t g_team_grad_rows = 256;
+
+void fr_set_team_grad_rows(int64_t rows) { g_team_grad_rows = rows > 0 ? rows : 0; }
+
+static inline int lstm_grads_in_team(const fr_lstm_config *cfg) {
+    return cfg->T * cfg->B <= g_team_grad_rows; /* T B fits int (lstm_check_config) */
+}
+
 static int lstm_team_size(const fr_lstm_config *cfg, int64_t pw) {
     const int64_t R = cfg->P ? cfg->P : cfg->H;
     const double flops = 2.0 * (double)cfg->B * 4.0 * (double)cfg->H * (double)R;

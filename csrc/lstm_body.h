@@ -358,6 +358,7 @@ typedef struct {
     /* after the loop */
     real *dW_x, *dW_v, *dW_qv, *db, *dx;
     const real *x, *y_seq, *y0, *v_all, *W_x;
+    int grads_in_team;
 } FN(lstm_bwd_ctx);
 
 static void FN(lstm_backward_member)(void *vctx, int id, int nth, fr_team *team) {
@@ -431,6 +432,7 @@ static void FN(lstm_backward_member)(void *vctx, int id, int nth, fr_team *team)
                     memcpy(c->f_chi + bi * R + r0, c->hold + bi * R + r0, (size_t)nr * sizeof(real));
         }
     }
+    if (!c->grads_in_team) return;
     fr_team_barrier(team); /* every alpha[n] complete */
 
     /* The gradient GEMMs over all T B rows, this member's output columns; they
@@ -509,14 +511,17 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
         FN(lstm_bwd_ctx) c = {cfg, dA, dQ, f_chi, hold, f_psi, chi, psi, r_row, zeros, gw_blk,
                               mask_blk, Wp, Wp + L.packed_bwd - (size_t)((H + 31) / 32 * 32) * P,
                               dw_diag, dy_seq, gates_all, s_all, s0, W_v, W_qv, w_diag,
-                              dW_x, dW_v, dW_qv, db, dx, x, y_seq, y0, v_all, W_x};
+                              dW_x, dW_v, dW_qv, db, dx, x, y_seq, y0, v_all, W_x,
+                              lstm_grads_in_team(cfg)};
         fr_team_run(lstm_team_size(cfg, FR_PW(real)), FN(lstm_backward_member), &c);
-        /* Initial-state gradients: dE/dy[-1] = f_chi[0], dE/ds[-1] = f_psi[0]. */
-        if (dy0) for (size_t i = 0; i < BR; i++) dy0[i] += f_chi[i];
-        if (ds0) for (size_t i = 0; i < BH; i++) ds0[i] += f_psi[i];
-        return FR_OK;
+        if (c.grads_in_team) {
+            /* Initial-state gradients: dE/dy[-1] = f_chi[0], dE/ds[-1] = f_psi[0]. */
+            if (dy0) for (size_t i = 0; i < BR; i++) dy0[i] += f_chi[i];
+            if (ds0) for (size_t i = 0; i < BH; i++) ds0[i] += f_psi[i];
+            return FR_OK;
+        }
     }
-    for (int64_t k = T - 1; k >= 0; k--) {
+    for (int64_t k = T - 1; !team && k >= 0; k--) {
         const int64_t n = cfg->reverse ? T - 1 - k : k;
         const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
         const real *s_prev = k == 0 ? s0 : s_all + (size_t)n_prev * BH;   /* (B, H) */

@@ -41,11 +41,20 @@ def split_everything():
     _kernel.set_min_step_flops(2e5)
 
 
+@pytest.fixture(params=["grads in team", "grads on BLAS"])
+def grad_place(request):
+    """The backward's gradient GEMMs inside the team (micro-kernel) or after it
+    (the BLAS), whatever the number of rows."""
+    _kernel.set_team_grad_rows(1 << 40 if request.param == "grads in team" else 0)
+    yield request.param
+    _kernel.set_team_grad_rows(256)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("opts", OPTS, ids=range(len(OPTS)))
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("T,B,ragged", [(6, 5, True), (70, 13, False)])
-def test_team_equals_provider(split_everything, opts, threads, dtype, T, B, ragged):
+def test_team_equals_provider(split_everything, grad_place, opts, threads, dtype, T, B, ragged):
     I, H = 45, 70  # partial panels everywhere; 3 f32 / 5 f64 panels of units
     layer = fr.LSTM(I, H, dtype=dtype, seed=threads, **opts)
     rng = np.random.default_rng(B)
@@ -59,7 +68,7 @@ def test_team_equals_provider(split_everything, opts, threads, dtype, T, B, ragg
         np.testing.assert_allclose(got[k], ref[k], **tol, err_msg=k)
 
 
-def test_team_threads_are_deterministic(split_everything):
+def test_team_threads_are_deterministic(split_everything, grad_place):
     """Each output element is computed by one thread in a fixed order: two
     threads give the same bits as one."""
     layer = fr.LSTM(33, 96, peepholes="diagonal", dtype=np.float32, seed=0)

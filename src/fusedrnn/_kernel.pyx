@@ -30,6 +30,7 @@ cdef extern from "fusedrnn.h" nogil:
         int packed_max_rows
         int num_threads
     void fr_set_min_step_flops(double flops)
+    void fr_set_team_grad_rows(int64_t rows)
 
 cdef extern from "common.h" nogil:
     int fr_best_isa()
@@ -261,6 +262,13 @@ def set_min_step_flops(double flops) -> None:
     """Tuning / tests: the recurrent-GEMM flops per step that each thread of the
     team path needs (default 2e5); 0 splits even tiny problems."""
     fr_set_min_step_flops(flops)
+
+
+def set_team_grad_rows(int64_t rows) -> None:
+    """Tuning / tests: up to this many rows T B (default 256) the team path's
+    backward runs its gradient GEMMs on the micro-kernel inside the team;
+    beyond, on the BLAS after it."""
+    fr_set_team_grad_rows(rows)
 
 
 cdef class LSTMConfig:
