@@ -35,10 +35,12 @@ def _run(layer, x, dy, lengths, packed_rows, threads):
 
 @pytest.fixture
 def split_everything():
-    """Every team-path call uses as many threads as it is given."""
+    """Every team-path call uses as many threads as it is given, whatever T."""
     _kernel.set_min_step_flops(0)
+    old = _kernel.set_team_min_steps(1)
     yield
     _kernel.set_min_step_flops(2e5)
+    _kernel.set_team_min_steps(old)
 
 
 @pytest.fixture(params=["grads in team", "grads on BLAS"])

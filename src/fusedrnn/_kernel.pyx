@@ -190,6 +190,10 @@ def gemm(real[::1] C, const real[::1] A, const real[::1] Bm, bint tA, bint tB,
 # step by step. The micro-kernel is faster than OpenBLAS on every shape the
 # benchmark has (bench/README.md), so by default every batch takes it.
 cdef int _packed_max_rows = 1 << 30
+# Sequences shorter than this take the BLAS path: the team path packs the
+# weights once per call, which a few steps do not repay (T = 1, B = 1, H = 128:
+# 42 us on the BLAS path, 63 us packed; even at T = 10).
+cdef int64_t _team_min_steps = 8
 # Threads of the team path (fusedrnn.set_num_threads sets it).
 cdef int _num_threads = 1
 
@@ -203,6 +207,17 @@ def set_packed_max_rows(int rows) -> int:
         raise ValueError(f"rows must be >= 0, got {rows}")
     old = _packed_max_rows
     _packed_max_rows = rows
+    return old
+
+
+def set_team_min_steps(int64_t steps) -> int:
+    """Set the sequence length from which a call may take the team path
+    (default 8; tests use 1); returns the old value."""
+    global _team_min_steps
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    old = _team_min_steps
+    _team_min_steps = steps
     return old
 
 
@@ -288,7 +303,7 @@ cdef class LSTMConfig:
         self.cfg.reverse = reverse; self.cfg.cell_clip = cell_clip
         self.cfg.accumulation_clip = accumulation_clip
         self.cfg.lengths = NULL
-        self.cfg.packed_max_rows = _packed_max_rows
+        self.cfg.packed_max_rows = _packed_max_rows if T >= _team_min_steps else 0
         self.cfg.num_threads = threads if threads > 0 else _num_threads
         if lengths is not None:
             if lengths.shape[0] != B:
