@@ -16,6 +16,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 from . import _context, _threads
+from ._scratch import ScratchPool
 from . import _validate as V
 
 # Batches up to this size run the two directions of a layer on two threads: the
@@ -139,16 +140,22 @@ class RecurrentLayer:
         s_T = np.empty((B, self.hidden_size), self.dtype)
         o_T = np.empty((B, self.output_size), self.dtype)
         acts = np.empty(n_acts, self.dtype) if training else None
-        work = np.empty(n_train if training else n_infer, self.dtype)
-        self._kernel_forward(cfg, y, s_T, o_T, acts, work, x, s0, o0, p)
+        work = self._scratch.take(n_train if training else n_infer)
+        try:
+            self._kernel_forward(cfg, y, s_T, o_T, acts, work, x, s0, o0, p)
+        finally:
+            self._scratch.give(work)
         tape = CellTape(x, y, s0, o0, acts, p, cfg) if acts is not None else None
         return y, s_T, o_T, tape
 
     def _cell_backward(self, tape: CellTape, g: Dict[str, np.ndarray], dx: np.ndarray,
                        ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
                        ds_T: Optional[np.ndarray], do_T: Optional[np.ndarray]) -> None:
-        work = np.empty(tape.config.sizes()[3], self.dtype)
-        self._kernel_backward(tape.config, tape, g, work, dx, ds0, do0, dy, ds_T, do_T)
+        work = self._scratch.take(tape.config.sizes()[3])
+        try:
+            self._kernel_backward(tape.config, tape, g, work, dx, ds0, do0, dy, ds_T, do_T)
+        finally:
+            self._scratch.give(work)
 
     # -- structure ------------------------------------------------------------------
     @property
@@ -172,11 +179,12 @@ class RecurrentLayer:
     def _init_runtime(self) -> None:
         self._local = threading.local()  # .tape: this thread's last training forward
         self._grad_lock = threading.Lock()
+        self._scratch = ScratchPool(self.dtype)  # kernel workspaces kept between calls
 
     def __getstate__(self) -> dict:
         # copies and pickles carry configuration and parameters, not activations
         state = self.__dict__.copy()
-        del state["_local"], state["_grad_lock"]
+        del state["_local"], state["_grad_lock"], state["_scratch"]
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -1,0 +1,47 @@
+"""Scratch buffers of the kernel calls, kept between calls of one layer.
+
+A training step's backward needs a workspace of about T*B*4H elements (the
+alpha of every step), the forward a smaller one. Allocated fresh, every call
+maps new pages that the kernel then faults in and the OS zeroes, and unmaps
+them after (on several threads each unmap also interrupts the other cores):
+about a tenth of a medium training step on 2 threads (perf: clear_page_erms,
+smp_call_function_many_cond). A layer therefore keeps a few released
+workspaces and hands them out again. Nothing in them is read before the kernel
+writes it."""
+from __future__ import annotations
+
+import threading
+from typing import List
+
+import numpy as np
+
+# Released buffers kept per layer: two cells (the directions of a layer) run at
+# once at most, each with one forward or backward workspace.
+MAX_KEPT = 2
+
+
+class ScratchPool:
+    """Buffers of one dtype: `take(n)` gives a 1-D array of n elements (a view
+    of a kept buffer when one is large enough), `give(a)` returns it."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self._kept: List[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> np.ndarray:
+        with self._lock:
+            fits = [i for i, b in enumerate(self._kept) if b.shape[0] >= n]
+            if fits:  # the smallest that fits
+                best = min(fits, key=lambda i: self._kept[i].shape[0])
+                return self._kept.pop(best)[:n]
+        return np.empty(n, self.dtype)
+
+    def give(self, buf: np.ndarray) -> None:
+        base = buf if buf.base is None else buf.base
+        if not isinstance(base, np.ndarray) or base.dtype != self.dtype or base.ndim != 1:
+            return
+        with self._lock:
+            self._kept.append(base)
+            if len(self._kept) > MAX_KEPT:  # drop the smallest
+                del self._kept[min(range(len(self._kept)), key=lambda i: self._kept[i].shape[0])]
