@@ -22,7 +22,18 @@ _pool: Optional[ThreadPoolExecutor] = None
 
 
 _local = threading.local()
-_kernel.set_num_threads(_num_threads)
+
+
+def _set_kernel_threads(n: int) -> None:
+    """The kernel's team size, and where a one-thread backward runs its big
+    gradient GEMMs: on the BLAS only when the whole process uses one core (a
+    multi-threaded BLAS pool left spinning slows the kernel's next steps, also
+    those of one-thread cells run side by side for the two directions)."""
+    _kernel.set_num_threads(n)
+    _kernel.set_team_grad_rows(256 if n == 1 else 1 << 62)
+
+
+_set_kernel_threads(_num_threads)
 
 
 def kernel_threads() -> int:
@@ -66,7 +77,7 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"n must be >= 1, got {n}")
     for c in _scipy_blas_controllers():
         c.set_num_threads(n)
-    _kernel.set_num_threads(n)
+    _set_kernel_threads(n)
     _num_threads = n
 
 
