@@ -497,6 +497,7 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
     real *mask_blk = gw_blk + B4H;                 /* (B, 4H) accumulation-clip masks */
     real *Wp = mask_blk + B4H;                     /* team path: packed W_v, W_qv */
     const int team = lstm_team_path(cfg);
+    const int team_grads = team && lstm_grads_in_team(cfg); /* read once: a global setting */
     memset(zeros, 0, L.n_zeros * sizeof(real));
     memset(dw_sink, 0, (size_t)(3 * H) * sizeof(real));
     if (!aclip) for (size_t i = 0; i < B4H; i++) mask_blk[i] = 1;
@@ -512,15 +513,10 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
                               mask_blk, Wp, Wp + L.packed_bwd - (size_t)((H + 31) / 32 * 32) * P,
                               dw_diag, dy_seq, gates_all, s_all, s0, W_v, W_qv, w_diag,
                               dW_x, dW_v, dW_qv, db, dx, x, y_seq, y0, v_all, W_x,
-                              lstm_grads_in_team(cfg)};
+                              team_grads};
         fr_team_run(lstm_team_size(cfg, FR_PW(real)), FN(lstm_backward_member), &c);
-        if (c.grads_in_team) {
-            /* Initial-state gradients: dE/dy[-1] = f_chi[0], dE/ds[-1] = f_psi[0]. */
-            if (dy0) for (size_t i = 0; i < BR; i++) dy0[i] += f_chi[i];
-            if (ds0) for (size_t i = 0; i < BH; i++) ds0[i] += f_psi[i];
-            return FR_OK;
-        }
     }
+    /* The step loop on the GEMM provider (the team ran it otherwise). */
     for (int64_t k = T - 1; !team && k >= 0; k--) {
         const int64_t n = cfg->reverse ? T - 1 - k : k;
         const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
@@ -581,6 +577,7 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
     /* Initial-state gradients: dE/dy[-1] = f_chi[0], dE/ds[-1] = f_psi[0]. */
     if (dy0) for (size_t i = 0; i < BR; i++) dy0[i] += f_chi[i];
     if (ds0) for (size_t i = 0; i < BH; i++) ds0[i] += f_psi[i];
+    if (team_grads) return FR_OK; /* the team did the gradient GEMMs */
 
     const int64_t TB = T * B, T1B = (T - 1) * B;
     /* step n's predecessor: forward n-1 (the rows after the first step), reverse n+1 */
