@@ -1,8 +1,9 @@
 """How many cores fusedrnn uses: `set_num_threads(n)` / `get_num_threads()`.
 
 The LSTM kernel splits every time step over its own threads (the team path);
-the big GEMMs after the backward loop run on SciPy's BLAS, whose thread pool
-threadpoolctl controls; independent cells (the two directions of a
+with one thread the big GEMMs after the backward loop run on SciPy's BLAS, whose
+thread pool threadpoolctl controls (with more, on the team: a BLAS pool left
+spinning would slow the next steps); independent cells (the two directions of a
 bidirectional layer at small batch) run on a small pool of Python threads while
 the kernel has released the GIL, each then with a one-thread kernel. All follow
 the one setting, which defaults to all cores. threadpoolctl's context managers
