@@ -36,17 +36,17 @@ void fr_set_min_step_flops(double flops) { g_min_step_flops = flops > 0 ? flops 
 
 /* Whether the team path's backward also runs the gradient GEMMs over all T B
  * rows on the micro-kernel (split over the team) rather than on the BLAS after
- * the team. Always with more than one thread: a multi-threaded BLAS call
- * leaves its pool spinning (OpenBLAS: ~0.1 s), which takes the cores from the
- * team's next steps (medium, 2 threads, training step: 150 ms with the BLAS,
- * 70-100 ms without). On one thread only for few rows, where a BLAS call costs
- * more than it saves (the BLAS wins from T B = 400; bench/README.md). */
+ * the team: up to g_team_grad_rows rows. fusedrnn.set_num_threads sets it: 256
+ * for one thread (the BLAS wins from T B = 400), unbounded for more, because a
+ * multi-threaded BLAS call leaves its pool spinning (OpenBLAS: ~0.1 s) on the
+ * cores the team's next steps need (medium, 2 threads, training step: 150 ms
+ * with the BLAS, 70-100 ms without; bench/README.md). */
 static int64_t g_team_grad_rows = 256;
 
 void fr_set_team_grad_rows(int64_t rows) { g_team_grad_rows = rows > 0 ? rows : 0; }
 
 static inline int lstm_grads_in_team(const fr_lstm_config *cfg) {
-    return cfg->num_threads > 1 || cfg->T * cfg->B <= g_team_grad_rows; /* T B fits int */
+    return cfg->T * cfg->B <= g_team_grad_rows; /* T B fits int (lstm_check_config) */
 }
 
 static int lstm_team_size(const fr_lstm_config *cfg, int64_t pw) {

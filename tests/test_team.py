@@ -45,8 +45,8 @@ def split_everything():
 
 @pytest.fixture(params=["grads in team", "grads on BLAS"])
 def grad_place(request):
-    """The backward's gradient GEMMs inside the team (micro-kernel) or, on one
-    thread, after it (the BLAS), whatever the number of rows."""
+    """The backward's gradient GEMMs inside the team (micro-kernel) or after it
+    (the BLAS), whatever the number of rows."""
     _kernel.set_team_grad_rows(1 << 40 if request.param == "grads in team" else 0)
     yield request.param
     _kernel.set_team_grad_rows(256 if fr.get_num_threads() == 1 else 1 << 62)

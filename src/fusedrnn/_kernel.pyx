@@ -280,9 +280,9 @@ def set_min_step_flops(double flops) -> None:
 
 
 def set_team_grad_rows(int64_t rows) -> None:
-    """Tuning / tests: on one thread, up to this many rows T B (default 256)
-    the team path's backward runs its gradient GEMMs on the micro-kernel inside
-    the team, beyond on the BLAS after it (with more threads always inside)."""
+    """Up to this many rows T B the team path's backward runs its gradient
+    GEMMs on the micro-kernel inside the team, beyond on the BLAS after it
+    (fusedrnn.set_num_threads sets 256 for one thread, unbounded for more)."""
     fr_set_team_grad_rows(rows)
 
 
