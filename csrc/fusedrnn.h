@@ -89,6 +89,8 @@ typedef struct {
 /* Tuning: a team-path call uses a thread only for at least this many flops of
  * recurrent GEMM per step (default 2e5); 0 lets tests split tiny problems. */
 void fr_set_min_step_flops(double flops);
+/* Tuning: a team-path backward runs its gradient GEMMs inside the team up to
+ * T B = rows (default 256), beyond on the GEMM provider after the team. */
 void fr_set_team_grad_rows(int64_t rows);
 
 /* Elements of the activation store a training forward fills and the backward
