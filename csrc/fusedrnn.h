@@ -90,8 +90,9 @@ typedef struct {
  * recurrent GEMM per step (default 2e5); 0 lets tests split tiny problems. */
 void fr_set_min_step_flops(double flops);
 /* Tuning: a team-path backward runs its gradient GEMMs inside the team up to
- * T B = rows (default 256), beyond on the GEMM provider after the team. */
-void fr_set_team_grad_rows(int64_t rows);
+ * T B = rows (default 256), beyond on the GEMM provider after the team.
+ * Returns the old value. */
+int64_t fr_set_team_grad_rows(int64_t rows);
 
 /* Elements of the activation store a training forward fills and the backward
  * reads: gates (T, B, 4H) (warped; the accumulations a_* when

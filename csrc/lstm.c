@@ -43,7 +43,11 @@ void fr_set_min_step_flops(double flops) { g_min_step_flops = flops > 0 ? flops 
  * with the BLAS, 70-100 ms without; bench/README.md). */
 static int64_t g_team_grad_rows = 256;
 
-void fr_set_team_grad_rows(int64_t rows) { g_team_grad_rows = rows > 0 ? rows : 0; }
+int64_t fr_set_team_grad_rows(int64_t rows) {
+    const int64_t old = g_team_grad_rows;
+    g_team_grad_rows = rows > 0 ? rows : 0;
+    return old;
+}
 
 static inline int lstm_grads_in_team(const fr_lstm_config *cfg) {
     return cfg->T * cfg->B <= g_team_grad_rows; /* T B fits int (lstm_check_config) */

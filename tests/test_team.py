@@ -47,9 +47,9 @@ def split_everything():
 def grad_place(request):
     """The backward's gradient GEMMs inside the team (micro-kernel) or after it
     (the BLAS), whatever the number of rows."""
-    _kernel.set_team_grad_rows(1 << 40 if request.param == "grads in team" else 0)
+    old = _kernel.set_team_grad_rows(1 << 40 if request.param == "grads in team" else 0)
     yield request.param
-    _kernel.set_team_grad_rows(256 if fr.get_num_threads() == 1 else 1 << 62)
+    _kernel.set_team_grad_rows(old)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])

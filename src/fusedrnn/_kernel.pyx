@@ -30,7 +30,7 @@ cdef extern from "fusedrnn.h" nogil:
         int packed_max_rows
         int num_threads
     void fr_set_min_step_flops(double flops)
-    void fr_set_team_grad_rows(int64_t rows)
+    int64_t fr_set_team_grad_rows(int64_t rows)
 
 cdef extern from "common.h" nogil:
     int fr_best_isa()
@@ -279,11 +279,12 @@ def set_min_step_flops(double flops) -> None:
     fr_set_min_step_flops(flops)
 
 
-def set_team_grad_rows(int64_t rows) -> None:
+def set_team_grad_rows(int64_t rows) -> int:
     """Up to this many rows T B the team path's backward runs its gradient
     GEMMs on the micro-kernel inside the team, beyond on the BLAS after it
-    (fusedrnn.set_num_threads sets 256 for one thread, unbounded for more)."""
-    fr_set_team_grad_rows(rows)
+    (fusedrnn.set_num_threads sets 256 for one thread, unbounded for more);
+    returns the old value."""
+    return fr_set_team_grad_rows(rows)
 
 
 cdef class LSTMConfig:
