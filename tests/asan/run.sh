@@ -55,11 +55,17 @@ case "$SO" in
     "$VENV"/*) ;;
     *) echo "tests/asan/run.sh: the extension is not the venv's: $SO" >&2; exit 1 ;;
 esac
-if ! ldd "$SO" | grep -q libasan; then
+# ldd's output is read whole before grep: `ldd | grep -q` under pipefail fails
+# at random when grep exits at the first match and ldd dies of SIGPIPE.
+LINKS="$(ldd "$SO")"
+ASAN_LIB="$(grep -o 'libasan[^ ]*' <<<"$LINKS" || true)"
+UBSAN_LIB="$(grep -o 'libubsan[^ ]*' <<<"$LINKS" || true)"
+if [ -z "$ASAN_LIB" ]; then
     echo "tests/asan/run.sh: $SO is not linked against libasan (FUSEDRNN_SANITIZE ignored?)" >&2
+    echo "$LINKS" >&2
     exit 1
 fi
-echo "extension: $SO (links $(ldd "$SO" | grep -o 'libasan[^ ]*' | head -1), $(ldd "$SO" | grep -o 'libubsan[^ ]*' | head -1))"
+echo "extension: $SO (links $ASAN_LIB${UBSAN_LIB:+, $UBSAN_LIB})"
 
 export LD_PRELOAD="$LIBASAN"
 # detect_leaks=0: CPython's own allocations at exit are not ours.
