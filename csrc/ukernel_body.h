@@ -86,30 +86,53 @@ UK(panel_rows)(real *C, int64_t ldc, const real *A, int64_t lda, const real *W, 
     *m_io = m;
 }
 
-/* K in chunks of UK_KC (the A rows of a tile stay in L1), and within a chunk
- * groups of 4 panels (reused from L2 by every row tile): the largest row tile
- * first, then the remainder in tiles of 4, 2, 1 rows with more panels each. */
+/* One K chunk of rows [0, M) against all panels: groups of 4 panels (reused
+ * from L2 by every row tile), the largest row tile first, then the remainder in
+ * tiles of 4, 2, 1 rows with more panels each. */
+static inline __attribute__((always_inline)) void
+UK(chunk)(real *C, int64_t ldc, const real *A, int64_t lda, const real *W, int64_t ldp,
+          int64_t ldk, int64_t M, int64_t N, int64_t kc, int beta1, const int TA,
+          const int PACKED) {
+    enum { PW = NV * VL };
+    const int64_t n_panels = (N + PW - 1) / PW;
+    for (int64_t p0 = 0; p0 < n_panels; p0 += 4) {
+        const int64_t p1 = p0 + 4 < n_panels ? p0 + 4 : n_panels;
+        int64_t m = 0;
+        UK(panel_rows)(C, ldc, A, lda, W, ldp, ldk, M, N, kc, p0, p1, beta1, &m, UK_MR, UK_MR_NP,
+                       TA, PACKED);
+        UK(panel_rows)(C, ldc, A, lda, W, ldp, ldk, M, N, kc, p0, p1, beta1, &m, 4, UK_4_NP, TA,
+                       PACKED);
+        UK(panel_rows)(C, ldc, A, lda, W, ldp, ldk, M, N, kc, p0, p1, beta1, &m, 2, UK_2_NP, TA,
+                       PACKED);
+        UK(panel_rows)(C, ldc, A, lda, W, ldp, ldk, M, N, kc, p0, p1, beta1, &m, 1, UK_1_NP, TA,
+                       PACKED);
+    }
+}
+
+/* K in chunks of UK_KC (the A rows of a tile stay in L1). */
 static inline __attribute__((always_inline)) void
 UK(ugemm_t)(real *C, int64_t ldc, const real *A, int64_t lda, const real *W, int64_t ldw,
             int64_t M, int64_t N, int64_t K, int beta1, const int TA, const int PACKED) {
     enum { PW = NV * VL };
-    const int64_t n_panels = (N + PW - 1) / PW;
     const int64_t ldp = PACKED ? K * PW : PW, ldk = PACKED ? PW : ldw;
     for (int64_t k0 = 0; k0 < K; k0 += UK_KC) {
         const int64_t kc = K - k0 < UK_KC ? K - k0 : UK_KC;
         const int b1 = beta1 || k0 > 0;
-        const real *Ak = TA ? A + k0 * lda : A + k0, *Wk = W + k0 * ldk;
-        for (int64_t p0 = 0; p0 < n_panels; p0 += 4) {
-            const int64_t p1 = p0 + 4 < n_panels ? p0 + 4 : n_panels;
-            int64_t m = 0;
-            UK(panel_rows)(C, ldc, Ak, lda, Wk, ldp, ldk, M, N, kc, p0, p1, b1, &m, UK_MR,
-                           UK_MR_NP, TA, PACKED);
-            UK(panel_rows)(C, ldc, Ak, lda, Wk, ldp, ldk, M, N, kc, p0, p1, b1, &m, 4, UK_4_NP,
-                           TA, PACKED);
-            UK(panel_rows)(C, ldc, Ak, lda, Wk, ldp, ldk, M, N, kc, p0, p1, b1, &m, 2, UK_2_NP,
-                           TA, PACKED);
-            UK(panel_rows)(C, ldc, Ak, lda, Wk, ldp, ldk, M, N, kc, p0, p1, b1, &m, 1, UK_1_NP,
-                           TA, PACKED);
+        const real *Wk = W + k0 * ldk;
+        if (!TA) {
+            UK(chunk)(C, ldc, A + k0, lda, Wk, ldp, ldk, M, N, kc, b1, 0, PACKED);
+            continue;
+        }
+        /* A^T (the gradient GEMMs, K = T B): A's rows are 4H apart, so walking k in
+         * place strides 4-8 KB, a new page and the same L1 sets at every step. Copy
+         * UK_MB-column strips of A's kc rows into Ab, contiguous, and tile that. */
+        const real *Ak = A + k0 * lda;
+        for (int64_t m0 = 0; m0 < M; m0 += UK_MB) {
+            const int64_t mb = M - m0 < UK_MB ? M - m0 : UK_MB;
+            real Ab[UK_MB * UK_KC]; /* (kc, mb): A[k0 + k][m0 + r] at Ab[k mb + r] */
+            for (int64_t k = 0; k < kc; k++)
+                for (int64_t r = 0; r < mb; r++) Ab[k * mb + r] = Ak[k * lda + m0 + r];
+            UK(chunk)(C + m0 * ldc, ldc, Ab, mb, Wk, ldp, ldk, mb, N, kc, b1, 1, PACKED);
         }
     }
 }

@@ -86,12 +86,15 @@ def test_team_threads_are_deterministic(split_everything, grad_place):
 @pytest.mark.parametrize("isa", range(_kernel.best_isa() + 1))
 def test_every_isa_tile_matches_numpy(isa):
     """The micro-kernel's tiles for baseline x86-64, AVX2 and AVX-512 (those this
-    CPU has) against NumPy, packed and row-major W, op(A) = A and A^T."""
+    CPU has) against NumPy, packed and row-major W, op(A) = A and A^T (copied in
+    blocks of rows), over several K chunks."""
     old = _kernel.set_isa(isa)
     try:
         rng = np.random.default_rng(isa)
         for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
-            for M, N, K in [(1, 1, 1), (13, 45, 300), (29, 100, 7), (4, 130, 513)]:
+            # M beyond the A^T path's 96-row copy blocks (96 + 96 + 9, 97), K over chunks
+            for M, N, K in [(1, 1, 1), (13, 45, 300), (29, 100, 7), (4, 130, 513),
+                            (201, 70, 600), (97, 33, 257)]:
                 for ta in (False, True):
                     for packed in (False, True):
                         A = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
