@@ -111,10 +111,12 @@ static int lstm_layout_of(lstm_layout *L, const fr_lstm_config *cfg) {
         FR_CHECK(fr_mul3(&wv, 4, H32, R));
         FR_CHECK(fr_mul(&wq, P32, H));
         FR_CHECK(fr_add(&n, wx, wv));
-        FR_CHECK(fr_add(&L->packed_fwd, n, wq));
+        FR_CHECK(fr_add(&n, n, wq));
+        FR_CHECK(fr_add(&L->packed_fwd, n, FR_ALIGN_SLACK));
         FR_CHECK(fr_mul(&wv, R32, 4 * H));
         FR_CHECK(fr_mul(&wq, H32, P));
-        FR_CHECK(fr_add(&L->packed_bwd, wv, wq));
+        FR_CHECK(fr_add(&n, wv, wq));
+        FR_CHECK(fr_add(&L->packed_bwd, n, FR_ALIGN_SLACK));
     }
     /* acts: gates (T, B, 4H) + s (T, B, H) [+ v (T, B, H)] */
     FR_CHECK(fr_add(&n, L->TB4H, L->TBH));

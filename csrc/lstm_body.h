@@ -104,7 +104,8 @@ static void FN(lstm_forward_member)(void *vctx, int id, int nth, fr_team *team) 
     real *s_ring = training ? NULL : chunk + L->chunk;                 /* (2, B, H) */
     real *v_blk = training ? NULL : s_ring + 2 * BH;                   /* (B, H) */
     real *gw_blk = !aclip ? NULL : training ? work : v_blk + BH;       /* (B, 4H) */
-    real *Wx_p = training ? work + (aclip ? B4H : 0) : v_blk + BH + B4H; /* 4 x (H_pad, I) */
+    real *Wx_p = (real *)fr_align64(training ? work + (aclip ? B4H : 0) : v_blk + BH + B4H);
+                                                                       /* 4 x (H_pad, I) */
     real *Wv_p = Wx_p + 4 * H_pad * I;                                 /* 4 x (H_pad, R) */
     real *Wq_p = Wv_p + 4 * H_pad * R;                                 /* (P_pad, H) */
     const int64_t Tc = training ? T : L->Tc;
@@ -495,8 +496,10 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
     real *dw_sink = zeros + L.n_zeros;             /* (3, H) diagonal grads when not diagonal */
     real *gw_blk = dw_sink + 3 * H;                /* (B, 4H) recomputed gates */
     real *mask_blk = gw_blk + B4H;                 /* (B, 4H) accumulation-clip masks */
-    real *Wp = mask_blk + B4H;                     /* team path: packed W_v, W_qv */
     const int team = lstm_team_path(cfg);
+    /* team path: packed W_v (R_pad, 4H), then packed W_qv (H_pad, P) */
+    real *Wp = team ? (real *)fr_align64(mask_blk + B4H) : NULL;
+    real *Wq_p = team ? Wp + (size_t)((R + 31) / 32 * 32) * G : NULL;
     const int team_grads = team && lstm_grads_in_team(cfg); /* read once: a global setting */
     memset(zeros, 0, L.n_zeros * sizeof(real));
     memset(dw_sink, 0, (size_t)(3 * H) * sizeof(real));
@@ -510,7 +513,7 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
 
     if (team) {
         FN(lstm_bwd_ctx) c = {cfg, dA, dQ, f_chi, hold, f_psi, chi, psi, r_row, zeros, gw_blk,
-                              mask_blk, Wp, Wp + L.packed_bwd - (size_t)((H + 31) / 32 * 32) * P,
+                              mask_blk, Wp, Wq_p,
                               dw_diag, dy_seq, gates_all, s_all, s0, W_v, W_qv, w_diag,
                               dW_x, dW_v, dW_qv, db, dx, x, y_seq, y0, v_all, W_x,
                               team_grads};

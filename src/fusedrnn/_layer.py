@@ -16,7 +16,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 from . import _context, _threads
-from ._scratch import ScratchPool
+from ._scratch import ScratchPool, aligned_empty
 from . import _validate as V
 
 # Batches up to this size run the two directions of a layer on two threads: the
@@ -136,10 +136,10 @@ class RecurrentLayer:
         T, B, I_l = x.shape
         cfg = self._cell_config(T, B, I_l, lengths, reverse)
         n_acts, n_train, n_infer, _ = cfg.sizes()
-        y = np.empty((T, B, self.output_size), self.dtype)
+        y = aligned_empty(T * B * self.output_size, self.dtype).reshape(T, B, self.output_size)
         s_T = np.empty((B, self.hidden_size), self.dtype)
         o_T = np.empty((B, self.output_size), self.dtype)
-        acts = np.empty(n_acts, self.dtype) if training else None
+        acts = aligned_empty(n_acts, self.dtype) if training else None
         work = self._scratch.take(n_train if training else n_infer)
         try:
             self._kernel_forward(cfg, y, s_T, o_T, acts, work, x, s0, o0, p)
