@@ -16,6 +16,7 @@ typedef struct {
     size_t n_zeros;        /* zero block: max(B * R, 3H) */
     size_t packed_fwd;     /* team path: W_x, W_v (per gate) and W_qv^T packed, or 0 */
     size_t packed_bwd;     /* team path: W_v and W_qv packed, or 0 */
+    size_t packed_bwd_wv;  /* of which W_v (R_pad, 4H): W_qv's packed panels follow */
 } lstm_layout;
 
 /* Whether this call runs the team path: packed weights, every GEMM of the
@@ -113,9 +114,9 @@ static int lstm_layout_of(lstm_layout *L, const fr_lstm_config *cfg) {
         FR_CHECK(fr_add(&n, wx, wv));
         FR_CHECK(fr_add(&n, n, wq));
         FR_CHECK(fr_add(&L->packed_fwd, n, FR_ALIGN_SLACK));
-        FR_CHECK(fr_mul(&wv, R32, 4 * H));
+        FR_CHECK(fr_mul(&L->packed_bwd_wv, R32, 4 * H));
         FR_CHECK(fr_mul(&wq, H32, P));
-        FR_CHECK(fr_add(&n, wv, wq));
+        FR_CHECK(fr_add(&n, L->packed_bwd_wv, wq));
         FR_CHECK(fr_add(&L->packed_bwd, n, FR_ALIGN_SLACK));
     }
     /* acts: gates (T, B, 4H) + s (T, B, H) [+ v (T, B, H)] */

@@ -499,7 +499,7 @@ int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
     const int team = lstm_team_path(cfg);
     /* team path: packed W_v (R_pad, 4H), then packed W_qv (H_pad, P) */
     real *Wp = team ? (real *)fr_align64(mask_blk + B4H) : NULL;
-    real *Wq_p = team ? Wp + (size_t)((R + 31) / 32 * 32) * G : NULL;
+    real *Wq_p = team ? Wp + L.packed_bwd_wv : NULL;
     const int team_grads = team && lstm_grads_in_team(cfg); /* read once: a global setting */
     memset(zeros, 0, L.n_zeros * sizeof(real));
     memset(dw_sink, 0, (size_t)(3 * H) * sizeof(real));
