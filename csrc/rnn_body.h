@@ -30,7 +30,10 @@ int FN(fr_rnn_forward)(FR_RNN_FORWARD_ARGS(real)) {
      * feedback, training); otherwise through a chunk and a ping-pong pair. */
     const int store = acts != NULL && cfg->state_feedback;
     if (!store && !work) return FR_ENULL;
-    const int64_t Tc = store ? T : fr_inference_chunk(T, B);
+    /* The input GEMM runs in the same chunks either way, so the BLAS sees the same
+     * calls and training and inference agree bit for bit (OpenBLAS's result for a
+     * row depends on M: it has a separate small-matrix path). */
+    const int64_t Tc = fr_inference_chunk(T, B);
     real *s_all = store ? acts : NULL;                           /* (T, B, H) */
     real *chunk = store ? NULL : work;                           /* (Tc, B, H) */
     real *s_ring = store ? NULL : work + (size_t)Tc * BH;        /* (2, B, H) */
