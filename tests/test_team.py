@@ -106,3 +106,73 @@ def test_every_isa_tile_matches_numpy(isa):
                         np.testing.assert_allclose(C, want, rtol=tol, atol=tol * K)
     finally:
         _kernel.set_isa(old)
+
+
+def _team_problem(seed):
+    layer = fr.LSTM(45, 70, peepholes="diagonal", proj_size=40, dtype=np.float64, seed=seed)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((20, 9, 45))
+    dy = rng.standard_normal((20, 9, 40))
+    return layer, x, dy
+
+
+def _team_results(seed, calls=1):
+    """`calls` team-path calls (forward inference, training forward, backward)
+    on 2 threads; the last one's results."""
+    layer, x, dy = _team_problem(seed)
+    for _ in range(calls):
+        got = _run(layer, x, dy, None, 1 << 30, 2)
+    return got
+
+
+def test_concurrent_team_calls_equal_serial(split_everything):
+    """Team calls from several Python threads at once: one call holds the
+    kernel's persistent worker pool, the others run on threads of their own;
+    every call gets its serial results, bit for bit."""
+    import threading
+
+    want = {seed: _team_results(seed) for seed in range(4)}
+    got, errors = {}, []
+    start = threading.Barrier(4)
+
+    def work(seed):
+        try:
+            start.wait()
+            got[seed] = _team_results(seed, calls=5)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    for seed, ref in want.items():
+        for k in ref:
+            np.testing.assert_array_equal(got[seed][k], ref[k], err_msg=f"seed {seed}: {k}")
+
+
+def _child_team_results(queue):
+    queue.put(_team_results(7))
+
+
+def test_team_after_fork(split_everything):
+    """A child forked after the parent's team calls (its worker pool exists in
+    the parent only) runs team calls of its own and gets the parent's results."""
+    import multiprocessing as mp
+
+    want = _team_results(7)  # the parent's pool is running now
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_team_results, args=(queue,))
+    child.start()
+    try:
+        got = queue.get(timeout=60)  # a child waiting for the parent's workers never answers
+        child.join(60)
+    finally:
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
