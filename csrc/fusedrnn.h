@@ -90,7 +90,7 @@ typedef struct {
  * recurrent GEMM per step (default 2e5); 0 lets tests split tiny problems. */
 void fr_set_min_step_flops(double flops);
 /* Tuning: a team-path backward runs its gradient GEMMs inside the team up to
- * T B = rows (default 256), beyond on the GEMM provider after the team.
+ * T B = rows (default: always), beyond on the GEMM provider after the team.
  * Returns the old value. */
 int64_t fr_set_team_grad_rows(int64_t rows);
 

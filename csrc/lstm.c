@@ -37,12 +37,13 @@ void fr_set_min_step_flops(double flops) { g_min_step_flops = flops > 0 ? flops 
 
 /* Whether the team path's backward also runs the gradient GEMMs over all T B
  * rows on the micro-kernel (split over the team) rather than on the BLAS after
- * the team: up to g_team_grad_rows rows. fusedrnn.set_num_threads sets it: 256
- * for one thread (the BLAS wins from T B = 400), unbounded for more, because a
- * multi-threaded BLAS call leaves its pool spinning (OpenBLAS: ~0.1 s) on the
- * cores the team's next steps need (medium, 2 threads, training step: 150 ms
- * with the BLAS, 70-100 ms without; bench/README.md). */
-static int64_t g_team_grad_rows = 256;
+ * the team: up to g_team_grad_rows rows, by default always. With more than one
+ * thread a BLAS call leaves its pool spinning (OpenBLAS: ~0.1 s) on the cores
+ * the team's next steps need (medium, 2 threads, training step: 150 ms with the
+ * BLAS, 70-100 ms without); on one thread the micro-kernel was level with
+ * SciPy's OpenBLAS on an AVX-512 Xeon and 17-26% faster on an AMD EPYC (Zen 5),
+ * where OpenBLAS runs its AVX2 kernels (bench/README.md). */
+static int64_t g_team_grad_rows = INT64_MAX;
 
 int64_t fr_set_team_grad_rows(int64_t rows) {
     const int64_t old = g_team_grad_rows;

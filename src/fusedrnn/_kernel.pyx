@@ -282,8 +282,7 @@ def set_min_step_flops(double flops) -> None:
 def set_team_grad_rows(int64_t rows) -> int:
     """Up to this many rows T B the team path's backward runs its gradient
     GEMMs on the micro-kernel inside the team, beyond on the BLAS after it
-    (fusedrnn.set_num_threads sets 256 for one thread, unbounded for more);
-    returns the old value."""
+    (default: unbounded); for tests and A/B runs. Returns the old value."""
     return fr_set_team_grad_rows(rows)
 
 

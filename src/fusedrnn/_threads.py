@@ -1,9 +1,9 @@
 """How many cores fusedrnn uses: `set_num_threads(n)` / `get_num_threads()`.
 
-The LSTM kernel splits every time step over its own threads (the team path);
-with one thread the big GEMMs after the backward loop run on SciPy's BLAS, whose
-thread pool threadpoolctl controls (with more, on the team: a BLAS pool left
-spinning would slow the next steps); independent cells (the two directions of a
+The LSTM kernel splits every time step over its own threads (the team path, a
+pool of workers kept between calls), the big GEMMs after the backward loop
+included; larger batches run their GEMMs on SciPy's BLAS, whose thread pool
+threadpoolctl controls; independent cells (the two directions of a
 bidirectional layer at small batch) run on a small pool of Python threads while
 the kernel has released the GIL, each then with a one-thread kernel. All follow
 the one setting, which defaults to all cores. threadpoolctl's context managers
@@ -25,16 +25,7 @@ _pool: Optional[ThreadPoolExecutor] = None
 _local = threading.local()
 
 
-def _set_kernel_threads(n: int) -> None:
-    """The kernel's team size, and where a one-thread backward runs its big
-    gradient GEMMs: on the BLAS only when the whole process uses one core (a
-    multi-threaded BLAS pool left spinning slows the kernel's next steps, also
-    those of one-thread cells run side by side for the two directions)."""
-    _kernel.set_num_threads(n)
-    _kernel.set_team_grad_rows(256 if n == 1 else 1 << 62)
-
-
-_set_kernel_threads(_num_threads)
+_kernel.set_num_threads(_num_threads)
 
 
 def kernel_threads() -> int:
@@ -78,7 +69,7 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"n must be >= 1, got {n}")
     for c in _scipy_blas_controllers():
         c.set_num_threads(n)
-    _set_kernel_threads(n)
+    _kernel.set_num_threads(n)
     _num_threads = n
 
 
