@@ -30,8 +30,13 @@ static inline int lstm_team_path(const fr_lstm_config *cfg) {
 /* Threads for a team-path call: at most num_threads and one per panel of
  * hidden units, and each with at least FR_MIN_STEP_FLOPS of recurrent GEMM per
  * step (below that a barrier per step costs more than it saves; tests set it
- * to 0 to run small problems on several threads). */
+ * to 0 to run small problems on several threads), or with at least
+ * FR_MIN_STEP_BYTES of the recurrent weights: beyond L1 each step streams them
+ * from L2, and every core adds its own L2 bandwidth (B = 1, H = 128, f32: 256 KB
+ * of W_v, 65k flops a thread; inference 0.28 -> 0.20 ms on 2 threads; at 32 KB a
+ * thread, H = 64, two threads were slower). */
 static double g_min_step_flops = 200000.0;
+#define FR_MIN_STEP_BYTES (64.0 * 1024)
 
 void fr_set_min_step_flops(double flops) { g_min_step_flops = flops > 0 ? flops : 0; }
 
@@ -61,7 +66,9 @@ static int lstm_team_size(const fr_lstm_config *cfg, int64_t pw) {
     int64_t n = cfg->num_threads < 1 ? 1 : cfg->num_threads;
     const int64_t panels = (cfg->H + pw - 1) / pw;
     if (n > panels) n = panels;
-    while (n > 1 && flops / (double)n < g_min_step_flops) n--;
+    const double bytes = 4.0 * (double)cfg->H * (double)R * (double)(128 / pw); /* W_v */
+    while (n > 1 && flops / (double)n < g_min_step_flops && bytes / (double)n < FR_MIN_STEP_BYTES)
+        n--;
     return (int)n;
 }
 
