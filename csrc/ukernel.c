@@ -86,6 +86,10 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #define UK_KC ((int64_t)(1024 / sizeof(real)))
 /* rows of op(A) = A^T copied per block (a multiple of every UK_MR; 96 KB, in L2) */
 #define UK_MB 96
+/* op(A) = A with rows this far apart (or more) and at least this many rows: copied
+ * in strips too (see ugemm_t) */
+#define UK_ALIAS_BYTES 2048
+#define UK_COPY_MIN_ROWS 8
 #define UK_MAXR 4
 #define UK_MR 4
 #define UK_MR_NP 1

@@ -119,8 +119,21 @@ UK(ugemm_t)(real *C, int64_t ldc, const real *A, int64_t lda, const real *W, int
         const int64_t kc = K - k0 < UK_KC ? K - k0 : UK_KC;
         const int b1 = beta1 || k0 > 0;
         const real *Wk = W + k0 * ldk;
-        if (!TA) {
+        if (!TA && (lda * (int64_t)sizeof(real) < UK_ALIAS_BYTES || M < UK_COPY_MIN_ROWS)) {
             UK(chunk)(C, ldc, A + k0, lda, Wk, ldp, ldk, M, N, kc, b1, 0, PACKED);
+            continue;
+        }
+        if (!TA) {
+            /* A's rows UK_ALIAS_BYTES or more apart (H = 1024: 4 KB) fall on the same few
+             * L1 sets, which the tile's rows and the W panels then evict from each
+             * other. Copy UK_MB-row strips of the kc columns into Ab, contiguous. */
+            for (int64_t m0 = 0; m0 < M; m0 += UK_MB) {
+                const int64_t mb = M - m0 < UK_MB ? M - m0 : UK_MB;
+                real Ab[UK_MB * UK_KC]; /* (mb, kc): A[m0 + r][k0 + k] at Ab[r kc + k] */
+                for (int64_t r = 0; r < mb; r++)
+                    memcpy(Ab + r * kc, A + (m0 + r) * lda + k0, (size_t)kc * sizeof(real));
+                UK(chunk)(C + m0 * ldc, ldc, Ab, kc, Wk, ldp, ldk, mb, N, kc, b1, 0, PACKED);
+            }
             continue;
         }
         /* A^T (the gradient GEMMs, K = T B): A's rows are 4H apart, so walking k in

@@ -92,7 +92,9 @@ def test_every_isa_tile_matches_numpy(isa):
     try:
         rng = np.random.default_rng(isa)
         for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
-            # M beyond the A^T path's 96-row copy blocks (96 + 96 + 9, 97), K over chunks
+            # M beyond the 96-row copy blocks (96 + 96 + 9, 97) of the A^T path and of
+            # the copied strips of a plain A with rows >= 2 KB apart (K = 600; 257 f64),
+            # K over chunks
             for M, N, K in [(1, 1, 1), (13, 45, 300), (29, 100, 7), (4, 130, 513),
                             (201, 70, 600), (97, 33, 257)]:
                 for ta in (False, True):
