@@ -209,11 +209,35 @@ def measure(fn: Callable[[], object], budget: float, min_rep: int, max_rep: int)
     finally:
         if gc_on:
             gc.enable()
+    return {**time_stats(times), "warmup": len(warm), "warmup_times": warm}
+
+
+def time_stats(times: List[float]) -> dict:
+    """Median, min, quartiles and relative IQR of per-call times (and the times)."""
     s = sorted(times)
     q1, med, q3 = statistics.quantiles(s, n=4) if len(s) > 1 else (s[0],) * 3
     med = statistics.median(s)
     return {"median": med, "min": s[0], "q1": q1, "q3": q3, "iqr_rel": (q3 - q1) / med,
-            "n": n, "warmup": len(warm), "warmup_times": warm, "times": times}
+            "n": len(s), "times": times}
+
+
+def merge_rounds(rounds: List[dict]) -> dict:
+    """One job's results from several rounds: the per-call times pooled per mode (the
+    median of all calls), each round's median kept as `round_medians`; the machine's
+    background load averaged."""
+    merged = dict(rounds[0])
+    merged["timings"] = {}
+    for mode in rounds[0]["timings"]:
+        parts = [r["timings"][mode] for r in rounds]
+        merged["timings"][mode] = {
+            **time_stats([t for p in parts for t in p["times"]]),
+            "warmup": parts[0]["warmup"], "warmup_times": parts[0]["warmup_times"],
+            "round_medians": [p["median"] for p in parts]}
+    loads = [r["background_load"] for r in rounds if "background_load" in r]
+    if loads:
+        merged["background_load"] = sum(loads) / len(loads)
+    merged["rounds"] = len(rounds)
+    return merged
 
 
 # ============================================================================ problems
@@ -804,8 +828,11 @@ def markdown(info: dict, settings: dict, rows: List[dict], memory: Mapping[str, 
     if settings.get("pause_when_busy"):
         L.append(f"- before each case the run waited (up to {settings['pause_when_busy']:g} s) for "
                  f"other processes to use < 15% of the machine: {settings['waited_s']:.0f} s in all")
+    rounds = settings.get("rounds", 1)
     L.append(f"- medians of adaptive repeats (budget {settings['budget']:g} s per measurement, "
-             f"{settings['min_rep']}..{settings['max_rep']} calls); threads: "
+             f"{settings['min_rep']}..{settings['max_rep']} calls"
+             + (f", in {rounds} rounds: the competitors of a case take turns" if rounds > 1 else "")
+             + "); threads: "
              f"{', '.join(map(str, settings['threads']))}")
     L.append("- ratios: `X/fr` = X's median / fusedrnn's (> 1: fusedrnn faster); "
              "`fr/floor` = fusedrnn's median / the GEMM floor's (1 = nothing but the GEMMs)")
@@ -988,6 +1015,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--cases", metavar="REGEX", help="only cases whose 'size / variant' name matches")
     p.add_argument("--budget", type=float, help="seconds of timed calls per measurement "
                    "(default 3; --quick 0.1)")
+    p.add_argument("--rounds", type=int, help="the competitors of a case take turns this many "
+                   "times, each with budget / rounds (default 3; --quick 1)")
     p.add_argument("--min-rep", type=int, help="minimum timed calls (default 7; --quick 3)")
     p.add_argument("--max-rep", type=int, help="maximum timed calls (default 200; --quick 30)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="output directory")
@@ -1055,6 +1084,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     quick = args.quick
     budget = args.budget if args.budget is not None else (0.1 if quick else 3.0)
+    rounds = args.rounds or (1 if quick else 3)
+    if rounds < 1:
+        sys.exit("--rounds must be >= 1")
     min_rep = args.min_rep or (3 if quick else 7)
     max_rep = args.max_rep or (30 if quick else 200)
     tag = args.tag or ("quick" if quick else "latest")
@@ -1117,14 +1149,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             path = os.path.join(logdir, "problem.npz")
             np.savez(path, **arrays)
             gc.collect()
-            for c, th, comp, key in plan:
-                if c is not case:
-                    continue
-                progress.set(f"{case.name} | {th} thr | {COMPETITOR_LABEL[comp]}")
-                time.sleep(SETTLE_S)
-                job = {"case": dataclasses.asdict(case), "problem": path, "budget": budget,
-                       "min_rep": min_rep, "max_rep": max_rep}
-                r = workers[(comp, th)].run(job)
+            # The competitors take turns, `rounds` times, each with its share of the
+            # budget: a slow spell of the host then hits all of them, not just one.
+            case_jobs = [(th, comp, key) for c, th, comp, key in plan if c is case]
+            parts: Dict[str, List[dict]] = {key: [] for _, _, key in case_jobs}
+            for rnd in range(rounds):
+                for th, comp, key in case_jobs:
+                    progress.set(f"{case.name} | {th} thr | {COMPETITOR_LABEL[comp]}"
+                                 + (f" | round {rnd + 1}/{rounds}" if rounds > 1 else ""))
+                    time.sleep(SETTLE_S)
+                    job = {"case": dataclasses.asdict(case), "problem": path,
+                           "budget": budget / rounds, "min_rep": max(1, -(-min_rep // rounds)),
+                           "max_rep": max(1, max_rep // rounds)}
+                    parts[key].append(workers[(comp, th)].run(job))
+            for th, comp, key in case_jobs:
+                r = merge_rounds(parts[key])
                 r.update(competitor=comp, threads_requested=th, case=case.name, key=key,
                          loadavg=os.getloadavg()[0])
                 results[key] = r
@@ -1151,7 +1190,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"warning: the workers loaded different builds of the kernel ({kernels}): "
               "the C sources changed during the run", file=sys.stderr)
     gemm = sorted({r["gemm"] for r in results.values() if "gemm" in r})
-    settings = {"quick": quick, "threads": threads_list, "budget": budget, "min_rep": min_rep,
+    settings = {"quick": quick, "threads": threads_list, "budget": budget, "rounds": rounds,
+                "min_rep": min_rep,
                 "max_rep": max_rep, "tol": args.tol, "cases_filter": args.cases,
                 "date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_before": load_before,
                 "load_after": os.getloadavg()[0], "gemm": ",".join(gemm), "kernel_builds": kernels,
