@@ -278,7 +278,7 @@ static void FN(lstm_row_regate)(real *restrict gw, real *restrict mask, const re
     for (int g = 0; g < 4; g++)
         for (int64_t j = 0; j < n; j++) {
             const real ag = a[g * H + j];
-            mask[g * H + j] = (ag <= c_acc && ag >= -c_acc) ? 1 : 0;
+            mask[g * H + j] = (real)((ag <= c_acc) & (ag >= -c_acc)); /* no branch */
             gw[g * H + j] = FN(clip)(ag, c_acc);
         }
     FN(vsigmoid)(gw, gw, n);
@@ -326,10 +326,13 @@ static void FN(lstm_row_backward_state)(real *restrict ar,          /* (4H) alph
                                         const real *restrict sp,    /* (H) s[n-1] */
                                         const real *restrict w_s,   /* (3, H) diagonal or zeros */
                                         real c_cell, real coupled, int64_t H, int64_t n) {
+    /* one pointer per gate row, so that the loop vectorises */
+    real *restrict ar_cu = ar, *restrict ar_cs = ar + H, *restrict ar_du = ar + 2 * H;
+    real *restrict dw_cu = dw_s, *restrict dw_cs = dw_s + H;
     for (int64_t j = 0; j < n; j++) {
         const real g_cu = gw[j], g_cs = gw[H + j], u = gw[2 * H + j];
         const real pre = g_cs * sp[j] + g_cu * u;               /* s[n] before the cell clip */
-        const real keep = (pre <= c_cell && pre >= -c_cell) ? 1 : 0;
+        const real keep = (real)((pre <= c_cell) & (pre >= -c_cell)); /* no branch */
         const real psi_p = psi[j] * keep;                       /* dE/d(pre-clip s[n]) */
         const real alpha_cs = (1 - coupled) * psi_p * sp[j] * g_cs * (1 - g_cs) * mask[H + j];
         /* with coupled gates s[n] = (1 - g_cu) s[n-1] + g_cu u: ds/dg_cu = u - s[n-1] */
@@ -337,11 +340,11 @@ static void FN(lstm_row_backward_state)(real *restrict ar,          /* (4H) alph
         const real alpha_du = psi_p * g_cu * (1 - u * u) * mask[2 * H + j];
         /* f_psi[n] = W_scu^T alpha_cu + W_scs^T alpha_cs + g_cs psi */
         f_psi[j] = g_cs * psi_p + w_s[j] * alpha_cu + w_s[H + j] * alpha_cs;
-        dw_s[j] += alpha_cu * sp[j];       /* dE/dw_scu = sum alpha_cu s[n-1] */
-        dw_s[H + j] += alpha_cs * sp[j];   /* dE/dw_scs = sum alpha_cs s[n-1] */
-        ar[j] = alpha_cu;
-        ar[H + j] = alpha_cs;
-        ar[2 * H + j] = alpha_du;
+        dw_cu[j] += alpha_cu * sp[j];      /* dE/dw_scu = sum alpha_cu s[n-1] */
+        dw_cs[j] += alpha_cs * sp[j];      /* dE/dw_scs = sum alpha_cs s[n-1] */
+        ar_cu[j] = alpha_cu;
+        ar_cs[j] = alpha_cs;
+        ar_du[j] = alpha_du;
     }
 }
 
