@@ -123,29 +123,25 @@ UK(ugemm_t)(real *C, int64_t ldc, const real *A, int64_t lda, const real *W, int
             UK(chunk)(C, ldc, A + k0, lda, Wk, ldp, ldk, M, N, kc, b1, 0, PACKED);
             continue;
         }
-        if (!TA) {
-            /* A's rows UK_ALIAS_BYTES or more apart (H = 1024: 4 KB) fall on the same few
-             * L1 sets, which the tile's rows and the W panels then evict from each
-             * other. Copy UK_MB-row strips of the kc columns into Ab, contiguous. */
-            for (int64_t m0 = 0; m0 < M; m0 += UK_MB) {
-                const int64_t mb = M - m0 < UK_MB ? M - m0 : UK_MB;
-                real Ab[UK_MB * UK_KC]; /* (mb, kc): A[m0 + r][k0 + k] at Ab[r kc + k] */
-                for (int64_t r = 0; r < mb; r++)
-                    memcpy(Ab + r * kc, A + (m0 + r) * lda + k0, (size_t)kc * sizeof(real));
-                UK(chunk)(C + m0 * ldc, ldc, Ab, kc, Wk, ldp, ldk, mb, N, kc, b1, 0, PACKED);
-            }
-            continue;
-        }
-        /* A^T (the gradient GEMMs, K = T B): A's rows are 4H apart, so walking k in
-         * place strides 4-8 KB, a new page and the same L1 sets at every step. Copy
-         * UK_MB-column strips of A's kc rows into Ab, contiguous, and tile that. */
-        const real *Ak = A + k0 * lda;
+        /* Copy UK_MB-row strips of op(A)'s kc columns into Ab, contiguous, and tile
+         * that. A^T (the gradient GEMMs, K = T B): A's rows are 4H apart, so walking
+         * k in place strides 4-8 KB, a new page and the same L1 sets at every step.
+         * A with rows UK_ALIAS_BYTES or more apart (H = 1024: 4 KB): the tile's rows
+         * fall on the same few L1 sets and evict each other and the W panels. */
         for (int64_t m0 = 0; m0 < M; m0 += UK_MB) {
             const int64_t mb = M - m0 < UK_MB ? M - m0 : UK_MB;
-            real Ab[UK_MB * UK_KC]; /* (kc, mb): A[k0 + k][m0 + r] at Ab[k mb + r] */
-            for (int64_t k = 0; k < kc; k++)
-                for (int64_t r = 0; r < mb; r++) Ab[k * mb + r] = Ak[k * lda + m0 + r];
-            UK(chunk)(C + m0 * ldc, ldc, Ab, mb, Wk, ldp, ldk, mb, N, kc, b1, 1, PACKED);
+            real Ab[UK_MB * UK_KC]; /* A^T: (kc, mb), A[k0 + k][m0 + r] at Ab[k mb + r];
+                                     * A: (mb, kc), A[m0 + r][k0 + k] at Ab[r kc + k] */
+            if (TA) {
+                const real *Ak = A + k0 * lda;
+                for (int64_t k = 0; k < kc; k++)
+                    for (int64_t r = 0; r < mb; r++) Ab[k * mb + r] = Ak[k * lda + m0 + r];
+            } else {
+                for (int64_t r = 0; r < mb; r++)
+                    memcpy(Ab + r * kc, A + (m0 + r) * lda + k0, (size_t)kc * sizeof(real));
+            }
+            UK(chunk)(C + m0 * ldc, ldc, Ab, TA ? mb : kc, Wk, ldp, ldk, mb, N, kc, b1, TA,
+                      PACKED);
         }
     }
 }

@@ -2,8 +2,8 @@
 
 The LSTM kernel splits every time step over its own threads (the team path, a
 pool of workers kept between calls), the big GEMMs after the backward loop
-included; larger batches run their GEMMs on SciPy's BLAS, whose thread pool
-threadpoolctl controls; independent cells (the two directions of a
+included; the RNN, full peepholes and calls shorter than 8 steps run their
+GEMMs on SciPy's BLAS, whose thread pool threadpoolctl controls; independent cells (the two directions of a
 bidirectional layer at small batch) run on a small pool of Python threads while
 the kernel has released the GIL, each then with a one-thread kernel. All follow
 the one setting, which defaults to all cores. threadpoolctl's context managers
