@@ -2,6 +2,8 @@
 per-step GEMMs of the backward, steps split over the kernel's own threads)
 gives the results of the step-by-step GEMM-provider path, for every option it
 serves, with 1, 2 and 3 threads and uneven splits of the hidden units."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -17,20 +19,34 @@ OPTS = [
 ]
 
 
-def _run(layer, x, dy, lengths, packed_rows, threads):
+@contextlib.contextmanager
+def _kernel_settings(packed_rows, threads):
+    """Process-wide: the packed (team) path up to `packed_rows` rows, `threads` threads
+    (fr.set_num_threads: the count the layers pass to each kernel call)."""
     old_rows = _kernel.set_packed_max_rows(packed_rows)
-    old_threads = _kernel.set_num_threads(threads)
+    old_threads = fr.get_num_threads()
+    fr.set_num_threads(threads)
     try:
-        y_inf, st_inf = layer.forward(x, training=False, lengths=lengths)
-        layer.zero_grad()
-        y, st = layer.forward(x, lengths=lengths)
-        dx, dst = layer.backward(dy)
-        return dict(y_inf=y_inf.copy(), s_inf=np.array(st_inf[0]), y=np.array(y), dx=dx,
-                    s=np.array(st[0]), ds0=np.array(dst[0]),
-                    **{"grad " + k: g.copy() for k, g in layer.grads.items()})
+        yield
     finally:
         _kernel.set_packed_max_rows(old_rows)
-        _kernel.set_num_threads(old_threads)
+        fr.set_num_threads(old_threads)
+
+
+def _calls(layer, x, dy, lengths):
+    """An inference forward, a training forward and its backward: their results."""
+    y_inf, st_inf = layer.forward(x, training=False, lengths=lengths)
+    layer.zero_grad()
+    y, st = layer.forward(x, lengths=lengths)
+    dx, dst = layer.backward(dy)
+    return dict(y_inf=y_inf.copy(), s_inf=np.array(st_inf[0]), y=np.array(y), dx=dx,
+                s=np.array(st[0]), ds0=np.array(dst[0]),
+                **{"grad " + k: g.copy() for k, g in layer.grads.items()})
+
+
+def _run(layer, x, dy, lengths, packed_rows, threads):
+    with _kernel_settings(packed_rows, threads):
+        return _calls(layer, x, dy, lengths)
 
 
 @pytest.fixture
@@ -72,13 +88,20 @@ def test_team_equals_provider(split_everything, grad_place, opts, threads, dtype
 
 def test_team_threads_are_deterministic(split_everything, grad_place):
     """Each output element is computed by one thread in a fixed order: two
-    threads give the same bits as one."""
+    threads give the same bits as one. (The BLAS, which takes the gradient GEMMs
+    in the "grads on BLAS" case, blocks differently with more threads: it keeps
+    one thread here, so that only the team's threads change.)"""
+    from threadpoolctl import threadpool_limits
+
     layer = fr.LSTM(33, 96, peepholes="diagonal", dtype=np.float32, seed=0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((20, 9, 33)).astype(np.float32)
     dy = rng.standard_normal((20, 9, 96)).astype(np.float32)
-    one = _run(layer, x, dy, None, 1 << 30, 1)
-    two = _run(layer, x, dy, None, 1 << 30, 2)
+    results = []
+    for threads in (1, 2):
+        with _kernel_settings(1 << 30, threads), threadpool_limits(1, "blas"):
+            results.append(_calls(layer, x, dy, None))
+    one, two = results
     for k in one:
         np.testing.assert_array_equal(two[k], one[k], err_msg=k)
 
@@ -119,11 +142,11 @@ def _team_problem(seed):
 
 
 def _team_results(seed, calls=1):
-    """`calls` team-path calls (forward inference, training forward, backward)
-    on 2 threads; the last one's results."""
+    """`calls` rounds of team-path calls (forward inference, training forward,
+    backward); the last round's results. The caller sets 2 threads."""
     layer, x, dy = _team_problem(seed)
     for _ in range(calls):
-        got = _run(layer, x, dy, None, 1 << 30, 2)
+        got = _calls(layer, x, dy, None)
     return got
 
 
@@ -133,7 +156,6 @@ def test_concurrent_team_calls_equal_serial(split_everything):
     every call gets its serial results, bit for bit."""
     import threading
 
-    want = {seed: _team_results(seed) for seed in range(4)}
     got, errors = {}, []
     start = threading.Barrier(4)
 
@@ -144,11 +166,14 @@ def test_concurrent_team_calls_equal_serial(split_everything):
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    # the settings are process-wide: set once, not by each thread
+    with _kernel_settings(1 << 30, 2):
+        want = {seed: _team_results(seed) for seed in range(4)}
+        threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
     assert not errors, errors
     for seed, ref in want.items():
         for k in ref:
@@ -164,17 +189,18 @@ def test_team_after_fork(split_everything):
     the parent only) runs team calls of its own and gets the parent's results."""
     import multiprocessing as mp
 
-    want = _team_results(7)  # the parent's pool is running now
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    child = ctx.Process(target=_child_team_results, args=(queue,))
-    child.start()
-    try:
-        got = queue.get(timeout=60)  # a child waiting for the parent's workers never answers
-        child.join(60)
-    finally:
-        if child.is_alive():
-            child.kill()
+    with _kernel_settings(1 << 30, 2):  # the child inherits them
+        want = _team_results(7)  # the parent's pool is running now
+        child = ctx.Process(target=_child_team_results, args=(queue,))
+        child.start()
+        try:
+            got = queue.get(timeout=60)  # a child waiting for the parent's workers never answers
+            child.join(60)
+        finally:
+            if child.is_alive():
+                child.kill()
     assert child.exitcode == 0
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
