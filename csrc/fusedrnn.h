@@ -1,6 +1,6 @@
 /* fusedrnn: fused CPU kernels for the canonical RNN and the Vanilla LSTM of
  * A. Sherstinsky, "Fundamentals of RNN and LSTM Network", Physica D 404 (2020).
- * Equations and names: shared/spec/equations.md (sections cited as §1, §2).
+ * Equations and names: docs/equations.md (sections cited as §1, §2).
  *
  * Conventions
  *   - All buffers are row-major and contiguous; sequences are time-major (T, B, .).

@@ -1,5 +1,5 @@
 /* Type-generic LSTM body, included by lstm.c with `real`, SUFFIX, EXP.
- * Equation names refer to shared/spec/equations.md §2 (Vanilla LSTM) and §3
+ * Equation names refer to docs/equations.md §2 (Vanilla LSTM) and §3
  * (augmented LSTM). Per step: one recurrent GEMM, the fused element-wise
  * passes below (split only where a full peephole or the projection needs a
  * GEMM in between), and nothing allocated. */

@@ -1,5 +1,5 @@
 /* Type-generic canonical RNN body, included by rnn.c with `real`, SUFFIX, EXP.
- * Equation names refer to shared/spec/equations.md §1. */
+ * Equation names refer to docs/equations.md §1. */
 #define FN(name) FR_CAT(name, SUFFIX)
 
 #include "warp_body.h"

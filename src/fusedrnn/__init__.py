@@ -7,6 +7,7 @@
     y, state = lstm.forward(x)            # x (T, B, 32) -> y (T, B, 64)
     dx, dstate = lstm.backward(dy)        # gradients accumulate into lstm.grads
 
+The equations, with the paper's names and numbers the code cites: docs/equations.md.
 `fusedrnn.reference` is the plain NumPy oracle of the same equations.
 """
 from ._kernel import get_gemm, set_gemm

@@ -1,4 +1,4 @@
-"""External input context windows (spec §3a), as an unfolding of the input.
+"""External input context windows (docs/equations.md §3a), as an unfolding of the input.
 
 The accumulations of step n see x[n - L_past] ... x[n + L_future]; stacking
 those K = L_past + 1 + L_future frames side by side turns the window into one

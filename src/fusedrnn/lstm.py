@@ -1,5 +1,5 @@
 """`fr.LSTM`: the Vanilla LSTM of Sherstinsky (2020) §5 and its augmented
-extensions (§6; spec §2-§4), on the fused C kernel."""
+extensions (§6; docs/equations.md §2-§4), on the fused C kernel."""
 from __future__ import annotations
 
 from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
@@ -35,7 +35,7 @@ def _peephole_mode(peepholes: Any) -> str:
 
 
 class LSTM(RecurrentLayer):
-    """LSTM network: the Vanilla LSTM with peepholes (spec §2) and the paper's
+    """LSTM network: the Vanilla LSTM with peepholes (docs/equations.md §2) and the paper's
     augmented LSTM (§3), stacked and bidirectional (§4).
 
     For each step n of each layer and direction (σ = sigmoid, ⊙ element-wise):

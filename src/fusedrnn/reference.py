@@ -4,7 +4,7 @@
 This module is the readable reference that the fused C kernel is tested against.
 It is written to be obviously right, never fast: one Python loop over time,
 forward over the visited steps and backward over them in the opposite order,
-using the signal names of the paper (and of /spec/equations.md sections 1-4), so
+using the signal names of the paper (and of docs/equations.md sections 1-4), so
 the code can be read line by line next to the equations.  It never imports the
 C kernel.
 
@@ -26,7 +26,7 @@ Conventions
         "b" (4H,) = [b_cu; b_cs; b_du; b_cr].
         Peepholes: "w_s" (3, H) = [w_scu; w_scs; w_scr] (diagonal), or
         "W_s" (3, H, H) = [W_scu; W_scs; W_scr] (full matrices), or neither key.
-        "W_qv" (P, H): recurrent projection q[n] = W_qv v[n] (paper §6, spec §3b).
+        "W_qv" (P, H): recurrent projection q[n] = W_qv v[n] (paper §6; docs/equations.md §3b).
         Gate order (cu, cs, du, cr) is PyTorch's (i, f, g, o).
   RNN:  "W_x" (H, I), "W_r" (H, H), "theta_s" (H,), and "W_s" (H, H) only when
         the linear state feedback is on.
@@ -47,7 +47,7 @@ Conventions
   padding visit freezes the state, writes a zero output and passes the gradients
   through unchanged; outputs are stored at their original time index.  Without
   lengths and with reverse=False, k = n and nothing changes from the Vanilla LSTM.
-* Clips (spec §3c): where a value is clipped its gradient is zero; the derivative
+* Clips (docs/equations.md §3c): where a value is clipped its gradient is zero; the derivative
   at exactly |value| = c is taken as 1 (``|value| <= c``).
 """
 from __future__ import annotations
@@ -127,7 +127,7 @@ def _scatter(seq: np.ndarray, order_k: np.ndarray, value: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# External input context window (spec §3a) as an unfolding of the input
+# External input context window (docs/equations.md §3a) as an unfolding of the input
 # ----------------------------------------------------------------------------------------------
 
 def _context(context) -> Tuple[int, int]:
@@ -243,7 +243,8 @@ def _peep_grad(G: Dict[str, np.ndarray], kind: Optional[str], g: str, alpha: np.
 
 
 # ----------------------------------------------------------------------------------------------
-# One layer-direction of the LSTM: Vanilla (paper section 5, spec §2) and augmented (§6, spec §3)
+# One layer-direction of the LSTM: Vanilla (paper section 5; docs/equations.md §2) and augmented
+# (paper section 6; docs/equations.md §3)
 # ----------------------------------------------------------------------------------------------
 
 def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
@@ -255,7 +256,7 @@ def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
     """The (augmented) LSTM over one window, one layer, one direction.
 
     x (T, B, I); s0 (B, H) = s[-1]; v0 (B, R) = the first recurrent feedback, v[-1]
-    (q[-1] with a projection); None = zeros.  Options (spec §3, §4):
+    (q[-1] with a projection); None = zeros.  Options (docs/equations.md §3, §4):
       coupled_gates      g_cs = 1 - g_cu; the cs weights are unused.
       cell_clip=c        s[n] = clip(g_cs s[n-1] + g_cu u[n], -c, c) before the readout.
       accumulation_clip  every a_* (peephole terms included) clipped to [-c, c] before warping.
@@ -415,7 +416,7 @@ def lstm_backward(dv_seq: np.ndarray, ds_T: Optional[np.ndarray], dv_T: Optional
 
 
 # ----------------------------------------------------------------------------------------------
-# Canonical RNN (paper sections 2-4, spec section 1)
+# Canonical RNN (paper sections 2-4, docs/equations.md §1)
 # ----------------------------------------------------------------------------------------------
 
 def rnn_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
@@ -495,7 +496,7 @@ def rnn_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: Optional[
 
 
 # ----------------------------------------------------------------------------------------------
-# Stacked and bidirectional networks (spec §4): plain compositions of the cells above
+# Stacked and bidirectional networks (docs/equations.md §4): plain compositions of the cells above
 # ----------------------------------------------------------------------------------------------
 
 def _stacked(z: Optional[np.ndarray], i: int) -> Optional[np.ndarray]:

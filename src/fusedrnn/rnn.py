@@ -1,4 +1,4 @@
-"""`fr.RNN`: the canonical RNN of Sherstinsky (2020) §2-§4, spec §1, on the fused C kernel."""
+"""`fr.RNN`: the canonical RNN of Sherstinsky (2020) §2-§4, docs/equations.md §1, on the fused C kernel."""
 from __future__ import annotations
 
 from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
@@ -18,7 +18,7 @@ class RNNState(NamedTuple):
 
 
 class RNN(RecurrentLayer):
-    """The canonical RNN (spec §1), stacked and bidirectional (§4):
+    """The canonical RNN (docs/equations.md §1), stacked and bidirectional (§4):
 
         s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + θ_s,   r[n] = tanh(s[n])
 
