@@ -11,7 +11,8 @@ samples new text one character at a time, feeding its own output back.
     python examples/char_lm.py              # ~2 minutes on 2 cores
     python examples/char_lm.py --quick      # a few seconds (CI)
 
-Writes examples/figures/char_lm.png (or --out DIR) and prints samples;
+Writes examples/figures/char_lm.png (or --out DIR;
+--quick runs write to a new temporary directory unless --out is given) and prints samples;
 --checkpoint PATH saves the model and its vocabulary with fr.save.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -30,6 +32,14 @@ import numpy as np  # noqa: E402
 import fusedrnn as fr  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def output_dir(out: Optional[str], quick: bool) -> str:
+    """Where the outputs go: `--out` if given, else examples/figures for a full run and a
+    new temporary directory for a --quick one (which leaves the committed figures alone)."""
+    if out is not None:
+        return out
+    return tempfile.mkdtemp(prefix="fusedrnn-example-") if quick else os.path.join(HERE, "figures")
 TEXT = os.path.join(HERE, "data", "alice.txt")
 
 
@@ -132,8 +142,11 @@ def main(argv: Any = None) -> Dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     ap.add_argument("--checkpoint", default=None, help="save the trained model here (.npz)")
-    ap.add_argument("--out", default=os.path.join(HERE, "figures"), help="directory of the PNG")
+    ap.add_argument("--out", default=None,
+                    help="directory of the PNG (default: examples/figures; with --quick "
+                         "a new temporary directory)")
     args = ap.parse_args(argv)
+    args.out = output_dir(args.out, args.quick)
     epochs = args.epochs or (1 if args.quick else 12)
     hidden = args.hidden or (64 if args.quick else 256)
 

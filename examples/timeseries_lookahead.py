@@ -26,7 +26,8 @@ itself and a centred moving average (its width chosen on the training part).
     python examples/timeseries_lookahead.py --quick    # a few seconds (CI)
 
 Writes examples/figures/timeseries_lookahead.png and the error table
-examples/figures/timeseries_lookahead.md (or --out DIR).
+examples/figures/timeseries_lookahead.md (or --out DIR; --quick runs write to a new
+temporary directory unless --out is given).
 
 The kernels run with one BLAS thread (fr.set_num_threads(1), --threads): at
 these sizes (B = 32, H = 64) a GEMM is a few microseconds of work, and a second
@@ -39,6 +40,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -47,6 +49,14 @@ import numpy as np
 import fusedrnn as fr
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def output_dir(out: Optional[str], quick: bool) -> str:
+    """Where the outputs go: `--out` if given, else examples/figures for a full run and a
+    new temporary directory for a --quick one (which leaves the committed figures alone)."""
+    if out is not None:
+        return out
+    return tempfile.mkdtemp(prefix="fusedrnn-example-") if quick else os.path.join(HERE, "figures")
 KINDS = ("vanilla", "augmented")
 LABELS = {"noisy": "noisy input y[n]", "moving_average": "centred moving average",
           "vanilla": "Vanilla LSTM (causal)", "augmented": "augmented LSTM (look-ahead)"}
@@ -274,9 +284,11 @@ def main(argv: Any = None) -> Dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1, help="fr.set_num_threads (see the docstring)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-    ap.add_argument("--out", default=os.path.join(HERE, "figures"),
-                    help="directory of the PNG and the table")
+    ap.add_argument("--out", default=None,
+                    help="directory of the PNG and the table (default: examples/figures; with "
+                         "--quick a new temporary directory)")
     args = ap.parse_args(argv)
+    args.out = output_dir(args.out, args.quick)
     epochs = args.epochs or (30 if args.quick else 300)
     length = args.length or (4000 if args.quick else 20000)
 

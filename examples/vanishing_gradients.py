@@ -22,15 +22,17 @@ decays less, but erratically: the exploding side of the same products.)
     python examples/vanishing_gradients.py            # ~1-2 minutes on 2 cores
     python examples/vanishing_gradients.py --quick    # a few seconds (CI)
 
-Writes examples/figures/vanishing_gradients.png (or --out DIR).
+Writes examples/figures/vanishing_gradients.png (or --out DIR;
+--quick runs write to a new temporary directory unless --out is given).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 # Small matrices: one BLAS thread is faster than two fighting over them.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -41,6 +43,14 @@ import fusedrnn as fr  # noqa: E402
 from fusedrnn import reference  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def output_dir(out: Optional[str], quick: bool) -> str:
+    """Where the outputs go: `--out` if given, else examples/figures for a full run and a
+    new temporary directory for a --quick one (which leaves the committed figures alone)."""
+    if out is not None:
+        return out
+    return tempfile.mkdtemp(prefix="fusedrnn-example-") if quick else os.path.join(HERE, "figures")
 KINDS = ("RNN", "LSTM")
 
 
@@ -219,8 +229,11 @@ def main(argv: Any = None) -> Dict[str, Any]:
     ap.add_argument("--forget-bias", type=float, default=3.0,
                     help="initial b_cs of the LSTM (0 = PyTorch's default init)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join(HERE, "figures"), help="directory of the PNG")
+    ap.add_argument("--out", default=None,
+                    help="directory of the PNG (default: examples/figures; with --quick "
+                         "a new temporary directory)")
     args = ap.parse_args(argv)
+    args.out = output_dir(args.out, args.quick)
     delays = args.delays or ([4, 16] if args.quick else [5, 10, 20, 40, 80])
     steps = args.steps or (150 if args.quick else 2000)
 

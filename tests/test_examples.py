@@ -134,3 +134,43 @@ def test_timeseries_lookahead_quick(tmp_path):
     table = (tmp_path / "timeseries_lookahead.md").read_text(encoding="utf-8")
     for label in ts.LABELS.values():
         assert label in table
+
+
+def _tree_state(folder):
+    """(name, size, mtime_ns) of every file under folder, and git's view of it."""
+    files = sorted((os.path.relpath(os.path.join(d, f), folder),
+                    os.path.getsize(os.path.join(d, f)), os.stat(os.path.join(d, f)).st_mtime_ns)
+                   for d, _, names in os.walk(folder) for f in names)
+    return files
+
+
+def _git_status(path):
+    import shutil
+    import subprocess
+    if shutil.which("git") is None:
+        return None
+    out = subprocess.run(["git", "status", "--porcelain", "--", path], cwd=EXAMPLES,
+                         capture_output=True, text=True)
+    return out.stdout if out.returncode == 0 else None     # None outside a git checkout
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("vanishing_gradients", ["--delays", "3", "--steps", "5"]),
+    ("char_lm", ["--epochs", "1", "--hidden", "8", "--no-progress"]),
+    ("timeseries_lookahead", ["--epochs", "1", "--length", "600", "--no-progress"]),
+])
+def test_quick_runs_leave_the_committed_figures_alone(name, extra):
+    """Without --out, a --quick run writes to a new temporary directory, never to
+    examples/figures (whose files and git status stay as they were)."""
+    figures = os.path.join(EXAMPLES, "figures")
+    before, status = _tree_state(figures), _git_status(figures)
+    res = load_example(name).main(["--quick", *extra])
+    figure = res["figure"]
+    try:
+        assert os.path.getsize(figure) > 10_000
+        assert os.path.commonpath([os.path.abspath(figure), figures]) != figures, figure
+        assert _tree_state(figures) == before
+        assert _git_status(figures) == status
+    finally:
+        import shutil
+        shutil.rmtree(os.path.dirname(figure), ignore_errors=True)
