@@ -212,3 +212,90 @@ def test_size_bounds():
         fr.RNN(2**40, 2)
     with pytest.raises(ValueError, match=r"num_layers must be <= 1024"):
         fr.LSTM(2, 2, num_layers=2**40)
+
+
+# ---- optimisers, clipping, truncated BPTT, checkpoints and ONNX files ---------------------
+# One table: (id, call, exception, message). Each call gets fresh objects.
+
+def _lstm():
+    return fr.LSTM(3, 4, dtype=np.float64, seed=0)
+
+
+def _seq():
+    return fr.Sequential(fr.LSTM(3, 4, dtype=np.float64, seed=0),
+                         fr.Linear(4, 2, dtype=np.float64, seed=1))
+
+
+def _set_lr(value):
+    opt = fr.optim.Adam(_lstm())
+    opt.lr = value
+
+
+def _tbptt(x, **kw):
+    kw.setdefault("window", 3)
+    return fr.train.tbptt(_seq(), x, np.zeros((10, 1, 2)), fr.mse_loss, progress=False, **kw)
+
+
+def _clip_int_grads():
+    return fr.clip_grad_norm({"g": np.array([3, 4])}, 1.0)
+
+
+IO_ERRORS = [
+    ("sgd-lr-str", lambda: fr.optim.SGD(_lstm(), lr="0.1"), TypeError, "lr must be a real number"),
+    ("sgd-lr-none", lambda: fr.optim.SGD(_lstm(), lr=None), TypeError, "lr must be a real number"),
+    ("sgd-lr-bool", lambda: fr.optim.SGD(_lstm(), lr=True), TypeError, "lr must be a real number"),
+    ("sgd-lr-nan", lambda: fr.optim.SGD(_lstm(), lr=float("nan")), ValueError, "lr must be a finite"),
+    ("sgd-lr-hugeint", lambda: fr.optim.SGD(_lstm(), lr=10**400), ValueError, "lr must be a finite"),
+    ("sgd-lr-negative", lambda: fr.optim.SGD(_lstm(), lr=-1), ValueError, "lr must be a finite number >= 0"),
+    ("sgd-momentum-str", lambda: fr.optim.SGD(_lstm(), momentum="a"), TypeError, "momentum must be a real"),
+    ("sgd-momentum-inf", lambda: fr.optim.SGD(_lstm(), momentum=float("inf")), ValueError, "momentum must be a finite"),
+    ("sgd-wd-none", lambda: fr.optim.SGD(_lstm(), weight_decay=None), TypeError, "weight_decay must be a real"),
+    ("sgd-wd-negative", lambda: fr.optim.SGD(_lstm(), weight_decay=-0.1), ValueError, "weight_decay must be"),
+    ("sgd-nesterov-str", lambda: fr.optim.SGD(_lstm(), momentum=0.9, nesterov="yes"), TypeError, "nesterov must be a bool"),
+    ("adam-lr-complex", lambda: fr.optim.Adam(_lstm(), lr=1j), TypeError, "lr must be a real number"),
+    ("adam-betas-scalar", lambda: fr.optim.Adam(_lstm(), betas=0.9), TypeError, r"betas must be a pair \(beta1, beta2\)"),
+    ("adam-betas-str", lambda: fr.optim.Adam(_lstm(), betas="ab"), TypeError, "betas must be a pair"),
+    ("adam-betas-one", lambda: fr.optim.Adam(_lstm(), betas=(0.9,)), ValueError, "betas must be a pair"),
+    ("adam-betas-none", lambda: fr.optim.Adam(_lstm(), betas=(0.9, None)), TypeError, r"betas\[1\] must be a real"),
+    ("adam-betas-nan", lambda: fr.optim.Adam(_lstm(), betas=(float("nan"), 0.9)), ValueError, r"betas\[0\] must be a finite"),
+    ("adam-betas-one-value", lambda: fr.optim.Adam(_lstm(), betas=(1.0, 0.9)), ValueError, r"betas must be two numbers in \[0, 1\)"),
+    ("adam-eps-str", lambda: fr.optim.Adam(_lstm(), eps="x"), TypeError, "eps must be a real number"),
+    ("adam-eps-nan", lambda: fr.optim.Adam(_lstm(), eps=float("nan")), ValueError, "eps must be a finite"),
+    ("adam-wd-list", lambda: fr.optim.Adam(_lstm(), weight_decay=[0.1]), TypeError, "weight_decay must be a real"),
+    ("set-lr-str", lambda: _set_lr("x"), TypeError, "lr must be a real number"),
+    ("set-lr-none", lambda: _set_lr(None), TypeError, "lr must be a real number"),
+    ("set-lr-inf", lambda: _set_lr(float("inf")), ValueError, "lr must be a finite"),
+    ("set-lr-nan", lambda: _set_lr(float("nan")), ValueError, "lr must be a finite"),
+    ("set-lr-bool", lambda: _set_lr(True), TypeError, "lr must be a real number"),
+    ("set-lr-negative", lambda: _set_lr(-0.5), ValueError, "lr must be a finite number >= 0"),
+    ("optim-int-grad", lambda: fr.optim.SGD(({"w": np.zeros(2)}, {"w": np.zeros(2, int)})), TypeError, "gradient 'w' must be floating point"),
+    ("clip-str", lambda: fr.clip_grad_norm(_lstm(), "1"), TypeError, "max_norm must be a real number"),
+    ("clip-none", lambda: fr.clip_grad_norm(_lstm(), None), TypeError, "max_norm must be a real number"),
+    ("clip-bool", lambda: fr.clip_grad_norm(_lstm(), True), TypeError, "max_norm must be a real number"),
+    ("clip-list", lambda: fr.clip_grad_norm(_lstm(), [1.0]), TypeError, "max_norm must be a real number"),
+    ("clip-nan", lambda: fr.clip_grad_norm(_lstm(), float("nan")), ValueError, "max_norm must be a finite"),
+    ("clip-inf", lambda: fr.clip_grad_norm(_lstm(), float("inf")), ValueError, "max_norm must be a finite"),
+    ("clip-zero", lambda: fr.clip_grad_norm(_lstm(), 0), ValueError, "max_norm must be a finite number > 0"),
+    ("clip-int-grads", _clip_int_grads, TypeError, "gradients must be floating-point"),
+    ("tbptt-x-1d", lambda: _tbptt(np.zeros(10)), ValueError, r"x must have a time and a batch axis.*shape \(10,\)"),
+    ("tbptt-x-0d", lambda: _tbptt(np.float64(1.0)), ValueError, r"x must have a time and a batch axis"),
+    ("windowed-x-1d", lambda: fr.train.windowed_forward(_seq(), np.zeros(10), window=3), ValueError, "x must have a time and a batch axis"),
+    ("evaluate-x-1d", lambda: fr.train.evaluate(_seq(), np.zeros(10), np.zeros(10), fr.mse_loss, window=3), ValueError, "x must have a time and a batch axis"),
+    ("tbptt-window-str", lambda: _tbptt(np.zeros((10, 1, 3)), window="3"), TypeError, "window must be a positive int"),
+    ("tbptt-window-zero", lambda: _tbptt(np.zeros((10, 1, 3)), window=0), ValueError, "window must be >= 1"),
+    ("tbptt-epochs-float", lambda: _tbptt(np.zeros((10, 1, 3)), epochs=1.5), TypeError, "epochs must be a positive int"),
+    ("tbptt-clip-str", lambda: _tbptt(np.zeros((10, 1, 3)), clip_norm="1"), TypeError, "clip_norm must be a positive number"),
+    ("tbptt-clip-negative", lambda: _tbptt(np.zeros((10, 1, 3)), clip_norm=-1.0), ValueError, "clip_norm must be a finite number > 0"),
+    ("tbptt-loss-not-callable", lambda: fr.train.tbptt(_seq(), np.zeros((10, 1, 3)), np.zeros((10, 1, 2)), "mse", window=3, progress=False), TypeError, "loss must be callable"),
+    ("tbptt-loss-bad-return", lambda: fr.train.tbptt(_seq(), np.zeros((10, 1, 3)), np.zeros((10, 1, 2)), lambda y, t: 1.0, window=3, progress=False), TypeError, r"loss must return a pair \(E, dE/dy\)"),
+    ("tbptt-model", lambda: fr.train.tbptt(object(), np.zeros((10, 1, 3)), np.zeros((10, 1, 2)), fr.mse_loss, window=3, progress=False), TypeError, "model must be a fusedrnn layer"),
+    ("tbptt-history", lambda: _tbptt(np.zeros((10, 1, 3)), history=[]), TypeError, "history must be a fusedrnn.train.History"),
+    ("tbptt-callback", lambda: _tbptt(np.zeros((10, 1, 3)), callback=1), TypeError, "callback must be callable"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", [row[1:] for row in IO_ERRORS],
+                         ids=[row[0] for row in IO_ERRORS])
+def test_io_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

@@ -167,3 +167,62 @@ def test_lr_setter_and_zero_grad():
     assert not layer.grads["W"].any()
     with pytest.raises(ValueError):
         opt.lr = -1
+
+
+@pytest.mark.parametrize("what", ["params", "grads"])
+def test_step_refuses_a_replaced_array(what):
+    """A params/grads entry replaced by a new array would be left untrained (or
+    trained from a stale gradient) without a word: step() refuses instead."""
+    model = fr.Sequential(fr.LSTM(2, 3, dtype=np.float64, seed=0), fr.Linear(3, 1, seed=1))
+    opt = fr.optim.SGD(model, lr=0.1)
+    opt.step()
+    getattr(model[0], what)["W_x"] = getattr(model[0], what)["W_x"].copy()
+    with pytest.raises(ValueError, match=r"'0.W_x' was replaced after the optimiser was created"):
+        opt.step()
+    fr.optim.SGD(model, lr=0.1).step()  # a new optimiser binds the new array
+
+
+def test_step_refuses_added_or_removed_parameters():
+    params, grads = pair([1.0], [1.0])
+    opt = fr.optim.SGD((params, grads), lr=0.1)
+    params["extra"], grads["extra"] = np.zeros(1), np.zeros(1)
+    with pytest.raises(ValueError, match=r"\['extra'\] were added"):
+        opt.step()
+    del params["extra"], params["w"]
+    with pytest.raises(ValueError, match="'w' was removed"):
+        opt.step()
+
+
+@pytest.mark.parametrize("change,exc,match", [
+    (lambda sd: sd.update(step="3"), TypeError, r"state_dict\['step'\] must be an int"),
+    (lambda sd: sd.update(step=True), TypeError, r"state_dict\['step'\] must be an int"),
+    (lambda sd: sd.update(step=-1), ValueError, r"state_dict\['step'\] must be >= 0"),
+    (lambda sd: sd.update(hyper=[1]), TypeError, r"state_dict\['hyper'\] must be a dict"),
+    (lambda sd: sd["hyper"].update(lr=float("nan")), ValueError, "lr must be a finite"),
+    (lambda sd: sd["hyper"].update(betas=(0.9,)), ValueError, "betas must be a pair"),
+    (lambda sd: sd.pop("state"), ValueError, r"state_dict is missing \['state'\]"),
+    (lambda sd: sd["state"]["m"].update(w=np.array(["a"])), TypeError, r"m\['w'\] must hold real"),
+])
+def test_load_state_dict_refuses_bad_entries_and_changes_nothing(change, exc, match):
+    params, grads = pair([1.0], [0.5])
+    opt = fr.optim.Adam((params, grads), lr=0.1)
+    opt.step()
+    sd = opt.state_dict()
+    before = copy.deepcopy(opt.state_dict())
+    change(sd)
+    with pytest.raises(exc, match=match):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    assert after["hyper"] == before["hyper"] and after["step"] == before["step"]
+    for name in before["state"]:
+        np.testing.assert_array_equal(after["state"][name]["w"], before["state"][name]["w"])
+    with pytest.raises(TypeError, match="state_dict must be a dict"):
+        opt.load_state_dict([("type", "Adam")])
+
+
+def test_clip_grad_norm_refuses_read_only_grads():
+    g = np.array([3.0, 4.0])
+    g.flags.writeable = False
+    with pytest.raises(ValueError, match="grads must be writeable"):
+        fr.clip_grad_norm({"g": g}, 1.0)
+    assert fr.clip_grad_norm({"g": g}, 10.0) == pytest.approx(5.0)  # nothing to scale: fine

@@ -3,6 +3,8 @@
 Every error names the argument and the expected shape or dtype."""
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -124,4 +126,18 @@ def optional_positive(value: Any, name: str) -> Optional[float]:
     v = float(value)
     if not (np.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a finite number > 0 or None, got {value!r}")
+    return v
+
+
+def finite_number(value: Any, name: str) -> float:
+    """A finite real number as a float: bools, strings, arrays and None raise
+    TypeError, NaN, infinities and ints too large for a float ValueError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    try:
+        v = float(value)
+    except OverflowError:
+        v = math.inf
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     return v

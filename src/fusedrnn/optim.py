@@ -13,6 +13,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple, Union
 
 import numpy as np
 
+from . import _validate as V
+
 __all__ = ["Optimizer", "SGD", "Adam", "clip_grad_norm", "param_groups"]
 
 ParamsGrads = Tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]
@@ -58,6 +60,8 @@ def param_groups(source: Any) -> List[Tuple[str, np.ndarray, np.ndarray]]:
                 raise ValueError(f"gradient {key!r} has shape {g.shape}, parameter {p.shape}")
             if p.dtype.kind != "f":
                 raise TypeError(f"parameter {key!r} must be floating point, got {p.dtype}")
+            if g.dtype.kind != "f":
+                raise TypeError(f"gradient {key!r} must be floating point, got {g.dtype}")
             if not p.flags.writeable:
                 raise ValueError(f"parameter {key!r} is read-only; optimisers update in place")
             triples.append((key, p, g))
@@ -74,12 +78,14 @@ def clip_grad_norm(grads: Any, max_norm: float) -> float:
     exceeds max_norm, every gradient is multiplied by max_norm / (norm + 1e-6)
     (PyTorch's rule). Returns the norm before clipping (inf/nan when a
     gradient is not finite; then nothing is scaled)."""
-    if not (max_norm > 0):
-        raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
+    if not V.finite_number(max_norm, "max_norm") > 0:
+        raise ValueError(f"max_norm must be a finite number > 0, got {max_norm!r}")
     arrays = list(_grad_arrays(grads))
     total = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in arrays)))
     if np.isfinite(total) and total > max_norm:
         scale = max_norm / (total + 1e-6)
+        if not all(g.flags.writeable for g in arrays):
+            raise ValueError("grads must be writeable arrays: clip_grad_norm scales them in place")
         for g in arrays:
             g *= g.dtype.type(scale)
     return total
@@ -90,8 +96,9 @@ def _grad_arrays(grads: Any) -> Iterable[np.ndarray]:
         grads = grads.grads
     if isinstance(grads, Mapping):
         for g in grads.values():
-            if not isinstance(g, np.ndarray):
-                raise TypeError(f"gradients must be numpy arrays, got {type(g).__name__}")
+            if not isinstance(g, np.ndarray) or g.dtype.kind != "f":
+                raise TypeError("gradients must be floating-point numpy arrays, got "
+                                f"{getattr(g, 'dtype', type(g).__name__)}")
             yield g
     elif isinstance(grads, (list, tuple)):
         for item in grads:
@@ -110,6 +117,7 @@ class Optimizer:
     _state_names: Tuple[str, ...] = ()
 
     def __init__(self, params: Any, **hyper: Any) -> None:
+        self._source = params
         self.groups = param_groups(params)
         self.hyper: Dict[str, Any] = hyper
         self.step_count = 0
@@ -128,9 +136,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        if not (value >= 0):
-            raise ValueError(f"lr must be >= 0, got {value!r}")
-        self.hyper["lr"] = float(value)
+        self.hyper["lr"] = _nonneg("lr", value)
 
     def zero_grad(self) -> None:
         """Set every gradient this optimiser sees to zero."""
@@ -139,9 +145,34 @@ class Optimizer:
 
     def step(self) -> None:
         """One update of every parameter, in place, from its current gradient."""
+        self._check_bound()
         self.step_count += 1
         for key, p, g in self.groups:
             self._update(key, p, g)
+
+    def _check_bound(self) -> None:
+        """Refuse to step when the model's params/grads dicts no longer hold the
+        arrays this optimiser updates (an entry replaced by a new array would be
+        silently left untrained, or trained from a stale gradient)."""
+        live = {}
+        for prefix, (params, grads) in _pairs(self._source):
+            for name, p in params.items():
+                live[prefix + name] = (p, grads.get(name))
+        for key, p, g in self.groups:
+            if key not in live:
+                raise ValueError(f"parameter {key!r} was removed from the model after the "
+                                 "optimiser was created; create the optimiser again")
+            now_p, now_g = live[key]
+            for what, now, held in (("parameter", now_p, p), ("gradient", now_g, g)):
+                if now is not held:
+                    raise ValueError(
+                        f"the {what} array {key!r} was replaced after the optimiser was created: "
+                        f"step() would update the old one. Assign in place (arr[...] = new) or "
+                        "create the optimiser again")
+        if len(live) != len(self.groups):
+            extra = sorted(set(live) - {k for k, _, _ in self.groups})
+            raise ValueError(f"parameters {extra} were added to the model after the optimiser "
+                             "was created; create the optimiser again")
 
     def _update(self, key: str, p: np.ndarray, g: np.ndarray) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -158,37 +189,60 @@ class Optimizer:
 
         The buffers must match this optimiser's parameter keys and shapes exactly;
         they are copied into the existing arrays."""
+        if not isinstance(sd, Mapping):
+            raise TypeError(f"state_dict must be a dict from state_dict(), got {type(sd).__name__}")
         if sd.get("type") != type(self).__name__:
             raise ValueError(f"state_dict is for {sd.get('type')!r}, not {type(self).__name__}")
+        missing = [k for k in ("hyper", "step", "state") if k not in sd]
+        if missing:
+            raise ValueError(f"state_dict is missing {missing}")
+        if not isinstance(sd["hyper"], Mapping):
+            raise TypeError(f"state_dict['hyper'] must be a dict, got {type(sd['hyper']).__name__}")
         hyper = dict(sd["hyper"])
         if set(hyper) != set(self.hyper):
             raise ValueError(f"state_dict hyper-parameters {sorted(hyper)} do not match "
                              f"{sorted(self.hyper)}")
+        step = sd["step"]
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+            raise TypeError(f"state_dict['step'] must be an int, got {step!r}")
+        if step < 0:
+            raise ValueError(f"state_dict['step'] must be >= 0, got {step}")
         state = sd["state"]
+        if not isinstance(state, Mapping) or not all(isinstance(b, Mapping)
+                                                     for b in state.values()):
+            raise TypeError("state_dict['state'] must be a dict of dicts of arrays")
         if set(state) != set(self.state):
             raise ValueError(f"state_dict buffers {sorted(state)} do not match {sorted(self.state)}")
+        checked: Dict[str, Dict[str, np.ndarray]] = {}
         for name, bufs in self.state.items():
             if set(state[name]) != set(bufs):
                 raise ValueError(f"state_dict buffer {name!r} has keys {sorted(state[name])}, "
                                  f"the optimiser has {sorted(bufs)}")
+            checked[name] = {}
             for k, a in bufs.items():
                 src = np.asarray(state[name][k])
+                if src.dtype.kind not in "biuf":
+                    raise TypeError(f"state_dict {name}[{k!r}] must hold real numbers, got "
+                                    f"dtype {src.dtype}")
                 if src.shape != a.shape:
                     raise ValueError(f"state_dict {name}[{k!r}] has shape {src.shape}, "
                                      f"expected {a.shape}")
+                checked[name][k] = src
+        new_hyper = self._check_hyper(**hyper)  # before anything changes
         for name, bufs in self.state.items():
             for k, a in bufs.items():
-                a[...] = state[name][k]
-        self.hyper = self._check_hyper(**hyper)
-        self.step_count = int(sd["step"])
+                a[...] = checked[name][k]
+        self.hyper = new_hyper
+        self.step_count = int(step)
 
     def _check_hyper(self, **hyper: Any) -> Dict[str, Any]:  # pragma: no cover
         raise NotImplementedError
 
 
 def _nonneg(name: str, value: Any) -> float:
-    v = float(value)
-    if not (v >= 0) or not np.isfinite(v):
+    """A finite number >= 0 (TypeError for what is not a real number)."""
+    v = V.finite_number(value, name)
+    if not v >= 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
 
@@ -210,6 +264,8 @@ class SGD(Optimizer):
         super().__init__(params, **hyper)
 
     def _check_hyper(self, **h: Any) -> Dict[str, Any]:
+        if not isinstance(h["nesterov"], (bool, np.bool_)):
+            raise TypeError(f"nesterov must be a bool, got {h['nesterov']!r}")
         out = {"lr": _nonneg("lr", h["lr"]), "momentum": _nonneg("momentum", h["momentum"]),
                "weight_decay": _nonneg("weight_decay", h["weight_decay"]),
                "nesterov": bool(h["nesterov"])}
@@ -252,9 +308,16 @@ class Adam(Optimizer):
                                                      weight_decay=weight_decay))
 
     def _check_hyper(self, **h: Any) -> Dict[str, Any]:
-        betas = tuple(float(b) for b in h["betas"])
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {h['betas']!r}")
+        raw = h["betas"]
+        if isinstance(raw, np.ndarray) and raw.ndim == 1:
+            raw = raw.tolist()
+        if not isinstance(raw, (tuple, list)):
+            raise TypeError(f"betas must be a pair (beta1, beta2) of numbers in [0, 1), got {raw!r}")
+        if len(raw) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2) of numbers in [0, 1), got {raw!r}")
+        betas = tuple(V.finite_number(b, f"betas[{i}]") for i, b in enumerate(raw))
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {raw!r}")
         eps = _nonneg("eps", h["eps"])
         return {"lr": _nonneg("lr", h["lr"]), "betas": list(betas), "eps": eps,
                 "weight_decay": _nonneg("weight_decay", h["weight_decay"])}

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from . import _validate as V
 from .optim import clip_grad_norm
 from .sequential import Sequential, is_recurrent
 
@@ -59,11 +60,10 @@ def _time_axis(model: Any) -> int:
 
 def window_slices(T: int, window: int) -> List[slice]:
     """[0, K), [K, 2K), ... covering T steps; the last window may be shorter."""
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
-        raise ValueError(f"window must be a positive int, got {window!r}")
+    window = V.positive_int(window, "window")
     if T < 1:
         raise ValueError(f"the sequence must have at least one step, got T={T}")
-    return [slice(a, min(a + int(window), T)) for a in range(0, T, int(window))]
+    return [slice(a, min(a + window, T)) for a in range(0, T, window)]
 
 
 def _take(a: Any, sl: slice, axis: int) -> Any:
@@ -104,8 +104,16 @@ class _Walker:
     see exactly what one call over the whole sequence sees."""
 
     def __init__(self, model: Any, x: Any, encode: Optional[Callable[[np.ndarray], np.ndarray]]):
+        if not (callable(getattr(model, "forward", None)) and hasattr(model, "params")):
+            raise TypeError(f"model must be a fusedrnn layer or Sequential, got {type(model).__name__}")
+        if encode is not None and not callable(encode):
+            raise TypeError(f"encode must be callable or None, got {type(encode).__name__}")
         self.model, self.x, self.encode = model, x, encode
         self.axis = _time_axis(model)
+        if np.ndim(x) < 2:
+            layout = "(B, T, ...)" if self.axis else "(T, B, ...)"
+            raise ValueError(f"x must have a time and a batch axis {layout}, e.g. (T, B, I) or "
+                             f"(T, B) indices with encode; got shape {np.shape(x)}")
         self.T = _length(x, self.axis)
         self.L_past, self.L_future = _context(model)
         self.batch = int(np.shape(x)[1 - self.axis])
@@ -159,6 +167,9 @@ def evaluate(model: Any, x: Any, target: Any, loss: LossFn, window: int, state: 
              encode: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> float:
     """Mean loss of `model` over a long sequence, inference only (nothing stored),
     window by window with the state carried; windows weighted by their length."""
+    if not callable(loss):
+        raise TypeError(f"loss must be callable, loss(y, *target) -> (E, dE/dy); got "
+                        f"{type(loss).__name__}")
     walk = _Walker(model, x, encode)
     axis, T = walk.axis, walk.T
     targets = _targets(target)
@@ -166,7 +177,7 @@ def evaluate(model: Any, x: Any, target: Any, loss: LossFn, window: int, state: 
     total, st = 0.0, walk.start(state)
     for sl in window_slices(T, window):
         y, st_out = walk.forward(sl, walk.start(None) if reset_state else st, training=False)
-        L, _ = loss(y, *(None if t is None else _take(t, sl, axis) for t in targets))
+        L, _ = _loss_pair(loss(y, *(None if t is None else _take(t, sl, axis) for t in targets)))
         total += L * (sl.stop - sl.start)
         st = st_out
     return total / T
@@ -192,7 +203,8 @@ def tbptt(model: Any, x: Any, target: Any, loss: LossFn, *, window: int,
     epochs: passes over the sequence; each starts from `state`.
     state: initial state (None: zeros). reset_state: start every window from
         zeros instead of the carried state.
-    clip_norm: clip the global gradient norm of every window to this value.
+    clip_norm: clip the global gradient norm of every window to this value (> 0;
+        None: no clipping).
     encode: optional per-window input transform (e.g. indices -> one-hot), so
         a long sequence need not be encoded at once.
     A first LSTM layer with a context window (L_past, L_future) is streamed: the
@@ -207,8 +219,16 @@ def tbptt(model: Any, x: Any, target: Any, loss: LossFn, *, window: int,
     Returns (history, final state of the last window).
     Per window: zero_grad, forward from the carried state, loss, backward with
     no gradient into the initial state (the truncation), optional clipping, step."""
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    epochs = V.positive_int(epochs, "epochs")
+    clip_norm = V.optional_positive(clip_norm, "clip_norm")
+    if not callable(loss):
+        raise TypeError(f"loss must be callable, loss(y, *target) -> (E, dE/dy); got "
+                        f"{type(loss).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+    if history is not None and not isinstance(history, History):
+        raise TypeError(f"history must be a fusedrnn.train.History or None, got "
+                        f"{type(history).__name__}")
     walk = _Walker(model, x, encode)
     axis, T = walk.axis, walk.T
     targets = _targets(target)
@@ -226,7 +246,8 @@ def tbptt(model: Any, x: Any, target: Any, loss: LossFn, *, window: int,
             for w, sl in enumerate(slices):
                 model.zero_grad()
                 y, st_out = walk.forward(sl, walk.start(None) if reset_state else st, True)
-                L, dy = loss(y, *(None if t is None else _take(t, sl, axis) for t in targets))
+                L, dy = _loss_pair(loss(y, *(None if t is None else _take(t, sl, axis)
+                                             for t in targets)))
                 model.backward(dy)  # no dstate: no gradient crosses the window boundary
                 gnorm = clip_grad_norm(model, clip_norm) if clip_norm else _grad_norm(model)
                 if optimizer is not None:
@@ -251,6 +272,18 @@ def tbptt(model: Any, x: Any, target: Any, loss: LossFn, *, window: int,
     finally:
         bar.close()
     return hist, st_final
+
+
+def _loss_pair(out: Any) -> Tuple[float, Any]:
+    """The loss function's (E, dE/dy), checked."""
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise TypeError(f"loss must return a pair (E, dE/dy), got {type(out).__name__}")
+    try:
+        E = float(out[0])
+    except (TypeError, ValueError):
+        raise TypeError(f"loss must return a pair (E, dE/dy) with a number E, got "
+                        f"{out[0]!r}") from None
+    return E, out[1]
 
 
 def _grad_norm(model: Any) -> float:
