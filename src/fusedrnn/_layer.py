@@ -71,13 +71,20 @@ class RecurrentLayer:
 
     def __init__(self, input_size: int, hidden_size: int, *, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, dtype: Any = np.float32,
-                 batch_first: bool = False, seed: Optional[int] = None) -> None:
+                 batch_first: bool = False, reverse: bool = False,
+                 seed: Optional[int] = None) -> None:
         self.input_size = V.positive_int(input_size, "input_size")
         self.hidden_size = V.positive_int(hidden_size, "hidden_size")
         self.num_layers = V.positive_int(num_layers, "num_layers", MAX_LAYERS)
         if not isinstance(bidirectional, (bool, np.bool_)):
             raise TypeError(f"bidirectional must be a bool, got {bidirectional!r}")
         self.bidirectional = bool(bidirectional)
+        if not isinstance(reverse, (bool, np.bool_)):
+            raise TypeError(f"reverse must be a bool, got {reverse!r}")
+        if reverse and self.bidirectional:
+            raise ValueError("reverse=True is for a unidirectional layer (a bidirectional one "
+                             "already runs a reverse direction): pass one of them")
+        self.reverse = bool(reverse)
         if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, (int, float, np.floating)):
             raise TypeError(f"dropout must be a float in [0, 1), got {dropout!r}")
         if not 0 <= dropout < 1:
@@ -256,7 +263,7 @@ class RecurrentLayer:
             def run_forward(d: int, l: int = l, inp: np.ndarray = inp):
                 i = l * self.num_directions + d
                 return self._cell_forward(self._cell_dict(p, l, d), inp, s0_all[i], o0_all[i],
-                                          lens, bool(d), training)
+                                          lens, bool(d) or self.reverse, training)
 
             results = self._each_direction(run_forward, B)
             for d, (_, s_i, o_i, tape) in enumerate(results):

@@ -6,8 +6,8 @@ Per layer and direction, as the C kernel does it: the input GEMM of all steps
 is hoisted out of the loop (MatMul over (T, B, I_l)); the Scan body does the
 recurrent MatMul and the element-wise cell. Variable lengths: a (T, B, 1)
 boolean mask holds the state and zeroes the output at padding steps, and the
-reverse direction runs over ReverseSequence of each row's valid part (as
-`fr.LSTM` does). The context window is unfolded with Pad/Slice/Concat
+reverse direction (and a reverse layer) runs over ReverseSequence of each
+row's valid part (as `fr.LSTM` does). The context window is unfolded with Pad/Slice/Concat
 (frames at or after a row's end are zero)."""
 from __future__ import annotations
 
@@ -192,7 +192,8 @@ def scan_network(g: Any, layer: Any, x: str, lens: str, h0_all: str,
             o0 = _state_slice(g, h0_all, i) if h0_all else _zeros_state(g, x, R)
             s0 = _state_slice(g, c0_all, i) if c0_all else _zeros_state(g, x, H)
             inp = y
-            if d == 1 and lens:
+            rev = d == 1 or layer.reverse
+            if rev and lens:
                 inp = g.op1("ReverseSequence", [y, lens64], batch_axis=1, time_axis=0)
             if is_lstm:
                 W, bias = p["W_x"], p["b"]
@@ -204,10 +205,10 @@ def scan_network(g: Any, layer: Any, x: str, lens: str, h0_all: str,
             scan_ins = [s0, o0, xw] + ([mask] if mask is not None else [])
             n_scan = len(scan_ins) - 2
             attrs: Dict[str, Any] = dict(body=body, num_scan_inputs=n_scan)
-            if d == 1 and not lens:
+            if rev and not lens:
                 attrs.update(scan_input_directions=[1] * n_scan, scan_output_directions=[1])
             sT, oT, ys = g.op("Scan", scan_ins, 3, **attrs)
-            if d == 1 and lens:
+            if rev and lens:
                 ys = g.op1("ReverseSequence", [ys, lens64], batch_axis=1, time_axis=0)
             outs.append(ys)
             h_T.append(_unsq(g, oT, 0))

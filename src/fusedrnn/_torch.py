@@ -87,7 +87,8 @@ def lstm_to_torch(layer: Any) -> Any:
                                      ("context windows", layer.context != (0, 0)),
                                      ("coupled gates", layer.coupled_gates),
                                      ("cell_clip", layer.cell_clip is not None),
-                                     ("accumulation_clip", layer.accumulation_clip is not None)) if on]
+                                     ("accumulation_clip", layer.accumulation_clip is not None),
+                                     ("reverse (a backwards-only layer)", layer.reverse)) if on]
     if blocked:
         raise ValueError(f"torch.nn.LSTM has no {', '.join(blocked)}: this LSTM cannot be "
                          "exported to it")
@@ -117,6 +118,9 @@ def rnn_to_torch(layer: Any) -> Any:
     if layer.state_feedback:
         raise ValueError("torch.nn.RNN has no state feedback W_s: build the RNN with "
                          "state_feedback=False to export it")
+    if layer.reverse:
+        raise ValueError("torch.nn.RNN has no reverse (a backwards-only layer): this RNN "
+                         "cannot be exported to it")
     torch = _torch()
     module = torch.nn.RNN(layer.input_size, layer.hidden_size, nonlinearity="tanh",
                           num_layers=layer.num_layers, bidirectional=layer.bidirectional,

@@ -63,6 +63,10 @@ class LSTM(RecurrentLayer):
         cell_clip: c, s[n] clipped to [-c, c] after each update (TensorFlow's cell_clip).
         accumulation_clip: c, every a_* clipped to [-c, c] before warping (ONNX's clip).
         num_layers, bidirectional, dropout (between layers, training only, seeded).
+        reverse: every layer reads each row's valid part backwards, from its last
+            valid step to step 0 (one direction only: Keras' go_backwards, ONNX's
+            direction="reverse"); outputs stay at their time index, the final state
+            is the one after step 0. Not with bidirectional or streaming context.
         dtype (float32/float64), batch_first, seed (initialisation and dropout).
 
     `params` holds the real storage; per cell (suffix "", "_reverse", "_l1", ...):
@@ -84,7 +88,8 @@ class LSTM(RecurrentLayer):
                  coupled_gates: bool = False, cell_clip: Optional[float] = None,
                  accumulation_clip: Optional[float] = None, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, dtype: Any = np.float32,
-                 batch_first: bool = False, seed: Optional[int] = None) -> None:
+                 batch_first: bool = False, reverse: bool = False,
+                 seed: Optional[int] = None) -> None:
         self.peepholes = _peephole_mode(peepholes)
         H = V.positive_int(hidden_size, "hidden_size")
         if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, (int, np.integer)):
@@ -108,13 +113,14 @@ class LSTM(RecurrentLayer):
         self.accumulation_clip = V.optional_positive(accumulation_clip, "accumulation_clip")
         super().__init__(input_size, hidden_size, num_layers=num_layers,
                          bidirectional=bidirectional, dropout=dropout, dtype=dtype,
-                         batch_first=batch_first, seed=seed)
+                         batch_first=batch_first, reverse=reverse, seed=seed)
 
     def __repr__(self) -> str:
         opts = [f"peepholes={self.peepholes!r}"]
         for name, default in (("proj_size", 0), ("context", (0, 0)), ("coupled_gates", False),
                               ("cell_clip", None), ("accumulation_clip", None), ("num_layers", 1),
-                              ("bidirectional", False), ("dropout", 0.0), ("batch_first", False)):
+                              ("bidirectional", False), ("dropout", 0.0), ("batch_first", False),
+                              ("reverse", False)):
             if getattr(self, name) != default:
                 opts.append(f"{name}={getattr(self, name)!r}")
         return (f"LSTM(input_size={self.input_size}, hidden_size={self.hidden_size}, "
@@ -169,8 +175,9 @@ class LSTM(RecurrentLayer):
         if state is not None and len(state) > 2 and state[2] is not None:
             if L_past == 0:
                 raise ValueError("state.x_past is only for LSTMs with context=(L_past > 0, .)")
-            if self.bidirectional:
-                raise ValueError("streaming context (state.x_past) needs a unidirectional LSTM")
+            if self.bidirectional or self.reverse:
+                raise ValueError("streaming context (state.x_past) needs a unidirectional LSTM "
+                                 "that reads forwards (not bidirectional, not reverse)")
             x_past = V.private_copy(V.state_part(state[2], "state.x_past", self.dtype,
                                                  (L_past, B, self.input_size)), state[2])
         return s0, o0, x_past
@@ -185,8 +192,9 @@ class LSTM(RecurrentLayer):
             return None
         if L_future == 0:
             raise ValueError("x_future is only for LSTMs with a look-ahead, context=(., L_future > 0)")
-        if self.bidirectional:
-            raise ValueError("x_future (streaming look-ahead) needs a unidirectional LSTM")
+        if self.bidirectional or self.reverse:
+            raise ValueError("x_future (streaming look-ahead) needs a unidirectional LSTM "
+                             "that reads forwards (not bidirectional, not reverse)")
         return V.sequence(x_future, "x_future", self.dtype, self.input_size, self.batch_first,
                           batch=B, steps=L_future)
 

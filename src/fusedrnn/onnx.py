@@ -16,7 +16,8 @@ the Transpose/Reshape from ONNX's (T, D, B, H) output to (T, B, D*H) between
 layers; initial states are sliced per layer and final states concatenated.
 
 What maps onto the ONNX nodes: diagonal peepholes (`P`), coupled gates
-(`input_forget=1`), accumulation_clip (`clip`), bidirectional, variable
+(`input_forget=1`), accumulation_clip (`clip`), bidirectional, reverse
+(`direction="reverse"`), variable
 lengths, stacks, and for the RNN the torch-like cell (state_feedback=False).
 Gates are reordered from fusedrnn's (cu, cs, du, cr) = (i, f, g, o) to ONNX's
 (i, o, f, c), peepholes from (cu, cs, cr) = (i, f, o) to ONNX's (i, o, f), and
@@ -226,6 +227,13 @@ def _version() -> str:
     return version()
 
 
+def _direction(layer: Any) -> str:
+    """The ONNX direction attribute of a layer's nodes."""
+    if layer.bidirectional:
+        return "bidirectional"
+    return "reverse" if layer.reverse else "forward"
+
+
 def _lstm_node(g: _Graph, layer: LSTM, l: int, x: str, lens: str, h0: str,
                c0: str) -> Tuple[str, str, str]:
     H, D = layer.hidden_size, layer.num_directions
@@ -241,7 +249,7 @@ def _lstm_node(g: _Graph, layer: LSTM, l: int, x: str, lens: str, h0: str,
         ins.append(g.const("P", P))
     while ins[-1] == "":
         ins.pop()
-    attrs: Dict[str, Any] = dict(hidden_size=H, direction="bidirectional" if D == 2 else "forward")
+    attrs: Dict[str, Any] = dict(hidden_size=H, direction=_direction(layer))
     if layer.coupled_gates:
         attrs["input_forget"] = 1
     if layer.accumulation_clip is not None:
@@ -260,8 +268,7 @@ def _rnn_node(g: _Graph, layer: RNN, l: int, x: str, lens: str, h0: str) -> Tupl
     ins = [x, g.const("W", W), g.const("R", R), g.const("B", B), lens, h0]
     while ins[-1] == "":
         ins.pop()
-    Y, Y_h = g.op("RNN", ins, 2, hidden_size=H,
-                  direction="bidirectional" if D == 2 else "forward")
+    Y, Y_h = g.op("RNN", ins, 2, hidden_size=H, direction=_direction(layer))
     return Y, Y_h
 
 
@@ -312,9 +319,10 @@ def _node_layer(node: Any, inits: Dict[str, np.ndarray], dtype: Any) -> Any:
     H = int(a["hidden_size"])
     direction = a.get("direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
-    if direction == "reverse":
-        raise ValueError(f"{op} node {node.name!r}: direction='reverse' alone has no fusedrnn "
-                         "equivalent (fusedrnn has forward and bidirectional cells)")
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise ValueError(f"{op} node {node.name!r}: direction must be 'forward', 'reverse' or "
+                         f"'bidirectional', got {direction!r}")
+    reverse = direction == "reverse"
     if int(a.get("layout", 0)) != 0:
         raise ValueError(f"{op} node {node.name!r}: layout=1 (batch-major) is not supported")
     default_acts = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "RNN": ["Tanh"]}[op]
@@ -335,7 +343,7 @@ def _node_layer(node: Any, inits: Dict[str, np.ndarray], dtype: Any) -> Any:
         layer: Any = LSTM(I, H, peepholes="diagonal" if P is not None else None,
                           coupled_gates=bool(a.get("input_forget", 0)),
                           accumulation_clip=float(a["clip"]) if "clip" in a else None,
-                          bidirectional=D == 2, dtype=dt, seed=0)
+                          bidirectional=D == 2, reverse=reverse, dtype=dt, seed=0)
         for d in range(D):
             s = suffix(0, d)
             layer.params["W_x" + s][...] = _reorder(W[d], H, _INV_GATE_ORDER)
@@ -347,7 +355,7 @@ def _node_layer(node: Any, inits: Dict[str, np.ndarray], dtype: Any) -> Any:
     else:
         if "clip" in a:
             raise ValueError(f"RNN node {node.name!r}: clip has no fusedrnn.RNN equivalent")
-        layer = RNN(I, H, bidirectional=D == 2, dtype=dt, seed=0)
+        layer = RNN(I, H, bidirectional=D == 2, reverse=reverse, dtype=dt, seed=0)
         for d in range(D):
             s = suffix(0, d)
             layer.params["W_x" + s][...] = W[d]
@@ -381,7 +389,8 @@ def load_nodes(path: Any, dtype: Any = None) -> List[Any]:
 
 
 def _same_cell(a: Any, b: Any) -> bool:
-    if type(a) is not type(b) or a.hidden_size != b.hidden_size or a.bidirectional != b.bidirectional:
+    if (type(a) is not type(b) or a.hidden_size != b.hidden_size
+            or (a.bidirectional, a.reverse) != (b.bidirectional, b.reverse)):
         return False
     if isinstance(a, LSTM):
         return (a.peepholes, a.coupled_gates, a.accumulation_clip) == (
@@ -420,12 +429,12 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None) -> An
                         peepholes=None if first.peepholes == "none" else first.peepholes,
                         coupled_gates=first.coupled_gates,
                         accumulation_clip=first.accumulation_clip, num_layers=L,
-                        bidirectional=first.bidirectional, dtype=first.dtype,
-                        batch_first=batch_first, seed=0)
+                        bidirectional=first.bidirectional, reverse=first.reverse,
+                        dtype=first.dtype, batch_first=batch_first, seed=0)
     else:
         net = RNN(first.input_size, first.hidden_size, num_layers=L,
-                  bidirectional=first.bidirectional, dtype=first.dtype, batch_first=batch_first,
-                  seed=0)
+                  bidirectional=first.bidirectional, reverse=first.reverse, dtype=first.dtype,
+                  batch_first=batch_first, seed=0)
     for l, c in enumerate(cells):
         for name, arr in c.params.items():
             base, rev = (name[:-len("_reverse")], 1) if name.endswith("_reverse") else (name, 0)

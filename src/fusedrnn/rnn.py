@@ -29,27 +29,28 @@ class RNN(RecurrentLayer):
         "W_s" (H, H) only with state_feedback=True.
     The output sequence is r[n] (directions concatenated); the state is
     RNNState(s, r). Options num_layers, bidirectional, dropout, dtype,
-    batch_first, seed and forward's lengths are as for `fr.LSTM`.
+    batch_first, reverse, seed and forward's lengths are as for `fr.LSTM`.
     """
 
     State = RNNState
 
     def __init__(self, input_size: int, hidden_size: int, state_feedback: bool = False, *,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
-                 dtype: Any = np.float32, batch_first: bool = False,
+                 dtype: Any = np.float32, batch_first: bool = False, reverse: bool = False,
                  seed: Optional[int] = None) -> None:
         if not isinstance(state_feedback, (bool, np.bool_)):
             raise TypeError(f"state_feedback must be a bool, got {state_feedback!r}")
         self.state_feedback = bool(state_feedback)
         super().__init__(input_size, hidden_size, num_layers=num_layers,
                          bidirectional=bidirectional, dropout=dropout, dtype=dtype,
-                         batch_first=batch_first, seed=seed)
+                         batch_first=batch_first, reverse=reverse, seed=seed)
 
     def __repr__(self) -> str:
         return (f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"state_feedback={self.state_feedback}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, dtype={self.dtype.name}, "
-                f"batch_first={self.batch_first})")
+                f"batch_first={self.batch_first}"
+                + (", reverse=True)" if self.reverse else ")"))
 
     def _cell_param_shapes(self, in_size: int) -> Dict[str, Tuple[int, ...]]:
         H = self.hidden_size

@@ -280,6 +280,11 @@ class _FusedModule(nn.Module):
         _FusedModule.__init__(module, layer)
         return module
 
+    @property
+    def reverse(self) -> bool:
+        """True: every layer reads each row's valid part backwards (see fusedrnn.LSTM)."""
+        return bool(self._config["reverse"])
+
     def flatten_parameters(self) -> None:
         """No-op (torch.nn.RNNBase compatibility): the weights are always used in place."""
 
@@ -398,12 +403,13 @@ class LSTM(_FusedModule):
                  coupled_gates: bool = False, cell_clip: Optional[float] = None,
                  accumulation_clip: Optional[float] = None, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, dtype: Any = np.float32,
-                 batch_first: bool = False, seed: Optional[int] = None) -> None:
+                 batch_first: bool = False, reverse: bool = False,
+                 seed: Optional[int] = None) -> None:
         layer = _FrLSTM(input_size, hidden_size, peepholes, proj_size=proj_size, context=context,
                         coupled_gates=coupled_gates, cell_clip=cell_clip,
                         accumulation_clip=accumulation_clip, num_layers=num_layers,
                         bidirectional=bidirectional, dropout=dropout, dtype=_np_dtype(dtype),
-                        batch_first=batch_first, seed=_seed(seed))
+                        batch_first=batch_first, reverse=reverse, seed=_seed(seed))
         super().__init__(layer)
 
     @staticmethod
@@ -413,7 +419,8 @@ class LSTM(_FusedModule):
                     proj_size=layer.proj_size, context=tuple(layer.context),
                     coupled_gates=layer.coupled_gates, cell_clip=layer.cell_clip,
                     accumulation_clip=layer.accumulation_clip, num_layers=layer.num_layers,
-                    bidirectional=layer.bidirectional, dropout=layer.dropout)
+                    bidirectional=layer.bidirectional, dropout=layer.dropout,
+                    reverse=layer.reverse)
 
     @property
     def peepholes(self) -> Optional[str]:
@@ -444,7 +451,7 @@ class LSTM(_FusedModule):
         s = f"{self.input_size}, {self.hidden_size}, peepholes={c['peepholes']!r}"
         for k, default in (("proj_size", 0), ("context", (0, 0)), ("coupled_gates", False),
                            ("cell_clip", None), ("accumulation_clip", None), ("num_layers", 1),
-                           ("bidirectional", False), ("dropout", 0.0)):
+                           ("bidirectional", False), ("dropout", 0.0), ("reverse", False)):
             if c[k] != default:
                 s += f", {k}={c[k]!r}"
         if self.batch_first:
@@ -524,18 +531,19 @@ class RNN(_FusedModule):
 
     def __init__(self, input_size: int, hidden_size: int, state_feedback: bool = False, *,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
-                 dtype: Any = np.float32, batch_first: bool = False,
+                 dtype: Any = np.float32, batch_first: bool = False, reverse: bool = False,
                  seed: Optional[int] = None) -> None:
         layer = _FrRNN(input_size, hidden_size, state_feedback, num_layers=num_layers,
                        bidirectional=bidirectional, dropout=dropout, dtype=_np_dtype(dtype),
-                       batch_first=batch_first, seed=_seed(seed))
+                       batch_first=batch_first, reverse=reverse, seed=_seed(seed))
         super().__init__(layer)
 
     @staticmethod
     def _config_of(layer: Any) -> Dict[str, Any]:
         return dict(input_size=layer.input_size, hidden_size=layer.hidden_size,
                     state_feedback=layer.state_feedback, num_layers=layer.num_layers,
-                    bidirectional=layer.bidirectional, dropout=layer.dropout)
+                    bidirectional=layer.bidirectional, dropout=layer.dropout,
+                    reverse=layer.reverse)
 
     @property
     def state_feedback(self) -> bool:
@@ -545,7 +553,8 @@ class RNN(_FusedModule):
         s = f"{self.input_size}, {self.hidden_size}"
         if self.state_feedback:
             s += ", state_feedback=True"
-        for k, default in (("num_layers", 1), ("bidirectional", False), ("dropout", 0.0)):
+        for k, default in (("num_layers", 1), ("bidirectional", False), ("dropout", 0.0),
+                           ("reverse", False)):
             if self._config[k] != default:
                 s += f", {k}={self._config[k]!r}"
         if self.batch_first:
