@@ -185,7 +185,7 @@ class RecurrentLayer:
 
     def _init_runtime(self) -> None:
         self._local = threading.local()  # .tape: this thread's last training forward
-        self._grad_lock = threading.Lock()
+        self._grad_lock = _threads.lock()
         self._scratch = ScratchPool(self.dtype)  # kernel workspaces kept between calls
 
     def __getstate__(self) -> dict:

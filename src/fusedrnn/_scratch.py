@@ -15,10 +15,11 @@ gates and the packed weights would then each touch two lines (a B = 1 step
 GEMM took 1.06 instead of 0.66 us)."""
 from __future__ import annotations
 
-import threading
 from typing import List
 
 import numpy as np
+
+from . import _threads
 
 # Released buffers kept per layer: two cells (the directions of a layer) run at
 # once at most, each with one forward or backward workspace.
@@ -47,7 +48,7 @@ class ScratchPool:
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
         self._kept: List[np.ndarray] = []
-        self._lock = threading.Lock()
+        self._lock = _threads.lock()
 
     def take(self, n: int) -> np.ndarray:
         with self._lock:

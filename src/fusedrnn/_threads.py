@@ -7,12 +7,19 @@ GEMMs on SciPy's BLAS, whose thread pool threadpoolctl controls; independent cel
 bidirectional layer at small batch) run on a small pool of Python threads while
 the kernel has released the GIL, each then with a one-thread kernel. All follow
 the one setting, which defaults to all cores. threadpoolctl's context managers
-(`threadpool_limits(n, "blas")`) keep working on the BLAS part."""
+(`threadpool_limits(n, "blas")`) keep working on the BLAS part.
+
+Fork: a child process has none of its parent's threads. The kernel's worker
+pool starts empty in the child (csrc/team.c), the directions' pool below is
+dropped and made again on first use, and the package's locks (`lock()`) are
+released if the fork caught one held, so a child forked at any time computes
+as its parent would (multiprocessing and DataLoader workers fork on Linux)."""
 from __future__ import annotations
 
 import contextlib
 import os
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
 
@@ -23,7 +30,26 @@ _pool: Optional[ThreadPoolExecutor] = None
 
 
 _local = threading.local()
+_locks: "weakref.WeakSet[threading.Lock]" = weakref.WeakSet()
 
+
+def lock() -> threading.Lock:
+    """A lock that a forked child finds released (the thread that held it in
+    the parent does not exist there)."""
+    new = threading.Lock()
+    _locks.add(new)
+    return new
+
+
+def _after_fork_in_child() -> None:
+    global _pool
+    _pool = None  # its workers are not in the child; pool() makes a new one
+    for held in list(_locks):
+        if held.locked():
+            held.release()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _kernel.set_num_threads(_num_threads)
 
