@@ -32,6 +32,7 @@ FULL_MATRIX: List[Tuple[str, str]] = (
 QUICK_MATRIX: List[Tuple[str, str]] = [("small", v) for v in VARIANTS] + [("medium", "plain")]
 MODES = {"inference": "inference", "train": "training step"}
 COMPETITORS = ("fusedrnn", "torch", "ort", "oracle", "floor")
+BUILD_COMPETITORS = ("fusedrnn", "floor")  # they time the fusedrnn installation (--baseline)
 COMPETITOR_LABEL = {"fusedrnn": "fusedrnn", "torch": "torch", "ort": "ORT",
                     "oracle": "NumPy oracle", "floor": "GEMM floor"}
 

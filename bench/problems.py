@@ -72,12 +72,12 @@ def make_data(case: Case) -> Dict[str, np.ndarray]:
             "dy": rng.standard_normal((case.T, case.B, case.D * case.R)).astype(dt)}
 
 
-def _maxabs(a, b) -> float:
+def maxabs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-def _rel(a, b) -> float:
-    return _maxabs(a, b) / max(float(np.max(np.abs(np.asarray(b, np.float64)))), 1e-30)
+def rel(a, b) -> float:
+    return maxabs(a, b) / max(float(np.max(np.abs(np.asarray(b, np.float64)))), 1e-30)
 
 
 def check_case(case: Case, threads: int, tol: float) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
@@ -102,17 +102,17 @@ def check_case(case: Case, threads: int, tol: float) -> Tuple[Dict[str, float], 
         layer.zero_grad()
         y_tr, _ = layer.forward(x)
         dx, _ = layer.backward(dy)
-        diffs["fusedrnn y training vs inference (abs)"] = _maxabs(y_tr, y_inf)
+        diffs["fusedrnn y training vs inference (abs)"] = maxabs(y_tr, y_inf)
         if not case.peepholes:
             with torch.inference_mode():
                 y_t = module(torch.from_numpy(x))[0].numpy()
-            diffs["torch: y inference (abs)"] = _maxabs(y_inf, y_t)
+            diffs["torch: y inference (abs)"] = maxabs(y_inf, y_t)
             xt = torch.from_numpy(x.copy()).requires_grad_()
             module.zero_grad(set_to_none=True)
             yt, _ = module(xt)
             yt.backward(torch.from_numpy(dy))
-            diffs["torch: y training (abs)"] = _maxabs(y_tr, yt.detach().numpy())
-            diffs["torch: dx (rel)"] = _rel(dx, xt.grad.numpy())
+            diffs["torch: y training (abs)"] = maxabs(y_tr, yt.detach().numpy())
+            diffs["torch: dx (rel)"] = rel(dx, xt.grad.numpy())
             names = {"W_x": "weight_ih", "W_v": "weight_hh", "b": "bias_ih", "W_qv": "weight_hr"}
             worst = 0.0
             for l, d, _ in case.cells():
@@ -120,22 +120,22 @@ def check_case(case: Case, threads: int, tol: float) -> Tuple[Dict[str, float], 
                     key = ours + suffix(l, d)
                     if key in layer.grads:
                         g = getattr(module, f"{theirs}_l{l}" + ("_reverse" if d else "")).grad
-                        worst = max(worst, _rel(layer.grads[key], g.numpy()))
+                        worst = max(worst, rel(layer.grads[key], g.numpy()))
             diffs["torch: weight gradients (max rel)"] = worst
         if case.runs("ort"):
             sess = ort_session(onnx_lstm_model(layer.params, case.T, case.B, case.I, case.H,
                                                case.peepholes), threads)
             Y = sess.run(["Y"], {"X": x})[0]
             del sess
-            diffs["ORT: y inference (abs)"] = _maxabs(y_inf, Y[:, 0])
+            diffs["ORT: y inference (abs)"] = maxabs(y_inf, Y[:, 0])
         if case.layers == 1 and case.D == 1 and not case.P and (case.runs("oracle") or case.peepholes):
             from fusedrnn import reference as ref
             params = {k: v.copy() for k, v in layer.params.items()}
             y_r, _, _, cache = ref.lstm_forward(x, params, None, None)
             dx_r, _, _, g_r = ref.lstm_backward(dy, None, None, cache)
-            diffs["oracle: y (abs)"] = _maxabs(y_tr, y_r)
-            diffs["oracle: dx (rel)"] = _rel(dx, dx_r)
-            diffs["oracle: weight gradients (max rel)"] = max(_rel(layer.grads[k], g_r[k]) for k in g_r)
+            diffs["oracle: y (abs)"] = maxabs(y_tr, y_r)
+            diffs["oracle: dx (rel)"] = rel(dx, dx_r)
+            diffs["oracle: weight gradients (max rel)"] = max(rel(layer.grads[k], g_r[k]) for k in g_r)
     bad = {k: v for k, v in diffs.items() if not v <= tol}
     if bad:
         raise RuntimeError(f"{case.name}: competitors disagree (> {tol:g}): {bad}; not timing")
@@ -144,6 +144,7 @@ def check_case(case: Case, threads: int, tol: float) -> Tuple[Dict[str, float], 
         arrays["torch." + k] = v.detach().numpy()
     for k, v in layer.params.items():
         arrays["fusedrnn." + k] = v
+    arrays["check.y"] = np.array(y_inf)  # each worker compares its own output with it
     return diffs, arrays
 
 

@@ -30,19 +30,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True,
+def _git(repo: str, *args: str) -> str:
+    return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True,
                           check=True).stdout
 
 
-def git_revision() -> str:
-    """Short commit of the checkout this script lives in, "+dirty" with local changes."""
+def git_revision(repo: str = REPO) -> str:
+    """Short commit of the checkout `repo` (default: this script's), "+dirty" with local changes."""
     try:
-        rev = _git("rev-parse", "--short", "HEAD").strip()
-        dirty = _git("status", "--porcelain", "--untracked-files=no").strip()
+        rev = _git(repo, "rev-parse", "--short", "HEAD").strip()
+        dirty = _git(repo, "status", "--porcelain", "--untracked-files=no").strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("+dirty" if dirty else "")
+
+
+def git_info(repo: str = REPO) -> dict:
+    """The checkout's short description, commit and modified tracked files."""
+    git: Dict[str, Any] = {"describe": git_revision(repo)}
+    try:
+        git["commit"] = _git(repo, "rev-parse", "HEAD").strip()
+        st = _git(repo, "status", "--porcelain", "--untracked-files=no")
+        git["modified"] = [ln[3:] for ln in st.splitlines()]
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return git
 
 
 def machine_info() -> dict:
@@ -67,15 +79,17 @@ def machine_info() -> dict:
         except md.PackageNotFoundError:
             versions[pkg] = None
     info["versions"] = versions
-    git = {"describe": git_revision()}
-    try:
-        git["commit"] = _git("rev-parse", "HEAD").strip()
-        st = _git("status", "--porcelain", "--untracked-files=no")
-        git["modified"] = [ln[3:] for ln in st.splitlines()]
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    info["git"] = git
+    info["git"] = git_info()
     return info
+
+
+def build_info(info: dict, worker: Mapping[str, Any]) -> dict:
+    """The machine information of a run of another fusedrnn installation, from what its worker
+    reported: its interpreter, package directory, version and checkout (when it is one)."""
+    return {**info, "versions": {**info["versions"], "fusedrnn": worker.get("fusedrnn_version")},
+            "git": git_info(worker["fusedrnn"]) if worker.get("fusedrnn") else {"describe": "unknown"},
+            "fusedrnn_path": worker.get("fusedrnn"),
+            "fusedrnn_python": worker.get("python")}
 
 
 # ============================================================================ report

@@ -33,19 +33,24 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bench modules, also when imported
 
-from cases import COMPETITOR_LABEL, COMPETITORS, FULL_MATRIX, MODES, QUICK_MATRIX, Case, make_case  # noqa: E402
+import compare  # noqa: E402
+from cases import (BUILD_COMPETITORS, COMPETITOR_LABEL, COMPETITORS, FULL_MATRIX, MODES,  # noqa: E402
+                   QUICK_MATRIX, Case, make_case)
 from problems import check_case, memory_report  # noqa: E402
-from report import build_rows, dump_json, fmt_ms, machine_info, markdown, plot  # noqa: E402
+from report import build_info, build_rows, dump_json, fmt_ms, machine_info, markdown, plot  # noqa: E402
 from timing import merge_rounds, wait_until_idle  # noqa: E402
 from workers import Worker, serve  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+BASELINE_SUFFIX = "|baseline"  # the result keys of --baseline's build
 SETTLE_S = 0.15     # pause before each job: lets idle thread pools of the last worker sleep
 
 
@@ -73,6 +78,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (a line per case)")
     p.add_argument("--replot", metavar="JSON", help="only redraw the plot of a run's JSON "
                    "(next to it: ratios.png for latest*.json, else <name>-ratios.png)")
+    p.add_argument("--baseline", metavar="PYTHON",
+                   help="also time the fusedrnn of another installation, the one this Python "
+                        "interpreter imports (e.g. an older commit's .venv/bin/python), interleaved "
+                        "with this one's in every round; writes <tag>-baseline.{json,md} and the "
+                        "comparison <tag>-compare.md (bench/compare.py)")
     p.add_argument("--serve", choices=COMPETITORS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -108,6 +118,116 @@ class Progress:
             self.bar.close()
 
 
+@dataclass(frozen=True)
+class Job:
+    """One measurement of the plan: a competitor at a thread count on a case, of this
+    installation's fusedrnn or (build "baseline") of --baseline's."""
+    case: Case
+    threads: int
+    competitor: str
+    key: str
+    build: str = ""
+
+
+def plan_jobs(cases: List[Case], threads_list: List[int], baseline: bool) -> List[List[Job]]:
+    """The unique jobs of every case, in groups that take their turns together: a competitor
+    of the fusedrnn build with its baseline twin, else alone. Identical computations
+    (`Case.job_key`) are measured once, in the first case that has them."""
+    groups: List[List[Job]] = []
+    seen = set()
+    for case in cases:
+        for th in threads_list:
+            for comp in COMPETITORS:
+                key = f"{case.job_key(comp)}|t{th}"
+                if case.runs(comp) and key not in seen:
+                    seen.add(key)
+                    group = [Job(case, th, comp, key)]
+                    if baseline and comp in BUILD_COMPETITORS:
+                        group.append(Job(case, th, comp, key + BASELINE_SUFFIX, "baseline"))
+                    groups.append(group)
+    return groups
+
+
+def run_case(case: Case, groups: List[List[Job]], workers: Mapping[Tuple[str, int, str], Worker],
+             job_fields: dict, rounds: int, tol: float, progress: "Progress") -> Dict[str, dict]:
+    """Time the jobs of one case. The competitors take turns, `rounds` times, each with its
+    share of the budget: a slow spell of the host then hits all of them, not just one. The
+    twins of a group swap their order every round."""
+    parts: Dict[str, List[dict]] = {j.key: [] for g in groups for j in g}
+    for rnd in range(rounds):
+        for group in groups:
+            for job in (group if rnd % 2 == 0 else group[::-1]):
+                progress.set(f"{case.name} | {job.threads} thr | {COMPETITOR_LABEL[job.competitor]}"
+                             + (f" ({job.build})" if job.build else "")
+                             + (f" | round {rnd + 1}/{rounds}" if rounds > 1 else ""))
+                time.sleep(SETTLE_S)
+                worker = workers[(job.competitor, job.threads, job.build)]
+                r = worker.run({**job_fields, "case": dataclasses.asdict(case)})
+                if r.get("check_y_abs", 0.0) > tol:
+                    raise RuntimeError(f"{case.name}: the fusedrnn of {worker.info.get('fusedrnn')} "
+                                       f"differs from the checked output by {r['check_y_abs']:.2e} "
+                                       f"(> {tol:g}); not timing")
+                parts[job.key].append(r)
+    results = {}
+    for job in (j for g in groups for j in g):
+        r = merge_rounds(parts[job.key])
+        r.update(competitor=job.competitor, threads_requested=job.threads, case=case.name,
+                 key=job.key, loadavg=os.getloadavg()[0])
+        if job.build:
+            r["build"] = job.build
+        results[job.key] = r
+        progress.step()
+    return results
+
+
+def case_summary(case: Case, threads_list: List[int], results: Mapping[str, dict]) -> str:
+    summary = []
+    for th in threads_list:
+        fr_r = results.get(f"{case.job_key('fusedrnn')}|t{th}")
+        to_r = results.get(f"{case.job_key('torch')}|t{th}")
+        if fr_r and to_r:
+            summary.append(f"{th} thr: " + ", ".join(
+                f"{m} fr {fmt_ms(fr_r['timings'][m]['median'])} ms torch/fr "
+                f"{to_r['timings'][m]['median'] / fr_r['timings'][m]['median']:.2f}"
+                for m in MODES))
+    return f"{case.name} ({case.dims()}): " + " | ".join(summary)
+
+
+def split_builds(results: Mapping[str, dict]) -> Tuple[Dict[str, dict], Dict[str, dict]]:
+    """(this installation's results, the baseline's): the baseline's are the same shared
+    competitors with its own fusedrnn build's measurements in their place."""
+    own = {k: r for k, r in results.items() if not k.endswith(BASELINE_SUFFIX)}
+    base = {k: results.get(k + BASELINE_SUFFIX, r) for k, r in own.items()}
+    return own, {k: {kk: v for kk, v in r.items() if kk != "build"} for k, r in base.items()}
+
+
+def write_run(out: str, tag: str, info: dict, settings: dict, cases: List[Case],
+              results: Mapping[str, dict], checks: dict, memory: dict, loads: dict, waits: dict,
+              elapsed: float, threads_list: List[int]) -> Tuple[dict, str, List[str]]:
+    """<tag>.json and <tag>.md of one build's results; returns (the JSON blob, the Markdown,
+    the names written)."""
+    kernels = sorted({r["kernel_sha256"] for r in results.values() if "kernel_sha256" in r})
+    if len(kernels) > 1:
+        print(f"warning: the workers loaded different builds of the kernel ({kernels}): "
+              "the C sources changed during the run", file=sys.stderr)
+    gemm = sorted({r["gemm"] for r in results.values() if "gemm" in r})
+    settings = {**settings, "gemm": ",".join(gemm), "kernel_builds": kernels}
+    rows = build_rows(cases, threads_list, results)
+    md = markdown(info, {**settings, "_cases": cases}, rows, memory, checks, results, elapsed)
+    blob = {"machine": info, "settings": settings, "elapsed_s": elapsed,
+            "cases": [{**dataclasses.asdict(c), "name": c.name, "dtype": c.dtype, "P": c.P,
+                       "layers": c.layers, "directions": c.D, "loadavg_at_start": loads.get(c.name),
+                       "quiet_wait": waits.get(c.name)}
+                      for c in cases],
+            "checks": checks, "memory": memory, "rows": rows, "results": results}
+    written = []
+    for name, text in ((f"{tag}.json", dump_json(blob)), (f"{tag}.md", md)):
+        with open(os.path.join(out, name), "w") as f:
+            f.write(text)
+        written.append(name)
+    return blob, md, written
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     threads_list = [int(t) for t in args.threads.split(",") if t.strip()]
@@ -124,6 +244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if any(t < 1 for t in threads_list):
         sys.exit("--threads: counts must be >= 1")
+    if args.baseline and not (os.path.isfile(args.baseline) and os.access(args.baseline, os.X_OK)):
+        sys.exit(f"--baseline: {args.baseline} is not an executable Python interpreter")
 
     quick = args.quick
     budget = args.budget if args.budget is not None else (0.1 if quick else 3.0)
@@ -150,25 +272,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "is using the CPU, timings may be disturbed", file=sys.stderr)
 
     t_start = time.time()
-    import fusedrnn as fr  # triggers the editable rebuild, if any, before the workers start
+    import fusedrnn  # noqa: F401  (triggers the editable rebuild, if any, before the workers start)
     info = machine_info()
     os.makedirs(args.out, exist_ok=True)
 
-    # the plan: unique jobs per (case, threads, competitor)
-    plan: List[Tuple[Case, int, str, str]] = []
-    seen = set()
-    for case in cases:
-        for th in threads_list:
-            for comp in COMPETITORS:
-                if case.runs(comp):
-                    key = f"{case.job_key(comp)}|t{th}"
-                    if key not in seen:
-                        seen.add(key)
-                        plan.append((case, th, comp, key))
-    needed = sorted({(comp, th) for _, th, comp, _ in plan}, key=lambda p: (p[1], COMPETITORS.index(p[0])))
+    groups = plan_jobs(cases, threads_list, bool(args.baseline))
+    jobs = [j for g in groups for j in g]
+    needed = sorted({(j.competitor, j.threads, j.build) for j in jobs},
+                    key=lambda p: (p[1], COMPETITORS.index(p[0]), p[2]))
     logdir = tempfile.mkdtemp(prefix="fusedrnn_bench_")
-    workers = {p: Worker(p[0], p[1], logdir) for p in needed}  # start all: they import in parallel
-    progress = Progress(len(plan), not args.no_progress)
+    # start all: they import in parallel
+    workers = {p: Worker(p[0], p[1], logdir, python=args.baseline if p[2] else None, label=p[2])
+               for p in needed}
+    progress = Progress(len(jobs), not args.no_progress)
     results: Dict[str, dict] = {}
     checks: Dict[str, dict] = {}
     memory: Dict[str, dict] = {}
@@ -192,35 +308,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             path = os.path.join(logdir, "problem.npz")
             np.savez(path, **arrays)
             gc.collect()
-            # The competitors take turns, `rounds` times, each with its share of the
-            # budget: a slow spell of the host then hits all of them, not just one.
-            case_jobs = [(th, comp, key) for c, th, comp, key in plan if c is case]
-            parts: Dict[str, List[dict]] = {key: [] for _, _, key in case_jobs}
-            for rnd in range(rounds):
-                for th, comp, key in case_jobs:
-                    progress.set(f"{case.name} | {th} thr | {COMPETITOR_LABEL[comp]}"
-                                 + (f" | round {rnd + 1}/{rounds}" if rounds > 1 else ""))
-                    time.sleep(SETTLE_S)
-                    job = {"case": dataclasses.asdict(case), "problem": path,
-                           "budget": budget / rounds, "min_rep": max(1, -(-min_rep // rounds)),
-                           "max_rep": max(1, max_rep // rounds)}
-                    parts[key].append(workers[(comp, th)].run(job))
-            for th, comp, key in case_jobs:
-                r = merge_rounds(parts[key])
-                r.update(competitor=comp, threads_requested=th, case=case.name, key=key,
-                         loadavg=os.getloadavg()[0])
-                results[key] = r
-                progress.step()
-            summary = []
-            for th in threads_list:
-                fr_r = results.get(f"{case.job_key('fusedrnn')}|t{th}")
-                to_r = results.get(f"{case.job_key('torch')}|t{th}")
-                if fr_r and to_r:
-                    summary.append(f"{th} thr: " + ", ".join(
-                        f"{m} fr {fmt_ms(fr_r['timings'][m]['median'])} ms torch/fr "
-                        f"{to_r['timings'][m]['median'] / fr_r['timings'][m]['median']:.2f}"
-                        for m in MODES))
-            progress.write(f"{case.name} ({case.dims()}): " + " | ".join(summary))
+            job_fields = {"problem": path, "budget": budget / rounds,
+                          "min_rep": max(1, -(-min_rep // rounds)), "max_rep": max(1, max_rep // rounds)}
+            case_groups = [g for g in groups if g[0].case is case]
+            results.update(run_case(case, case_groups, workers, job_fields, rounds, args.tol, progress))
+            progress.write(case_summary(case, threads_list, results))
     finally:
         progress.close()
         for w in workers.values():
@@ -228,42 +320,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elapsed = time.time() - t_start
     shutil.rmtree(logdir, ignore_errors=True)
 
-    kernels = sorted({r["kernel_sha256"] for r in results.values() if "kernel_sha256" in r})
-    if len(kernels) > 1:
-        print(f"warning: the workers loaded different builds of the kernel ({kernels}): "
-              "the C sources changed during the run", file=sys.stderr)
-    gemm = sorted({r["gemm"] for r in results.values() if "gemm" in r})
     settings = {"quick": quick, "threads": threads_list, "budget": budget, "rounds": rounds,
                 "min_rep": min_rep,
                 "max_rep": max_rep, "tol": args.tol, "cases_filter": args.cases,
                 "date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_before": load_before,
-                "load_after": os.getloadavg()[0], "gemm": ",".join(gemm), "kernel_builds": kernels,
+                "load_after": os.getloadavg()[0],
                 "argv": sys.argv[1:], "pause_when_busy": pause,
                 "waited_s": sum(w["waited_s"] for w in waits.values())}
-    rows = build_rows(cases, threads_list, results)
-    md = markdown(info, {**settings, "_cases": cases}, rows, memory, checks, results, elapsed)
-    blob = {"machine": info, "settings": settings, "elapsed_s": elapsed,
-            "cases": [{**dataclasses.asdict(c), "name": c.name, "dtype": c.dtype, "P": c.P,
-                       "layers": c.layers, "directions": c.D, "loadavg_at_start": loads.get(c.name),
-                       "quiet_wait": waits.get(c.name)}
-                      for c in cases],
-            "checks": checks, "memory": memory, "rows": rows, "results": results}
-    written = []
-    for name, text in ((f"{tag}.json", dump_json(blob)), (f"{tag}.md", md)):
-        with open(os.path.join(args.out, name), "w") as f:
-            f.write(text)
-        written.append(name)
+    own, base = split_builds(results)
+    common = (checks, memory, loads, waits, elapsed, threads_list)
+    if args.baseline:
+        settings["baseline"] = args.baseline
+    blob, md, written = write_run(args.out, tag, info, settings, cases, own, *common)
     full = not quick and not args.cases and args.tag is None and threads_list == [1, 2]
     if full:
         shutil.copyfile(os.path.join(args.out, f"{tag}.json"), os.path.join(args.out, "latest-full.json"))
         written.append("latest-full.json")
     png = "ratios.png" if tag == "latest" else f"{tag}-ratios.png"
     try:
-        plot(rows, os.path.join(args.out, png), threads_list)
+        plot(blob["rows"], os.path.join(args.out, png), threads_list)
         written.append(png)
     except ImportError as e:
         print(f"no plot ({e}): pip install matplotlib", file=sys.stderr)
     print(md)
+    if args.baseline:
+        worker_info = next(w.info for p, w in workers.items() if p[2])
+        base_info = build_info(info, worker_info)
+        base_blob, _, names = write_run(args.out, f"{tag}-baseline", base_info,
+                                        {**settings, "this_build": REPO}, cases, base, *common)
+        written += names
+        table = compare.markdown(compare.compare(base_blob, blob), base_blob, blob)
+        with open(os.path.join(args.out, f"{tag}-compare.md"), "w") as f:
+            f.write(table)
+        written.append(f"{tag}-compare.md")
+        print(table)
     print(f"{elapsed / 60:.1f} min; wrote " + ", ".join(os.path.join(os.path.relpath(args.out), w)
                                                        for w in written), file=sys.stderr)
     return 0

@@ -12,12 +12,12 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from cases import MODES, Case
-from problems import make_fr, make_torch, onnx_lstm_model, ort_session, params_of
+from problems import make_fr, make_torch, maxabs, onnx_lstm_model, ort_session, params_of
 from timing import cpu_busy_seconds, measure, _own_cpu
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -61,6 +61,9 @@ def work_fusedrnn(case: Case, threads: int, problem, timer) -> dict:
     import fusedrnn as fr
     layer = make_fr(case, params_of(problem, "fusedrnn"))
     x, dy = problem["x"], problem["dy"]
+    # this build against the output checked before timing (another build may be timed too)
+    y, _ = layer.forward(x, training=False)
+    agree = {"check_y_abs": maxabs(y, problem["check.y"])} if "check.y" in problem else {}
 
     def inference():
         layer.forward(x, training=False)
@@ -73,7 +76,7 @@ def work_fusedrnn(case: Case, threads: int, problem, timer) -> dict:
     with threadpool_limits(threads, "blas"):
         th = _fr_threads(threads)
         timings = {"inference": timer(inference), "train": timer(train)}
-    return {"version": fr.__version__, "threads": th, "timings": timings, **_kernel_id()}
+    return {"version": fr.__version__, "threads": th, "timings": timings, **agree, **_kernel_id()}
 
 
 def work_torch(case: Case, threads: int, problem, timer) -> dict:
@@ -219,7 +222,9 @@ def serve(competitor: str, threads: int) -> int:
     elif competitor == "ort":
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
-    proto.write(json.dumps({"ready": competitor, "pid": os.getpid()}) + "\n")
+    proto.write(json.dumps({"ready": competitor, "pid": os.getpid(), "python": sys.executable,
+                            "fusedrnn": os.path.dirname(fusedrnn.__file__),
+                            "fusedrnn_version": fusedrnn.__version__}) + "\n")
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -245,20 +250,25 @@ def serve(competitor: str, threads: int) -> int:
 
 
 class Worker:
-    """A live worker process for one (competitor, threads)."""
+    """A live worker process for one (competitor, threads). `python`: the interpreter to run
+    it with (default: this one), e.g. another installation's venv/bin/python; the worker runs
+    this benchmark's code with that installation's fusedrnn."""
 
-    def __init__(self, competitor: str, threads: int, logdir: str):
+    def __init__(self, competitor: str, threads: int, logdir: str, python: Optional[str] = None,
+                 label: str = ""):
         env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
         self.competitor, self.threads = competitor, threads
-        self.log_path = os.path.join(logdir, f"{competitor}-{threads}.log")
+        self.name = f"{competitor}/{threads}" + (f" ({label})" if label else "")
+        self.log_path = os.path.join(logdir, f"{competitor}-{threads}{'-' + label if label else ''}.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, RUN_PY, "--serve", competitor, "--threads", str(threads)],
+            [python or sys.executable, RUN_PY, "--serve", competitor, "--threads", str(threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1,
             env=env, cwd=REPO)
         self.ready = False
+        self.info: dict = {}  # what the worker said when ready: its python, fusedrnn, version
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -266,13 +276,13 @@ class Worker:
             self.log.flush()
             with open(self.log_path) as f:
                 tail = f.read()[-3000:]
-            raise RuntimeError(f"worker {self.competitor}/{self.threads} died "
+            raise RuntimeError(f"worker {self.name} died "
                                f"(exit {self.proc.poll()}):\n{tail}")
         return json.loads(line)
 
     def wait_ready(self) -> None:
         if not self.ready:
-            self._read()
+            self.info = self._read()
             self.ready = True
 
     def run(self, job: dict) -> dict:
@@ -287,10 +297,10 @@ class Worker:
             other = max(0.0, (busy1 - busy0) - result["cpu_s"] - (me1 - me0))
             result["background_load"] = other / ((t1 - t0) * (os.cpu_count() or 1))
         if not result.pop("ok"):
-            raise RuntimeError(f"worker {self.competitor}/{self.threads} failed:\n{result['error']}")
+            raise RuntimeError(f"worker {self.name} failed:\n{result['error']}")
         for pool, counts in result["threads"].items():
             if counts != [self.threads]:
-                raise RuntimeError(f"worker {self.competitor} ran {pool} with {counts} threads, "
+                raise RuntimeError(f"worker {self.name} ran {pool} with {counts} threads, "
                                    f"not {self.threads}")
         return result
 

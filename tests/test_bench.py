@@ -1,8 +1,10 @@
-"""The benchmark scripts run: a one-case slice of bench/run.py and bench/bench_lstm.py end to
-end (worker processes, the check before timing, the JSON and Markdown outputs), and the check
-refuses to time competitors that disagree. Nothing here asserts a speed."""
+"""The benchmark scripts run: a one-case slice of bench/run.py (with a second installation
+timed beside it) and bench/bench_lstm.py end to end (worker processes, the check before timing,
+the JSON and Markdown outputs); the check refuses to time competitors that disagree; compare.py
+flags the rows that got slower. Nothing here asserts a speed."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -33,10 +35,18 @@ def run_script(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_run_one_case(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One case, one thread, two rounds, with this interpreter's installation as the baseline."""
+    out = tmp_path_factory.mktemp("bench")
     run_script("bench/run.py", "--quick", "--cases", "^small / plain$", "--threads", "1",
-               "--budget", "0.01", "--min-rep", "2", "--max-rep", "3", "--no-progress",
-               "--out", str(tmp_path), "--tag", "smoke")
+               "--budget", "0.01", "--rounds", "2", "--min-rep", "2", "--max-rep", "3",
+               "--no-progress", "--out", str(out), "--tag", "smoke", "--baseline", sys.executable)
+    return out
+
+
+def test_run_one_case(smoke_run):
+    tmp_path = smoke_run
     blob = json.loads((tmp_path / "smoke.json").read_text())
     assert [c["name"] for c in blob["cases"]] == ["small / plain"]
     # every competitor was checked against fusedrnn before timing, within the tolerance
@@ -52,9 +62,53 @@ def test_run_one_case(tmp_path):
         assert row["ratios"]["torch"] == pytest.approx(med["torch"] / med["fusedrnn"], rel=1e-3)  # JSON: 4 digits
     for r in blob["results"].values():
         for t in r["timings"].values():
-            assert 2 <= t["n"] <= 3 and len(t["times"]) == t["n"]
+            assert 2 <= t["n"] <= 3 and len(t["times"]) == t["n"] and len(t["round_medians"]) == 2
     md = (tmp_path / "smoke.md").read_text()
     assert "| small plain | T=100 B=1 I=64 H=128 | inference | 1 |" in md
+
+
+def test_baseline_run(smoke_run):
+    """The baseline's file has its own fusedrnn and floor measurements and the shared others;
+    each build's output was compared with the checked one."""
+    own = json.loads((smoke_run / "smoke.json").read_text())
+    base = json.loads((smoke_run / "smoke-baseline.json").read_text())
+    assert sorted(own["results"]) == sorted(base["results"])
+    for key, r in own["results"].items():
+        b = base["results"][key]
+        if r["competitor"] in ("fusedrnn", "floor"):
+            assert b["timings"]["inference"]["times"] != r["timings"]["inference"]["times"]
+        else:
+            assert b == r
+        if r["competitor"] == "fusedrnn":
+            assert r["check_y_abs"] <= TOL and b["check_y_abs"] <= TOL
+    assert base["machine"]["fusedrnn_python"] == sys.executable
+    table = (smoke_run / "smoke-compare.md").read_text()
+    assert table.count("| small plain | T=100 B=1 I=64 H=128 |") == 2
+
+
+def test_compare_flags_slower_rows(smoke_run):
+    compare = bench_module("compare")
+    before = json.loads((smoke_run / "smoke.json").read_text())
+    after = copy.deepcopy(before)
+    for row in after["rows"]:
+        if row["mode"] == "inference":
+            row["median_s"]["fusedrnn"] *= 1.10
+    rows = compare.compare(before, after)
+    assert [(r["mode"], r["competitor"]) for r in rows] == [("inference", "fusedrnn"), ("train", "fusedrnn")]
+    assert rows[0]["ratio"] == pytest.approx(1.10) and rows[0]["slower"]
+    assert rows[1]["ratio"] == 1.0 and not rows[1]["slower"]
+    key = "fusedrnn|100,1,64,128,0|float32|L1D1|peep=0|t1"
+    rm = before["results"][key]["timings"]["inference"]["round_medians"]
+    assert rows[0]["noise"] == pytest.approx((max(rm) - min(rm)) / before["rows"][0]["median_s"]["fusedrnn"])
+    text = compare.markdown(rows, before, after)
+    assert "| 1.100 |" in text and "more than 3% slower: 1" in text
+    assert len(compare.compare(before, after, competitors=("fusedrnn", "torch"))) == 4
+    path = smoke_run / "slower.json"
+    path.write_text(json.dumps(after))
+    proc = subprocess.run([sys.executable, "bench/compare.py", str(smoke_run / "smoke.json"), str(path),
+                           "--threshold", "0.05", "--fail-slower"], cwd=REPO, capture_output=True, text=True)
+    assert proc.stdout == compare.markdown(compare.compare(before, after, threshold=0.05), before, after, 0.05)
+    assert proc.returncode == (1 if rows[0]["beyond_noise"] else 0)
 
 
 def test_bench_lstm(tmp_path):
