@@ -236,6 +236,11 @@ def best_isa() -> int:
     return fr_best_isa()
 
 
+def get_isa() -> int:
+    """The micro-kernel's tile in use: 0 baseline, 1 AVX2+FMA, 2 AVX-512."""
+    return fr_get_isa()
+
+
 def set_isa(int isa) -> int:
     """Tests and benchmarks: use the tiles of ISA level isa (<= best_isa());
     returns the old level."""
