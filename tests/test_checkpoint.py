@@ -238,3 +238,102 @@ def test_augmented_lstm_round_trip_with_dropout_stream(tmp_path):
         fr.train.tbptt(m, x, t, fr.mse_loss, window=4, optimizer=o, progress=False)
     for k in model.params:
         np.testing.assert_array_equal(m2.params[k], model.params[k])
+
+
+def _signed_edit(src, dst, header_edit=None, member_edit=None, compression=zipfile.ZIP_STORED):
+    """Copy src to dst with the JSON header changed by header_edit(dict), members by
+    member_edit(name, bytes) -> bytes, and a valid file checksum."""
+    import io
+
+    def edit(name, data):
+        if name == HEADER + ".npy" and header_edit is not None:
+            h = json.loads(np.load(io.BytesIO(data)).tobytes().decode())
+            header_edit(h)
+            buf = io.BytesIO()
+            np.save(buf, np.frombuffer(json.dumps(h).encode(), np.uint8))
+            return buf.getvalue()
+        return member_edit(name, data) if member_edit is not None else data
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression) as zout:
+        zout.comment = b"0" * 64
+        for info in zin.infolist():
+            zout.writestr(info.filename, edit(info.filename, zin.read(info.filename)))
+    data = bytearray(dst.read_bytes())
+    data[-64:] = hashlib.sha256(bytes(data[:-64])).hexdigest().encode()
+    dst.write_bytes(bytes(data))
+
+
+def _peak_bytes(call):
+    """Peak of the memory traced while call() runs (numpy reports its buffers)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def _raises_value_error(path, match):
+    def call():
+        with pytest.raises(ValueError, match=match):
+            fr.load_checkpoint(path)
+    return call
+
+
+@pytest.mark.parametrize("hidden", [1000, 10**6])
+def test_huge_configuration_claims_allocate_nothing(tmp_path, hidden):
+    """A configuration that claims a much larger layer than the stored parameters is
+    refused before the layer is built: no allocation of its parameters (the first
+    size would take ~64 MB, the second cannot be allocated at all)."""
+    src, bad = tmp_path / "good.npz", tmp_path / "huge.npz"
+    fr.save(src, fr.LSTM(3, 4, dtype=np.float64, seed=0))
+    _signed_edit(src, bad, header_edit=lambda h: h["model"]["config"].update(hidden_size=hidden))
+    peak = _peak_bytes(_raises_value_error(bad, "the model built from the configuration expects"))
+    assert peak < 8 * 2**20, peak
+
+
+@pytest.mark.parametrize("claim", [50_000_000, 10**15])
+def test_member_shape_claims_beyond_the_file_allocate_nothing(tmp_path, claim):
+    """A member whose .npy header (and the checkpoint header) claims more elements than
+    its bytes hold is refused before anything of that size is allocated."""
+    import io
+    src, bad = tmp_path / "good.npz", tmp_path / "claim.npz"
+    fr.save(src, fr.LSTM(3, 4, dtype=np.float64, seed=0))
+
+    def member(name, data):
+        if name != "param/b.npy":
+            return data
+        f = io.BytesIO(data)
+        np.lib.format.read_magic(f)
+        np.lib.format.read_array_header_1_0(f)
+        out = io.BytesIO()
+        np.lib.format.write_array_header_1_0(out, {"descr": "<f8", "fortran_order": False,
+                                                  "shape": (claim,)})
+        return out.getvalue() + data[f.tell():]
+
+    _signed_edit(src, bad, header_edit=lambda h: h["arrays"]["param/b"].update(shape=[claim]),
+                 member_edit=member)
+    peak = _peak_bytes(_raises_value_error(bad, rf"'param/b' claims shape \[{claim}\]"))
+    assert peak < 8 * 2**20, peak
+
+
+def test_compressed_members_are_refused(tmp_path):
+    """save stores members uncompressed; a deflated member (which could inflate far
+    beyond the file's size) is refused."""
+    src, bad = tmp_path / "good.npz", tmp_path / "deflated.npz"
+    fr.save(src, fr.LSTM(3, 4, seed=0))
+    _signed_edit(src, bad, compression=zipfile.ZIP_DEFLATED)
+    with pytest.raises(ValueError, match="is compressed"):
+        fr.load(bad)
+    _signed_edit(src, bad)                # the same re-zip, stored: loads
+    np.testing.assert_array_equal(fr.load(bad).params["W_x"], fr.load(src).params["W_x"])
+
+
+def test_every_truncation_is_a_value_error(saved, tmp_path):
+    data = saved.read_bytes()
+    bad = tmp_path / "cut.npz"
+    for n in range(0, len(data), max(1, len(data) // 400)):
+        bad.write_bytes(data[:n])
+        with pytest.raises(ValueError, match="not a valid fusedrnn checkpoint"):
+            fr.load(bad)

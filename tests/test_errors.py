@@ -299,3 +299,85 @@ IO_ERRORS = [
 def test_io_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def _resigned(tmp, edit):
+    """A checkpoint of an LSTM + Adam whose header is changed by edit(header) and the
+    file checksum written again: the checks behind the checksum must catch it."""
+    import hashlib
+    import io
+    import json
+    import zipfile
+    model = _lstm()
+    src, dst = tmp / "good.npz", tmp / "edited.npz"
+    fr.save(src, model, fr.optim.Adam(model), metadata={"a": 1})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(buf, "w") as zout:
+        zout.comment = b"0" * 64
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename == "__fusedrnn__.npy":
+                h = json.loads(np.load(io.BytesIO(data)).tobytes())
+                edit(h)
+                out = io.BytesIO()
+                np.save(out, np.frombuffer(json.dumps(h).encode(), np.uint8))
+                data = out.getvalue()
+            zout.writestr(info.filename, data)
+    data = bytearray(buf.getvalue())
+    data[-64:] = hashlib.sha256(bytes(data[:-64])).hexdigest().encode()
+    dst.write_bytes(bytes(data))
+    return fr.load_checkpoint(dst)
+
+
+def _config(**kw):
+    return lambda h: h["model"]["config"].update(kw)
+
+
+def _save_bad_param(tmp):
+    model = _lstm()
+    model.params["W_x"] = np.zeros((5, 5))
+    fr.save(tmp / "m.npz", model)
+
+
+def _onnx_bytes(tmp, data):
+    (tmp / "m.onnx").write_bytes(data)
+    return fr.onnx.load(tmp / "m.onnx")
+
+
+IO_FILE_ERRORS = [
+    ("save-model-object", lambda tmp: fr.save(tmp / "m.npz", object()), TypeError, "model must be a fusedrnn layer or Sequential"),
+    ("save-model-none", lambda tmp: fr.save(tmp / "m.npz", None), TypeError, "model must be a fusedrnn layer"),
+    ("save-metadata-list", lambda tmp: fr.save(tmp / "m.npz", _lstm(), metadata=[1, 2]), TypeError, "metadata must be a dict"),
+    ("save-metadata-str", lambda tmp: fr.save(tmp / "m.npz", _lstm(), metadata="notes"), TypeError, "metadata must be a dict"),
+    ("save-metadata-int-key", lambda tmp: fr.save(tmp / "m.npz", _lstm(), metadata={1: "a"}), TypeError, "metadata: its keys must be str"),
+    ("save-metadata-object", lambda tmp: fr.save(tmp / "m.npz", _lstm(), metadata={"a": object()}), TypeError, "cannot store metadata"),
+    ("save-param-shape", _save_bad_param, ValueError, r"params\['W_x'\] is float64\(5, 5\), the model's configuration needs float64\(16, 3\)"),
+    ("ckpt-model-not-dict", lambda tmp: _resigned(tmp, lambda h: h.update(model="LSTM")), ValueError, "model must be a dict with a str 'type'"),
+    ("ckpt-type-not-str", lambda tmp: _resigned(tmp, lambda h: h["model"].update(type=5)), ValueError, "model must be a dict with a str 'type'"),
+    ("ckpt-config-list", lambda tmp: _resigned(tmp, lambda h: h["model"].update(config=[3, 4])), ValueError, r"model\['config'\] must be a dict"),
+    ("ckpt-layers-int", lambda tmp: _resigned(tmp, lambda h: h.update(model={"type": "Sequential", "layers": 5})), ValueError, r"model\['layers'\] must be a non-empty list"),
+    ("ckpt-hidden-str", lambda tmp: _resigned(tmp, _config(hidden_size="4")), ValueError, "cannot rebuild LSTM.*hidden_size must be a positive int"),
+    ("ckpt-hidden-float", lambda tmp: _resigned(tmp, _config(hidden_size=4.0)), ValueError, "hidden_size must be a positive int"),
+    ("ckpt-peepholes-int", lambda tmp: _resigned(tmp, _config(peepholes=7)), ValueError, "cannot rebuild LSTM.*peepholes"),
+    ("ckpt-dtype-bogus", lambda tmp: _resigned(tmp, _config(dtype="complex128")), ValueError, "cannot rebuild LSTM.*dtype must be float32 or float64"),
+    ("ckpt-unknown-arg", lambda tmp: _resigned(tmp, _config(colour="red")), ValueError, "cannot rebuild LSTM.*colour"),
+    ("ckpt-hidden-other", lambda tmp: _resigned(tmp, _config(hidden_size=5)), ValueError, r"parameter 'W_x' is float64\(16, 3\), the model built from the configuration expects float64\(20, 3\)"),
+    ("ckpt-dtype-other", lambda tmp: _resigned(tmp, _config(dtype="float32")), ValueError, "expects float32"),
+    ("ckpt-optimizer-str", lambda tmp: _resigned(tmp, lambda h: h.update(optimizer="Adam")), ValueError, "optimizer must be a dict or null"),
+    ("ckpt-step-str", lambda tmp: _resigned(tmp, lambda h: h["optimizer"].update(step="3")), ValueError, r"optimizer\['step'\] must be an int >= 0"),
+    ("ckpt-step-negative", lambda tmp: _resigned(tmp, lambda h: h["optimizer"].update(step=-2)), ValueError, r"optimizer\['step'\] must be an int >= 0"),
+    ("ckpt-hyper-list", lambda tmp: _resigned(tmp, lambda h: h["optimizer"].update(hyper=[0.1])), ValueError, r"optimizer\['hyper'\] must be a dict"),
+    ("ckpt-lr-str", lambda tmp: _resigned(tmp, lambda h: h["optimizer"]["hyper"].update(lr="0.1")), ValueError, "optimiser state: lr must be a real number"),
+    ("ckpt-buffers-bad", lambda tmp: _resigned(tmp, lambda h: h["optimizer"].update(buffers={"m": 3})), ValueError, r"optimizer\['buffers'\] must map"),
+    ("ckpt-metadata-list", lambda tmp: _resigned(tmp, lambda h: h.update(metadata=[1])), ValueError, "metadata must be a dict"),
+    ("ckpt-arrays-entry", lambda tmp: _resigned(tmp, lambda h: h["arrays"].update({"param/b": "x"})), ValueError, r"arrays\['param/b'\] must be"),
+    ("ckpt-array-shape-str", lambda tmp: _resigned(tmp, lambda h: h["arrays"]["param/b"].update(shape="16")), ValueError, r"arrays\['param/b'\] must be"),
+    ("ckpt-version-bool", lambda tmp: _resigned(tmp, lambda h: h.update(format_version=True)), ValueError, "bad format version True"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", [row[1:] for row in IO_FILE_ERRORS],
+                         ids=[row[0] for row in IO_FILE_ERRORS])
+def test_io_file_errors(tmp_path, call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(tmp_path)

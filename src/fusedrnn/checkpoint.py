@@ -17,7 +17,10 @@ null or {"type", "hyper", "step", "buffers"}, "metadata": user JSON, "arrays":
 {member: {"dtype", "shape", "sha256"}}}. Loading checks the file checksum and
 every member against the header (names, dtype, shape, SHA-256), so a
 truncated, corrupted or foreign file raises ValueError instead of producing a
-wrong model. Arrays are read with allow_pickle=False: nothing is unpickled.
+wrong model. Members are stored uncompressed, and no array or layer larger
+than what the file holds is allocated: member shapes are checked against
+their bytes, and the parameter shapes the configuration implies against the
+stored ones, before anything is built. Nothing is unpickled.
 
 A layer's configuration is its constructor arguments, read back from the
 attributes of the same names (seed excepted: the parameters are stored)."""
@@ -29,11 +32,13 @@ import io
 import json
 import os
 import tempfile
+import warnings
 import zipfile
-from typing import Any, Dict, NamedTuple, Optional, Type
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Type
 
 import numpy as np
 
+from . import _validate as V
 from . import optim as _optim
 
 __all__ = ["save", "load", "load_checkpoint", "Checkpoint", "register_layer", "model_config",
@@ -82,7 +87,10 @@ def _jsonable(value: Any, where: str) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v, where) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v, where) for k, v in value.items()}
+        for k in value:
+            if not isinstance(k, str):
+                raise TypeError(f"cannot store {where}: its keys must be str (JSON), got {k!r}")
+        return {k: _jsonable(v, where) for k, v in value.items()}
     raise TypeError(f"cannot store {where} = {value!r} ({type(value).__name__}) in a checkpoint")
 
 
@@ -151,6 +159,72 @@ def model_from_config(tree: Dict[str, Any]) -> Any:
     return model
 
 
+class _Planned(Exception):
+    """Carries the parameter shapes out of a probing constructor (see `_layer_plan`)."""
+
+    def __init__(self, shapes: Dict[str, Tuple[int, ...]], dtype: np.dtype) -> None:
+        super().__init__()
+        self.shapes, self.dtype = shapes, dtype
+
+
+def _layer_plan(cls: Type[Any], kwargs: Dict[str, Any]) -> Optional[Dict[str, Tuple[Tuple[int, ...], np.dtype]]]:
+    """{key: (shape, dtype)} of the parameters that `cls(**kwargs)` would allocate,
+    found without allocating them (None for a layer type it cannot tell).
+
+    A recurrent layer's constructor is run on a subclass that stops at the point
+    where the parameters would be allocated, so the checks and the shapes are the
+    class's own. TypeError/ValueError for a configuration the class refuses."""
+    from ._layer import RecurrentLayer
+    from .linear import Linear
+    if issubclass(cls, RecurrentLayer):
+        class Probe(cls):  # type: ignore[misc, valid-type]
+            def _param_shapes(self) -> Dict[str, Tuple[int, ...]]:
+                raise _Planned(super()._param_shapes(), self.dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                Probe(**kwargs)
+            except _Planned as plan:
+                return {k: (tuple(shape), plan.dtype) for k, shape in plan.shapes.items()}
+        return None  # pragma: no cover - the constructor no longer asks for the shapes
+    if cls is Linear:
+        extra = set(kwargs) - {"in_features", "out_features", "bias", "dtype"}
+        if extra:
+            raise TypeError(f"Linear got unexpected arguments {sorted(extra)}")
+        I = V.positive_int(kwargs.get("in_features"), "in_features")
+        O = V.positive_int(kwargs.get("out_features"), "out_features")
+        dt = V.as_dtype(kwargs.get("dtype", np.float32))
+        plan = {"W": ((O, I), dt)}
+        if kwargs.get("bias", True) is True:
+            plan["b"] = ((O,), dt)
+        return plan
+    return None
+
+
+def _model_plan(tree: Dict[str, Any]) -> Optional[Dict[str, Tuple[Tuple[int, ...], np.dtype]]]:
+    """The parameters a `model_config` tree builds to ({key: (shape, dtype)}, keys as in
+    `model.params`), without allocating them; None when a layer type cannot tell."""
+    _builtin_layers()
+    if tree["type"] == "Sequential":
+        out: Dict[str, Tuple[Tuple[int, ...], np.dtype]] = {}
+        for i, sub in enumerate(tree["layers"]):
+            plan = _model_plan(sub)
+            if plan is None:
+                return None
+            out.update({f"{i}.{k}": v for k, v in plan.items()})
+        return out
+    cls = _LAYERS.get(tree["type"])
+    if cls is None:
+        raise ValueError(f"unknown layer type {tree['type']!r} in checkpoint (known: "
+                         f"{sorted(_LAYERS)}; see fusedrnn.checkpoint.register_layer)")
+    kwargs = {k: _from_json(v) for k, v in tree.get("config", {}).items()}
+    try:
+        return _layer_plan(cls, kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot rebuild {tree['type']} from its stored configuration "
+                         f"{kwargs}: {exc}") from exc
+
+
 # -- save --------------------------------------------------------------------------------------
 def _sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
@@ -182,9 +256,29 @@ def save(path: "os.PathLike[str] | str", model: Any, optimizer: Any = None,
     and a JSON-able `metadata` dict, to `path` (exactly that name; written to a
     temporary file first, then renamed, so a crash never leaves half a file)."""
     from . import __version__
+    if not isinstance(getattr(model, "params", None), Mapping):
+        raise TypeError(f"model must be a fusedrnn layer or Sequential (with .params), got "
+                        f"{type(model).__name__}")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict of JSON values (str keys) or None, got "
+                        f"{type(metadata).__name__}")
+    config = model_config(model)
+    plan = _model_plan(config)
     arrays: Dict[str, np.ndarray] = {}
     for k, p in model.params.items():
+        if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
+            raise TypeError(f"params[{k!r}] must be a floating-point numpy array, got "
+                            f"{getattr(p, 'dtype', type(p).__name__)}")
         arrays[f"param/{k}"] = np.ascontiguousarray(p)
+    if plan is not None:  # what load will rebuild must take these arrays
+        if set(plan) != set(model.params):
+            raise ValueError(f"params has keys {sorted(model.params)}, the model's configuration "
+                             f"has {sorted(plan)}")
+        for k, (shape, dt) in plan.items():
+            p = model.params[k]
+            if p.shape != shape or p.dtype != dt:
+                raise ValueError(f"params[{k!r}] is {p.dtype}{p.shape}, the model's configuration "
+                                 f"needs {dt}{shape}")
     opt_head = None
     if optimizer is not None:
         sd = _optimizer_payload(model, optimizer)
@@ -196,8 +290,8 @@ def save(path: "os.PathLike[str] | str", model: Any, optimizer: Any = None,
                 arrays[f"optim/{name}/{k}"] = np.ascontiguousarray(a)
     header = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "fusedrnn_version": __version__,
-        "model": model_config(model), "optimizer": opt_head,
-        "metadata": _jsonable(metadata or {}, "metadata"),
+        "model": config, "optimizer": opt_head,
+        "metadata": _jsonable(dict(metadata or {}), "metadata"),
         "arrays": {name: {"dtype": a.dtype.str, "shape": list(a.shape), "sha256": _sha256(a)}
                    for name, a in arrays.items()},
     }
@@ -236,27 +330,126 @@ def _bad(path: str, why: str) -> ValueError:
     return ValueError(f"{path}: not a valid fusedrnn checkpoint: {why}")
 
 
+class _Member(NamedTuple):
+    """A checked .npy member, its data not read yet."""
+
+    file: Any
+    dtype: np.dtype
+    shape: Tuple[int, ...]
+    nbytes: int
+
+    def read(self) -> np.ndarray:
+        data = self.file.read(self.nbytes)
+        if len(data) != self.nbytes:
+            raise ValueError("truncated member")
+        return np.frombuffer(data, self.dtype).reshape(self.shape).copy()
+
+
+def _npy_member(zf: zipfile.ZipFile, name: str) -> _Member:
+    """The .npy member `name`, its header read and
+    checked against the member's size: what np.load would allocate is bounded by
+    the bytes that are really there (a stored, uncompressed member of this file)."""
+    info = zf.getinfo(name + ".npy")
+    if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+        raise ValueError(f"member {name!r} is compressed (fusedrnn.save stores members "
+                         "uncompressed)")
+    f = zf.open(info)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"member {name!r}: unsupported .npy format version {version}")
+    if dtype.hasobject or fortran:
+        raise ValueError(f"member {name!r} holds {'objects' if dtype.hasobject else 'a Fortran-order array'}")
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if nbytes > info.file_size - f.tell():
+        raise ValueError(f"member {name!r} claims shape {list(shape)} of {dtype} ({nbytes} bytes), "
+                         f"more than the {info.file_size} bytes it has")
+    return _Member(f, dtype, tuple(shape), nbytes)
+
+
+def _check_tree(tree: Any, where: str) -> None:
+    """The model configuration tree has the types `model_config` writes."""
+    if not isinstance(tree, dict) or not isinstance(tree.get("type"), str):
+        raise ValueError(f"{where} must be a dict with a str 'type', got {tree!r}"[:300])
+    if tree["type"] == "Sequential":
+        layers = tree.get("layers")
+        if not isinstance(layers, list) or not layers:
+            raise ValueError(f"{where}['layers'] must be a non-empty list, got {layers!r}"[:300])
+        for i, sub in enumerate(layers):
+            _check_tree(sub, f"{where}['layers'][{i}]")
+        return
+    if not isinstance(tree.get("config", {}), dict):
+        raise ValueError(f"{where}['config'] must be a dict, got {tree['config']!r}"[:300])
+    if not isinstance(tree.get("rng_state", {}), dict):
+        raise ValueError(f"{where}['rng_state'] must be a dict, got {tree['rng_state']!r}"[:300])
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_header(header: Dict[str, Any]) -> None:
+    """Every field of the header has the type `save` writes (ValueError naming it)."""
+    _check_tree(header.get("model"), "model")
+    oh = header.get("optimizer")
+    if oh is not None:
+        if not isinstance(oh, dict):
+            raise ValueError(f"optimizer must be a dict or null, got {oh!r}"[:300])
+        if not isinstance(oh.get("type"), str):
+            raise ValueError(f"optimizer['type'] must be a str, got {oh.get('type')!r}")
+        if not isinstance(oh.get("hyper"), dict):
+            raise ValueError(f"optimizer['hyper'] must be a dict, got {oh.get('hyper')!r}"[:300])
+        if not _is_count(oh.get("step")):
+            raise ValueError(f"optimizer['step'] must be an int >= 0, got {oh.get('step')!r}")
+        bufs = oh.get("buffers")
+        if not isinstance(bufs, dict) or not all(
+                isinstance(v, list) and all(isinstance(k, str) for k in v) for v in bufs.values()):
+            raise ValueError(f"optimizer['buffers'] must map buffer names to lists of "
+                             f"parameter keys, got {bufs!r}"[:300])
+    if not isinstance(header.get("metadata", {}), dict):
+        raise ValueError(f"metadata must be a dict, got {header['metadata']!r}"[:300])
+    arrays = header.get("arrays")
+    if not isinstance(arrays, dict):
+        raise ValueError(f"arrays must be a dict, got {arrays!r}"[:300])
+    for name, m in arrays.items():
+        if not (isinstance(m, dict) and isinstance(m.get("dtype"), str)
+                and isinstance(m.get("shape"), list) and all(_is_count(n) for n in m["shape"])
+                and isinstance(m.get("sha256"), str)):
+            raise ValueError(f"arrays[{name!r}] must be {{'dtype': str, 'shape': [int >= 0, ...], "
+                             f"'sha256': str}}, got {m!r}"[:300])
+
+
 def _read(path: str) -> tuple:
-    """(header, arrays) with every check of the file done; ValueError otherwise."""
+    """(header, arrays) with every check of the file done; ValueError otherwise.
+
+    Nothing is allocated beyond the file's own size before the claims (member
+    headers, the header's shapes, the configuration's parameter shapes) agree."""
     with open(path, "rb") as f:  # FileNotFoundError etc. propagate as they are
         data = f.read()
     if data[:4] != b"PK\x03\x04":
         raise _bad(path, "not an .npz (zip) archive")
     intact = hashlib.sha256(data[:-_DIGEST_LEN]).hexdigest().encode("ascii") == data[-_DIGEST_LEN:]
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            names = set(z.files)
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            files = zf.namelist()
+            if len(set(files)) != len(files) or not all(n.endswith(".npy") for n in files):
+                raise _bad(path, "the archive holds duplicate or foreign members")
+            names = {n[:-len(".npy")] for n in files}
             if HEADER not in names:
                 raise _bad(path, f"an .npz archive without the {HEADER!r} header "
                                  "(not written by fusedrnn.save)")
-            raw = z[HEADER]
-            if raw.dtype != np.uint8 or raw.ndim != 1:
+            head = _npy_member(zf, HEADER)
+            if head.dtype != np.uint8 or len(head.shape) != 1:
                 raise _bad(path, "malformed header")
+            raw = head.read()
             header = json.loads(raw.tobytes().decode("utf-8"))
             if not isinstance(header, dict) or header.get("format") != FORMAT:
                 raise _bad(path, "the header is not a fusedrnn checkpoint header")
             version = header.get("format_version")
-            if not isinstance(version, int) or version < 1:
+            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
                 raise _bad(path, f"bad format version {version!r}")
             if version > FORMAT_VERSION:
                 raise _bad(path, f"format version {version} is newer than this fusedrnn "
@@ -264,16 +457,34 @@ def _read(path: str) -> tuple:
             if not intact:
                 raise _bad(path, "the file is corrupted (file checksum mismatch: its SHA-256 "
                                  "differs from the one written with it)")
-            meta = header.get("arrays")
-            if not isinstance(meta, dict) or set(meta) != names - {HEADER}:
+            _check_header(header)
+            meta = header["arrays"]
+            if set(meta) != names - {HEADER}:
                 raise _bad(path, "the archive's members do not match its header")
-            arrays = {}
+            members = {}
             for name, m in meta.items():
-                a = z[name]
-                if a.dtype.str != m["dtype"] or list(a.shape) != list(m["shape"]):
-                    raise _bad(path, f"member {name!r} is {a.dtype.str}{list(a.shape)}, the "
-                                     f"header says {m['dtype']}{m['shape']}")
-                if _sha256(a) != m["sha256"]:
+                member = _npy_member(zf, name)
+                if member.dtype.str != m["dtype"] or list(member.shape) != list(m["shape"]):
+                    raise _bad(path, f"member {name!r} is {member.dtype.str}"
+                                     f"{list(member.shape)}, the header says "
+                                     f"{m['dtype']}{m['shape']}")
+                members[name] = member
+            plan = _model_plan(header["model"])
+            if plan is not None:  # the configuration builds exactly the stored parameters
+                stored = {n[len("param/"):]: n for n in meta if n.startswith("param/")}
+                if set(stored) != set(plan):
+                    raise _bad(path, f"parameters {sorted(stored)} do not match the model's "
+                                     f"{sorted(plan)}")
+                for k, (pshape, pdt) in plan.items():
+                    m = meta[stored[k]]
+                    if tuple(m["shape"]) != pshape or np.dtype(m["dtype"]) != pdt:
+                        raise _bad(path, f"parameter {k!r} is {np.dtype(m['dtype'])}"
+                                         f"{tuple(m['shape'])}, the model built from the "
+                                         f"configuration expects {pdt}{pshape}")
+            arrays = {}
+            for name, member in members.items():
+                a = member.read()
+                if _sha256(a) != meta[name]["sha256"]:
                     raise _bad(path, f"member {name!r} is corrupted (checksum mismatch)")
                 arrays[name] = a
     except ValueError as exc:
