@@ -14,6 +14,9 @@ The exported graph (opset >= 14, default 17) has
 i.e. fusedrnn's own layouts. A stack is a chain of one node per layer, with
 the Transpose/Reshape from ONNX's (T, D, B, H) output to (T, B, D*H) between
 layers; initial states are sliced per layer and final states concatenated.
+With `layout=1` the nodes are batch-major (ONNX's layout attribute: X (B, T, I),
+Y (B, T, D, H), states (B, D, H)); the graph's inputs and outputs stay as above.
+ONNX Runtime runs only layout=0 nodes, hence the default.
 
 What maps onto the ONNX nodes: diagonal peepholes (`P`), coupled gates
 (`input_forget=1`), accumulation_clip (`clip`), bidirectional, reverse
@@ -131,7 +134,7 @@ def _tensor_type(dtype: np.dtype) -> int:
 
 def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = False,
              opset: int = 17, dtype: Any = None, unsupported: str = "raise",
-             name: str = "fusedrnn") -> Any:
+             layout: int = 0, name: str = "fusedrnn") -> Any:
     """The `onnx.ModelProto` that `export` writes (see `export`)."""
     onnx = _onnx()
     layer = _as_layer(model)
@@ -139,7 +142,13 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
         raise ValueError(f"opset must be >= 14, got {opset}")
     if unsupported not in ("raise", "scan"):
         raise ValueError(f"unsupported must be 'raise' or 'scan', got {unsupported!r}")
+    if isinstance(layout, (bool, np.bool_)) or layout not in (0, 1):
+        raise ValueError(f"layout must be 0 (time-major nodes) or 1 (batch-major nodes), "
+                         f"got {layout!r}")
     blocked = blocking_features(layer)
+    if blocked and layout == 1 and unsupported == "scan":
+        raise ValueError("layout=1 sets the layout of LSTM/RNN nodes; the Scan subgraph that "
+                         f"this {type(layer).__name__} needs has none (export it with layout=0)")
     if blocked and unsupported == "raise":
         kind = "LSTM" if isinstance(layer, LSTM) else "RNN"
         raise ValueError(f"ONNX's {kind} operator has no {', '.join(blocked)}: this "
@@ -157,7 +166,7 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
     x_shape = ["B", "T", layer.input_size] if layer.batch_first else ["T", "B", layer.input_size]
     inputs = [helper.make_tensor_value_info("X", _tensor_type(dt), x_shape)]
     x = "X"
-    if layer.batch_first:
+    if layer.batch_first != (layout == 1):  # the nodes read (T, B, I), or (B, T, I) with layout=1
         x = g.op1("Transpose", [x], perm=[1, 0, 2])
     lens = ""
     if sequence_lens:
@@ -184,19 +193,20 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
                 starts = g.const("start", [l * D], np.int64)
                 ends = g.const("end", [(l + 1) * D], np.int64)
                 axes = g.const("axes", [0], np.int64)
-                h0 = g.op1("Slice", [h0_all, starts, ends, axes])
+                h0 = _node_state(g, g.op1("Slice", [h0_all, starts, ends, axes]), layout)
                 if is_lstm:
-                    c0 = g.op1("Slice", [c0_all, starts, ends, axes])
+                    c0 = _node_state(g, g.op1("Slice", [c0_all, starts, ends, axes]), layout)
             if is_lstm:
-                Y, Y_h, Y_c = _lstm_node(g, layer, l, y, lens, h0, c0)
-                cs.append(Y_c)
+                Y, Y_h, Y_c = _lstm_node(g, layer, l, y, lens, h0, c0, layout)
+                cs.append(_node_state(g, Y_c, layout))
             else:
-                Y, Y_h = _rnn_node(g, layer, l, y, lens, h0)
-            hs.append(Y_h)
-            # (T, D, B, H) -> (T, B, D, H) -> (T, B, D*H)
-            yt = g.op1("Transpose", [Y], perm=[0, 2, 1, 3])
+                Y, Y_h = _rnn_node(g, layer, l, y, lens, h0, layout)
+            hs.append(_node_state(g, Y_h, layout))
+            # layout 0: (T, D, B, H) -> (T, B, D, H) -> (T, B, D*H);
+            # layout 1: (B, T, D, H) -> (B, T, D*H)
+            yt = Y if layout == 1 else g.op1("Transpose", [Y], perm=[0, 2, 1, 3])
             y = g.op1("Reshape", [yt, g.const("shape", [0, 0, -1], np.int64)])
-    if layer.batch_first:
+    if layer.batch_first != (layout == 1):
         y = g.op1("Transpose", [y], perm=[1, 0, 2])
     outputs = [("Y", y, [*(["B", "T"] if layer.batch_first else ["T", "B"]), D * R]),
                ("Y_h", _concat(g, hs), [L * D, "B", R])]
@@ -234,8 +244,13 @@ def _direction(layer: Any) -> str:
     return "reverse" if layer.reverse else "forward"
 
 
+def _node_state(g: _Graph, state: str, layout: int) -> str:
+    """A node's (B, D, H) state of layout=1 as our (D, B, H) and back (the same swap)."""
+    return g.op1("Transpose", [state], perm=[1, 0, 2]) if layout == 1 else state
+
+
 def _lstm_node(g: _Graph, layer: LSTM, l: int, x: str, lens: str, h0: str,
-               c0: str) -> Tuple[str, str, str]:
+               c0: str, layout: int) -> Tuple[str, str, str]:
     H, D = layer.hidden_size, layer.num_directions
     p = layer.params
     sfx = [suffix(l, d) for d in range(D)]
@@ -254,11 +269,14 @@ def _lstm_node(g: _Graph, layer: LSTM, l: int, x: str, lens: str, h0: str,
         attrs["input_forget"] = 1
     if layer.accumulation_clip is not None:
         attrs["clip"] = float(layer.accumulation_clip)
+    if layout == 1:
+        attrs["layout"] = 1
     Y, Y_h, Y_c = g.op("LSTM", ins, 3, **attrs)
     return Y, Y_h, Y_c
 
 
-def _rnn_node(g: _Graph, layer: RNN, l: int, x: str, lens: str, h0: str) -> Tuple[str, str]:
+def _rnn_node(g: _Graph, layer: RNN, l: int, x: str, lens: str, h0: str,
+              layout: int) -> Tuple[str, str]:
     H, D = layer.hidden_size, layer.num_directions
     p = layer.params
     sfx = [suffix(l, d) for d in range(D)]
@@ -268,13 +286,16 @@ def _rnn_node(g: _Graph, layer: RNN, l: int, x: str, lens: str, h0: str) -> Tupl
     ins = [x, g.const("W", W), g.const("R", R), g.const("B", B), lens, h0]
     while ins[-1] == "":
         ins.pop()
-    Y, Y_h = g.op("RNN", ins, 2, hidden_size=H, direction=_direction(layer))
+    attrs: Dict[str, Any] = dict(hidden_size=H, direction=_direction(layer))
+    if layout == 1:
+        attrs["layout"] = 1
+    Y, Y_h = g.op("RNN", ins, 2, **attrs)
     return Y, Y_h
 
 
 def export(model: Any, path: PathLike, *, sequence_lens: bool = False,
            initial_state: bool = False, opset: int = 17, dtype: Any = None,
-           unsupported: str = "raise") -> Any:
+           unsupported: str = "raise", layout: int = 0) -> Any:
     """Write `model` (a fusedrnn.LSTM / fusedrnn.RNN, or a fusedrnn.torch module)
     to `path` as an ONNX model of standard LSTM/RNN nodes; returns the ModelProto.
 
@@ -286,10 +307,14 @@ def export(model: Any, path: PathLike, *, sequence_lens: bool = False,
     unsupported: "raise" (default) refuses options the ONNX operators lack
         (projection, context windows, full peepholes, cell_clip, state feedback)
         with a ValueError naming them; "scan" writes an exact Scan subgraph for them.
+    layout: the `layout` attribute of the LSTM/RNN nodes. 0 (default): time-major
+        nodes, which ONNX Runtime runs; 1: batch-major nodes that read X (B, T, I)
+        directly, for runtimes that want them (ONNX Runtime refuses layout=1 nodes).
+        The graph's inputs and outputs keep the layouts above either way.
     Inference graph: dropout is not exported."""
     onnx = _onnx()
     m = to_model(model, sequence_lens=sequence_lens, initial_state=initial_state, opset=opset,
-                 dtype=dtype, unsupported=unsupported)
+                 dtype=dtype, unsupported=unsupported, layout=layout)
     onnx.save(m, os.fspath(path))
     return m
 
@@ -312,8 +337,9 @@ def _node_layer(node: Any, inits: Dict[str, np.ndarray], dtype: Any) -> Any:
         if not name:
             return None
         if name not in inits:
-            raise ValueError(f"{op} node {node.name!r}: input {what} ({name!r}) must be a "
-                             "constant initializer to be imported")
+            raise ValueError(f"{op} node {node.name!r}: input {what} ({name!r}) is neither an "
+                             "initializer nor a Constant; if it is a graph input, pass its value "
+                             f"as fusedrnn.onnx.load(model, inputs={{{name!r}: array}})")
         return inits[name]
 
     H = int(a["hidden_size"])
@@ -323,8 +349,10 @@ def _node_layer(node: Any, inits: Dict[str, np.ndarray], dtype: Any) -> Any:
         raise ValueError(f"{op} node {node.name!r}: direction must be 'forward', 'reverse' or "
                          f"'bidirectional', got {direction!r}")
     reverse = direction == "reverse"
-    if int(a.get("layout", 0)) != 0:
-        raise ValueError(f"{op} node {node.name!r}: layout=1 (batch-major) is not supported")
+    layout = a.get("layout", 0)
+    if layout not in (0, 1):
+        raise ValueError(f"{op} node {node.name!r}: layout must be 0 or 1, got {layout!r}")
+    batch_first = layout == 1  # X (B, T, I)
     default_acts = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "RNN": ["Tanh"]}[op]
     acts = [s.decode() if isinstance(s, bytes) else s for s in a.get("activations", [])]
     if acts and [s.lower() for s in acts[:len(default_acts)]] != [s.lower() for s in default_acts]:
@@ -343,7 +371,8 @@ def _node_layer(node: Any, inits: Dict[str, np.ndarray], dtype: Any) -> Any:
         layer: Any = LSTM(I, H, peepholes="diagonal" if P is not None else None,
                           coupled_gates=bool(a.get("input_forget", 0)),
                           accumulation_clip=float(a["clip"]) if "clip" in a else None,
-                          bidirectional=D == 2, reverse=reverse, dtype=dt, seed=0)
+                          bidirectional=D == 2, reverse=reverse, batch_first=batch_first,
+                          dtype=dt, seed=0)
         for d in range(D):
             s = suffix(0, d)
             layer.params["W_x" + s][...] = _reorder(W[d], H, _INV_GATE_ORDER)
@@ -355,7 +384,8 @@ def _node_layer(node: Any, inits: Dict[str, np.ndarray], dtype: Any) -> Any:
     else:
         if "clip" in a:
             raise ValueError(f"RNN node {node.name!r}: clip has no fusedrnn.RNN equivalent")
-        layer = RNN(I, H, bidirectional=D == 2, reverse=reverse, dtype=dt, seed=0)
+        layer = RNN(I, H, bidirectional=D == 2, reverse=reverse, batch_first=batch_first,
+                    dtype=dt, seed=0)
         for d in range(D):
             s = suffix(0, d)
             layer.params["W_x" + s][...] = W[d]
@@ -364,7 +394,45 @@ def _node_layer(node: Any, inits: Dict[str, np.ndarray], dtype: Any) -> Any:
     return layer
 
 
-def _graph_and_inits(path_or_model: Any) -> Tuple[Any, Dict[str, np.ndarray]]:
+# the weight inputs of each node type (index in node.input: name)
+_WEIGHT_INPUTS = {"LSTM": {1: "W", 2: "R", 3: "B", 7: "P"}, "RNN": {1: "W", 2: "R", 3: "B"}}
+
+
+def _recurrent_nodes(graph: Any) -> List[Any]:
+    return [n for n in graph.node if n.op_type in ("LSTM", "RNN") and n.domain in ("", "ai.onnx")]
+
+
+def _weight_inputs(graph: Any, inputs: Dict[str, Any],
+                   inits: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The values given for weight inputs (W, R, B, P) that are graph inputs."""
+    if not isinstance(inputs, dict):
+        raise TypeError(f"inputs must be a dict of graph input name -> array, got "
+                        f"{type(inputs).__name__}")
+    weights = {}
+    for node in _recurrent_nodes(graph):
+        for i, what in _WEIGHT_INPUTS[node.op_type].items():
+            if i < len(node.input) and node.input[i]:
+                weights[node.input[i]] = what
+    graph_inputs = {v.name for v in graph.input}
+    out = {}
+    for name, value in inputs.items():
+        if name in inits:
+            raise ValueError(f"inputs[{name!r}]: the model already holds {name!r} as an "
+                             "initializer or Constant")
+        if name not in graph_inputs or name not in weights:
+            raise ValueError(f"inputs[{name!r}]: not a W, R, B or P graph input of an LSTM/RNN "
+                             f"node (weight graph inputs: {sorted(set(weights) & graph_inputs)}); "
+                             "X, sequence_lens and initial states go to forward()")
+        arr = np.asarray(value)
+        if arr.dtype.kind != "f":
+            raise TypeError(f"inputs[{name!r}] ({weights[name]}) must be a float array, got "
+                            f"dtype {arr.dtype}")
+        out[name] = arr
+    return out
+
+
+def _graph_and_inits(path_or_model: Any, inputs: Optional[Dict[str, Any]] = None
+                     ) -> Tuple[Any, Dict[str, np.ndarray]]:
     onnx = _onnx()
     m = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(
         os.fspath(path_or_model))
@@ -375,14 +443,17 @@ def _graph_and_inits(path_or_model: Any) -> Tuple[Any, Dict[str, np.ndarray]]:
             for a in node.attribute:
                 if a.name == "value":
                     inits[node.output[0]] = onnx.numpy_helper.to_array(a.t)
+    if inputs:
+        inits.update(_weight_inputs(m.graph, inputs, inits))
     return m.graph, inits
 
 
-def load_nodes(path: Any, dtype: Any = None) -> List[Any]:
+def load_nodes(path: Any, dtype: Any = None, inputs: Optional[Dict[str, Any]] = None) -> List[Any]:
     """One single-layer fusedrnn.LSTM / fusedrnn.RNN per LSTM / RNN node of the ONNX
-    model at `path` (or an onnx.ModelProto), in graph order."""
-    graph, inits = _graph_and_inits(path)
-    nodes = [n for n in graph.node if n.op_type in ("LSTM", "RNN") and n.domain in ("", "ai.onnx")]
+    model at `path` (or an onnx.ModelProto), in graph order. inputs: values of
+    weight inputs (W, R, B, P) that the graph takes as graph inputs (see `load`)."""
+    graph, inits = _graph_and_inits(path, inputs)
+    nodes = _recurrent_nodes(graph)
     if not nodes:
         raise ValueError("the ONNX model has no LSTM or RNN node")
     return [_node_layer(n, inits, dtype) for n in nodes]
@@ -390,7 +461,8 @@ def load_nodes(path: Any, dtype: Any = None) -> List[Any]:
 
 def _same_cell(a: Any, b: Any) -> bool:
     if (type(a) is not type(b) or a.hidden_size != b.hidden_size
-            or (a.bidirectional, a.reverse) != (b.bidirectional, b.reverse)):
+            or (a.bidirectional, a.reverse, a.batch_first) != (b.bidirectional, b.reverse,
+                                                                b.batch_first)):
         return False
     if isinstance(a, LSTM):
         return (a.peepholes, a.coupled_gates, a.accumulation_clip) == (
@@ -398,21 +470,28 @@ def _same_cell(a: Any, b: Any) -> bool:
     return True
 
 
-def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None) -> Any:
+def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
+         inputs: Optional[Dict[str, Any]] = None) -> Any:
     """The fusedrnn network of an ONNX model's LSTM / RNN nodes (inverse of `export`).
 
     The nodes must form one stack: the same kind, hidden size, directions and
     options, each layer's input the previous layer's output width. Parameters
     are mapped back exactly (gates reordered, B = [Wb; Rb] summed to b, P to
     w_s). For other graphs use `load_nodes`. dtype: default the weights'.
+    direction="reverse" nodes load as reverse=True.
     batch_first: default as exported by fusedrnn (read from the model's
-    metadata), else False."""
+    metadata), else True for layout=1 (batch-major) nodes and False for layout=0.
+    inputs: the values of weight inputs (W, R, B, P) that the graph takes as graph
+    inputs rather than initializers, e.g. inputs={"W": W, "R": R} (ONNX's own node
+    tests are written so); other graph inputs (X, sequence_lens, initial_h,
+    initial_c) are refused here: pass them to forward()."""
     onnx = _onnx()
     model = path if isinstance(path, onnx.ModelProto) else onnx.load(os.fspath(path))
+    cells = load_nodes(model, dtype, inputs)
     if batch_first is None:
         meta = {p.key: p.value for p in model.metadata_props}
-        batch_first = meta.get("fusedrnn.batch_first") == "1"
-    cells = load_nodes(model, dtype)
+        batch_first = (meta["fusedrnn.batch_first"] == "1" if "fusedrnn.batch_first" in meta
+                       else cells[0].batch_first)
     exact_clip = {p.key: p.value for p in model.metadata_props}.get("fusedrnn.accumulation_clip")
     for c in cells:  # the exact value when the float32 attribute is its rounding
         if (exact_clip is not None and isinstance(c, LSTM) and c.accumulation_clip is not None
