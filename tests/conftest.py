@@ -48,7 +48,7 @@ def random_problem(layer, T: int, B: int, seed: int = 1) -> Dict[str, np.ndarray
 def run_kernel(layer, prob) -> Tuple[dict, dict]:
     """Forward + backward through the layer; returns (outputs, gradients)."""
     layer.zero_grad()
-    y, st = layer.forward(prob["x"], state=(prob["s0"], prob["o0"]))
+    y, st = layer.forward(prob["x"], state=layer.State(prob["s0"], prob["o0"]))
     dx, dst = layer.backward(prob["dy"], layer.State(prob["ds_T"], prob["do_T"]))
     out = {"y": y, "s_T": st[0][0], "o_T": st[1][0]}
     grads = {"dx": dx, "ds0": dst[0][0], "do0": dst[1][0]}

@@ -18,7 +18,7 @@ def test_chunked_forward_equals_whole(kind, option, dtype, split):
     T, B, I, H = 13, 4, 6, 9
     layer = make_layer(kind, T, B, I, H, dtype, option)
     prob = random_problem(layer, T, B)
-    x, state = prob["x"], (prob["s0"], prob["o0"])
+    x, state = prob["x"], layer.State(prob["s0"], prob["o0"])
     for training in (True, False):
         y_whole, st_whole = layer.forward(x, state=state, training=training)
         y1, st1 = layer.forward(x[:split], state=state, training=training)
@@ -36,7 +36,7 @@ def test_chunked_backward_equals_whole(kind, option):
     whole = make_layer(kind, T, B, I, H, np.float64, option)
     first, second = copy.deepcopy(whole), copy.deepcopy(whole)
     prob = random_problem(whole, T, B)
-    x, dy, state = prob["x"], prob["dy"], (prob["s0"], prob["o0"])
+    x, dy, state = prob["x"], prob["dy"], whole.State(prob["s0"], prob["o0"])
     dstate_T = whole.State(prob["ds_T"], prob["do_T"])
 
     whole.forward(x, state=state)

@@ -82,13 +82,13 @@ def test_bad_dstate(layer):
 def test_bad_state(layer):
     s, o = layer.State._fields[:2]
     with pytest.raises(ValueError, match=rf"state.{s} must have shape \(1, 2, 5\)"):
-        layer.forward(x_ok(), state=(np.zeros((1, 3, 5)), np.zeros((1, 2, 5))))
+        layer.forward(x_ok(), state=layer.State(np.zeros((1, 3, 5)), np.zeros((1, 2, 5))))
     with pytest.raises(ValueError, match=rf"state.{o} must have shape \(1, 2, 5\)"):
-        layer.forward(x_ok(), state=(np.zeros((1, 2, 5)), np.zeros((2, 5))))
+        layer.forward(x_ok(), state=layer.State(np.zeros((1, 2, 5)), np.zeros((2, 5))))
     with pytest.raises(TypeError, match="state must be"):
         layer.forward(x_ok(), state=np.zeros((1, 2, 5)))
     with pytest.raises(TypeError, match=rf"state.{s} must hold real numbers"):
-        layer.forward(x_ok(), state=(np.zeros((1, 2, 5), complex), np.zeros((1, 2, 5))))
+        layer.forward(x_ok(), state=layer.State(np.zeros((1, 2, 5), complex), np.zeros((1, 2, 5))))
 
 
 def test_replaced_params_are_checked(layer):
@@ -198,7 +198,7 @@ def test_context_errors():
 def test_state_shape_for_stacks():
     lstm = fr.LSTM(4, 6, proj_size=2, num_layers=2, bidirectional=True)
     with pytest.raises(ValueError, match=r"state.v must have shape \(4, 3, 2\)"):
-        lstm.forward(np.zeros((5, 3, 4)), state=(np.zeros((4, 3, 6)), np.zeros((4, 3, 6))))
+        lstm.forward(np.zeros((5, 3, 4)), state=fr.LSTMState(np.zeros((4, 3, 6)), np.zeros((4, 3, 6))))
     y, st = lstm.forward(np.zeros((5, 3, 4)))
     assert y.shape == (5, 3, 4) and st.s.shape == (4, 3, 6) and st.v.shape == (4, 3, 2)
     with pytest.raises(ValueError, match=r"dy must have shape \(T, B, 4\)"):
@@ -212,6 +212,132 @@ def test_size_bounds():
         fr.RNN(2**40, 2)
     with pytest.raises(ValueError, match=r"num_layers must be <= 1024"):
         fr.LSTM(2, 2, num_layers=2**40)
+
+
+# ---- conversions NumPy cannot do, seeds, deleted entries, Linear's parameters ------------------
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(cell_clip=2**1024), ValueError, r"cell_clip must be a finite number > 0 or None, got an int"),
+    (dict(accumulation_clip=-2**2000), ValueError, "accumulation_clip must be a finite number"),
+    (dict(seed=-1), ValueError, r"seed must be None or an int >= 0, got -1"),
+    (dict(seed=1.5), TypeError, r"seed must be None or an int >= 0, got 1.5"),
+    (dict(seed="0"), TypeError, r"seed must be None or an int >= 0"),
+])
+def test_bad_numbers_are_named(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        fr.LSTM(4, 5, **kwargs)
+    if "seed" in kwargs:
+        with pytest.raises(exc, match=match):
+            fr.RNN(4, 5, **kwargs)
+        with pytest.raises(exc, match=match):
+            fr.Linear(4, 5, **kwargs)
+
+
+def test_numpy_seed_objects_still_work():
+    a = fr.LSTM(4, 5, seed=np.random.SeedSequence(3))
+    b = fr.LSTM(4, 5, seed=np.random.default_rng(np.random.SeedSequence(3)))
+    np.testing.assert_array_equal(a.params["W_x"], b.params["W_x"])
+
+
+RAGGED = [[[0.0] * 4, [0.0] * 4], [[0.0] * 4]]  # two steps of 2 and 1 rows
+
+
+def test_ragged_inputs_are_named(layer):
+    with pytest.raises(ValueError, match=r"x must be a rectangular array .* ragged list"):
+        layer.forward(RAGGED)
+    with pytest.raises(ValueError, match=r"lengths must be a rectangular array"):
+        layer.forward(x_ok(), lengths=[[1, 2], [3]])
+    s, o = layer.State._fields[:2]
+    with pytest.raises(ValueError, match=rf"state.{s} must be a rectangular array"):
+        layer.forward(x_ok(), state=layer.State([[[0.0] * 5] * 2, [[0.0] * 5]], np.zeros((1, 2, 5))))
+    layer.forward(x_ok())
+    with pytest.raises(ValueError, match=r"dy must be a rectangular array"):
+        layer.backward([[[0.0] * 5] * 2, [[0.0] * 5]] * 2)
+    with pytest.raises(ValueError, match=r"x must be a rectangular array"):
+        fr.Linear(4, 2).forward(RAGGED)
+
+
+def test_torch_tensor_that_requires_grad_is_named(layer):
+    torch = pytest.importorskip("torch")
+    x = torch.zeros(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(TypeError, match=r"x is a torch tensor that requires grad.*x\.detach\(\)"
+                                        r"\.numpy\(\).*fusedrnn\.torch"):
+        layer.forward(x)
+    with pytest.raises(TypeError, match=r"x is a torch tensor that requires grad"):
+        fr.Linear(4, 2).forward(x)
+    y, _ = layer.forward(x.detach())  # a plain CPU tensor converts
+    layer.backward(None)
+    np.testing.assert_array_equal(y, layer.forward(np.zeros((3, 2, 4)))[0])
+    with pytest.raises(TypeError, match=r"dy is a torch tensor that requires grad"):
+        layer.backward(torch.zeros(3, 2, 5, dtype=torch.float64, requires_grad=True))
+
+
+@pytest.mark.parametrize("store", ["params", "grads"])
+def test_deleted_entry_is_named(layer, store):
+    """A deleted entry: a ValueError (also a KeyError) naming the dict it is missing from."""
+    layer.forward(x_ok())
+    del getattr(layer, store)["W_x"]
+    call = layer.forward if store == "params" else lambda x: layer.backward(np.zeros((3, 2, 5)))
+    with pytest.raises(ValueError, match=rf"^{store} is missing 'W_x': it must hold a numpy array "
+                                         r"of shape \(\d+, 4\) and dtype float64"):
+        call(x_ok())
+    with pytest.raises(KeyError):
+        call(x_ok())
+
+
+def test_replaced_grads_are_named(layer):
+    layer.forward(x_ok())
+    layer.grads["W_x"] = np.zeros((5, 5))
+    with pytest.raises(ValueError, match=r"grads\['W_x'\] must have shape"):
+        layer.backward(np.zeros((3, 2, 5)))
+    layer.grads["W_x"] = np.zeros(layer.params["W_x"].shape, np.float32)
+    with pytest.raises(TypeError, match=r"grads\['W_x'\] must be a numpy array of dtype float64"):
+        layer.backward(np.zeros((3, 2, 5)))
+    layer.grads = None
+    with pytest.raises(TypeError, match=r"grads must be a dict of numpy arrays"):
+        layer.backward(np.zeros((3, 2, 5)))
+
+
+@pytest.mark.parametrize("store,key,value,exc,match", [
+    ("params", "W", np.zeros((4, 3)), ValueError, r"params\['W'\] must have shape \(3, 4\), got \(4, 3\)"),
+    ("params", "W", np.zeros((3, 4), np.float32), TypeError, r"params\['W'\] must be a numpy array of dtype float64"),
+    ("params", "W", [[0.0] * 4] * 3, TypeError, r"params\['W'\] must be a numpy array"),
+    ("params", "b", np.zeros(4), ValueError, r"params\['b'\] must have shape \(3,\)"),
+    ("params", "b", None, TypeError, r"params\['b'\] must be a numpy array"),
+    ("grads", "W", np.zeros((3, 5)), ValueError, r"grads\['W'\] must have shape \(3, 4\)"),
+    ("grads", "b", np.zeros(3, np.float32), TypeError, r"grads\['b'\] must be a numpy array of dtype float64"),
+])
+def test_linear_with_wrong_parameters(store, key, value, exc, match):
+    lin = fr.Linear(4, 3, dtype=np.float64, seed=0)
+    x = np.zeros((2, 4))
+    if store == "params":
+        getattr(lin, store)[key] = value
+        with pytest.raises(exc, match=match):
+            lin.forward(x)
+    else:
+        lin.forward(x)
+        getattr(lin, store)[key] = value
+        with pytest.raises(exc, match=match):
+            lin.backward(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("store", ["params", "grads"])
+def test_linear_deleted_entry(store):
+    lin = fr.Linear(4, 3, dtype=np.float64, seed=0)
+    lin.forward(np.zeros((2, 4)))
+    del getattr(lin, store)["W"]
+    call = (lambda: lin.forward(np.zeros((2, 4)))) if store == "params" else \
+        (lambda: lin.backward(np.zeros((2, 3))))
+    with pytest.raises(ValueError, match=rf"{store} is missing 'W'"):
+        call()
+
+
+def test_read_only_grads_of_linear_are_named():
+    lin = fr.Linear(4, 3, dtype=np.float64, seed=0)
+    lin.forward(np.zeros((2, 4)))
+    lin.grads["W"].flags.writeable = False
+    with pytest.raises(ValueError, match=r"grads\['W'\] must be a writeable array"):
+        lin.backward(np.zeros((2, 3)))
 
 
 # ---- optimisers, clipping, truncated BPTT, checkpoints and ONNX files ---------------------

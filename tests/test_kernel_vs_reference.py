@@ -39,7 +39,7 @@ def test_inference_equals_training_forward(kind, option, dtype):
     T, B, I, H = 37, 64, 9, 11
     layer = make_layer(kind, T, B, I, H, dtype, option)
     prob = random_problem(layer, T, B)
-    state = (prob["s0"], prob["o0"])
+    state = layer.State(prob["s0"], prob["o0"])
     y_train, st_train = layer.forward(prob["x"], state=state, training=True)
     y_inf, st_inf = layer.forward(prob["x"], state=state, training=False)
     np.testing.assert_array_equal(y_inf, y_train)

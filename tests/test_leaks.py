@@ -77,7 +77,7 @@ def test_inference_and_error_paths_memory_is_flat():
     rnn = LAYERS["rnn-f32"]()
     rng = np.random.default_rng(1)
     x = rng.standard_normal((T, B, I))
-    bad_state = (np.zeros((1, B + 1, H)), np.zeros((1, B, H)))
+    bad_state = fr.LSTMState(np.zeros((1, B + 1, H)), np.zeros((1, B, H)))
     cfg = _kernel.LSTMConfig(T, B, I, H)
     z = np.zeros(10**4)
 

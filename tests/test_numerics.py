@@ -70,7 +70,7 @@ def test_saturated_inputs_give_finite_results(name, dt):
         dy = rng.uniform(-100, 100, (T, B, H))
         ds_T, do_T = rng.standard_normal((2, 1, B, H))
         with np.errstate(all="raise"):  # not even an overflow warning in NumPy glue
-            y, st = layer.forward(x, state=(s0, o0))
+            y, st = layer.forward(x, state=layer.State(s0, o0))
             dx, dst = layer.backward(dy, layer.State(ds_T, do_T))
         res = everything(layer, y, st, dx, dst)
         for k, a in res.items():
@@ -115,7 +115,7 @@ def test_non_finite_values_stay_in_their_row(name, dt, where, value):
     def run(a):
         layer = build(name, I, H, dtype, seed=3)
         with np.errstate(all="ignore"):
-            y, st = layer.forward(a["x"], state=(a["s0"], a["o0"]))
+            y, st = layer.forward(a["x"], state=layer.State(a["s0"], a["o0"]))
             dx, dst = layer.backward(a["dy"], layer.State(a["ds_T"], a["do_T"]))
         return {"y": y, "s_T": st[0][0], "o_T": st[1][0], "dx": dx, "ds0": dst[0][0], "do0": dst[1][0]}
 

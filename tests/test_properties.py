@@ -202,7 +202,7 @@ def test_lengths_match_oracle_row_by_row(kind, T, B, I, H, dtype, option, data):
     do_T = rng.standard_normal((1, B, H)).astype(dt)
     lens_in = data.draw(st.sampled_from([lens, lens.astype(np.int32), lens.tolist(),
                                          lens.astype(np.uint8)]))
-    y, state = layer.forward(x, state=(s0, o0), lengths=lens_in)
+    y, state = layer.forward(x, state=layer.State(s0, o0), lengths=lens_in)
     s_T, o_T = state[:2]
     dx, dst = layer.backward(dy, layer.State(ds_T, do_T))
     tol = TOL[dt.type]

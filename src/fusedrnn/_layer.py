@@ -55,7 +55,46 @@ class Tape(NamedTuple):
     input_size: int                     # I of the caller's x (before context unfolding)
 
 
-class RecurrentLayer:
+class ReadOnlyConfig:
+    """Configuration attributes (the names in `_CONFIG`) are set once, by the
+    constructor, and read-only afterwards: the parameters' shapes, the kernel
+    setup and the checks made at construction follow from them. Copies, pickles
+    and checkpoints carry them over."""
+
+    _CONFIG: frozenset = frozenset()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._CONFIG and self.__dict__.get("_configured", False):
+            raise AttributeError(self._read_only_message(name))
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in self._CONFIG:
+            raise AttributeError(self._read_only_message(name))
+        object.__delattr__(self, name)
+
+    def _read_only_message(self, name: str) -> str:
+        cls = type(self).__name__
+        return (f"{cls}.{name} is read-only: it is part of the layer's configuration, fixed at "
+                f"construction (the parameters and the checks follow from it); build a new "
+                f"layer instead, e.g. fr.{cls}(..., {name}=...), and copy the parameters over "
+                "where their shapes still fit")
+
+    def _end_configuration(self) -> None:
+        """Called last by the constructor: from now on the configuration is read-only."""
+        object.__setattr__(self, "_configured", True)
+
+    def _set_config(self, **values: Any) -> None:
+        """Change configuration attributes of an already built object, without
+        checks: for the package's own wrappers (e.g. a module's dropout on its
+        private copy of a layer), never for users."""
+        for name, value in values.items():
+            if name not in self._CONFIG:
+                raise AttributeError(f"{name!r} is not a configuration attribute")
+            object.__setattr__(self, name, value)
+
+
+class RecurrentLayer(ReadOnlyConfig):
     """Base of `LSTM` and `RNN`: a stack of `num_layers` layers, each with one or
     two directions. Subclasses define `State`, `output_size`, `_cell_param_shapes`,
     `_cell_config`, `_kernel_forward` and `_kernel_backward`.
@@ -68,6 +107,11 @@ class RecurrentLayer:
 
     State: Any  # NamedTuple type: (s, output[, x_past])
     context: Tuple[int, int] = (0, 0)
+    _CONFIG = frozenset({"input_size", "hidden_size", "num_layers", "bidirectional", "dropout",
+                         "dtype", "batch_first", "context", "State", "output_size",
+                         "num_directions"})
+    # How the State's fields map to torch's order (the error for a plain tuple says it).
+    _STATE_HINT = ""
 
     def __init__(self, input_size: int, hidden_size: int, *, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, dtype: Any = np.float32,
@@ -95,7 +139,7 @@ class RecurrentLayer:
         self.dropout = float(dropout)
         self.dtype = V.as_dtype(dtype)
         self.batch_first = bool(batch_first)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(V.seed(seed))
         # PyTorch's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)).
         k = 1.0 / np.sqrt(self.hidden_size)
         self.params: Dict[str, np.ndarray] = {
@@ -107,6 +151,7 @@ class RecurrentLayer:
         }
         self._dropout_rng = np.random.default_rng(rng.integers(2**63))
         self._init_runtime()
+        self._end_configuration()
 
     # -- to be provided by subclasses ---------------------------------------------
     @property
@@ -221,13 +266,20 @@ class RecurrentLayer:
         return self.State(np.zeros((LD, B, self.hidden_size), self.dtype),
                           np.zeros((LD, B, self.output_size), self.dtype))
 
+    def __call__(self, x: Any, state: Any = None, training: bool = True, lengths: Any = None,
+                 x_future: Any = None) -> Tuple[np.ndarray, Any]:
+        """layer(x, ...) is layer.forward(x, ...), as with torch modules."""
+        return self.forward(x, state, training=training, lengths=lengths, x_future=x_future)
+
     def forward(self, x: Any, state: Any = None, training: bool = True, lengths: Any = None,
                 x_future: Any = None) -> Tuple[np.ndarray, Any]:
         """Run the network over a sequence.
 
         x: (T, B, I), or (B, T, I) with batch_first; any real array-like, cast to
-        the layer dtype. state: a State of (L*D, B, H) and (L*D, B, R) arrays (and
-        the context frames, LSTM only), or None for zeros. lengths: None or B
+        the layer dtype. state: a State (`layer.State`, e.g. fr.LSTMState(s=c0,
+        v=h0)) of (L*D, B, H) and (L*D, B, R) arrays (and the context frames, LSTM
+        only), or None for zeros; a plain tuple is refused (TypeError), since
+        torch orders the LSTM state (h, c). lengths: None or B
         integers in [0, T]: steps at or after a row's length are padding (output
         0, state held, no gradient). x_future: see `LSTM` (context windows).
         Returns y (T, B, D*R) (or (B, T, D*R)) and the final State; with lengths
@@ -302,8 +354,7 @@ class RecurrentLayer:
         ds_T = do_T = None
         if dstate is not None:
             names = self.State._fields
-            if not isinstance(dstate, tuple) or len(dstate) not in (2, len(names)):
-                raise ValueError(f"dstate must be a {self.State.__name__} ({', '.join(names)})")
+            self._check_state_type(dstate, "dstate")
             shapes = [(LD, B, H), (LD, B, R)]
             ds_T, do_T = (None if d is None else V.state_part(d, f"dstate.{n}", self.dtype, shp)
                           for n, d, shp in zip(names, dstate[:2], shapes))
@@ -373,19 +424,30 @@ class RecurrentLayer:
         if state is None:
             return np.zeros(shapes[0], self.dtype), np.zeros(shapes[1], self.dtype), None
         names = self.State._fields
-        if not isinstance(state, tuple) or len(state) not in (2, len(names)):
-            raise TypeError(f"state must be a {self.State.__name__} ({', '.join(names)}) or None, "
-                            f"got {type(state).__name__}")
+        self._check_state_type(state, "state")
         s0, o0 = (V.private_copy(V.state_part(a, f"state.{n}", self.dtype, shp), a)
                   for n, a, shp in zip(names, state[:2], shapes))
         return s0, o0, None
+
+    def _check_state_type(self, state: Any, name: str) -> None:
+        """A state (or state gradient) must be this layer's State NamedTuple: a
+        plain tuple cannot tell torch's (h, c) from the fields' order."""
+        if isinstance(state, self.State):
+            return
+        cls = self.State.__name__
+        fields = ", ".join(self.State._fields)
+        got = type(state).__name__
+        if isinstance(state, (tuple, list)) and not hasattr(state, "_fields"):
+            got = f"a plain {got}, which is ambiguous"
+        raise V.StateTypeError(f"{name} must be None or an {cls} ({fields}), got {got}: "
+                               f"{self._STATE_HINT}")
 
     def _checked_params(self) -> Dict[str, np.ndarray]:
         return {k: V.parameter(self.params, k, self.dtype, shape)
                 for k, shape in self._param_shapes().items()}
 
     def _checked_grads(self) -> Dict[str, np.ndarray]:
-        grads = {k: V.parameter(self.grads, k, self.dtype, shape)
+        grads = {k: V.parameter(self.grads, k, self.dtype, shape, store="grads")
                  for k, shape in self._param_shapes().items()}
         for k, g in grads.items():
             if g is not self.grads[k] or not g.flags.writeable:

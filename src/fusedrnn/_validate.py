@@ -38,12 +38,30 @@ def positive_int(value: Any, name: str, maximum: int = MAX_SIZE) -> int:
     return int(value)
 
 
+def as_array(a: Any, name: str) -> np.ndarray:
+    """np.asarray(a), with an error naming the argument for what NumPy cannot
+    convert: a ragged nesting (ValueError), a torch tensor that requires grad or
+    lives on a GPU (TypeError)."""
+    if getattr(a, "requires_grad", False) is True and hasattr(a, "detach"):
+        raise TypeError(f"{name} is a torch tensor that requires grad: the NumPy API does not "
+                        f"track gradients; pass {name}.detach().numpy(), or use the "
+                        "torch.nn.Modules of fusedrnn.torch for autograd")
+    try:
+        return np.asarray(a)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a rectangular array (every row of the same length), "
+                         f"got a ragged {type(a).__name__}: {exc}") from None
+    except (TypeError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be an array of real numbers, got a "
+                        f"{type(a).__name__} NumPy cannot convert: {exc}") from None
+
+
 def as_real_array(a: Any, name: str, dtype: np.dtype) -> np.ndarray:
     """Convert array-likes of bool, integer or floating values to `dtype`.
 
     The cast to the layer dtype is documented behaviour; complex, object and
     string data raise TypeError rather than being silently coerced."""
-    arr = np.asarray(a)
+    arr = as_array(a, name)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers (it is cast to {dtype}), got dtype {arr.dtype}")
     return arr.astype(dtype, copy=False)
@@ -81,17 +99,35 @@ def state_part(a: Any, name: str, dtype: np.dtype, shape: Tuple[int, int, int]) 
     return np.ascontiguousarray(arr)
 
 
-def parameter(params: dict, key: str, dtype: np.dtype, shape: Tuple[int, ...]) -> np.ndarray:
-    """A parameter as the kernel will read it: checked and C-contiguous (a view
-    when it already is, so in-place updates are always seen)."""
+class StateTypeError(TypeError, ValueError):
+    """A state or state gradient that is not the layer's State NamedTuple (a
+    TypeError; also a ValueError, what a malformed dstate raised before)."""
+
+
+class MissingEntryError(ValueError, KeyError):
+    """A `params` / `grads` entry the layer needs was deleted: a ValueError
+    naming the entry (also a KeyError, what a missing dict key raises)."""
+
+    def __str__(self) -> str:
+        return ValueError.__str__(self)  # KeyError's str() would quote the message
+
+
+def parameter(params: dict, key: str, dtype: np.dtype, shape: Tuple[int, ...],
+              store: str = "params") -> np.ndarray:
+    """A parameter (or gradient buffer, store="grads") as the kernel will read
+    it: checked and C-contiguous (a view when it already is, so in-place updates
+    are always seen)."""
+    if not isinstance(params, dict):
+        raise TypeError(f"{store} must be a dict of numpy arrays, got {type(params).__name__}")
     if key not in params:
-        raise KeyError(f"params is missing {key!r}")
+        raise MissingEntryError(f"{store} is missing {key!r}: it must hold a numpy array of "
+                                f"shape {shape} and dtype {dtype} (the layer was built with it)")
     arr = params[key]
     if not isinstance(arr, np.ndarray) or arr.dtype != dtype:
-        raise TypeError(f"params[{key!r}] must be a numpy array of dtype {dtype}, got "
+        raise TypeError(f"{store}[{key!r}] must be a numpy array of dtype {dtype}, got "
                         f"{getattr(arr, 'dtype', type(arr).__name__)}")
     if arr.shape != shape:
-        raise ValueError(f"params[{key!r}] must have shape {shape}, got {arr.shape}")
+        raise ValueError(f"{store}[{key!r}] must have shape {shape}, got {arr.shape}")
     return np.ascontiguousarray(arr)
 
 
@@ -107,7 +143,9 @@ def lengths(a: Any, batch: int, steps: int) -> Optional[np.ndarray]:
     """Per-row sequence lengths: None, or B integers in [0, T] (int64, contiguous)."""
     if a is None:
         return None
-    arr = np.asarray(a)
+    # a private copy, made before the checks: the backward reads the lengths the
+    # forward checked and used, whatever the caller does with its buffer
+    arr = np.array(as_array(a, "lengths"), copy=True)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
     if arr.shape != (batch,):
@@ -117,13 +155,30 @@ def lengths(a: Any, batch: int, steps: int) -> Optional[np.ndarray]:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+def seed(value: Any, name: str = "seed") -> Any:
+    """A seed for np.random.default_rng: None, an int >= 0, or NumPy's own
+    SeedSequence / BitGenerator / Generator."""
+    if value is None or isinstance(value, (np.random.SeedSequence, np.random.BitGenerator,
+                                           np.random.Generator)):
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be None or an int >= 0, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be None or an int >= 0, got {value}")
+    return int(value)
+
+
 def optional_positive(value: Any, name: str) -> Optional[float]:
     """None, or a finite float > 0."""
     if value is None:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a positive number or None, got {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"{name} must be a finite number > 0 or None, got an int of "
+                         f"{int(value).bit_length()} bits (beyond the float range)") from None
     if not (np.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a finite number > 0 or None, got {value!r}")
     return v

@@ -11,9 +11,10 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from . import _validate as V
+from ._layer import ReadOnlyConfig
 
 
-class Linear:
+class Linear(ReadOnlyConfig):
     """Affine map over the last axis: y[..., :] = x[..., :] W^T + b.
 
     Works on any leading shape: (T, B, F_in) -> (T, B, F_out), (B, T, F_in) ->
@@ -28,7 +29,10 @@ class Linear:
         bias: include b (default True).
         dtype: np.float32 or np.float64; inputs are cast to it.
         seed: seed of the initialisation.
+    The configuration (in_features, out_features, bias, dtype) is read-only.
     """
+
+    _CONFIG = frozenset({"in_features", "out_features", "bias", "dtype"})
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  dtype: Any = np.float32, seed: Optional[int] = None) -> None:
@@ -38,7 +42,7 @@ class Linear:
             raise TypeError(f"bias must be a bool, got {bias!r}")
         self.bias = bool(bias)
         self.dtype = V.as_dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(V.seed(seed))
         k = 1.0 / np.sqrt(self.in_features)
         self.params: Dict[str, np.ndarray] = {
             "W": rng.uniform(-k, k, size=(self.out_features, self.in_features)).astype(self.dtype)}
@@ -46,6 +50,7 @@ class Linear:
             self.params["b"] = rng.uniform(-k, k, size=(self.out_features,)).astype(self.dtype)
         self.grads: Dict[str, np.ndarray] = {n: np.zeros_like(p) for n, p in self.params.items()}
         self._x: Optional[np.ndarray] = None  # input of the last training forward
+        self._end_configuration()
 
     def __repr__(self) -> str:
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
@@ -56,16 +61,27 @@ class Linear:
         for g in self.grads.values():
             g[...] = 0
 
+    def _checked(self, store: Dict[str, np.ndarray], name: str) -> Dict[str, np.ndarray]:
+        """The entries of `params` or `grads` (name), checked against the layer's shapes."""
+        shapes = {"W": (self.out_features, self.in_features)}
+        if self.bias:
+            shapes["b"] = (self.out_features,)
+        return {k: V.parameter(store, k, self.dtype, shp, store=name) for k, shp in shapes.items()}
+
+    def __call__(self, x: Any, training: bool = True) -> np.ndarray:
+        """layer(x) is layer.forward(x), as with torch modules."""
+        return self.forward(x, training=training)
+
     def forward(self, x: Any, training: bool = True) -> np.ndarray:
         """y = x W^T + b. x: (..., in_features), cast to the layer dtype.
         Returns y (..., out_features). training=True keeps x for `backward`."""
         xa = V.as_real_array(x, "x", self.dtype)
         if xa.ndim < 1 or xa.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., {self.in_features}), got {xa.shape}")
-        W = self.params["W"]
-        y = xa @ W.T
+        p = self._checked(self.params, "params")
+        y = xa @ p["W"].T
         if self.bias:
-            y += self.params["b"]
+            y += p["b"]
         # keep a private copy when x is the caller's writeable array (they may modify it)
         if training and isinstance(x, np.ndarray) and x.flags.writeable \
                 and np.may_share_memory(xa, x):
@@ -84,8 +100,14 @@ class Linear:
         if d.shape != x.shape[:-1] + (self.out_features,):
             raise ValueError(f"dy must have shape {x.shape[:-1] + (self.out_features,)}, "
                              f"got {d.shape}")
+        p = self._checked(self.params, "params")
+        g = {k: self.grads[k] for k in self._checked(self.grads, "grads")}
+        for k, a in g.items():
+            if not a.flags.writeable:
+                raise ValueError(f"grads[{k!r}] must be a writeable array (backward "
+                                 "accumulates into it in place)")
         d2 = d.reshape(-1, self.out_features)
-        self.grads["W"] += d2.T @ x.reshape(-1, self.in_features)
+        g["W"] += d2.T @ x.reshape(-1, self.in_features)
         if self.bias:
-            self.grads["b"] += d2.sum(axis=0)
-        return d @ self.params["W"]
+            g["b"] += d2.sum(axis=0)
+        return d @ p["W"]

@@ -82,6 +82,11 @@ class LSTM(RecurrentLayer):
     """
 
     State = LSTMState
+    _CONFIG = RecurrentLayer._CONFIG | {"peepholes", "proj_size", "coupled_gates", "cell_clip",
+                                         "accumulation_clip"}
+    _STATE_HINT = ("s is the cell state (torch's c) and v the output fed back (torch's h), while "
+                   "torch.nn.LSTM and fusedrnn.torch order their state (h, c); torch's (h0, c0) "
+                   "is fr.LSTM.State(s=c0, v=h0)")
 
     def __init__(self, input_size: int, hidden_size: int, peepholes: Any = True, *,
                  proj_size: int = 0, context: Tuple[int, int] = (0, 0),

@@ -496,7 +496,7 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
     for c in cells:  # the exact value when the float32 attribute is its rounding
         if (exact_clip is not None and isinstance(c, LSTM) and c.accumulation_clip is not None
                 and np.float32(float(exact_clip)) == np.float32(c.accumulation_clip)):
-            c.accumulation_clip = float(exact_clip)
+            c._set_config(accumulation_clip=float(exact_clip))
     first = cells[0]
     for k, c in enumerate(cells[1:], 1):
         if not _same_cell(first, c) or c.input_size != first.num_directions * first.output_size:

@@ -33,6 +33,10 @@ class RNN(RecurrentLayer):
     """
 
     State = RNNState
+    _CONFIG = RecurrentLayer._CONFIG | {"state_feedback"}
+    _STATE_HINT = ("s is the state and r = tanh(s) the readout (torch's h); torch.nn.RNN's h0 is "
+                   "fr.RNN.State(s=np.zeros_like(h0), r=h0) (without state_feedback, "
+                   "s[-1] is only the state reported for rows of length 0)")
 
     def __init__(self, input_size: int, hidden_size: int, state_feedback: bool = False, *,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,

@@ -6,6 +6,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._layer import ReadOnlyConfig
+
 __all__ = ["Sequential", "is_recurrent"]
 
 
@@ -14,7 +16,7 @@ def is_recurrent(layer: Any) -> bool:
     return hasattr(layer, "initial_state") and hasattr(layer, "State")
 
 
-class Sequential:
+class Sequential(ReadOnlyConfig):
     """Layers applied in order; the output sequence of one is the input of the next.
 
         model = fr.Sequential(fr.LSTM(I, H, seed=0), fr.Linear(H, C, seed=1))
@@ -29,7 +31,9 @@ class Sequential:
     optimiser updating `model.params` in place updates the layers.
 
     All recurrent layers must agree on batch_first (the per-step layers work in
-    either layout)."""
+    either layout); `batch_first` is read-only."""
+
+    _CONFIG = frozenset({"batch_first"})
 
     def __init__(self, *layers: Any) -> None:
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
@@ -46,6 +50,7 @@ class Sequential:
             raise ValueError("the recurrent layers of a Sequential must agree on batch_first")
         self.layers: List[Any] = list(layers)
         self.batch_first = firsts.pop() if firsts else False
+        self._end_configuration()
 
     def __repr__(self) -> str:
         inner = "".join(f"\n  ({i}): {l!r}" for i, l in enumerate(self.layers))
@@ -94,6 +99,11 @@ class Sequential:
                 raise ValueError(f"{what}[{i}] must be None: layer {i} "
                                  f"({type(l).__name__}) has no state")
         return list(states)
+
+    def __call__(self, x: Any, state: Optional[Sequence[Any]] = None, training: bool = True,
+                 lengths: Any = None, x_future: Any = None) -> Tuple[np.ndarray, List[Any]]:
+        """model(x, ...) is model.forward(x, ...), as with torch modules."""
+        return self.forward(x, state, training=training, lengths=lengths, x_future=x_future)
 
     def forward(self, x: Any, state: Optional[Sequence[Any]] = None, training: bool = True,
                 lengths: Any = None, x_future: Any = None) -> Tuple[np.ndarray, List[Any]]:

@@ -139,7 +139,7 @@ class _Call:
         layer = copy.copy(self.template)  # shallow: configuration only, fresh thread-local tape
         layer.params = {n: _as_numpy(w) for n, w in zip(self.names, weights)}
         layer.grads = {}
-        layer.dropout = self.dropout
+        layer._set_config(dropout=self.dropout)
         if self.dropout_seed is not None:
             layer._dropout_rng = np.random.default_rng(self.dropout_seed)
         return layer
@@ -260,7 +260,7 @@ class _FusedModule(nn.Module):
         layer = copy.copy(self._template(_NP_OF_TORCH[dtype]))
         layer.params = {n: _as_numpy(w) for n, w in zip(self._names, ws)}
         layer.grads = {n: np.zeros_like(p) for n, p in layer.params.items()}
-        layer.dropout = self.dropout
+        layer._set_config(dropout=self.dropout)
         return layer
 
     def to_fusedrnn(self) -> Any:
@@ -308,7 +308,7 @@ class _FusedModule(nn.Module):
                 if lengths.dtype.is_floating_point or lengths.dtype.is_complex:
                     raise ValueError(f"lengths must hold integers, got dtype {lengths.dtype}")
                 lengths = lengths.detach().numpy()
-            lens = np.asarray(lengths)
+            lens = np.array(lengths)  # a copy: the caller may reuse its buffer
             if unbatched:
                 lens = lens.reshape(1)
         dropout = self.dropout if self.training else 0.0
