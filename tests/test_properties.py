@@ -144,7 +144,10 @@ def test_layer_matches_oracle_for_any_layout(pr):
         s0 = draw_values(rng, (1, B, H), pr["state_layout"], dt, 0.5)
         o0 = draw_values(rng, (1, B, H), pr["state_layout"], dt, 0.5)
         parts = (present(s0, pr["state_layout"]), present(o0, pr["state_layout"]))
-        state_in = layer.State(*parts) if pr["state"] == "given" else tuple(parts)
+        if pr["state"] == "given_list_parts":  # ambiguous against torch's (h, c): refused
+            with pytest.raises(TypeError, match="plain tuple, which is ambiguous"):
+                layer.forward(x_in, state=tuple(parts))
+        state_in = layer.State(*parts)
     dyv = (np.zeros((T, B, H), dt) if pr["dy_layout"] == "none"
            else draw_values(rng, (T, B, H), pr["dy_layout"], dt))
     dy_in = None if pr["dy_layout"] == "none" else present(bf(dyv, pr["batch_first"]), pr["dy_layout"])
@@ -308,8 +311,8 @@ def state_expectation(state, layer, B: int):
     H = layer.hidden_size
     if state is None:
         return None
-    if not isinstance(state, tuple) or len(state) not in (2, len(layer.State._fields)):
-        return TypeError
+    if not isinstance(state, layer.State):
+        return TypeError  # a plain tuple too: ambiguous against torch's (h, c)
     for part in state[:2]:
         try:
             arr = np.asarray(part)
@@ -330,6 +333,16 @@ def test_any_state_gives_result_or_documented_error(kind, state, dstate):
     T, B, I, H = 2, 2, 3, 2
     layer = make(kind, I, H, np.float64, True, False, 0)
     x = np.ones((T, B, I))
+
+    def as_state(st_):
+        """A plain tuple of the State's length: refused (TypeError), then as the State."""
+        if type(st_) is tuple and len(st_) in (2, len(layer.State._fields)):
+            with pytest.raises(TypeError, match="plain tuple"):
+                layer.forward(x, state=st_)
+            return layer.State(*st_)
+        return st_
+
+    state, dstate = as_state(state), as_state(dstate)
     expect = state_expectation(state, layer, B)
     with np.errstate(all="ignore"):
         if expect is not None:
@@ -337,13 +350,14 @@ def test_any_state_gives_result_or_documented_error(kind, state, dstate):
                 layer.forward(x, state=state)
             return
         layer.forward(x, state=state)
-        # dstate: the same rules, except that its parts may be None and a wrong tuple is a ValueError
+        # dstate: the same rules, except that its parts may be None; a wrong type raises an
+        # error that is both a TypeError and a ValueError
         dexp = None
         if dstate is not None:
-            if not isinstance(dstate, tuple) or len(dstate) not in (2, len(layer.State._fields)):
-                dexp = ValueError
+            if not isinstance(dstate, layer.State):
+                dexp = (TypeError, ValueError)
             else:
-                fixed = tuple(np.zeros((1, B, H)) if d is None else d for d in dstate[:2])
+                fixed = layer.State(*(np.zeros((1, B, H)) if d is None else d for d in dstate[:2]))
                 dexp = state_expectation(fixed, layer, B)
         if dexp is None:
             dx, dst = layer.backward(None, dstate)
