@@ -131,11 +131,13 @@ def test_torch_module_lengths_buffer_reused_before_backward(kind):
 
 CONFIGS = {
     fr.LSTM: dict(input_size=8, hidden_size=6, num_layers=0, bidirectional=True, dropout=0.5,
-                  dtype=np.float64, batch_first=True, context=(1, 1), peepholes="bogus",
+                  dtype=np.float64, batch_first=True, reverse=True, context=(1, 1),
+                  peepholes="bogus",
                   proj_size=2, coupled_gates=True, cell_clip=1.0, accumulation_clip=1.0,
                   output_size=3, num_directions=2),
     fr.RNN: dict(input_size=8, hidden_size=6, num_layers=2, bidirectional=True, dropout=0.5,
-                 dtype=np.float64, batch_first=True, context=(1, 0), state_feedback=True),
+                 dtype=np.float64, batch_first=True, reverse=True, context=(1, 0),
+                 state_feedback=True),
     fr.Linear: dict(in_features=8, out_features=6, bias=False, dtype=np.float64),
 }
 CASES = [(cls, name, value) for cls, attrs in CONFIGS.items() for name, value in attrs.items()]

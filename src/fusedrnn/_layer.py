@@ -108,7 +108,7 @@ class RecurrentLayer(ReadOnlyConfig):
     State: Any  # NamedTuple type: (s, output[, x_past])
     context: Tuple[int, int] = (0, 0)
     _CONFIG = frozenset({"input_size", "hidden_size", "num_layers", "bidirectional", "dropout",
-                         "dtype", "batch_first", "context", "State", "output_size",
+                         "dtype", "batch_first", "reverse", "context", "State", "output_size",
                          "num_directions"})
     # How the State's fields map to torch's order (the error for a plain tuple says it).
     _STATE_HINT = ""
