@@ -555,6 +555,11 @@ def rnn_backward(RNNConfig c, real[::1] dx, real[::1] ds0, real[::1] dr0, real[:
     _check(status, "RNN backward")
 
 
+# ---- streams: the per-frame step ----------------------------------------------------
+
+include "_stream.pxi"
+
+
 # SciPy's BLAS by default; the portable GEMM when SciPy is missing.
 if _load_scipy_blas():
     fr_set_blas(_scipy_sgemm, _scipy_dgemm)

@@ -131,6 +131,17 @@ class LSTM(RecurrentLayer):
         return (f"LSTM(input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"{', '.join(opts)}, dtype={self.dtype.name})")
 
+    def stream(self, batch: int, state: Optional[LSTMState] = None) -> Any:
+        """A stream that runs this LSTM one frame at a time (inference):
+        `stream.step(frame)` with frame (B, I) returns the output (B, R). With a
+        look-ahead (context=(L_past, L_future > 0)) the output of frame n comes
+        with frame n + L_future (`stream.delay`), and `stream.flush()` ends the
+        sequence. state: an LSTMState like forward's, or None for zeros. The
+        outputs equal one `forward` over the whole sequence. See
+        `fusedrnn.stream` for reset, step_many and the weights."""
+        from .stream import Stream
+        return Stream(self, batch, state)
+
     @property
     def output_size(self) -> int:
         return self.proj_size or self.hidden_size

@@ -56,6 +56,13 @@ class RNN(RecurrentLayer):
                 f"batch_first={self.batch_first}"
                 + (", reverse=True)" if self.reverse else ")"))
 
+    def stream(self, batch: int, state: Optional[RNNState] = None) -> Any:
+        """A stream that runs this RNN one frame at a time (inference):
+        `stream.step(frame)` with frame (B, I) returns r (B, H). state: an RNNState
+        like forward's, or None for zeros. See `fusedrnn.stream`."""
+        from .stream import Stream
+        return Stream(self, batch, state)
+
     def _cell_param_shapes(self, in_size: int) -> Dict[str, Tuple[int, ...]]:
         H = self.hidden_size
         shapes: Dict[str, Tuple[int, ...]] = {"W_x": (H, in_size), "W_r": (H, H), "theta_s": (H,)}

@@ -1,0 +1,375 @@
+# The per-frame step of a stream (included by _kernel.pyx).
+#
+# A stream runs a unidirectional stack of LSTM or RNN cells one frame at a
+# time. Everything a step needs is made once by fusedrnn.stream (state buffers
+# in two halves that swap every step, the inference workspace of a T = 1 call,
+# the context window); a step checks the frame's shape and dtype, that the
+# layers still hold the weight arrays the cells point at, and calls the
+# kernel's forward with T = 1 for each cell.
+from libc.stdint cimport uintptr_t
+from libc.string cimport memcpy, memmove, memset
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_STRIDES, \
+    PyBUF_FORMAT, PyBUF_WRITABLE
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport PyObject
+from libc.stdlib cimport calloc, free
+
+ctypedef struct stream_cell:
+    int lstm                 # 1: LSTM cell, 0: canonical RNN cell
+    fr_lstm_config lc        # T = 1
+    fr_rnn_config rc         # T = 1
+    char *x                  # (B, I_l) input: the frame, the window or the cell below's y
+    char *y                  # (B, R) output (the step's out for the top cell)
+    char *s[2]               # (B, H) state s, two halves
+    char *o[2]               # (B, R) output fed back (v or q; r for the RNN), two halves
+    const char *w[5]         # LSTM: W_x, W_v, b, W_s, W_qv; RNN: W_x, W_r, theta_s, W_s
+
+
+cdef inline char *_addr(object a):
+    """Data pointer of a NumPy array (None: NULL)."""
+    return NULL if a is None else <char *><uintptr_t>a.__array_interface__["data"][0]
+
+
+cdef int _cell_forward(stream_cell *c, char *work, int f64, int cur) noexcept nogil:
+    """One T = 1 kernel forward: state half `cur` in, the other half out."""
+    cdef int nxt = 1 - cur
+    if c.lstm:
+        if f64:
+            return fr_lstm_forward_f64(<double *>c.y, <double *>c.s[nxt], <double *>c.o[nxt],
+                                       NULL, <double *>work, <const double *>c.x,
+                                       <const double *>c.s[cur], <const double *>c.o[cur],
+                                       <const double *>c.w[0], <const double *>c.w[1],
+                                       <const double *>c.w[2], <const double *>c.w[3],
+                                       <const double *>c.w[4], &c.lc)
+        return fr_lstm_forward_f32(<float *>c.y, <float *>c.s[nxt], <float *>c.o[nxt],
+                                   NULL, <float *>work, <const float *>c.x,
+                                   <const float *>c.s[cur], <const float *>c.o[cur],
+                                   <const float *>c.w[0], <const float *>c.w[1],
+                                   <const float *>c.w[2], <const float *>c.w[3],
+                                   <const float *>c.w[4], &c.lc)
+    if f64:
+        return fr_rnn_forward_f64(<double *>c.y, <double *>c.s[nxt], <double *>c.o[nxt], NULL,
+                                  <double *>work, <const double *>c.x, <const double *>c.s[cur],
+                                  <const double *>c.o[cur], <const double *>c.w[0],
+                                  <const double *>c.w[1], <const double *>c.w[2],
+                                  <const double *>c.w[3], &c.rc)
+    return fr_rnn_forward_f32(<float *>c.y, <float *>c.s[nxt], <float *>c.o[nxt], NULL,
+                              <float *>work, <const float *>c.x, <const float *>c.s[cur],
+                              <const float *>c.o[cur], <const float *>c.w[0],
+                              <const float *>c.w[1], <const float *>c.w[2],
+                              <const float *>c.w[3], &c.rc)
+
+
+cdef inline bint _format_is(const char *fmt, char code) noexcept:
+    """A buffer format of one native little-endian float of the given code."""
+    if fmt == NULL:
+        return code == b'B'
+    if fmt[0] == b'@' or fmt[0] == b'=' or fmt[0] == b'<':
+        fmt += 1
+    return fmt[0] == code and fmt[1] == 0
+
+
+cdef class StreamCore:
+    """The per-frame part of a stream over a stack of LSTM or RNN cells (see
+    fusedrnn.stream.Stream, which builds it and adds the rest)."""
+    cdef stream_cell *cells
+    cdef int n_cells
+    cdef int f64
+    cdef char code                # buffer format of the dtype: 'f' or 'd'
+    cdef Py_ssize_t isz           # bytes per element
+    cdef readonly int64_t batch
+    cdef readonly int64_t input_size
+    cdef readonly int64_t output_size
+    cdef int64_t K                # context window frames (L_past + 1 + L_future); 1: none
+    cdef readonly int64_t delay   # L_future: frames between a frame and its output
+    cdef char *win                # (B, K, I) the last K frames of each row, oldest first
+    cdef char *work               # inference workspace of a T = 1 call (shared by the cells)
+    cdef int64_t *hold            # (B) steps each row still holds (reset rows of a delayed stream)
+    cdef int64_t *active          # (B) lengths of the T = 1 call: 0 holds the row
+    cdef public int64_t frames_in  # frames received since the start (or the last flush)
+    cdef int64_t n_hold           # rows with hold > 0
+    cdef public int cur           # the state half that holds the current state
+    cdef public bint release_gil  # run the kernel calls without the GIL
+    cdef bint busy
+    cdef object keep              # the arrays behind the pointers (kept alive)
+    cdef object weights           # [(owner, params dict, [(key, array), ...]), ...]
+    cdef object out_shape, dtype, np_empty
+
+    def __cinit__(self, *args, **kwargs):
+        self.cells = NULL
+        self.hold = NULL
+        self.active = NULL
+
+    def __dealloc__(self):
+        free(self.cells)
+        free(self.hold)
+        free(self.active)
+
+    def _init_core(self, int n_cells, object dtype, int64_t batch, int64_t input_size,
+                   int64_t output_size, int64_t L_past, int64_t L_future, object win):
+        """Sizes and the window buffer (B, K, I) (None without a context window);
+        then _set_lstm_cell / _set_rnn_cell for each cell, and _set_work."""
+        if self.cells != NULL:
+            raise RuntimeError("internal: stream core set up twice")
+        self.cells = <stream_cell *>calloc(n_cells, sizeof(stream_cell))
+        self.hold = <int64_t *>calloc(batch, sizeof(int64_t))
+        self.active = <int64_t *>calloc(batch, sizeof(int64_t))
+        if self.cells == NULL or self.hold == NULL or self.active == NULL:
+            raise MemoryError()
+        self.n_cells = n_cells
+        self.dtype = np.dtype(dtype)
+        self.f64 = self.dtype == np.float64
+        self.code = b'd' if self.f64 else b'f'
+        self.isz = self.dtype.itemsize
+        self.batch, self.input_size, self.output_size = batch, input_size, output_size
+        self.K = L_past + 1 + L_future
+        self.delay = L_future
+        self.win = _addr(win)
+        self.work = NULL
+        self.keep = [win]
+        self.weights = []
+        self.out_shape = (batch, output_size)
+        self.np_empty = np.empty
+        self.busy = False
+        self.release_gil = True
+
+    def _set_lstm_cell(self, int i, int64_t I, int64_t H, int64_t P, int peepholes,
+                       bint coupled_gates, double cell_clip, double accumulation_clip,
+                       int threads, object x, object y, object s, object o):
+        """Cell i: sizes and options, its input x (None: the frame or the window),
+        output y (None: the step's out), state halves s (2, B, H) and o (2, B, R)."""
+        cdef stream_cell *c = &self.cells[i]
+        c.lstm = 1
+        c.lc.T = 1; c.lc.B = self.batch; c.lc.I = I; c.lc.H = H; c.lc.P = P
+        c.lc.peepholes = peepholes; c.lc.coupled_gates = coupled_gates; c.lc.reverse = 0
+        c.lc.cell_clip = cell_clip; c.lc.accumulation_clip = accumulation_clip
+        c.lc.lengths = NULL
+        c.lc.packed_max_rows = 1 << 30  # the packed micro-kernel for every batch size
+        c.lc.num_threads = threads
+        self._set_buffers(c, x, y, s, o)
+
+    def _set_rnn_cell(self, int i, int64_t I, int64_t H, bint state_feedback, object x,
+                      object y, object s, object o):
+        cdef stream_cell *c = &self.cells[i]
+        c.lstm = 0
+        c.rc.T = 1; c.rc.B = self.batch; c.rc.I = I; c.rc.H = H
+        c.rc.state_feedback = state_feedback; c.rc.reverse = 0; c.rc.lengths = NULL
+        self._set_buffers(c, x, y, s, o)
+
+    cdef _set_buffers(self, stream_cell *c, object x, object y, object s, object o):
+        c.x = _addr(x)
+        c.y = _addr(y)
+        c.s[0] = _addr(s[0]); c.s[1] = _addr(s[1])
+        c.o[0] = _addr(o[0]); c.o[1] = _addr(o[1])
+        self.keep.extend([x, y, s, o])
+
+    def _work_size(self):
+        """Elements of the inference workspace the cells' T = 1 calls need."""
+        cdef size_t n = 0, most = 0
+        cdef int i
+        for i in range(self.n_cells):
+            if self.cells[i].lstm:
+                _check(fr_lstm_workspace_size(&n, &self.cells[i].lc, 0), "stream")
+            else:
+                _check(fr_rnn_workspace_size(&n, &self.cells[i].rc, 0), "stream")
+            most = n if n > most else most
+        return most
+
+    def _set_work(self, object work):
+        """The workspace (at least _work_size() elements, 64-byte aligned)."""
+        if work is None or work.shape[0] < self._work_size():
+            raise ValueError("internal: stream workspace too small")
+        self.work = _addr(work)
+        self.keep.append(work)
+
+    def _set_weights(self, int i, object arrays):
+        """Cell i's weight arrays (C-contiguous, of the stream's dtype, checked by
+        the caller): LSTM W_x, W_v, b, W_s, W_qv; RNN W_x, W_r, theta_s, W_s (None:
+        absent)."""
+        cdef stream_cell *c = &self.cells[i]
+        cdef int k
+        for k in range(5):
+            c.w[k] = _addr(arrays[k]) if k < len(arrays) else NULL
+
+    def _watch(self, object weights):
+        """[(owner, params dict, [(key, array), ...]), ...]: every step checks that
+        owner.params is still that dict and holds those arrays; when not, it calls
+        self._rebind() before computing."""
+        self.weights = weights
+
+    cdef bint _weights_current(self):
+        cdef Py_ssize_t i, j
+        cdef tuple entry, kv
+        cdef list pairs
+        cdef PyObject *held
+        for i in range(len(self.weights)):
+            entry = <tuple>self.weights[i]
+            if getattr(entry[0], "params") is not entry[1]:
+                return False
+            pairs = <list>entry[2]
+            for j in range(len(pairs)):
+                kv = <tuple>pairs[j]
+                held = PyDict_GetItem(entry[1], kv[0])
+                if held == NULL or held != <PyObject *>kv[1]:
+                    return False
+        return True
+
+    def _check_weights(self):
+        """Rebind the cells when a layer's params changed (another array or dict)."""
+        if not self._weights_current():
+            self._rebind()
+
+    # -- state and rows ---------------------------------------------------------------
+    def _enter(self):
+        """Mark the stream in use (refuse a second thread)."""
+        if self.busy:
+            raise RuntimeError("this stream is in use by another thread: a stream is one "
+                               "sequence of frames; give each thread its own stream")
+        self.busy = True
+
+    def _leave(self):
+        self.busy = False
+
+    def _set_hold(self, object rows, int64_t steps):
+        """Rows that hold their state (output zeros) for the next `steps` steps."""
+        cdef Py_ssize_t r
+        for r in rows:
+            if self.hold[r] == 0 and steps > 0:
+                self.n_hold += 1
+            elif self.hold[r] > 0 and steps == 0:
+                self.n_hold -= 1
+            self.hold[r] = steps
+
+    def _holds(self):
+        return [self.hold[r] for r in range(self.batch)]
+
+    def _clear(self):
+        """Forget the frames received (after a flush or a full reset)."""
+        cdef Py_ssize_t r
+        self.frames_in = 0
+        for r in range(self.batch):
+            self.hold[r] = 0
+        self.n_hold = 0
+
+    @property
+    def rows_holding(self):
+        """Rows that hold their state (reset rows whose first output is not due yet)."""
+        return self.n_hold
+
+    # -- the step ----------------------------------------------------------------------
+    cdef int _buffer(self, object a, Py_buffer *view, str name, bint writable) except -1:
+        """a as a C-contiguous (B, I) (or (B, R) for out) buffer of the stream's dtype."""
+        cdef int flags = PyBUF_STRIDES | PyBUF_FORMAT | (PyBUF_WRITABLE if writable else 0)
+        cdef int64_t cols = self.output_size if writable else self.input_size
+        if PyObject_GetBuffer(a, view, flags) != 0:
+            self._bad(a, name, writable)
+        if not (view.ndim == 2 and view.shape[0] == self.batch and view.shape[1] == cols
+                and view.itemsize == self.isz and _format_is(view.format, self.code)
+                and (view.shape[1] == 1 or view.strides[1] == self.isz)
+                and (view.shape[0] == 1 or view.strides[0] == cols * self.isz)):
+            PyBuffer_Release(view)
+            self._bad(a, name, writable)
+        return 0
+
+    cdef int _bad(self, object a, str name, bint writable) except -1:
+        """Raise the error that says what is wrong with frame / out."""
+        cdef int64_t cols = self.output_size if writable else self.input_size
+        want = f"a C-contiguous NumPy array of shape ({self.batch}, {cols}) and dtype {self.dtype}"
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be {want}, got {type(a).__name__} (convert with "
+                            f"np.ascontiguousarray({name}, dtype=np.{self.dtype.name}))")
+        if a.dtype != self.dtype:
+            raise TypeError(f"{name} must be {want}, got dtype {a.dtype} (the stream does not "
+                            f"cast: convert with {name}.astype(np.{self.dtype.name}))")
+        if a.ndim != 2 or a.shape != (self.batch, cols):
+            raise ValueError(f"{name} must be {want} (batch, "
+                             f"{'output' if writable else 'input'} features), got shape {a.shape}")
+        if writable and not a.flags.writeable:
+            raise ValueError(f"{name} must be {want} and writeable, got a read-only array")
+        raise ValueError(f"{name} must be {want}, got a non-contiguous array (strides "
+                         f"{a.strides}); pass np.ascontiguousarray({name})")
+
+    def step(self, frame, out=None):
+        """Take one frame (B, I) and return the output (B, R) of the step it
+        completes: a new array, or `out` when given (a C-contiguous (B, R) array of
+        the stream's dtype, filled in place). With a look-ahead, returns None until
+        frame n + delay has arrived for step n."""
+        cdef Py_buffer fv, ov
+        cdef int status = 0, cur = self.cur
+        cdef char *fp = NULL
+        cdef char *op = NULL
+        cdef int64_t B = self.batch, rowx = self.input_size * self.isz, r, n_hold
+        cdef int64_t rowy = self.output_size * self.isz
+        cdef bint ready = self.frames_in >= self.delay, have_f = False, have_o = False
+        if self.busy:
+            self._enter()  # raises
+        self.busy = True
+        try:
+            self._buffer(frame, &fv, "frame", False)
+            have_f = True
+            fp = <char *>fv.buf
+            if ready:
+                if out is None:
+                    out = self.np_empty(self.out_shape, self.dtype)
+                self._buffer(out, &ov, "out", True)
+                have_o = True
+                op = <char *>ov.buf
+                if op < fp + B * rowx and fp < op + B * rowy:
+                    raise ValueError("out must not overlap frame")
+            if not self._weights_current():
+                self._rebind()
+            n_hold = self.n_hold
+            if ready and n_hold:
+                for r in range(B):
+                    self.active[r] = 0 if self.hold[r] > 0 else 1
+            if self.release_gil:
+                with nogil:
+                    status = self._run(fp, op, ready)
+            else:
+                status = self._run(fp, op, ready)
+            if status != 0:
+                _raise(status, "stream step")
+            self.frames_in += 1
+            if ready:
+                self.cur = 1 - cur
+                if n_hold:
+                    for r in range(B):
+                        if self.hold[r] > 0:
+                            memset(op + r * rowy, 0, rowy)
+                            self.hold[r] -= 1
+                            if self.hold[r] == 0:
+                                self.n_hold -= 1
+        finally:
+            self.busy = False
+            if have_f:
+                PyBuffer_Release(&fv)
+            if have_o:
+                PyBuffer_Release(&ov)
+        return out if ready else None
+
+    cdef int _run(self, char *frame, char *out, bint ready) noexcept nogil:
+        """Shift the frame into the window; when a step is due, run every cell."""
+        cdef Py_ssize_t K = self.K, b, i
+        cdef int64_t B = self.batch, row = self.input_size * self.isz
+        cdef stream_cell *c
+        cdef int status
+        if K > 1:
+            for b in range(B):  # drop the oldest frame of the row, append the new one
+                memmove(self.win + b * K * row, self.win + (b * K + 1) * row, (K - 1) * row)
+                memcpy(self.win + (b * K + K - 1) * row, frame + b * row, row)
+        if not ready:
+            return 0
+        for i in range(self.n_cells):
+            c = &self.cells[i]
+            if i == 0:
+                c.x = self.win if K > 1 else frame
+            if i == self.n_cells - 1:
+                c.y = out
+            if c.lstm:
+                c.lc.lengths = self.active if self.n_hold else NULL
+            else:
+                c.rc.lengths = self.active if self.n_hold else NULL
+            status = _cell_forward(c, self.work, self.f64, self.cur)
+            if status != 0:
+                return status
+        return 0
