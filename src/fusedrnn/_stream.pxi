@@ -261,7 +261,9 @@ cdef class StreamCore:
         """a as a C-contiguous (B, I) (or (B, R) for out) buffer of the stream's dtype."""
         cdef int flags = PyBUF_STRIDES | PyBUF_FORMAT | (PyBUF_WRITABLE if writable else 0)
         cdef int64_t cols = self.output_size if writable else self.input_size
-        if PyObject_GetBuffer(a, view, flags) != 0:
+        try:
+            PyObject_GetBuffer(a, view, flags)
+        except Exception:
             self._bad(a, name, writable)
         if not (view.ndim == 2 and view.shape[0] == self.batch and view.shape[1] == cols
                 and view.itemsize == self.isz and _format_is(view.format, self.code)

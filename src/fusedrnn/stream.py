@@ -104,6 +104,9 @@ class Stream(_kernel.StreamCore):
         if getattr(layer, "bidirectional", False):
             raise ValueError("a bidirectional layer cannot stream: its reverse direction needs "
                              "the whole sequence; run forward over the sequence instead")
+        if getattr(layer, "reverse", False):
+            raise ValueError("a reverse=True layer cannot stream: it reads each sequence from "
+                             "its end; run forward over the sequence instead")
         B = V.positive_int(batch, "batch")
         self.layer = layer
         self._lstm = hasattr(layer, "proj_size")
