@@ -182,3 +182,127 @@ def test_backward_pairs_with_the_same_threads_forward(cls):
     th.join()
     np.testing.assert_array_equal(result["dx"], dx_ref)
     assert "training=True" in result["c"]
+
+
+# ---- a shared float32 layer: the grads differ from the serial sum by summation order only ------
+
+class _OrderLog:
+    """A layer's gradient lock that records which thread takes it: the order in
+    which the backward calls add into `grads`."""
+
+    def __init__(self, lock) -> None:
+        self.lock, self.order = lock, []
+
+    def __enter__(self):
+        self.lock.acquire()
+        self.order.append(int(threading.current_thread().name))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+
+def _bidir_data(dtype, n_threads: int, n_calls: int):
+    Tb, Bb, Ib, Hb = 20, 40, 16, 32  # B = 40: the directions run one after the other
+    return [[(np.random.default_rng([t, j]).standard_normal((Tb, Bb, Ib)).astype(dtype),
+              np.random.default_rng([t, j, 1]).standard_normal((Tb, Bb, 2 * Hb)).astype(dtype))
+             for j in range(n_calls)] for t in range(n_threads)]
+
+
+def _bidir_layer(dtype, params=None):
+    layer = fr.LSTM(16, 32, bidirectional=True, dtype=dtype, seed=8)
+    for k, v in (params or {}).items():
+        layer.params[k][...] = v
+    return layer
+
+
+def _threaded(layer, data) -> list:
+    """Every thread runs its calls (training forward + backward) on the shared
+    layer; returns the order in which the backward calls took the grads lock."""
+    log = _OrderLog(layer._grad_lock)
+    layer._grad_lock = log
+    start = threading.Barrier(len(data))
+    errors = []
+
+    def work(t):
+        try:
+            start.wait()
+            for x, dy in data[t]:
+                layer.forward(x)
+                layer.backward(dy)
+        except BaseException as exc:
+            errors.append(exc)
+            start.abort()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=work, args=(t,), name=str(t)) for t in range(len(data))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        sys.setswitchinterval(old)
+        layer._grad_lock = log.lock
+    if errors:
+        raise errors[0]
+    return log.order
+
+
+def _in_order(layer, data, order):
+    """The same calls on one thread, the backward calls in `order` (thread indices)."""
+    done = [0] * len(data)
+    for t in order:
+        x, dy = data[t][done[t]]
+        done[t] += 1
+        layer.forward(x)
+        layer.backward(dy)
+    return layer
+
+
+def _rel(a, b) -> float:
+    return float(np.max(np.abs(a.astype(np.float64) - b)) / np.max(np.abs(b.astype(np.float64))))
+
+
+def test_shared_float32_grads_differ_only_by_summation_order():
+    """8 threads x 50 forward+backward on one bidirectional float32 LSTM (B = 40):
+    `grads` differ from the serial sum by ~1e-5 relative. That is float32
+    summation order, shown three ways:
+    1. the same calls on one thread, their backward calls in the order the
+       threads took the grads lock, give the threaded grads bit for bit (no lost
+       or torn update, nothing else differs);
+    2. in float64 the threaded grads equal the serial sum within 1e-12;
+    3. the same two orders (serial and the recorded one) in float64 differ by
+       as many float64 roundoffs (u = 2^-53) as the float32 grads differ by
+       float32 roundoffs (u = 2^-24): the difference scales with the precision as
+       rounding does (measured: ratios 0.4 to 3; allowed: 10)."""
+    n_calls = max(10, N_CALLS // 4)
+    data32 = _bidir_data(np.float32, N_THREADS, n_calls)
+    serial_order = [t for t in range(N_THREADS) for _ in range(n_calls)]
+
+    shared32 = _bidir_layer(np.float32)
+    order = _threaded(shared32, data32)
+    switches = sum(a != b for a, b in zip(order, order[1:]))
+    assert switches > N_THREADS, "the threads did not interleave; the test proved nothing"
+    replay32 = _in_order(_bidir_layer(np.float32), data32, order)
+    serial32 = _in_order(_bidir_layer(np.float32), data32, serial_order)
+
+    p64 = {k: v.astype(np.float64) for k, v in shared32.params.items()}
+    data64 = [[(x.astype(np.float64), dy.astype(np.float64)) for x, dy in calls] for calls in data32]
+    shared64 = _bidir_layer(np.float64, p64)
+    order64 = _threaded(shared64, data64)
+    serial64 = _in_order(_bidir_layer(np.float64, p64), data64, serial_order)
+    replay64 = _in_order(_bidir_layer(np.float64, p64), data64, order)   # float32's order
+    again64 = _in_order(_bidir_layer(np.float64, p64), data64, order64)
+
+    u32, u64 = 2.0**-24, 2.0**-53
+    for k in shared32.grads:
+        np.testing.assert_array_equal(replay32.grads[k], shared32.grads[k], err_msg=k)
+        np.testing.assert_array_equal(again64.grads[k], shared64.grads[k], err_msg=k)
+        err64 = _rel(shared64.grads[k], serial64.grads[k])
+        assert err64 <= 1e-12, f"float64 grads[{k!r}]: {err64:.2e} from the serial sum"
+        d32 = _rel(shared32.grads[k], serial32.grads[k]) / u32
+        d64 = _rel(replay64.grads[k], serial64.grads[k]) / u64
+        assert d32 <= 10 * max(d64, 1.0), \
+            f"grads[{k!r}]: float32 {d32:.0f} u32 vs float64 {d64:.0f} u64 for the same two orders"
