@@ -470,6 +470,34 @@ def _onnx_bytes(tmp, data):
     return fr.onnx.load(tmp / "m.onnx")
 
 
+def _with_param(**arrays):
+    model = _lstm()
+    model.params.update(arrays)
+    return model
+
+
+def _onnx_external(tmp, location):
+    """An exported LSTM in tmp/model/ whose W tensor keeps its data in `location`."""
+    import os
+    onnx = pytest.importorskip("onnx")
+    folder = tmp / "model"
+    folder.mkdir()
+    m = fr.onnx.to_model(fr.LSTM(3, 4, seed=0))
+    t = next(t for t in m.graph.initializer if t.name.startswith("W_"))
+    raw = onnx.numpy_helper.to_array(t).tobytes()       # (1, 16, 3) float32: 192 bytes
+    (tmp / "secret.bin").write_bytes(raw)
+    (folder / "short.bin").write_bytes(raw[:100])
+    os.symlink(tmp / "secret.bin", folder / "link.bin")
+    t.ClearField("raw_data")
+    t.ClearField("float_data")
+    for key, value in (("location", location), ("offset", "0"), ("length", str(len(raw)))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    t.data_location = onnx.TensorProto.EXTERNAL
+    (folder / "m.onnx").write_bytes(m.SerializeToString())
+    return fr.onnx.load(folder / "m.onnx")
+
+
 IO_FILE_ERRORS = [
     ("save-model-object", lambda tmp: fr.save(tmp / "m.npz", object()), TypeError, "model must be a fusedrnn layer or Sequential"),
     ("save-model-none", lambda tmp: fr.save(tmp / "m.npz", None), TypeError, "model must be a fusedrnn layer"),
@@ -499,6 +527,24 @@ IO_FILE_ERRORS = [
     ("ckpt-arrays-entry", lambda tmp: _resigned(tmp, lambda h: h["arrays"].update({"param/b": "x"})), ValueError, r"arrays\['param/b'\] must be"),
     ("ckpt-array-shape-str", lambda tmp: _resigned(tmp, lambda h: h["arrays"]["param/b"].update(shape="16")), ValueError, r"arrays\['param/b'\] must be"),
     ("ckpt-version-bool", lambda tmp: _resigned(tmp, lambda h: h.update(format_version=True)), ValueError, "bad format version True"),
+    ("onnx-garbage", lambda tmp: _onnx_bytes(tmp, b"\x08\x07garbage\xff\xff\xff"), ValueError, r"m.onnx: not a valid ONNX model"),
+    ("onnx-random", lambda tmp: _onnx_bytes(tmp, np.random.default_rng(0).bytes(1000)), ValueError, "not a valid ONNX model"),
+    ("onnx-empty", lambda tmp: _onnx_bytes(tmp, b""), ValueError, "has no LSTM or RNN node"),
+    ("onnx-path-type", lambda tmp: fr.onnx.load(3.5), TypeError, "path must be a file path or an onnx.ModelProto"),
+    ("onnx-external-outside", lambda tmp: _onnx_external(tmp, "../secret.bin"), ValueError, r"keeps its data in '../secret.bin', outside the model's folder"),
+    ("onnx-external-absolute", lambda tmp: _onnx_external(tmp, str(tmp / "secret.bin")), ValueError, "outside the model's folder"),
+    ("onnx-external-symlink", lambda tmp: _onnx_external(tmp, "link.bin"), ValueError, r"keeps its data in 'link.bin', outside the model's folder"),
+    ("onnx-external-missing", lambda tmp: _onnx_external(tmp, "nowhere.bin"), ValueError, "external data file 'nowhere.bin' does not exist"),
+    ("onnx-external-short", lambda tmp: _onnx_external(tmp, "short.bin"), ValueError, "needs 192 bytes of 'short.bin'"),
+    ("onnx-export-opset-huge", lambda tmp: fr.onnx.export(_lstm(), tmp / "m.onnx", opset=10**6), ValueError, r"opset must be <= \d+"),
+    ("onnx-export-opset-str", lambda tmp: fr.onnx.export(_lstm(), tmp / "m.onnx", opset="17"), TypeError, "opset must be an int"),
+    ("onnx-export-param-shape", lambda tmp: fr.onnx.export(_with_param(W_x=np.zeros((5, 5))), tmp / "m.onnx"), ValueError, r"params\['W_x'\] must have shape \(16, 3\)"),
+    ("onnx-export-param-dtype", lambda tmp: fr.onnx.export(_with_param(b=np.zeros(16, np.float32)), tmp / "m.onnx"), TypeError, r"params\['b'\] must be a numpy array of dtype float64"),
+    ("onnx-export-flag", lambda tmp: fr.onnx.export(_lstm(), tmp / "m.onnx", sequence_lens="yes"), TypeError, "sequence_lens must be a bool"),
+    ("onnx-export-dtype", lambda tmp: fr.onnx.export(_lstm(), tmp / "m.onnx", dtype=np.int8), TypeError, "dtype must be float32 or float64"),
+    ("onnx-export-path", lambda tmp: fr.onnx.export(_lstm(), 3), TypeError, "path must be a file path"),
+    ("onnx-load-dtype", lambda tmp: fr.onnx.load(fr.onnx.to_model(_lstm()), dtype=np.int32), TypeError, "dtype must be float32 or float64"),
+    ("onnx-load-batch_first", lambda tmp: fr.onnx.load(fr.onnx.to_model(_lstm()), batch_first="no"), TypeError, "batch_first must be a bool"),
 ]
 
 

@@ -35,6 +35,12 @@ direction and variable lengths; the context window unfolded with Pad/Slice/
 Concat). Such graphs round-trip through `load` only as far as plain
 LSTM/RNN nodes go: `load` reads LSTM and RNN nodes.
 
+Both directions check what they handle: `export` the layer's parameters and
+the opset before writing; `load` every node's weights against its attributes,
+the chain of nodes, and external data (read only from files inside the model's
+folder). What does not fit raises ValueError (TypeError for a wrong argument
+type) naming the node or argument.
+
 ONNX Runtime implements LSTM and RNN in float32 only: export float64 layers
 with dtype=np.float32 to run them there.
 """
@@ -45,6 +51,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import _validate as V
 from ._layer import suffix
 from .lstm import LSTM
 from .rnn import RNN
@@ -138,9 +145,21 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
     """The `onnx.ModelProto` that `export` writes (see `export`)."""
     onnx = _onnx()
     layer = _as_layer(model)
+    newest = int(onnx.defs.onnx_opset_version())
+    if isinstance(opset, (bool, np.bool_)) or not isinstance(opset, (int, np.integer)):
+        raise TypeError(f"opset must be an int in [14, {newest}], got {opset!r}")
     if opset < 14:
         raise ValueError(f"opset must be >= 14, got {opset}")
-    if unsupported not in ("raise", "scan"):
+    if opset > newest:
+        raise ValueError(f"opset must be <= {newest} (the newest the installed onnx package "
+                         f"knows), got {opset}")
+    opset = int(opset)
+    for flag, value in (("sequence_lens", sequence_lens), ("initial_state", initial_state)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{flag} must be a bool, got {value!r}")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    if not isinstance(unsupported, str) or unsupported not in ("raise", "scan"):
         raise ValueError(f"unsupported must be 'raise' or 'scan', got {unsupported!r}")
     if isinstance(layout, (bool, np.bool_)) or layout not in (0, 1):
         raise ValueError(f"layout must be 0 (time-major nodes) or 1 (batch-major nodes), "
@@ -154,9 +173,8 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
         raise ValueError(f"ONNX's {kind} operator has no {', '.join(blocked)}: this "
                          f"{type(layer).__name__} cannot be exported as standard {kind} nodes "
                          "(pass unsupported='scan' for an equivalent Scan subgraph)")
-    dt = np.dtype(layer.dtype if dtype is None else dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    dt = layer.dtype if dtype is None else V.as_dtype(dtype)
+    layer._checked_params()  # every parameter present, of the layer's dtype and shape
     g = _Graph(dt)
     helper = onnx.helper
     is_lstm = isinstance(layer, LSTM)
@@ -313,6 +331,8 @@ def export(model: Any, path: PathLike, *, sequence_lens: bool = False,
         The graph's inputs and outputs keep the layouts above either way.
     Inference graph: dropout is not exported."""
     onnx = _onnx()
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path, got {type(path).__name__}")
     m = to_model(model, sequence_lens=sequence_lens, initial_state=initial_state, opset=opset,
                  dtype=dtype, unsupported=unsupported, layout=layout)
     onnx.save(m, os.fspath(path))
@@ -321,89 +341,268 @@ def export(model: Any, path: PathLike, *, sequence_lens: bool = False,
 
 # -- import -----------------------------------------------------------------------------
 
-def _attrs(node: Any) -> Dict[str, Any]:
+# ops that only move or relabel data: between stacked nodes and in front of the first
+_LAYOUT_OPS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast")
+_ATTRIBUTES = {"LSTM": {"hidden_size", "direction", "layout", "activations", "activation_alpha",
+                        "activation_beta", "clip", "input_forget"},
+               "RNN": {"hidden_size", "direction", "layout", "activations", "activation_alpha",
+                       "activation_beta", "clip"}}
+_ACTIVATIONS = {"LSTM": ["sigmoid", "tanh", "tanh"], "RNN": ["tanh"]}
+
+
+def _tensors(graph: Any) -> Any:
+    """Every TensorProto of a graph and its subgraphs (initializers, attributes)."""
+    yield from graph.initializer
+    for sp in graph.sparse_initializer:
+        yield sp.values
+        yield sp.indices
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("g"):
+                yield from _tensors(a.g)
+            for sub in a.graphs:
+                yield from _tensors(sub)
+
+
+def _read_external(t: Any, folder: str, path: str) -> None:
+    """Read tensor t's external data into it; the file must lie inside `folder`
+    (the model's), the bytes must be there and fit the tensor's shape."""
     onnx = _onnx()
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    info = {e.key: e.value for e in t.external_data}
+    loc = info.get("location", "")
+    where = f"{path}: tensor {t.name!r}"
+    full = os.path.join(folder, loc)
+    base = os.path.realpath(folder)
+    real = os.path.realpath(full)
+    if not loc or os.path.isabs(loc) or os.path.commonpath([base, real]) != base:
+        raise ValueError(f"{where} keeps its data in {loc!r}, outside the model's folder "
+                         f"{folder}: external data must be a file inside that folder")
+    if not os.path.isfile(real):
+        raise ValueError(f"{where}: its external data file {loc!r} does not exist")
+    try:
+        offset = int(info.get("offset") or 0)
+        length = None if info.get("length") in (None, "") else int(info["length"])
+    except ValueError:
+        raise ValueError(f"{where}: external data offset/length must be integers, got "
+                         f"{info.get('offset')!r}/{info.get('length')!r}") from None
+    if offset < 0 or (length is not None and length < 0) or any(d < 0 for d in t.dims):
+        raise ValueError(f"{where}: negative external data offset, length or dims")
+    available = os.path.getsize(real) - offset
+    try:
+        need = int(np.prod(list(t.dims), dtype=object)) * onnx.helper.tensor_dtype_to_np_dtype(
+            t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        need = None  # a type numpy has no dtype for: the converter will judge it
+    want = length if length is not None else (need if need is not None else available)
+    if need is not None and want != need:
+        raise ValueError(f"{where}: external data length {want} does not fit its shape "
+                         f"{list(t.dims)} ({need} bytes)")
+    if want > available:
+        raise ValueError(f"{where}: needs {want} bytes of {loc!r} from offset {offset}, the file "
+                         f"has {max(available, 0)}")
+    with open(real, "rb") as f:
+        f.seek(offset)
+        t.raw_data = f.read(want)
+    del t.external_data[:]
+    t.data_location = onnx.TensorProto.DEFAULT
 
 
-def _node_layer(node: Any, inits: Dict[str, np.ndarray], dtype: Any) -> Any:
-    """A one-layer fusedrnn layer from one LSTM or RNN node."""
-    a = _attrs(node)
+def _read_model(source: Any) -> Any:
+    """An onnx.ModelProto: `source` itself, or read from the path `source` with its
+    external data (only from files inside the model's folder)."""
+    onnx = _onnx()
+    if isinstance(source, onnx.ModelProto):
+        for t in _tensors(source.graph):
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                raise ValueError(f"tensor {t.name!r} of the ModelProto keeps its data in an "
+                                 "external file: pass the model's path instead, so that the data "
+                                 "is read from the model's folder")
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path or an onnx.ModelProto, got "
+                        f"{type(source).__name__}")
+    from google.protobuf import json_format, message, text_format
+    path = os.fspath(source)
+    try:  # the format follows the file's extension (binary, text or JSON protobuf)
+        m = onnx.load(path, load_external_data=False)
+    except (message.Error, text_format.Error, json_format.Error) as exc:
+        raise ValueError(f"{path}: not a valid ONNX model (it does not parse as an ONNX "
+                         f"ModelProto: {exc})") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    for t in _tensors(m.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            _read_external(t, folder, path)
+    return m
+
+
+def _constants(graph: Any) -> Dict[str, Any]:
+    """name -> TensorProto of the initializers and of the Constant nodes' values."""
+    consts = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.output) == 1:
+            for a in node.attribute:
+                if a.name == "value" and a.HasField("t"):
+                    consts[node.output[0]] = a.t
+    return consts
+
+
+def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
+                exact_clip: Optional[str] = None) -> Any:
+    """A one-layer fusedrnn layer from one LSTM or RNN node, every attribute and
+    weight checked against the node's hidden size and directions (ValueError naming
+    the node and the input or attribute otherwise)."""
+    onnx = _onnx()
     op = node.op_type
+    where = f"{op} node {node.name!r}" if node.name else f"{op} node (unnamed)"
     ins = list(node.input) + [""] * 8
+    a = {at.name: onnx.helper.get_attribute_value(at) for at in node.attribute}
+    unknown = sorted(set(a) - _ATTRIBUTES[op])
+    if unknown:
+        raise ValueError(f"{where}: unknown attributes {unknown}")
 
-    def init(i: int, what: str) -> Optional[np.ndarray]:
+    def attr(name: str, kind: type, default: Any) -> Any:
+        v = a.get(name, default)
+        if kind is str and isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        ok = isinstance(v, kind) or (kind is float and isinstance(v, int))
+        if not ok or isinstance(v, bool):
+            raise ValueError(f"{where}: attribute {name} must be a{'n' if kind is int else ''} "
+                             f"{kind.__name__}, got {v!r}")
+        return v
+
+    def const(i: int, what: str, required: bool = False) -> Optional[np.ndarray]:
         name = ins[i]
         if not name:
+            if required:
+                raise ValueError(f"{where} has no {what} input")
             return None
-        if name not in inits:
-            raise ValueError(f"{op} node {node.name!r}: input {what} ({name!r}) is neither an "
-                             "initializer nor a Constant; if it is a graph input, pass its value "
-                             f"as fusedrnn.onnx.load(model, inputs={{{name!r}: array}})")
-        return inits[name]
+        if name not in consts:
+            raise ValueError(f"{where}: input {what} ({name!r}) is neither an initializer nor a "
+                             "Constant; if it is a graph input, pass its value as "
+                             f"fusedrnn.onnx.load(model, inputs={{{name!r}: array}})")
+        value = consts[name]
+        if isinstance(value, np.ndarray):
+            return value
+        try:
+            arr = onnx.numpy_helper.to_array(value)
+        except Exception as exc:  # protobuf / numpy: the tensor's data do not fit its type or dims
+            raise ValueError(f"{where}: input {what} ({name!r}) is a malformed tensor: "
+                             f"{exc}") from None
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"{where}: input {what} must hold real numbers, got dtype {arr.dtype}")
+        return arr
 
-    H = int(a["hidden_size"])
-    direction = a.get("direction", b"forward")
-    direction = direction.decode() if isinstance(direction, bytes) else direction
+    def shape(arr: np.ndarray, what: str, want: Tuple[int, ...], names: str) -> None:
+        if arr.shape != want:
+            raise ValueError(f"{where}: {what} must have shape {names} = {want}, got {arr.shape}")
+
+    direction = attr("direction", str, "forward")
     if direction not in ("forward", "reverse", "bidirectional"):
-        raise ValueError(f"{op} node {node.name!r}: direction must be 'forward', 'reverse' or "
-                         f"'bidirectional', got {direction!r}")
+        raise ValueError(f"{where}: direction must be 'forward', 'reverse' or 'bidirectional', "
+                         f"got {direction!r}")
+    D = 2 if direction == "bidirectional" else 1
     reverse = direction == "reverse"
-    layout = a.get("layout", 0)
+    layout = attr("layout", int, 0)
     if layout not in (0, 1):
-        raise ValueError(f"{op} node {node.name!r}: layout must be 0 or 1, got {layout!r}")
+        raise ValueError(f"{where}: layout must be 0 or 1, got {layout!r}")
     batch_first = layout == 1  # X (B, T, I)
-    default_acts = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "RNN": ["Tanh"]}[op]
-    acts = [s.decode() if isinstance(s, bytes) else s for s in a.get("activations", [])]
-    if acts and [s.lower() for s in acts[:len(default_acts)]] != [s.lower() for s in default_acts]:
-        raise ValueError(f"{op} node {node.name!r}: activations {acts} differ from the "
-                         f"paper's warping functions {default_acts}")
-    W = init(1, "W")
-    Rm = init(2, "R")
-    if W is None or Rm is None:
-        raise ValueError(f"{op} node {node.name!r} has no W or R")
-    D, _, I = W.shape
-    Bm = init(3, "B")
-    dt = np.dtype(dtype) if dtype is not None else (W.dtype if W.dtype in (np.float32, np.float64)
-                                                    else np.dtype(np.float32))
-    if op == "LSTM":
-        P = init(7, "P")
-        layer: Any = LSTM(I, H, peepholes="diagonal" if P is not None else None,
-                          coupled_gates=bool(a.get("input_forget", 0)),
-                          accumulation_clip=float(a["clip"]) if "clip" in a else None,
-                          bidirectional=D == 2, reverse=reverse, batch_first=batch_first,
-                          dtype=dt, seed=0)
-        for d in range(D):
-            s = suffix(0, d)
-            layer.params["W_x" + s][...] = _reorder(W[d], H, _INV_GATE_ORDER)
-            layer.params["W_v" + s][...] = _reorder(Rm[d], H, _INV_GATE_ORDER)
-            b = np.zeros(4 * H) if Bm is None else Bm[d, :4 * H] + Bm[d, 4 * H:]
-            layer.params["b" + s][...] = _reorder(b, H, _INV_GATE_ORDER)
+    acts = a.get("activations")
+    if acts is not None:
+        acts = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in acts]
+        want = _ACTIVATIONS[op] * D
+        if [str(x).lower() for x in acts] != want:
+            raise ValueError(f"{where}: activations {acts} differ from the paper's warping "
+                             f"functions {[x.capitalize() for x in want]}")
+    G = 4 if op == "LSTM" else 1  # gate blocks
+    W = const(1, "W", required=True)
+    Rm = const(2, "R", required=True)
+    if W.ndim != 3 or Rm.ndim != 3:
+        raise ValueError(f"{where}: W and R must be 3-D (num_directions, {G}*hidden_size, .), "
+                         f"got shapes {W.shape} and {Rm.shape}")
+    H = attr("hidden_size", int, int(Rm.shape[2]))
+    I = int(W.shape[2])
+    if H < 1 or I < 1:
+        raise ValueError(f"{where}: hidden_size and input_size must be >= 1, got {H} and {I}")
+    shape(W, "W", (D, G * H, I), f"(num_directions, {G}*hidden_size, input_size)")
+    shape(Rm, "R", (D, G * H, H), f"(num_directions, {G}*hidden_size, hidden_size)")
+    Bm = const(3, "B")
+    if Bm is not None:
+        shape(Bm, "B", (D, 2 * G * H), f"(num_directions, {2 * G}*hidden_size)")
+    if ins[4] and ins[4] in consts:
+        raise ValueError(f"{where}: sequence_lens is a constant of the graph; fusedrnn takes the "
+                         "lengths as the lengths argument of forward (make it a graph input)")
+    for i, what in ((5, "initial_h"), (6, "initial_c")):
+        if i == 6 and op != "LSTM":
+            break
+        if ins[i] and ins[i] in consts and np.any(const(i, what) != 0):
+            raise ValueError(f"{where}: {what} is a constant non-zero state of the graph; "
+                             "fusedrnn takes the initial state as the state argument of forward "
+                             "(make it a graph input)")
+    dt = dtype if dtype is not None else (W.dtype if W.dtype in (np.float32, np.float64)
+                                          else np.dtype(np.float32))
+    try:
+        if op == "LSTM":
+            P = const(7, "P")
             if P is not None:
-                layer.params["w_s" + s][...] = P[d].reshape(3, H)[list(_INV_PEEPHOLE_ORDER)]
-    else:
-        if "clip" in a:
-            raise ValueError(f"RNN node {node.name!r}: clip has no fusedrnn.RNN equivalent")
-        layer = RNN(I, H, bidirectional=D == 2, reverse=reverse, batch_first=batch_first,
-                    dtype=dt, seed=0)
-        for d in range(D):
-            s = suffix(0, d)
-            layer.params["W_x" + s][...] = W[d]
-            layer.params["W_r" + s][...] = Rm[d]
-            layer.params["theta_s" + s][...] = 0 if Bm is None else Bm[d, :H] + Bm[d, H:]
+                shape(P, "P", (D, 3 * H), "(num_directions, 3*hidden_size)")
+            input_forget = attr("input_forget", int, 0)
+            if input_forget not in (0, 1):
+                raise ValueError(f"{where}: input_forget must be 0 or 1, got {input_forget}")
+            clip = float(attr("clip", float, 0.0)) if "clip" in a else None
+            if clip is not None and exact_clip is not None:
+                try:  # the exact value when the float32 attribute is its rounding
+                    if np.float32(float(exact_clip)) == np.float32(clip):
+                        clip = float(exact_clip)
+                except ValueError:
+                    pass
+            layer: Any = LSTM(I, H, peepholes="diagonal" if P is not None else None,
+                              coupled_gates=bool(input_forget), accumulation_clip=clip,
+                              bidirectional=D == 2, reverse=reverse, batch_first=batch_first,
+                              dtype=dt, seed=0)
+            for d in range(D):
+                s = suffix(0, d)
+                layer.params["W_x" + s][...] = _reorder(W[d], H, _INV_GATE_ORDER)
+                layer.params["W_v" + s][...] = _reorder(Rm[d], H, _INV_GATE_ORDER)
+                b = np.zeros(4 * H) if Bm is None else Bm[d, :4 * H] + Bm[d, 4 * H:]
+                layer.params["b" + s][...] = _reorder(b, H, _INV_GATE_ORDER)
+                if P is not None:
+                    layer.params["w_s" + s][...] = P[d].reshape(3, H)[list(_INV_PEEPHOLE_ORDER)]
+        else:
+            if "clip" in a:
+                raise ValueError(f"{where}: clip has no fusedrnn.RNN equivalent")
+            layer = RNN(I, H, bidirectional=D == 2, reverse=reverse, batch_first=batch_first,
+                        dtype=dt, seed=0)
+            for d in range(D):
+                s = suffix(0, d)
+                layer.params["W_x" + s][...] = W[d]
+                layer.params["W_r" + s][...] = Rm[d]
+                layer.params["theta_s" + s][...] = 0 if Bm is None else Bm[d, :H] + Bm[d, H:]
+    except ValueError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise ValueError(f"{where}: {exc}") from None
     return layer
-
-
-# the weight inputs of each node type (index in node.input: name)
-_WEIGHT_INPUTS = {"LSTM": {1: "W", 2: "R", 3: "B", 7: "P"}, "RNN": {1: "W", 2: "R", 3: "B"}}
 
 
 def _recurrent_nodes(graph: Any) -> List[Any]:
     return [n for n in graph.node if n.op_type in ("LSTM", "RNN") and n.domain in ("", "ai.onnx")]
 
 
-def _weight_inputs(graph: Any, inputs: Dict[str, Any],
-                   inits: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def _cell_nodes(graph: Any) -> List[Any]:
+    nodes = _recurrent_nodes(graph)
+    if not nodes:
+        raise ValueError("the ONNX model has no LSTM or RNN node")
+    return nodes
+
+
+# the weight inputs of each node type (index in node.input: name)
+_WEIGHT_INPUTS = {"LSTM": {1: "W", 2: "R", 3: "B", 7: "P"}, "RNN": {1: "W", 2: "R", 3: "B"}}
+
+
+def _weight_inputs(graph: Any, inputs: Any, consts: Dict[str, Any]) -> Dict[str, np.ndarray]:
     """The values given for weight inputs (W, R, B, P) that are graph inputs."""
     if not isinstance(inputs, dict):
         raise TypeError(f"inputs must be a dict of graph input name -> array, got "
@@ -416,7 +615,7 @@ def _weight_inputs(graph: Any, inputs: Dict[str, Any],
     graph_inputs = {v.name for v in graph.input}
     out = {}
     for name, value in inputs.items():
-        if name in inits:
+        if name in consts:
             raise ValueError(f"inputs[{name!r}]: the model already holds {name!r} as an "
                              "initializer or Constant")
         if name not in graph_inputs or name not in weights:
@@ -431,32 +630,27 @@ def _weight_inputs(graph: Any, inputs: Dict[str, Any],
     return out
 
 
-def _graph_and_inits(path_or_model: Any, inputs: Optional[Dict[str, Any]] = None
-                     ) -> Tuple[Any, Dict[str, np.ndarray]]:
-    onnx = _onnx()
-    m = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(
-        os.fspath(path_or_model))
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
-    # constants produced by Constant nodes count as initializers
-    for node in m.graph.node:
-        if node.op_type == "Constant" and len(node.output) == 1:
-            for a in node.attribute:
-                if a.name == "value":
-                    inits[node.output[0]] = onnx.numpy_helper.to_array(a.t)
+def _graph_constants(model: Any, inputs: Optional[Dict[str, Any]]) -> Tuple[Any, Dict[str, Any]]:
+    """The graph and its constants: initializers and Constant values (TensorProto),
+    and the arrays given with `inputs` for weight graph inputs."""
+    graph = model.graph
+    consts = _constants(graph)
     if inputs:
-        inits.update(_weight_inputs(m.graph, inputs, inits))
-    return m.graph, inits
+        consts.update(_weight_inputs(graph, inputs, consts))
+    return graph, consts
+
+
+def _dtype_arg(dtype: Any) -> Optional[np.dtype]:
+    return None if dtype is None else V.as_dtype(dtype)
 
 
 def load_nodes(path: Any, dtype: Any = None, inputs: Optional[Dict[str, Any]] = None) -> List[Any]:
     """One single-layer fusedrnn.LSTM / fusedrnn.RNN per LSTM / RNN node of the ONNX
     model at `path` (or an onnx.ModelProto), in graph order. inputs: values of
     weight inputs (W, R, B, P) that the graph takes as graph inputs (see `load`)."""
-    graph, inits = _graph_and_inits(path, inputs)
-    nodes = _recurrent_nodes(graph)
-    if not nodes:
-        raise ValueError("the ONNX model has no LSTM or RNN node")
-    return [_node_layer(n, inits, dtype) for n in nodes]
+    dt = _dtype_arg(dtype)
+    graph, consts = _graph_constants(_read_model(path), inputs)
+    return [_node_layer(n, consts, dt) for n in _cell_nodes(graph)]
 
 
 def _same_cell(a: Any, b: Any) -> bool:
@@ -470,33 +664,64 @@ def _same_cell(a: Any, b: Any) -> bool:
     return True
 
 
+def _check_chain(graph: Any, nodes: List[Any]) -> None:
+    """The nodes form one stack: the first reads a graph input, each next one the
+    previous one's Y, through layout-only operators (what `load` would otherwise drop
+    or rewire is refused)."""
+    producer = {out: n for n in graph.node for out in n.output if out}
+    graph_inputs = {i.name for i in graph.input}
+
+    def source(name: str) -> Tuple[str, Optional[Any]]:
+        for _ in range(len(graph.node) + 1):
+            n = producer.get(name)
+            if n is None or n.op_type not in _LAYOUT_OPS or not n.input:
+                return name, n
+            name = n.input[0]
+        raise ValueError("the ONNX graph has a cycle")
+
+    for k, node in enumerate(nodes):
+        name, made_by = source(node.input[0] if node.input else "")
+        if k == 0:
+            if made_by is not None or name not in graph_inputs:
+                what = f"a {made_by.op_type} node" if made_by is not None else f"{name!r}"
+                raise ValueError(f"the first {node.op_type} node's input X comes from {what}, "
+                                 "not from a graph input: fusedrnn.onnx.load would drop what "
+                                 "computes it; use fusedrnn.onnx.load_nodes for the cells alone")
+        elif made_by is not nodes[k - 1] or name != nodes[k - 1].output[0]:
+            raise ValueError(f"{node.op_type} node {k} does not read the output Y of node {k - 1}: "
+                             "the nodes do not form one stack; use fusedrnn.onnx.load_nodes")
+
+
 def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
          inputs: Optional[Dict[str, Any]] = None) -> Any:
     """The fusedrnn network of an ONNX model's LSTM / RNN nodes (inverse of `export`).
 
-    The nodes must form one stack: the same kind, hidden size, directions and
-    options, each layer's input the previous layer's output width. Parameters
-    are mapped back exactly (gates reordered, B = [Wb; Rb] summed to b, P to
-    w_s). For other graphs use `load_nodes`. dtype: default the weights'.
+    The nodes must form one stack: the first reads a graph input, each next one
+    the previous one's output (through layout-only operators), all of the same
+    kind, hidden size, directions and options. Parameters are mapped back
+    exactly (gates reordered, B = [Wb; Rb] summed to b, P to w_s). For other
+    graphs use `load_nodes`. path: a file path (external data is read only from
+    the model's folder) or an onnx.ModelProto. dtype: default the weights'.
     direction="reverse" nodes load as reverse=True.
     batch_first: default as exported by fusedrnn (read from the model's
     metadata), else True for layout=1 (batch-major) nodes and False for layout=0.
     inputs: the values of weight inputs (W, R, B, P) that the graph takes as graph
     inputs rather than initializers, e.g. inputs={"W": W, "R": R} (ONNX's own node
     tests are written so); other graph inputs (X, sequence_lens, initial_h,
-    initial_c) are refused here: pass them to forward()."""
-    onnx = _onnx()
-    model = path if isinstance(path, onnx.ModelProto) else onnx.load(os.fspath(path))
-    cells = load_nodes(model, dtype, inputs)
+    initial_c) are refused here: pass them to forward(). A malformed model raises
+    ValueError naming the node and what was expected."""
+    dt = _dtype_arg(dtype)
+    if batch_first is not None and not isinstance(batch_first, (bool, np.bool_)):
+        raise TypeError(f"batch_first must be a bool or None, got {batch_first!r}")
+    model = _read_model(path)
+    meta = {p.key: p.value for p in model.metadata_props}
+    graph, consts = _graph_constants(model, inputs)
+    nodes = _cell_nodes(graph)
+    cells = [_node_layer(n, consts, dt, meta.get("fusedrnn.accumulation_clip")) for n in nodes]
+    _check_chain(graph, nodes)
     if batch_first is None:
-        meta = {p.key: p.value for p in model.metadata_props}
         batch_first = (meta["fusedrnn.batch_first"] == "1" if "fusedrnn.batch_first" in meta
                        else cells[0].batch_first)
-    exact_clip = {p.key: p.value for p in model.metadata_props}.get("fusedrnn.accumulation_clip")
-    for c in cells:  # the exact value when the float32 attribute is its rounding
-        if (exact_clip is not None and isinstance(c, LSTM) and c.accumulation_clip is not None
-                and np.float32(float(exact_clip)) == np.float32(c.accumulation_clip)):
-            c._set_config(accumulation_clip=float(exact_clip))
     first = cells[0]
     for k, c in enumerate(cells[1:], 1):
         if not _same_cell(first, c) or c.input_size != first.num_directions * first.output_size:
@@ -509,11 +734,11 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
                         coupled_gates=first.coupled_gates,
                         accumulation_clip=first.accumulation_clip, num_layers=L,
                         bidirectional=first.bidirectional, reverse=first.reverse,
-                        dtype=first.dtype, batch_first=batch_first, seed=0)
+                        dtype=first.dtype, batch_first=bool(batch_first), seed=0)
     else:
         net = RNN(first.input_size, first.hidden_size, num_layers=L,
                   bidirectional=first.bidirectional, reverse=first.reverse, dtype=first.dtype,
-                  batch_first=batch_first, seed=0)
+                  batch_first=bool(batch_first), seed=0)
     for l, c in enumerate(cells):
         for name, arr in c.params.items():
             base, rev = (name[:-len("_reverse")], 1) if name.endswith("_reverse") else (name, 0)
