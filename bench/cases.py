@@ -34,7 +34,7 @@ MODES = {"inference": "inference", "train": "training step"}
 COMPETITORS = ("fusedrnn", "torch", "ort", "oracle", "floor")
 BUILD_COMPETITORS = ("fusedrnn", "floor")  # they time the fusedrnn installation (--baseline)
 COMPETITOR_LABEL = {"fusedrnn": "fusedrnn", "torch": "torch", "ort": "ORT",
-                    "oracle": "NumPy oracle", "floor": "GEMM floor"}
+                    "oracle": "NumPy oracle", "floor": "GEMM floor", "frtorch": "fusedrnn.torch"}
 
 
 @dataclass(frozen=True)

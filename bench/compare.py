@@ -22,9 +22,11 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import streaming  # noqa: E402
 from cases import COMPETITOR_LABEL, MODES, VARIANT_LABEL, Case  # noqa: E402
 
 THRESHOLD = 0.03
+BUILD = ("fusedrnn", "frtorch")  # the columns that time the fusedrnn installation
 Key = Tuple[str, int, str, str]  # (case, threads, mode, competitor)
 
 
@@ -36,7 +38,8 @@ def _noise(timing: Mapping) -> Optional[float]:
 
 
 def measurements(blob: Mapping) -> Dict[Key, dict]:
-    """Every median of a run: (case, threads, mode, competitor) -> median (s), noise, labels."""
+    """Every median of a run: (case, threads, mode, competitor) -> median (s), noise, labels;
+    in the streaming section the mode is the measurement (stream, forward, ...)."""
     cases = {c["name"]: Case(*(c[f] for f in ("size", "variant", "T", "B", "I", "H")))
              for c in blob["cases"]}
     out: Dict[Key, dict] = {}
@@ -52,10 +55,20 @@ def measurements(blob: Mapping) -> Dict[Key, dict]:
                 "label": f"{row['size']} {VARIANT_LABEL.get(row['variant'], row['variant'])}",
                 "dims": row["dims"] + ("" if row["dtype"] == "float32" else " f64"),
                 "mode": MODES.get(row["mode"], row["mode"])}
+    section = blob.get("streaming", {})
+    for row in section.get("rows", []):
+        for m, med in row["median_s"].items():
+            if med is None:
+                continue
+            key, mode = row["sources"][m]
+            timing = section["results"][key]["timings"][mode]
+            out[(row["case"], row["threads"], m, streaming.MEASUREMENTS[m][0])] = {
+                "median": med, "noise": _noise(timing), "label": row["case"],
+                "dims": row["dims"], "mode": streaming.LABEL[m]}
     return out
 
 
-def compare(before: Mapping, after: Mapping, competitors: Sequence[str] = ("fusedrnn",),
+def compare(before: Mapping, after: Mapping, competitors: Sequence[str] = BUILD,
             threshold: float = THRESHOLD) -> List[dict]:
     """One entry per measurement of `competitors` present in both runs, in the after run's order."""
     b, a = measurements(before), measurements(after)
@@ -74,9 +87,11 @@ def compare(before: Mapping, after: Mapping, competitors: Sequence[str] = ("fuse
     return rows
 
 
-def _ms(t: float) -> str:
+def _time(t: float) -> str:
+    if t < 1e-4:
+        return f"{1e6 * t:.2f} µs"
     ms = 1e3 * t
-    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.1f}"
+    return f"{ms:.3f} ms" if ms < 1 else f"{ms:.2f} ms" if ms < 100 else f"{ms:.1f} ms"
 
 
 def _build(blob: Mapping) -> str:
@@ -94,14 +109,14 @@ def markdown(rows: List[dict], before: Mapping, after: Mapping, threshold: float
                  "the times do not compare")
     L.append(f"- after / before > 1: the after build is slower; flagged above {1 + threshold:g}; "
              "noise: the larger spread of the two runs' round medians")
-    L += ["", "| case | dims | mode | thr | competitor | before ms | after ms | after / before | "
+    L += ["", "| case | dims | mode | thr | competitor | before | after | after / before | "
           "noise | |", "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         flag = ("**slower**" if r["beyond_noise"] else "slower, within noise") if r["slower"] else ""
         noise = "—" if r["noise"] is None else f"{100 * r['noise']:.0f}%"
         L.append(f"| {r['label']} | {r['dims']} | {r['mode_label']} | {r['threads']} | "
-                 f"{COMPETITOR_LABEL.get(r['competitor'], r['competitor'])} | {_ms(r['before_s'])} | "
-                 f"{_ms(r['after_s'])} | {r['ratio']:.3f} | {noise} | {flag} |")
+                 f"{COMPETITOR_LABEL.get(r['competitor'], r['competitor'])} | {_time(r['before_s'])} | "
+                 f"{_time(r['after_s'])} | {r['ratio']:.3f} | {noise} | {flag} |")
     L.append("")
     if rows:
         ratios = [r["ratio"] for r in rows]
@@ -123,8 +138,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("before", help="the JSON of the run before (e.g. results/latest-baseline.json)")
     p.add_argument("after", help="the JSON of the run after (e.g. results/latest.json)")
-    p.add_argument("--competitors", default="fusedrnn",
-                   help="comma-separated columns to compare (default fusedrnn; also floor, torch, ...)")
+    p.add_argument("--competitors", default=",".join(BUILD),
+                   help="comma-separated columns to compare (default %(default)s: the fusedrnn "
+                        "build's; also floor, torch, ort, oracle)")
     p.add_argument("--threshold", type=float, default=THRESHOLD,
                    help="flag rows slower by more than this fraction (default %(default)s)")
     p.add_argument("--out", help="also write the table to this file")

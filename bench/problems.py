@@ -8,27 +8,38 @@ import numpy as np
 
 from cases import SEED, Case
 
+
 def gates_to_onnx(m: np.ndarray, H: int) -> np.ndarray:
     """ONNX gate order (i, o, f, c) from ours (cu, cs, du, cr) = (i, f, g, o)."""
     return np.concatenate([m[k * H:(k + 1) * H] for k in (0, 3, 1, 2)])
 
 
 def onnx_lstm_model(params: Mapping[str, np.ndarray], T: int, B: int, I: int, H: int,
-                    peepholes: bool) -> bytes:
-    """One ONNX LSTM node (opset 14), weights as initializers, X the only input, Y the output."""
+                    peepholes: bool, state_inputs: bool = False) -> bytes:
+    """One ONNX LSTM node (opset 14), weights as initializers, X the only input, Y the output;
+    with `state_inputs` also the inputs initial_h and initial_c (1, B, H) and the outputs Y_h
+    and Y_c (a model to call frame by frame with its state)."""
     from onnx import TensorProto, helper, numpy_helper
     W = gates_to_onnx(params["W_x"], H)[None].astype(np.float32)
     R = gates_to_onnx(params["W_v"], H)[None].astype(np.float32)
     Bias = np.concatenate([gates_to_onnx(params["b"], H), np.zeros(4 * H)])[None].astype(np.float32)
     inits = {"W": W, "R": R, "B": Bias}
     names = ["X", "W", "R", "B"]
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])]
+    outputs = ["Y", "Y_h", "Y_c"] if state_inputs else ["Y"]
+    names += ["", "initial_h", "initial_c"] if state_inputs else ["", "", ""]  # sequence_lens unset
+    if state_inputs:
+        inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, B, H])
+                   for n in ("initial_h", "initial_c")]
     if peepholes:  # ONNX P is (i, o, f) = ours (cu, cr, cs)
         inits["P"] = params["w_s"][[0, 2, 1]].reshape(1, -1).astype(np.float32)
-        names += ["", "", "", "P"]  # sequence_lens, initial_h, initial_c left out
-    node = helper.make_node("LSTM", names, ["Y"], hidden_size=H, direction="forward")
+        names.append("P")
+    while names[-1] == "":
+        names.pop()
+    node = helper.make_node("LSTM", names, outputs, hidden_size=H, direction="forward")
     graph = helper.make_graph(
-        [node], "lstm", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [node], "lstm", inputs,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
         initializer=[numpy_helper.from_array(v, n) for n, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     return model.SerializeToString()

@@ -34,22 +34,25 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bench modules, also when imported
 
 import compare  # noqa: E402
+import streaming  # noqa: E402
 from cases import (BUILD_COMPETITORS, COMPETITOR_LABEL, COMPETITORS, FULL_MATRIX, MODES,  # noqa: E402
                    QUICK_MATRIX, Case, make_case)
 from problems import check_case, memory_report  # noqa: E402
 from report import build_info, build_rows, dump_json, fmt_ms, machine_info, markdown, plot  # noqa: E402
 from timing import merge_rounds, wait_until_idle  # noqa: E402
+from streaming import StreamCase  # noqa: E402
 from workers import Worker, serve  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+ALL_COMPETITORS = COMPETITORS + tuple(c for c in streaming.COMPETITORS if c not in COMPETITORS)
 BASELINE_SUFFIX = "|baseline"  # the result keys of --baseline's build
 SETTLE_S = 0.15     # pause before each job: lets idle thread pools of the last worker sleep
 
@@ -83,7 +86,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "interpreter imports (e.g. an older commit's .venv/bin/python), interleaved "
                         "with this one's in every round; writes <tag>-baseline.{json,md} and the "
                         "comparison <tag>-compare.md (bench/compare.py)")
-    p.add_argument("--serve", choices=COMPETITORS, help=argparse.SUPPRESS)
+    p.add_argument("--frames", type=int, help="frames of each streaming case (default "
+                   f"{streaming.FRAMES}; --quick {streaming.QUICK_FRAMES})")
+    p.add_argument("--memory-frames", type=int, help="stream steps of the streaming memory check "
+                   f"(default {streaming.MEMORY_FRAMES}; --quick 10 x --frames; 0: none)")
+    p.add_argument("--serve", choices=ALL_COMPETITORS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -122,33 +129,42 @@ class Progress:
 class Job:
     """One measurement of the plan: a competitor at a thread count on a case, of this
     installation's fusedrnn or (build "baseline") of --baseline's."""
-    case: Case
+    case: Union[Case, StreamCase]
     threads: int
     competitor: str
     key: str
     build: str = ""
 
 
-def plan_jobs(cases: List[Case], threads_list: List[int], baseline: bool) -> List[List[Job]]:
+def plan_jobs(cases: List[Case], scases: List[StreamCase], threads_list: List[int],
+              baseline: bool) -> List[List[Job]]:
     """The unique jobs of every case, in groups that take their turns together: a competitor
     of the fusedrnn build with its baseline twin, else alone. Identical computations
-    (`Case.job_key`) are measured once, in the first case that has them."""
+    (`Case.job_key`) are measured once, in the first case that has them. The streaming
+    cases run on one thread."""
     groups: List[List[Job]] = []
     seen = set()
+
+    def add(case, th: int, comp: str, key: str, build_competitors: Sequence[str]) -> None:
+        if key not in seen:
+            seen.add(key)
+            group = [Job(case, th, comp, key)]
+            if baseline and comp in build_competitors:
+                group.append(Job(case, th, comp, key + BASELINE_SUFFIX, "baseline"))
+            groups.append(group)
+
     for case in cases:
         for th in threads_list:
             for comp in COMPETITORS:
-                key = f"{case.job_key(comp)}|t{th}"
-                if case.runs(comp) and key not in seen:
-                    seen.add(key)
-                    group = [Job(case, th, comp, key)]
-                    if baseline and comp in BUILD_COMPETITORS:
-                        group.append(Job(case, th, comp, key + BASELINE_SUFFIX, "baseline"))
-                    groups.append(group)
+                if case.runs(comp):
+                    add(case, th, comp, f"{case.job_key(comp)}|t{th}", BUILD_COMPETITORS)
+    for sc in scases:
+        for comp in streaming.COMPETITORS:
+            add(sc, 1, comp, sc.job_key(comp), streaming.BUILD_COMPETITORS)
     return groups
 
 
-def run_case(case: Case, groups: List[List[Job]], workers: Mapping[Tuple[str, int, str], Worker],
+def run_case(case: Union[Case, StreamCase], groups: List[List[Job]], workers: Mapping[Tuple[str, int, str], Worker],
              job_fields: dict, rounds: int, tol: float, progress: "Progress") -> Dict[str, dict]:
     """Time the jobs of one case. The competitors take turns, `rounds` times, each with its
     share of the budget: a slow spell of the host then hits all of them, not just one. The
@@ -162,7 +178,7 @@ def run_case(case: Case, groups: List[List[Job]], workers: Mapping[Tuple[str, in
                              + (f" | round {rnd + 1}/{rounds}" if rounds > 1 else ""))
                 time.sleep(SETTLE_S)
                 worker = workers[(job.competitor, job.threads, job.build)]
-                r = worker.run({**job_fields, "case": dataclasses.asdict(case)})
+                r = worker.run({**job_fields, "case": dataclasses.asdict(case), "round": rnd})
                 if r.get("check_y_abs", 0.0) > tol:
                     raise RuntimeError(f"{case.name}: the fusedrnn of {worker.info.get('fusedrnn')} "
                                        f"differs from the checked output by {r['check_y_abs']:.2e} "
@@ -175,7 +191,7 @@ def run_case(case: Case, groups: List[List[Job]], workers: Mapping[Tuple[str, in
                  key=job.key, loadavg=os.getloadavg()[0])
         if job.build:
             r["build"] = job.build
-        results[job.key] = r
+        results[job.key] = streaming.finish(r) if isinstance(case, StreamCase) else r
         progress.step()
     return results
 
@@ -202,8 +218,9 @@ def split_builds(results: Mapping[str, dict]) -> Tuple[Dict[str, dict], Dict[str
 
 
 def write_run(out: str, tag: str, info: dict, settings: dict, cases: List[Case],
-              results: Mapping[str, dict], checks: dict, memory: dict, loads: dict, waits: dict,
-              elapsed: float, threads_list: List[int]) -> Tuple[dict, str, List[str]]:
+              scases: List[StreamCase], results: Mapping[str, dict], checks: dict, memory: dict,
+              loads: dict, waits: dict, elapsed: float,
+              threads_list: List[int]) -> Tuple[dict, str, List[str]]:
     """<tag>.json and <tag>.md of one build's results; returns (the JSON blob, the Markdown,
     the names written)."""
     kernels = sorted({r["kernel_sha256"] for r in results.values() if "kernel_sha256" in r})
@@ -211,6 +228,10 @@ def write_run(out: str, tag: str, info: dict, settings: dict, cases: List[Case],
         print(f"warning: the workers loaded different builds of the kernel ({kernels}): "
               "the C sources changed during the run", file=sys.stderr)
     gemm = sorted({r["gemm"] for r in results.values() if "gemm" in r})
+    stream_results = {k: r for k, r in results.items() if k.startswith("stream|")}
+    results = {k: r for k, r in results.items() if k not in stream_results}
+    stream_checks = {c.name: checks[c.name] for c in scases}
+    checks = {k: v for k, v in checks.items() if k not in stream_checks}
     settings = {**settings, "gemm": ",".join(gemm), "kernel_builds": kernels}
     rows = build_rows(cases, threads_list, results)
     md = markdown(info, {**settings, "_cases": cases}, rows, memory, checks, results, elapsed)
@@ -220,6 +241,13 @@ def write_run(out: str, tag: str, info: dict, settings: dict, cases: List[Case],
                        "quiet_wait": waits.get(c.name)}
                       for c in cases],
             "checks": checks, "memory": memory, "rows": rows, "results": results}
+    if scases:
+        srows = streaming.build_rows(scases, stream_results)
+        md += "\n" + streaming.markdown(srows, stream_checks)
+        blob["streaming"] = {
+            "cases": [{**dataclasses.asdict(c), "name": c.name, "loadavg_at_start": loads.get(c.name),
+                       "quiet_wait": waits.get(c.name)} for c in scases],
+            "checks": stream_checks, "rows": srows, "results": stream_results}
     written = []
     for name, text in ((f"{tag}.json", dump_json(blob)), (f"{tag}.md", md)):
         with open(os.path.join(out, name), "w") as f:
@@ -259,8 +287,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cases = [make_case(s, v) for s, v in matrix]
     if args.cases:
         cases = [c for c in cases if re.search(args.cases, c.name)]
-    if not cases:
+    scases = streaming.cases(quick, args.frames, args.memory_frames)
+    if args.cases:
+        scases = [c for c in scases if re.search(args.cases, c.name)]
+    if not cases and not scases:
         sys.exit("no case matches --cases")
+    if (args.frames is not None and args.frames < 1) or (args.memory_frames or 0) < 0:
+        sys.exit("--frames must be >= 1 and --memory-frames >= 0")
 
     if args.wait_quiet > 0:
         t_end = time.time() + args.wait_quiet
@@ -276,10 +309,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     info = machine_info()
     os.makedirs(args.out, exist_ok=True)
 
-    groups = plan_jobs(cases, threads_list, bool(args.baseline))
+    groups = plan_jobs(cases, scases, threads_list, bool(args.baseline))
     jobs = [j for g in groups for j in g]
     needed = sorted({(j.competitor, j.threads, j.build) for j in jobs},
-                    key=lambda p: (p[1], COMPETITORS.index(p[0]), p[2]))
+                    key=lambda p: (p[1], ALL_COMPETITORS.index(p[0]), p[2]))
     logdir = tempfile.mkdtemp(prefix="fusedrnn_bench_")
     # start all: they import in parallel
     workers = {p: Worker(p[0], p[1], logdir, python=args.baseline if p[2] else None, label=p[2])
@@ -295,24 +328,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         progress.set("starting workers")
         for w in workers.values():
             w.wait_ready()
-        for case in cases:
+        for case in [*cases, *scases]:
             if pause > 0:
                 progress.set(f"{case.name}: waiting for a quiet machine")
                 waited, busy = wait_until_idle(pause)
                 waits[case.name] = {"waited_s": waited, "busy_share": busy}
             progress.set(f"{case.name}: checking")
-            diffs, arrays = check_case(case, max(threads_list), args.tol)
+            stream = isinstance(case, StreamCase)
+            if stream:
+                diffs, arrays = streaming.check(case, args.tol)
+            else:
+                diffs, arrays = check_case(case, max(threads_list), args.tol)
+                memory[case.name] = memory_report(case)
             checks[case.name] = diffs
-            memory[case.name] = memory_report(case)
             loads[case.name] = os.getloadavg()[0]
             path = os.path.join(logdir, "problem.npz")
             np.savez(path, **arrays)
             gc.collect()
             job_fields = {"problem": path, "budget": budget / rounds,
                           "min_rep": max(1, -(-min_rep // rounds)), "max_rep": max(1, max_rep // rounds)}
+            if stream:
+                job_fields["section"] = streaming.SECTION
             case_groups = [g for g in groups if g[0].case is case]
             results.update(run_case(case, case_groups, workers, job_fields, rounds, args.tol, progress))
-            progress.write(case_summary(case, threads_list, results))
+            progress.write(streaming.summary(case, results) if stream
+                           else case_summary(case, threads_list, results))
     finally:
         progress.close()
         for w in workers.values():
@@ -321,6 +361,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     shutil.rmtree(logdir, ignore_errors=True)
 
     settings = {"quick": quick, "threads": threads_list, "budget": budget, "rounds": rounds,
+                "frames": scases[0].frames if scases else None,
+                "memory_frames": scases[0].memory_frames if scases else None,
                 "min_rep": min_rep,
                 "max_rep": max_rep, "tol": args.tol, "cases_filter": args.cases,
                 "date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_before": load_before,
@@ -331,7 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     common = (checks, memory, loads, waits, elapsed, threads_list)
     if args.baseline:
         settings["baseline"] = args.baseline
-    blob, md, written = write_run(args.out, tag, info, settings, cases, own, *common)
+    blob, md, written = write_run(args.out, tag, info, settings, cases, scases, own, *common)
     full = not quick and not args.cases and args.tag is None and threads_list == [1, 2]
     if full:
         shutil.copyfile(os.path.join(args.out, f"{tag}.json"), os.path.join(args.out, "latest-full.json"))
@@ -347,7 +389,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         worker_info = next(w.info for p, w in workers.items() if p[2])
         base_info = build_info(info, worker_info)
         base_blob, _, names = write_run(args.out, f"{tag}-baseline", base_info,
-                                        {**settings, "this_build": REPO}, cases, base, *common)
+                                        {**settings, "this_build": REPO}, cases, scases, base,
+                                        *common)
         written += names
         table = compare.markdown(compare.compare(base_blob, blob), base_blob, blob)
         with open(os.path.join(args.out, f"{tag}-compare.md"), "w") as f:

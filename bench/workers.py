@@ -4,7 +4,6 @@ and `work_<competitor>` times one job."""
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import os
 import resource
@@ -12,12 +11,14 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Dict, List, Optional
+from typing import Optional
 
 import numpy as np
 
+from build import blas_threads, fr_threads, kernel_id
 from cases import MODES, Case
 from problems import make_fr, make_torch, maxabs, onnx_lstm_model, ort_session, params_of
+import streaming
 from timing import cpu_busy_seconds, measure, _own_cpu
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,36 +27,8 @@ RUN_PY = os.path.join(HERE, "run.py")
 
 # Each worker process serves one competitor at one thread count. It reads one JSON job per
 # line on stdin ({"case": ..., "problem": path, "budget": s, "min_rep": n, "max_rep": n,
-# optionally "warmup": n})
+# optionally "warmup": n, "section": "streaming" for that section's jobs, "round": r})
 # and writes one JSON line back ({"version", "threads": {pool: [counts]}, "timings": {...}}).
-def _blas_threads() -> List[int]:
-    from threadpoolctl import threadpool_info
-    return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
-
-
-def _fr_threads(threads: int) -> Dict[str, List[int]]:
-    import fusedrnn as fr
-    if hasattr(fr, "set_num_threads"):
-        fr.set_num_threads(threads)
-    out = {"blas": _blas_threads()}
-    if hasattr(fr, "get_num_threads"):
-        out["fusedrnn"] = [int(fr.get_num_threads())]
-    return out
-
-
-def _kernel_id() -> dict:
-    import fusedrnn as fr
-    from fusedrnn import _kernel
-    with open(_kernel.__file__, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:12]
-    packed = None
-    if hasattr(_kernel, "set_packed_max_rows"):  # read it (set returns the old value)
-        packed = _kernel.set_packed_max_rows(0)
-        _kernel.set_packed_max_rows(packed)
-    return {"kernel_so": _kernel.__file__, "kernel_sha256": digest, "gemm": fr.get_gemm(),
-            "has_set_num_threads": hasattr(fr, "set_num_threads"), "packed_max_rows": packed}
-
-
 def work_fusedrnn(case: Case, threads: int, problem, timer) -> dict:
     from threadpoolctl import threadpool_limits
     import fusedrnn as fr
@@ -74,9 +47,9 @@ def work_fusedrnn(case: Case, threads: int, problem, timer) -> dict:
         layer.backward(dy)
 
     with threadpool_limits(threads, "blas"):
-        th = _fr_threads(threads)
+        th = fr_threads(threads)
         timings = {"inference": timer(inference), "train": timer(train)}
-    return {"version": fr.__version__, "threads": th, "timings": timings, **agree, **_kernel_id()}
+    return {"version": fr.__version__, "threads": th, "timings": timings, **agree, **kernel_id()}
 
 
 def work_torch(case: Case, threads: int, problem, timer) -> dict:
@@ -130,7 +103,7 @@ def work_oracle(case: Case, threads: int, problem, timer) -> dict:
         ref.lstm_backward(dy, None, None, cache)
 
     with threadpool_limits(threads, "blas"):
-        th = {"blas": _blas_threads()}
+        th = {"blas": blas_threads()}
         timings = {"inference": timer(inference), "train": timer(train)}
     return {"version": np.__version__, "threads": th, "timings": timings}
 
@@ -188,7 +161,7 @@ def work_floor(case: Case, threads: int, problem, timer) -> dict:
         return fn
 
     with threadpool_limits(threads, "blas"):
-        th = _fr_threads(threads)
+        th = fr_threads(threads)
         timings = {m: timer(run(c)) for m, c in plans.items()}
         # the Python cost of one gemm() call (1x1x1), to judge the floor of tiny cases
         one = np.ones(1, np.dtype(case.dtype))
@@ -200,7 +173,7 @@ def work_floor(case: Case, threads: int, problem, timer) -> dict:
         timings[m]["median"] = max(timings[m]["median"] - len(c) * over, 0.5 * timings[m]["median"])
     return {"version": fr.__version__, "threads": th, "timings": timings,
             "gemm_calls": {m: len(c) for m, c in plans.items()},
-            "python_call_overhead_s": over, **_kernel_id()}
+            "python_call_overhead_s": over, **kernel_id()}
 
 
 WORKERS = {"fusedrnn": work_fusedrnn, "torch": work_torch, "ort": work_ort,
@@ -216,9 +189,11 @@ def serve(competitor: str, threads: int) -> int:
     # import everything up front, so a job times only its calls
     import threadpoolctl  # noqa: F401
     import fusedrnn  # noqa: F401
-    if competitor == "torch":
+    if competitor in ("torch", "frtorch"):
         import torch
         torch.set_num_threads(threads)
+        if competitor == "frtorch":
+            import fusedrnn.torch  # noqa: F401
     elif competitor == "ort":
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -231,14 +206,18 @@ def serve(competitor: str, threads: int) -> int:
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         job = json.loads(line)
         try:
-            case = Case(**job["case"])
             with np.load(job["problem"]) as f:
                 problem = {k: f[k] for k in f.files}
 
             def timer(fn):
                 return measure(fn, job["budget"], job["min_rep"], job["max_rep"], job.get("warmup"))
 
-            result = {"ok": True, **WORKERS[competitor](case, threads, problem, timer)}
+            if job.get("section") == streaming.SECTION:
+                work = streaming.WORKERS[competitor](streaming.StreamCase(**job["case"]), problem,
+                                                     {**job, "timer": timer})
+            else:
+                work = WORKERS[competitor](Case(**job["case"]), threads, problem, timer)
+            result = {"ok": True, **work}
         except Exception:  # reported to the parent, which stops the run
             result = {"ok": False, "error": traceback.format_exc()}
         problem = None

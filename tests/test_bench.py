@@ -102,6 +102,8 @@ def test_compare_flags_slower_rows(smoke_run):
     assert rows[0]["noise"] == pytest.approx((max(rm) - min(rm)) / before["rows"][0]["median_s"]["fusedrnn"])
     text = compare.markdown(rows, before, after)
     assert "| 1.100 |" in text and "more than 3% slower: 1" in text
+    assert f"| {compare._time(before['rows'][1]['median_s']['fusedrnn'])} |" in text
+    assert [compare._time(t) for t in (2.5e-6, 4e-4, 0.0125, 0.25)] == ["2.50 µs", "0.400 ms", "12.50 ms", "250.0 ms"]
     assert len(compare.compare(before, after, competitors=("fusedrnn", "torch"))) == 4
     path = smoke_run / "slower.json"
     path.write_text(json.dumps(after))
@@ -141,3 +143,42 @@ def test_check_refuses_disagreeing_competitors(monkeypatch):
     monkeypatch.setattr(fr.LSTM, "from_torch", staticmethod(off))
     with pytest.raises(RuntimeError, match="competitors disagree"):
         problems.check_case(case, 1, TOL)
+
+
+def test_streaming_section(tmp_path):
+    """Two small streaming cases: every competitor checked against one whole-sequence forward,
+    per-frame medians and 99th percentiles, the memory check, and compare.py's rows of them."""
+    import fusedrnn as fr
+    import fusedrnn.torch as frt
+    run_script("bench/run.py", "--quick", "--cases", "^streaming / H=128", "--frames", "80",
+               "--memory-frames", "400", "--budget", "0.01", "--no-progress", "--out", str(tmp_path),
+               "--tag", "stream")
+    blob = json.loads((tmp_path / "stream.json").read_text())
+    assert blob["rows"] == [] and blob["cases"] == []
+    section = blob["streaming"]
+    streams = hasattr(fr.LSTM, "stream")
+    fr_measured = {"forward", "whole"} | ({"stream", "context"} if streams else set()) \
+        | ({"frtorch"} if hasattr(frt.LSTM, "stream") else set())
+    assert [r["case"] for r in section["rows"]] == ["streaming / H=128 B=1", "streaming / H=128 B=8"]
+    for row in section["rows"]:
+        checks = section["checks"][row["case"]]
+        assert all(0 <= v <= TOL for v in checks.values()), checks
+        measured = {m for m, t in row["median_s"].items() if t is not None}
+        assert measured == fr_measured | {"torch", "ort"}
+        assert any(k.startswith("fusedrnn stream") for k in checks) == streams
+        for m in measured - {"whole"}:
+            assert row["p99_s"][m] >= row["median_s"][m] > 0
+            key, mode = row["sources"][m]
+            assert section["results"][key]["timings"][mode]["n"] == 80
+        if not streams:  # an installation without the stream API: n/a, not a failure
+            assert row["ratios"]["stream/whole"] is None and all(c["met"] is None for c in row["targets"])
+    memory = section["rows"][0]["memory"]
+    assert (memory is not None) == streams and section["rows"][1]["memory"] is None
+    if streams:
+        assert memory["steps"] == 400
+    compare = bench_module("compare")
+    rows = compare.compare(blob, blob)
+    assert {r["mode"] for r in rows} == fr_measured
+    assert all(r["ratio"] == 1.0 for r in rows)
+    md = (tmp_path / "stream.md").read_text()
+    assert "## Streaming (1 thread, float32)" in md and "| case | dims | mode |" not in md
