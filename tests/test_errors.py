@@ -417,6 +417,15 @@ IO_ERRORS = [
     ("tbptt-model", lambda: fr.train.tbptt(object(), np.zeros((10, 1, 3)), np.zeros((10, 1, 2)), fr.mse_loss, window=3, progress=False), TypeError, "model must be a fusedrnn layer"),
     ("tbptt-history", lambda: _tbptt(np.zeros((10, 1, 3)), history=[]), TypeError, "history must be a fusedrnn.train.History"),
     ("tbptt-callback", lambda: _tbptt(np.zeros((10, 1, 3)), callback=1), TypeError, "callback must be callable"),
+    ("tbptt-target-0d", lambda: fr.train.tbptt(_seq(), np.zeros((10, 1, 3)), np.float64(0), fr.mse_loss, window=3, progress=False), ValueError, "target 0 must have a time axis 0"),
+    ("tbptt-optimizer", lambda: _tbptt(np.zeros((10, 1, 3)), optimizer=object()), TypeError, r"optimizer must have a step\(\) method"),
+    ("tbptt-reset-str", lambda: _tbptt(np.zeros((10, 1, 3)), reset_state="no"), TypeError, "reset_state must be a bool"),
+    ("windowed-reset-str", lambda: fr.train.windowed_forward(_seq(), np.zeros((10, 1, 3)), window=3, reset_state=1), TypeError, "reset_state must be a bool"),
+    ("ce-ignore-index-str", lambda: fr.cross_entropy(np.zeros((3, 4)), np.zeros(3, int), ignore_index="a"), TypeError, "ignore_index must be an int"),
+    ("ce-ignore-index-float", lambda: fr.cross_entropy(np.zeros((3, 4)), np.zeros(3, int), ignore_index=1.5), TypeError, "ignore_index must be an int"),
+    ("log-softmax-axis", lambda: fr.losses.log_softmax(np.zeros((3, 4)), axis=5), ValueError, "z must have at least one class along axis 5"),
+    ("log-softmax-axis-str", lambda: fr.losses.log_softmax(np.zeros((3, 4)), axis="a"), TypeError, "axis must be an int"),
+    ("log-softmax-empty", lambda: fr.losses.log_softmax(np.zeros((3, 0))), ValueError, "at least one class"),
 ]
 
 

@@ -75,16 +75,22 @@ def _targets(target: Any) -> Tuple[Any, ...]:
     return tuple(target) if isinstance(target, tuple) else (target,)
 
 
-def _length(x: Any, axis: int) -> int:
+def _length(x: Any, axis: int, name: str = "x") -> int:
     shape = np.shape(x)
     if len(shape) <= axis:
-        raise ValueError(f"x must have a time axis {axis}, got shape {shape}")
+        raise ValueError(f"{name} must have a time axis {axis}, got shape {shape}")
     return int(shape[axis])
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def _check_targets(targets: Tuple[Any, ...], T: int, axis: int) -> None:
     for i, t in enumerate(targets):
-        if t is not None and _length(t, axis) != T:
+        if t is not None and _length(t, axis, f"target {i}") != T:
             raise ValueError(f"target {i} has {_length(t, axis)} steps along axis {axis}, "
                              f"x has {T}")
 
@@ -152,6 +158,7 @@ def windowed_forward(model: Any, x: Any, window: int, state: Any = None,
     reset_state this equals model.forward(x, state) (the unrolling argument),
     also for a first LSTM layer with a context window (see `_Walker`).
     encode: optional per-window input transform (e.g. one-hot encoding)."""
+    reset_state = _flag(reset_state, "reset_state")
     walk = _Walker(model, x, encode)
     ys = []
     st = walk.start(state)
@@ -170,6 +177,7 @@ def evaluate(model: Any, x: Any, target: Any, loss: LossFn, window: int, state: 
     if not callable(loss):
         raise TypeError(f"loss must be callable, loss(y, *target) -> (E, dE/dy); got "
                         f"{type(loss).__name__}")
+    reset_state = _flag(reset_state, "reset_state")
     walk = _Walker(model, x, encode)
     axis, T = walk.axis, walk.T
     targets = _targets(target)
@@ -226,6 +234,10 @@ def tbptt(model: Any, x: Any, target: Any, loss: LossFn, *, window: int,
                         f"{type(loss).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+    reset_state = _flag(reset_state, "reset_state")
+    if optimizer is not None and not callable(getattr(optimizer, "step", None)):
+        raise TypeError(f"optimizer must have a step() method (e.g. fr.optim.Adam) or be None, "
+                        f"got {type(optimizer).__name__}")
     if history is not None and not isinstance(history, History):
         raise TypeError(f"history must be a fusedrnn.train.History or None, got "
                         f"{type(history).__name__}")
