@@ -147,8 +147,8 @@ def model_from_config(tree: Dict[str, Any]) -> Any:
     try:
         model = cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"cannot rebuild {tree['type']} from its stored configuration "
-                         f"{kwargs}: {exc}") from exc
+        raise ValueError(f"cannot rebuild {tree['type']} from its stored configuration: "
+                         f"{exc} (configuration {kwargs})") from exc
     state = tree.get("rng_state")
     rng = getattr(model, "_dropout_rng", None)
     if state is not None and isinstance(rng, np.random.Generator):
@@ -221,8 +221,8 @@ def _model_plan(tree: Dict[str, Any]) -> Optional[Dict[str, Tuple[Tuple[int, ...
     try:
         return _layer_plan(cls, kwargs)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"cannot rebuild {tree['type']} from its stored configuration "
-                         f"{kwargs}: {exc}") from exc
+        raise ValueError(f"cannot rebuild {tree['type']} from its stored configuration: "
+                         f"{exc} (configuration {kwargs})") from exc
 
 
 # -- save --------------------------------------------------------------------------------------
@@ -324,6 +324,15 @@ class Checkpoint(NamedTuple):
     model: Any
     optimizer: Any              # a rebuilt optimiser bound to `model`, or None
     metadata: Dict[str, Any]
+
+
+def _key_mismatch(stored: Any, expected: Any) -> str:
+    """Which parameter keys the file lacks and which it has in excess (a few of each)."""
+    missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    def few(keys: List[str]) -> str:
+        return str(keys[:5])[:-1] + (f", ... ({len(keys)} in all)]" if len(keys) > 5 else "]")
+    return (f"the stored parameters do not match the {len(expected)} the configuration builds: "
+            f"missing {few(missing)}, not expected {few(extra)}")
 
 
 def _bad(path: str, why: str) -> ValueError:
@@ -473,8 +482,7 @@ def _read(path: str) -> tuple:
             if plan is not None:  # the configuration builds exactly the stored parameters
                 stored = {n[len("param/"):]: n for n in meta if n.startswith("param/")}
                 if set(stored) != set(plan):
-                    raise _bad(path, f"parameters {sorted(stored)} do not match the model's "
-                                     f"{sorted(plan)}")
+                    raise _bad(path, _key_mismatch(stored, plan))
                 for k, (pshape, pdt) in plan.items():
                     m = meta[stored[k]]
                     if tuple(m["shape"]) != pshape or np.dtype(m["dtype"]) != pdt:
@@ -514,7 +522,7 @@ def load_checkpoint(path: "os.PathLike[str] | str") -> Checkpoint:
     params = model.params
     stored = {n[len("param/"):]: a for n, a in arrays.items() if n.startswith("param/")}
     if set(stored) != set(params):
-        raise _bad(path, f"parameters {sorted(stored)} do not match the model's {sorted(params)}")
+        raise _bad(path, _key_mismatch(stored, params))
     for k, p in params.items():
         a = stored[k]
         if a.shape != p.shape or a.dtype != p.dtype:
