@@ -158,6 +158,7 @@ def _git_status(path):
     ("vanishing_gradients", ["--delays", "3", "--steps", "5"]),
     ("char_lm", ["--epochs", "1", "--hidden", "8", "--no-progress"]),
     ("timeseries_lookahead", ["--epochs", "1", "--length", "600", "--no-progress"]),
+    ("streaming", ["--frames", "40", "--no-torch"]),
 ])
 def test_quick_runs_leave_the_committed_figures_alone(name, extra):
     """Without --out, a --quick run writes to a new temporary directory, never to

@@ -577,3 +577,107 @@ def test_step_with_out_allocates_nothing():
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert grown < 4096, grown
+
+
+# -- fusedrnn.torch modules ------------------------------------------------------------
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_torch_module_stream_equals_forward(kind, dtype):
+    torch = _torch()
+    import fusedrnn.torch as frt
+    tdt = getattr(torch, dtype)
+    T, B = 11, 3
+    g = torch.Generator().manual_seed(0)
+    if kind == "lstm":
+        m = frt.LSTM(4, 6, context=(1, 2), proj_size=3, num_layers=2, dtype=tdt, seed=0)
+        hx = (0.3 * torch.randn(2, B, 3, generator=g, dtype=tdt),
+              0.3 * torch.randn(2, B, 6, generator=g, dtype=tdt),
+              torch.randn(1, B, 4, generator=g, dtype=tdt))
+    else:
+        m = frt.RNN(4, 6, state_feedback=True, num_layers=2, dtype=tdt, seed=0)
+        hx = (0.3 * torch.randn(2, B, 6, generator=g, dtype=tdt),
+              0.3 * torch.randn(2, B, 6, generator=g, dtype=tdt))
+    x = torch.randn(T, B, 4, generator=g, dtype=tdt)
+    with torch.no_grad():
+        y_whole, st_whole = m(x, hx)
+    stream = m.stream(B, state=hx)
+    outs, out = [], torch.empty(B, m.proj_size if kind == "lstm" else 6, dtype=tdt)
+    for n, frame in enumerate(x):
+        y = stream.step(frame, out=out) if n % 2 else stream.step(frame)
+        if y is not None:
+            assert (y is out) == bool(n % 2) and isinstance(y, torch.Tensor)
+            outs.append(y.clone())
+    outs.append(stream.flush())
+    tol = TOLS[np.float64 if dtype == "float64" else np.float32]
+    np.testing.assert_allclose(torch.cat([o.reshape(-1, B, o.shape[-1]) for o in outs]).numpy(),
+                               y_whole.numpy(), **tol)
+    for a, b in zip(stream.state, st_whole):   # (h, c[, x_past]) / (h, s), torch's order
+        np.testing.assert_allclose(a.numpy(), b.numpy(), **tol)
+
+
+def test_torch_stream_follows_the_parameters():
+    torch = _torch()
+    import fusedrnn.torch as frt
+    m = frt.LSTM(3, 5, dtype=torch.float64, seed=0)
+    x = torch.randn(9, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    stream = m.stream(2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.3)
+    hx = None
+    for n, frame in enumerate(x):
+        if n == 2:   # an optimiser step: in place
+            m(x)[0].square().sum().backward()
+            opt.step()
+        elif n == 4:  # a Parameter replaced
+            m.W_v = torch.nn.Parameter(torch.rand_like(m.W_v) - 0.5)
+        elif n == 6:  # .data swapped
+            m.b.data = torch.rand_like(m.b) - 0.5
+        with torch.no_grad():
+            y_ref, hx = m(frame[None], hx)
+        np.testing.assert_allclose(stream.step(frame).numpy(), y_ref[0].numpy(), rtol=1e-12,
+                                   atol=1e-13)
+    m.double()  # no change: still float64
+    stream.step(x[0])
+    m.float()
+    with pytest.raises(ValueError, match="float32.*make a new stream"):
+        stream.step(x[0].float())
+
+
+def test_torch_stream_bad_frames():
+    torch = _torch()
+    import fusedrnn.torch as frt
+    stream = frt.RNN(3, 4, seed=0).stream(2)
+    want = r"frame must be a contiguous CPU tensor of shape \(2, 3\) and dtype torch.float32"
+    for err, frame in [(TypeError, torch.zeros(2, 3, dtype=torch.float64)),
+                       (ValueError, torch.zeros(2, 4)), (ValueError, torch.zeros(3)),
+                       (ValueError, torch.zeros(3, 2).t()), (TypeError, np.zeros((2, 3), np.float32))]:
+        with pytest.raises(err, match=want):
+            stream.step(frame)
+    with pytest.raises(ValueError, match=r"out must be .*\(2, 4\)"):
+        stream.step(torch.zeros(2, 3), out=torch.zeros(2, 3))
+    frame = torch.zeros(2, 3, requires_grad=True)
+    assert not stream.step(frame).requires_grad     # inference: no graph
+    with pytest.raises(ValueError, match="bidirectional"):
+        frt.LSTM(3, 4, bidirectional=True).stream(1)
+
+
+def test_streaming_example_quick(tmp_path):
+    pytest.importorskip("matplotlib")
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                        "streaming.py")
+    spec = importlib.util.spec_from_file_location("example_streaming", path)
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    res = ex.main(["--quick", "--frames", "60", "--out", str(tmp_path)])
+    assert os.path.getsize(tmp_path / "streaming_latency.png") > 10_000
+    assert res["max_diff"] <= 1e-5
+    np.testing.assert_allclose(res["streamed"], res["whole"], **TOLS[np.float32])
+    assert {"fusedrnn forward per frame", "fusedrnn stream"} <= set(res["stats"])
+    for s in res["stats"].values():
+        assert 0 < s["p50"] <= s["p99"] <= s["max"]

@@ -297,50 +297,20 @@ cdef class StreamCore:
         the stream's dtype, filled in place). With a look-ahead, returns None until
         frame n + delay has arrived for step n."""
         cdef Py_buffer fv, ov
-        cdef int status = 0, cur = self.cur
-        cdef char *fp = NULL
-        cdef char *op = NULL
-        cdef int64_t B = self.batch, rowx = self.input_size * self.isz, r, n_hold
-        cdef int64_t rowy = self.output_size * self.isz
-        cdef bint ready = self.frames_in >= self.delay, have_f = False, have_o = False
+        cdef bint have_f = False, have_o = False
+        cdef bint ready = self.frames_in >= self.delay
         if self.busy:
             self._enter()  # raises
         self.busy = True
         try:
             self._buffer(frame, &fv, "frame", False)
             have_f = True
-            fp = <char *>fv.buf
             if ready:
                 if out is None:
                     out = self.np_empty(self.out_shape, self.dtype)
                 self._buffer(out, &ov, "out", True)
                 have_o = True
-                op = <char *>ov.buf
-                if op < fp + B * rowx and fp < op + B * rowy:
-                    raise ValueError("out must not overlap frame")
-            if not self._weights_current():
-                self._rebind()
-            n_hold = self.n_hold
-            if ready and n_hold:
-                for r in range(B):
-                    self.active[r] = 0 if self.hold[r] > 0 else 1
-            if self.release_gil:
-                with nogil:
-                    status = self._run(fp, op, ready)
-            else:
-                status = self._run(fp, op, ready)
-            if status != 0:
-                _raise(status, "stream step")
-            self.frames_in += 1
-            if ready:
-                self.cur = 1 - cur
-                if n_hold:
-                    for r in range(B):
-                        if self.hold[r] > 0:
-                            memset(op + r * rowy, 0, rowy)
-                            self.hold[r] -= 1
-                            if self.hold[r] == 0:
-                                self.n_hold -= 1
+            self._step(<char *>fv.buf, <char *>ov.buf if ready else NULL, ready)
         finally:
             self.busy = False
             if have_f:
@@ -348,6 +318,67 @@ cdef class StreamCore:
             if have_o:
                 PyBuffer_Release(&ov)
         return out if ready else None
+
+    def _step_at(self, uintptr_t frame, object out, uintptr_t out_data):
+        """step() on memory the caller has checked: frame at address `frame` (B, I)
+        and, when a step is due, the output at `out_data` (B, R), both C-contiguous
+        of the stream's dtype and alive during the call (the torch streams pass
+        tensors' data_ptr()). out_data 0: into a new array. Returns out (or the new
+        array), or None while a look-ahead waits."""
+        cdef bint ready = self.frames_in >= self.delay, have_o = False
+        cdef Py_buffer ov
+        if self.busy:
+            self._enter()  # raises
+        self.busy = True
+        try:
+            if ready and out_data == 0:
+                out = self.np_empty(self.out_shape, self.dtype)
+                self._buffer(out, &ov, "out", True)
+                have_o = True
+                out_data = <uintptr_t>ov.buf
+            self._step(<char *>frame, <char *>out_data if ready else NULL, ready)
+        finally:
+            self.busy = False
+            if have_o:
+                PyBuffer_Release(&ov)
+        return out if ready else None
+
+    @property
+    def due(self):
+        """Whether the next frame completes a step (False while a look-ahead fills)."""
+        return self.frames_in >= self.delay
+
+    cdef int _step(self, char *fp, char *op, bint ready) except -1:
+        """The step on checked buffers, with the stream marked busy."""
+        cdef int status = 0, cur = self.cur
+        cdef int64_t B = self.batch, r, n_hold
+        cdef int64_t rowx = self.input_size * self.isz, rowy = self.output_size * self.isz
+        if ready and op < fp + B * rowx and fp < op + B * rowy:
+            raise ValueError("out must not overlap frame")
+        if not self._weights_current():
+            self._rebind()
+        n_hold = self.n_hold
+        if ready and n_hold:
+            for r in range(B):
+                self.active[r] = 0 if self.hold[r] > 0 else 1
+        if self.release_gil:
+            with nogil:
+                status = self._run(fp, op, ready)
+        else:
+            status = self._run(fp, op, ready)
+        if status != 0:
+            _raise(status, "stream step")
+        self.frames_in += 1
+        if ready:
+            self.cur = 1 - cur
+            if n_hold:
+                for r in range(B):
+                    if self.hold[r] > 0:
+                        memset(op + r * rowy, 0, rowy)
+                        self.hold[r] -= 1
+                        if self.hold[r] == 0:
+                            self.n_hold -= 1
+        return 0
 
     cdef int _run(self, char *frame, char *out, bint ready) noexcept nogil:
         """Shift the frame into the window; when a step is due, run every cell."""
