@@ -273,3 +273,25 @@ class LSTM(RecurrentLayer):
         has: no peepholes, context windows, coupled gates or clips)."""
         from ._torch import lstm_to_torch
         return lstm_to_torch(self)
+
+    # -- Keras interop ----------------------------------------------------------------
+    @classmethod
+    def from_keras(cls, layer: Any) -> "LSTM":
+        """A batch_first LSTM with the exact weights of a built Keras 3
+        `keras.layers.LSTM`, or of a `keras.layers.Bidirectional` of one:
+        W_x = kernel.T, W_v = recurrent_kernel.T, b = bias (gate order (i, f, c, o)
+        in both), go_backwards -> reverse=True, no peepholes. Refuses by name what
+        this LSTM cannot compute (activations other than tanh / sigmoid, dropout,
+        recurrent_dropout, merge modes other than "concat", float16). A
+        go_backwards layer's returned sequence is Keras' reversed: y = y_keras[:, ::-1]."""
+        from ._keras import lstm_from_keras
+        return cast("LSTM", lstm_from_keras(cls, layer))
+
+    def to_keras(self, *, return_sequences: bool = True, return_state: bool = True,
+                 name: Optional[str] = None) -> Any:
+        """A built Keras 3 `keras.layers.LSTM` (a `keras.layers.Bidirectional` of two
+        when bidirectional; go_backwards=True when reverse) with this LSTM's
+        weights, zero_output_for_mask=True. Only for one layer with what Keras
+        has: no peepholes, projection, context windows, coupled gates or clips."""
+        from ._keras import lstm_to_keras
+        return lstm_to_keras(self, return_sequences, return_state, name)

@@ -112,3 +112,20 @@ class RNN(RecurrentLayer):
         """A `torch.nn.RNN` computing the same function (state_feedback must be off)."""
         from ._torch import rnn_to_torch
         return rnn_to_torch(self)
+
+    @classmethod
+    def from_keras(cls, layer: Any) -> "RNN":
+        """A batch_first RNN with the exact weights of a built Keras 3
+        `keras.layers.SimpleRNN` (activation="tanh"), or of a
+        `keras.layers.Bidirectional` of one: W_x = kernel.T, W_r =
+        recurrent_kernel.T, theta_s = bias; go_backwards -> reverse=True (see
+        `fr.LSTM.from_keras` for what is refused and the output order)."""
+        from ._keras import rnn_from_keras
+        return cast("RNN", rnn_from_keras(cls, layer))
+
+    def to_keras(self, *, return_sequences: bool = True, return_state: bool = True,
+                 name: Optional[str] = None) -> Any:
+        """A built Keras 3 `keras.layers.SimpleRNN` (or a `keras.layers.Bidirectional`
+        of two) with this RNN's weights (one layer, state_feedback off)."""
+        from ._keras import rnn_to_keras
+        return rnn_to_keras(self, return_sequences, return_state, name)

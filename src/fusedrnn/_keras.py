@@ -1,0 +1,193 @@
+"""Exact weight mapping between fusedrnn layers and Keras 3 recurrent layers:
+`keras.layers.LSTM` <-> `fr.LSTM`, `keras.layers.SimpleRNN` <-> `fr.RNN`, and
+`keras.layers.Bidirectional` of either <-> bidirectional=True.
+
+Keras stores the transposes of fusedrnn's matrices, with the same gate order:
+    LSTM       kernel (I, 4H) = W_x.T, recurrent_kernel (H, 4H) = W_v.T, bias (4H,) = b,
+               gates (i, f, c, o) = fusedrnn's (cu, cs, du, cr)
+    SimpleRNN  kernel (I, H) = W_x.T, recurrent_kernel (H, H) = W_r.T, bias (H,) = theta_s
+use_bias=False is b = 0 (theta_s = 0); go_backwards=True is reverse=True. Keras
+layers are batch-major, so the fusedrnn layer of `from_keras` is batch_first.
+
+Two conventions differ, and only in the returned sequence, never in the states:
+  * a go_backwards layer returns its sequence in the order it read it (last step
+    first); fusedrnn keeps every output at its time index, so y_fusedrnn =
+    y_keras[:, ::-1] (Keras' Bidirectional flips it back itself);
+  * at masked steps Keras repeats the last output unless zero_output_for_mask=True;
+    fusedrnn writes 0 there (lengths are post-padding masks: mask[b, :lengths[b]]).
+`to_keras` builds its layers with zero_output_for_mask=True.
+
+Only the function is mapped: Keras' initializers, regularizers and constraints
+(training settings) are not carried over. What fusedrnn cannot compute is refused
+by name: activations other than tanh / sigmoid, input and recurrent dropout,
+merge modes other than "concat", float16 / mixed precision.
+
+Only get_weights / set_weights (NumPy) are used, so any Keras backend works.
+keras is imported lazily: it is an optional dependency."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ._layer import suffix
+
+# the warping functions fusedrnn computes, by Keras name
+_LSTM_ACTIVATIONS = {"activation": "tanh", "recurrent_activation": "sigmoid"}
+_RNN_ACTIVATIONS = {"activation": "tanh"}
+
+
+def _keras() -> Any:
+    try:
+        import keras
+    except ImportError as exc:  # pragma: no cover - exercised only without keras
+        raise ImportError("this needs Keras 3 and one of its backends: pip install keras "
+                          f"(KERAS_BACKEND=torch runs it on PyTorch); importing it failed: {exc}"
+                          ) from exc
+    return keras
+
+
+def _name_of(value: Any) -> Any:
+    """The Keras name of an activation in a layer config (a str, or a serialised dict)."""
+    if isinstance(value, dict):
+        return value.get("config", value.get("class_name", value))
+    return value
+
+
+def _cell_layers(layer: Any, kind: str) -> Tuple[List[Any], bool]:
+    """The Keras layers of each direction (forward first) and whether bidirectional."""
+    keras = _keras()
+    cls = getattr(keras.layers, kind)
+    if isinstance(layer, keras.layers.Bidirectional):
+        fwd, bwd = layer.forward_layer, layer.backward_layer
+        if not isinstance(fwd, cls) or not isinstance(bwd, cls):
+            raise TypeError(f"expected keras.layers.Bidirectional of a keras.layers.{kind}, got "
+                            f"one of {type(fwd).__name__} / {type(bwd).__name__}")
+        if layer.merge_mode != "concat":
+            raise ValueError(f"keras.layers.Bidirectional merge_mode={layer.merge_mode!r}: fusedrnn "
+                             "concatenates the two directions (merge_mode='concat' only)")
+        if fwd.go_backwards or not bwd.go_backwards:
+            raise ValueError("keras.layers.Bidirectional: the forward layer must read forwards and "
+                             "the backward layer backwards (go_backwards)")
+        return [fwd, bwd], True
+    if not isinstance(layer, cls):
+        raise TypeError(f"expected a keras.layers.{kind} or a keras.layers.Bidirectional of one, "
+                        f"got {type(layer).__name__}")
+    return [layer], False
+
+
+def _check_config(layer: Any, kind: str, activations: Dict[str, str]) -> Dict[str, Any]:
+    cfg = layer.get_config()
+    for key, want in activations.items():
+        got = _name_of(cfg.get(key, want))
+        if got != want:
+            raise ValueError(f"keras.layers.{kind} {key}={got!r}: fusedrnn's {kind} warps with "
+                             f"{want} here ({key}={want!r} only)")
+    for key in ("dropout", "recurrent_dropout"):
+        if float(cfg.get(key, 0.0) or 0.0) != 0.0:
+            raise ValueError(f"keras.layers.{kind} {key}={cfg[key]}: fusedrnn has no {key} inside "
+                             "the cell (Keras applies it in training only: for inference, build "
+                             f"the layer with {key}=0 and copy the weights)")
+    dtypes = {str(np.dtype(layer.dtype)), str(np.dtype(layer.compute_dtype))}
+    if len(dtypes) != 1 or not dtypes <= {"float32", "float64"}:
+        raise ValueError(f"keras.layers.{kind} dtype {layer.dtype} / compute dtype "
+                         f"{layer.compute_dtype}: fusedrnn computes in float32 or float64")
+    if not layer.built:
+        raise ValueError(f"the keras.layers.{kind} has no weights yet: build it first (call it on "
+                         "an input, or layer.build((None, None, input_size)))")
+    return cfg
+
+
+def _weights(layer: Any, use_bias: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    ws = layer.get_weights()
+    kernel, recurrent = ws[0], ws[1]
+    return kernel, recurrent, (ws[2] if use_bias else None)
+
+
+def _from_keras(cls: Any, layer: Any, kind: str, activations: Dict[str, str],
+                names: Tuple[str, str, str]) -> Any:
+    cells, bidirectional = _cell_layers(layer, kind)
+    cfgs = [_check_config(c, kind, activations) for c in cells]
+    keys = ("units", "use_bias", *activations)
+    if bidirectional and any(cfgs[0].get(k) != cfgs[1].get(k) for k in keys):
+        raise ValueError("keras.layers.Bidirectional: the two directions differ in "
+                         f"{[k for k in keys if cfgs[0].get(k) != cfgs[1].get(k)]}; fusedrnn's "
+                         "directions share their configuration")
+    first = cells[0]
+    units, use_bias = int(cfgs[0]["units"]), bool(cfgs[0]["use_bias"])
+    kernel = first.get_weights()[0]
+    opts: Dict[str, Any] = dict(bidirectional=bidirectional, batch_first=True,
+                                reverse=bool(first.go_backwards) and not bidirectional,
+                                dtype=np.dtype(first.dtype), seed=0)
+    if kind == "LSTM":
+        opts["peepholes"] = None
+    out = cls(kernel.shape[0], units, **opts)
+    W_x, W_h, bias = names
+    for d, c in enumerate(cells):
+        k, r, b = _weights(c, use_bias)
+        s = suffix(0, d)
+        out.params[W_x + s][...] = k.T
+        out.params[W_h + s][...] = r.T
+        out.params[bias + s][...] = 0 if b is None else b
+    return out
+
+
+def _to_keras(layer: Any, kind: str, blocked: List[str], names: Tuple[str, str, str],
+              return_sequences: bool, return_state: bool, name: Optional[str]) -> Any:
+    keras = _keras()
+    if layer.num_layers != 1:
+        blocked = blocked + [f"num_layers={layer.num_layers} (one Keras layer is one layer: "
+                             "stack them in a keras.Sequential)"]
+    if blocked:
+        raise ValueError(f"keras.layers.{kind} has no {', '.join(blocked)}: this "
+                         f"{type(layer).__name__} cannot be converted to it")
+    cls = getattr(keras.layers, kind)
+    dtype = np.dtype(layer.dtype).name
+    opts: Dict[str, Any] = dict(return_sequences=return_sequences, return_state=return_state,
+                                zero_output_for_mask=True, dtype=dtype)
+
+    def make(go_backwards: bool, layer_name: Optional[str]) -> Any:
+        return cls(layer.hidden_size, go_backwards=go_backwards, name=layer_name, **opts)
+
+    W_x, W_h, bias = names
+    if layer.bidirectional:
+        out = keras.layers.Bidirectional(make(False, None), backward_layer=make(True, None),
+                                         merge_mode="concat", name=name)
+        out.build((None, None, layer.input_size))
+        directions = [out.forward_layer, out.backward_layer]
+    else:
+        out = make(layer.reverse, name)
+        out.build((None, None, layer.input_size))
+        directions = [out]
+    for d, kl in enumerate(directions):
+        s = suffix(0, d)
+        kl.set_weights([layer.params[W_x + s].T, layer.params[W_h + s].T, layer.params[bias + s]])
+    return out
+
+
+def lstm_from_keras(cls: Any, layer: Any) -> Any:
+    return _from_keras(cls, layer, "LSTM", _LSTM_ACTIVATIONS, ("W_x", "W_v", "b"))
+
+
+def lstm_to_keras(layer: Any, return_sequences: bool, return_state: bool,
+                  name: Optional[str]) -> Any:
+    blocked = [what for what, on in (("peepholes", layer.peepholes != "none"),
+                                     ("proj_size (projection)", layer.proj_size > 0),
+                                     ("context windows", layer.context != (0, 0)),
+                                     ("coupled gates", layer.coupled_gates),
+                                     ("cell_clip", layer.cell_clip is not None),
+                                     ("accumulation_clip", layer.accumulation_clip is not None))
+               if on]
+    return _to_keras(layer, "LSTM", blocked, ("W_x", "W_v", "b"), return_sequences,
+                     return_state, name)
+
+
+def rnn_from_keras(cls: Any, layer: Any) -> Any:
+    return _from_keras(cls, layer, "SimpleRNN", _RNN_ACTIVATIONS, ("W_x", "W_r", "theta_s"))
+
+
+def rnn_to_keras(layer: Any, return_sequences: bool, return_state: bool,
+                 name: Optional[str]) -> Any:
+    blocked = ["state feedback W_s (state_feedback=True)"] if layer.state_feedback else []
+    return _to_keras(layer, "SimpleRNN", blocked, ("W_x", "W_r", "theta_s"), return_sequences,
+                     return_state, name)
