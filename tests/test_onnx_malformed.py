@@ -209,3 +209,19 @@ def test_bit_flipped_exports_never_escape_as_other_errors(tmp_path):
             fr.onnx.load(path)
         except ValueError:
             pass
+
+
+def test_export_refuses_values_beyond_the_target_dtype(tmp_path):
+    layer = fr.LSTM(3, 4, dtype=np.float64, seed=0)
+    layer.params["b"][0] = 1e300               # would become inf in a float32 graph
+    with pytest.raises(ValueError, match=r"params\['b'\] holds values beyond the range of float32"):
+        fr.onnx.export(layer, tmp_path / "m.onnx", dtype=np.float32)
+    assert not (tmp_path / "m.onnx").exists()
+    back = fr.onnx.load(fr.onnx.to_model(layer))  # float64: exact
+    assert back.params["b"][0] == 1e300
+
+
+def test_a_scan_graph_is_named_when_load_finds_no_node():
+    m = fr.onnx.to_model(fr.LSTM(3, 4, proj_size=2, seed=0), unsupported="scan")
+    with pytest.raises(ValueError, match="no LSTM or RNN node .*a Scan graph"):
+        fr.onnx.load(m)

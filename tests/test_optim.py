@@ -226,3 +226,9 @@ def test_clip_grad_norm_refuses_read_only_grads():
     with pytest.raises(ValueError, match="grads must be writeable"):
         fr.clip_grad_norm({"g": g}, 1.0)
     assert fr.clip_grad_norm({"g": g}, 10.0) == pytest.approx(5.0)  # nothing to scale: fine
+
+
+def test_clip_grad_norm_counts_and_scales_a_shared_array_once():
+    g = {"a": np.array([3.0, 4.0])}
+    assert fr.clip_grad_norm([g, g], max_norm=1.0) == pytest.approx(5.0)
+    np.testing.assert_allclose(g["a"], np.array([3.0, 4.0]) / (5.0 + 1e-6))

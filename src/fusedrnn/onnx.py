@@ -174,7 +174,12 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
                          f"{type(layer).__name__} cannot be exported as standard {kind} nodes "
                          "(pass unsupported='scan' for an equivalent Scan subgraph)")
     dt = layer.dtype if dtype is None else V.as_dtype(dtype)
-    layer._checked_params()  # every parameter present, of the layer's dtype and shape
+    for key, p in layer._checked_params().items():  # present, of the layer's dtype and shape
+        if dt.itemsize < p.dtype.itemsize:
+            big = np.abs(p[np.isfinite(p)])
+            if big.size and big.max() > np.finfo(dt).max:
+                raise ValueError(f"params[{key!r}] holds values beyond the range of {dt} "
+                                 f"(max |value| {big.max():.3g}): export with dtype={p.dtype}")
     g = _Graph(dt)
     helper = onnx.helper
     is_lstm = isinstance(layer, LSTM)
@@ -594,7 +599,10 @@ def _recurrent_nodes(graph: Any) -> List[Any]:
 def _cell_nodes(graph: Any) -> List[Any]:
     nodes = _recurrent_nodes(graph)
     if not nodes:
-        raise ValueError("the ONNX model has no LSTM or RNN node")
+        scan = any(n.op_type == "Scan" for n in graph.node)
+        raise ValueError("the ONNX model has no LSTM or RNN node" + (
+            " (a Scan graph, as export(..., unsupported='scan') writes, is not read back)"
+            if scan else ""))
     return nodes
 
 

@@ -74,13 +74,14 @@ def clip_grad_norm(grads: Any, max_norm: float) -> float:
     """Scale all gradients in place so that their global L2 norm is at most `max_norm`.
 
     grads: a dict of arrays, a model with `.grads`, or a list of these. The
-    norm is sqrt(Σ over every array of Σ g²), computed in float64. When it
+    norm is sqrt(Σ over every array of Σ g²), computed in float64 (an array
+    reached twice, e.g. a layer listed twice, counts and is scaled once). When it
     exceeds max_norm, every gradient is multiplied by max_norm / (norm + 1e-6)
     (PyTorch's rule). Returns the norm before clipping (inf/nan when a
     gradient is not finite; then nothing is scaled)."""
     if not V.finite_number(max_norm, "max_norm") > 0:
         raise ValueError(f"max_norm must be a finite number > 0, got {max_norm!r}")
-    arrays = list(_grad_arrays(grads))
+    arrays = list({id(g): g for g in _grad_arrays(grads)}.values())  # each array once
     total = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in arrays)))
     if np.isfinite(total) and total > max_norm:
         scale = max_norm / (total + 1e-6)
