@@ -1,0 +1,204 @@
+"""ONNX's own backend node cases for LSTM and RNN, generated from the installed
+onnx package (onnx.backend.test.case.node: its data folder is not in the wheel,
+so the cases are collected by running their generators with the `expect` hook
+replaced), loaded with fr.onnx.load and compared with their expected outputs.
+
+Every case's W, R, B (and P) are graph inputs: they are passed with
+`inputs=`; loading without them must fail with the message that says how.
+Variants of the cases with what fusedrnn does not compute (listed explicitly
+below) must raise a ValueError naming it, so this test fails if one of them
+starts loading."""
+import copy
+import inspect
+
+import numpy as np
+import pytest
+
+import fusedrnn as fr
+
+onnx = pytest.importorskip("onnx")
+from onnx import helper as h  # noqa: E402
+from onnx.backend.test.case.node import lstm as onnx_lstm_cases  # noqa: E402
+from onnx.backend.test.case.node import rnn as onnx_rnn_cases  # noqa: E402
+
+# the cases of onnx 1.14 - 1.23 (all of them load); a case a newer onnx adds must
+# either load and match or raise ValueError (see test_every_case_loads_or_is_refused)
+KNOWN = {"test_lstm_defaults", "test_lstm_with_initial_bias", "test_lstm_with_peepholes",
+         "test_lstm_batchwise", "test_lstm_reverse", "test_lstm_bidirectional",
+         "test_simple_rnn_defaults", "test_simple_rnn_with_initial_bias", "test_rnn_seq_length",
+         "test_simple_rnn_batchwise", "test_simple_rnn_reverse", "test_simple_rnn_bidirectional"}
+WEIGHTS = {"LSTM": {1: "W", 2: "R", 3: "B", 7: "P"}, "RNN": {1: "W", 2: "R", 3: "B"}}
+
+
+def _collect():
+    """{name: (node, inputs, outputs)} from the export_* generators of lstm.py / rnn.py."""
+    cases = {}
+
+    def expect(node, inputs, outputs, name, **kwargs):
+        cases[name] = (copy.deepcopy(node), [np.asarray(a) for a in inputs],
+                       [np.asarray(a) for a in outputs])
+
+    state = np.random.get_state()
+    np.random.seed(0)  # the generators draw their weights from numpy's global generator
+    try:
+        for mod in (onnx_lstm_cases, onnx_rnn_cases):
+            saved = mod.expect
+            mod.expect = expect
+            try:
+                for _, cls in inspect.getmembers(mod, inspect.isclass):
+                    if cls.__module__ != mod.__name__:
+                        continue
+                    for attr, fn in sorted(vars(cls).items()):
+                        if attr.startswith("export"):
+                            getattr(cls, attr)()
+            finally:
+                mod.expect = saved
+    finally:
+        np.random.set_state(state)
+    return cases
+
+
+CASES = _collect()
+
+
+def _info(name, a):
+    return h.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+
+
+def _model(node, inputs, outputs):
+    """The model `expect` builds: the node with every present input a graph input."""
+    ins = [_info(n, a) for n, a in zip([n for n in node.input if n], inputs)]
+    outs = [_info(n, a) for n, a in zip([n for n in node.output if n], outputs)]
+    schema = onnx.defs.get_schema(node.op_type)
+    graph = h.make_graph([node], "case", ins, outs)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", schema.since_version)])
+
+
+def _split(node, inputs):
+    """(weights for inputs=, the runtime inputs by slot name)."""
+    present = dict(zip([n for n in node.input if n], inputs))
+    weights, runtime = {}, {}
+    slots = ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"]
+    for i, name in enumerate(node.input):
+        if not name:
+            continue
+        if i in WEIGHTS[node.op_type]:
+            weights[name] = present[name]
+        else:
+            runtime[slots[i]] = present[name]
+    return weights, runtime
+
+
+def _run(layer, node, runtime):
+    """fr's outputs in the node's layouts: Y (T, D, B, H) or (B, T, D, H) with
+    layout=1, Y_h / Y_c (D, B, H) or (B, D, H)."""
+    layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+    D, H = layer.num_directions, layer.hidden_size
+    swap = (lambda a: np.ascontiguousarray(a.transpose(1, 0, 2))) if layout == 1 else (lambda a: a)
+    x = runtime["X"]
+    B = x.shape[0] if layout == 1 else x.shape[1]
+    zeros = np.zeros((D, B, H), np.float32)
+    h0 = swap(runtime["initial_h"]) if "initial_h" in runtime else zeros
+    c0 = swap(runtime["initial_c"]) if "initial_c" in runtime else zeros
+    state = fr.LSTMState(c0, h0) if isinstance(layer, fr.LSTM) else fr.RNNState(zeros, h0)
+    lens = runtime.get("sequence_lens")
+    y, st = layer.forward(x, state=state, lengths=lens, training=False)
+    if layout == 1:
+        Y = y.reshape(B, -1, D, H)
+    else:
+        Y = y.reshape(y.shape[0], B, D, H).transpose(0, 2, 1, 3)
+    out = {"Y": Y, "Y_h": swap(st[1])}
+    if isinstance(layer, fr.LSTM):
+        out["Y_c"] = swap(st[0])
+    return out
+
+
+def _check(name):
+    node, inputs, expected = CASES[name]
+    model = _model(node, inputs, expected)
+    onnx.checker.check_model(model)
+    weights, runtime = _split(node, inputs)
+    with pytest.raises(ValueError, match=r"is a graph input, pass its value as "
+                                         r"fusedrnn\.onnx\.load\(model, inputs="):
+        fr.onnx.load(model)
+    layer = fr.onnx.load(model, inputs=weights)
+    out = _run(layer, node, runtime)
+    names = [n for n in node.output if n]
+    assert len(names) == len(expected)
+    for out_name, want in zip(names, expected):
+        np.testing.assert_allclose(out[out_name], want, rtol=1e-5, atol=1e-6,
+                                   err_msg=f"{name}: {out_name}")
+    return layer
+
+
+def test_the_known_cases_were_generated():
+    assert KNOWN <= set(CASES), sorted(KNOWN - set(CASES))
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_backend_case_loads_and_matches(name):
+    layer = _check(name)
+    node = CASES[name][0]
+    attrs = {a.name: h.get_attribute_value(a) for a in node.attribute}
+    assert layer.reverse == (attrs.get("direction") == b"reverse")
+    assert layer.bidirectional == (attrs.get("direction") == b"bidirectional")
+    assert layer.batch_first == (attrs.get("layout") == 1)
+
+
+def test_every_case_loads_or_is_refused():
+    """Cases beyond the known ones (a newer onnx): each matches, or is refused with
+    a ValueError; never loaded into something that computes another function."""
+    for name in sorted(set(CASES) - KNOWN):
+        try:
+            _check(name)
+        except ValueError:
+            pass
+
+
+def _variant(name, **attrs):
+    """A known case's node with attributes set, and its inputs."""
+    node, inputs, outputs = CASES[name]
+    node = copy.deepcopy(node)
+    kept = [a for a in node.attribute if a.name not in attrs]
+    del node.attribute[:]
+    node.attribute.extend(kept + [h.make_attribute(k, v) for k, v in attrs.items()])
+    return _model(node, inputs, outputs), _split(node, inputs)[0]
+
+
+# what fusedrnn does not compute yet, each as a variant of a backend case and the
+# ValueError it must raise
+UNSUPPORTED = {
+    "rnn-relu": (("test_simple_rnn_defaults", dict(activations=["Relu"])),
+                 r"activations \['Relu'\] differ from the paper's warping functions \['Tanh'\]"),
+    "rnn-clip": (("test_simple_rnn_defaults", dict(clip=2.0)),
+                 "clip has no fusedrnn.RNN equivalent"),
+    "lstm-hardsigmoid": (("test_lstm_defaults",
+                          dict(activations=["HardSigmoid", "Tanh", "Tanh"])),
+                         r"activations \['HardSigmoid', 'Tanh', 'Tanh'\] differ"),
+    "lstm-scaledtanh": (("test_lstm_reverse", dict(activations=["Sigmoid", "ScaledTanh", "Tanh"],
+                                                   activation_alpha=[1.0, 2.0, 1.0],
+                                                   activation_beta=[1.0, 0.5, 1.0])),
+                        r"activations \['Sigmoid', 'ScaledTanh', 'Tanh'\] differ"),
+    "bidirectional-rnn-leakyrelu": (("test_simple_rnn_bidirectional",
+                                     dict(activations=["Tanh", "LeakyRelu"])),
+                                    r"activations \['Tanh', 'LeakyRelu'\] differ"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(UNSUPPORTED))
+def test_unsupported_variants_are_refused_by_name(variant):
+    (name, attrs), message = UNSUPPORTED[variant]
+    model, weights = _variant(name, **attrs)
+    onnx.checker.check_model(model)
+    with pytest.raises(ValueError, match=message):
+        fr.onnx.load(model, inputs=weights)
+
+
+def test_default_activations_spelled_out_load():
+    """activations written out as the defaults are the defaults."""
+    model, weights = _variant("test_lstm_bidirectional",
+                              activations=["Sigmoid", "Tanh", "Tanh"] * 2)
+    plain = fr.onnx.load(_model(*CASES["test_lstm_bidirectional"]), inputs=weights)
+    spelled = fr.onnx.load(model, inputs=weights)
+    for k in plain.params:
+        np.testing.assert_array_equal(spelled.params[k], plain.params[k])
