@@ -128,8 +128,52 @@ def run_stream(stream, frames: np.ndarray, flush: bool = True) -> np.ndarray:
     return np.stack(out)
 
 
-def frame_loop_outputs(step: Callable[[int], np.ndarray], n: int) -> np.ndarray:
+def outputs(step: Callable[[int], object], n: int) -> np.ndarray:
+    """(n, B, R): what step(0), ..., step(n - 1) return."""
     return np.stack([np.array(step(k), np.float64) for k in range(n)])
+
+
+# Each competitor's frame step, made fresh (from a zero state) by its factory: once for the
+# check (and warm-up) over the first frames, once for the timing.
+def forward_steps(layer, x: np.ndarray) -> Callable[[int], np.ndarray]:
+    state: list = [None]
+
+    def step(k: int) -> np.ndarray:
+        y, state[0] = layer.forward(x[k:k + 1], state=state[0], training=False)
+        return y[0]
+    return step
+
+
+def torch_steps(module, x) -> Callable[[int], object]:
+    hc: list = [None]
+
+    def step(k: int):
+        y, hc[0] = module(x[k:k + 1], hc[0])
+        return y[0]
+    return step
+
+
+def ort_steps(sess, x: np.ndarray, B: int, H: int) -> Callable[[int], np.ndarray]:
+    zero = np.zeros((1, B, H), np.float32)
+    feed = {"initial_h": zero, "initial_c": zero}
+
+    def step(k: int) -> np.ndarray:
+        feed["X"] = x[k:k + 1]
+        y, feed["initial_h"], feed["initial_c"] = sess.run(None, feed)
+        return y[0, 0]
+    return step
+
+
+def ort_frame_session(params: Mapping[str, np.ndarray], case: "StreamCase"):
+    return ort_session(onnx_lstm_model(params, 1, case.B, case.I, case.H, False, True), 1)
+
+
+def context_layer(case: "StreamCase", params: Optional[Mapping[str, np.ndarray]] = None):
+    import fusedrnn as fr
+    ctx = fr.LSTM(case.I, case.H, context=CONTEXT, dtype=np.float32, seed=SEED)
+    for k, v in (params or {}).items():
+        ctx.params[k][...] = v
+    return ctx
 
 
 def check(case: StreamCase, tol: float) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
@@ -139,36 +183,19 @@ def check(case: StreamCase, tol: float) -> Tuple[Dict[str, float], Dict[str, np.
     import fusedrnn as fr
     torch.set_num_threads(1)
     K = min(CHECK_FRAMES, case.frames)
-    lc = case.lstm()
     rng = np.random.default_rng(SEED)
     x = rng.standard_normal((case.frames, case.B, case.I)).astype(np.float32)
-    module = make_torch(lc)
+    module = make_torch(case.lstm())
     layer = fr.LSTM.from_torch(module)
-    ctx = fr.LSTM(case.I, case.H, context=CONTEXT, dtype=np.float32, seed=SEED)
+    ctx = context_layer(case)
     y_ref, _ = layer.forward(x[:K], training=False)
     yc_ref, _ = ctx.forward(x[:K], training=False)
-    diffs: Dict[str, float] = {}
-    state = None
-    ys = []
-    for k in range(K):
-        y, state = layer.forward(x[k:k + 1], state=state, training=False)
-        ys.append(y[0])
-    diffs["fusedrnn forward per frame (abs)"] = maxabs(np.stack(ys), y_ref)
+    diffs = {"fusedrnn forward per frame (abs)": maxabs(outputs(forward_steps(layer, x), K), y_ref)}
     with torch.inference_mode():
-        hc = None
-        ys = []
-        for k in range(K):
-            y, hc = module(torch.from_numpy(x[k:k + 1]), hc)
-            ys.append(y[0].numpy().copy())
-    diffs["torch per frame (abs)"] = maxabs(np.stack(ys), y_ref)
-    sess = ort_session(onnx_lstm_model(layer.params, 1, case.B, case.I, case.H, False, True), 1)
-    h = c = np.zeros((1, case.B, case.H), np.float32)
-    ys = []
-    for k in range(K):
-        y, h, c = sess.run(None, {"X": x[k:k + 1], "initial_h": h, "initial_c": c})
-        ys.append(y[0, 0])
+        diffs["torch per frame (abs)"] = maxabs(outputs(torch_steps(module, torch.from_numpy(x)), K), y_ref)
+    sess = ort_frame_session(layer.params, case)
+    diffs["ORT per frame (abs)"] = maxabs(outputs(ort_steps(sess, x, case.B, case.H), K), y_ref)
     del sess
-    diffs["ORT per frame (abs)"] = maxabs(np.stack(ys), y_ref)
     if has_stream(layer):
         diffs["fusedrnn stream (abs)"] = maxabs(run_stream(layer.stream(batch=case.B), x[:K]), y_ref)
         diffs[f"context {CONTEXT} stream (abs)"] = maxabs(run_stream(ctx.stream(batch=case.B), x[:K]), yc_ref)
@@ -214,44 +241,6 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _checked(name: str, got: np.ndarray, want: np.ndarray, out: dict) -> None:
-    out[f"check_{name}_abs"] = maxabs(got, want)
-
-
-def work_fusedrnn(case: StreamCase, problem: Mapping[str, np.ndarray], job: Mapping) -> dict:
-    import fusedrnn as fr
-    from threadpoolctl import threadpool_limits
-    x, n, K = problem["x"], case.frames, min(CHECK_FRAMES, case.frames)
-    layer = make_fr(case.lstm(), params_of(problem, "fusedrnn"))
-    out: dict = {"version": fr.__version__, "has_stream": has_stream(layer)}
-    timings: Dict[str, dict] = {}
-    with threadpool_limits(1, "blas"):
-        out["threads"] = fr_threads(1)
-        state: list = [None]
-
-        def forward(k: int):
-            y, state[0] = layer.forward(x[k:k + 1], state=state[0], training=False)
-            return y[0]
-
-        _checked("forward", frame_loop_outputs(forward, K), problem["check.y"], out)
-        state[0] = None
-        timings["forward"] = per_frame(forward, n)
-        whole = job["timer"](lambda: layer.forward(x, training=False))
-        timings["whole"] = {**whole, "times": [t / n for t in whole["times"]]}
-        if out["has_stream"]:
-            ctx = fr.LSTM(case.I, case.H, context=CONTEXT, dtype=np.float32, seed=SEED)
-            for k, v in params_of(problem, "context").items():
-                ctx.params[k][...] = v
-            for name, lay, want in (("stream", layer, "check.y"), ("context", ctx, "check.y_context")):
-                _checked(name, run_stream(lay.stream(batch=case.B), x[:K]), problem[want], out)
-                stream = lay.stream(batch=case.B)
-                timings[name] = per_frame(lambda k, s=stream: s.step(x[k]), n)
-            if case.memory_frames and job.get("round", 0) == 0:
-                out["memory"] = stream_memory(layer.stream(batch=case.B), x, case.memory_frames)
-    out["check_y_abs"] = max(v for k, v in out.items() if k.startswith("check_") and k.endswith("_abs"))
-    return {**out, "timings": timings, **kernel_id()}
-
-
 def stream_memory(stream, x: np.ndarray, steps: int) -> dict:
     """The resident set before and after `steps` stream steps (after 1000 to settle)."""
     n = len(x)
@@ -269,19 +258,45 @@ def stream_memory(stream, x: np.ndarray, steps: int) -> dict:
             "growth_bytes": after - before, "elapsed_s": elapsed}
 
 
+def work_fusedrnn(case: StreamCase, problem: Mapping[str, np.ndarray], job: Mapping) -> dict:
+    import fusedrnn as fr
+    from threadpoolctl import threadpool_limits
+    x, n, K = problem["x"], case.frames, min(CHECK_FRAMES, case.frames)
+    layer = make_fr(case.lstm(), params_of(problem, "fusedrnn"))
+    checks: Dict[str, float] = {}
+    timings: Dict[str, dict] = {}
+    out: dict = {"version": fr.__version__, "has_stream": has_stream(layer)}
+    with threadpool_limits(1, "blas"):
+        out["threads"] = fr_threads(1)
+        checks["forward"] = maxabs(outputs(forward_steps(layer, x), K), problem["check.y"])
+        timings["forward"] = per_frame(forward_steps(layer, x), n)
+        whole = job["timer"](lambda: layer.forward(x, training=False))
+        timings["whole"] = {**whole, "times": [t / n for t in whole["times"]]}
+        if out["has_stream"]:
+            ctx = context_layer(case, params_of(problem, "context"))
+            for name, lay, want in (("stream", layer, "check.y"), ("context", ctx, "check.y_context")):
+                checks[name] = maxabs(run_stream(lay.stream(batch=case.B), x[:K]), problem[want])
+                stream = lay.stream(batch=case.B)
+                timings[name] = per_frame(lambda k, s=stream: s.step(x[k]), n)
+            if case.memory_frames and job.get("round", 0) == 0:
+                out["memory"] = stream_memory(layer.stream(batch=case.B), x, case.memory_frames)
+    return {**out, "checks": checks, "check_y_abs": max(checks.values()), "timings": timings,
+            **kernel_id()}
+
+
 def work_frtorch(case: StreamCase, problem: Mapping[str, np.ndarray], job: Mapping) -> dict:
     import torch
     import fusedrnn.torch as frt
     from threadpoolctl import threadpool_limits
     torch.set_num_threads(1)
     x = torch.from_numpy(problem["x"])
-    K = min(CHECK_FRAMES, case.frames)
     module = frt.LSTM.from_fusedrnn(make_fr(case.lstm(), params_of(problem, "fusedrnn")))
     out: dict = {"version": torch.__version__, "has_stream": has_stream(module)}
     timings: Dict[str, dict] = {}
     with threadpool_limits(1, "blas"), torch.inference_mode():
         out["threads"] = {**fr_threads(1), "intra-op": [torch.get_num_threads()]}
         if out["has_stream"]:
+            K = min(CHECK_FRAMES, case.frames)
             out["check_y_abs"] = maxabs(run_stream(module.stream(case.B), x[:K]), problem["check.y"])
             stream = module.stream(case.B)
             timings["stream"] = per_frame(lambda k: stream.step(x[k]), case.frames)
@@ -293,43 +308,26 @@ def work_torch(case: StreamCase, problem: Mapping[str, np.ndarray], job: Mapping
     torch.set_num_threads(1)
     module = make_torch(case.lstm(), params_of(problem, "torch"))
     x = torch.from_numpy(problem["x"])
-    K = min(CHECK_FRAMES, case.frames)
-    hc: list = [None]
-
-    def frame(k: int):
-        y, hc[0] = module(x[k:k + 1], hc[0])
-        return y[0]
-
-    out: dict = {"version": torch.__version__}
     with torch.inference_mode():
-        out["check_y_abs"] = maxabs(frame_loop_outputs(frame, K), problem["check.y"])
-        hc[0] = None
-        timings = {"frame": per_frame(frame, case.frames)}
-    return {**out, "threads": {"intra-op": [torch.get_num_threads()]}, "timings": timings}
+        agree = maxabs(outputs(torch_steps(module, x), min(CHECK_FRAMES, case.frames)), problem["check.y"])
+        timings = {"frame": per_frame(torch_steps(module, x), case.frames)}
+    return {"version": torch.__version__, "check_y_abs": agree,
+            "threads": {"intra-op": [torch.get_num_threads()]}, "timings": timings}
 
 
 def work_ort(case: StreamCase, problem: Mapping[str, np.ndarray], job: Mapping) -> dict:
     import onnxruntime as ort
     x = problem["x"]
-    K = min(CHECK_FRAMES, case.frames)
-    sess = ort_session(onnx_lstm_model(params_of(problem, "fusedrnn"), 1, case.B, case.I, case.H,
-                                       False, True), 1)
-    zero = np.zeros((1, case.B, case.H), np.float32)
-    feed = {"initial_h": zero, "initial_c": zero}
-
-    def frame(k: int):
-        feed["X"] = x[k:k + 1]
-        y, feed["initial_h"], feed["initial_c"] = sess.run(None, feed)
-        return y[0, 0]
-
+    sess = ort_frame_session(params_of(problem, "fusedrnn"), case)
     try:
-        out = {"check_y_abs": maxabs(frame_loop_outputs(frame, K), problem["check.y"])}
-        feed.update(initial_h=zero, initial_c=zero)
-        timings = {"frame": per_frame(frame, case.frames)}
+        agree = maxabs(outputs(ort_steps(sess, x, case.B, case.H), min(CHECK_FRAMES, case.frames)),
+                       problem["check.y"])
+        timings = {"frame": per_frame(ort_steps(sess, x, case.B, case.H), case.frames)}
         n = sess.get_session_options().intra_op_num_threads
     finally:
-        del sess
-    return {"version": ort.__version__, **out, "threads": {"intra-op": [n]}, "timings": timings}
+        del sess  # destroys ORT's (spinning) thread pool before the next job
+    return {"version": ort.__version__, "check_y_abs": agree, "threads": {"intra-op": [n]},
+            "timings": timings}
 
 
 WORKERS = {"fusedrnn": work_fusedrnn, "frtorch": work_frtorch, "torch": work_torch, "ort": work_ort}
