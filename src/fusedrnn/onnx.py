@@ -700,6 +700,108 @@ def _check_chain(graph: Any, nodes: List[Any]) -> None:
                              "the nodes do not form one stack; use fusedrnn.onnx.load_nodes")
 
 
+def _int_list(consts: Dict[str, Any], name: str) -> Optional[List[int]]:
+    """The values of a constant int tensor input, None if it is not a constant."""
+    if name not in consts:
+        return None
+    value = consts[name]
+    arr = value if isinstance(value, np.ndarray) else _onnx().numpy_helper.to_array(value)
+    return [int(v) for v in np.asarray(arr).reshape(-1)] if arr.dtype.kind in "iu" else None
+
+
+def _is_zero_fill(node: Any, consts: Dict[str, Any]) -> bool:
+    """An Expand of a zero constant or a ConstantOfShape of zero (torch.onnx.export's
+    default initial state)."""
+    onnx = _onnx()
+    if node.op_type == "ConstantOfShape":
+        vals = [onnx.numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"]
+        return not vals or not np.any(vals[0])
+    if node.op_type == "Expand" and node.input and node.input[0] in consts:
+        value = consts[node.input[0]]
+        arr = value if isinstance(value, np.ndarray) else onnx.numpy_helper.to_array(value)
+        return arr.dtype.kind in "biuf" and not np.any(arr)
+    return False
+
+
+def _check_initial_states(graph: Any, nodes: List[Any], consts: Dict[str, Any],
+                          D: int) -> None:
+    """Each node's initial_h / initial_c is absent, zero (a constant, or the zero fill
+    torch.onnx.export writes), or layer l's rows [l*D, (l+1)*D) of one graph input
+    (the whole input for one layer) -- the state argument of forward. Anything
+    else would be dropped by `load`: ValueError."""
+    producer = {out: n for n in graph.node for out in n.output if out}
+    graph_inputs = {i.name for i in graph.input}
+    sources: Dict[str, set] = {}
+    for l, node in enumerate(nodes):
+        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        slots = (5, 6) if node.op_type == "LSTM" else (5,)
+        for i, what in zip(slots, ("initial_h", "initial_c")):
+            name = node.input[i] if i < len(node.input) else ""
+            if not name or name in consts:  # zero or absent (a non-zero constant is refused)
+                continue
+            where = f"{node.op_type} node {l} ({node.name or 'unnamed'}): {what}"
+            made_by = producer.get(name)
+            while made_by is not None and made_by.op_type in ("Identity", "Cast"):
+                name = made_by.input[0]
+                made_by = producer.get(name)
+            if (made_by is not None and layout == 1 and made_by.op_type == "Transpose"
+                    and [a.ints for a in made_by.attribute if a.name == "perm"] == [[1, 0, 2]]):
+                name = made_by.input[0]  # (D, B, H) -> the node's (B, D, H)
+                made_by = producer.get(name)
+            if made_by is None and name in graph_inputs:
+                if len(nodes) > 1:
+                    raise ValueError(f"{where} is the whole graph input {name!r}; in a stack "
+                                     "each layer must take its rows of one state input (Slice)")
+                sources.setdefault(what, set()).add(name)
+                continue
+            if made_by is not None and _is_zero_fill(made_by, consts):
+                continue
+            if made_by is not None and made_by.op_type == "Slice" and made_by.input[0] in graph_inputs:
+                ins = list(made_by.input) + [""] * 5
+                starts, ends = _int_list(consts, ins[1]), _int_list(consts, ins[2])
+                axes = _int_list(consts, ins[3]) if ins[3] else [0]
+                steps = _int_list(consts, ins[4]) if ins[4] else [1]
+                if (starts, ends, axes, steps) == ([l * D], [(l + 1) * D], [0], [1]):
+                    sources.setdefault(what, set()).add(ins[0])
+                    continue
+                raise ValueError(f"{where} is a Slice of {ins[0]!r} with starts={starts}, "
+                                 f"ends={ends}, axes={axes}, steps={steps}; layer {l} takes rows "
+                                 f"[{l * D}, {(l + 1) * D}) of the state (axis 0)")
+            kind = f"a {made_by.op_type} node" if made_by is not None else f"{name!r}"
+            raise ValueError(f"{where} comes from {kind}: fusedrnn takes the initial state as "
+                             "the state argument of forward; make it a graph input (sliced per "
+                             "layer), a zero constant, or leave it out")
+    for what, names in sources.items():
+        if len(names) > 1:
+            raise ValueError(f"the layers' {what} come from different graph inputs "
+                             f"{sorted(names)}; fusedrnn takes one state for the whole stack")
+
+
+def _input_swapped(graph: Any, node: Any) -> bool:
+    """Whether the graph input reaches the first node's X through a swap of its
+    first two axes (Transpose perm=[1, 0, 2]: torch.onnx.export's batch_first,
+    fusedrnn's own export); other shape changes in front are refused."""
+    producer = {out: n for n in graph.node for out in n.output if out}
+    swapped = False
+    made_by = producer.get(node.input[0])
+    while made_by is not None:
+        if made_by.op_type == "Transpose":
+            perm = [list(a.ints) for a in made_by.attribute if a.name == "perm"]
+            if perm != [[1, 0, 2]]:
+                raise ValueError(f"the first {node.op_type} node's input X passes a Transpose "
+                                 f"with perm={perm[0] if perm else None}; only the swap of the "
+                                 "time and batch axes (perm=[1, 0, 2]) has a fusedrnn equivalent "
+                                 "(batch_first)")
+            swapped = not swapped
+        elif made_by.op_type not in ("Identity", "Cast"):
+            raise ValueError(f"the first {node.op_type} node's input X passes a "
+                             f"{made_by.op_type} node, which changes its shape: fusedrnn.onnx.load "
+                             "would drop it (only Transpose perm=[1, 0, 2], Identity and Cast "
+                             "may stand in front)")
+        made_by = producer.get(made_by.input[0])
+    return swapped
+
+
 def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
          inputs: Optional[Dict[str, Any]] = None) -> Any:
     """The fusedrnn network of an ONNX model's LSTM / RNN nodes (inverse of `export`).
@@ -711,8 +813,12 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
     graphs use `load_nodes`. path: a file path (external data is read only from
     the model's folder) or an onnx.ModelProto. dtype: default the weights'.
     direction="reverse" nodes load as reverse=True.
-    batch_first: default as exported by fusedrnn (read from the model's
-    metadata), else True for layout=1 (batch-major) nodes and False for layout=0.
+    batch_first: default as the graph's X is: (B, T, I) for layout=1 (batch-major)
+    nodes, or for layout=0 nodes behind a Transpose perm=[1, 0, 2] (what fusedrnn
+    and torch.onnx.export write for batch_first); else (T, B, I).
+    Initial states: each node's initial_h / initial_c must be absent, zero (a
+    constant, or the zero fill torch.onnx.export writes), or the node's layer rows
+    of one graph input; they are then the state argument of forward.
     inputs: the values of weight inputs (W, R, B, P) that the graph takes as graph
     inputs rather than initializers, e.g. inputs={"W": W, "R": R} (ONNX's own node
     tests are written so); other graph inputs (X, sequence_lens, initial_h,
@@ -727,14 +833,14 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
     nodes = _cell_nodes(graph)
     cells = [_node_layer(n, consts, dt, meta.get("fusedrnn.accumulation_clip")) for n in nodes]
     _check_chain(graph, nodes)
-    if batch_first is None:
-        batch_first = (meta["fusedrnn.batch_first"] == "1" if "fusedrnn.batch_first" in meta
-                       else cells[0].batch_first)
     first = cells[0]
     for k, c in enumerate(cells[1:], 1):
         if not _same_cell(first, c) or c.input_size != first.num_directions * first.output_size:
             raise ValueError(f"the LSTM/RNN nodes do not form one uniform stack (node {k} "
                              f"differs: {c!r} after {first!r}); use fusedrnn.onnx.load_nodes")
+    _check_initial_states(graph, nodes, consts, first.num_directions)
+    if batch_first is None:  # X batch-major: layout=1 nodes, or a (B, T, I) input transposed
+        batch_first = first.batch_first != _input_swapped(graph, nodes[0])
     L = len(cells)
     if isinstance(first, LSTM):
         net: Any = LSTM(first.input_size, first.hidden_size,
