@@ -1,4 +1,4 @@
-"""fusedrnn.torch: the fused kernels as torch.nn.Modules through an autograd.Function.
+"""fusedrnn.torch: the fused kernels as torch.nn.Modules through the fusedrnn operators.
 
 gradcheck in float64 over option combinations, agreement with torch.nn.LSTM/RNN,
 zero-copy parameters, independent tapes (two forwards before one backward,

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from . import _context, _threads
-from ._scratch import ScratchPool, aligned_empty
+from ._scratch import ALIGN, ScratchPool, aligned_empty
 from . import _validate as V
 
 # Batches up to this size run the two directions of a layer on two threads: the
@@ -24,6 +24,13 @@ from . import _validate as V
 PARALLEL_DIRECTIONS_MAX_BATCH = 16
 # Far beyond any trained stack; bounds the per-layer Python bookkeeping.
 MAX_LAYERS = 1024
+# A flat tape (`forward_with_tape`) starts with these integers, then B lengths.
+# Each integer n is stored as the two values n // 2**20 and n % 2**20, exact in
+# float32 and float64 for every n < 2**44.
+TAPE_HEADER = ("format", "steps", "batch", "has_lengths", "has_masks", "input_size",
+               "hidden_size", "output_size", "num_layers", "num_directions")
+TAPE_FORMAT = 0x46524E01
+_SPLIT = 2**20
 
 
 def flat(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -34,6 +41,26 @@ def flat(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
 def suffix(layer: int, direction: int) -> str:
     """Parameter-name suffix of a cell: "", "_reverse", "_l1", "_l1_reverse", ..."""
     return ("" if layer == 0 else f"_l{layer}") + ("_reverse" if direction else "")
+
+
+def _into(region: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Copy a into a same-shaped region of a flat tape and return the region."""
+    np.copyto(region, a)
+    return region
+
+
+def _encode(ints: List[int]) -> np.ndarray:
+    n = np.asarray(ints, dtype=np.int64)
+    return np.stack([n // _SPLIT, n % _SPLIT], axis=1).reshape(-1)
+
+
+def _decode(vals: np.ndarray) -> Optional[np.ndarray]:
+    """The integers of `_encode`, or None when vals cannot be such a header."""
+    pairs = vals.reshape(-1, 2)
+    if not (np.all(np.isfinite(pairs)) and np.all(pairs == np.floor(pairs)) and pairs.min() >= 0
+            and pairs[:, 1].max() < _SPLIT and pairs[:, 0].max() < _SPLIT ** 2):
+        return None
+    return pairs[:, 0].astype(np.int64) * _SPLIT + pairs[:, 1].astype(np.int64)
 
 
 class CellTape(NamedTuple):
@@ -182,16 +209,24 @@ class RecurrentLayer(ReadOnlyConfig):
     # -- one cell ---------------------------------------------------------------------
     def _cell_forward(self, p: Dict[str, np.ndarray], x: np.ndarray, s0: np.ndarray,
                       o0: np.ndarray, lengths: Optional[np.ndarray], reverse: bool,
-                      training: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[CellTape]]:
+                      training: bool, y: Optional[np.ndarray] = None,
+                      acts: Optional[np.ndarray] = None
+                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[CellTape]]:
         """Run one cell over x (T, B, I_l): outputs (T, B, R), final s (B, H) and
-        output (B, R), and the tape a training forward keeps."""
+        output (B, R), and the tape a training forward keeps. y (T, B, R) and acts
+        (the activation store) may be given (regions of a flat tape)."""
         T, B, I_l = x.shape
         cfg = self._cell_config(T, B, I_l, lengths, reverse)
         n_acts, n_train, n_infer, _ = cfg.sizes()
-        y = aligned_empty(T * B * self.output_size, self.dtype).reshape(T, B, self.output_size)
+        if y is None:
+            y = aligned_empty(T * B * self.output_size, self.dtype).reshape(T, B, self.output_size)
         s_T = np.empty((B, self.hidden_size), self.dtype)
         o_T = np.empty((B, self.output_size), self.dtype)
-        acts = aligned_empty(n_acts, self.dtype) if training else None
+        if acts is None and training:
+            acts = aligned_empty(n_acts, self.dtype)
+        if acts is not None and acts.shape != (n_acts,):
+            raise RuntimeError(f"internal: the tape's activation region has {acts.shape} "
+                               f"elements, the kernel needs {n_acts}")
         work = self._scratch.take(n_train if training else n_infer)
         try:
             self._kernel_forward(cfg, y, s_T, o_T, acts, work, x, s0, o0, p)
@@ -290,15 +325,35 @@ class RecurrentLayer(ReadOnlyConfig):
         it). training=False stores nothing and forbids backward until the next
         training forward."""
         self._tape = None
+        y, st, tape = self._forward(x, state, lengths, x_future, None, training,
+                                    self._dropout_rng if training else None, None)
+        self._tape = tape
+        return y, st
+
+    def _forward(self, x: Any, state: Any, lengths: Any, x_future: Any,
+                 params: Optional[Mapping[str, np.ndarray]], training: bool,
+                 rng: Optional[np.random.Generator], flat_tape: Optional[np.ndarray]
+                 ) -> Tuple[np.ndarray, Any, Optional[Tape]]:
+        """The forward of `forward` and `forward_with_tape`: params None for
+        `self.params`, rng the dropout masks' generator (None: no dropout),
+        flat_tape the caller's tape buffer (None: a training forward allocates
+        its own). Returns y, the final State and the Tape of a training forward."""
         xt = V.sequence(x, "x", self.dtype, self.input_size, self.batch_first)
         T, B, _ = xt.shape
         lens = V.lengths(lengths, B, T)
         s0_all, o0_all, x_past = self._state_in(state, B)
         xf = self._future_in(x_future, B, state is not None, T)
-        p = self._checked_params()
+        p = self._checked_params(params)
         L_past, L_future = self.context
+        buf = None
+        if flat_tape is not None:
+            buf = self._tape_views(flat_tape, T, B, rng is not None)
+            self._start_tape(flat_tape, buf, T, B, lens, rng is not None)
+            s0_all, o0_all = _into(buf["s0"], s0_all), _into(buf["o0"], o0_all)
         inp = xt if self.context == (0, 0) else _context.unfold(xt, x_past, xf, L_past, L_future, lens)
-        if inp is xt and training:
+        if buf is not None:
+            inp = _into(buf["x"], inp)
+        elif inp is xt and training:
             inp = V.private_copy(xt, x)
         valid = None if lens is None else (np.arange(T)[:, None] < lens[None, :])[:, :, None]
         LD = self.num_layers * self.num_directions
@@ -309,13 +364,22 @@ class RecurrentLayer(ReadOnlyConfig):
         out = inp
         for l in range(self.num_layers):
             if l > 0:
-                mask = self._dropout_mask(out.shape) if training and self.dropout > 0 else None
+                mask = self._dropout_mask(out.shape, rng) if rng is not None and self.dropout > 0 else None
+                if buf is not None:
+                    mask = None if mask is None else _into(buf["mask" + suffix(l, 0)], mask)
+                    inp = _into(buf["x" + suffix(l, 0)], out)
+                    if mask is not None:
+                        inp *= mask
+                else:
+                    inp = out if mask is None else out * mask
                 masks.append(mask)
-                inp = out if mask is None else out * mask
             def run_forward(d: int, l: int = l, inp: np.ndarray = inp):
                 i = l * self.num_directions + d
+                sfx = suffix(l, d)
                 return self._cell_forward(self._cell_dict(p, l, d), inp, s0_all[i], o0_all[i],
-                                          lens, bool(d) or self.reverse, training)
+                                          lens, bool(d) or self.reverse, training,
+                                          None if buf is None else buf["y" + sfx],
+                                          None if buf is None else buf["acts" + sfx])
 
             results = self._each_direction(run_forward, B)
             for d, (_, s_i, o_i, tape) in enumerate(results):
@@ -326,12 +390,15 @@ class RecurrentLayer(ReadOnlyConfig):
             out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
             if valid is not None:
                 out = np.where(valid, out, 0).astype(self.dtype, copy=False)
+        tape = None
         if training:
-            self._tape = Tape(cells, masks, lens, self.input_size)
-            if out is cells[-1].y:
+            tape = Tape(cells, masks, lens, self.input_size)
+            if out is cells[-1].y and buf is not None:
+                out = out.copy()  # y never shares memory with the caller's tape
+            elif out is cells[-1].y:
                 out = out.view()
                 out.flags.writeable = False
-        return self._out(out), self._state_out(s_T, o_T, x_past, xt)
+        return self._out(out), self._state_out(s_T, o_T, x_past, xt), tape
 
     def backward(self, dy: Any = None, dstate: Any = None) -> Tuple[np.ndarray, Any]:
         """Back-propagate through this thread's last training forward.
@@ -346,6 +413,12 @@ class RecurrentLayer(ReadOnlyConfig):
         if tape is None:
             raise ValueError("backward() needs a preceding forward(x, training=True); the last "
                              "forward was an inference call or there was none")
+        return self._backward(tape, dy, dstate, None)
+
+    def _backward(self, tape: Tape, dy: Any, dstate: Any,
+                  grads_out: Optional[Mapping[str, np.ndarray]]) -> Tuple[np.ndarray, Any]:
+        """The backward of `backward` and `backward_with_tape` through `tape`,
+        accumulating into grads_out (None: `self.grads`)."""
         T, B = tape.cells[0].x.shape[:2]
         H, R, D = self.hidden_size, self.output_size, self.num_directions
         LD = self.num_layers * D
@@ -361,7 +434,7 @@ class RecurrentLayer(ReadOnlyConfig):
         ds0 = np.zeros((LD, B, H), self.dtype)
         do0 = np.zeros((LD, B, R), self.dtype)
         with self._grad_lock:  # += into the shared grads
-            grads = self._checked_grads()
+            grads = self._checked_grads(grads_out)
             for l in reversed(range(self.num_layers)):
                 def run_backward(d: int, l: int = l, dout: Optional[np.ndarray] = dout) -> np.ndarray:
                     i = l * D + d
@@ -379,6 +452,160 @@ class RecurrentLayer(ReadOnlyConfig):
                     mask = tape.masks[l - 1]
                     dout = dinp if mask is None else dinp * mask
         return self._backward_input(dinp, tape, ds0, do0)
+
+    # -- flat tape: the activations of a training forward in a caller's buffer --------
+    def tape_layout(self, steps: int, batch: int, *, dropout: bool = False
+                    ) -> Dict[str, Tuple[int, Tuple[int, ...]]]:
+        """The regions of the flat tape of a training forward over `steps` steps
+        and `batch` rows, name -> (offset, shape) in elements of the layer dtype:
+        "header" (the sizes, the lengths), "s0" (L*D, B, H) and "o0" (L*D, B, R)
+        the initial state, per layer "x", "x_l1", ... (T, B, I_l) the cell inputs
+        and, with dropout between layers, "mask_l1", ... (T, B, D*R), per cell
+        "y", "y_reverse", "y_l1", ... (T, B, R) the outputs and "acts", ... the
+        kernel's activation store. Regions start on 64-byte offsets."""
+        return self._tape_regions(V.positive_int(steps, "steps"),
+                                  V.positive_int(batch, "batch"), dropout)[0]
+
+    def tape_size(self, steps: int, batch: int, *, dropout: bool = False) -> int:
+        """Elements (of the layer dtype) of the flat tape `forward_with_tape`
+        fills for `steps` steps and `batch` rows (dropout: masks between layers
+        are drawn, see `forward_with_tape`)."""
+        return self._tape_regions(V.positive_int(steps, "steps"),
+                                  V.positive_int(batch, "batch"), dropout)[1]
+
+    def forward_with_tape(self, x: Any, tape: Optional[np.ndarray], state: Any = None, *,
+                          lengths: Any = None, x_future: Any = None,
+                          params: Optional[Mapping[str, np.ndarray]] = None,
+                          dropout_seed: Optional[int] = None) -> Tuple[np.ndarray, Any]:
+        """A training forward that writes what the backward needs into the
+        caller's buffer `tape` (1-D, C-contiguous, the layer dtype, exactly
+        `tape_size(T, B, dropout=dropout_seed is not None)` elements) and keeps
+        nothing in the layer: any number of such forwards may be in flight, on
+        any threads, each paired with `backward_with_tape(tape)`.
+
+        x, state, lengths, x_future: as for `forward` (x is copied into the tape,
+        lengths into its header). params: the weights to use, a mapping with the
+        names and shapes of `params` (default: `params` itself; read again by the
+        backward, so keep them unchanged in between). dropout_seed: None for no
+        dropout, or an int >= 0: masks between layers at rate `dropout` from
+        `numpy.random.default_rng(dropout_seed)`. tape=None runs an inference
+        forward (nothing stored, no dropout). Returns y and the final State as
+        `forward` does; y never shares memory with the tape."""
+        rng = None
+        if dropout_seed is not None:
+            if (isinstance(dropout_seed, (bool, np.bool_))
+                    or not isinstance(dropout_seed, (int, np.integer))):
+                raise TypeError(f"dropout_seed must be None or an int >= 0, got {dropout_seed!r}")
+            if dropout_seed < 0:
+                raise ValueError(f"dropout_seed must be None or an int >= 0, got {dropout_seed}")
+            rng = np.random.default_rng(int(dropout_seed))
+        if tape is None:
+            y, st, _ = self._forward(x, state, lengths, x_future, params, False, None, None)
+        else:
+            y, st, _ = self._forward(x, state, lengths, x_future, params, True, rng,
+                                     self._flat_tape(tape))
+        return y, st
+
+    def backward_with_tape(self, tape: np.ndarray, dy: Any = None, dstate: Any = None, *,
+                           params: Optional[Mapping[str, np.ndarray]] = None,
+                           grads: Optional[Mapping[str, np.ndarray]] = None
+                           ) -> Tuple[np.ndarray, Any]:
+        """Back-propagate through the forward that filled `tape`
+        (`forward_with_tape`); the tape holds the sizes, lengths and dropout
+        masks of that call and is only read.
+
+        dy, dstate: as for `backward`. params: the weights the forward used
+        (default `params`). grads: a mapping of writeable C-contiguous arrays with
+        the names and shapes of `params` to accumulate (+=) into (default
+        `grads`). Returns dx and the State of gradients with respect to the
+        initial state, as `backward`."""
+        flat_tape = self._flat_tape(tape)
+        n_head = 2 * len(TAPE_HEADER)
+        ints = _decode(flat_tape[:n_head]) if flat_tape.shape[0] >= n_head else None
+        if ints is None or ints[0] != TAPE_FORMAT:
+            raise ValueError("tape was not filled by forward_with_tape (its header is not a tape's)")
+        head = dict(zip(TAPE_HEADER, (int(i) for i in ints)))
+        ours = dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                    output_size=self.output_size, num_layers=self.num_layers,
+                    num_directions=self.num_directions)
+        if any(head[k] != v for k, v in ours.items()) or min(head["steps"], head["batch"]) < 1:
+            raise ValueError("tape was filled by a layer of another configuration: "
+                             f"{ {k: head[k] for k in ours} }, this layer has {ours}")
+        T, B = head["steps"], head["batch"]
+        buf = self._tape_views(flat_tape, T, B, bool(head["has_masks"]))
+        lens = None
+        if head["has_lengths"]:
+            lens = _decode(buf["header"][n_head:])
+            if lens is None or lens.min() < 0 or lens.max() > T:
+                raise ValueError("tape has a damaged header (lengths outside [0, T])")
+        p = self._checked_params(params)
+        D = self.num_directions
+        cells = []
+        for l in range(self.num_layers):
+            x_l = buf["x" + suffix(l, 0)]
+            for d in range(D):
+                i, sfx = l * D + d, suffix(l, d)
+                cfg = self._cell_config(T, B, x_l.shape[2], lens, bool(d) or self.reverse)
+                cells.append(CellTape(x_l, buf["y" + sfx], buf["s0"][i], buf["o0"][i],
+                                      buf["acts" + sfx], self._cell_dict(p, l, d), cfg))
+        masks = [buf.get("mask" + suffix(l, 0)) for l in range(1, self.num_layers)]
+        return self._backward(Tape(cells, masks, lens, self.input_size), dy, dstate, grads)
+
+    def _tape_regions(self, T: int, B: int, dropout: bool
+                      ) -> Tuple[Dict[str, Tuple[int, Tuple[int, ...]]], int]:
+        """(the layout of `tape_layout`, the total size)."""
+        H, R, D, L = self.hidden_size, self.output_size, self.num_directions, self.num_layers
+        shapes: List[Tuple[str, Tuple[int, ...]]] = [
+            ("header", (2 * (len(TAPE_HEADER) + B),)),
+            ("s0", (L * D, B, H)), ("o0", (L * D, B, R))]
+        for l in range(L):
+            I_l = self._cell_input_size(l)
+            shapes.append(("x" + suffix(l, 0), (T, B, I_l)))
+            if l > 0 and dropout and self.dropout > 0:
+                shapes.append(("mask" + suffix(l, 0), (T, B, D * R)))
+            for d in range(D):
+                n_acts = self._cell_config(T, B, I_l, None, bool(d) or self.reverse).sizes()[0]
+                shapes += [("y" + suffix(l, d), (T, B, R)), ("acts" + suffix(l, d), (n_acts,))]
+        align = ALIGN // self.dtype.itemsize
+        layout: Dict[str, Tuple[int, Tuple[int, ...]]] = {}
+        offset = 0
+        for name, shape in shapes:
+            layout[name] = (offset, shape)
+            offset += -(-int(np.prod(shape, dtype=np.int64)) // align) * align
+        return layout, offset
+
+    def _flat_tape(self, tape: Any) -> np.ndarray:
+        if not isinstance(tape, np.ndarray):
+            raise TypeError(f"tape must be a 1-D numpy array of dtype {self.dtype}, "
+                            f"got {type(tape).__name__}")
+        if tape.dtype != self.dtype or tape.ndim != 1 or not tape.flags.c_contiguous:
+            raise ValueError(f"tape must be a 1-D C-contiguous array of dtype {self.dtype}, "
+                             f"got dtype {tape.dtype}, shape {tape.shape}")
+        return tape
+
+    def _tape_views(self, tape: np.ndarray, T: int, B: int, dropout: bool) -> Dict[str, np.ndarray]:
+        """The regions of a flat tape as views (ValueError if its size is not the layout's)."""
+        layout, total = self._tape_regions(T, B, dropout)
+        if tape.shape[0] != total:
+            raise ValueError(f"tape must have tape_size({T}, {B}, dropout={bool(dropout)}) = "
+                             f"{total} elements, got {tape.shape[0]}")
+        return {name: tape[off:off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+                for name, (off, shape) in layout.items()}
+
+    def _start_tape(self, tape: np.ndarray, buf: Dict[str, np.ndarray], T: int, B: int,
+                    lens: Optional[np.ndarray], dropout: bool) -> None:
+        """Write the header and zero the alignment gaps between the regions (so
+        that a tape is a function of the call's inputs, every element defined)."""
+        if not tape.flags.writeable:
+            raise ValueError("tape must be writeable (forward_with_tape fills it)")
+        ints = [TAPE_FORMAT, T, B, int(lens is not None), int("mask_l1" in buf), self.input_size,
+                self.hidden_size, self.output_size, self.num_layers, self.num_directions]
+        buf["header"][...] = _encode(ints + ([0] * B if lens is None else lens.tolist()))
+        layout, total = self._tape_regions(T, B, dropout)
+        ends = [off + int(np.prod(shape, dtype=np.int64)) for off, shape in layout.values()]
+        starts = [off for off, _ in layout.values()][1:] + [total]
+        for end, start in zip(ends, starts):
+            tape[end:start] = 0
 
     # -- helpers --------------------------------------------------------------------
     def _each_direction(self, run: Any, B: int) -> list:
@@ -400,9 +627,11 @@ class RecurrentLayer(ReadOnlyConfig):
         sfx = suffix(l, d)
         return {name: store[name + sfx] for name in self._cell_param_shapes(self._cell_input_size(l))}
 
-    def _dropout_mask(self, shape: Tuple[int, ...]) -> np.ndarray:
+    def _dropout_mask(self, shape: Tuple[int, ...],
+                      rng: Optional[np.random.Generator] = None) -> np.ndarray:
         keep = 1.0 - self.dropout
-        return ((self._dropout_rng.random(shape) < keep) / keep).astype(self.dtype)
+        rng = self._dropout_rng if rng is None else rng
+        return ((rng.random(shape) < keep) / keep).astype(self.dtype)
 
     def _backward_input(self, dinp: np.ndarray, tape: Tape, ds0: np.ndarray, do0: np.ndarray):
         return self._out(dinp), self.State(ds0, do0)
@@ -442,15 +671,19 @@ class RecurrentLayer(ReadOnlyConfig):
         raise V.StateTypeError(f"{name} must be None or an {cls} ({fields}), got {got}: "
                                f"{self._STATE_HINT}")
 
-    def _checked_params(self) -> Dict[str, np.ndarray]:
-        return {k: V.parameter(self.params, k, self.dtype, shape)
+    def _checked_params(self, store: Optional[Mapping[str, np.ndarray]] = None
+                        ) -> Dict[str, np.ndarray]:
+        store = self.params if store is None else store
+        return {k: V.parameter(store, k, self.dtype, shape)
                 for k, shape in self._param_shapes().items()}
 
-    def _checked_grads(self) -> Dict[str, np.ndarray]:
-        grads = {k: V.parameter(self.grads, k, self.dtype, shape, store="grads")
+    def _checked_grads(self, store: Optional[Mapping[str, np.ndarray]] = None
+                       ) -> Dict[str, np.ndarray]:
+        store = self.grads if store is None else store
+        grads = {k: V.parameter(store, k, self.dtype, shape, store="grads")
                  for k, shape in self._param_shapes().items()}
         for k, g in grads.items():
-            if g is not self.grads[k] or not g.flags.writeable:
+            if g is not store[k] or not g.flags.writeable:
                 raise ValueError(f"grads[{k!r}] must be a writeable C-contiguous array "
                                  "(backward accumulates into it in place)")
         return grads

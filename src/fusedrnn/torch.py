@@ -10,37 +10,37 @@
 `LSTM` and `RNN` take the constructor options of `fusedrnn.LSTM` / `fusedrnn.RNN`
 (the augmented ones torch lacks included). Their weights are `nn.Parameter`s
 named like the fusedrnn `params` keys ("W_x", "W_v", "b", "w_s", "W_qv",
-"W_x_reverse", "W_x_l1", ...). The forward and backward run the fused kernel
-through a `torch.autograd.Function`, zero-copy: the fusedrnn layer of each call
-reads numpy views of the Parameters' storage (`tensor.numpy()`), and its outputs
-and gradients are handed to torch with `torch.from_numpy`.
+"W_x_reverse", "W_x_l1", ...). The forward and backward are the PyTorch
+operators `torch.ops.fusedrnn.forward` / `torch.ops.fusedrnn.backward`
+(`torch.library.custom_op`, with fake implementations and an autograd formula),
+so `torch.compile(module, fullgraph=True)`, `torch.export.export` and
+`torch.jit.trace` record them as calls. They run the fused kernel zero-copy on
+numpy views of the tensors (`tensor.numpy()`, `torch.from_numpy`).
 
-Each forward gets its own fusedrnn layer object (sharing the parameter storage)
-and keeps its activation tape in the autograd graph, so several forwards may
-precede their backwards, in any order and from any thread. In-place changes of
-the weights between a forward and its backward are detected like in torch
-(autograd's version counters), as is an in-place change of the output.
+Each forward that needs a gradient returns its activation tape as a tensor kept
+in the autograd graph, so several forwards may precede their backwards, in any
+order and from any thread. In-place changes of the weights between a forward
+and its backward are detected like in torch (autograd's version counters).
 
 CPU only, float32 or float64: tensors on another device (CUDA, MPS, meta, ...)
 or of another dtype are refused with a ValueError that names the argument.
 """
 from __future__ import annotations
 
-import copy
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union, cast
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import numpy as np
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from . import _torch_ops
+from . import _validate as V
 from .lstm import LSTM as _FrLSTM
-from .lstm import LSTMState
 from .rnn import RNN as _FrRNN
-from .rnn import RNNState
 
-__all__ = ["LSTM", "RNN", "FusedRNNFunction"]
+__all__ = ["LSTM", "RNN"]
 
 _NP_OF_TORCH: Dict[torch.dtype, "np.dtype[Any]"] = {torch.float32: np.dtype(np.float32),
                                                     torch.float64: np.dtype(np.float64)}
@@ -87,6 +87,13 @@ def _check_tensor(t: Any, name: str, dtype: Optional[torch.dtype]) -> Tensor:
     return t
 
 
+def _shape_differs(t: Tensor, shape: Tuple[Any, ...]) -> bool:
+    """t's shape is not `shape`. Not checked while torch.jit.trace records (sizes
+    are traced values then, and every comparison would warn): the operator checks
+    the shapes of what it is given when it runs."""
+    return not torch.jit.is_tracing() and tuple(t.shape) != tuple(shape)
+
+
 def _as_numpy(t: Tensor) -> np.ndarray:
     """The numpy view of a CPU tensor's storage (no copy)."""
     a = t.detach()
@@ -95,119 +102,12 @@ def _as_numpy(t: Tensor) -> np.ndarray:
     return a.numpy()
 
 
-def _opt_numpy(t: Optional[Tensor]) -> Optional[np.ndarray]:
-    return None if t is None else _as_numpy(t)
-
-
-def _opt_tensor(a: Optional[np.ndarray]) -> Optional[Tensor]:
-    return None if a is None else _as_tensor(a)
-
-
-def _as_tensor(a: np.ndarray) -> Tensor:
-    """A tensor sharing the memory of a numpy array (read-only views made writeable:
-    the autograd Function saves outputs it shares with its tape, so torch's version
-    counter catches in-place changes)."""
-    if not a.flags.writeable:
-        try:
-            a.flags.writeable = True
-        except ValueError:
-            a = a.copy()
-    if any(s < 0 for s in a.strides):
-        a = np.ascontiguousarray(a)
-    return torch.from_numpy(a)
-
-
-class _Call:
-    """What one forward call hands to the autograd Function besides tensors."""
-
-    __slots__ = ("template", "names", "lengths", "dropout", "dropout_seed", "state_type",
-                 "has_state")
-
-    def __init__(self, template: Any, names: Sequence[str], lengths: Optional[np.ndarray],
-                 dropout: float, dropout_seed: Optional[int], has_state: bool) -> None:
-        self.template = template
-        self.names = tuple(names)
-        self.lengths = lengths
-        self.dropout = dropout
-        self.dropout_seed = dropout_seed
-        self.state_type = template.State
-        self.has_state = has_state
-
-    def layer(self, weights: Sequence[Tensor]) -> Any:
-        """A fusedrnn layer of its own for this call, whose `params` ARE the numpy
-        views of the weights' storage (no copy)."""
-        layer = copy.copy(self.template)  # shallow: configuration only, fresh thread-local tape
-        layer.params = {n: _as_numpy(w) for n, w in zip(self.names, weights)}
-        layer.grads = {}
-        layer._set_config(dropout=self.dropout)
-        if self.dropout_seed is not None:
-            layer._dropout_rng = np.random.default_rng(self.dropout_seed)
-        return layer
-
-    def state(self, s0: Optional[Tensor], o0: Optional[Tensor], x_past: Optional[Tensor]) -> Any:
-        if not self.has_state or s0 is None or o0 is None:
-            return None
-        if self.state_type is LSTMState:
-            return LSTMState(_as_numpy(s0), _as_numpy(o0), _opt_numpy(x_past))
-        return RNNState(_as_numpy(s0), _as_numpy(o0))
-
-
-class FusedRNNFunction(torch.autograd.Function):
-    """apply(call, x, s0, o0, x_past, x_future, *weights) -> (y, s_T, o_T).
-
-    One fused forward of a fusedrnn network (time-major or batch-first as the
-    template says); the backward runs the fused C backward of the same call and
-    returns the gradients of x, s0, o0, x_past and every weight. x_future (the
-    streaming look-ahead) gets no gradient; the module refuses it when it
-    requires one."""
-
-    @staticmethod
-    def forward(ctx: Any, call: _Call, x: Tensor, s0: Optional[Tensor], o0: Optional[Tensor],
-                x_past: Optional[Tensor], x_future: Optional[Tensor],
-                *weights: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        layer = call.layer(weights)
-        y, st = layer.forward(_as_numpy(x), call.state(s0, o0, x_past), training=True,
-                              lengths=call.lengths, x_future=_opt_numpy(x_future))
-        ctx.layer, ctx.tape, ctx.call = layer, layer._tape, call
-        ctx.set_materialize_grads(False)
-        y_t = _as_tensor(y)
-        # saved so that autograd refuses a backward after an in-place change of the
-        # weights (e.g. optimizer.step() in between) or of the returned output
-        ctx.save_for_backward(y_t, *weights)
-        return y_t, _as_tensor(st[0]), _as_tensor(st[1])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, dy: Optional[Tensor], ds: Optional[Tensor],
-                 do: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
-        saved = ctx.saved_tensors  # the version check
-        weights = saved[1:]
-        layer, call = ctx.layer, ctx.call
-        layer.grads = {n: np.zeros(tuple(w.shape), layer.dtype) for n, w in zip(call.names, weights)}
-        layer._tape = ctx.tape  # this thread may not be the forward's thread
-        dstate = None
-        if ds is not None or do is not None:
-            dstate = call.state_type(_opt_numpy(ds), _opt_numpy(do))
-        try:
-            dx, dst = layer.backward(_opt_numpy(dy), dstate)
-        finally:
-            layer._tape = None
-        need = ctx.needs_input_grad
-        out: List[Optional[Tensor]] = [None, _as_tensor(dx) if need[1] else None]
-        out += [_as_tensor(dst[0]) if need[2] else None, _as_tensor(dst[1]) if need[3] else None]
-        x_past_grad = dst[2] if len(dst) > 2 else None
-        out += [_opt_tensor(x_past_grad) if need[4] else None, None]
-        out += [torch.from_numpy(layer.grads[n]) if need[6 + i] else None
-                for i, n in enumerate(call.names)]
-        return tuple(out)
-
-
 class _FusedModule(nn.Module):
-    """What `LSTM` and `RNN` share: parameters, templates per dtype, checks, the call."""
+    """What `LSTM` and `RNN` share: parameters, checks, the operator call."""
 
     _fr_class: Any = None
 
-    def __init__(self, fr_layer: Any) -> None:
+    def __init__(self, fr_layer: Any, copy_weights: bool = False) -> None:
         super().__init__()
         self._config = self._config_of(fr_layer)
         self.input_size: int = fr_layer.input_size
@@ -219,8 +119,11 @@ class _FusedModule(nn.Module):
         self._names: Tuple[str, ...] = tuple(fr_layer.params)
         self._shapes = {n: fr_layer.params[n].shape for n in self._names}
         for name in self._names:
-            self.register_parameter(name, nn.Parameter(torch.from_numpy(fr_layer.params[name])))
-        self._templates: Dict[Tuple["np.dtype[Any]", bool], Any] = {}
+            p = fr_layer.params[name]
+            self.register_parameter(name, nn.Parameter(torch.from_numpy(
+                np.array(p, copy=True) if copy_weights else p)))
+        # the operators' configuration (time-major: the module transposes batch_first)
+        self._op_config = _torch_ops.config_string(self._fr_class.__name__, self._config)
 
     # -- subclass hooks ---------------------------------------------------------------
     @staticmethod
@@ -228,15 +131,12 @@ class _FusedModule(nn.Module):
         raise NotImplementedError
 
     # -- fusedrnn layers ---------------------------------------------------------------
-    def _template(self, dtype: "np.dtype[Any]") -> Any:
-        """A configuration-only fusedrnn layer of this dtype (its parameters unused)."""
-        key = (dtype, bool(self.batch_first))
-        t = self._templates.get(key)
-        if t is None:
-            t = self._fr_class(**self._config, dtype=dtype, batch_first=self.batch_first, seed=0)
-            t.params, t.grads = {}, {}
-            self._templates[key] = t
-        return t
+    def _new_layer(self, dtype: "np.dtype[Any]") -> Any:
+        """A fresh fusedrnn layer of this module's configuration (its own weights)."""
+        with warnings.catch_warnings():  # the constructor warned about the options already
+            warnings.simplefilter("ignore")
+            return self._fr_class(**self._config, dtype=dtype, batch_first=self.batch_first,
+                                  seed=0)
 
     def _weights(self, check: bool = True) -> Tuple[List[Tensor], torch.dtype]:
         ws = [getattr(self, n) for n in self._names]
@@ -247,7 +147,7 @@ class _FusedModule(nn.Module):
                 if w.dtype not in _NP_OF_TORCH or w.dtype != dtype:
                     raise ValueError(f"parameter {n!r} has dtype {w.dtype}: every parameter must "
                                      f"be float32, or every one float64 (the first is {dtype})")
-                if tuple(w.shape) != self._shapes[n]:
+                if _shape_differs(w, self._shapes[n]):
                     raise ValueError(f"parameter {n!r} must have shape {self._shapes[n]}, "
                                      f"got {tuple(w.shape)}")
         return ws, dtype
@@ -257,16 +157,17 @@ class _FusedModule(nn.Module):
         """A fusedrnn layer computing this module's function whose `params` ARE numpy
         views of the Parameters' storage (no copy: writes go to the module)."""
         ws, dtype = self._weights()
-        layer = copy.copy(self._template(_NP_OF_TORCH[dtype]))
-        layer.params = {n: _as_numpy(w) for n, w in zip(self._names, ws)}
-        layer.grads = {n: np.zeros_like(p) for n, p in layer.params.items()}
-        layer._set_config(dropout=self.dropout)
+        layer = self._new_layer(_NP_OF_TORCH[dtype])
+        for n, w in zip(self._names, ws):
+            layer.params[n] = _as_numpy(w)
         return layer
 
     def to_fusedrnn(self) -> Any:
         """An independent fusedrnn layer (a copy of the weights)."""
-        layer = self.fr_layer
-        layer.params = {n: p.copy() for n, p in layer.params.items()}
+        ws, dtype = self._weights()
+        layer = self._new_layer(_NP_OF_TORCH[dtype])
+        for n, w in zip(self._names, ws):
+            layer.params[n][...] = _as_numpy(w)
         return layer
 
     @classmethod
@@ -274,10 +175,8 @@ class _FusedModule(nn.Module):
         """A module with a copy of the configuration and weights of a fusedrnn layer."""
         if not isinstance(layer, cls._fr_class):
             raise TypeError(f"expected a fusedrnn.{cls._fr_class.__name__}, got {type(layer).__name__}")
-        layer = copy.copy(layer)
-        layer.params = {n: np.array(p, copy=True) for n, p in layer.params.items()}
         module = cls.__new__(cls)
-        _FusedModule.__init__(module, layer)
+        _FusedModule.__init__(module, layer, copy_weights=True)
         return module
 
     @property
@@ -304,37 +203,43 @@ class _FusedModule(nn.Module):
                 w.uniform_(-k, k)
 
     # -- the call ------------------------------------------------------------------------
-    def _run(self, x: Any, s0: Optional[Tensor], o0: Optional[Tensor], x_past: Optional[Tensor],
+    def _run(self, x: Tensor, s0: Optional[Tensor], o0: Optional[Tensor], x_past: Optional[Tensor],
              lengths: Any, x_future: Optional[Tensor], unbatched: bool
              ) -> Tuple[Tensor, Tensor, Tensor]:
-        ws, dtype = self._weights()
-        template = self._template(_NP_OF_TORCH[dtype])
-        lens = None
-        if lengths is not None:
-            if isinstance(lengths, torch.Tensor):
-                lengths = _check_tensor(lengths, "lengths", None)
-                if lengths.dtype.is_floating_point or lengths.dtype.is_complex:
-                    raise ValueError(f"lengths must hold integers, got dtype {lengths.dtype}")
-                lengths = lengths.detach().numpy()
-            lens = np.array(lengths)  # a copy: the caller may reuse its buffer
-            if unbatched:
-                lens = lens.reshape(1)
-        dropout = self.dropout if self.training else 0.0
+        ws, _ = self._weights()
+        lens = self._lengths(lengths, x, unbatched)
         seed = None
-        if dropout > 0 and self.num_layers > 1:
-            seed = int(torch.randint(0, 2**62, (1,)).item())  # masks follow torch's generator
-        call = _Call(template, self._names, lens, dropout, seed, s0 is not None)
-        tensors = [x, s0, o0, x_past]
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in [*tensors, *ws])
-        if needs_grad:
-            res = FusedRNNFunction.apply(call, x, s0, o0, x_past, x_future, *ws)  # type: ignore[no-untyped-call]
-            return cast(Tuple[Tensor, Tensor, Tensor], res)
-        layer = call.layer(ws)
-        y_np, st = layer.forward(_as_numpy(x), call.state(s0, o0, x_past),
-                                 training=dropout > 0 and self.num_layers > 1, lengths=lens,
-                                 x_future=_opt_numpy(x_future))
-        return _as_tensor(y_np), _as_tensor(st[0]), _as_tensor(st[1])
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            seed = torch.randint(0, 2**62, (1,))  # masks follow torch's generator
+        # the tape is kept when a gradient may be asked for; a trace records the
+        # call with its tape (its check runs without grad, and must see the same call)
+        keep_tape = torch.jit.is_tracing() or (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in [x, s0, o0, x_past, *ws]))
+        if self.batch_first:  # the operators are time-major
+            x = x.transpose(0, 1)
+            x_future = None if x_future is None else x_future.transpose(0, 1)
+        y, s_T, o_T, _ = torch.ops.fusedrnn.forward(self._op_config, x, s0, o0, x_past, x_future,
+                                                    lens, seed, ws, keep_tape)
+        return (y.transpose(0, 1) if self.batch_first else y), s_T, o_T
+
+    def _lengths(self, lengths: Any, x: Tensor, unbatched: bool) -> Optional[Tensor]:
+        """lengths as an int64 tensor (B,). Values given as a list or an array are
+        checked here; those of a tensor by the operator (they are data)."""
+        if lengths is None:
+            return None
+        if isinstance(lengths, torch.Tensor):
+            t = _check_tensor(lengths, "lengths", None)
+            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                raise ValueError(f"lengths must hold integers, got dtype {t.dtype}")
+            t = t.detach()
+            if unbatched:
+                t = t.reshape(1)
+            return t.to(torch.int64).contiguous()
+        arr = np.asarray(lengths)
+        if unbatched:
+            arr = arr.reshape(1)
+        T, B = x.shape[1 - self._batch_dim()], x.shape[self._batch_dim()]
+        return torch.from_numpy(np.array(V.lengths(arr, B, T)))
 
     def _batch_dim(self) -> int:
         return 0 if self.batch_first else 1
@@ -344,6 +249,10 @@ class _FusedModule(nn.Module):
         """(x as 3-D in the module's layout, the lengths of a PackedSequence, the
         PackedSequence or None, unbatched)."""
         if isinstance(input, PackedSequence):
+            if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+                raise ValueError("a PackedSequence input cannot be compiled or exported (unpacking "
+                                 "it depends on its batch sizes, which are data): pass the padded "
+                                 "tensor and lengths= instead")
             _check_tensor(input.data, "input", dtype)
             x, lens = pad_packed_sequence(input, batch_first=self.batch_first)
             return x, lens, input, False
@@ -360,11 +269,11 @@ class _FusedModule(nn.Module):
         t = _check_tensor(hx_part, name, dtype)
         LD = self.num_layers * (2 if self.bidirectional else 1)
         if unbatched:
-            if tuple(t.shape) != (LD, width):
+            if _shape_differs(t, (LD, width)):
                 raise ValueError(f"{name} must have shape ({LD}, {width}) for unbatched input "
                                  f"(layers * directions, hidden), got {tuple(t.shape)}")
             return t.unsqueeze(1)
-        if tuple(t.shape) != (LD, B, width):
+        if _shape_differs(t, (LD, B, width)):
             raise ValueError(f"{name} must have shape ({LD}, {B}, {width}) (layers * directions, "
                              f"batch, hidden), got {tuple(t.shape)}")
         return t
@@ -493,7 +402,7 @@ class LSTM(_FusedModule):
                 x_past = _check_tensor(hx[2], "x_past", dtype)
                 if unbatched:
                     x_past = x_past.unsqueeze(1)
-                if tuple(x_past.shape) != (L_past, B, self.input_size):
+                if _shape_differs(x_past, (L_past, B, self.input_size)):
                     raise ValueError(f"x_past must have shape ({L_past}, {B}, {self.input_size}) "
                                      f"(L_past, batch, input_size), time-major; got "
                                      f"{tuple(x_past.shape)}")
