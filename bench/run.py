@@ -287,9 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cases = [make_case(s, v) for s, v in matrix]
     if args.cases:
         cases = [c for c in cases if re.search(args.cases, c.name)]
-    scases = streaming.cases(quick, args.frames, args.memory_frames)
-    if args.cases:
-        scases = [c for c in scases if re.search(args.cases, c.name)]
+    scases = streaming.cases(quick, args.frames, args.memory_frames, args.cases)
     if not cases and not scases:
         sys.exit("no case matches --cases")
     if (args.frames is not None and args.frames < 1) or (args.memory_frames or 0) < 0:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
@@ -72,12 +73,15 @@ class StreamCase:
         return f"stream|{competitor}|{self.frames},{self.B},{self.I},{self.H}|t1"
 
 
-def cases(quick: bool, frames: Optional[int] = None, memory_frames: Optional[int] = None) -> List[StreamCase]:
-    """The section's cases; the first also measures memory over `memory_frames` steps."""
+def cases(quick: bool, frames: Optional[int] = None, memory_frames: Optional[int] = None,
+          pattern: Optional[str] = None) -> List[StreamCase]:
+    """The section's cases whose name matches `pattern`; the first also measures memory over
+    `memory_frames` steps."""
     n = frames or (QUICK_FRAMES if quick else FRAMES)
     mem = (10 * n if quick else MEMORY_FRAMES) if memory_frames is None else memory_frames
-    return [StreamCase(H, B, frames=n, memory_frames=mem if i == 0 else 0)
-            for i, (H, B) in enumerate(SIZES)]
+    chosen = [StreamCase(H, B, frames=n) for H, B in SIZES]
+    chosen = [c for c in chosen if pattern is None or re.search(pattern, c.name)]
+    return [dataclasses.replace(c, memory_frames=mem) if i == 0 else c for i, c in enumerate(chosen)]
 
 
 # ---------------------------------------------------------------------------- targets
