@@ -527,6 +527,7 @@ IO_FILE_ERRORS = [
     ("ckpt-hidden-other", lambda tmp: _resigned(tmp, _config(hidden_size=5)), ValueError, r"parameter 'W_x' is float64\(16, 3\), the model built from the configuration expects float64\(20, 3\)"),
     ("ckpt-layers-claim", lambda tmp: _resigned(tmp, _config(num_layers=1000)), ValueError, r"do not match the 4000 the configuration builds: missing \['W_v_l1', .*\(3996 in all\)\]"),
     ("ckpt-dtype-other", lambda tmp: _resigned(tmp, _config(dtype="float32")), ValueError, "expects float32"),
+    ("ckpt-rng-state-huge", lambda tmp: _resigned(tmp, lambda h: h["model"]["rng_state"]["state"].update(state=2**200)), ValueError, "bad dropout generator state for LSTM"),
     ("ckpt-optimizer-str", lambda tmp: _resigned(tmp, lambda h: h.update(optimizer="Adam")), ValueError, "optimizer must be a dict or null"),
     ("ckpt-step-str", lambda tmp: _resigned(tmp, lambda h: h["optimizer"].update(step="3")), ValueError, r"optimizer\['step'\] must be an int >= 0"),
     ("ckpt-step-negative", lambda tmp: _resigned(tmp, lambda h: h["optimizer"].update(step=-2)), ValueError, r"optimizer\['step'\] must be an int >= 0"),

@@ -154,7 +154,7 @@ def model_from_config(tree: Dict[str, Any]) -> Any:
     if state is not None and isinstance(rng, np.random.Generator):
         try:
             rng.bit_generator.state = state
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
             raise ValueError(f"bad dropout generator state for {tree['type']}: {exc}") from exc
     return model
 
@@ -517,7 +517,7 @@ def load_checkpoint(path: "os.PathLike[str] | str") -> Checkpoint:
     header, arrays = _read(path)
     try:
         model = model_from_config(header["model"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise _bad(path, f"model configuration: {exc}") from exc
     params = model.params
     stored = {n[len("param/"):]: a for n, a in arrays.items() if n.startswith("param/")}
@@ -541,7 +541,7 @@ def load_checkpoint(path: "os.PathLike[str] | str") -> Checkpoint:
             optimizer = cls(model, **oh["hyper"])
             optimizer.load_state_dict({"type": oh["type"], "hyper": oh["hyper"],
                                        "step": oh["step"], "state": state})
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
             raise _bad(path, f"optimiser state: {exc}") from exc
     return Checkpoint(model, optimizer, dict(header.get("metadata") or {}))
 
