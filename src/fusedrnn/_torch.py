@@ -40,17 +40,29 @@ def _cells(module: Any) -> Iterator[Tuple[str, str]]:
             yield f"_l{l}" + ("_reverse" if d else ""), suffix(l, d)
 
 
+def _weight(module: Any, name: str, shape: Tuple[int, ...], ours: str) -> np.ndarray:
+    """A copy of the module's parameter `name`, which must have `shape` (that of
+    fusedrnn's `ours`): numpy would broadcast a wrong one, or fail without naming it."""
+    w = getattr(module, name)
+    if tuple(w.shape) != tuple(shape):
+        raise ValueError(f"torch.nn.{type(module).__name__} parameter {name} must have shape "
+                         f"{tuple(shape)} (fusedrnn's {ours}), got {tuple(w.shape)}")
+    return _np(w)
+
+
 def _copy_in(layer: Any, module: Any, names: Dict[str, str]) -> Any:
     """Fill layer.params from the module: names maps our base name -> torch base name."""
     for t_sfx, f_sfx in _cells(module):
         for ours, theirs in names.items():
-            layer.params[ours + f_sfx][...] = _np(getattr(module, theirs + t_sfx))
+            dst = layer.params[ours + f_sfx]
+            dst[...] = _weight(module, theirs + t_sfx, dst.shape, ours + f_sfx)
         bias_key = "b" if "b" in layer.params else "theta_s"
+        dst = layer.params[bias_key + f_sfx]
         if module.bias:
-            layer.params[bias_key + f_sfx][...] = (_np(getattr(module, "bias_ih" + t_sfx))
-                                                   + _np(getattr(module, "bias_hh" + t_sfx)))
+            dst[...] = (_weight(module, "bias_ih" + t_sfx, dst.shape, bias_key + f_sfx)
+                        + _weight(module, "bias_hh" + t_sfx, dst.shape, bias_key + f_sfx))
         else:
-            layer.params[bias_key + f_sfx][...] = 0
+            dst[...] = 0
     return layer
 
 
@@ -92,6 +104,7 @@ def lstm_to_torch(layer: Any) -> Any:
     if blocked:
         raise ValueError(f"torch.nn.LSTM has no {', '.join(blocked)}: this LSTM cannot be "
                          "exported to it")
+    layer._checked_params()  # names a missing, wrong-shaped or wrong-dtype entry
     torch = _torch()
     module = torch.nn.LSTM(layer.input_size, layer.hidden_size, num_layers=layer.num_layers,
                            bidirectional=layer.bidirectional, proj_size=layer.proj_size,
@@ -121,6 +134,7 @@ def rnn_to_torch(layer: Any) -> Any:
     if layer.reverse:
         raise ValueError("torch.nn.RNN has no reverse (a backwards-only layer): this RNN "
                          "cannot be exported to it")
+    layer._checked_params()  # names a missing, wrong-shaped or wrong-dtype entry
     torch = _torch()
     module = torch.nn.RNN(layer.input_size, layer.hidden_size, nonlinearity="tanh",
                           num_layers=layer.num_layers, bidirectional=layer.bidirectional,

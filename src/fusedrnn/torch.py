@@ -81,9 +81,12 @@ def _check_tensor(t: Any, name: str, dtype: Optional[torch.dtype]) -> Tensor:
     if t.layout != torch.strided:
         raise ValueError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
     if dtype is not None and t.dtype != dtype:
+        short = {torch.float32: ".float()", torch.float64: ".double()"}
+        hint = f"convert it with {name}{short[dtype]} (or .to({dtype}))"
+        if t.dtype in short:  # the module may compute in the tensor's dtype instead
+            hint += f", or the module with module{short[t.dtype]}"
         raise ValueError(f"{name} has dtype {t.dtype}, but the module computes in {dtype}; "
-                         f"convert it with .to({dtype}) (or the module with .to({t.dtype}) "
-                         "if that is float32 or float64)")
+                         f"{hint}")
     return t
 
 
