@@ -194,7 +194,7 @@ def markdown(info: dict, settings: dict, rows: List[dict], memory: Mapping[str, 
     if any(r.get("packed") for r in rows):
         L.append("")
         L.append("(p): at this batch size and thread count fusedrnn runs its per-step recurrent "
-                 "GEMMs on its own packed-weight micro-kernel (`_kernel.set_packed_max_rows`), not "
+                 "GEMMs on its own packed-weight micro-kernel (the `packed_max_rows` setting), not "
                  "on the BLAS; the floor is the same GEMMs through the BLAS (`_kernel.gemm`), so "
                  "there it is not a lower bound and fr/floor < 1 is possible.")
     noisy = [f"{r['case']} {COMPETITOR_LABEL[r['competitor']]} {r['threads_requested']} thr "

@@ -182,3 +182,25 @@ def test_streaming_section(tmp_path):
     assert all(r["ratio"] == 1.0 for r in rows)
     md = (tmp_path / "stream.md").read_text()
     assert "## Streaming (1 thread, float32)" in md and "| case | dims | mode |" not in md
+
+
+def test_build_reads_the_installation(monkeypatch):
+    """What a worker reports of its fusedrnn: the tuning settings (read without changing them,
+    also through an older installation's setters) and the thread counts it set."""
+    import fusedrnn as fr
+    build = bench_module("build")
+    first = build.tuning_settings()
+    assert build.tuning_settings() == first and first["num_threads"] == fr.get_num_threads()
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "fusedrnn._tuning", None)   # as in a package without it
+        old = build.tuning_settings()
+        assert "num_threads" in old and all(first[k] == v for k, v in old.items())
+        assert build.tuning_settings() == old
+    threads = fr.get_num_threads()
+    try:
+        assert build.fr_threads(1) == {"blas": [1], "fusedrnn": [1]}
+        assert build.tuning_settings()["num_threads"] == 1
+    finally:
+        fr.set_num_threads(threads)
+    info = build.kernel_id()
+    assert info["tuning"] == first and info["packed_max_rows"] == first.get("packed_max_rows")
