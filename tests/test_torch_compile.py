@@ -319,3 +319,26 @@ def test_what_cannot_be_recorded_fails_clearly():
     y = ep.module()(x.clone().requires_grad_())[0]
     with pytest.raises(RuntimeError, match="ran without a tape"):
         y.sum().backward()
+
+
+class _ListLengths(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(x, lengths=[5, 2, 4])[0]
+
+
+def test_lengths_given_as_a_list_are_a_constant_of_the_recorded_graph():
+    call = _ListLengths(frt.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=F64, seed=0))
+    x = torch.randn(5, 3, 3, dtype=F64)
+    x2 = torch.randn(5, 3, 3, dtype=F64)
+    ref = call(x2)
+    assert torch.equal(ref[2:, 1], torch.zeros_like(ref[2:, 1]))   # row 1 stops after 2 steps
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")           # trace warns that the list is a constant
+        recorded = [torch.compile(call, fullgraph=True, backend="aot_eager"),
+                    torch.export.export(call, (x,)).module(), torch.jit.trace(call, (x,))]
+    for rec in recorded:
+        torch.testing.assert_close(rec(x2), ref, **EXACT)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -331,7 +331,7 @@ class RecurrentLayer(ReadOnlyConfig):
         return y, st
 
     def _forward(self, x: Any, state: Any, lengths: Any, x_future: Any,
-                 params: Optional[Mapping[str, np.ndarray]], training: bool,
+                 params: Optional[Dict[str, np.ndarray]], training: bool,
                  rng: Optional[np.random.Generator], flat_tape: Optional[np.ndarray]
                  ) -> Tuple[np.ndarray, Any, Optional[Tape]]:
         """The forward of `forward` and `forward_with_tape`: params None for
@@ -416,7 +416,7 @@ class RecurrentLayer(ReadOnlyConfig):
         return self._backward(tape, dy, dstate, None)
 
     def _backward(self, tape: Tape, dy: Any, dstate: Any,
-                  grads_out: Optional[Mapping[str, np.ndarray]]) -> Tuple[np.ndarray, Any]:
+                  grads_out: Optional[Dict[str, np.ndarray]]) -> Tuple[np.ndarray, Any]:
         """The backward of `backward` and `backward_with_tape` through `tape`,
         accumulating into grads_out (None: `self.grads`)."""
         T, B = tape.cells[0].x.shape[:2]
@@ -475,7 +475,7 @@ class RecurrentLayer(ReadOnlyConfig):
 
     def forward_with_tape(self, x: Any, tape: Optional[np.ndarray], state: Any = None, *,
                           lengths: Any = None, x_future: Any = None,
-                          params: Optional[Mapping[str, np.ndarray]] = None,
+                          params: Optional[Dict[str, np.ndarray]] = None,
                           dropout_seed: Optional[int] = None) -> Tuple[np.ndarray, Any]:
         """A training forward that writes what the backward needs into the
         caller's buffer `tape` (1-D, C-contiguous, the layer dtype, exactly
@@ -484,7 +484,7 @@ class RecurrentLayer(ReadOnlyConfig):
         any threads, each paired with `backward_with_tape(tape)`.
 
         x, state, lengths, x_future: as for `forward` (x is copied into the tape,
-        lengths into its header). params: the weights to use, a mapping with the
+        lengths into its header). params: the weights to use, a dict with the
         names and shapes of `params` (default: `params` itself; read again by the
         backward, so keep them unchanged in between). dropout_seed: None for no
         dropout, or an int >= 0: masks between layers at rate `dropout` from
@@ -507,15 +507,15 @@ class RecurrentLayer(ReadOnlyConfig):
         return y, st
 
     def backward_with_tape(self, tape: np.ndarray, dy: Any = None, dstate: Any = None, *,
-                           params: Optional[Mapping[str, np.ndarray]] = None,
-                           grads: Optional[Mapping[str, np.ndarray]] = None
+                           params: Optional[Dict[str, np.ndarray]] = None,
+                           grads: Optional[Dict[str, np.ndarray]] = None
                            ) -> Tuple[np.ndarray, Any]:
         """Back-propagate through the forward that filled `tape`
         (`forward_with_tape`); the tape holds the sizes, lengths and dropout
         masks of that call and is only read.
 
         dy, dstate: as for `backward`. params: the weights the forward used
-        (default `params`). grads: a mapping of writeable C-contiguous arrays with
+        (default `params`). grads: a dict of writeable C-contiguous arrays with
         the names and shapes of `params` to accumulate (+=) into (default
         `grads`). Returns dx and the State of gradients with respect to the
         initial state, as `backward`."""
@@ -671,13 +671,13 @@ class RecurrentLayer(ReadOnlyConfig):
         raise V.StateTypeError(f"{name} must be None or an {cls} ({fields}), got {got}: "
                                f"{self._STATE_HINT}")
 
-    def _checked_params(self, store: Optional[Mapping[str, np.ndarray]] = None
+    def _checked_params(self, store: Optional[Dict[str, np.ndarray]] = None
                         ) -> Dict[str, np.ndarray]:
         store = self.params if store is None else store
         return {k: V.parameter(store, k, self.dtype, shape)
                 for k, shape in self._param_shapes().items()}
 
-    def _checked_grads(self, store: Optional[Mapping[str, np.ndarray]] = None
+    def _checked_grads(self, store: Optional[Dict[str, np.ndarray]] = None
                        ) -> Dict[str, np.ndarray]:
         store = self.grads if store is None else store
         grads = {k: V.parameter(store, k, self.dtype, shape, store="grads")

@@ -227,9 +227,13 @@ class _FusedModule(nn.Module):
 
     def _lengths(self, lengths: Any, x: Tensor, unbatched: bool) -> Optional[Tensor]:
         """lengths as an int64 tensor (B,). Values given as a list or an array are
-        checked here; those of a tensor by the operator (they are data)."""
+        checked here; those of a tensor (and, while compiling or tracing, of a list:
+        then a constant of the graph) by the operator (they are data)."""
         if lengths is None:
             return None
+        if not isinstance(lengths, torch.Tensor) and (torch.compiler.is_compiling()
+                                                      or torch.jit.is_tracing()):
+            lengths = torch.as_tensor(lengths)  # a constant of the recorded graph
         if isinstance(lengths, torch.Tensor):
             t = _check_tensor(lengths, "lengths", None)
             if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
