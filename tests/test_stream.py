@@ -681,3 +681,47 @@ def test_streaming_example_quick(tmp_path):
     assert {"fusedrnn forward per frame", "fusedrnn stream"} <= set(res["stats"])
     for s in res["stats"].values():
         assert 0 < s["p50"] <= s["p99"] <= s["max"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_child_forked_during_a_step_can_step():
+    """The child's copy of a stream another thread was inside is not left in use."""
+    import os
+    layer = fr.LSTM(3, 4, dtype=np.float64, seed=0)
+    stream = layer.stream(1)
+    inside, go_on = threading.Event(), threading.Event()
+    rebind = stream._rebind
+
+    def slow_rebind():
+        inside.set()
+        go_on.wait(10)
+        rebind()
+
+    stream._rebind = slow_rebind
+    layer.params["b"] = layer.params["b"].copy()
+    t = threading.Thread(target=stream.step, args=(np.ones((1, 3)),))
+    t.start()
+    assert inside.wait(10)
+    pid = os.fork()
+    if pid == 0:   # the child: no other thread, the stream usable
+        code = 1
+        try:
+            stream._rebind = rebind
+            y = stream.step(np.ones((1, 3)))
+            code = 0 if y.shape == (1, 4) and np.isfinite(y).all() else 2
+        finally:
+            os._exit(code)
+    go_on.set()
+    t.join(10)
+    import time
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -240,9 +240,6 @@ cdef class StreamCore:
                 self.n_hold -= 1
             self.hold[r] = steps
 
-    def _holds(self):
-        return [self.hold[r] for r in range(self.batch)]
-
     def _clear(self):
         """Forget the frames received (after a flush or a full reset)."""
         cdef Py_ssize_t r

@@ -40,6 +40,8 @@ outputs of a stream equal one `forward` over the whole sequence.
 """
 from __future__ import annotations
 
+import os
+import weakref
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -57,6 +59,20 @@ __all__ = ["Stream", "LinearStream", "SequentialStream"]
 # about 40 ns a step: 5% of a step of an RNN with H = 16 (0.85 us), 2% at
 # 6e3 multiply-adds, nothing measurable from 1e5 on.
 NOGIL_MIN_MACS = 20_000
+
+
+# Streams alive, so that a child forked while another thread was inside a step
+# does not find its copy of that stream marked in use for ever.
+_LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for s in list(_LIVE):
+        s._leave()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _zeros(shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -145,6 +161,7 @@ class Stream(_kernel.StreamCore):
         if win is not None and x_past is not None:
             win[:, self._K - L_past:, :] = x_past.transpose(1, 0, 2)
         self._rebind()
+        _LIVE.add(self)
 
     @staticmethod
     def _threads(B: int) -> int:
