@@ -223,3 +223,19 @@ def test_blocks_that_need_an_extra_say_so(path):
         for module in modules & set(NEEDS):
             assert f"[{NEEDS[module]}]" in section, \
                 f"{path.name}:{line} imports {module}; its section does not name the [{NEEDS[module]}] extra"
+
+
+def test_equation_numbers_in_the_oracle_and_kernel_comments_exist():
+    """The oracle's '# (2.13)' comments and the kernel's '/* ... (2.13) */' name equations that exist."""
+    _, equations = _sections_and_equations()
+    files = [ROOT / "src" / "fusedrnn" / "reference.py", *sorted((ROOT / "csrc").glob("*.[ch]"))]
+    missing, cited = [], 0
+    for f in files:
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            comment = line.split("#", 1)[1] if f.suffix == ".py" and "#" in line else \
+                line.split("/*", 1)[1] if "/*" in line else ""
+            for eq in re.findall(r"\((\d+\.\d+)\)", comment):
+                cited += 1
+                if eq not in equations:
+                    missing.append(f"{f.relative_to(ROOT)}:{i}: ({eq})")
+    assert cited >= 10 and not missing, missing

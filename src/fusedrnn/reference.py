@@ -4,8 +4,8 @@
 This module is the readable reference that the fused C kernel is tested against.
 It is written to be obviously right, never fast: one Python loop over time,
 forward over the visited steps and backward over them in the opposite order,
-using the signal names of the paper (and of docs/equations.md sections 1-4), so
-the code can be read line by line next to the equations.  It never imports the
+using the signal names of the paper and of docs/equations.md, whose equation numbers
+the comments cite, so the code can be read line by line next to the equations.  It never imports the
 C kernel.
 
 Conventions
@@ -309,23 +309,23 @@ def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
         s_prev, y_prev = s[k], y[k]
         X_k = _gather(X, order[k])
         a_cu = X_k @ P["W_xcu"].T + y_prev @ P["W_vcu"].T + P["b_cu"] + _peep(P, peep, "cu", s_prev)
-        a_du = X_k @ P["W_xdu"].T + y_prev @ P["W_vdu"].T + P["b_du"]
+        a_du = X_k @ P["W_xdu"].T + y_prev @ P["W_vdu"].T + P["b_du"]   # (2.1), (2.3), (3.1)
         g_cu[k] = _sigmoid(_clip(a_cu, c_acc))
         if coupled_gates:
-            g_cs[k] = 1 - g_cu[k]                                 # §3c: forget = 1 - update
+            g_cs[k] = 1 - g_cu[k]                                 # (3.9): forget = 1 - update
         else:
             a_cs = X_k @ P["W_xcs"].T + y_prev @ P["W_vcs"].T + P["b_cs"] + _peep(P, peep, "cs", s_prev)
             g_cs[k] = _sigmoid(_clip(a_cs, c_acc))
             a["cs"][k] = a_cs
         u[k] = np.tanh(_clip(a_du, c_acc))
-        s_pre[k] = g_cs[k] * s_prev + g_cu[k] * u[k]
-        s_n = _clip(s_pre[k], c_cell)                             # the cell clip, before readout
+        s_pre[k] = g_cs[k] * s_prev + g_cu[k] * u[k]              # (2.7)
+        s_n = _clip(s_pre[k], c_cell)                             # (3.11), before the readout
         # the readout peephole sees the new (clipped) state s[n]
         a_cr = X_k @ P["W_xcr"].T + y_prev @ P["W_vcr"].T + P["b_cr"] + _peep(P, peep, "cr", s_n)
         g_cr[k] = _sigmoid(_clip(a_cr, c_acc))
         r[k] = np.tanh(s_n)
-        v_n = g_cr[k] * r[k]
-        y_n = v_n @ P["W_qv"].T if proj else v_n                  # q[n] = W_qv v[n]
+        v_n = g_cr[k] * r[k]                                      # (2.8), (2.9)
+        y_n = v_n @ P["W_qv"].T if proj else v_n                  # (3.5) q[n] = W_qv v[n]
         a["cu"][k], a["du"][k], a["cr"][k] = a_cu, a_du, a_cr
 
         m = _row_mask(order[k], dt) != 0                          # padding rows keep their state
@@ -374,27 +374,27 @@ def lstm_backward(dv_seq: np.ndarray, ds_T: Optional[np.ndarray], dv_T: Optional
         m = _row_mask(order[k], dt)
         X_k = _gather(X, order[k])
         s_prev, s_n, y_prev, v_n = s[k], s[k + 1], y[k], v[k + 1]
-        chi_q = (_gather(dv_seq, order[k]) + f_chi) * m             # dE/dy[n] (0 on padding)
+        chi_q = (_gather(dv_seq, order[k]) + f_chi) * m             # (2.10)/(3.6) (0 on padding)
         if proj:
-            chi = chi_q @ P["W_qv"]                                # chi[n] = W_qv^T chi_q[n]
+            chi = chi_q @ P["W_qv"]                                # (3.7) chi[n] = W_qv^T chi_q[n]
             G["W_qv"] += chi_q.T @ v_n
         else:
             chi = chi_q                                            # dE/dv[n]
-        rho = chi * g_cr[k]                                        # dE/dr[n]
+        rho = chi * g_cr[k]                                        # (2.11), (2.12) below
         alpha_cr = chi * r[k] * g_cr[k] * (1 - g_cr[k]) * _clip_grad(a["cr"][k], c_acc)
-        psi = rho * (1 - r[k] ** 2) + _peep_T(P, peep, "cr", alpha_cr) + f_psi * m  # dE/ds[n]
-        psi = psi * _clip_grad(s_pre[k], c_cell)                   # dE/d(pre-clip s[n])
+        psi = rho * (1 - r[k] ** 2) + _peep_T(P, peep, "cr", alpha_cr) + f_psi * m  # (2.13)
+        psi = psi * _clip_grad(s_pre[k], c_cell)                   # (3.12) dE/d(pre-clip s[n])
         if coupled:                                                # s = (1 - g_cu) s_prev + g_cu u
             alpha_cs = np.zeros_like(psi)
-            alpha_cu = psi * (u[k] - s_prev) * g_cu[k] * (1 - g_cu[k])
+            alpha_cu = psi * (u[k] - s_prev) * g_cu[k] * (1 - g_cu[k])   # (3.10)
         else:
             alpha_cs = psi * s_prev * g_cs[k] * (1 - g_cs[k]) * _clip_grad(a["cs"][k], c_acc)
-            alpha_cu = psi * u[k] * g_cu[k] * (1 - g_cu[k])
+            alpha_cu = psi * u[k] * g_cu[k] * (1 - g_cu[k])             # (2.14), (2.15)
         alpha_cu = alpha_cu * _clip_grad(a["cu"][k], c_acc)
-        alpha_du = psi * g_cu[k] * (1 - u[k] ** 2) * _clip_grad(a["du"][k], c_acc)
+        alpha_du = psi * g_cu[k] * (1 - u[k] ** 2) * _clip_grad(a["du"][k], c_acc)   # (2.16), (3.14)
         alpha = dict(cu=alpha_cu, cs=alpha_cs, du=alpha_du, cr=alpha_cr)
 
-        # what flows to the previous visit; padding rows pass their gradients through
+        # (2.17), (2.18): what flows to the previous visit; padding rows pass theirs through
         f_chi = sum(alpha[g] @ P["W_v" + g] for g in GATES) + (1 - m) * f_chi
         f_psi = (g_cs[k] * psi + _peep_T(P, peep, "cu", alpha_cu) + _peep_T(P, peep, "cs", alpha_cs)
                  + (1 - m) * f_psi)
@@ -442,7 +442,7 @@ def rnn_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
     s[0], r[0] = _state(s0, B, H, dt), _state(r0, B, H, dt)
     r_seq = np.zeros((T, B, H), dt)
     for k in range(T):
-        s_n = r[k] @ p["W_r"].T + _gather(x, order[k]) @ p["W_x"].T + p["theta_s"]
+        s_n = r[k] @ p["W_r"].T + _gather(x, order[k]) @ p["W_x"].T + p["theta_s"]   # (1.1)
         if "W_s" in p:
             s_n = s_n + s[k] @ p["W_s"].T
         r_n = np.tanh(s_n)
@@ -478,8 +478,8 @@ def rnn_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: Optional[
     for k in range(T - 1, -1, -1):
         m = _row_mask(order[k], dt)
         s_prev, r_prev, r_n = s[k], r[k], r[k + 1]
-        chi = (_gather(dr_seq, order[k]) + f_chi) * m     # dE/dr[n] (0 on padding)
-        psi = (1 - r_n ** 2) * chi + f_psi * m             # dE/ds[n], G'(s) = 1 - tanh(s)^2
+        chi = (_gather(dr_seq, order[k]) + f_chi) * m     # (1.3) dE/dr[n] (0 on padding)
+        psi = (1 - r_n ** 2) * chi + f_psi * m             # (1.4), G'(s) = 1 - tanh(s)^2
 
         grads["W_r"] += psi.T @ r_prev
         grads["W_x"] += psi.T @ _gather(x, order[k])
