@@ -725,3 +725,30 @@ def test_a_child_forked_during_a_step_can_step():
             pytest.fail("the forked child hung")
         time.sleep(0.05)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_a_sequential_stream_refuses_a_second_thread():
+    model = fr.Sequential(fr.LSTM(3, 4, dtype=np.float64, seed=0), fr.Linear(4, 2, dtype=np.float64))
+    stream = model.stream(1)
+    core = stream.stages[0]
+    inside, go_on = threading.Event(), threading.Event()
+    rebind = core._rebind
+
+    def slow_rebind():
+        inside.set()
+        go_on.wait(10)
+        rebind()
+
+    core._rebind = slow_rebind
+    model[0].params["b"] = model[0].params["b"].copy()
+    frame = np.ones((1, 3))
+    t = threading.Thread(target=stream.step, args=(frame,))
+    t.start()
+    assert inside.wait(10)
+    for call in (lambda: stream.step(frame), stream.flush, stream.reset,
+                 lambda: stream.step_many(frame[None])):
+        with pytest.raises(RuntimeError, match="in use by another thread"):
+            call()
+    go_on.set()
+    t.join(10)
+    assert core.frames_in == 1 and stream.stages[1].frames_in == 1

@@ -293,12 +293,19 @@ cdef class StreamCore:
         completes: a new array, or `out` when given (a C-contiguous (B, R) array of
         the stream's dtype, filled in place). With a look-ahead, returns None until
         frame n + delay has arrived for step n."""
-        cdef Py_buffer fv, ov
-        cdef bint have_f = False, have_o = False
-        cdef bint ready = self.frames_in >= self.delay
         if self.busy:
             self._enter()  # raises
         self.busy = True
+        try:
+            return self._step_held(frame, out)
+        finally:
+            self.busy = False
+
+    def _step_held(self, frame, out=None):
+        """step() for a caller that has marked the stream in use (_enter)."""
+        cdef Py_buffer fv, ov
+        cdef bint have_f = False, have_o = False
+        cdef bint ready = self.frames_in >= self.delay
         try:
             self._buffer(frame, &fv, "frame", False)
             have_f = True
@@ -309,7 +316,6 @@ cdef class StreamCore:
                 have_o = True
             self._step(<char *>fv.buf, <char *>ov.buf if ready else NULL, ready)
         finally:
-            self.busy = False
             if have_f:
                 PyBuffer_Release(&fv)
             if have_o:

@@ -40,7 +40,9 @@ outputs of a stream equal one `forward` over the whole sequence.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import weakref
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -77,6 +79,22 @@ if hasattr(os, "register_at_fork"):
 
 # Steps from this many multiply-adds (e.g. B = 16, H = 1024) may use the team.
 TEAM_MIN_MACS = 50_000_000
+
+
+def _refuse() -> None:
+    raise RuntimeError("this stream is in use by another thread: a stream is one sequence of "
+                       "frames; give each thread its own stream")
+
+
+@contextlib.contextmanager
+def _in_use(lock: "threading.Lock") -> Any:
+    """Mark a stream in use for a call; a second thread's call raises."""
+    if not lock.acquire(blocking=False):
+        _refuse()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _zeros(shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -259,17 +277,21 @@ class Stream(_kernel.StreamCore):
         new sequence from `state`."""
         B, I, R, K, L_past = self.batch, self.input_size, self.output_size, self._K, self._L_past
         outs: List[np.ndarray] = []
-        if self.delay:
-            past = self._win[:, K - L_past:].copy() if L_past else None
-            zero = np.zeros((B, I), self.dtype)
-            for _ in range(self.delay):
-                y = self.step(zero)
-                if y is not None:
-                    outs.append(y)
-            self._win[...] = 0
-            if past is not None:
-                self._win[:, K - L_past:] = past
-        self._clear()
+        self._enter()
+        try:
+            if self.delay:
+                past = self._win[:, K - L_past:].copy() if L_past else None
+                zero = np.zeros((B, I), self.dtype)
+                for _ in range(self.delay):
+                    y = self._step_held(zero)
+                    if y is not None:
+                        outs.append(y)
+                self._win[...] = 0
+                if past is not None:
+                    self._win[:, K - L_past:] = past
+            self._clear()
+        finally:
+            self._leave()
         return np.stack(outs) if outs else np.zeros((0, B, R), self.dtype)
 
     def step_many(self, chunk: Any) -> np.ndarray:
@@ -284,17 +306,17 @@ class Stream(_kernel.StreamCore):
         """step_many on a time-major contiguous chunk, time-major outputs."""
         outs: List[np.ndarray] = []
         t = 0
-        while t < x.shape[0] and self.rows_holding:  # holds end inside: frame by frame
-            y = self.step(x[t])
-            t += 1
-            if y is not None:
-                outs.append(y[None])
-        if t < x.shape[0]:
-            self._enter()
-            try:
+        self._enter()
+        try:
+            while t < x.shape[0] and self.rows_holding:  # holds end inside: frame by frame
+                y = self._step_held(x[t])
+                t += 1
+                if y is not None:
+                    outs.append(y[None])
+            if t < x.shape[0]:
                 outs.append(self._chunk_steps(x[t:]))
-            finally:
-                self._leave()
+        finally:
+            self._leave()
         return np.concatenate(outs) if outs else np.zeros((0, self.batch, self.output_size),
                                                           self.dtype)
 
@@ -345,6 +367,8 @@ class LinearStream:
         self.input_size, self.output_size = layer.in_features, layer.out_features
         self._hold = np.zeros(self.batch, np.int64)
         self.frames_in = 0
+        self._lock = threading.Lock()
+        _LIVE.add(self)
 
     def __repr__(self) -> str:
         return f"LinearStream({self.layer!r}, batch={self.batch})"
@@ -370,6 +394,17 @@ class LinearStream:
 
     def step(self, frame: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
         """frame (B, in_features) -> (B, out_features): a new array, or `out` filled."""
+        if not self._lock.acquire(blocking=False):
+            _refuse()
+        try:
+            return self._step_held(frame, out)
+        finally:
+            self._lock.release()
+
+    def _leave(self) -> None:
+        self._lock = threading.Lock()
+
+    def _step_held(self, frame: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
         self._check(frame, "frame", self.input_size)
         if out is None:
             out = np.empty((self.batch, self.output_size), self.dtype)
@@ -394,24 +429,27 @@ class LinearStream:
                                          self.batch, False))
 
     def _step_many_tm(self, x: np.ndarray) -> np.ndarray:
-        return np.stack([self.step(f) for f in x]) if len(x) else \
-            np.zeros((0, self.batch, self.output_size), self.dtype)
+        with _in_use(self._lock):
+            return np.stack([self._step_held(f) for f in x]) if len(x) else \
+                np.zeros((0, self.batch, self.output_size), self.dtype)
 
     def flush(self) -> np.ndarray:
-        self.frames_in = 0
-        self._hold[...] = 0
-        return np.zeros((0, self.batch, self.output_size), self.dtype)
+        with _in_use(self._lock):
+            self.frames_in = 0
+            self._hold[...] = 0
+            return np.zeros((0, self.batch, self.output_size), self.dtype)
 
     def reset(self, rows: Any = None) -> None:
         self._reset(rows, 0)
 
     def _reset(self, rows: Any, upstream_hold: int) -> int:
-        if rows is None:
-            self._hold[...] = 0
-            self.frames_in = 0
-            return 0
-        self._hold[_row_index(rows, self.batch)] = upstream_hold
-        return upstream_hold
+        with _in_use(self._lock):
+            if rows is None:
+                self._hold[...] = 0
+                self.frames_in = 0
+                return 0
+            self._hold[_row_index(rows, self.batch)] = upstream_hold
+            return upstream_hold
 
 
 class SequentialStream:
@@ -440,6 +478,8 @@ class SequentialStream:
         self._bufs = [np.empty((self.batch, s.output_size), s.dtype) for s in self.stages[:-1]]
         self.dtype = self.stages[0].dtype
         self.input_size, self.output_size = self.stages[0].input_size, self.stages[-1].output_size
+        self._lock = threading.Lock()
+        _LIVE.add(self)
 
     def __repr__(self) -> str:
         return f"SequentialStream(batch={self.batch}, delay={self.delay}, stages={len(self.stages)})"
@@ -456,35 +496,46 @@ class SequentialStream:
 
     def step(self, frame: np.ndarray, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """frame (B, I) -> (B, F_out), or None while the delay is not over."""
-        h: Optional[np.ndarray] = frame
-        last = len(self.stages) - 1
-        for i, s in enumerate(self.stages):
-            h = s.step(h, out=out if i == last else self._bufs[i])
-            if h is None:
-                return None
-        return h
+        if not self._lock.acquire(blocking=False):
+            _refuse()
+        try:
+            h: Optional[np.ndarray] = frame
+            last = len(self.stages) - 1
+            for i, s in enumerate(self.stages):
+                h = s.step(h, out=out if i == last else self._bufs[i])
+                if h is None:
+                    return None
+            return h
+        finally:
+            self._lock.release()
+
+    def _leave(self) -> None:
+        self._lock = threading.Lock()
 
     def step_many(self, chunk: Any) -> np.ndarray:
         """(T, B, I) (batch_first: (B, T, I)) -> (T', B, F_out): each layer's
         step_many in turn."""
         bf = self.model.batch_first
         h = _chunk(chunk, "chunk", self.dtype, self.input_size, self.batch, bf)
-        for s in self.stages:
-            h = s._step_many_tm(h)
+        with _in_use(self._lock):
+            for s in self.stages:
+                h = s._step_many_tm(h)
         return h.transpose(1, 0, 2) if bf else h
 
     def flush(self) -> np.ndarray:
         """End the sequence; returns the outputs still due (n, B, F_out)."""
         h: Optional[np.ndarray] = None
-        for s in self.stages:
-            parts = [] if h is None or len(h) == 0 else [s._step_many_tm(h)]
-            parts.append(s.flush())
-            h = np.concatenate(parts)
+        with _in_use(self._lock):
+            for s in self.stages:
+                parts = [] if h is None or len(h) == 0 else [s._step_many_tm(h)]
+                parts.append(s.flush())
+                h = np.concatenate(parts)
         assert h is not None
         return h
 
     def reset(self, rows: Any = None) -> None:
         """Zero the state of rows (None: all, the delay starts again) in every layer."""
         hold = 0
-        for s in self.stages:
-            hold = s._reset(rows, hold)
+        with _in_use(self._lock):
+            for s in self.stages:
+                hold = s._reset(rows, hold)
