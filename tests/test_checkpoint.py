@@ -337,3 +337,17 @@ def test_every_truncation_is_a_value_error(saved, tmp_path):
         bad.write_bytes(data[:n])
         with pytest.raises(ValueError, match="not a valid fusedrnn checkpoint"):
             fr.load(bad)
+
+
+@pytest.mark.parametrize("reader", ["checkpoint", "onnx"])
+def test_readers_refuse_pipes_and_devices_without_blocking(tmp_path, reader):
+    """A named pipe would block the read forever and /dev/zero never ends."""
+    import os
+    if reader == "onnx":
+        pytest.importorskip("onnx")
+    load = fr.load if reader == "checkpoint" else fr.onnx.load
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero"):
+        with pytest.raises(ValueError, match="not a regular file"):
+            load(path)

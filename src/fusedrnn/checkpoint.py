@@ -436,10 +436,12 @@ def _read(path: str) -> tuple:
 
     Nothing is allocated beyond the file's own size before the claims (member
     headers, the header's shapes, the configuration's parameter shapes) agree."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise _bad(path, "not a regular file")  # a pipe or device would block or never end
     with open(path, "rb") as f:  # FileNotFoundError etc. propagate as they are
-        data = f.read()
-    if data[:4] != b"PK\x03\x04":
-        raise _bad(path, "not an .npz (zip) archive")
+        if f.read(4) != b"PK\x03\x04":  # before reading a large foreign file whole
+            raise _bad(path, "not an .npz (zip) archive")
+        data = b"PK\x03\x04" + f.read()
     intact = hashlib.sha256(data[:-_DIGEST_LEN]).hexdigest().encode("ascii") == data[-_DIGEST_LEN:]
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:

@@ -431,6 +431,8 @@ def _read_model(source: Any) -> Any:
                         f"{type(source).__name__}")
     from google.protobuf import json_format, message, text_format
     path = os.fspath(source)
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise ValueError(f"{path}: not a regular file")  # a pipe or device would block
     try:  # the format follows the file's extension (binary, text or JSON protobuf)
         m = onnx.load(path, load_external_data=False)
     except (message.Error, text_format.Error, json_format.Error) as exc:
