@@ -351,3 +351,32 @@ def test_readers_refuse_pipes_and_devices_without_blocking(tmp_path, reader):
     for path in (fifo, "/dev/zero"):
         with pytest.raises(ValueError, match="not a regular file"):
             load(path)
+
+
+def test_registering_a_layer_first_keeps_the_builtin_layers(tmp_path, monkeypatch):
+    """A custom layer registered before any save/load left LSTM, RNN and Linear
+    unknown ("not a registered layer type")."""
+    from fusedrnn import checkpoint
+    monkeypatch.setattr(checkpoint, "_LAYERS", {})          # a fresh process's registry
+
+    class Scale:
+        def __init__(self, n):
+            self.n = n
+            self.params = {"w": np.ones(n)}
+            self.grads = {"w": np.zeros(n)}
+
+        def forward(self, x, training=True):
+            return x * self.params["w"]
+
+        def backward(self, dy):
+            return dy * self.params["w"]
+    checkpoint.register_layer(Scale)
+    model = fr.Sequential(fr.LSTM(2, 3, seed=0), Scale(3))
+    fr.save(tmp_path / "m.npz", model)
+    back = fr.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back[0].params["W_x"], model[0].params["W_x"])
+    assert type(back[1]) is Scale and back[1].n == 3
+    with pytest.raises(TypeError, match="cls must be a layer class"):
+        checkpoint.register_layer("LSTM")
+    with pytest.raises(ValueError, match=r"the model configuration\['config'\] must be a dict"):
+        checkpoint.model_from_config({"type": "LSTM", "config": [2, 3]})

@@ -58,18 +58,22 @@ def register_layer(cls: Type[Any], name: Optional[str] = None) -> Type[Any]:
     """Make a layer class known to `load` (the built-in layers are registered).
     Its constructor arguments must be readable as same-named attributes, or it
     must define `config() -> dict` of keyword arguments."""
+    if not isinstance(cls, type):
+        raise TypeError(f"cls must be a layer class, got {cls!r}")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"name must be a non-empty str or None, got {name!r}")
+    _builtin_layers()
     _LAYERS[name or cls.__name__] = cls
     return cls
 
 
 def _builtin_layers() -> None:
-    if _LAYERS:
-        return
+    """Register LSTM, RNN and Linear (once; imported late to avoid an import cycle)."""
     from .linear import Linear
     from .lstm import LSTM
     from .rnn import RNN
     for cls in (LSTM, RNN, Linear):
-        register_layer(cls)
+        _LAYERS.setdefault(cls.__name__, cls)
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -137,6 +141,7 @@ def model_from_config(tree: Dict[str, Any]) -> Any:
     _builtin_layers()
     if not isinstance(tree, dict) or "type" not in tree:
         raise ValueError(f"bad model configuration: {tree!r}")
+    _check_tree(tree, "the model configuration")
     if tree["type"] == "Sequential":
         return Sequential(*(model_from_config(t) for t in tree["layers"]))
     cls = _LAYERS.get(tree["type"])
