@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """fusedrnn benchmark suite: fr.LSTM against torch.nn.LSTM, ONNX Runtime's LSTM
-operator, the NumPy oracle and the GEMM floor, over sizes, variants and thread counts.
+operator, the NumPy oracle and the GEMM floor, over sizes, variants and thread counts, and the
+per-frame latency of streaming.
 
-    python bench/run.py              # full matrix, ~12 min on a 2-core machine
-    python bench/run.py --quick      # smoke subset, < 2 min
+    python bench/run.py              # everything, ~15 min on a 2-core machine
+    python bench/run.py --quick      # smoke subset, a few minutes
     python bench/run.py --cases medium --threads 2 --budget 3   # a slice of the matrix
+    python bench/run.py --cases streaming                       # the streaming section only
+    python bench/run.py --baseline ../before/.venv/bin/python   # another installation too, interleaved
 
 Every competitor runs in its own worker process, one per (competitor, thread count), kept
 alive for the whole run and fed one job per line (JSON in, JSON out), so the thread pools of
@@ -13,13 +16,15 @@ checks that the competitors compute the same thing (fusedrnn vs torch through fr
 vs ONNX Runtime, vs the NumPy oracle); it refuses to time on a mismatch.
 
 Outputs (in --out, default bench/results/): <tag>.json (every measurement, every raw time,
-machine info), <tag>.md (the tables), <tag>-ratios.png or ratios.png (ratio vs size). The
-tag is "latest" for a full run (which also writes latest-full.json, the committed copy) and
-"quick" for --quick. See bench/README.md for what every column means.
+machine info), <tag>.md (the tables), <tag>-ratios.png or ratios.png (ratio vs size); with
+--baseline also <tag>-baseline.{json,md} and <tag>-compare.md. The tag is "latest" for a full
+run (which also writes latest-full.json, the committed copy) and "quick" for --quick. See
+bench/README.md for what every column means.
 
 The parts: cases.py (the matrix and its targets), problems.py (weights, data, the check before
-timing), timing.py, workers.py (the worker processes and what each competitor times),
-report.py (rows, tables, plot, JSON); this file runs them.
+timing), streaming.py (the streaming section), timing.py, workers.py (the worker processes and
+what each competitor times), build.py (what a worker reads of its fusedrnn), report.py (rows,
+tables, plot, JSON), compare.py (two runs side by side); this file runs them.
 """
 from __future__ import annotations
 
@@ -63,7 +68,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke subset (< 2 min): small sizes and "
                    "medium plain, short time budgets")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
-    p.add_argument("--cases", metavar="REGEX", help="only cases whose 'size / variant' name matches")
+    p.add_argument("--cases", metavar="REGEX", help="only the cases whose name matches: 'size / variant' (small / plain, "
+                   "sweep B=16 / plain, ...) or 'streaming / H=128 B=1'")
     p.add_argument("--budget", type=float, help="seconds of timed calls per measurement "
                    "(default 3; --quick 0.1)")
     p.add_argument("--rounds", type=int, help="the competitors of a case take turns this many "
@@ -164,8 +170,9 @@ def plan_jobs(cases: List[Case], scases: List[StreamCase], threads_list: List[in
     return groups
 
 
-def run_case(case: Union[Case, StreamCase], groups: List[List[Job]], workers: Mapping[Tuple[str, int, str], Worker],
-             job_fields: dict, rounds: int, tol: float, progress: "Progress") -> Dict[str, dict]:
+def run_case(case: Union[Case, StreamCase], groups: List[List[Job]],
+             workers: Mapping[Tuple[str, int, str], Worker], job_fields: dict, rounds: int,
+             tol: float, progress: Progress) -> Dict[str, dict]:
     """Time the jobs of one case. The competitors take turns, `rounds` times, each with its
     share of the budget: a slow spell of the host then hits all of them, not just one. The
     twins of a group swap their order every round."""

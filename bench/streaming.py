@@ -402,7 +402,8 @@ def markdown(rows: List[dict], checks: Mapping[str, dict]) -> str:
             marks.append("n/a" if c["met"] is None else "yes" if c["met"] else "**NO**")
         L.append("| " + " | ".join(
             [f"H={r['H']} B={r['B']}"] + [_us(r["median_s"][m], r["p99_s"][m]) for m in MEASUREMENTS]
-            + ["—" if v is None else f"{v:.2f}" for v in r["ratios"].values()] + [" / ".join(marks)]) + " |")
+            + ["—" if v is None else f"{v:.2f}" for v in r["ratios"].values()]
+            + [" / ".join(marks)]) + " |")
     L += ["", "Targets: " + "; ".join(t.text() for t in TARGETS)
           + f"; memory growth of a stream < {MEMORY_LIMIT_MB:g} MB. "
           f"**Streaming targets met: {met} of {total}.**"]
@@ -423,7 +424,3 @@ def summary(case: StreamCase, results: Mapping[str, dict]) -> str:
     """One line of a case's medians (results: pooled and finished)."""
     row = build_rows([case], results)[0]
     return f"{case.name}: " + ", ".join(f"{m} {_us(v)} us" for m, v in row["median_s"].items())
-
-
-def case_fields(case: StreamCase) -> dict:
-    return {**dataclasses.asdict(case), "name": case.name}
