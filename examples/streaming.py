@@ -8,7 +8,9 @@ latency does not depend on them) gets one frame at a time. Per frame, the
 latency of the model call is measured for
 
 - fusedrnn per-frame forward: `lstm.forward(x[n:n+1], state=state, training=False)`
-- fusedrnn stream: `stream = lstm.stream(1)`, then `stream.step(frame, out=out)`
+- fusedrnn stream: `stream = lstm.stream(1)`, then `stream.step(frame, out=out)`;
+  it checks before every step that the layer's weights are unchanged, and
+  `lstm.stream(1, weights="snapshot")` (a copy of the weights, no check)
 - fusedrnn stream with a look-ahead window, `context=(2, 4)`: the output of
   frame n comes with frame n + 4 (40 ms of algorithmic delay)
 - the `fusedrnn.torch` module's stream, with tensors
@@ -144,14 +146,15 @@ def run(args: argparse.Namespace, n_frames: int, rounds: int) -> Dict[str, Any]:
             _, box[0] = lstm.forward(f[None], state=box[0], training=False)
         return call
 
-    def stream_step(layer: Any) -> Callable[[], Callable[[Any], Any]]:
+    def stream_step(layer: Any, weights: str = "live") -> Callable[[], Callable[[Any], Any]]:
         def make() -> Callable[[Any], Any]:
-            s, out = layer.stream(1), np.empty((1, H), np.float32)
+            s, out = layer.stream(1, weights=weights), np.empty((1, H), np.float32)
             return lambda f: s.step(f, out=out)
         return make
 
     methods["fusedrnn forward per frame"] = per_frame_forward
     methods["fusedrnn stream"] = stream_step(lstm)
+    methods["fusedrnn stream, snapshot weights"] = stream_step(lstm, "snapshot")
     methods["fusedrnn stream, context (2, 4)"] = stream_step(ctx)
     torch_frames = None
     if not args.no_torch:

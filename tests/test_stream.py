@@ -752,3 +752,74 @@ def test_a_sequential_stream_refuses_a_second_thread():
     go_on.set()
     t.join(10)
     assert core.frames_in == 1 and stream.stages[1].frames_in == 1
+
+
+def test_torch_rnn_stream_from_h0_alone():
+    torch = _torch()
+    import fusedrnn.torch as frt
+    m = frt.RNN(3, 4, dtype=torch.float64, seed=0)
+    h0 = torch.randn(1, 2, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        y, h = m(x, h0)
+    stream = m.stream(2, state=h0)
+    np.testing.assert_allclose(torch.stack([stream.step(f) for f in x]).numpy(), y.numpy(),
+                               rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(stream.state[0].numpy(), h.numpy(), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn", "sequential"])
+def test_a_snapshot_stream_keeps_its_weights(kind):
+    """weights="snapshot": a copy taken when the stream is made; later changes of
+    params (in place, replaced, an optimiser step) do not reach it."""
+    dt = np.float64
+    if kind == "lstm":
+        layer = fr.LSTM(3, 4, context=(1, 1), proj_size=2, dtype=dt, seed=0)
+    elif kind == "rnn":
+        layer = fr.RNN(3, 4, state_feedback=True, dtype=dt, seed=0)
+    else:
+        layer = fr.Sequential(fr.LSTM(3, 4, dtype=dt, seed=0), fr.Linear(4, 2, dtype=dt, seed=1))
+    import copy
+    frozen = copy.deepcopy(layer)
+    x = np.random.default_rng(0).standard_normal((9, 2, 3))
+    stream = layer.stream(2, weights="snapshot")
+    outs = []
+    for n, frame in enumerate(x):
+        if n == 2:
+            for v in layer.params.values():
+                v[...] = 0.123
+        if n == 4:
+            for k in list(layer.params):
+                if "." not in k:
+                    layer.params[k] = np.ones_like(layer.params[k])
+        if n == 6:
+            opt = fr.optim.SGD(layer, lr=1.0)
+            for g in layer.grads.values():
+                g[...] = 1.0
+            opt.step()
+        y = stream.step(frame)
+        if y is not None:
+            outs.append(y)
+    outs.append(stream.flush())
+    got = np.concatenate([np.stack(outs[:-1]), outs[-1]]) if len(outs) > 1 else outs[-1]
+    want, _ = frozen.forward(x, training=False)
+    np.testing.assert_allclose(got, want, **TOLS[dt])
+    stream.reset()   # chunks read the copy too
+    np.testing.assert_allclose(np.concatenate([stream.step_many(x), stream.flush()]), want,
+                               **TOLS[dt])
+    with pytest.raises(ValueError, match="weights must be 'live'"):
+        layer.stream(2, weights="frozen")
+
+
+def test_a_snapshot_torch_stream_keeps_its_weights():
+    torch = _torch()
+    import fusedrnn.torch as frt
+    m = frt.LSTM(3, 4, dtype=torch.float64, seed=0)
+    x = torch.randn(5, 1, 3, dtype=torch.float64)
+    with torch.no_grad():
+        want, _ = m(x)
+    stream = m.stream(1, weights="snapshot")
+    with torch.no_grad():
+        m.W_v.mul_(3.0)
+    got = torch.stack([stream.step(f) for f in x])
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-13)

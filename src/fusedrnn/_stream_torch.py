@@ -19,13 +19,15 @@ class TorchStream:
     with frame a CPU tensor (B, I) of the module's dtype returns a tensor (B, R)
     that shares memory with a new NumPy array, or fills `out`. The stream reads
     the Parameters' storage in place (an optimiser step is used from the next
-    step on); a replaced Parameter or `.data` is noticed and used.
+    step on); a replaced Parameter or `.data` is noticed and used. With
+    weights="snapshot" the stream uses a copy of the weights taken when it is
+    made.
 
     state: LSTM (h, c), or (h, c, x_past) with a past context window; RNN (h, s).
     The other methods (step_many, flush, reset, delay) are those of
     `fusedrnn.stream.Stream`, with tensors."""
 
-    def __init__(self, module: Any, batch: int, state: Any = None) -> None:
+    def __init__(self, module: Any, batch: int, state: Any = None, weights: str = "live") -> None:
         ws, dtype = module._weights()
         self.module = module
         self.dtype = dtype
@@ -34,7 +36,9 @@ class TorchStream:
             (n, w, w.data_ptr()) for n, w in zip(self._names, ws)]
         self._layer = module.fr_layer            # params: numpy views of the Parameters
         self._lstm = isinstance(self._layer, _lstm_class())
-        self._np = self._layer.stream(batch, self._np_state(state, batch))
+        self._np = self._layer.stream(batch, self._np_state(state, batch), weights=weights)
+        if weights == "snapshot":
+            self._held = []   # the NumPy stream holds its copy: nothing to follow
         self.batch = self._np.batch
         self._in_shape = (self.batch, self._np.input_size)
         self._out_shape = (self.batch, self._np.output_size)
@@ -59,7 +63,8 @@ class TorchStream:
             return LSTMState(as_np(c0), as_np(h0), x_past)
         if isinstance(state, torch.Tensor):
             h0 = m._state_part(state, "h0", dt, H, batch, False)
-            return RNNState(np.zeros(tuple(h0.shape), h0.numpy().dtype), as_np(h0))
+            r0 = as_np(h0)
+            return RNNState(np.zeros_like(r0), r0)
         if not isinstance(state, (tuple, list)) or len(state) != 2:
             raise ValueError("state must be None, a tensor h0 or a tuple (h0, s0)")
         h0 = m._state_part(state[0], "h0", dt, H, batch, False)

@@ -56,11 +56,12 @@ class Linear(ReadOnlyConfig):
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias}, dtype={self.dtype.name})")
 
-    def stream(self, batch: int, state: None = None) -> Any:
+    def stream(self, batch: int, state: None = None, *, weights: str = "live") -> Any:
         """A stream applying this layer to one frame (B, in_features) at a time, for a
-        streamed `Sequential` (see `fusedrnn.stream`); it reads `params` each step."""
+        streamed `Sequential` (see `fusedrnn.stream`). weights: "live" reads `params`
+        each step, "snapshot" a copy taken now."""
         from .stream import LinearStream
-        return LinearStream(self, batch, state)
+        return LinearStream(self, batch, state, weights)
 
     def zero_grad(self) -> None:
         """Set every gradient buffer to zero (backward accumulates into them)."""

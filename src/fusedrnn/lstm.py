@@ -131,16 +131,18 @@ class LSTM(RecurrentLayer):
         return (f"LSTM(input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"{', '.join(opts)}, dtype={self.dtype.name})")
 
-    def stream(self, batch: int, state: Optional[LSTMState] = None) -> Any:
+    def stream(self, batch: int, state: Optional[LSTMState] = None,
+               *, weights: str = "live") -> Any:
         """A stream that runs this LSTM one frame at a time (inference):
         `stream.step(frame)` with frame (B, I) returns the output (B, R). With a
         look-ahead (context=(L_past, L_future > 0)) the output of frame n comes
         with frame n + L_future (`stream.delay`), and `stream.flush()` ends the
         sequence. state: an LSTMState like forward's, or None for zeros. The
-        outputs equal one `forward` over the whole sequence. See
-        `fusedrnn.stream` for reset, step_many and the weights."""
+        outputs equal one `forward` over the whole sequence. weights: "live"
+        follows `params` (changes are used from the next step on), "snapshot"
+        uses a copy taken now. See `fusedrnn.stream` for reset and step_many."""
         from .stream import Stream
-        return Stream(self, batch, state)
+        return Stream(self, batch, state, weights)
 
     @property
     def output_size(self) -> int:

@@ -56,12 +56,13 @@ class RNN(RecurrentLayer):
                 f"batch_first={self.batch_first}"
                 + (", reverse=True)" if self.reverse else ")"))
 
-    def stream(self, batch: int, state: Optional[RNNState] = None) -> Any:
+    def stream(self, batch: int, state: Optional[RNNState] = None, *, weights: str = "live") -> Any:
         """A stream that runs this RNN one frame at a time (inference):
         `stream.step(frame)` with frame (B, I) returns r (B, H). state: an RNNState
-        like forward's, or None for zeros. See `fusedrnn.stream`."""
+        like forward's, or None for zeros. weights: "live" (follow `params`) or
+        "snapshot" (a copy taken now). See `fusedrnn.stream`."""
         from .stream import Stream
-        return Stream(self, batch, state)
+        return Stream(self, batch, state, weights)
 
     def _cell_param_shapes(self, in_size: int) -> Dict[str, Tuple[int, ...]]:
         H = self.hidden_size

@@ -79,13 +79,15 @@ class Sequential(ReadOnlyConfig):
         """Every layer's gradient buffers under "<index>.<name>" (the layers' own arrays)."""
         return {f"{i}.{k}": v for i, l in enumerate(self.layers) for k, v in l.grads.items()}
 
-    def stream(self, batch: int, state: Optional[Sequence[Any]] = None) -> Any:
+    def stream(self, batch: int, state: Optional[Sequence[Any]] = None,
+               *, weights: str = "live") -> Any:
         """A stream running the layers (LSTM, RNN, Linear) one frame at a time
         (inference): `stream.step(frame)` (B, I) -> (B, F_out). The delays of
         look-ahead layers add up (`stream.delay`). state: None or a list of
-        per-layer states. See `fusedrnn.stream`."""
+        per-layer states. weights: "live" (follow the layers' params) or
+        "snapshot" (copies taken now). See `fusedrnn.stream`."""
         from .stream import SequentialStream
-        return SequentialStream(self, batch, state)
+        return SequentialStream(self, batch, state, weights)
 
     def zero_grad(self) -> None:
         for layer in self.layers:

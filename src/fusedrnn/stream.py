@@ -30,10 +30,16 @@ outputs of a stream equal one `forward` over the whole sequence.
 - `state`: the state after the last output step, a State like `forward`'s
   (`LSTMState(s, v, x_past)`, `RNNState(s, r)`; a list for a Sequential);
   frames of a look-ahead that have not been output yet are not in it.
-- Weights: a step reads the layer's `params` arrays in place, so an in-place
-  update (an optimiser step, `params[k][...] = w`) is used from the next step
-  on; a replaced entry (`params[k] = w`) or dict is noticed and used too
-  (checked: the shape and dtype of the layer).
+- Weights, `layer.stream(batch, weights="live")` (the default): the stream
+  follows the layer's `params`. An in-place update (an optimiser step,
+  `params[k][...] = w`) is used from the next step on, and a replaced entry
+  (`params[k] = w`) or dict is noticed, checked (shape, dtype) and used.
+  Weights the kernel keeps in a packed copy are compared with the layer's
+  arrays before every step and packed again when they differ, which costs a
+  read of those weights per step. `weights="snapshot"`: the stream takes a
+  private copy of the weights when it is made and never looks at `params`
+  again (later changes do not affect it); the fastest steps, for weights that
+  stay fixed.
 - Threads: a stream is one sequence; a call while another thread is inside a
   call of the same stream raises RuntimeError. Different streams of one layer
   run in parallel (the kernel releases the GIL).
@@ -104,6 +110,14 @@ def _zeros(shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return a
 
 
+def _weights_mode(weights: Any) -> bool:
+    """True for "snapshot", False for "live" (ValueError naming `weights` else)."""
+    if weights not in ("live", "snapshot"):
+        raise ValueError(f"weights must be 'live' (follow the layer's params) or 'snapshot' "
+                         f"(a copy taken now), got {weights!r}")
+    return weights == "snapshot"
+
+
 def _row_index(rows: Any, batch: int) -> np.ndarray:
     """Row numbers from ints, a slice or a boolean mask (ValueError naming `rows`)."""
     if isinstance(rows, slice):
@@ -139,7 +153,8 @@ class Stream(_kernel.StreamCore):
     """A stream over an `fr.LSTM` or `fr.RNN` (see the module docstring); made by
     `layer.stream(batch, state=None)`."""
 
-    def __init__(self, layer: Any, batch: int, state: Any = None) -> None:
+    def __init__(self, layer: Any, batch: int, state: Any = None, weights: str = "live") -> None:
+        self._snapshot = _weights_mode(weights)
         if getattr(layer, "bidirectional", False):
             raise ValueError("a bidirectional layer cannot stream: its reverse direction needs "
                              "the whole sequence; run forward over the sequence instead")
@@ -197,10 +212,12 @@ class Stream(_kernel.StreamCore):
 
     # -- weights ---------------------------------------------------------------------
     def _rebind(self) -> None:
-        """Point the cells at the layer's current parameter arrays (checked)."""
+        """Point the cells at the layer's current parameter arrays (checked), or at
+        private copies of them for a snapshot."""
         layer = self.layer
         params = layer.params
         watched = []
+        cells: List[dict] = []
         for l in range(layer.num_layers):
             shapes = layer._cell_param_shapes(layer._cell_input_size(l))
             arrays = {}
@@ -210,7 +227,7 @@ class Stream(_kernel.StreamCore):
                 if a is not params[key]:
                     raise ValueError(f"params[{key!r}] must be C-contiguous for a stream (a step "
                                      "reads it in place); store np.ascontiguousarray(...) there")
-                arrays[name] = a
+                arrays[name] = a.copy() if self._snapshot else a
                 watched.append((key, a))
             if self._lstm:
                 order = [arrays["W_x"], arrays["W_v"], arrays["b"],
@@ -218,7 +235,9 @@ class Stream(_kernel.StreamCore):
             else:
                 order = [arrays["W_x"], arrays["W_r"], arrays["theta_s"], arrays.get("W_s")]
             self._set_weights(l, order)
-        self._watch([(layer, params, watched)])
+            cells.append(arrays)
+        self._cells = cells       # what the cells point at (kept alive; step_many reads it)
+        self._watch([] if self._snapshot else [(layer, params, watched)])
 
     # -- the public API ----------------------------------------------------------------
     @property
@@ -339,13 +358,12 @@ class Stream(_kernel.StreamCore):
         if n == 0:
             return np.zeros((0, B, self.output_size), self.dtype)
         cur, nxt = self.cur, 1 - self.cur
-        params = layer.params
         for l in range(layer.num_layers):
             I_l = inp.shape[2]
             cfg = layer._cell_config(n, B, I_l, None, False)
             y = aligned_empty(n * B * self.output_size, self.dtype).reshape(n, B, self.output_size)
             work = aligned_empty(max(cfg.sizes()[2], 1), self.dtype)
-            p = layer._cell_dict(params, l, 0)
+            p = self._cells[l]
             layer._kernel_forward(cfg, y, self._s[l][nxt], self._o[l][nxt], None, work,
                                   np.ascontiguousarray(inp), self._s[l][cur], self._o[l][cur], p)
             inp = y
@@ -358,10 +376,11 @@ class LinearStream:
 
     delay = 0
 
-    def __init__(self, layer: Any, batch: int, state: Any = None) -> None:
+    def __init__(self, layer: Any, batch: int, state: Any = None, weights: str = "live") -> None:
         if state is not None:
             raise ValueError("state must be None: a Linear layer has no state")
         self.layer = layer
+        self._snapshot: Optional[Tuple[np.ndarray, Optional[np.ndarray]]] = None
         self.batch = V.positive_int(batch, "batch")
         self.dtype = layer.dtype
         self.input_size, self.output_size = layer.in_features, layer.out_features
@@ -369,6 +388,9 @@ class LinearStream:
         self.frames_in = 0
         self._lock = threading.Lock()
         _LIVE.add(self)
+        if _weights_mode(weights):
+            W, b = self._weights()
+            self._snapshot = (W.copy(), None if b is None else b.copy())
 
     def __repr__(self) -> str:
         return f"LinearStream({self.layer!r}, batch={self.batch})"
@@ -378,6 +400,8 @@ class LinearStream:
         return None
 
     def _weights(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        if self._snapshot is not None:
+            return self._snapshot
         p, L = self.layer.params, self.layer
         W = V.parameter(p, "W", L.dtype, (L.out_features, L.in_features))
         b = V.parameter(p, "b", L.dtype, (L.out_features,)) if L.bias else None
@@ -456,7 +480,9 @@ class SequentialStream:
     """A stream over an `fr.Sequential` of LSTM, RNN and Linear layers: each frame
     goes through every layer's stream; the delays of the layers add up."""
 
-    def __init__(self, model: Any, batch: int, state: Optional[Sequence[Any]] = None) -> None:
+    def __init__(self, model: Any, batch: int, state: Optional[Sequence[Any]] = None,
+                 weights: str = "live") -> None:
+        _weights_mode(weights)
         states = model._per_layer(state, "state")
         dtypes = {np.dtype(l.dtype) for l in model.layers}
         if len(dtypes) > 1:
@@ -469,7 +495,7 @@ class SequentialStream:
             if not hasattr(layer, "stream"):
                 raise TypeError(f"layer {i} ({type(layer).__name__}) cannot stream: a streamed "
                                 "Sequential takes fr.LSTM, fr.RNN and fr.Linear layers")
-            self.stages.append(layer.stream(self.batch, state=st))
+            self.stages.append(layer.stream(self.batch, state=st, weights=weights))
         for i, (a, b) in enumerate(zip(self.stages, self.stages[1:])):
             if a.output_size != b.input_size:
                 raise ValueError(f"layer {i} outputs {a.output_size} features, layer {i + 1} "

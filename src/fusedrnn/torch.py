@@ -187,13 +187,14 @@ class _FusedModule(nn.Module):
         """True: every layer reads each row's valid part backwards (see fusedrnn.LSTM)."""
         return bool(self._config["reverse"])
 
-    def stream(self, batch: int, state: Any = None) -> Any:
+    def stream(self, batch: int, state: Any = None, *, weights: str = "live") -> Any:
         """A stream that runs this module one frame at a time (inference, CPU):
         `stream.step(frame)` with frame (B, I) returns (B, R), reading the
-        Parameters in place (no copy). state: LSTM (h0, c0) (+ x_past), RNN h0 or
-        (h0, s0), or None for zeros. See `fusedrnn.stream`."""
+        Parameters in place (no copy; weights="snapshot": a copy taken now).
+        state: LSTM (h0, c0) (+ x_past), RNN h0 or (h0, s0), or None for zeros.
+        See `fusedrnn.stream`."""
         from ._stream_torch import TorchStream
-        return TorchStream(self, batch, state)
+        return TorchStream(self, batch, state, weights)
 
     def flatten_parameters(self) -> None:
         """No-op (torch.nn.RNNBase compatibility): the weights are always used in place."""
