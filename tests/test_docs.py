@@ -167,11 +167,12 @@ def _name(requirement: str) -> str:
 
 def test_user_extras_exist_and_all_is_their_union():
     extras = _extras()
-    for name in ("torch", "onnx", "examples", "all", "test"):
+    for name in ("torch", "onnx", "examples", "keras", "all", "test"):
         assert name in extras, name
     assert {_name(r) for r in extras["torch"]} == {"torch"}
     assert {_name(r) for r in extras["onnx"]} == {"onnx", "onnxruntime"}
-    assert set(extras["all"]) == set(extras["torch"]) | set(extras["onnx"]) | set(extras["examples"])
+    assert set(extras["all"]) == (set(extras["torch"]) | set(extras["onnx"]) | set(extras["examples"])
+                                  | set(extras["keras"]))
     # the users' torch is the one the tests run
     torch_pins = {r for r in extras["test"] if _name(r) == "torch"}
     assert torch_pins == set(extras["torch"]) == {"torch==2.13.0"}
@@ -186,18 +187,19 @@ def test_extras_named_in_the_docs_exist_and_install_what_the_readme_says():
     # the README's table of extras: | `pip install ".[x]"` | `req`, `req` | ... |
     rows = re.findall(r'^\| `pip install "\.\[(\w+)\]"` \| ([^|]*) \|', (ROOT / "README.md").read_text(),
                       flags=re.M)
-    assert {x for x, _ in rows} >= {"torch", "onnx", "examples", "all"}
+    assert {x for x, _ in rows} >= {"torch", "onnx", "examples", "keras", "all"}
     for extra, installs in rows:
         if extra != "all":
             assert set(re.findall(r"`([^`]+)`", installs)) == set(extras[extra]), extra
 
 
-NEEDS = {"torch": "torch", "onnx": "onnx", "onnxruntime": "onnx", "matplotlib": "examples"}
+NEEDS = {"torch": "torch", "onnx": "onnx", "onnxruntime": "onnx", "matplotlib": "examples",
+         "keras": "keras"}
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
 def test_blocks_that_need_an_extra_say_so(path):
-    """A block importing torch, onnx or matplotlib has the extra named in its section's text."""
+    """A block importing torch, onnx, matplotlib or keras has the extra named in its section."""
     import ast
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
