@@ -614,3 +614,89 @@ def rnn_network_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: O
     """Back-propagation for `rnn_network_forward`: returns (dx (T, B, I), ds0 (L*D, B, H),
     dr0 (L*D, B, H), grads (a list like layers))."""
     return _network_backward(rnn_backward, dr_seq, ds_T, dr_T, cache)
+
+
+# ---- Reduced precision for inference (docs/equations.md §7) ---------------------------
+# The products of a weight matrix W (N, K) (rows = output units, as stored) with the
+# activations A (M, K) that feed it, C = A @ W.T, in bfloat16 or int8. Everything else of a
+# forward pass stays float32.
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """The bfloat16 bit patterns (uint16) of float32 x: round to nearest, ties to even;
+    magnitudes below 2^-126 (float32 denormals) become a signed zero; NaN stays NaN."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    mag = u & np.uint32(0x7FFFFFFF)
+    rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    bits = np.where(mag > 0x7F800000, (u >> np.uint32(16)) | np.uint32(0x0040), rounded)
+    bits = np.where(mag < 0x00800000, (u >> np.uint32(16)) & np.uint32(0x8000), bits)
+    return bits.astype(np.uint16)
+
+
+def bf16_value(bits: np.ndarray) -> np.ndarray:
+    """float32 values of bfloat16 bit patterns (exact)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """x rounded to bfloat16, as float32 values (`bf16_bits`)."""
+    return bf16_value(bf16_bits(x))
+
+
+def quantize_int8(X: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric int8 quantisation of X (rows, K) in float32 arithmetic:
+    amax = max_k |X[r, k]|, scale[r] = amax / 127, q = rint(clip(X * (127 / amax), -127, 127)).
+    A row with amax < 2^-120 gets scale 0 and q = 0; a row with a NaN or inf gets scale NaN
+    and q = 0.  Returns (q (rows, K) int8, scale (rows,) float32); X ~ q * scale[:, None]."""
+    X = np.asarray(X, dtype=np.float32)
+    rows, K = X.shape
+    q = np.zeros((rows, K), np.int8)
+    scale = np.zeros(rows, np.float32)
+    for r in range(rows):
+        x = X[r]
+        if not np.all(np.isfinite(x)):
+            scale[r] = np.nan
+            continue
+        amax = np.max(np.abs(x)) if K else np.float32(0)
+        if amax < np.float32(2.0 ** -120):
+            continue
+        scale[r] = amax / np.float32(127)
+        inv = np.float32(127) / amax
+        q[r] = np.rint(np.clip(x * inv, np.float32(-127), np.float32(127))).astype(np.int8)
+    return q, scale
+
+
+def matmul_bf16(A: np.ndarray, W_bits: np.ndarray) -> np.ndarray:
+    """C (M, N) = A (M, K) @ W.T in bfloat16: W (N, K) given as bf16 bits, A rounded to
+    bf16 (`bf16_bits`), the exact products summed in float32 in k order (k = 0, 1, ...).
+    fusedrnn's widening kernels give exactly this; the vdpbf16ps kernel sums in pairs and is
+    within `matmul_bf16_bound` of the exact sums."""
+    a = bf16_round(np.asarray(A, dtype=np.float32))
+    w = bf16_value(W_bits)
+    C = np.zeros((a.shape[0], w.shape[0]), np.float32)
+    for k in range(a.shape[1]):
+        C = C + a[:, k:k + 1] * w[:, k]          # the product is exact in float32
+    return C
+
+
+def matmul_bf16_bound(A: np.ndarray, W_bits: np.ndarray) -> np.ndarray:
+    """(M, N): (K + 1) 2^-24 sum_k |a_k w_k| over the bf16 operands, a bound on the float32
+    rounding of the sums in any order (the exact sums are `matmul_bf16_exact`)."""
+    a = bf16_round(np.asarray(A, dtype=np.float32)).astype(np.float64)
+    w = bf16_value(W_bits).astype(np.float64)
+    return (a.shape[1] + 1) * 2.0 ** -24 * (np.abs(a) @ np.abs(w).T)
+
+
+def matmul_bf16_exact(A: np.ndarray, W_bits: np.ndarray) -> np.ndarray:
+    """(M, N) float64: the sums of the bf16 products without rounding (to float64's)."""
+    a = bf16_round(np.asarray(A, dtype=np.float32)).astype(np.float64)
+    return a @ bf16_value(W_bits).astype(np.float64).T
+
+
+def matmul_int8(A: np.ndarray, W_q: np.ndarray, w_scale: np.ndarray) -> np.ndarray:
+    """C (M, N) = A (M, K) @ W.T in int8: W (N, K) quantised once (`quantize_int8`: W_q,
+    w_scale (N,)), A quantised per row at every product (a_q, a_scale), the integer products
+    summed exactly, then C = float32(acc) * (a_scale[m] * w_scale[n]) in float32."""
+    a_q, a_scale = quantize_int8(A)
+    acc = a_q.astype(np.int64) @ np.asarray(W_q, dtype=np.int64).T    # exact integer sums
+    s = a_scale[:, None] * np.asarray(w_scale, dtype=np.float32)[None, :]
+    return acc.astype(np.float32) * s

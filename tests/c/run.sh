@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build and run the pure-C kernel tests (tests/c/test_kernel.c), no Python.
+# Build and run the pure-C kernel tests (tests/c/test_kernel.c, and the
+# reduced-precision GEMM's tests/c/test_qgemm.c), no Python.
 #   bash tests/c/run.sh [plain|asan|valgrind|all]     (default: plain)
 # plain:    -O1 -g build, run
 # asan:     AddressSanitizer + UndefinedBehaviorSanitizer (leak check on), run
@@ -14,18 +15,21 @@ CC="${CC:-gcc}"
 CFLAGS=(-std=c11 -O1 -g -Wall -Wextra -Werror)
 SRCS=("$ROOT/tests/c/test_kernel.c" "$ROOT/csrc/gemm.c" "$ROOT/csrc/lstm.c" "$ROOT/csrc/rnn.c"
       "$ROOT/csrc/team.c" "$ROOT/csrc/ukernel.c")
+QSRCS=("$ROOT/tests/c/test_qgemm.c" "$ROOT/csrc/qgemm.c")
 mkdir -p "$OUT"
 
 build() { # build <output> [extra flags...]
     local exe="$1"
     shift
     "$CC" "${CFLAGS[@]}" "$@" -pthread -I"$ROOT/csrc" "${SRCS[@]}" -lm -o "$exe"
+    "$CC" "${CFLAGS[@]}" "$@" -I"$ROOT/csrc" "${QSRCS[@]}" -lm -o "${exe/test_kernel/test_qgemm}"
 }
 
 run_plain() {
     echo "== plain"
     build "$OUT/test_kernel"
     "$OUT/test_kernel"
+    "$OUT/test_qgemm"
 }
 
 run_asan() {
@@ -34,6 +38,8 @@ run_asan() {
         -fno-sanitize-recover=all
     ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:${ASAN_OPTIONS:-}" \
         UBSAN_OPTIONS="print_stacktrace=1:${UBSAN_OPTIONS:-}" "$OUT/test_kernel_asan"
+    ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:${ASAN_OPTIONS:-}" \
+        UBSAN_OPTIONS="print_stacktrace=1:${UBSAN_OPTIONS:-}" "$OUT/test_qgemm_asan"
 }
 
 run_valgrind() {
@@ -45,6 +51,8 @@ run_valgrind() {
     build "$OUT/test_kernel"
     valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect -q \
         "$OUT/test_kernel"
+    valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect -q \
+        "$OUT/test_qgemm"
 }
 
 mode="${1:-plain}"
