@@ -93,6 +93,9 @@ def test_manylinux_wheel_builds_installs_and_runs(tmp_path):
     where = out.split(" from ", 1)[1].split(" ", 1)[0]
     assert Path(where).resolve().is_relative_to(venv.resolve()), where   # not the source tree
     assert f"fusedrnn {_version()} " in out, out                          # metadata version
+    # the README's first command runs the demo on the installed package
+    demo = _run([py, "-m", "fusedrnn.demo", "--steps", "5"], cwd=work, env=venv_env)
+    assert "packed micro-kernel" in demo and "done: 5 steps" in demo, demo
     # the installed package carries its type information
     code = ("import importlib.resources as r; f = r.files('fusedrnn'); "
             "print(f.joinpath('py.typed').is_file(), f.joinpath('_kernel.pyi').is_file())")
