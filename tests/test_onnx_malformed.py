@@ -87,7 +87,7 @@ MALFORMED = [
     ("unknown-attribute", lambda: _model(peephole_mode=1), r"unknown attributes \['peephole_mode'\]"),
     ("W-graph-input", lambda: _model(weights=_with(W="W_in")), "input W \\('W_in'\\) is neither an initializer nor a Constant.*inputs="),
     ("W-no-input", lambda: _model(weights=_with(W=None)), "has no W input"),
-    ("W-strings", lambda: _model(weights=_with(W=numpy_helper.from_array(np.array([["a"]]), "W"))), "input W must hold real numbers"),
+    ("W-strings", lambda: _model(weights=_with(W=numpy_helper.from_array(np.array([["a"]]), "W"))), "input W must be a float tensor"),
     ("W-short-raw", lambda: _model(weights=_with(W=_raw_tensor("W", [1, 16, 3], 10))), "input W \\('W'\\) is a malformed tensor"),
     ("sequence_lens-constant", lambda: _model(weights=_with(sequence_lens=np.array([3], np.int32))), "sequence_lens is a constant"),
     ("initial_h-constant", lambda: _model(weights=_with(initial_h=np.ones((1, 1, H), np.float32))), "initial_h is a constant non-zero state"),
@@ -104,13 +104,11 @@ def test_malformed_node_is_a_value_error(make, match, reader):
         getattr(fr.onnx, reader)(make())
 
 
-def test_zero_constant_initial_state_and_missing_hidden_size_are_accepted():
-    """A zero constant state is the default state; hidden_size may be left out (the
-    ONNX operator then takes it from R)."""
+def test_zero_constant_initial_state_is_the_default_state():
     w = _weights()
     ref = fr.onnx.load(_model(weights=w))
     for m in (_model(weights=dict(w, initial_h=np.zeros((1, 1, H), np.float32))),
-              _model(weights=w, hidden_size=None)):
+              _model(weights=dict(w, initial_c=np.zeros((1, 1, H), np.float32)))):
         got = fr.onnx.load(m)
         assert repr(got) == repr(ref)
         for k in ref.params:

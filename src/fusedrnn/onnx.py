@@ -37,7 +37,7 @@ LSTM/RNN nodes go: `load` reads LSTM and RNN nodes.
 
 Both directions check what they handle: `export` the layer's parameters and
 the opset before writing; `load` every node's weights against its attributes,
-the chain of nodes, and external data (read only from files inside the model's
+the chain of nodes and what lies between them, the graph's outputs, and external data (read only from files inside the model's
 folder). What does not fit raises ValueError (TypeError for a wrong argument
 type) naming the node or argument.
 
@@ -51,6 +51,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import _onnx_graph as _G
 from . import _validate as V
 from ._layer import suffix
 from .lstm import LSTM
@@ -346,8 +347,6 @@ def export(model: Any, path: PathLike, *, sequence_lens: bool = False,
 
 # -- import -----------------------------------------------------------------------------
 
-# ops that only move or relabel data: between stacked nodes and in front of the first
-_LAYOUT_OPS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast")
 _ATTRIBUTES = {"LSTM": {"hidden_size", "direction", "layout", "activations", "activation_alpha",
                         "activation_beta", "clip", "input_forget"},
                "RNN": {"hidden_size", "direction", "layout", "activations", "activation_alpha",
@@ -498,8 +497,9 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
         except Exception as exc:  # protobuf / numpy: the tensor's data do not fit its type or dims
             raise ValueError(f"{where}: input {what} ({name!r}) is a malformed tensor: "
                              f"{exc}") from None
-        if arr.dtype.kind not in "biuf":
-            raise ValueError(f"{where}: input {what} must hold real numbers, got dtype {arr.dtype}")
+        if arr.dtype.kind != "f":
+            raise ValueError(f"{where}: input {what} must be a float tensor (float16, float32 or "
+                             f"float64: the operator's type T), got dtype {arr.dtype}")
         return arr
 
     def shape(arr: np.ndarray, what: str, want: Tuple[int, ...], names: str) -> None:
@@ -529,7 +529,10 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
     if W.ndim != 3 or Rm.ndim != 3:
         raise ValueError(f"{where}: W and R must be 3-D (num_directions, {G}*hidden_size, .), "
                          f"got shapes {W.shape} and {Rm.shape}")
-    H = attr("hidden_size", int, int(Rm.shape[2]))
+    if "hidden_size" not in a:
+        raise ValueError(f"{where} has no hidden_size attribute (ONNX Runtime requires it too); "
+                         f"set hidden_size={int(Rm.shape[2])}, the last axis of R")
+    H = attr("hidden_size", int, 0)
     I = int(W.shape[2])
     if H < 1 or I < 1:
         raise ValueError(f"{where}: hidden_size and input_size must be >= 1, got {H} and {I}")
@@ -538,13 +541,21 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
     Bm = const(3, "B")
     if Bm is not None:
         shape(Bm, "B", (D, 2 * G * H), f"(num_directions, {2 * G}*hidden_size)")
+    for what, arr in (("R", Rm), ("B", Bm)):
+        if arr is not None and arr.dtype != W.dtype:
+            raise ValueError(f"{where}: {what} is {arr.dtype} and W {W.dtype}; the operator's "
+                             "inputs share one type T")
     if ins[4] and ins[4] in consts:
         raise ValueError(f"{where}: sequence_lens is a constant of the graph; fusedrnn takes the "
                          "lengths as the lengths argument of forward (make it a graph input)")
     for i, what in ((5, "initial_h"), (6, "initial_c")):
         if i == 6 and op != "LSTM":
             break
-        if ins[i] and ins[i] in consts and np.any(const(i, what) != 0):
+        value = const(i, what) if ins[i] and ins[i] in consts else None
+        if value is not None and value.dtype != W.dtype:
+            raise ValueError(f"{where}: {what} is {value.dtype} and W {W.dtype}; the operator's "
+                             "inputs share one type T")
+        if value is not None and np.any(value != 0):
             raise ValueError(f"{where}: {what} is a constant non-zero state of the graph; "
                              "fusedrnn takes the initial state as the state argument of forward "
                              "(make it a graph input)")
@@ -555,6 +566,9 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
             P = const(7, "P")
             if P is not None:
                 shape(P, "P", (D, 3 * H), "(num_directions, 3*hidden_size)")
+                if P.dtype != W.dtype:
+                    raise ValueError(f"{where}: P is {P.dtype} and W {W.dtype}; the operator's "
+                                     "inputs share one type T")
             input_forget = attr("input_forget", int, 0)
             if input_forget not in (0, 1):
                 raise ValueError(f"{where}: input_forget must be 0 or 1, got {input_forget}")
@@ -674,34 +688,6 @@ def _same_cell(a: Any, b: Any) -> bool:
     return True
 
 
-def _check_chain(graph: Any, nodes: List[Any]) -> None:
-    """The nodes form one stack: the first reads a graph input, each next one the
-    previous one's Y, through layout-only operators (what `load` would otherwise drop
-    or rewire is refused)."""
-    producer = {out: n for n in graph.node for out in n.output if out}
-    graph_inputs = {i.name for i in graph.input}
-
-    def source(name: str) -> Tuple[str, Optional[Any]]:
-        for _ in range(len(graph.node) + 1):
-            n = producer.get(name)
-            if n is None or n.op_type not in _LAYOUT_OPS or not n.input:
-                return name, n
-            name = n.input[0]
-        raise ValueError("the ONNX graph has a cycle")
-
-    for k, node in enumerate(nodes):
-        name, made_by = source(node.input[0] if node.input else "")
-        if k == 0:
-            if made_by is not None or name not in graph_inputs:
-                what = f"a {made_by.op_type} node" if made_by is not None else f"{name!r}"
-                raise ValueError(f"the first {node.op_type} node's input X comes from {what}, "
-                                 "not from a graph input: fusedrnn.onnx.load would drop what "
-                                 "computes it; use fusedrnn.onnx.load_nodes for the cells alone")
-        elif made_by is not nodes[k - 1] or name != nodes[k - 1].output[0]:
-            raise ValueError(f"{node.op_type} node {k} does not read the output Y of node {k - 1}: "
-                             "the nodes do not form one stack; use fusedrnn.onnx.load_nodes")
-
-
 def _int_list(consts: Dict[str, Any], name: str) -> Optional[List[int]]:
     """The values of a constant int tensor input, None if it is not a constant."""
     if name not in consts:
@@ -744,6 +730,9 @@ def _check_initial_states(graph: Any, nodes: List[Any], consts: Dict[str, Any],
             where = f"{node.op_type} node {l} ({node.name or 'unnamed'}): {what}"
             made_by = producer.get(name)
             while made_by is not None and made_by.op_type in ("Identity", "Cast"):
+                if made_by.op_type == "Cast" and not _G.cast_keeps_values(made_by):
+                    raise ValueError(f"{where} passes {_G.node_name(made_by)}, which casts to a "
+                                     "type other than float or double")
                 name = made_by.input[0]
                 made_by = producer.get(name)
             if (made_by is not None and layout == 1 and made_by.op_type == "Transpose"
@@ -795,6 +784,10 @@ def _input_swapped(graph: Any, node: Any) -> bool:
                                  "time and batch axes (perm=[1, 0, 2]) has a fusedrnn equivalent "
                                  "(batch_first)")
             swapped = not swapped
+        elif made_by.op_type == "Cast" and not _G.cast_keeps_values(made_by):
+            raise ValueError(f"the first {node.op_type} node's input X passes "
+                             f"{_G.node_name(made_by)}, which casts to a type other than float "
+                             "or double (it would change the values)")
         elif made_by.op_type not in ("Identity", "Cast"):
             raise ValueError(f"the first {node.op_type} node's input X passes a "
                              f"{made_by.op_type} node, which changes its shape: fusedrnn.onnx.load "
@@ -809,8 +802,11 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
     """The fusedrnn network of an ONNX model's LSTM / RNN nodes (inverse of `export`).
 
     The nodes must form one stack: the first reads a graph input, each next one
-    the previous one's output (through layout-only operators), all of the same
-    kind, hidden size, directions and options. Parameters are mapped back
+    the previous one's output rearranged into the layer input (T, B, D*H) by
+    data-moving operators (replayed on indices to check), all of the same kind,
+    hidden size, directions and options; every graph output must be the last
+    node's Y or final states, moved or concatenated; every node needs its
+    hidden_size and float weights of one type (see fusedrnn._onnx_graph). Parameters are mapped back
     exactly (gates reordered, B = [Wb; Rb] summed to b, P to w_s). For other
     graphs use `load_nodes`. path: a file path (external data is read only from
     the model's folder) or an onnx.ModelProto. dtype: default the weights'.
@@ -834,15 +830,28 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
     graph, consts = _graph_constants(model, inputs)
     nodes = _cell_nodes(graph)
     cells = [_node_layer(n, consts, dt, meta.get("fusedrnn.accumulation_clip")) for n in nodes]
-    _check_chain(graph, nodes)
     first = cells[0]
-    for k, c in enumerate(cells[1:], 1):
-        if not _same_cell(first, c) or c.input_size != first.num_directions * first.output_size:
-            raise ValueError(f"the LSTM/RNN nodes do not form one uniform stack (node {k} "
-                             f"differs: {c!r} after {first!r}); use fusedrnn.onnx.load_nodes")
+
+    def uniform(sizes_too: bool) -> None:
+        for k, c in enumerate(cells[1:], 1):
+            if not _same_cell(first, c) or (
+                    sizes_too and c.input_size != first.num_directions * first.output_size):
+                raise ValueError(f"the LSTM/RNN nodes do not form one uniform stack (node {k} "
+                                 f"differs: {c!r} after {first!r}); use fusedrnn.onnx.load_nodes")
+
+    uniform(False)  # the same cell everywhere, then the wiring, then the sizes it implies
+    x_name = _G.first_input(graph, nodes[0])
+    x_batch_major = first.batch_first != _input_swapped(graph, nodes[0])
+    opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 14)
+    _G.check_chain(graph, nodes, cells, consts, opset,
+                   _G.replay_sizes(graph, x_name, x_batch_major))
+    uniform(True)
+    _G.check_outputs(graph, nodes)
+    _G.check_lengths(graph, nodes)
+    _G.check_input_type(graph, nodes[0], consts, nodes[0].input[0], "input X")
     _check_initial_states(graph, nodes, consts, first.num_directions)
     if batch_first is None:  # X batch-major: layout=1 nodes, or a (B, T, I) input transposed
-        batch_first = first.batch_first != _input_swapped(graph, nodes[0])
+        batch_first = x_batch_major
     L = len(cells)
     if isinstance(first, LSTM):
         net: Any = LSTM(first.input_size, first.hidden_size,
