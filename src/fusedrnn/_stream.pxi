@@ -7,22 +7,122 @@
 # layers still hold the weight arrays the cells point at, and calls the
 # kernel's forward with T = 1 for each cell.
 from libc.stdint cimport uintptr_t
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_STRIDES, \
     PyBUF_FORMAT, PyBUF_WRITABLE
 from cpython.dict cimport PyDict_GetItem
 from cpython.ref cimport PyObject
 from libc.stdlib cimport calloc, free
 
+cdef extern from *:
+    """
+    /* One T = 1 forward of a stream's cell through the kernel's public API, for
+     * both of its forms: with named-pointer structs, a call options struct and
+     * prepacked weights (FR_LSTM_WEIGHTS_FIELDS defined), or the positional form
+     * whose configuration carries the path and the threads. */
+    /* The configuration of a stream's T = 1 calls, before the workspace is sized. */
+    static void fr_stream_lstm_prepare(fr_lstm_config *cfg, int threads) {
+    #ifndef FR_LSTM_WEIGHTS_FIELDS
+        cfg->packed_max_rows = 1 << 30; /* the micro-kernel (packing in the call) at T = 1 */
+        cfg->num_threads = threads;
+    #else
+        (void)cfg; (void)threads;
+    #endif
+    }
+
+    static int fr_stream_lstm_forward(int f64, void *y_seq, void *s_T, void *y_T, void *work,
+                                      const void *x, const void *s0, const void *y0,
+                                      const void *const *w, fr_lstm_config *cfg, int threads) {
+    #ifdef FR_LSTM_WEIGHTS_FIELDS
+        fr_call call = {threads, NULL, NULL};
+        if (f64) {
+            fr_lstm_forward_seq_f64 q = {(double *)y_seq, (double *)s_T, (double *)y_T, NULL,
+                                         (double *)work, (const double *)x, (const double *)s0,
+                                         (const double *)y0};
+            fr_lstm_weights_f64 p = {(const double *)w[0], (const double *)w[1],
+                                     (const double *)w[2], (const double *)w[3],
+                                     (const double *)w[4], (const double *)w[5]};
+            return fr_lstm_forward_f64(&q, &p, cfg, &call);
+        }
+        fr_lstm_forward_seq_f32 q = {(float *)y_seq, (float *)s_T, (float *)y_T, NULL,
+                                     (float *)work, (const float *)x, (const float *)s0,
+                                     (const float *)y0};
+        fr_lstm_weights_f32 p = {(const float *)w[0], (const float *)w[1], (const float *)w[2],
+                                 (const float *)w[3], (const float *)w[4], (const float *)w[5]};
+        return fr_lstm_forward_f32(&q, &p, cfg, &call);
+    #else
+        if (f64)
+            return fr_lstm_forward_f64((double *)y_seq, (double *)s_T, (double *)y_T, NULL,
+                                       (double *)work, (const double *)x, (const double *)s0,
+                                       (const double *)y0, (const double *)w[0],
+                                       (const double *)w[1], (const double *)w[2],
+                                       (const double *)w[3], (const double *)w[4], cfg);
+        return fr_lstm_forward_f32((float *)y_seq, (float *)s_T, (float *)y_T, NULL,
+                                   (float *)work, (const float *)x, (const float *)s0,
+                                   (const float *)y0, (const float *)w[0], (const float *)w[1],
+                                   (const float *)w[2], (const float *)w[3],
+                                   (const float *)w[4], cfg);
+    #endif
+    }
+
+    static int fr_stream_rnn_forward(int f64, void *r_seq, void *s_T, void *r_T, void *work,
+                                     const void *x, const void *s0, const void *r0,
+                                     const void *const *w, fr_rnn_config *cfg) {
+    #ifdef FR_LSTM_WEIGHTS_FIELDS
+        fr_call call = {1, NULL, NULL};
+        if (f64) {
+            fr_rnn_forward_seq_f64 q = {(double *)r_seq, (double *)s_T, (double *)r_T, NULL,
+                                        (double *)work, (const double *)x, (const double *)s0,
+                                        (const double *)r0};
+            fr_rnn_weights_f64 p = {(const double *)w[0], (const double *)w[1],
+                                    (const double *)w[2], (const double *)w[3]};
+            return fr_rnn_forward_f64(&q, &p, cfg, &call);
+        }
+        fr_rnn_forward_seq_f32 q = {(float *)r_seq, (float *)s_T, (float *)r_T, NULL,
+                                    (float *)work, (const float *)x, (const float *)s0,
+                                    (const float *)r0};
+        fr_rnn_weights_f32 p = {(const float *)w[0], (const float *)w[1], (const float *)w[2],
+                                (const float *)w[3]};
+        return fr_rnn_forward_f32(&q, &p, cfg, &call);
+    #else
+        if (f64)
+            return fr_rnn_forward_f64((double *)r_seq, (double *)s_T, (double *)r_T, NULL,
+                                      (double *)work, (const double *)x, (const double *)s0,
+                                      (const double *)r0, (const double *)w[0],
+                                      (const double *)w[1], (const double *)w[2],
+                                      (const double *)w[3], cfg);
+        return fr_rnn_forward_f32((float *)r_seq, (float *)s_T, (float *)r_T, NULL,
+                                  (float *)work, (const float *)x, (const float *)s0,
+                                  (const float *)r0, (const float *)w[0], (const float *)w[1],
+                                  (const float *)w[2], (const float *)w[3], cfg);
+    #endif
+    }
+    """
+    void fr_stream_lstm_prepare(fr_lstm_config *cfg, int threads)
+    int fr_stream_lstm_forward(int f64, void *y_seq, void *s_T, void *y_T, void *work,
+                               const void *x, const void *s0, const void *y0,
+                               const void *const *w, fr_lstm_config *cfg, int threads) nogil
+    int fr_stream_rnn_forward(int f64, void *r_seq, void *s_T, void *r_T, void *work,
+                              const void *x, const void *s0, const void *r0,
+                              const void *const *w, fr_rnn_config *cfg) nogil
+
+
 ctypedef struct stream_cell:
     int lstm                 # 1: LSTM cell, 0: canonical RNN cell
+    int threads              # kernel threads of a step
     fr_lstm_config lc        # T = 1
     fr_rnn_config rc         # T = 1
     char *x                  # (B, I_l) input: the frame, the window or the cell below's y
     char *y                  # (B, R) output (the step's out for the top cell)
     char *s[2]               # (B, H) state s, two halves
     char *o[2]               # (B, R) output fed back (v or q; r for the RNN), two halves
-    const char *w[5]         # LSTM: W_x, W_v, b, W_s, W_qv; RNN: W_x, W_r, theta_s, W_s
+    const void *w[6]         # LSTM: W_x, W_v, b, W_s, W_qv, packed; RNN: W_x, W_r, theta_s, W_s
+
+
+ctypedef struct content_check:
+    const char *live         # a weight array of the layer
+    const char *copy         # the stream's copy of it, as packed
+    size_t nbytes
 
 
 cdef inline char *_addr(object a):
@@ -30,34 +130,14 @@ cdef inline char *_addr(object a):
     return NULL if a is None else <char *><uintptr_t>a.__array_interface__["data"][0]
 
 
-cdef int _cell_forward(stream_cell *c, char *work, int f64, int cur) noexcept nogil:
+cdef inline int _cell_forward(stream_cell *c, char *work, int f64, int cur) noexcept nogil:
     """One T = 1 kernel forward: state half `cur` in, the other half out."""
     cdef int nxt = 1 - cur
     if c.lstm:
-        if f64:
-            return fr_lstm_forward_f64(<double *>c.y, <double *>c.s[nxt], <double *>c.o[nxt],
-                                       NULL, <double *>work, <const double *>c.x,
-                                       <const double *>c.s[cur], <const double *>c.o[cur],
-                                       <const double *>c.w[0], <const double *>c.w[1],
-                                       <const double *>c.w[2], <const double *>c.w[3],
-                                       <const double *>c.w[4], &c.lc)
-        return fr_lstm_forward_f32(<float *>c.y, <float *>c.s[nxt], <float *>c.o[nxt],
-                                   NULL, <float *>work, <const float *>c.x,
-                                   <const float *>c.s[cur], <const float *>c.o[cur],
-                                   <const float *>c.w[0], <const float *>c.w[1],
-                                   <const float *>c.w[2], <const float *>c.w[3],
-                                   <const float *>c.w[4], &c.lc)
-    if f64:
-        return fr_rnn_forward_f64(<double *>c.y, <double *>c.s[nxt], <double *>c.o[nxt], NULL,
-                                  <double *>work, <const double *>c.x, <const double *>c.s[cur],
-                                  <const double *>c.o[cur], <const double *>c.w[0],
-                                  <const double *>c.w[1], <const double *>c.w[2],
-                                  <const double *>c.w[3], &c.rc)
-    return fr_rnn_forward_f32(<float *>c.y, <float *>c.s[nxt], <float *>c.o[nxt], NULL,
-                              <float *>work, <const float *>c.x, <const float *>c.s[cur],
-                              <const float *>c.o[cur], <const float *>c.w[0],
-                              <const float *>c.w[1], <const float *>c.w[2],
-                              <const float *>c.w[3], &c.rc)
+        return fr_stream_lstm_forward(f64, c.y, c.s[nxt], c.o[nxt], work, c.x, c.s[cur],
+                                      c.o[cur], c.w, &c.lc, c.threads)
+    return fr_stream_rnn_forward(f64, c.y, c.s[nxt], c.o[nxt], work, c.x, c.s[cur], c.o[cur],
+                                 c.w, &c.rc)
 
 
 cdef inline bint _format_is(const char *fmt, char code) noexcept:
@@ -94,13 +174,18 @@ cdef class StreamCore:
     cdef object keep              # the arrays behind the pointers (kept alive)
     cdef object weights           # [(owner, params dict, [(key, array), ...]), ...]
     cdef object out_shape, dtype, np_empty
+    cdef content_check *chk       # weights held packed, compared before every step
+    cdef int n_chk
+    cdef object chk_keep
 
     def __cinit__(self, *args, **kwargs):
         self.cells = NULL
         self.hold = NULL
         self.active = NULL
+        self.chk = NULL
 
     def __dealloc__(self):
+        free(self.chk)
         free(self.cells)
         free(self.hold)
         free(self.active)
@@ -144,8 +229,8 @@ cdef class StreamCore:
         c.lc.peepholes = peepholes; c.lc.coupled_gates = coupled_gates; c.lc.reverse = 0
         c.lc.cell_clip = cell_clip; c.lc.accumulation_clip = accumulation_clip
         c.lc.lengths = NULL
-        c.lc.packed_max_rows = 1 << 30  # the packed micro-kernel for every batch size
-        c.lc.num_threads = threads
+        c.threads = threads
+        fr_stream_lstm_prepare(&c.lc, threads)
         self._set_buffers(c, x, y, s, o)
 
     def _set_rnn_cell(self, int i, int64_t I, int64_t H, bint state_feedback, object x,
@@ -154,6 +239,7 @@ cdef class StreamCore:
         c.lstm = 0
         c.rc.T = 1; c.rc.B = self.batch; c.rc.I = I; c.rc.H = H
         c.rc.state_feedback = state_feedback; c.rc.reverse = 0; c.rc.lengths = NULL
+        c.threads = 1
         self._set_buffers(c, x, y, s, o)
 
     cdef _set_buffers(self, stream_cell *c, object x, object y, object s, object o):
@@ -184,12 +270,39 @@ cdef class StreamCore:
 
     def _set_weights(self, int i, object arrays):
         """Cell i's weight arrays (C-contiguous, of the stream's dtype, checked by
-        the caller): LSTM W_x, W_v, b, W_s, W_qv; RNN W_x, W_r, theta_s, W_s (None:
-        absent)."""
+        the caller): LSTM W_x, W_v, b, W_s, W_qv, packed (a PackedWeights buffer);
+        RNN W_x, W_r, theta_s, W_s (None: absent)."""
         cdef stream_cell *c = &self.cells[i]
         cdef int k
-        for k in range(5):
+        for k in range(6):
             c.w[k] = _addr(arrays[k]) if k < len(arrays) else NULL
+
+    def _set_checks(self, object pairs):
+        """[(array, copy), ...]: before every step each array is compared with its
+        copy (the weights the cells hold packed), and self._rebind() is called when
+        one differs."""
+        cdef int i
+        free(self.chk)
+        self.chk = NULL
+        self.n_chk = 0
+        self.chk_keep = list(pairs)
+        if not pairs:
+            return
+        self.chk = <content_check *>calloc(len(pairs), sizeof(content_check))
+        if self.chk == NULL:
+            raise MemoryError()
+        for i, (a, b) in enumerate(pairs):
+            self.chk[i].live = _addr(a)
+            self.chk[i].copy = _addr(b)
+            self.chk[i].nbytes = a.nbytes
+        self.n_chk = len(pairs)
+
+    cdef bint _contents_changed(self) noexcept nogil:
+        cdef int i
+        for i in range(self.n_chk):
+            if memcmp(self.chk[i].live, self.chk[i].copy, self.chk[i].nbytes) != 0:
+                return True
+        return False
 
     def _watch(self, object weights):
         """[(owner, params dict, [(key, array), ...]), ...]: every step checks that
@@ -215,8 +328,9 @@ cdef class StreamCore:
         return True
 
     def _check_weights(self):
-        """Rebind the cells when a layer's params changed (another array or dict)."""
-        if not self._weights_current():
+        """Rebind the cells when a layer's params changed (another array or dict, or
+        the contents of one the cells hold packed)."""
+        if self._contents_changed() or not self._weights_current():
             self._rebind()
 
     # -- state and rows ---------------------------------------------------------------
@@ -354,11 +468,18 @@ cdef class StreamCore:
     cdef int _step(self, char *fp, char *op, bint ready) except -1:
         """The step on checked buffers, with the stream marked busy."""
         cdef int status = 0, cur = self.cur
+        cdef bint stale = False
         cdef int64_t B = self.batch, r, n_hold
         cdef int64_t rowx = self.input_size * self.isz, rowy = self.output_size * self.isz
         if ready and op < fp + B * rowx and fp < op + B * rowy:
             raise ValueError("out must not overlap frame")
-        if not self._weights_current():
+        if self.n_chk:
+            if self.release_gil:
+                with nogil:
+                    stale = self._contents_changed()
+            else:
+                stale = self._contents_changed()
+        if stale or not self._weights_current():
             self._rebind()
         n_hold = self.n_hold
         if ready and n_hold:

@@ -56,7 +56,7 @@ import numpy as np
 
 from . import _kernel, _threads
 from . import _validate as V
-from ._layer import suffix
+from ._layer import flat, suffix
 from ._scratch import aligned_empty
 from .lstm import _PEEP_CODES
 
@@ -193,6 +193,7 @@ class Stream(_kernel.StreamCore):
                 B_macs += B * H * (I_l + H * (2 if layer.state_feedback else 1))
             self._s[l][0][...] = s0[l]
             self._o[l][0][...] = o0[l]
+        self._packed: List[Optional[Any]] = [None] * L   # PackedWeights of each LSTM cell
         self._work = aligned_empty(max(self._work_size(), 1), dt)
         self._set_work(self._work)
         self.release_gil = B_macs >= NOGIL_MIN_MACS
@@ -218,6 +219,7 @@ class Stream(_kernel.StreamCore):
         params = layer.params
         watched = []
         cells: List[dict] = []
+        checks: list = []
         for l in range(layer.num_layers):
             shapes = layer._cell_param_shapes(layer._cell_input_size(l))
             arrays = {}
@@ -230,14 +232,32 @@ class Stream(_kernel.StreamCore):
                 arrays[name] = a.copy() if self._snapshot else a
                 watched.append((key, a))
             if self._lstm:
+                packed = self._pack(l, arrays, checks)
                 order = [arrays["W_x"], arrays["W_v"], arrays["b"],
-                         arrays.get("w_s", arrays.get("W_s")), arrays.get("W_qv")]
+                         arrays.get("w_s", arrays.get("W_s")), arrays.get("W_qv"),
+                         None if packed is None else packed.buffer]
             else:
                 order = [arrays["W_x"], arrays["W_r"], arrays["theta_s"], arrays.get("W_s")]
             self._set_weights(l, order)
             cells.append(arrays)
         self._cells = cells       # what the cells point at (kept alive; step_many reads it)
+        self._set_checks(checks)
         self._watch([] if self._snapshot else [(layer, params, watched)])
+
+    def _pack(self, l: int, arrays: dict, checks: list) -> Optional[Any]:
+        """Cell l's forward weights packed once for the micro-kernel (None with full
+        peepholes, whose cells run on the BLAS, and with a kernel that packs in
+        every call: the cells then read the weights in place). A live stream
+        compares the packed arrays with copies before every step."""
+        if self.layer.peepholes == "full" or not hasattr(_kernel, "PackedWeights"):
+            self._packed[l] = None
+            return None
+        cfg = self.layer._cell_config(1, self.batch, self.layer._cell_input_size(l), None, False)
+        names = ["W_x", "W_v"] + (["W_qv"] if "W_qv" in arrays else [])
+        self._packed[l] = _kernel.PackedWeights(cfg, **{n: flat(arrays[n]) for n in names})
+        if not self._snapshot:
+            checks.extend((arrays[n], arrays[n].copy()) for n in names)
+        return self._packed[l]
 
     # -- the public API ----------------------------------------------------------------
     @property
@@ -364,8 +384,17 @@ class Stream(_kernel.StreamCore):
             y = aligned_empty(n * B * self.output_size, self.dtype).reshape(n, B, self.output_size)
             work = aligned_empty(max(cfg.sizes()[2], 1), self.dtype)
             p = self._cells[l]
-            layer._kernel_forward(cfg, y, self._s[l][nxt], self._o[l][nxt], None, work,
-                                  np.ascontiguousarray(inp), self._s[l][cur], self._o[l][cur], p)
+            x_l = np.ascontiguousarray(inp)
+            if self._lstm and self._packed[l] is not None:
+                _kernel.lstm_forward(cfg, y_seq=flat(y), s_T=flat(self._s[l][nxt]),
+                                     y_T=flat(self._o[l][nxt]), acts=None, work=work, x=flat(x_l),
+                                     s0=flat(self._s[l][cur]), y0=flat(self._o[l][cur]),
+                                     W_x=flat(p["W_x"]), W_v=flat(p["W_v"]), b=flat(p["b"]),
+                                     W_s=flat(p.get("w_s")), W_qv=flat(p.get("W_qv")),
+                                     packed=self._packed[l])
+            else:
+                layer._kernel_forward(cfg, y, self._s[l][nxt], self._o[l][nxt], None, work,
+                                      x_l, self._s[l][cur], self._o[l][cur], p)
             inp = y
         self.cur = nxt
         return inp
