@@ -131,3 +131,129 @@ def test_matmul_bf16_k_order_and_bound():
             e = sum(Fraction(float(a[m, k])) * Fraction(float(w[n, k])) for k in range(K))
             assert abs(Fraction(float(exact[m, n])) - e) <= abs(e) * Fraction(2) ** -50
             assert abs(Fraction(float(C[m, n])) - e) <= Fraction(float(bound[m, n]))
+
+
+# ---- the reduced-precision forward of the oracle's cells -------------------------------
+
+def _lstm_params(rng, I, H, P=0, peep="diagonal"):
+    R = P or H
+    p = {"W_x": rng.uniform(-0.4, 0.4, (4 * H, I)), "W_v": rng.uniform(-0.4, 0.4, (4 * H, R)),
+         "b": rng.uniform(-0.2, 0.2, 4 * H)}
+    if peep == "diagonal":
+        p["w_s"] = rng.uniform(-0.3, 0.3, (3, H))
+    elif peep == "full":
+        p["W_s"] = rng.uniform(-0.2, 0.2, (3, H, H))
+    if P:
+        p["W_qv"] = rng.uniform(-0.4, 0.4, (P, H))
+    return {k: v.astype(np.float32) for k, v in p.items()}
+
+
+def _reduce(p, precision, names):
+    out = dict(p)
+    for n in names:
+        if n not in p:
+            continue
+        if precision == "bf16":
+            out[n] = ref.bf16_bits(p[n])
+        else:
+            out[n], out[n + "_scale"] = ref.quantize_int8(p[n])
+    return out
+
+
+def _dequantized(q, precision, names):
+    """Float params holding the reduced weights' values (what the float forward then sees)."""
+    out = {k: v for k, v in q.items() if not k.endswith("_scale")}
+    for n in names:
+        if n in q:
+            out[n] = (ref.bf16_value(q[n]) if precision == "bf16"
+                      else q[n].astype(np.float32) * q[n + "_scale"][:, None])
+    return out
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_lstm_reduced_first_step_by_hand(precision):
+    """T = 1 from zero state: a = W_x x + b (the recurrent product of zeros is exactly 0), so
+    the outputs follow from one reduced product, written out here."""
+    rng = np.random.default_rng(4)
+    I, H, B = 7, 5, 3
+    p = _lstm_params(rng, I, H, peep=None)
+    q = _reduce(p, precision, ref.REDUCED_LSTM)
+    x = rng.uniform(-1, 1, (1, B, I)).astype(np.float32)
+    y, s_T, _, _ = ref.lstm_forward(x, q, precision=precision)
+    a = (ref.matmul_bf16(x[0], q["W_x"]) if precision == "bf16"
+         else ref.matmul_int8(x[0], q["W_x"], q["W_x_scale"])) + np.float32(0) + p["b"]
+    sig = lambda z: 0.5 * (1 + np.tanh(0.5 * z))
+    g_cu, g_cs, u, g_cr = (a[:, i * H:(i + 1) * H] for i in range(4))
+    s = sig(g_cu) * np.tanh(u)
+    np.testing.assert_allclose(s_T, s, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(y[0], sig(g_cr) * np.tanh(s), rtol=1e-6, atol=1e-7)
+
+
+OPTION_CASES = [
+    dict(peep="diagonal"), dict(peep="full"), dict(peep=None, P=3),
+    dict(peep="diagonal", coupled_gates=True, cell_clip=0.8, accumulation_clip=1.5),
+    dict(peep="diagonal", context=(1, 1)), dict(peep="diagonal", lengths=True, reverse=True),
+]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("case", range(len(OPTION_CASES)))
+def test_lstm_reduced_every_option_near_float(precision, case):
+    """Every cell option runs in reduced precision; the outputs stay near the float32 ones
+    computed with the same (dequantised) weights, and differ from them (the activations are
+    rounded too), by amounts of the size of the rounding steps."""
+    opts = dict(OPTION_CASES[case])
+    rng = np.random.default_rng(10 + case)
+    T, B, I, H = 6, 3, 5, 8
+    P = opts.pop("P", 0)
+    p = _lstm_params(rng, I * (3 if "context" in opts else 1), H, P, opts.pop("peep"))
+    if opts.pop("lengths", False):
+        opts["lengths"] = np.array([6, 0, 3])
+    q = _reduce(p, precision, ref.REDUCED_LSTM)
+    x = rng.uniform(-1, 1, (T, B, I)).astype(np.float32)
+    y_q, s_q, _, _ = ref.lstm_forward(x, q, precision=precision, **opts)
+    y_f, s_f, _, _ = ref.lstm_forward(x, _dequantized(q, precision, ref.REDUCED_LSTM), **opts)
+    err = max(np.abs(y_q - y_f).max(), np.abs(s_q - s_f).max())
+    assert 0 < err < (2e-2 if precision == "bf16" else 5e-2), err
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_rnn_and_networks_reduced(precision):
+    rng = np.random.default_rng(5)
+    T, B, I, H = 5, 2, 4, 6
+    layers = []
+    for l in range(4):                               # 2 layers x 2 directions
+        p = {"W_x": rng.uniform(-0.5, 0.5, (H, I if l < 2 else 2 * H)),
+             "W_r": rng.uniform(-0.5, 0.5, (H, H)), "theta_s": rng.uniform(-0.1, 0.1, H),
+             "W_s": rng.uniform(-0.3, 0.3, (H, H))}
+        layers.append(_reduce({k: v.astype(np.float32) for k, v in p.items()}, precision,
+                              ref.REDUCED_RNN))
+    x = rng.uniform(-1, 1, (T, B, I)).astype(np.float32)
+    lens = np.array([5, 3])
+    r_q, s_q, _, cache = ref.rnn_network_forward(x, layers, bidirectional=True, lengths=lens,
+                                                 precision=precision)
+    assert np.isnan(layers[0]["W_s"]).sum() == 0 and layers[0]["W_s"].dtype == np.float32
+    deq = [_dequantized(p, precision, ref.REDUCED_RNN) for p in layers]
+    r_f, s_f, _, _ = ref.rnn_network_forward(x, deq, bidirectional=True, lengths=lens)
+    assert 0 < np.abs(r_q - r_f).max() < (2e-2 if precision == "bf16" else 6e-2)
+    with pytest.raises(ValueError, match="inference only"):
+        ref.rnn_network_backward(np.ones_like(r_q), None, None, cache)
+
+
+def test_reduced_forward_refuses_bad_input():
+    rng = np.random.default_rng(6)
+    p = _lstm_params(rng, 3, 4)
+    x = np.zeros((2, 1, 3), np.float32)
+    with pytest.raises(ValueError, match="precision must be"):
+        ref.lstm_forward(x, p, precision="fp8")
+    with pytest.raises(ValueError, match="must be uint16"):
+        ref.lstm_forward(x, p, precision="bf16")
+    q = _reduce(p, "int8", ref.REDUCED_LSTM)
+    del q["W_v_scale"]
+    with pytest.raises(ValueError, match="W_v_scale"):
+        ref.lstm_forward(x, q, precision="int8")
+    with pytest.raises(ValueError, match="float32"):
+        ref.lstm_forward(x.astype(np.float64), _reduce(p, "bf16", ref.REDUCED_LSTM), precision="bf16")
+    _, _, _, cache = ref.lstm_forward(x, _reduce(p, "bf16", ref.REDUCED_LSTM), precision="bf16")
+    with pytest.raises(ValueError, match="inference only"):
+        ref.lstm_backward(np.zeros((2, 1, 4), np.float32), None, None, cache)

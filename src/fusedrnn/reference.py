@@ -59,7 +59,12 @@ import numpy as np
 Params = Dict[str, np.ndarray]
 GATES = ("cu", "cs", "du", "cr")  # control update, control state, data update, control readout
 PEEPHOLE_GATES = ("cu", "cs", "cr")
-LSTM_CELL_OPTIONS = ("coupled_gates", "cell_clip", "accumulation_clip", "context")
+LSTM_CELL_OPTIONS = ("coupled_gates", "cell_clip", "accumulation_clip", "context", "precision")
+# Reduced precision (§7): the weights of these products are stored in bf16 (uint16 bit
+# patterns) or int8 (with float32 scales per row under name + "_scale").
+REDUCED_LSTM = ("W_x", "W_v", "W_qv")
+REDUCED_RNN = ("W_x", "W_r")
+PRECISIONS = ("bf16", "int8")
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:
@@ -67,9 +72,39 @@ def _sigmoid(a: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * a))
 
 
-def _cast(params: Params, dtype) -> Params:
-    """Copies of the parameters in `dtype` (so later in-place updates do not affect the cache)."""
-    return {k: np.array(v, dtype=dtype) for k, v in params.items()}
+def _cast(params: Params, dtype, reduced: Sequence[str] = ()) -> Params:
+    """Copies of the parameters in `dtype` (so later in-place updates do not affect the cache);
+    the reduced-precision weights named in `reduced` (and their scales) keep their dtype."""
+    keep = set(reduced) | {name + "_scale" for name in reduced}
+    return {k: np.array(v, dtype=None if k in keep else dtype) for k, v in params.items()}
+
+
+def _reduced(precision: Optional[str], dt, params: Params, names: Sequence[str]) -> Sequence[str]:
+    """Checks a cell's precision option (§7): the names of its reduced weights present."""
+    if precision is None:
+        return ()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be None, 'bf16' or 'int8', got {precision!r}")
+    if dt != np.float32:
+        raise ValueError(f"reduced precision computes in float32; x is {dt}")
+    want = np.uint16 if precision == "bf16" else np.int8
+    present = [n for n in names if n in params]
+    for n in present:
+        if np.asarray(params[n]).dtype != want:
+            raise ValueError(f"{precision}: params[{n!r}] must be {np.dtype(want).name}, "
+                             f"got {np.asarray(params[n]).dtype}")
+        if precision == "int8" and n + "_scale" not in params:
+            raise ValueError(f"int8: params[{n + '_scale'!r}] (the row scales) is missing")
+    return present
+
+
+def _product(A: np.ndarray, p: Params, name: str, precision: Optional[str]) -> np.ndarray:
+    """A (M, K) @ W.T for the weight W = p[name] (N, K), in float or reduced precision (§7)."""
+    if precision is None:
+        return A @ p[name].T
+    if precision == "bf16":
+        return matmul_bf16(A, p[name])
+    return matmul_int8(A, p[name], p[name + "_scale"])
 
 
 def _state(z: Optional[np.ndarray], B: int, H: int, dtype) -> np.ndarray:
@@ -252,7 +287,8 @@ def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
                  cell_clip: Optional[float] = None, accumulation_clip: Optional[float] = None,
                  context: Tuple[int, int] = (0, 0), x_past: Optional[np.ndarray] = None,
                  x_future: Optional[np.ndarray] = None, lengths: Optional[np.ndarray] = None,
-                 reverse: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+                 reverse: bool = False, precision: Optional[str] = None
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """The (augmented) LSTM over one window, one layer, one direction.
 
     x (T, B, I); s0 (B, H) = s[-1]; v0 (B, R) = the first recurrent feedback, v[-1]
@@ -265,11 +301,15 @@ def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
                          chunk (None = zeros: the sequence starts / ends here).
       lengths (B,)       steps n >= lengths[b] are padding (zero output, frozen state).
       reverse            visit each row's valid part backwards.
+      precision          None, or "bf16" / "int8" (inference, float32 x): W_x X[n], W_v y[n-1]
+                         and W_qv v[n] in reduced precision (§7); params "W_x", "W_v",
+                         "W_qv" then hold bf16 bits (uint16) or int8 with "W_x_scale" ...
     Returns (y_seq (T, B, R), s_T (B, H), y_T (B, R), cache); y = v, or q = W_qv v.
     """
     x = np.asarray(x)
     dt = x.dtype
-    p = _cast(params, dt)
+    _reduced(precision, dt, params, REDUCED_LSTM)
+    p = _cast(params, dt, REDUCED_LSTM if precision else ())
     P = split_lstm_params(p)
     peep = _peephole_kind(p)
     proj = "W_qv" in p
@@ -308,24 +348,30 @@ def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
     for k in range(T):
         s_prev, y_prev = s[k], y[k]
         X_k = _gather(X, order[k])
-        a_cu = X_k @ P["W_xcu"].T + y_prev @ P["W_vcu"].T + P["b_cu"] + _peep(P, peep, "cu", s_prev)
-        a_du = X_k @ P["W_xdu"].T + y_prev @ P["W_vdu"].T + P["b_du"]   # (2.1), (2.3), (3.1)
+        # W_x* X[n] + W_v* y[n-1] per gate (reduced precision: each product whole, §7)
+        if precision is None:
+            z = {g: X_k @ P["W_x" + g].T + y_prev @ P["W_v" + g].T for g in GATES}
+        else:
+            zx, zv = _product(X_k, p, "W_x", precision), _product(y_prev, p, "W_v", precision)
+            z = {g: zx[:, i * H:(i + 1) * H] + zv[:, i * H:(i + 1) * H] for i, g in enumerate(GATES)}
+        a_cu = z["cu"] + P["b_cu"] + _peep(P, peep, "cu", s_prev)
+        a_du = z["du"] + P["b_du"]                                # (2.1), (2.3), (3.1)
         g_cu[k] = _sigmoid(_clip(a_cu, c_acc))
         if coupled_gates:
             g_cs[k] = 1 - g_cu[k]                                 # (3.9): forget = 1 - update
         else:
-            a_cs = X_k @ P["W_xcs"].T + y_prev @ P["W_vcs"].T + P["b_cs"] + _peep(P, peep, "cs", s_prev)
+            a_cs = z["cs"] + P["b_cs"] + _peep(P, peep, "cs", s_prev)
             g_cs[k] = _sigmoid(_clip(a_cs, c_acc))
             a["cs"][k] = a_cs
         u[k] = np.tanh(_clip(a_du, c_acc))
         s_pre[k] = g_cs[k] * s_prev + g_cu[k] * u[k]              # (2.7)
         s_n = _clip(s_pre[k], c_cell)                             # (3.11), before the readout
         # the readout peephole sees the new (clipped) state s[n]
-        a_cr = X_k @ P["W_xcr"].T + y_prev @ P["W_vcr"].T + P["b_cr"] + _peep(P, peep, "cr", s_n)
+        a_cr = z["cr"] + P["b_cr"] + _peep(P, peep, "cr", s_n)
         g_cr[k] = _sigmoid(_clip(a_cr, c_acc))
         r[k] = np.tanh(s_n)
         v_n = g_cr[k] * r[k]                                      # (2.8), (2.9)
-        y_n = v_n @ P["W_qv"].T if proj else v_n                  # (3.5) q[n] = W_qv v[n]
+        y_n = _product(v_n, p, "W_qv", precision) if proj else v_n  # (3.5) q[n] = W_qv v[n]
         a["cu"][k], a["du"][k], a["cr"][k] = a_cu, a_du, a_cr
 
         m = _row_mask(order[k], dt) != 0                          # padding rows keep their state
@@ -337,7 +383,8 @@ def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
     cache = dict(x=x, params=p, s=s, v=v, y=y, g_cu=g_cu, g_cs=g_cs, g_cr=g_cr, u=u, r=r,
                  s_pre=s_pre, a=a, X=X, keep=keep, order=order, lengths=lens, H=H, R=R,
                  peephole=peep, projection=proj, coupled_gates=bool(coupled_gates),
-                 cell_clip=c_cell, accumulation_clip=c_acc, context=(L_past, L_future))
+                 cell_clip=c_cell, accumulation_clip=c_acc, context=(L_past, L_future),
+                 precision=precision)
     return y_seq, s[T].copy(), y[T].copy(), cache
 
 
@@ -351,6 +398,8 @@ def lstm_backward(dv_seq: np.ndarray, ds_T: Optional[np.ndarray], dv_T: Optional
     With a context window it also stores cache["dx_past"] (L_past, B, I) and
     cache["dx_future"] (L_future, B, I), the gradients w.r.t. the frames around the chunk.
     """
+    if cache.get("precision"):
+        raise ValueError("reduced precision (precision=...) is for inference only: no backward")
     x, p, X, order = cache["x"], cache["params"], cache["X"], cache["order"]
     s, v, y = cache["s"], cache["v"], cache["y"]
     g_cu, g_cs, g_cr, u, r, s_pre, a = (cache[k] for k in ("g_cu", "g_cs", "g_cr", "u", "r",
@@ -421,17 +470,20 @@ def lstm_backward(dv_seq: np.ndarray, ds_T: Optional[np.ndarray], dv_T: Optional
 
 def rnn_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
                 r0: Optional[np.ndarray] = None, *, lengths: Optional[np.ndarray] = None,
-                reverse: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+                reverse: bool = False, precision: Optional[str] = None
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Canonical RNN over one window, one layer, one direction.
 
     s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + theta_s,  r[n] = tanh(s[n]); the W_s term
     only when "W_s" in params.  x (T, B, I); s0, r0 (B, H) = s[-1], r[-1] (None = zeros).
-    lengths / reverse as for `lstm_forward`.
+    lengths / reverse as for `lstm_forward`; precision "bf16" / "int8": W_x x[n] and
+    W_r r[n-1] in reduced precision (§7), W_s s[n-1] stays float32.
     Returns (r_seq (T, B, H), s_T (B, H), r_T (B, H), cache).
     """
     x = np.asarray(x)
     dt = x.dtype
-    p = _cast(params, dt)
+    _reduced(precision, dt, params, REDUCED_RNN)
+    p = _cast(params, dt, REDUCED_RNN if precision else ())
     T, B, _ = x.shape
     H = p["W_r"].shape[0]
     lens = _lengths(lengths, T, B)
@@ -442,7 +494,8 @@ def rnn_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
     s[0], r[0] = _state(s0, B, H, dt), _state(r0, B, H, dt)
     r_seq = np.zeros((T, B, H), dt)
     for k in range(T):
-        s_n = r[k] @ p["W_r"].T + _gather(x, order[k]) @ p["W_x"].T + p["theta_s"]   # (1.1)
+        s_n = (_product(r[k], p, "W_r", precision)                                  # (1.1)
+               + _product(_gather(x, order[k]), p, "W_x", precision) + p["theta_s"])
         if "W_s" in p:
             s_n = s_n + s[k] @ p["W_s"].T
         r_n = np.tanh(s_n)
@@ -451,7 +504,8 @@ def rnn_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
         r[k + 1] = np.where(m, r_n, r[k])
         _scatter(r_seq, order[k], r_n)
 
-    cache = dict(x=x, params=p, s=s, r=r, order=order, lengths=lens, H=H, R=H)
+    cache = dict(x=x, params=p, s=s, r=r, order=order, lengths=lens, H=H, R=H,
+                 precision=precision)
     return r_seq, s[T].copy(), r[T].copy(), cache
 
 
@@ -463,6 +517,8 @@ def rnn_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: Optional[
     (None = zeros).  Returns (dx (T, B, I), ds0 (B, H), dr0 (B, H), grads) with grads keyed
     and shaped like params.
     """
+    if cache.get("precision"):
+        raise ValueError("reduced precision (precision=...) is for inference only: no backward")
     x, p, s, r, order = cache["x"], cache["params"], cache["s"], cache["r"], cache["order"]
     dt = x.dtype
     T, B, _ = x.shape
@@ -599,14 +655,16 @@ def lstm_network_backward(dy_seq: np.ndarray, ds_T: Optional[np.ndarray], dy_T: 
 def rnn_network_forward(x: np.ndarray, layers: Sequence[Params], s0: Optional[np.ndarray] = None,
                         r0: Optional[np.ndarray] = None, *, bidirectional: bool = False,
                         lengths: Optional[np.ndarray] = None,
-                        dropout_masks: Optional[Sequence[np.ndarray]] = None
+                        dropout_masks: Optional[Sequence[np.ndarray]] = None,
+                        precision: Optional[str] = None
                         ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """A stacked (and optionally bidirectional) canonical RNN as a composition of
     `rnn_forward`; layout as `lstm_network_forward` (R = H).  Each cell has the state
-    feedback iff its params hold "W_s".
+    feedback iff its params hold "W_s"; precision goes to every cell.
     Returns (r (T, B, D*H), s_T (L*D, B, H), r_T (L*D, B, H), cache)."""
+    opts = {"precision": precision}
     return _network_forward(rnn_forward, x, layers, s0, r0, bidirectional, lengths,
-                            dropout_masks, {}, {})
+                            dropout_masks, opts, opts)
 
 
 def rnn_network_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: Optional[np.ndarray],
