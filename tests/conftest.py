@@ -20,6 +20,21 @@ def rel_err(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-6))
 
 
+def central_differences(loss, arr: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """d loss() / d arr by central differences, one element of `arr` at a time (arr is
+    perturbed in place and restored)."""
+    grad = np.zeros_like(arr)
+    for idx in np.ndindex(arr.shape):
+        old = arr[idx]
+        arr[idx] = old + eps
+        e_plus = loss()
+        arr[idx] = old - eps
+        e_minus = loss()
+        arr[idx] = old
+        grad[idx] = (e_plus - e_minus) / (2 * eps)
+    return grad
+
+
 def assert_close(a, b, tol: float, what: str = "") -> None:
     err = rel_err(a, b)
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"

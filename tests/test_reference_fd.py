@@ -9,6 +9,7 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 import pytest
 
+from conftest import central_differences
 from fusedrnn import reference
 
 T, B, I, H = 4, 3, 5, 4
@@ -74,16 +75,7 @@ def numeric(kind: str, params, inputs, weights, name: str) -> np.ndarray:
     params = {k: v.copy() for k, v in params.items()}
     inputs = {k: v.copy() for k, v in inputs.items()}
     arr = params[name] if name in params else inputs[name]
-    grad = np.zeros_like(arr)
-    for idx in np.ndindex(arr.shape):
-        old = arr[idx]
-        arr[idx] = old + EPS
-        e_plus = loss(kind, params, inputs, weights)
-        arr[idx] = old - EPS
-        e_minus = loss(kind, params, inputs, weights)
-        arr[idx] = old
-        grad[idx] = (e_plus - e_minus) / (2 * EPS)
-    return grad
+    return central_differences(lambda: loss(kind, params, inputs, weights), arr, EPS)
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:

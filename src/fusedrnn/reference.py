@@ -1,5 +1,5 @@
 """Plain NumPy oracle of the canonical RNN, the Vanilla LSTM and the augmented LSTM
-(Sherstinsky 2020), and of stacked / bidirectional networks of them.
+(Sherstinsky 2020), the GRU, and of stacked / bidirectional networks of them.
 
 This module is the readable reference that the fused C kernel is tested against.
 It is written to be obviously right, never fast: one Python loop over time,
@@ -30,6 +30,9 @@ Conventions
         Gate order (cu, cs, du, cr) is PyTorch's (i, f, g, o).
   RNN:  "W_x" (H, I), "W_r" (H, H), "theta_s" (H,), and "W_s" (H, H) only when
         the linear state feedback is on.
+  GRU:  "W_x" (3H, I) = [W_xr; W_xz; W_xn], "W_h" (3H, H) likewise, "b" (3H,) =
+        [b_r; b_z; b_n] and, with linear_before_reset, "b_hn" (H,).  Gate order
+        (r, z, n) is PyTorch's.
 
 * The LSTM's output and recurrent feedback is called y below: y = v without a
   projection, y = q = W_qv v with one; R is its width.
@@ -65,6 +68,7 @@ LSTM_CELL_OPTIONS = ("coupled_gates", "cell_clip", "accumulation_clip", "context
 REDUCED_LSTM = ("W_x", "W_v", "W_qv")
 REDUCED_RNN = ("W_x", "W_r")
 PRECISIONS = ("bf16", "int8")
+GRU_GATES = ("r", "z", "n")  # reset, update, new (candidate); PyTorch's order
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:
@@ -218,6 +222,14 @@ def _fold(dX: np.ndarray, I: int, K: int) -> np.ndarray:
 # LSTM parameters under the paper's names
 # ----------------------------------------------------------------------------------------------
 
+def _gate_views(params: Params, gates: Sequence[str], names: Dict[str, str]) -> Dict[str, np.ndarray]:
+    """params[key] (len(gates)*H, ...) cut into one row block per gate, named names[key] + gate
+    (views, not copies)."""
+    H = params["W_x"].shape[0] // len(gates)
+    return {names[key] + g: params[key][j * H:(j + 1) * H]
+            for key in names for j, g in enumerate(gates)}
+
+
 def _peephole_kind(params: Params) -> Optional[str]:
     if "w_s" in params and "W_s" in params:
         raise ValueError("params has both diagonal ('w_s') and full ('W_s') peepholes")
@@ -232,13 +244,7 @@ def split_lstm_params(params: Params) -> Dict[str, np.ndarray]:
     W_scu, W_scs, W_scr (H, H); with a projection W_qv (P, H).  Views, not copies:
     writing to them writes to `params`.
     """
-    H = params["W_x"].shape[0] // 4
-    views = {}
-    for i, g in enumerate(GATES):
-        rows = slice(i * H, (i + 1) * H)
-        views["W_x" + g] = params["W_x"][rows]
-        views["W_v" + g] = params["W_v"][rows]
-        views["b_" + g] = params["b"][rows]
+    views = _gate_views(params, GATES, {"W_x": "W_x", "W_v": "W_v", "b": "b_"})
     if "w_s" in params:
         for i, g in enumerate(PEEPHOLE_GATES):
             views["w_s" + g] = params["w_s"][i]
@@ -552,6 +558,131 @@ def rnn_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: Optional[
 
 
 # ----------------------------------------------------------------------------------------------
+# Gated recurrent unit (Cho et al. 2014; docs/equations.md §8)
+# ----------------------------------------------------------------------------------------------
+
+def split_gru_params(params: Params) -> Dict[str, np.ndarray]:
+    """Per-gate views of the fused GRU parameters under the names of docs/equations.md §8:
+    W_xr, W_xz, W_xn (H, I), W_hr, W_hz, W_hn (H, H), b_r, b_z, b_n (H,) and b_hn (H,) when
+    present.  Views: writing into them writes into `params`."""
+    out = _gate_views(params, GRU_GATES, {"W_x": "W_x", "W_h": "W_h", "b": "b_"})
+    if "b_hn" in params:
+        out["b_hn"] = params["b_hn"]
+    return out
+
+
+def gru_forward(x: np.ndarray, params: Params, h0: Optional[np.ndarray] = None, *,
+                linear_before_reset: bool = True, lengths: Optional[np.ndarray] = None,
+                reverse: bool = False) -> Tuple[np.ndarray, np.ndarray, dict]:
+    """The GRU over one window, one layer, one direction.
+
+    x (T, B, I); h0 (B, H) = h[-1] (None = zeros).  params: "W_x" (3H, I), "W_h" (3H, H),
+    "b" (3H,), gates in the order (r, z, n), and "b_hn" (H,) exactly when
+    linear_before_reset (then the reset gate multiplies W_hn h[n-1] + b_hn, as in torch and
+    Keras' reset_after; otherwise it multiplies h[n-1] before W_hn, as in ONNX's default).
+    lengths / reverse as for `lstm_forward`.
+    Returns (h_seq (T, B, H), h_T (B, H), cache).
+    """
+    x = np.asarray(x)
+    dt = x.dtype
+    p = _cast(params, dt)
+    T, B, I = x.shape
+    H = p["W_h"].shape[1]
+    lbr = bool(linear_before_reset)
+    if p["W_x"].shape != (3 * H, I) or p["W_h"].shape != (3 * H, H) or p["b"].shape != (3 * H,):
+        raise ValueError(f"W_x, W_h, b must have shapes {(3 * H, I)}, {(3 * H, H)}, {(3 * H,)}, got "
+                         f"{p['W_x'].shape}, {p['W_h'].shape}, {p['b'].shape}")
+    if ("b_hn" in p) != lbr:
+        raise ValueError("params hold 'b_hn' exactly when linear_before_reset is True")
+    P = split_gru_params(p)
+    lens = _lengths(lengths, T, B)
+    order = _visit_order(lens, T, bool(reverse))
+
+    h = np.empty((T + 1, B, H), dt)        # h[k + 1] = state after visit k (frozen on padding)
+    h[0] = _state(h0, B, H, dt)
+    g_r, g_z, u = (np.empty((T, B, H), dt) for _ in range(3))
+    c = np.empty((T, B, H), dt)            # W_hn h[n-1] + b_hn, or g_r h[n-1] (what W_hn multiplies)
+    h_seq = np.zeros((T, B, H), dt)
+
+    for k in range(T):
+        h_prev = h[k]
+        x_k = _gather(x, order[k])
+        g_r[k] = _sigmoid(x_k @ P["W_xr"].T + h_prev @ P["W_hr"].T + P["b_r"])   # (8.1)
+        g_z[k] = _sigmoid(x_k @ P["W_xz"].T + h_prev @ P["W_hz"].T + P["b_z"])   # (8.2)
+        if lbr:
+            c[k] = h_prev @ P["W_hn"].T + P["b_hn"]
+            a_n = x_k @ P["W_xn"].T + P["b_n"] + g_r[k] * c[k]                    # (8.3)
+        else:
+            c[k] = g_r[k] * h_prev
+            a_n = x_k @ P["W_xn"].T + c[k] @ P["W_hn"].T + P["b_n"]              # (8.4)
+        u[k] = np.tanh(a_n)                                                       # (8.5)
+        h_n = (1 - g_z[k]) * u[k] + g_z[k] * h_prev                               # (8.6)
+
+        m = _row_mask(order[k], dt) != 0                          # padding rows keep their state
+        h[k + 1] = np.where(m, h_n, h_prev)
+        _scatter(h_seq, order[k], h_n)
+
+    cache = dict(x=x, params=p, h=h, g_r=g_r, g_z=g_z, u=u, c=c, order=order, lengths=lens,
+                 linear_before_reset=lbr, H=H, R=H)
+    return h_seq, h[T].copy(), cache
+
+
+def gru_backward(dh_seq: np.ndarray, dh_T: Optional[np.ndarray],
+                 cache: dict) -> Tuple[np.ndarray, np.ndarray, Params]:
+    """Back-propagation through time for `gru_forward`.
+
+    dh_seq (T, B, H) = dE/dh[n] from above (ignored at padding positions); dh_T (B, H) =
+    dE/d(final h) (None = zeros).  Returns (dx (T, B, I), dh0 (B, H), grads) with grads keyed
+    and shaped like params.
+    """
+    x, p, h, order = cache["x"], cache["params"], cache["h"], cache["order"]
+    g_r, g_z, u, c = cache["g_r"], cache["g_z"], cache["u"], cache["c"]
+    lbr = cache["linear_before_reset"]
+    dt = x.dtype
+    T, B, _ = x.shape
+    H = cache["H"]
+    P = split_gru_params(p)
+    dh_seq = np.asarray(dh_seq, dtype=dt)
+
+    grads = {k: np.zeros_like(w) for k, w in p.items()}
+    G = split_gru_params(grads)  # views: accumulating into G fills `grads`
+    dx = np.zeros_like(x)
+    f_chi = _state(dh_T, B, H, dt)  # dE/dh flowing into the last visit
+
+    for k in range(T - 1, -1, -1):
+        m = _row_mask(order[k], dt)
+        x_k, h_prev = _gather(x, order[k]), h[k]
+        chi = (_gather(dh_seq, order[k]) + f_chi) * m                      # (8.7) (0 on padding)
+        alpha_z = chi * (h_prev - u[k]) * g_z[k] * (1 - g_z[k])            # (8.8)
+        alpha_n = chi * (1 - g_z[k]) * (1 - u[k] ** 2)                     # (8.9)
+        if lbr:
+            gamma = alpha_n * g_r[k]                        # (8.10) dE/d(W_hn h[n-1] + b_hn)
+            alpha_r = alpha_n * c[k] * g_r[k] * (1 - g_r[k])               # (8.11)
+            f_rh = 0
+        else:
+            gamma = alpha_n                                 # what W_hn multiplies is g_r h[n-1]
+            rho = alpha_n @ P["W_hn"]                                      # (8.13)
+            alpha_r = rho * h_prev * g_r[k] * (1 - g_r[k])                 # (8.14)
+            f_rh = rho * g_r[k]
+        # (8.12) / (8.15): what flows to the previous visit; padding rows pass theirs through
+        f_chi = (chi * g_z[k] + alpha_r @ P["W_hr"] + alpha_z @ P["W_hz"] + f_rh
+                 + (gamma @ P["W_hn"] if lbr else 0) + (1 - m) * f_chi)
+        alpha = dict(r=alpha_r, z=alpha_z, n=alpha_n)
+        _scatter(dx, order[k], sum(alpha[g] @ P["W_x" + g] for g in GRU_GATES))   # (8.17)
+
+        for g in GRU_GATES:
+            G["W_x" + g] += alpha[g].T @ x_k                                # (8.16)
+            G["b_" + g] += alpha[g].sum(axis=0)
+        G["W_hr"] += alpha_r.T @ h_prev
+        G["W_hz"] += alpha_z.T @ h_prev
+        G["W_hn"] += gamma.T @ (h_prev if lbr else c[k])
+        if lbr:
+            G["b_hn"] += gamma.sum(axis=0)
+
+    return dx, f_chi, grads  # dE/dh[-1]: what flows out of the first visit
+
+
+# ----------------------------------------------------------------------------------------------
 # Stacked and bidirectional networks (docs/equations.md §4): plain compositions of the cells above
 # ----------------------------------------------------------------------------------------------
 
@@ -674,6 +805,40 @@ def rnn_network_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: O
     return _network_backward(rnn_backward, dr_seq, ds_T, dr_T, cache)
 
 
+def _gru_cell_forward(x, params, h0, _unused, *, lengths, reverse, linear_before_reset):
+    """`gru_forward` in the (y, state, output, cache) form the network composition takes."""
+    h_seq, h_T, cache = gru_forward(x, params, h0, linear_before_reset=linear_before_reset,
+                                    lengths=lengths, reverse=reverse)
+    return h_seq, h_T, h_T, cache
+
+
+def _gru_cell_backward(dh_seq, dh_T, _unused, cache):
+    dx, dh0, grads = gru_backward(dh_seq, dh_T, cache)
+    return dx, dh0, dh0, grads
+
+
+def gru_network_forward(x: np.ndarray, layers: Sequence[Params], h0: Optional[np.ndarray] = None,
+                        *, linear_before_reset: bool = True, bidirectional: bool = False,
+                        lengths: Optional[np.ndarray] = None,
+                        dropout_masks: Optional[Sequence[np.ndarray]] = None
+                        ) -> Tuple[np.ndarray, np.ndarray, dict]:
+    """A stacked (and optionally bidirectional) GRU as a composition of `gru_forward`;
+    layout as `lstm_network_forward` (R = H), h0 (L*D, B, H) (None = zeros).
+    Returns (h (T, B, D*H), h_T (L*D, B, H), cache)."""
+    opts = dict(linear_before_reset=linear_before_reset)
+    y, h_T, _, cache = _network_forward(_gru_cell_forward, x, layers, h0, None, bidirectional,
+                                        lengths, dropout_masks, opts, opts)
+    return y, h_T, cache
+
+
+def gru_network_backward(dh_seq: np.ndarray, dh_T: Optional[np.ndarray],
+                         cache: dict) -> Tuple[np.ndarray, np.ndarray, List[Params]]:
+    """Back-propagation for `gru_network_forward`: dh_seq (T, B, D*H), dh_T (L*D, B, H)
+    (None = zeros).  Returns (dx (T, B, I), dh0 (L*D, B, H), grads (a list like layers))."""
+    dx, dh0, _, grads = _network_backward(_gru_cell_backward, dh_seq, dh_T, None, cache)
+    return dx, dh0, grads
+
+
 # ---- Reduced precision for inference (docs/equations.md §7) ---------------------------
 # The products of a weight matrix W (N, K) (rows = output units, as stored) with the
 # activations A (M, K) that feed it, C = A @ W.T, in bfloat16 or int8. Everything else of a
@@ -758,3 +923,4 @@ def matmul_int8(A: np.ndarray, W_q: np.ndarray, w_scale: np.ndarray) -> np.ndarr
     acc = a_q.astype(np.int64) @ np.asarray(W_q, dtype=np.int64).T    # exact integer sums
     s = a_scale[:, None] * np.asarray(w_scale, dtype=np.float32)[None, :]
     return acc.astype(np.float32) * s
+
