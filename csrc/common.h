@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "fusedrnn.h"
+#include "plan.h"
 #include "vmath.h"
 
 /* The element-wise passes are compiled for AVX-512, AVX2 and baseline x86-64
@@ -64,6 +65,89 @@ static inline int64_t fr_inference_chunk(int64_t T, int64_t B) {
     return tc < T ? tc : T;
 }
 
+/* ---- one buffer, named regions ("sizes and point", llm.c) ----------------------
+ * A cell fills n[i], the elements of each region of a buffer, in one function;
+ * the size query sums them (fr_regions_total) and the kernel points into the
+ * caller's buffer with the same counts (fr_regions_point), so the two cannot
+ * drift apart. In a workspace every region starts on a cache line (64 bytes;
+ * FR_ALIGN_SLACK elements of room each); the activation store is packed
+ * tight, its layout being part of the contract. A region of 0 elements is NULL. */
+#define FR_ALIGN_SLACK ((size_t)16) /* elements: >= 64 bytes of float or double */
+static inline void *fr_align64(void *p) {
+    return (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+}
+static inline int fr_regions_total(size_t *total, const size_t *n, int count, int aligned) {
+    size_t sum = 0;
+    for (int i = 0; i < count; i++) {
+        if (n[i] == 0) continue;
+        FR_CHECK(fr_add(&sum, sum, n[i]));
+        if (aligned) FR_CHECK(fr_add(&sum, sum, FR_ALIGN_SLACK));
+    }
+    if (sum > FR_MAX_ELEMS) return FR_EOVERFLOW;
+    *total = sum;
+    return FR_OK;
+}
+static inline void fr_regions_point(void **ptr, const size_t *n, int count, void *base,
+                                    size_t elem, int aligned) {
+    char *p = base;
+    for (int i = 0; i < count; i++) {
+        if (n[i] == 0) {
+            ptr[i] = NULL;
+            continue;
+        }
+        if (aligned) p = fr_align64(p);
+        ptr[i] = p;
+        p += n[i] * elem;
+    }
+}
+
+/* ---- interrupting a long call ---------------------------------------------------
+ * Member 0 of a call polls once per step (fr_poll_step: a cheap clock read every
+ * 8th step); when FR_INTERRUPT_NS have passed it asks the caller's callback and
+ * raises `stop`, which every member reads after the step's barrier, so all stop
+ * at the same step. */
+typedef struct {
+    fr_interrupt_fn fn; /* NULL: never */
+    void *ctx;
+    int64_t next_ns;
+    unsigned tick;
+    int stop; /* written by member 0 before a barrier, read by all after it */
+} fr_poll;
+int64_t fr_clock_ns(void); /* a monotonic clock, coarse and cheap where there is one */
+static inline void fr_poll_init(fr_poll *p, const fr_call *call) {
+    p->fn = call ? call->interrupt : NULL;
+    p->ctx = call ? call->interrupt_ctx : NULL;
+    p->tick = 0;
+    p->stop = 0;
+    p->next_ns = p->fn ? fr_clock_ns() + FR_INTERRUPT_NS : 0;
+}
+/* Member 0, after a piece of work: may set p->stop. */
+static inline void fr_poll_check(fr_poll *p, int id) {
+    if (p->fn == NULL || id != 0) return;
+    const int64_t now = fr_clock_ns();
+    if (now < p->next_ns) return;
+    p->next_ns = now + FR_INTERRUPT_NS;
+    if (p->fn(p->ctx)) __atomic_store_n(&p->stop, 1, __ATOMIC_RELAXED);
+}
+/* Member 0, once per step: the clock is read every 8th. */
+static inline void fr_poll_step(fr_poll *p, int id) {
+    if (p->fn != NULL && id == 0 && (++p->tick & 7) == 0) fr_poll_check(p, id);
+}
+static inline int fr_poll_stopped(const fr_poll *p) {
+    return __atomic_load_n(&p->stop, __ATOMIC_RELAXED);
+}
+/* Steps per piece of a long phase that runs as one GEMM otherwise (the input
+ * GEMM of a training forward, the gradient GEMMs): pieces of about 2e9 flops
+ * (tens of ms) when the call can be interrupted, else all T steps at once. A
+ * piece is a whole number of `unit` steps. */
+static inline int64_t fr_piece_steps(const fr_poll *p, int64_t T, double flops_per_step,
+                                     int64_t unit) {
+    if (p->fn == NULL || flops_per_step * (double)T <= 4e9) return T;
+    double k = 2e9 / (flops_per_step * (double)unit);
+    int64_t steps = (k < 1 ? 1 : (int64_t)k) * unit;
+    return steps < T ? steps : T;
+}
+
 /* ---- packed-weight GEMM (ukernel.c) -------------------------------------------
  * Panels of FR_PW columns (128 bytes), contiguous along K. */
 #define FR_PW(real) ((int64_t)(128 / sizeof(real)))
@@ -71,13 +155,10 @@ enum { FR_ISA_GENERIC = 0, FR_ISA_AVX2 = 1, FR_ISA_AVX512 = 2 };
 static inline int64_t fr_packed_elems(int64_t N, int64_t K, int64_t pw) {
     return (N + pw - 1) / pw * pw * K; /* callers bound N, K first */
 }
-/* Packed weights start on a cache line: a 64-byte load across two lines costs
- * two (a B = 1 step GEMM: 1.06 instead of 0.66 us). Workspace regions that hold
- * them reserve FR_ALIGN_SLACK elements (>= 64 bytes) for the round-up. */
-#define FR_ALIGN_SLACK ((size_t)16)
-static inline void *fr_align64(void *p) {
-    return (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
-}
+/* Packed weights start on a cache line (every workspace region does): a
+ * 64-byte load across two lines costs two (a B = 1 step GEMM: 1.06 instead of
+ * 0.66 us). Sizes are reckoned with 32-wide panels, enough for either precision. */
+static inline size_t fr_pad32(int64_t n) { return (size_t)(n + 31) / 32 * 32; }
 /* Wp: the (K, N) operand W (transposed: W is (N, K)) with row stride ldw, packed. */
 void fr_pack_f32(float *Wp, const float *W, int transposed, int64_t N, int64_t K, int64_t ldw);
 void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t K, int64_t ldw);
@@ -91,6 +172,39 @@ void fr_ugemm_f64(double *C, int64_t ldc, const double *A, int64_t lda, int ta,
 int fr_best_isa(void);
 int fr_get_isa(void);
 int fr_set_isa(int isa); /* FR_ISA_*, at most fr_best_isa(); for tests and benchmarks */
+
+/* ---- the GEMMs of a time loop ---------------------------------------------------
+ * Every product a loop makes with a weight matrix goes through one entry of its
+ * GEMM table: the weights row-major, and their panels when the plan runs the
+ * loop on the micro-kernel. fr_wgemm_* then computes columns [c0, c0 + nc) of
+ *     C (M, N) (+)= A (M, K) . op(W) (K, N)
+ * from the panels (c0 on a panel edge), or with the GEMM provider (BLAS). */
+#define FR_WMAT_FIELDS(real)                                                       \
+    const real *W;      /* (N, K) when trans (the product uses W^T), else (K, N) */ \
+    int64_t ld;         /* row stride of W */                                     \
+    int trans;                                                                    \
+    const real *packed; /* fr_pack_* panels of op(W), or NULL: the provider */
+typedef struct { FR_WMAT_FIELDS(float) } fr_wmat_f32;
+typedef struct { FR_WMAT_FIELDS(double) } fr_wmat_f64;
+int fr_wgemm_f32(float *C, int64_t ldc, const float *A, int64_t lda, const fr_wmat_f32 *W,
+                 int64_t M, int64_t c0, int64_t nc, int64_t K, int beta1);
+int fr_wgemm_f64(double *C, int64_t ldc, const double *A, int64_t lda, const fr_wmat_f64 *W,
+                 int64_t M, int64_t c0, int64_t nc, int64_t K, int beta1);
+/* The gradient GEMMs, which read activations in place: columns [c0, c0 + nc) of
+ *     C (M, N) += op(A) (M, K) . Y (K, N)     (Y row-major, row stride ldy)
+ * op(A) = A (M, K) with row stride lda, or A^T of A (K, M) (ta = 1); on the
+ * micro-kernel when uk, else with the provider. */
+int fr_agemm_f32(int uk, float *C, int64_t ldc, const float *A, int64_t lda, int ta,
+                 const float *Y, int64_t ldy, int64_t M, int64_t c0, int64_t nc, int64_t K);
+int fr_agemm_f64(int uk, double *C, int64_t ldc, const double *A, int64_t lda, int ta,
+                 const double *Y, int64_t ldy, int64_t M, int64_t c0, int64_t nc, int64_t K);
+/* A recurrent weight's gradient over steps [t_lo, t_hi) (gemm_body.h). */
+void fr_prev_gemm_f32(int uk, float *C, int64_t ldc, const float *A, int64_t lda, const float *Y0,
+                      const float *Y, int64_t ldy, int64_t M, int64_t c0, int64_t nc, int64_t B,
+                      int64_t T, int reverse, int64_t t_lo, int64_t t_hi);
+void fr_prev_gemm_f64(int uk, double *C, int64_t ldc, const double *A, int64_t lda,
+                      const double *Y0, const double *Y, int64_t ldy, int64_t M, int64_t c0,
+                      int64_t nc, int64_t B, int64_t T, int reverse, int64_t t_lo, int64_t t_hi);
 
 /* ---- a team of threads for one call (team.c) ---------------------------------
  * fr_team_run calls fn(ctx, id, n, team) on n members (id 0 is the caller) and

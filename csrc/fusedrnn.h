@@ -4,8 +4,11 @@
  *
  * Conventions
  *   - All buffers are row-major and contiguous; sequences are time-major (T, B, .).
- *   - Functions take outputs first, then inputs, then sizes (llm.c / haste style).
- *   - *_backward ACCUMULATES (+=) into every gradient buffer it is given.
+ *   - A call takes named-pointer structs: outputs first, then inputs, then sizes
+ *     (the config) and the options of the call (fr_call, may be NULL).
+ *   - *_backward ACCUMULATES (+=) into every gradient buffer it is given, and
+ *     only once its time loop has finished: an interrupted call leaves them as
+ *     they were.
  *   - Workspace sizes come from *_workspace_size; the caller allocates once.
  *   - Every function returns FR_OK or a negative fr_status; nothing aborts.
  *   - float32 and float64 share one body (lstm_body.h / rnn_body.h). */
@@ -23,7 +26,8 @@ typedef enum {
     FR_OK = 0,
     FR_EINVAL = -1,    /* a size is < 1 or an option is unknown */
     FR_EOVERFLOW = -2, /* a size product overflows size_t, or a GEMM dim exceeds INT_MAX */
-    FR_ENULL = -3      /* a required pointer is NULL */
+    FR_ENULL = -3,     /* a required pointer is NULL */
+    FR_EINTR = -4      /* the call's interrupt callback asked it to stop */
 } fr_status;
 
 const char *fr_status_str(int status);
@@ -50,16 +54,23 @@ int fr_gemm_f64(double *C, const double *A, const double *B, int transA, int tra
                 int64_t M, int64_t N, int64_t K, double alpha, double beta,
                 int64_t lda, int64_t ldb, int64_t ldc);
 
+/* ---- options of one call ----------------------------------------------------
+ * interrupt: called from the calling thread about every FR_INTERRUPT_NS of the
+ * call (a cheap clock decides; never inside a step); a nonzero return stops the
+ * call with FR_EINTR: outputs are then undefined and gradients untouched.
+ * max_threads: at most this many threads for the call (0: the process setting). */
+#define FR_INTERRUPT_NS 50000000 /* 50 ms */
+typedef int (*fr_interrupt_fn)(void *ctx);
+typedef struct {
+    int max_threads;
+    fr_interrupt_fn interrupt; /* or NULL */
+    void *interrupt_ctx;
+} fr_call;
+
 /* ---- LSTM: Vanilla (§2) and augmented (§3) --------------------------------
  * One layer, one direction. Fused gate order (cu, cs, du, cr) = PyTorch (i, f, g, o).
  * R = P with the projection, else H: the width of the output and of the
  * recurrent feedback (v[n], or q[n] = W_qv v[n]).
- *   W_x  (4H, I) = [W_xcu; W_xcs; W_xdu; W_xcr]   (I is K*d_x for a context window,
- *                                                   the caller unfolds the input)
- *   W_v  (4H, R) = [W_vcu; W_vcs; W_vdu; W_vcr]   (W_q* with projection)
- *   b    (4H)    = [b_cu; b_cs; b_du; b_cr]
- *   W_s  diagonal: (3, H) = [w_scu; w_scs; w_scr]; full: (3, H, H); NULL: none
- *   W_qv (P, H) projection, or NULL
  * Variable lengths: row b is active at steps n < lengths[b]. An inactive step
  * holds the row's state (s[n] = s[prev], y[n] = y[prev]) so that y doubles as
  * the recurrent carry; callers zero the padded outputs they show. The final
@@ -79,20 +90,65 @@ typedef struct {
     double cell_clip;         /* > 0: s[n] clipped to [-c, c] (§3c); 0: off */
     double accumulation_clip; /* > 0: every a_* clipped to [-c, c] (§3c); 0: off */
     const int64_t *lengths;   /* (B) valid steps of each row in [0, T], or NULL: all T */
-    int packed_max_rows;      /* batches of at most this many rows (and no full peepholes)
-                                 run on the kernel's packed-weight micro-kernel, the steps
-                                 split over num_threads threads; others call the GEMM
-                                 provider step by step (0: never packed) */
-    int num_threads;          /* threads of the packed path; 0 or 1: the caller's only */
 } fr_lstm_config;
 
-/* Tuning: a team-path call uses a thread only for at least this many flops of
- * recurrent GEMM per step (default 2e5); 0 lets tests split tiny problems. */
-void fr_set_min_step_flops(double flops);
-/* Tuning: a team-path backward runs its gradient GEMMs inside the team up to
- * T B = rows (default: always), beyond on the GEMM provider after the team.
- * Returns the old value. */
-int64_t fr_set_team_grad_rows(int64_t rows);
+/* The structs of a call list their fields once, for both precisions
+ * (FR_*_FIELDS(real)); each is then typedef'd as *_f32 and *_f64 below. */
+
+/* A cell's weights. packed: the forward's weights packed by fr_lstm_pack_*
+ * for this I, H, P (then the forward packs nothing), or NULL. */
+#define FR_LSTM_WEIGHTS_FIELDS(real)                                               \
+    const real *W_x;    /* (4H, I) [W_xcu; W_xcs; W_xdu; W_xcr] */                 \
+    const real *W_v;    /* (4H, R) [W_vcu; ...] (W_q* with projection) */          \
+    const real *b;      /* (4H) [b_cu; b_cs; b_du; b_cr] */                        \
+    const real *W_s;    /* diagonal (3, H) [w_scu; w_scs; w_scr]; full (3, H, H); or NULL */ \
+    const real *W_qv;   /* (P, H) projection, or NULL */                           \
+    const real *packed; /* (fr_lstm_packed_size) from fr_lstm_pack_*, or NULL */
+typedef struct { FR_LSTM_WEIGHTS_FIELDS(float) } fr_lstm_weights_f32;
+typedef struct { FR_LSTM_WEIGHTS_FIELDS(double) } fr_lstm_weights_f64;
+
+/* Gradients, shaped like the weights; every one is accumulated (+=). */
+#define FR_LSTM_GRADS_FIELDS(real)                                                 \
+    real *dW_x;  /* (4H, I) */                                                     \
+    real *dW_v;  /* (4H, R) */                                                     \
+    real *db;    /* (4H) */                                                        \
+    real *dW_s;  /* like W_s, or NULL without peepholes */                         \
+    real *dW_qv; /* (P, H) or NULL */
+typedef struct { FR_LSTM_GRADS_FIELDS(float) } fr_lstm_grads_f32;
+typedef struct { FR_LSTM_GRADS_FIELDS(double) } fr_lstm_grads_f64;
+
+/* The sequence of a forward. acts == NULL selects inference (nothing stored,
+ * the workspace is O(B*H)); otherwise acts gets fr_lstm_acts_size elements. */
+#define FR_LSTM_FORWARD_SEQ_FIELDS(real)                                           \
+    real *y_seq;    /* (T, B, R) out: outputs = recurrent carry */                 \
+    real *s_T;      /* (B, H) out: final state */                                  \
+    real *y_T;      /* (B, R) out: final output */                                 \
+    real *acts;     /* out, training: the activation store; NULL: inference */     \
+    real *work;     /* workspace (fr_lstm_workspace_size) */                       \
+    const real *x;  /* (T, B, I) */                                                \
+    const real *s0; /* (B, H) s[-1] */                                             \
+    const real *y0; /* (B, R) v[-1] (q[-1] with projection) */
+typedef struct { FR_LSTM_FORWARD_SEQ_FIELDS(float) } fr_lstm_forward_seq_f32;
+typedef struct { FR_LSTM_FORWARD_SEQ_FIELDS(double) } fr_lstm_forward_seq_f64;
+
+/* The sequence of a backward through the last training forward. dx, ds0, dy0
+ * may be NULL (not wanted), dy_seq, ds_T, dy_T may be NULL (zero); dy at
+ * inactive (padded) steps is ignored. */
+#define FR_LSTM_BACKWARD_SEQ_FIELDS(real)                                          \
+    real *dx;           /* (T, B, I) += */                                         \
+    real *ds0;          /* (B, H) += dE/ds[-1] */                                  \
+    real *dy0;          /* (B, R) += dE/dy[-1] */                                  \
+    real *work;         /* workspace (fr_lstm_backward_workspace_size) */          \
+    const real *dy_seq; /* (T, B, R) dE/dy[n] from above */                        \
+    const real *ds_T;   /* (B, H) dE/d(final s) */                                 \
+    const real *dy_T;   /* (B, R) dE/d(final y) */                                 \
+    const real *acts;   /* the forward's activation store */                       \
+    const real *x;      /* (T, B, I) the forward's input */                        \
+    const real *y_seq;  /* (T, B, R) the forward's outputs */                      \
+    const real *s0;     /* (B, H) */                                               \
+    const real *y0;     /* (B, R) */
+typedef struct { FR_LSTM_BACKWARD_SEQ_FIELDS(float) } fr_lstm_backward_seq_f32;
+typedef struct { FR_LSTM_BACKWARD_SEQ_FIELDS(double) } fr_lstm_backward_seq_f64;
 
 /* Elements of the activation store a training forward fills and the backward
  * reads: gates (T, B, 4H) (warped; the accumulations a_* when
@@ -102,46 +158,28 @@ int fr_lstm_acts_size(size_t *n_elems, const fr_lstm_config *cfg);
 /* Elements of scratch space for a forward (training or inference) or backward. */
 int fr_lstm_workspace_size(size_t *n_elems, const fr_lstm_config *cfg, int training);
 int fr_lstm_backward_workspace_size(size_t *n_elems, const fr_lstm_config *cfg);
+/* Elements of a cell's packed forward weights (depend on I, H, P only). */
+int fr_lstm_packed_size(size_t *n_elems, const fr_lstm_config *cfg);
 
-/* Forward over T steps. acts == NULL selects inference (nothing stored, the
- * workspace is O(B*H)); otherwise acts gets fr_lstm_acts_size elements. */
-#define FR_LSTM_FORWARD_ARGS(real)                                              \
-    real *y_seq,       /* (T, B, R) outputs = recurrent carry */               \
-    real *s_T,         /* (B, H) final state */                                \
-    real *y_T,         /* (B, R) final output */                               \
-    real *acts,        /* training: activation store, or NULL */               \
-    real *work,        /* workspace */                                         \
-    const real *x,     /* (T, B, I) */                                         \
-    const real *s0,    /* (B, H) s[-1] */                                      \
-    const real *y0,    /* (B, R) v[-1] (q[-1] with projection) */              \
-    const real *W_x, const real *W_v, const real *b, const real *W_s,         \
-    const real *W_qv,                                                          \
-    const fr_lstm_config *cfg
-int fr_lstm_forward_f32(FR_LSTM_FORWARD_ARGS(float));
-int fr_lstm_forward_f64(FR_LSTM_FORWARD_ARGS(double));
+/* Pack a cell's forward weights once (W_x, W_v, W_qv of w; w->packed is
+ * ignored), for forwards that pass the result as weights.packed: a stream of
+ * T = 1 calls then packs nothing per step. Not with full peepholes (FR_EINVAL). */
+int fr_lstm_pack_f32(float *packed, const fr_lstm_weights_f32 *w, const fr_lstm_config *cfg);
+int fr_lstm_pack_f64(double *packed, const fr_lstm_weights_f64 *w, const fr_lstm_config *cfg);
 
-/* Backward through the last training forward. Every output is +=; dx, ds0,
- * dy0 may be NULL (not wanted); dy_seq, ds_T, dy_T may be NULL (zero). dy at
- * inactive (padded) steps is ignored. */
-#define FR_LSTM_BACKWARD_ARGS(real)                                             \
-    real *dx,          /* (T, B, I) */                                         \
-    real *ds0,         /* (B, H) dE/ds[-1] */                                  \
-    real *dy0,         /* (B, R) dE/dy[-1] */                                  \
-    real *dW_x, real *dW_v, real *db, real *dW_s, real *dW_qv, /* like weights */ \
-    real *work,        /* backward workspace */                                \
-    const real *dy_seq, /* (T, B, R) dE/dy[n] from above */                    \
-    const real *ds_T,  /* (B, H) dE/d(final s) */                              \
-    const real *dy_T,  /* (B, R) dE/d(final y) */                              \
-    const real *acts,  /* activation store of the forward */                  \
-    const real *x, const real *y_seq, const real *s0, const real *y0,        \
-    const real *W_x, const real *W_v, const real *W_s, const real *W_qv,     \
-    const fr_lstm_config *cfg
-int fr_lstm_backward_f32(FR_LSTM_BACKWARD_ARGS(float));
-int fr_lstm_backward_f64(FR_LSTM_BACKWARD_ARGS(double));
+int fr_lstm_forward_f32(const fr_lstm_forward_seq_f32 *seq, const fr_lstm_weights_f32 *w,
+                        const fr_lstm_config *cfg, const fr_call *call);
+int fr_lstm_forward_f64(const fr_lstm_forward_seq_f64 *seq, const fr_lstm_weights_f64 *w,
+                        const fr_lstm_config *cfg, const fr_call *call);
+int fr_lstm_backward_f32(const fr_lstm_grads_f32 *g, const fr_lstm_backward_seq_f32 *seq,
+                         const fr_lstm_weights_f32 *w, const fr_lstm_config *cfg,
+                         const fr_call *call);
+int fr_lstm_backward_f64(const fr_lstm_grads_f64 *g, const fr_lstm_backward_seq_f64 *seq,
+                         const fr_lstm_weights_f64 *w, const fr_lstm_config *cfg,
+                         const fr_call *call);
 
 /* ---- Canonical RNN (§1) ----------------------------------------------------
- *   s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + theta_s,  r[n] = tanh(s[n])
- *   W_x (H, I), W_r (H, H), theta_s (H), W_s (H, H) or NULL (no state feedback) */
+ *   s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + theta_s,  r[n] = tanh(s[n]) */
 typedef struct {
     int64_t T, B, I, H;
     int state_feedback;     /* 0: W_s = 0 (standard RNN), 1: W_s used */
@@ -150,35 +188,65 @@ typedef struct {
                                the state as for the LSTM */
 } fr_rnn_config;
 
-/* Activation store: states s (T, B, H). */
+#define FR_RNN_WEIGHTS_FIELDS(real)                                                \
+    const real *W_x;     /* (H, I) */                                              \
+    const real *W_r;     /* (H, H) */                                              \
+    const real *theta_s; /* (H) */                                                 \
+    const real *W_s;     /* (H, H), or NULL without state feedback */
+typedef struct { FR_RNN_WEIGHTS_FIELDS(float) } fr_rnn_weights_f32;
+typedef struct { FR_RNN_WEIGHTS_FIELDS(double) } fr_rnn_weights_f64;
+
+#define FR_RNN_GRADS_FIELDS(real)                                                  \
+    real *dW_x;     /* (H, I) += */                                                \
+    real *dW_r;     /* (H, H) += */                                                \
+    real *dtheta_s; /* (H) += */                                                   \
+    real *dW_s;     /* (H, H) += or NULL */
+typedef struct { FR_RNN_GRADS_FIELDS(float) } fr_rnn_grads_f32;
+typedef struct { FR_RNN_GRADS_FIELDS(double) } fr_rnn_grads_f64;
+
+#define FR_RNN_FORWARD_SEQ_FIELDS(real)                                            \
+    real *r_seq;    /* (T, B, H) out: readouts r[n] */                             \
+    real *s_T;      /* (B, H) out */                                               \
+    real *r_T;      /* (B, H) out */                                               \
+    real *acts;     /* out, training: the store (fr_rnn_acts_size); NULL: inference */ \
+    real *work;     /* workspace */                                                \
+    const real *x;  /* (T, B, I) */                                                \
+    const real *s0; /* (B, H) */                                                   \
+    const real *r0; /* (B, H) */
+typedef struct { FR_RNN_FORWARD_SEQ_FIELDS(float) } fr_rnn_forward_seq_f32;
+typedef struct { FR_RNN_FORWARD_SEQ_FIELDS(double) } fr_rnn_forward_seq_f64;
+
+#define FR_RNN_BACKWARD_SEQ_FIELDS(real)                                           \
+    real *dx;           /* (T, B, I) += or NULL */                                 \
+    real *ds0;          /* (B, H) += or NULL */                                    \
+    real *dr0;          /* (B, H) += or NULL */                                    \
+    real *work;         /* workspace */                                            \
+    const real *dr_seq; /* (T, B, H) or NULL */                                    \
+    const real *ds_T;   /* (B, H) or NULL */                                       \
+    const real *dr_T;   /* (B, H) or NULL */                                       \
+    const real *acts;   /* the forward's store (NULL without state feedback) */    \
+    const real *x;      /* (T, B, I) */                                            \
+    const real *r_seq;  /* (T, B, H) */                                            \
+    const real *s0;     /* (B, H) */                                               \
+    const real *r0;     /* (B, H) */
+typedef struct { FR_RNN_BACKWARD_SEQ_FIELDS(float) } fr_rnn_backward_seq_f32;
+typedef struct { FR_RNN_BACKWARD_SEQ_FIELDS(double) } fr_rnn_backward_seq_f64;
+
+/* Activation store: states s (T, B, H) with state feedback, else nothing. */
 int fr_rnn_acts_size(size_t *n_elems, const fr_rnn_config *cfg);
 int fr_rnn_workspace_size(size_t *n_elems, const fr_rnn_config *cfg, int training);
 int fr_rnn_backward_workspace_size(size_t *n_elems, const fr_rnn_config *cfg);
 
-#define FR_RNN_FORWARD_ARGS(real)                                               \
-    real *r_seq,       /* (T, B, H) readouts r[n] */                           \
-    real *s_T,         /* (B, H) */                                            \
-    real *r_T,         /* (B, H) */                                            \
-    real *acts,        /* training: (T, B, H) states, or NULL */               \
-    real *work,                                                                \
-    const real *x,     /* (T, B, I) */                                         \
-    const real *s0, const real *r0, /* (B, H) */                              \
-    const real *W_x, const real *W_r, const real *theta_s, const real *W_s,   \
-    const fr_rnn_config *cfg
-int fr_rnn_forward_f32(FR_RNN_FORWARD_ARGS(float));
-int fr_rnn_forward_f64(FR_RNN_FORWARD_ARGS(double));
-
-#define FR_RNN_BACKWARD_ARGS(real)                                              \
-    real *dx, real *ds0, real *dr0,                                            \
-    real *dW_x, real *dW_r, real *dtheta_s, real *dW_s,                        \
-    real *work,                                                                \
-    const real *dr_seq, const real *ds_T, const real *dr_T,                    \
-    const real *acts,                                                          \
-    const real *x, const real *r_seq, const real *s0, const real *r0,        \
-    const real *W_x, const real *W_r, const real *W_s,                       \
-    const fr_rnn_config *cfg
-int fr_rnn_backward_f32(FR_RNN_BACKWARD_ARGS(float));
-int fr_rnn_backward_f64(FR_RNN_BACKWARD_ARGS(double));
+int fr_rnn_forward_f32(const fr_rnn_forward_seq_f32 *seq, const fr_rnn_weights_f32 *w,
+                       const fr_rnn_config *cfg, const fr_call *call);
+int fr_rnn_forward_f64(const fr_rnn_forward_seq_f64 *seq, const fr_rnn_weights_f64 *w,
+                       const fr_rnn_config *cfg, const fr_call *call);
+int fr_rnn_backward_f32(const fr_rnn_grads_f32 *g, const fr_rnn_backward_seq_f32 *seq,
+                        const fr_rnn_weights_f32 *w, const fr_rnn_config *cfg,
+                        const fr_call *call);
+int fr_rnn_backward_f64(const fr_rnn_grads_f64 *g, const fr_rnn_backward_seq_f64 *seq,
+                        const fr_rnn_weights_f64 *w, const fr_rnn_config *cfg,
+                        const fr_call *call);
 
 #ifdef __cplusplus
 }

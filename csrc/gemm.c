@@ -18,6 +18,7 @@ const char *fr_status_str(int status) {
     case FR_EINVAL: return "invalid size or option";
     case FR_EOVERFLOW: return "size overflow";
     case FR_ENULL: return "required buffer is NULL";
+    case FR_EINTR: return "interrupted";
     default: return "unknown status";
     }
 }
@@ -27,17 +28,9 @@ const char *fr_status_str(int status) {
 #define BLAS_GEMM g_sgemm
 #define BLAS_FN_T fr_sgemm_fn
 #include "gemm_body.h"
-#undef real
-#undef SUFFIX
-#undef BLAS_GEMM
-#undef BLAS_FN_T
 
 #define real double
 #define SUFFIX _f64
 #define BLAS_GEMM g_dgemm
 #define BLAS_FN_T fr_dgemm_fn
 #include "gemm_body.h"
-#undef real
-#undef SUFFIX
-#undef BLAS_GEMM
-#undef BLAS_FN_T

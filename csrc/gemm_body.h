@@ -1,4 +1,5 @@
-/* Type-generic GEMM body; included by gemm.c with `real`, SUFFIX, BLAS_GEMM. */
+/* Type-generic GEMM body; included by gemm.c with `real`, SUFFIX, BLAS_GEMM,
+ * BLAS_FN_T (undefined again at the end). */
 #define FN(name) FR_CAT(name, SUFFIX)
 
 /* C (M, N) = alpha op(A) op(B) + beta C with the kernel's own loops. The inner
@@ -68,4 +69,48 @@ int FN(fr_gemm)(real *C, const real *A, const real *B, int tA, int tB,
     return FR_OK;
 }
 
+/* One entry of a loop's GEMM table (common.h): columns [c0, c0 + nc) of
+ * C (M, N) (+)= A (M, K) . op(W) (K, N). */
+int FN(fr_wgemm)(real *C, int64_t ldc, const real *A, int64_t lda, const FN(fr_wmat) *W,
+                 int64_t M, int64_t c0, int64_t nc, int64_t K, int beta1) {
+    if (W->packed) {
+        FN(fr_ugemm)(C + c0, ldc, A, lda, 0, W->packed + c0 * K, 0, M, nc, K, beta1);
+        return FR_OK;
+    }
+    const real *w = W->trans ? W->W + c0 * W->ld : W->W + c0;
+    return FN(fr_gemm)(C + c0, A, w, 0, W->trans, M, nc, K, 1, beta1 ? 1 : 0, lda, W->ld, ldc);
+}
+
+/* The gradient GEMMs: columns [c0, c0 + nc) of C (M, N) += op(A) (M, K) . Y (K, N). */
+int FN(fr_agemm)(int uk, real *C, int64_t ldc, const real *A, int64_t lda, int ta,
+                 const real *Y, int64_t ldy, int64_t M, int64_t c0, int64_t nc, int64_t K) {
+    if (uk) {
+        FN(fr_ugemm)(C + c0, ldc, A, lda, ta, Y + c0, ldy, M, nc, K, 1);
+        return FR_OK;
+    }
+    return FN(fr_gemm)(C + c0, A, Y + c0, ta, 0, M, nc, K, 1, 1, lda, ldy, ldc);
+}
+
+/* The gradient of a recurrent weight: columns [c0, c0 + nc) of
+ *     C (M, N) += sum over steps n in [t_lo, t_hi) of A[n]^T Y[prev(n)]
+ * for A (T, B, lda) and Y (T, B, ldy) by steps, prev(n) = n - 1 (reverse:
+ * n + 1), and Y0 (B, ldy) in place of Y[prev] at the first visited step: two
+ * GEMMs, the first step's then the others' (T, B rows fit int: the configs). */
+void FN(fr_prev_gemm)(int uk, real *C, int64_t ldc, const real *A, int64_t lda, const real *Y0,
+                      const real *Y, int64_t ldy, int64_t M, int64_t c0, int64_t nc, int64_t B,
+                      int64_t T, int reverse, int64_t t_lo, int64_t t_hi) {
+    const int64_t first = reverse ? T - 1 : 0;
+    if (first >= t_lo && first < t_hi)
+        FN(fr_agemm)(uk, C, ldc, A + first * B * lda, lda, 1, Y0, ldy, M, c0, nc, B);
+    const int64_t lo = reverse ? t_lo : (t_lo > 1 ? t_lo : 1);
+    const int64_t hi = reverse ? (t_hi < T - 1 ? t_hi : T - 1) : t_hi;
+    if (hi > lo)
+        FN(fr_agemm)(uk, C, ldc, A + lo * B * lda, lda, 1, Y + (lo + (reverse ? 1 : -1)) * B * ldy,
+                     ldy, M, c0, nc, (hi - lo) * B);
+}
+
 #undef FN
+#undef real
+#undef SUFFIX
+#undef BLAS_GEMM
+#undef BLAS_FN_T

@@ -3,75 +3,6 @@
  * lstm_body.h. */
 #include "common.h"
 
-/* Element counts of every buffer region, computed once with overflow checks;
- * the size functions report the totals and the kernel carves by the counts. */
-typedef struct {
-    size_t TB4H, TBH, TBP, B4H, BH, BR, H, R;
-    size_t chunk;          /* inference gate chunk (Tc, B, 4H) */
-    int64_t Tc;
-    size_t acts;           /* gates + s (+ v with projection) */
-    size_t work_train;     /* gw scratch (acc. clip) */
-    size_t work_infer;     /* chunk + s ring + v row block + gw scratch */
-    size_t work_backward;  /* dA + dQ + carries + scratch */
-    size_t n_zeros;        /* zero block: max(B * R, 3H) */
-    size_t packed_fwd;     /* team path: W_x, W_v (per gate) and W_qv^T packed, or 0 */
-    size_t packed_bwd;     /* team path: W_v and W_qv packed, or 0 */
-    size_t packed_bwd_wv;  /* of which W_v (R_pad, 4H): W_qv's packed panels follow */
-} lstm_layout;
-
-/* Whether this call runs the team path: packed weights, every GEMM of the
- * forward and the per-step GEMMs of the backward on the micro-kernel, the
- * steps split over cfg->num_threads threads. Full peepholes need a GEMM between
- * the element-wise passes and take the BLAS path. */
-static inline int lstm_team_path(const fr_lstm_config *cfg) {
-    return cfg->B <= cfg->packed_max_rows && cfg->peepholes != FR_PEEP_FULL;
-}
-
-/* Threads for a team-path call: at most num_threads and one per panel of
- * hidden units, and each with at least FR_MIN_STEP_FLOPS of recurrent GEMM per
- * step (below that a barrier per step costs more than it saves; tests set it
- * to 0 to run small problems on several threads), or with at least
- * FR_MIN_STEP_BYTES of the recurrent weights: beyond L1 each step streams them
- * from L2, and every core adds its own L2 bandwidth (B = 1, H = 128, f32: 256 KB
- * of W_v, 65k flops a thread; inference 0.28 -> 0.20 ms on 2 threads; at 32 KB a
- * thread, H = 64, two threads were slower). */
-static double g_min_step_flops = 200000.0;
-#define FR_MIN_STEP_BYTES (64.0 * 1024)
-
-void fr_set_min_step_flops(double flops) { g_min_step_flops = flops > 0 ? flops : 0; }
-
-/* Whether the team path's backward also runs the gradient GEMMs over all T B
- * rows on the micro-kernel (split over the team) rather than on the BLAS after
- * the team: up to g_team_grad_rows rows, by default always. With more than one
- * thread a BLAS call leaves its pool spinning (OpenBLAS: ~0.1 s) on the cores
- * the team's next steps need (medium, 2 threads, training step: 150 ms with the
- * BLAS, 70-100 ms without); on one thread the micro-kernel was level with
- * SciPy's OpenBLAS on an AVX-512 Xeon and 17-26% faster on an AMD EPYC (Zen 5),
- * where OpenBLAS runs its AVX2 kernels (bench/README.md). */
-static int64_t g_team_grad_rows = INT64_MAX;
-
-int64_t fr_set_team_grad_rows(int64_t rows) {
-    const int64_t old = g_team_grad_rows;
-    g_team_grad_rows = rows > 0 ? rows : 0;
-    return old;
-}
-
-static inline int lstm_grads_in_team(const fr_lstm_config *cfg) {
-    return cfg->T * cfg->B <= g_team_grad_rows; /* T B fits int (lstm_check_config) */
-}
-
-static int lstm_team_size(const fr_lstm_config *cfg, int64_t pw) {
-    const int64_t R = cfg->P ? cfg->P : cfg->H;
-    const double flops = 2.0 * (double)cfg->B * 4.0 * (double)cfg->H * (double)R;
-    int64_t n = cfg->num_threads < 1 ? 1 : cfg->num_threads;
-    const int64_t panels = (cfg->H + pw - 1) / pw;
-    if (n > panels) n = panels;
-    const double bytes = 4.0 * (double)cfg->H * (double)R * (double)(128 / pw); /* W_v */
-    while (n > 1 && flops / (double)n < g_min_step_flops && bytes / (double)n < FR_MIN_STEP_BYTES)
-        n--;
-    return (int)n;
-}
-
 static int lstm_check_config(const fr_lstm_config *cfg) {
     if (cfg == NULL) return FR_ENULL;
     if (cfg->T < 1 || cfg->B < 1 || cfg->I < 1 || cfg->H < 1 || cfg->P < 0) return FR_EINVAL;
@@ -81,7 +12,6 @@ static int lstm_check_config(const fr_lstm_config *cfg) {
         return FR_EINVAL;
     /* clips: 0 is off; negative or NaN is invalid */
     if (!(cfg->cell_clip >= 0) || !(cfg->accumulation_clip >= 0)) return FR_EINVAL;
-    if (cfg->packed_max_rows < 0 || cfg->num_threads < 0) return FR_EINVAL;
     if (cfg->lengths)
         for (int64_t b = 0; b < cfg->B; b++)
             if (cfg->lengths[b] < 0 || cfg->lengths[b] > cfg->T) return FR_EINVAL;
@@ -93,103 +23,142 @@ static int lstm_check_config(const fr_lstm_config *cfg) {
     return FR_OK;
 }
 
-static int lstm_layout_of(lstm_layout *L, const fr_lstm_config *cfg) {
-    FR_CHECK(lstm_check_config(cfg));
+/* ---- the buffers: one region table each ------------------------------------
+ * Element counts come from these functions only; the size queries sum them and
+ * the kernel points into the caller's buffers with them. The micro-kernel's
+ * panels are reserved whenever the options allow that path (the plan picks it
+ * at call time). */
+enum { LA_GATES, LA_S, LA_V, LA_COUNT }; /* the activation store */
+enum { LP_WX, LP_WV, LP_WQ, LP_COUNT };  /* packed forward weights */
+enum { LF_CHUNK, LF_S_RING, LF_V_BLK, LF_GW, LF_PACKED, LF_COUNT }; /* forward workspace */
+enum {                                                                /* backward workspace */
+    LB_DA, LB_DQ, LB_F_CHI, LB_HOLD, LB_F_PSI, LB_CHI, LB_PSI, LB_R_ROW, LB_ZEROS, LB_DW_SINK,
+    LB_GW, LB_MASK, LB_WV_P, LB_WQ_P, LB_SAVE, LB_COUNT
+};
+
+static int lstm_ukernel_ok(const fr_lstm_config *cfg) {
+    return cfg->peepholes != FR_PEEP_FULL; /* full peepholes: a GEMM between the passes */
+}
+
+static int lstm_acts_regions(size_t n[LA_COUNT], const fr_lstm_config *cfg) {
+    const size_t T = (size_t)cfg->T, B = (size_t)cfg->B, H = (size_t)cfg->H;
+    FR_CHECK(fr_mul3(&n[LA_GATES], T, B, 4 * H)); /* (T, B, 4H) gates or a_* */
+    FR_CHECK(fr_mul3(&n[LA_S], T, B, H));         /* (T, B, H) s[n] */
+    n[LA_V] = cfg->P ? n[LA_S] : 0;               /* (T, B, H) v[n] with projection */
+    return FR_OK;
+}
+
+/* Panels of FR_PW columns: the forward's W_x* and W_v* per gate (4 x (H_pad, K)),
+ * W_qv^T (P_pad, H). */
+static int lstm_packed_regions(size_t n[LP_COUNT], const fr_lstm_config *cfg) {
+    const size_t H = (size_t)cfg->H, P = (size_t)cfg->P, R = P ? P : H;
+    FR_CHECK(fr_mul3(&n[LP_WX], 4, fr_pad32(cfg->H), (size_t)cfg->I));
+    FR_CHECK(fr_mul3(&n[LP_WV], 4, fr_pad32(cfg->H), R));
+    FR_CHECK(fr_mul(&n[LP_WQ], fr_pad32(cfg->P), P ? H : 0));
+    return FR_OK;
+}
+
+static int lstm_packed_total(size_t *total, const fr_lstm_config *cfg) {
+    size_t n[LP_COUNT];
+    FR_CHECK(lstm_packed_regions(n, cfg));
+    return fr_regions_total(total, n, LP_COUNT, 1);
+}
+
+static int lstm_forward_regions(size_t n[LF_COUNT], const fr_lstm_config *cfg, int training) {
+    const size_t B = (size_t)cfg->B, H = (size_t)cfg->H;
+    size_t BH, B4H;
+    FR_CHECK(fr_mul(&BH, B, H));
+    FR_CHECK(fr_mul(&B4H, B, 4 * H));
+    memset(n, 0, LF_COUNT * sizeof n[0]);
+    if (!training) { /* a gate chunk, a state ring, one step of v */
+        FR_CHECK(fr_mul(&n[LF_CHUNK], (size_t)fr_inference_chunk(cfg->T, cfg->B), B4H));
+        n[LF_S_RING] = 2 * BH;
+        n[LF_V_BLK] = cfg->P ? BH : 0;
+    }
+    n[LF_GW] = cfg->accumulation_clip > 0 ? B4H : 0; /* warped gates when acts keeps a_* */
+    if (lstm_ukernel_ok(cfg)) FR_CHECK(lstm_packed_total(&n[LF_PACKED], cfg));
+    return FR_OK;
+}
+
+static int lstm_backward_regions(size_t n[LB_COUNT], const fr_lstm_config *cfg) {
     const size_t T = (size_t)cfg->T, B = (size_t)cfg->B, H = (size_t)cfg->H;
     const size_t P = (size_t)cfg->P, R = P ? P : H;
-    const int proj = P > 0, aclip = cfg->accumulation_clip > 0;
-    memset(L, 0, sizeof *L);
-    L->H = H;
-    L->R = R;
-    FR_CHECK(fr_mul3(&L->TB4H, T, B, 4 * H));
-    FR_CHECK(fr_mul3(&L->TBH, T, B, H));
-    FR_CHECK(fr_mul3(&L->TBP, T, B, P));
-    FR_CHECK(fr_mul(&L->B4H, B, 4 * H));
-    FR_CHECK(fr_mul(&L->BH, B, H));
-    FR_CHECK(fr_mul(&L->BR, B, R));
-    L->Tc = fr_inference_chunk(cfg->T, cfg->B);
-    FR_CHECK(fr_mul(&L->chunk, (size_t)L->Tc, L->B4H));
-    L->n_zeros = L->BR > 3 * H ? L->BR : 3 * H;
-
-    /* packed panels are FR_PW(real) wide (32 floats, 16 doubles): size for 32 */
-    size_t n;
-    if (lstm_team_path(cfg)) {
-        const size_t H32 = (H + 31) / 32 * 32, P32 = (P + 31) / 32 * 32, R32 = (R + 31) / 32 * 32;
-        size_t wx, wv, wq;
-        FR_CHECK(fr_mul3(&wx, 4, H32, (size_t)cfg->I));
-        FR_CHECK(fr_mul3(&wv, 4, H32, R));
-        FR_CHECK(fr_mul(&wq, P32, H));
-        FR_CHECK(fr_add(&n, wx, wv));
-        FR_CHECK(fr_add(&n, n, wq));
-        FR_CHECK(fr_add(&L->packed_fwd, n, FR_ALIGN_SLACK));
-        FR_CHECK(fr_mul(&L->packed_bwd_wv, R32, 4 * H));
-        FR_CHECK(fr_mul(&wq, H32, P));
-        FR_CHECK(fr_add(&n, L->packed_bwd_wv, wq));
-        FR_CHECK(fr_add(&L->packed_bwd, n, FR_ALIGN_SLACK));
+    size_t BH, BR, B4H;
+    FR_CHECK(fr_mul(&BH, B, H));
+    FR_CHECK(fr_mul(&BR, B, R));
+    FR_CHECK(fr_mul(&B4H, B, 4 * H));
+    FR_CHECK(fr_mul3(&n[LB_DA], T, B, 4 * H)); /* (T, B, 4H) alpha_* of every step */
+    FR_CHECK(fr_mul3(&n[LB_DQ], T, B, P));     /* (T, B, P) chi_q of every step */
+    n[LB_F_CHI] = BR;                          /* (B, R) W_v^T alpha[n+1] */
+    n[LB_HOLD] = BR;                           /* (B, R) f_chi carried through padding */
+    n[LB_F_PSI] = BH;                          /* (B, H) */
+    n[LB_CHI] = BH;                            /* (B, H) dE/dv[n] */
+    n[LB_PSI] = BH;                            /* (B, H) dE/ds[n] */
+    n[LB_R_ROW] = H;                           /* (H) r[n] of one row */
+    n[LB_ZEROS] = BR > 3 * H ? BR : 3 * H;     /* zeros: absent dy, peepholes */
+    n[LB_DW_SINK] = 3 * H;                     /* (3, H) diagonal grads without peepholes */
+    n[LB_GW] = B4H;                            /* (B, 4H) gates recomputed (acc. clip) */
+    n[LB_MASK] = B4H;                          /* (B, 4H) accumulation-clip masks */
+    n[LB_WV_P] = n[LB_WQ_P] = 0;
+    if (lstm_ukernel_ok(cfg)) {
+        FR_CHECK(fr_mul(&n[LB_WV_P], fr_pad32((int64_t)R), 4 * H)); /* W_v (K = 4H, N = R) */
+        FR_CHECK(fr_mul(&n[LB_WQ_P], fr_pad32(cfg->H), P));        /* W_qv (K = P, N = H) */
     }
-    /* acts: gates (T, B, 4H) + s (T, B, H) [+ v (T, B, H)] */
-    FR_CHECK(fr_add(&n, L->TB4H, L->TBH));
-    if (proj) FR_CHECK(fr_add(&n, n, L->TBH));
-    L->acts = n;
-    /* training forward: gw (B, 4H) when the stored gates are the accumulations,
-     * packed W_v */
-    FR_CHECK(fr_add(&L->work_train, aclip ? L->B4H : 0, L->packed_fwd));
-    /* inference: chunk + s ring (2, B, H) + v (B, H) + gw (B, 4H) + packed W_v */
-    FR_CHECK(fr_add(&n, L->chunk, 2 * L->BH));
-    FR_CHECK(fr_add(&n, n, L->BH));
-    FR_CHECK(fr_add(&n, n, L->B4H));
-    FR_CHECK(fr_add(&n, n, L->packed_fwd));
-    L->work_infer = n;
-    /* backward: dA (T,B,4H) + dQ (T,B,P) + f_chi, hold (B,R) x2 + f_psi, chi,
-     * psi (B,H) x3 + r (H) + zeros + dW_s sink (3H) + gw, mask (B,4H) x2 */
-    FR_CHECK(fr_add(&n, L->TB4H, L->TBP));
-    FR_CHECK(fr_add(&n, n, 2 * L->BR));
-    FR_CHECK(fr_add(&n, n, 3 * L->BH));
-    FR_CHECK(fr_add(&n, n, H + L->n_zeros + 3 * H));
-    FR_CHECK(fr_add(&n, n, 2 * L->B4H));
-    FR_CHECK(fr_add(&n, n, L->packed_bwd));
-    L->work_backward = n;
-    if (L->acts > FR_MAX_ELEMS || L->work_infer > FR_MAX_ELEMS || L->work_backward > FR_MAX_ELEMS)
-        return FR_EOVERFLOW;
+    /* the weight gradients as they were, restored when a call is interrupted */
+    size_t w, sum;
+    FR_CHECK(fr_mul(&w, 4 * H, (size_t)cfg->I + R + 1));
+    FR_CHECK(fr_mul(&sum, P, H));
+    FR_CHECK(fr_add(&w, w, sum));
+    FR_CHECK(fr_mul3(&sum, 3, H, cfg->peepholes == FR_PEEP_FULL ? H : 1));
+    FR_CHECK(fr_add(&n[LB_SAVE], w, sum));
     return FR_OK;
+}
+
+/* The plan's view of a call. */
+static fr_plan lstm_plan(const fr_lstm_config *cfg, const fr_call *call, size_t elem,
+                         int prepacked) {
+    const fr_plan_input in = {.T = cfg->T, .B = cfg->B, .units = cfg->H, .rec_cols = 4 * cfg->H,
+                              .rec_depth = cfg->P ? cfg->P : cfg->H, .elem = elem,
+                              .ukernel_ok = lstm_ukernel_ok(cfg), .prepacked = prepacked};
+    return fr_plan_cell(&in, call);
 }
 
 int fr_lstm_acts_size(size_t *n_elems, const fr_lstm_config *cfg) {
     if (n_elems == NULL) return FR_ENULL;
-    lstm_layout L;
-    FR_CHECK(lstm_layout_of(&L, cfg));
-    *n_elems = L.acts;
-    return FR_OK;
+    FR_CHECK(lstm_check_config(cfg));
+    size_t n[LA_COUNT];
+    FR_CHECK(lstm_acts_regions(n, cfg));
+    return fr_regions_total(n_elems, n, LA_COUNT, 0);
 }
 
 int fr_lstm_workspace_size(size_t *n_elems, const fr_lstm_config *cfg, int training) {
     if (n_elems == NULL) return FR_ENULL;
-    lstm_layout L;
-    FR_CHECK(lstm_layout_of(&L, cfg));
-    *n_elems = training ? L.work_train : L.work_infer;
-    return FR_OK;
+    FR_CHECK(lstm_check_config(cfg));
+    size_t n[LF_COUNT];
+    FR_CHECK(lstm_forward_regions(n, cfg, training));
+    return fr_regions_total(n_elems, n, LF_COUNT, 1);
 }
 
 int fr_lstm_backward_workspace_size(size_t *n_elems, const fr_lstm_config *cfg) {
     if (n_elems == NULL) return FR_ENULL;
-    lstm_layout L;
-    FR_CHECK(lstm_layout_of(&L, cfg));
-    *n_elems = L.work_backward;
-    return FR_OK;
+    FR_CHECK(lstm_check_config(cfg));
+    size_t n[LB_COUNT];
+    FR_CHECK(lstm_backward_regions(n, cfg));
+    return fr_regions_total(n_elems, n, LB_COUNT, 1);
+}
+
+int fr_lstm_packed_size(size_t *n_elems, const fr_lstm_config *cfg) {
+    if (n_elems == NULL) return FR_ENULL;
+    FR_CHECK(lstm_check_config(cfg));
+    return lstm_packed_total(n_elems, cfg);
 }
 
 #define real float
 #define SUFFIX _f32
 #define EXP fr_exp_f32
 #include "lstm_body.h"
-#undef real
-#undef SUFFIX
-#undef EXP
 
 #define real double
 #define SUFFIX _f64
 #define EXP fr_exp_f64
 #include "lstm_body.h"
-#undef real
-#undef SUFFIX
-#undef EXP

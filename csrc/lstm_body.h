@@ -1,8 +1,14 @@
-/* Type-generic LSTM body, included by lstm.c with `real`, SUFFIX, EXP.
- * Equation names refer to docs/equations.md §2 (Vanilla LSTM) and §3
- * (augmented LSTM). Per step: one recurrent GEMM, the fused element-wise
- * passes below (split only where a full peephole or the projection needs a
- * GEMM in between), and nothing allocated. */
+/* Type-generic LSTM body, included by lstm.c with `real`, SUFFIX, EXP (undefined
+ * again at the end). Equation names refer to docs/equations.md §2 (Vanilla
+ * LSTM) and §3 (augmented LSTM).
+ *
+ * One forward and one backward time loop, each run by every member of a team
+ * on its slice of the hidden units (a team of one owns them all). The loops
+ * reach every weight product through the call's GEMM table: the packed
+ * micro-kernel (panels of the member's units, the team path) or the GEMM
+ * provider (the BLAS, one member). Per step: the recurrent GEMM, the fused
+ * element-wise passes below (split only where a full peephole needs a GEMM in
+ * between), a barrier, and nothing allocated. */
 #define FN(name) FR_CAT(name, SUFFIX)
 
 #include "warp_body.h"
@@ -68,206 +74,6 @@ static void FN(lstm_row_readout)(real *a_cr,           /* (n) */
     for (int64_t j = 0; j < n; j++) v[j] *= gw_cr[j];
 }
 
-/* ---- the team path (packed weights, steps split over threads) ----------------
- * Member id of n owns hidden units [h0, h1) (whole panels) and, with the
- * projection, outputs [p0, p1). It packs its own panels of W_x, W_v, W_qv, runs
- * the input GEMM of its gate columns, and per step its slice of the recurrent
- * GEMM and the element-wise passes of its units; the members meet once per
- * step (twice with the projection, whose q[n] = W_qv v[n] reads all of v[n]). */
-typedef struct {
-    const fr_lstm_config *cfg;
-    const lstm_layout *L;
-    real *y_seq, *acts, *work;
-    const real *x, *s0, *y0, *W_x, *W_v, *b, *W_s, *W_qv;
-} FN(lstm_fwd_ctx);
-
-static void FN(lstm_forward_member)(void *vctx, int id, int nth, fr_team *team) {
-    const FN(lstm_fwd_ctx) *c = vctx;
-    const fr_lstm_config *cfg = c->cfg;
-    const lstm_layout *L = c->L;
-    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, P = cfg->P;
-    const int64_t R = P ? P : H, PW = FR_PW(real), H_pad = (H + PW - 1) / PW * PW;
-    const int training = c->acts != NULL, aclip = cfg->accumulation_clip > 0;
-    const real c_acc = (real)cfg->accumulation_clip, c_cell = (real)cfg->cell_clip;
-    const real *w_diag = cfg->peepholes == FR_PEEP_DIAGONAL ? c->W_s : NULL;
-    const size_t B4H = L->B4H, BH = L->BH, BR = L->BR;
-    real *acts = c->acts, *work = c->work, *y_seq = c->y_seq;
-    int64_t h0, h1, p0 = 0, p1 = 0;
-    fr_share(&h0, &h1, H, PW, id, nth);
-    if (P) fr_share(&p0, &p1, P, PW, id, nth);
-    const int64_t nh = h1 - h0, np = p1 - p0;
-
-    real *gates_all = training ? acts : NULL;                          /* (T, B, 4H) */
-    real *s_all = training ? acts + L->TB4H : NULL;                    /* (T, B, H) */
-    real *v_all = training && P ? s_all + L->TBH : NULL;               /* (T, B, H) */
-    real *chunk = training ? NULL : work;                              /* (Tc, B, 4H) */
-    real *s_ring = training ? NULL : chunk + L->chunk;                 /* (2, B, H) */
-    real *v_blk = training ? NULL : s_ring + 2 * BH;                   /* (B, H) */
-    real *gw_blk = !aclip ? NULL : training ? work : v_blk + BH;       /* (B, 4H) */
-    real *Wx_p = (real *)fr_align64(training ? work + (aclip ? B4H : 0) : v_blk + BH + B4H);
-                                                                       /* 4 x (H_pad, I) */
-    real *Wv_p = Wx_p + 4 * H_pad * I;                                 /* 4 x (H_pad, R) */
-    real *Wq_p = Wv_p + 4 * H_pad * R;                                 /* (P_pad, H) */
-    const int64_t Tc = training ? T : L->Tc;
-
-    /* this member's panels: W_x*, W_v* of its units (per gate), W_qv of its outputs */
-    for (int g = 0; nh > 0 && g < 4; g++) {
-        FN(fr_pack)(Wx_p + (g * H_pad + h0) * I, c->W_x + (g * H + h0) * I, 1, nh, I, I);
-        FN(fr_pack)(Wv_p + (g * H_pad + h0) * R, c->W_v + (g * H + h0) * R, 1, nh, R, R);
-    }
-    if (np > 0) FN(fr_pack)(Wq_p + p0 * H, c->W_qv + p0 * H, 1, np, H, H);
-
-    for (int64_t k0 = 0; k0 < T; k0 += Tc) {
-        const int64_t tc = (T - k0 < Tc) ? T - k0 : Tc;
-        const int64_t lo = cfg->reverse ? T - k0 - tc : k0; /* steps [lo, lo + tc) */
-        real *g_lo = training ? gates_all + (size_t)lo * B4H : chunk; /* (tc, B, 4H) */
-        /* x-side accumulations of tc steps, this member's columns: W_x* x[n] */
-        for (int g = 0; nh > 0 && g < 4; g++)
-            FN(fr_ugemm)(g_lo + g * H + h0, G, c->x + (size_t)lo * B * I, I, 0,
-                         Wx_p + (g * H_pad + h0) * I, 0, tc * B, nh, I, 0);
-        for (int64_t k = k0; k < k0 + tc; k++) {
-            const int64_t n = cfg->reverse ? T - 1 - k : k;
-            const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
-            real *g = g_lo + (size_t)(n - lo) * B4H;                          /* (B, 4H) */
-            real *gw = aclip ? gw_blk : g;                                    /* (B, 4H) */
-            const real *y_prev = k == 0 ? c->y0 : y_seq + (size_t)n_prev * BR; /* (B, R) */
-            const real *s_prev = k == 0 ? c->s0
-                                 : training ? s_all + (size_t)n_prev * BH
-                                            : s_ring + (size_t)((k - 1) & 1) * BH;
-            real *s_n = training ? s_all + (size_t)n * BH : s_ring + (size_t)(k & 1) * BH;
-            real *y_n = y_seq + (size_t)n * BR;                               /* (B, R) */
-            real *v_n = !P ? y_n : training ? v_all + (size_t)n * BH : v_blk; /* (B, H) */
-
-            /* recurrent accumulations of this member's units: + W_v* v[n-1] (W_q* q[n-1]) */
-            for (int gi = 0; nh > 0 && gi < 4; gi++)
-                FN(fr_ugemm)(g + gi * H + h0, G, y_prev, R, 0, Wv_p + (gi * H_pad + h0) * R, 0, B,
-                             nh, R, 1);
-            for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
-                const size_t o = (size_t)bi * H + h0;
-                if (fr_active(cfg->lengths, bi, n)) {
-                    FN(lstm_row_state)(g + bi * G + h0, gw + bi * G + h0, s_n + o, s_prev + o,
-                                       c->b + h0, w_diag ? w_diag + h0 : NULL, c_acc, c_cell,
-                                       cfg->coupled_gates, H, nh);
-                    FN(lstm_row_readout)(g + bi * G + 3 * H + h0, gw + bi * G + 3 * H + h0,
-                                         v_n + o, s_n + o, c_acc, nh);
-                } else { /* padding: hold the state */
-                    memcpy(s_n + o, s_prev + o, (size_t)nh * sizeof(real));
-                    if (P) /* finite, and never read with a nonzero weight */
-                        memset(v_n + o, 0, (size_t)nh * sizeof(real));
-                    else
-                        memcpy(y_n + o, y_prev + o, (size_t)nh * sizeof(real));
-                }
-            }
-            if (P) { /* q[n] = W_qv v[n] (§3b) over all of v[n]; padding holds q */
-                fr_team_barrier(team);
-                if (np > 0) {
-                    FN(fr_ugemm)(y_n + p0, R, v_n, H, 0, Wq_p + p0 * H, 0, B, np, H, 0);
-                    for (int64_t bi = 0; bi < B; bi++)
-                        if (!fr_active(cfg->lengths, bi, n))
-                            memcpy(y_n + bi * R + p0, y_prev + bi * R + p0,
-                                   (size_t)np * sizeof(real));
-                }
-            }
-            fr_team_barrier(team); /* y[n] complete: the next step reads all of it */
-        }
-    }
-}
-
-static int FN(lstm_forward_team)(FR_LSTM_FORWARD_ARGS(real), const lstm_layout *L) {
-    FN(lstm_fwd_ctx) c = {cfg, L, y_seq, acts, work, x, s0, y0, W_x, W_v, b, W_s, W_qv};
-    fr_team_run(lstm_team_size(cfg, FR_PW(real)), FN(lstm_forward_member), &c);
-    const int64_t n_last = cfg->reverse ? 0 : cfg->T - 1;
-    const real *s_last = acts ? acts + L->TB4H + (size_t)n_last * L->BH
-                              : work + L->chunk + (size_t)((cfg->T - 1) & 1) * L->BH;
-    memcpy(s_T, s_last, L->BH * sizeof(real));
-    memcpy(y_T, y_seq + (size_t)n_last * L->BR, L->BR * sizeof(real));
-    return FR_OK;
-}
-
-int FN(fr_lstm_forward)(FR_LSTM_FORWARD_ARGS(real)) {
-    lstm_layout L;
-    FR_CHECK(lstm_layout_of(&L, cfg));
-    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, P = cfg->P;
-    const int64_t R = P ? P : H;
-    const int diag = cfg->peepholes == FR_PEEP_DIAGONAL, full = cfg->peepholes == FR_PEEP_FULL;
-    const int training = acts != NULL, aclip = cfg->accumulation_clip > 0;
-    if (!y_seq || !s_T || !y_T || !x || !s0 || !y0 || !W_x || !W_v || !b) return FR_ENULL;
-    if ((cfg->peepholes && !W_s) || (P && !W_qv)) return FR_ENULL;
-    if ((training ? L.work_train : L.work_infer) > 0 && !work) return FR_ENULL;
-    if (lstm_team_path(cfg))
-        return FN(lstm_forward_team)(y_seq, s_T, y_T, acts, work, x, s0, y0, W_x, W_v, b, W_s,
-                                     W_qv, cfg, &L);
-    const real c_acc = (real)cfg->accumulation_clip, c_cell = (real)cfg->cell_clip;
-    const size_t B4H = L.B4H, BH = L.BH, BR = L.BR;
-
-    /* Training: gates (T, B, 4H), s (T, B, H), v (T, B, H) in the activation
-     * store. Inference: a gate chunk (Tc, B, 4H), a state ring (2, B, H), one
-     * step of v (B, H). Both: gw (B, 4H) when the accumulations are clipped. */
-    real *gates_all = training ? acts : NULL;                          /* (T, B, 4H) */
-    real *s_all = training ? acts + L.TB4H : NULL;                     /* (T, B, H) */
-    real *v_all = training && P ? s_all + L.TBH : NULL;                /* (T, B, H) */
-    real *chunk = training ? NULL : work;                              /* (Tc, B, 4H) */
-    real *s_ring = training ? NULL : chunk + L.chunk;                  /* (2, B, H) */
-    real *v_blk = training ? NULL : s_ring + 2 * BH;                   /* (B, H) */
-    real *gw_blk = !aclip ? NULL : training ? work : v_blk + BH;       /* (B, 4H) */
-    const int64_t Tc = training ? T : L.Tc;
-
-    for (int64_t k0 = 0; k0 < T; k0 += Tc) {
-        const int64_t tc = (T - k0 < Tc) ? T - k0 : Tc;
-        const int64_t lo = cfg->reverse ? T - k0 - tc : k0; /* steps [lo, lo + tc) */
-        real *g_lo = training ? gates_all + (size_t)lo * B4H : chunk; /* (tc, B, 4H) */
-        /* x-side accumulations of tc steps in one GEMM: W_x* x[n] */
-        FR_CHECK(FN(fr_gemm)(g_lo, x + (size_t)lo * B * I, W_x, 0, 1, tc * B, G, I, 1, 0, I, I, G));
-        for (int64_t k = k0; k < k0 + tc; k++) {
-            const int64_t n = cfg->reverse ? T - 1 - k : k;
-            const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
-            real *g = g_lo + (size_t)(n - lo) * B4H;                          /* (B, 4H) */
-            real *gw = aclip ? gw_blk : g;                                    /* (B, 4H) */
-            const real *y_prev = k == 0 ? y0 : y_seq + (size_t)n_prev * BR;   /* (B, R) */
-            const real *s_prev = k == 0 ? s0
-                                 : training ? s_all + (size_t)n_prev * BH
-                                            : s_ring + (size_t)((k - 1) & 1) * BH;
-            real *s_n = training ? s_all + (size_t)n * BH : s_ring + (size_t)(k & 1) * BH;
-            real *y_n = y_seq + (size_t)n * BR;                               /* (B, R) */
-            real *v_n = !P ? y_n : training ? v_all + (size_t)n * BH : v_blk; /* (B, H) */
-
-            /* recurrent accumulations: + W_v* v[n-1] (W_q* q[n-1]) */
-            FR_CHECK(FN(fr_gemm)(g, y_prev, W_v, 0, 1, B, G, R, 1, 1, R, R, G));
-            if (full) /* + W_scu s[n-1], W_scs s[n-1] */
-                FR_CHECK(FN(fr_gemm)(g, s_prev, W_s, 0, 1, B, 2 * H, H, 1, 1, H, H, G));
-            for (int64_t bi = 0; bi < B; bi++) {
-                if (fr_active(cfg->lengths, bi, n))
-                    FN(lstm_row_state)(g + bi * G, gw + bi * G, s_n + bi * H, s_prev + bi * H, b,
-                                       diag ? W_s : NULL, c_acc, c_cell, cfg->coupled_gates, H, H);
-                else /* padding: hold the state */
-                    memcpy(s_n + bi * H, s_prev + bi * H, (size_t)H * sizeof(real));
-            }
-            if (full) /* + W_scr s[n] */
-                FR_CHECK(FN(fr_gemm)(g + 3 * H, s_n, W_s + (size_t)2 * H * H, 0, 1, B, H, H, 1, 1,
-                                     H, H, G));
-            for (int64_t bi = 0; bi < B; bi++) {
-                if (fr_active(cfg->lengths, bi, n))
-                    FN(lstm_row_readout)(g + bi * G + 3 * H, gw + bi * G + 3 * H, v_n + bi * H,
-                                         s_n + bi * H, c_acc, H);
-                else if (P) /* finite, and never read with a nonzero weight */
-                    memset(v_n + bi * H, 0, (size_t)H * sizeof(real));
-                else
-                    memcpy(y_n + bi * R, y_prev + bi * R, (size_t)R * sizeof(real));
-            }
-            if (P) { /* q[n] = W_qv v[n] (§3b); padding holds q */
-                FR_CHECK(FN(fr_gemm)(y_n, v_n, W_qv, 0, 1, B, P, H, 1, 0, H, H, P));
-                for (int64_t bi = 0; bi < B; bi++)
-                    if (!fr_active(cfg->lengths, bi, n))
-                        memcpy(y_n + bi * R, y_prev + bi * R, (size_t)R * sizeof(real));
-            }
-        }
-    }
-    const int64_t n_last = cfg->reverse ? 0 : T - 1;
-    const real *s_last = training ? s_all + (size_t)n_last * BH : s_ring + (size_t)((T - 1) & 1) * BH;
-    memcpy(s_T, s_last, BH * sizeof(real));
-    memcpy(y_T, y_seq + (size_t)n_last * BR, BR * sizeof(real));
-    return FR_OK;
-}
 
 /* ---- backward -----------------------------------------------------------------
  * With the accumulation clip the store holds a_*; recompute the gates of one
@@ -348,274 +154,501 @@ static void FN(lstm_row_backward_state)(real *restrict ar,          /* (4H) alph
     }
 }
 
-/* The backward's team path. Member id owns units [h0, h1) and columns
- * [r0, r1) of R (the same split as its units without the projection): chi_q,
- * f_chi of its columns, the element-wise passes of its units, then (after the
- * step's alpha are complete) its columns of f_chi[n] = W_v^T alpha[n]. Its
- * columns of f_chi are its own to read at the next step, so one barrier per step
- * suffices (two with the projection: chi = W_qv^T chi_q reads all of chi_q). */
+
+/* ---- the GEMM table of a call -------------------------------------------------- */
+#define WMAT FN(fr_wmat)
+typedef struct {
+    WMAT x;     /* forward: op = W_x^T (I, 4H), panels per gate */
+    WMAT v;     /* forward: op = W_v^T (R, 4H), panels per gate */
+    WMAT qv;    /* forward: op = W_qv^T (H, P) */
+    WMAT s_cs;  /* forward, full peepholes: op = [W_scu; W_scs]^T (H, 2H) */
+    WMAT s_cr;  /* forward, full peepholes: op = W_scr^T (H, H) */
+    WMAT b_v;   /* backward: op = W_v (4H, R) */
+    WMAT b_qv;  /* backward: op = W_qv (P, H) */
+    WMAT b_scs; /* backward, full peepholes: op = [W_scu; W_scs] (2H, H) */
+    WMAT b_scr; /* backward, full peepholes: op = W_scr (H, H) */
+} FN(lstm_gemms);
+
+/* The accumulations of units [h0, h0 + nh) of all four gates,
+ * g[:, q H + j] (+)= A (M, K) . op(W)[:, q H + j]: per gate from the member's
+ * panels (4 x (H_pad, K)), or in one provider call over all 4H columns (its
+ * single member owns every unit). */
+static void FN(lstm_gates_gemm)(real *g, const real *A, int64_t lda, const WMAT *W, int64_t M,
+                                int64_t K, int64_t H, int64_t h0, int64_t nh, int beta1) {
+    if (nh <= 0) return;
+    if (W->packed == NULL) {
+        FN(fr_wgemm)(g, 4 * H, A, lda, W, M, 0, 4 * H, K, beta1);
+        return;
+    }
+    const int64_t PW = FR_PW(real), H_pad = (H + PW - 1) / PW * PW;
+    for (int q = 0; q < 4; q++)
+        FN(fr_ugemm)(g + q * H + h0, 4 * H, A, lda, 0, W->packed + (q * H_pad + h0) * K, 0, M, nh,
+                     K, beta1);
+}
+
+/* Pack units [h0, h0 + nh) of W_x*, W_v* (per gate) and outputs [p0, p0 + np)
+ * of W_qv into the panels pk[LP_*] (the layout does not depend on the split). */
+static void FN(lstm_pack_slice)(real *const pk[LP_COUNT], const FN(fr_lstm_weights) *w,
+                                const fr_lstm_config *cfg, int64_t h0, int64_t nh, int64_t p0,
+                                int64_t np) {
+    const int64_t I = cfg->I, H = cfg->H, P = cfg->P, R = P ? P : H;
+    const int64_t PW = FR_PW(real), H_pad = (H + PW - 1) / PW * PW;
+    for (int q = 0; nh > 0 && q < 4; q++) {
+        FN(fr_pack)(pk[LP_WX] + (q * H_pad + h0) * I, w->W_x + (q * H + h0) * I, 1, nh, I, I);
+        FN(fr_pack)(pk[LP_WV] + (q * H_pad + h0) * R, w->W_v + (q * H + h0) * R, 1, nh, R, R);
+    }
+    if (np > 0) FN(fr_pack)(pk[LP_WQ] + p0 * H, w->W_qv + p0 * H, 1, np, H, H);
+}
+
+/* ---- forward ---------------------------------------------------------------------
+ * Member id of n owns hidden units [h0, h1) (whole panels) and, with the
+ * projection, outputs [p0, p1): the x-side accumulations of its gate columns
+ * for a chunk of steps, and per step its columns of the recurrent GEMM and the
+ * element-wise passes of its units; the members meet once per step (twice with
+ * the projection, whose q[n] = W_qv v[n] reads all of v[n]). */
 typedef struct {
     const fr_lstm_config *cfg;
-    real *dA, *dQ, *f_chi, *hold, *f_psi, *chi, *psi, *r_row, *zeros, *gw_blk, *mask_blk;
-    real *Wv_p, *Wq_p, *dw_diag;
-    const real *dy_seq, *gates_all, *s_all, *s0, *W_v, *W_qv, *w_diag;
-    /* after the loop */
-    real *dW_x, *dW_v, *dW_qv, *db, *dx;
-    const real *x, *y_seq, *y0, *v_all, *W_x;
-    int grads_in_team;
-} FN(lstm_bwd_ctx);
+    const FN(fr_lstm_forward_seq) *seq;
+    const FN(fr_lstm_weights) *w;
+    FN(lstm_gemms) gm;
+    real *a[LA_COUNT];  /* the activation store (training) */
+    real *p[LF_COUNT];  /* the workspace */
+    real *pk[LP_COUNT]; /* the panels (micro-kernel path) */
+    int pack;           /* the members pack their panels first */
+    int64_t Tc;         /* steps per x-side GEMM */
+    fr_poll poll;
+} FN(lstm_fwd);
 
-static void FN(lstm_backward_member)(void *vctx, int id, int nth, fr_team *team) {
-    const FN(lstm_bwd_ctx) *c = vctx;
+static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
+    FN(lstm_fwd) *c = vctx;
     const fr_lstm_config *cfg = c->cfg;
+    const FN(fr_lstm_forward_seq) *seq = c->seq;
+    const FN(lstm_gemms) *gm = &c->gm;
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, P = cfg->P;
+    const int64_t R = P ? P : H, PW = FR_PW(real), Tc = c->Tc;
+    const int training = seq->acts != NULL, aclip = cfg->accumulation_clip > 0;
+    const int full = cfg->peepholes == FR_PEEP_FULL;
+    const real c_acc = (real)cfg->accumulation_clip, c_cell = (real)cfg->cell_clip;
+    const real *w_diag = cfg->peepholes == FR_PEEP_DIAGONAL ? c->w->W_s : NULL; /* (3, H) */
+    const real *bias = c->w->b;                                               /* (4H) */
+    const size_t B4H = (size_t)B * G, BH = (size_t)B * H, BR = (size_t)B * R;
+    real *gates_all = c->a[LA_GATES], *s_all = c->a[LA_S], *v_all = c->a[LA_V]; /* (T, B, .) */
+    real *chunk = c->p[LF_CHUNK];                                               /* (Tc, B, 4H) */
+    real *s_ring = c->p[LF_S_RING];                                             /* (2, B, H) */
+    real *v_blk = c->p[LF_V_BLK];                                               /* (B, H) */
+    real *gw_blk = c->p[LF_GW];                                                 /* (B, 4H) */
+    real *y_seq = seq->y_seq;                                                   /* (T, B, R) */
+    int64_t h0, h1, p0 = 0, p1 = 0;
+    fr_share(&h0, &h1, H, PW, id, nth);
+    if (P) fr_share(&p0, &p1, P, PW, id, nth);
+    const int64_t nh = h1 - h0, np = p1 - p0;
+    if (c->pack) FN(lstm_pack_slice)(c->pk, c->w, cfg, h0, nh, p0, np);
+
+    for (int64_t k0 = 0; k0 < T; k0 += Tc) {
+        const int64_t tc = (T - k0 < Tc) ? T - k0 : Tc;
+        const int64_t lo = cfg->reverse ? T - k0 - tc : k0; /* steps [lo, lo + tc) */
+        real *g_lo = training ? gates_all + (size_t)lo * B4H : chunk; /* (tc, B, 4H) */
+        /* x-side accumulations of tc steps, this member's columns: W_x* x[n] */
+        FN(lstm_gates_gemm)(g_lo, seq->x + (size_t)lo * B * I, I, &gm->x, tc * B, I, H, h0, nh, 0);
+        for (int64_t k = k0; k < k0 + tc; k++) {
+            const int64_t n = cfg->reverse ? T - 1 - k : k;
+            const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
+            real *g = g_lo + (size_t)(n - lo) * B4H;                           /* (B, 4H) */
+            real *gw = aclip ? gw_blk : g;                                     /* (B, 4H) */
+            const real *y_prev = k == 0 ? seq->y0 : y_seq + (size_t)n_prev * BR; /* (B, R) */
+            const real *s_prev = k == 0 ? seq->s0
+                                 : training ? s_all + (size_t)n_prev * BH
+                                            : s_ring + (size_t)((k - 1) & 1) * BH;
+            real *s_n = training ? s_all + (size_t)n * BH : s_ring + (size_t)(k & 1) * BH;
+            real *y_n = y_seq + (size_t)n * BR;                                /* (B, R) */
+            real *v_n = !P ? y_n : training ? v_all + (size_t)n * BH : v_blk;  /* (B, H) */
+
+            /* recurrent accumulations: + W_v* v[n-1] (W_q* q[n-1]) */
+            FN(lstm_gates_gemm)(g, y_prev, R, &gm->v, B, R, H, h0, nh, 1);
+            if (full) /* + W_scu s[n-1], W_scs s[n-1] (the provider: one member) */
+                FN(fr_wgemm)(g, G, s_prev, H, &gm->s_cs, B, 0, 2 * H, H, 1);
+            for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
+                const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
+                if (fr_active(cfg->lengths, bi, n)) {
+                    FN(lstm_row_state)(g + og, gw + og, s_n + o, s_prev + o, bias + h0,
+                                       w_diag ? w_diag + h0 : NULL, c_acc, c_cell,
+                                       cfg->coupled_gates, H, nh);
+                    if (!full)
+                        FN(lstm_row_readout)(g + og + 3 * H, gw + og + 3 * H, v_n + o, s_n + o,
+                                             c_acc, nh);
+                } else { /* padding: hold the state */
+                    memcpy(s_n + o, s_prev + o, (size_t)nh * sizeof(real));
+                    if (P) /* finite, and never read with a nonzero weight */
+                        memset(v_n + o, 0, (size_t)nh * sizeof(real));
+                    else
+                        memcpy(y_n + o, y_prev + o, (size_t)nh * sizeof(real));
+                }
+            }
+            if (full) { /* + W_scr s[n], then the readout */
+                FN(fr_wgemm)(g + 3 * H, G, s_n, H, &gm->s_cr, B, 0, H, H, 1);
+                for (int64_t bi = 0; bi < B; bi++)
+                    if (fr_active(cfg->lengths, bi, n))
+                        FN(lstm_row_readout)(g + bi * G + 3 * H, gw + bi * G + 3 * H, v_n + bi * H,
+                                             s_n + bi * H, c_acc, H);
+            }
+            if (P) { /* q[n] = W_qv v[n] (§3b) over all of v[n]; padding holds q */
+                fr_team_barrier(team);
+                if (np > 0) {
+                    FN(fr_wgemm)(y_n, R, v_n, H, &gm->qv, B, p0, np, H, 0);
+                    for (int64_t bi = 0; bi < B; bi++)
+                        if (!fr_active(cfg->lengths, bi, n))
+                            memcpy(y_n + bi * R + p0, y_prev + bi * R + p0,
+                                   (size_t)np * sizeof(real));
+                }
+            }
+            fr_poll_step(&c->poll, id);
+            fr_team_barrier(team); /* y[n] complete: the next step reads all of it */
+            if (fr_poll_stopped(&c->poll)) return;
+        }
+    }
+}
+
+int FN(fr_lstm_forward)(const FN(fr_lstm_forward_seq) *seq, const FN(fr_lstm_weights) *w,
+                        const fr_lstm_config *cfg, const fr_call *call) {
+    FR_CHECK(lstm_check_config(cfg));
+    if (!seq || !w) return FR_ENULL;
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, P = cfg->P;
+    const int64_t R = P ? P : H;
+    const int training = seq->acts != NULL;
+    if (!seq->y_seq || !seq->s_T || !seq->y_T || !seq->x || !seq->s0 || !seq->y0 || !w->W_x ||
+        !w->W_v || !w->b)
+        return FR_ENULL;
+    if ((cfg->peepholes && !w->W_s) || (P && !w->W_qv)) return FR_ENULL;
+    if (w->packed && !lstm_ukernel_ok(cfg)) return FR_EINVAL;
+    size_t nf[LF_COUNT], na[LA_COUNT], np[LP_COUNT], n_work;
+    FR_CHECK(lstm_forward_regions(nf, cfg, training));
+    FR_CHECK(fr_regions_total(&n_work, nf, LF_COUNT, 1));
+    if (n_work > 0 && !seq->work) return FR_ENULL;
+    FR_CHECK(lstm_acts_regions(na, cfg));
+    FR_CHECK(lstm_packed_regions(np, cfg));
+    const fr_plan plan = lstm_plan(cfg, call, sizeof(real), w->packed != NULL);
+
+    FN(lstm_fwd) c;
+    memset(&c, 0, sizeof c);
+    c.cfg = cfg;
+    c.seq = seq;
+    c.w = w;
+    fr_regions_point((void **)c.p, nf, LF_COUNT, seq->work, sizeof(real), 1);
+    if (training) fr_regions_point((void **)c.a, na, LA_COUNT, seq->acts, sizeof(real), 0);
+    if (plan.ukernel) {
+        c.pack = w->packed == NULL;
+        fr_regions_point((void **)c.pk, np, LP_COUNT,
+                         c.pack ? (void *)c.p[LF_PACKED] : (void *)w->packed, sizeof(real), 1);
+    }
+    /* the GEMM table: panels on the micro-kernel path, row-major W on the provider */
+    c.gm.x = (WMAT){w->W_x, I, 1, c.pk[LP_WX]};
+    c.gm.v = (WMAT){w->W_v, R, 1, c.pk[LP_WV]};
+    c.gm.qv = (WMAT){w->W_qv, H, 1, c.pk[LP_WQ]};
+    if (cfg->peepholes == FR_PEEP_FULL) {
+        c.gm.s_cs = (WMAT){w->W_s, H, 1, NULL};
+        c.gm.s_cr = (WMAT){w->W_s + (size_t)2 * H * H, H, 1, NULL};
+    }
+    fr_poll_init(&c.poll, call);
+    /* the x-side GEMM: chunks of the inference workspace, or all T steps of a
+     * training call at once (in pieces when the call can be interrupted; whole
+     * inference chunks, so that both see the same GEMMs) */
+    const int64_t Tc_infer = fr_inference_chunk(T, B);
+    c.Tc = training ? fr_piece_steps(&c.poll, T, 2.0 * (double)B * 4.0 * (double)H * (double)I,
+                                     Tc_infer)
+                    : Tc_infer;
+    fr_team_run(plan.threads, FN(lstm_forward_loop), &c);
+    if (fr_poll_stopped(&c.poll)) return FR_EINTR;
+
+    const int64_t n_last = cfg->reverse ? 0 : T - 1;
+    const real *s_last = training ? c.a[LA_S] + (size_t)n_last * B * H
+                                  : c.p[LF_S_RING] + (size_t)((T - 1) & 1) * B * H;
+    memcpy(seq->s_T, s_last, (size_t)(B * H) * sizeof(real));
+    memcpy(seq->y_T, seq->y_seq + (size_t)n_last * B * R, (size_t)(B * R) * sizeof(real));
+    return FR_OK;
+}
+
+int FN(fr_lstm_pack)(real *packed, const FN(fr_lstm_weights) *w, const fr_lstm_config *cfg) {
+    FR_CHECK(lstm_check_config(cfg));
+    if (!packed || !w || !w->W_x || !w->W_v || (cfg->P && !w->W_qv)) return FR_ENULL;
+    if (!lstm_ukernel_ok(cfg)) return FR_EINVAL;
+    size_t np[LP_COUNT];
+    real *pk[LP_COUNT];
+    FR_CHECK(lstm_packed_regions(np, cfg));
+    fr_regions_point((void **)pk, np, LP_COUNT, packed, sizeof(real), 1);
+    FN(lstm_pack_slice)(pk, w, cfg, 0, cfg->H, 0, cfg->P);
+    return FR_OK;
+}
+
+/* ---- backward --------------------------------------------------------------------
+ * Member id owns units [h0, h1) and columns [r0, r1) of R (the same split as
+ * its units without the projection): chi_q, f_chi of its columns, the
+ * element-wise passes of its units, then (after the step's alpha are complete)
+ * its columns of f_chi[n] = W_v^T alpha[n]. Its columns of f_chi are its own
+ * to read at the next step, so one barrier per step suffices (two with the
+ * projection: chi = W_qv^T chi_q reads all of chi_q). */
+typedef struct {
+    const fr_lstm_config *cfg;
+    const FN(fr_lstm_grads) *g;
+    const FN(fr_lstm_backward_seq) *seq;
+    const FN(fr_lstm_weights) *w;
+    FN(lstm_gemms) gm;
+    const real *a[LA_COUNT]; /* the forward's activation store */
+    real *p[LB_COUNT];       /* the workspace */
+    const real *w_diag;      /* (3, H) diagonal peepholes, or zeros */
+    real *dw_diag;           /* (3, H) their gradient, or a sink */
+    int pack;                /* the members pack W_v, W_qv first (micro-kernel path) */
+    int grads_in_team;       /* the gradient GEMMs on the micro-kernel, in the team */
+    int64_t piece;           /* steps per piece of the gradient GEMMs */
+    fr_poll poll;
+} FN(lstm_bwd);
+
+/* The gradient GEMMs over the rows of all T B steps, this member's output
+ * columns; they read alpha and the activations in place (op(A) = dA^T). In
+ * pieces of c->piece steps when the call can be interrupted. Returns 0 when
+ * interrupted. */
+static int FN(lstm_grads)(FN(lstm_bwd) *c, int id, int nth, fr_team *team, int uk) {
+    const fr_lstm_config *cfg = c->cfg;
+    const FN(fr_lstm_grads) *g = c->g;
+    const FN(fr_lstm_backward_seq) *seq = c->seq;
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, P = cfg->P;
+    const int64_t R = P ? P : H, PW = FR_PW(real);
+    const int full = cfg->peepholes == FR_PEEP_FULL;
+    const real *dA = c->p[LB_DA], *dQ = c->p[LB_DQ];          /* (T, B, 4H), (T, B, P) */
+    const real *s_all = c->a[LA_S], *v_all = c->a[LA_V];       /* (T, B, H) */
+    const size_t B4H = (size_t)B * G, BH = (size_t)B * H;
+    int64_t i0, i1, r0, r1, h0, h1;
+    fr_share(&i0, &i1, I, PW, id, nth);
+    fr_share(&r0, &r1, R, PW, id, nth);
+    fr_share(&h0, &h1, H, PW, id, nth);
+    const int64_t ni = i1 - i0, nr = r1 - r0, nh = h1 - h0;
+    for (int64_t t0 = 0; t0 < T; t0 += c->piece) {
+        const int64_t t1 = T - t0 < c->piece ? T : t0 + c->piece, rows = (t1 - t0) * B;
+        const real *dA_p = dA + (size_t)t0 * B4H; /* (t1 - t0, B, 4H) */
+        if (ni > 0) /* dE/dW_x* = sum_n alpha_*[n] x[n]^T: (4H, rows) x (rows, ni) */
+            FN(fr_agemm)(uk, g->dW_x, I, dA_p, G, 1, seq->x + (size_t)t0 * B * I, I, G, i0, ni,
+                         rows);
+        if (nr > 0) /* dE/dW_v* = sum_n alpha_*[n] y[prev]^T */
+            FN(fr_prev_gemm)(uk, g->dW_v, R, dA, G, seq->y0, seq->y_seq, R, G, r0, nr, B, T,
+                             cfg->reverse, t0, t1);
+        if (full && nh > 0) {
+            /* dE/dW_scu, dE/dW_scs = sum_n alpha_{cu,cs}[n] s[prev]^T: (2H, rows) x (rows, nh) */
+            FN(fr_prev_gemm)(uk, g->dW_s, H, dA, G, seq->s0, s_all, H, 2 * H, h0, nh, B, T,
+                             cfg->reverse, t0, t1);
+            /* dE/dW_scr = sum_n alpha_cr[n] s[n]^T */
+            FN(fr_agemm)(uk, g->dW_s + (size_t)2 * H * H, H, dA_p + 3 * H, G, 1,
+                         s_all + (size_t)t0 * BH, H, H, h0, nh, rows);
+        }
+        if (P && nh > 0) /* dE/dW_qv = sum_n chi_q[n] v[n]^T: (P, rows) x (rows, nh) */
+            FN(fr_agemm)(uk, g->dW_qv, H, dQ + (size_t)t0 * B * P, P, 1, v_all + (size_t)t0 * BH, H,
+                         P, h0, nh, rows);
+        for (int64_t row = 0; nh > 0 && row < rows; row++) { /* dE/db_* = sum_n alpha_*[n] */
+            const real *a = dA_p + (size_t)row * G;
+            for (int q = 0; q < 4; q++)
+                for (int64_t j = h0; j < h1; j++) g->db[q * H + j] += a[q * H + j];
+        }
+        if (seq->dx && ni > 0) /* dE/dx[n] = sum_* W_x*^T alpha_*[n]: (rows, 4H) x (4H, ni) */
+            FN(fr_agemm)(uk, seq->dx + (size_t)t0 * B * I, I, dA_p, G, 0, c->w->W_x, I, rows, i0,
+                         ni, G);
+        if (t1 < T) {
+            fr_poll_check(&c->poll, id);
+            fr_team_barrier(team);
+            if (fr_poll_stopped(&c->poll)) return 0;
+        }
+    }
+    return 1;
+}
+
+static void FN(lstm_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
+    FN(lstm_bwd) *c = vctx;
+    const fr_lstm_config *cfg = c->cfg;
+    const FN(fr_lstm_backward_seq) *seq = c->seq;
+    const FN(lstm_gemms) *gm = &c->gm;
     const int64_t T = cfg->T, B = cfg->B, H = cfg->H, G = 4 * H, P = cfg->P, R = P ? P : H;
     const int64_t PW = FR_PW(real);
-    const int aclip = cfg->accumulation_clip > 0;
+    const int aclip = cfg->accumulation_clip > 0, full = cfg->peepholes == FR_PEEP_FULL;
     const real c_acc = (real)cfg->accumulation_clip;
     const real c_cell = cfg->cell_clip > 0 ? (real)cfg->cell_clip : (real)INFINITY;
     const real coupled = (real)cfg->coupled_gates;
     const size_t B4H = (size_t)B * G, BH = (size_t)B * H, BR = (size_t)B * R;
+    real *const *p = c->p;
+    real *dA = p[LB_DA], *dQ = p[LB_DQ];                      /* (T, B, 4H), (T, B, P) */
+    real *f_chi = p[LB_F_CHI], *hold = p[LB_HOLD];            /* (B, R) */
+    real *f_psi = p[LB_F_PSI], *chi = p[LB_CHI], *psi = p[LB_PSI]; /* (B, H) */
+    real *r_row = p[LB_R_ROW], *gw_blk = p[LB_GW], *mask_blk = p[LB_MASK];
+    const real *zeros = p[LB_ZEROS];
+    const real *gates_all = c->a[LA_GATES], *s_all = c->a[LA_S];
+    const real *w_diag = c->w_diag;
+    real *dw_diag = c->dw_diag;
     int64_t h0, h1, r0, r1;
     fr_share(&h0, &h1, H, PW, id, nth);
     fr_share(&r0, &r1, R, PW, id, nth);
     const int64_t nh = h1 - h0, nr = r1 - r0;
-    /* panels: W_v as (K = 4H, N = R) for f_chi; W_qv as (K = P, N = H) for chi */
-    if (nr > 0) FN(fr_pack)(c->Wv_p + r0 * G, c->W_v + r0, 0, nr, G, R);
-    if (P && nh > 0) FN(fr_pack)(c->Wq_p + h0 * P, c->W_qv + h0, 0, nh, P, H);
+    if (c->pack) { /* panels: W_v as (K = 4H, N = R) for f_chi; W_qv as (K = P, N = H) for chi */
+        if (nr > 0) FN(fr_pack)(p[LB_WV_P] + r0 * G, c->w->W_v + r0, 0, nr, G, R);
+        if (P && nh > 0) FN(fr_pack)(p[LB_WQ_P] + h0 * P, c->w->W_qv + h0, 0, nh, P, H);
+    }
 
     for (int64_t k = T - 1; k >= 0; k--) {
         const int64_t n = cfg->reverse ? T - 1 - k : k;
         const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
-        const real *s_prev = k == 0 ? c->s0 : c->s_all + (size_t)n_prev * BH; /* (B, H) */
-        const real *s_n = c->s_all + (size_t)n * BH;                         /* (B, H) */
-        const real *g_n = c->gates_all + (size_t)n * B4H;                    /* (B, 4H) */
-        const real *dy_n = c->dy_seq ? c->dy_seq + (size_t)n * BR : c->zeros; /* (B, R) */
-        real *dA_n = c->dA + (size_t)n * B4H;                                /* (B, 4H) */
-        real *chi_q = P ? c->dQ + (size_t)n * B * P : c->chi;                /* (B, R) */
+        const real *s_prev = k == 0 ? seq->s0 : s_all + (size_t)n_prev * BH;  /* (B, H) */
+        const real *s_n = s_all + (size_t)n * BH;                            /* (B, H) */
+        const real *g_n = gates_all + (size_t)n * B4H;                       /* (B, 4H) */
+        const real *dy_n = seq->dy_seq ? seq->dy_seq + (size_t)n * BR : zeros; /* (B, R) */
+        real *dA_n = dA + (size_t)n * B4H;                                   /* (B, 4H) */
+        real *chi_q = P ? dQ + (size_t)n * B * P : chi;                      /* (B, R) */
 
-        /* chi_q[n] = dy/dy[n] + f_chi[n+1], this member's columns */
+        /* chi_q[n] = dy/dy[n] + f_chi[n+1], this member's columns; padding
+         * ignores dy and passes f_chi on */
         for (int64_t bi = 0; nr > 0 && bi < B; bi++) {
-            real *cq = chi_q + bi * R + r0, *fc = c->f_chi + bi * R + r0;
+            real *cq = chi_q + bi * R + r0, *fc = f_chi + bi * R + r0;
             const real *d = dy_n + bi * R + r0;
             if (fr_active(cfg->lengths, bi, n)) {
                 for (int64_t j = 0; j < nr; j++) cq[j] = d[j] + fc[j];
             } else {
-                memcpy(c->hold + bi * R + r0, fc, (size_t)nr * sizeof(real));
+                memcpy(hold + bi * R + r0, fc, (size_t)nr * sizeof(real));
                 memset(cq, 0, (size_t)nr * sizeof(real));
             }
         }
         if (P) { /* chi[n] = W_qv^T chi_q[n] (§3b), this member's units */
             fr_team_barrier(team);
-            if (nh > 0) FN(fr_ugemm)(c->chi + h0, H, chi_q, P, 0, c->Wq_p + h0 * P, 0, B, nh, P, 0);
+            if (nh > 0) FN(fr_wgemm)(chi, H, chi_q, P, &gm->b_qv, B, h0, nh, P, 0);
         }
         for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
             const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
             if (!fr_active(cfg->lengths, bi, n)) {
-                for (int g = 0; g < 4; g++) memset(dA_n + og + g * H, 0, (size_t)nh * sizeof(real));
+                for (int q = 0; q < 4; q++) memset(dA_n + og + q * H, 0, (size_t)nh * sizeof(real));
                 continue; /* f_psi holds through padding */
             }
             const real *gw = g_n + og;
             if (aclip) {
-                FN(lstm_row_regate)(c->gw_blk + og, c->mask_blk + og, g_n + og, c_acc,
-                                    cfg->coupled_gates, H, nh);
-                gw = c->gw_blk + og;
+                FN(lstm_row_regate)(gw_blk + og, mask_blk + og, g_n + og, c_acc, cfg->coupled_gates,
+                                    H, nh);
+                gw = gw_blk + og;
             }
-            FN(lstm_row_backward_readout)(dA_n + og, c->psi + o, c->dw_diag + 2 * H + h0,
-                                          c->r_row + h0, c->chi + o, c->f_psi + o, gw,
-                                          c->mask_blk + og, s_n + o, c->w_diag + 2 * H + h0, H, nh);
-            FN(lstm_row_backward_state)(dA_n + og, c->f_psi + o, c->dw_diag + h0, c->psi + o, gw,
-                                        c->mask_blk + og, s_prev + o, c->w_diag + h0, c_cell,
-                                        coupled, H, nh);
+            FN(lstm_row_backward_readout)(dA_n + og, psi + o, dw_diag + 2 * H + h0, r_row + h0,
+                                          chi + o, f_psi + o, gw, mask_blk + og, s_n + o,
+                                          w_diag + 2 * H + h0, H, nh);
+            if (!full)
+                FN(lstm_row_backward_state)(dA_n + og, f_psi + o, dw_diag + h0, psi + o, gw,
+                                            mask_blk + og, s_prev + o, w_diag + h0, c_cell, coupled,
+                                            H, nh);
         }
+        if (full) { /* psi += W_scr^T alpha_cr, the state pass, f_psi += W_scu^T a_cu + W_scs^T a_cs */
+            FN(fr_wgemm)(psi, H, dA_n + 3 * H, G, &gm->b_scr, B, 0, H, H, 1);
+            for (int64_t bi = 0; bi < B; bi++) {
+                if (!fr_active(cfg->lengths, bi, n)) continue;
+                const real *gw = aclip ? gw_blk + bi * G : g_n + bi * G;
+                FN(lstm_row_backward_state)(dA_n + bi * G, f_psi + bi * H, dw_diag, psi + bi * H,
+                                            gw, mask_blk + bi * G, s_prev + bi * H, w_diag, c_cell,
+                                            coupled, H, H);
+            }
+            FN(fr_wgemm)(f_psi, H, dA_n, G, &gm->b_scs, B, 0, H, 2 * H, 1);
+        }
+        fr_poll_step(&c->poll, id);
         fr_team_barrier(team); /* alpha[n] complete */
+        if (fr_poll_stopped(&c->poll)) return;
         /* f_chi[n] = sum_* W_v*^T alpha_*[n], this member's columns: (B, 4H) x (4H, nr) */
         if (nr > 0) {
-            FN(fr_ugemm)(c->f_chi + r0, R, dA_n, G, 0, c->Wv_p + r0 * G, 0, B, nr, G, 0);
+            FN(fr_wgemm)(f_chi, R, dA_n, G, &gm->b_v, B, r0, nr, G, 0);
             for (int64_t bi = 0; bi < B; bi++)
                 if (!fr_active(cfg->lengths, bi, n))
-                    memcpy(c->f_chi + bi * R + r0, c->hold + bi * R + r0, (size_t)nr * sizeof(real));
+                    memcpy(f_chi + bi * R + r0, hold + bi * R + r0, (size_t)nr * sizeof(real));
         }
     }
     if (!c->grads_in_team) return;
     fr_team_barrier(team); /* every alpha[n] complete */
-
-    /* The gradient GEMMs over all T B rows, this member's output columns; they
-     * read dA and the activations in place (row-major W operand, op(A) = dA^T). */
-    const int64_t I = cfg->I, TB = T * B, T1B = (T - 1) * B;
-    int64_t i0, i1;
-    fr_share(&i0, &i1, I, PW, id, nth);
-    const int64_t ni = i1 - i0;
-    const real *dA_first = c->dA + (size_t)(cfg->reverse ? T - 1 : 0) * B4H; /* first visit */
-    const real *dA_rest = c->dA + (cfg->reverse ? 0 : B4H);                  /* (T-1, B, 4H) */
-    const size_t prev_off = cfg->reverse ? 1 : 0;          /* predecessors' first step */
-    if (ni > 0) /* dE/dW_x* = sum_n alpha_*[n] x[n]^T: (4H, TB) x (TB, ni) */
-        FN(fr_ugemm)(c->dW_x + i0, I, c->dA, G, 1, c->x + i0, I, G, ni, TB, 1);
-    if (nr > 0) { /* dE/dW_v* = sum_n alpha_*[n] y[prev]^T */
-        FN(fr_ugemm)(c->dW_v + r0, R, dA_first, G, 1, c->y0 + r0, R, G, nr, B, 1);
-        if (T > 1)
-            FN(fr_ugemm)(c->dW_v + r0, R, dA_rest, G, 1, c->y_seq + prev_off * BR + r0, R, G, nr,
-                         T1B, 1);
-    }
-    if (P && nh > 0) /* dE/dW_qv = sum_n chi_q[n] v[n]^T: (P, TB) x (TB, nh) */
-        FN(fr_ugemm)(c->dW_qv + h0, H, c->dQ, P, 1, c->v_all + h0, H, P, nh, TB, 1);
-    for (int g = 0; nh > 0 && g < 4; g++) { /* dE/db_* = sum_n alpha_*[n], this member's units */
-        real *d = c->db + g * H + h0;
-        for (int64_t row = 0; row < TB; row++) {
-            const real *a = c->dA + (size_t)row * G + g * H + h0;
-            for (int64_t j = 0; j < nh; j++) d[j] += a[j];
-        }
-    }
-    if (c->dx && ni > 0) /* dE/dx[n] = sum_* W_x*^T alpha_*[n]: (TB, 4H) x (4H, ni) */
-        FN(fr_ugemm)(c->dx + i0, I, c->dA, G, 0, c->W_x + i0, I, TB, ni, G, 1);
+    FN(lstm_grads)(c, id, nth, team, 1);
 }
 
-int FN(fr_lstm_backward)(FR_LSTM_BACKWARD_ARGS(real)) {
-    lstm_layout L;
-    FR_CHECK(lstm_layout_of(&L, cfg));
+/* The weight gradients as they were before an interrupted call (all of them,
+ * or the diagonal peepholes', which the loop accumulates). */
+static void FN(lstm_save_grads)(real *save, const FN(fr_lstm_grads) *g, const fr_lstm_config *cfg,
+                                int all, int restore) {
+    const size_t H = (size_t)cfg->H, P = (size_t)cfg->P, R = P ? P : H;
+    real *const dst[5] = {g->dW_s, g->dW_x, g->dW_v, g->db, g->dW_qv};
+    const size_t n[5] = {cfg->peepholes ? 3 * H * (cfg->peepholes == FR_PEEP_FULL ? H : 1) : 0,
+                         4 * H * (size_t)cfg->I, 4 * H * R, 4 * H, P * H};
+    for (int i = 0; i < (all ? 5 : 1); i++) {
+        if (n[i] == 0) continue;
+        if (restore) memcpy(dst[i], save, n[i] * sizeof(real));
+        else memcpy(save, dst[i], n[i] * sizeof(real));
+        save += n[i];
+    }
+}
+
+int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_seq) *seq,
+                         const FN(fr_lstm_weights) *w, const fr_lstm_config *cfg,
+                         const fr_call *call) {
+    FR_CHECK(lstm_check_config(cfg));
+    if (!g || !seq || !w) return FR_ENULL;
     const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, P = cfg->P;
     const int64_t R = P ? P : H;
     const int diag = cfg->peepholes == FR_PEEP_DIAGONAL, full = cfg->peepholes == FR_PEEP_FULL;
-    const int aclip = cfg->accumulation_clip > 0;
-    if (!dW_x || !dW_v || !db || !work || !acts || !x || !y_seq || !s0 || !y0 || !W_x || !W_v)
+    if (!g->dW_x || !g->dW_v || !g->db || !seq->work || !seq->acts || !seq->x || !seq->y_seq ||
+        !seq->s0 || !seq->y0 || !w->W_x || !w->W_v)
         return FR_ENULL;
-    if ((cfg->peepholes && (!W_s || !dW_s)) || (P && (!W_qv || !dW_qv))) return FR_ENULL;
-    const size_t B4H = L.B4H, BH = L.BH, BR = L.BR;
-    const real c_acc = (real)cfg->accumulation_clip;
-    const real c_cell = cfg->cell_clip > 0 ? (real)cfg->cell_clip : (real)INFINITY;
-    const real coupled = (real)cfg->coupled_gates;
+    if ((cfg->peepholes && (!w->W_s || !g->dW_s)) || (P && (!w->W_qv || !g->dW_qv)))
+        return FR_ENULL;
+    size_t nb[LB_COUNT], na[LA_COUNT];
+    FR_CHECK(lstm_backward_regions(nb, cfg));
+    FR_CHECK(lstm_acts_regions(na, cfg));
+    const fr_plan plan = lstm_plan(cfg, call, sizeof(real), 0);
 
-    const real *gates_all = acts;                  /* (T, B, 4H) */
-    const real *s_all = acts + L.TB4H;             /* (T, B, H) */
-    const real *v_all = s_all + L.TBH;             /* (T, B, H) with projection */
-    real *dA = work;                               /* (T, B, 4H) alpha_* of every step */
-    real *dQ = dA + L.TB4H;                        /* (T, B, P) chi_q of every step */
-    real *f_chi = dQ + L.TBP;                      /* (B, R) W_v^T alpha[n+1] */
-    real *hold = f_chi + BR;                       /* (B, R) carry through padding */
-    real *f_psi = hold + BR;                       /* (B, H) */
-    real *chi = f_psi + BH;                        /* (B, H) dE/dv[n] */
-    real *psi = chi + BH;                          /* (B, H) dE/ds[n] */
-    real *r_row = psi + BH;                        /* (H) */
-    real *zeros = r_row + H;                       /* (max(B R, 3H)) */
-    real *dw_sink = zeros + L.n_zeros;             /* (3, H) diagonal grads when not diagonal */
-    real *gw_blk = dw_sink + 3 * H;                /* (B, 4H) recomputed gates */
-    real *mask_blk = gw_blk + B4H;                 /* (B, 4H) accumulation-clip masks */
-    const int team = lstm_team_path(cfg);
-    /* team path: packed W_v (R_pad, 4H), then packed W_qv (H_pad, P) */
-    real *Wp = team ? (real *)fr_align64(mask_blk + B4H) : NULL;
-    real *Wq_p = team ? Wp + L.packed_bwd_wv : NULL;
-    const int team_grads = team && lstm_grads_in_team(cfg); /* read once: a global setting */
-    memset(zeros, 0, L.n_zeros * sizeof(real));
-    memset(dw_sink, 0, (size_t)(3 * H) * sizeof(real));
-    if (!aclip) for (size_t i = 0; i < B4H; i++) mask_blk[i] = 1;
-    const real *w_diag = diag ? W_s : zeros;       /* (3, H) */
-    real *dw_diag = diag ? dW_s : dw_sink;         /* (3, H) */
-
+    FN(lstm_bwd) c;
+    memset(&c, 0, sizeof c);
+    c.cfg = cfg;
+    c.g = g;
+    c.seq = seq;
+    c.w = w;
+    fr_regions_point((void **)c.p, nb, LB_COUNT, seq->work, sizeof(real), 1);
+    fr_regions_point((void **)c.a, na, LA_COUNT, (void *)seq->acts, sizeof(real), 0);
+    real *const *p = c.p;
+    memset(p[LB_ZEROS], 0, nb[LB_ZEROS] * sizeof(real));
+    memset(p[LB_DW_SINK], 0, nb[LB_DW_SINK] * sizeof(real));
+    if (cfg->accumulation_clip <= 0)
+        for (size_t i = 0; i < nb[LB_MASK]; i++) p[LB_MASK][i] = 1;
+    c.w_diag = diag ? w->W_s : p[LB_ZEROS];
+    c.dw_diag = diag ? g->dW_s : p[LB_DW_SINK];
     /* f_chi[T] = dE/d(final y) from a later window, f_psi[T] = dE/d(final s). */
-    if (dy_T) memcpy(f_chi, dy_T, BR * sizeof(real)); else memset(f_chi, 0, BR * sizeof(real));
-    if (ds_T) memcpy(f_psi, ds_T, BH * sizeof(real)); else memset(f_psi, 0, BH * sizeof(real));
+    const size_t BR = (size_t)(B * R), BH = (size_t)(B * H);
+    if (seq->dy_T) memcpy(p[LB_F_CHI], seq->dy_T, BR * sizeof(real));
+    else memset(p[LB_F_CHI], 0, BR * sizeof(real));
+    if (seq->ds_T) memcpy(p[LB_F_PSI], seq->ds_T, BH * sizeof(real));
+    else memset(p[LB_F_PSI], 0, BH * sizeof(real));
 
-    if (team) {
-        FN(lstm_bwd_ctx) c = {cfg, dA, dQ, f_chi, hold, f_psi, chi, psi, r_row, zeros, gw_blk,
-                              mask_blk, Wp, Wq_p,
-                              dw_diag, dy_seq, gates_all, s_all, s0, W_v, W_qv, w_diag,
-                              dW_x, dW_v, dW_qv, db, dx, x, y_seq, y0, v_all, W_x,
-                              team_grads};
-        fr_team_run(lstm_team_size(cfg, FR_PW(real)), FN(lstm_backward_member), &c);
-    }
-    /* The step loop on the GEMM provider (the team ran it otherwise). */
-    for (int64_t k = T - 1; !team && k >= 0; k--) {
-        const int64_t n = cfg->reverse ? T - 1 - k : k;
-        const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
-        const real *s_prev = k == 0 ? s0 : s_all + (size_t)n_prev * BH;   /* (B, H) */
-        const real *s_n = s_all + (size_t)n * BH;                         /* (B, H) */
-        const real *g_n = gates_all + (size_t)n * B4H;                    /* (B, 4H) */
-        const real *dy_n = dy_seq ? dy_seq + (size_t)n * BR : zeros;      /* (B, R) */
-        real *dA_n = dA + (size_t)n * B4H;                                /* (B, 4H) */
-        real *chi_q = P ? dQ + (size_t)n * B * P : chi;                   /* (B, R) */
-
-        /* chi_q[n] = dy/dy[n] + f_chi[n+1]; padding ignores dy and passes f_chi on */
-        for (int64_t bi = 0; bi < B; bi++) {
-            real *cq = chi_q + bi * R, *fc = f_chi + bi * R;
-            const real *d = dy_n + bi * R;
-            if (fr_active(cfg->lengths, bi, n)) {
-                for (int64_t j = 0; j < R; j++) cq[j] = d[j] + fc[j];
-            } else {
-                memcpy(hold + bi * R, fc, (size_t)R * sizeof(real));
-                memset(cq, 0, (size_t)R * sizeof(real));
-            }
-        }
-        if (P) /* chi[n] = W_qv^T chi_q[n] (§3b) */
-            FR_CHECK(FN(fr_gemm)(chi, chi_q, W_qv, 0, 0, B, H, P, 1, 0, P, H, H));
-
-        for (int64_t bi = 0; bi < B; bi++) {
-            if (!fr_active(cfg->lengths, bi, n)) {
-                memset(dA_n + bi * G, 0, (size_t)G * sizeof(real));
-                continue;
-            }
-            const real *gw = g_n + bi * G;
-            if (aclip) {
-                FN(lstm_row_regate)(gw_blk + bi * G, mask_blk + bi * G, g_n + bi * G, c_acc,
-                                    cfg->coupled_gates, H, H);
-                gw = gw_blk + bi * G;
-            }
-            FN(lstm_row_backward_readout)(dA_n + bi * G, psi + bi * H, dw_diag + 2 * H, r_row,
-                                          chi + bi * H, f_psi + bi * H, gw, mask_blk + bi * G,
-                                          s_n + bi * H, w_diag + 2 * H, H, H);
-        }
-        if (full) /* psi += W_scr^T alpha_cr */
-            FR_CHECK(FN(fr_gemm)(psi, dA_n + 3 * H, W_s + (size_t)2 * H * H, 0, 0, B, H, H, 1, 1,
-                                 G, H, H));
-        for (int64_t bi = 0; bi < B; bi++) {
-            if (!fr_active(cfg->lengths, bi, n)) continue; /* f_psi holds through padding */
-            const real *gw = aclip ? gw_blk + bi * G : g_n + bi * G;
-            FN(lstm_row_backward_state)(dA_n + bi * G, f_psi + bi * H, dw_diag, psi + bi * H, gw,
-                                        mask_blk + bi * G, s_prev + bi * H, w_diag, c_cell,
-                                        coupled, H, H);
-        }
-        if (full) /* f_psi += W_scu^T alpha_cu + W_scs^T alpha_cs */
-            FR_CHECK(FN(fr_gemm)(f_psi, dA_n, W_s, 0, 0, B, H, 2 * H, 1, 1, G, H, H));
-        /* f_chi[n] = sum_* W_v*^T alpha_*[n]: (B, 4H) x (4H, R) */
-        FR_CHECK(FN(fr_gemm)(f_chi, dA_n, W_v, 0, 0, B, R, G, 1, 0, G, R, R));
-        for (int64_t bi = 0; bi < B; bi++)
-            if (!fr_active(cfg->lengths, bi, n))
-                memcpy(f_chi + bi * R, hold + bi * R, (size_t)R * sizeof(real));
-    }
-    /* Initial-state gradients: dE/dy[-1] = f_chi[0], dE/ds[-1] = f_psi[0]. */
-    if (dy0) for (size_t i = 0; i < BR; i++) dy0[i] += f_chi[i];
-    if (ds0) for (size_t i = 0; i < BH; i++) ds0[i] += f_psi[i];
-    if (team_grads) return FR_OK; /* the team did the gradient GEMMs */
-
-    const int64_t TB = T * B, T1B = (T - 1) * B;
-    /* step n's predecessor: forward n-1 (the rows after the first step), reverse n+1 */
-    real *dA_first = dA + (size_t)(cfg->reverse ? T - 1 : 0) * B4H;   /* alpha of the first visit */
-    real *dA_rest = dA + (cfg->reverse ? 0 : B4H);                     /* (T-1, B, 4H) */
-    const size_t prev_off = cfg->reverse ? 1 : 0;                      /* predecessors' first step */
-    /* dE/dW_x* = sum_n alpha_*[n] x[n]^T: (4H, TB) x (TB, I) */
-    FR_CHECK(FN(fr_gemm)(dW_x, dA, x, 1, 0, G, I, TB, 1, 1, G, I, I));
-    /* dE/dW_v* = sum_n alpha_*[n] y[prev]^T */
-    FR_CHECK(FN(fr_gemm)(dW_v, dA_first, y0, 1, 0, G, R, B, 1, 1, G, R, R));
-    if (T > 1)
-        FR_CHECK(FN(fr_gemm)(dW_v, dA_rest, y_seq + prev_off * BR, 1, 0, G, R, T1B, 1, 1, G, R, R));
+    c.pack = plan.ukernel;
+    c.grads_in_team = plan.ukernel && plan.grads_in_team;
+    c.gm.b_v = (WMAT){w->W_v, R, 0, plan.ukernel ? p[LB_WV_P] : NULL};
+    c.gm.b_qv = (WMAT){w->W_qv, H, 0, plan.ukernel ? p[LB_WQ_P] : NULL};
     if (full) {
-        /* dE/dW_scu, dE/dW_scs = sum_n alpha_{cu,cs}[n] s[prev]^T: (2H, TB) x (TB, H) */
-        FR_CHECK(FN(fr_gemm)(dW_s, dA_first, s0, 1, 0, 2 * H, H, B, 1, 1, G, H, H));
-        if (T > 1)
-            FR_CHECK(FN(fr_gemm)(dW_s, dA_rest, s_all + prev_off * BH, 1, 0, 2 * H, H, T1B, 1, 1,
-                                 G, H, H));
-        /* dE/dW_scr = sum_n alpha_cr[n] s[n]^T */
-        FR_CHECK(FN(fr_gemm)(dW_s + (size_t)2 * H * H, dA + 3 * H, s_all, 1, 0, H, H, TB, 1, 1,
-                             G, H, H));
+        c.gm.b_scs = (WMAT){w->W_s, H, 0, NULL};
+        c.gm.b_scr = (WMAT){w->W_s + (size_t)2 * H * H, H, 0, NULL};
     }
-    if (P) /* dE/dW_qv = sum_n chi_q[n] v[n]^T: (P, TB) x (TB, H) */
-        FR_CHECK(FN(fr_gemm)(dW_qv, dQ, v_all, 1, 0, P, H, TB, 1, 1, P, H, H));
-    /* dE/db_* = sum_n alpha_*[n] */
-    for (int64_t row = 0; row < TB; row++) {
-        const real *a = dA + (size_t)row * G;
-        for (int64_t j = 0; j < G; j++) db[j] += a[j];
+    fr_poll_init(&c.poll, call);
+    const double grad_flops = 2.0 * (double)B * (double)G * (double)(2 * I + R) +
+                              2.0 * (double)B * (double)P * (double)H +
+                              (full ? 6.0 * (double)B * (double)H * (double)H : 0.0);
+    c.piece = fr_piece_steps(&c.poll, T, grad_flops, 1);
+    const int save_all = c.piece < T; /* the gradient GEMMs can be interrupted */
+    if (c.poll.fn) FN(lstm_save_grads)(p[LB_SAVE], g, cfg, save_all, 0);
+
+    fr_team_run(plan.threads, FN(lstm_backward_loop), &c);
+    if (!fr_poll_stopped(&c.poll)) {
+        /* Initial-state gradients: dE/dy[-1] = f_chi[0], dE/ds[-1] = f_psi[0]. */
+        if (seq->dy0) for (size_t i = 0; i < BR; i++) seq->dy0[i] += p[LB_F_CHI][i];
+        if (seq->ds0) for (size_t i = 0; i < BH; i++) seq->ds0[i] += p[LB_F_PSI][i];
+        if (!c.grads_in_team) FN(lstm_grads)(&c, 0, 1, NULL, 0); /* on the provider */
     }
-    /* dE/dx[n] = sum_* W_x*^T alpha_*[n]: (TB, 4H) x (4H, I) */
-    if (dx) FR_CHECK(FN(fr_gemm)(dx, dA, W_x, 0, 0, TB, I, G, 1, 1, G, I, I));
+    if (fr_poll_stopped(&c.poll)) {
+        FN(lstm_save_grads)(p[LB_SAVE], g, cfg, save_all, 1);
+        return FR_EINTR;
+    }
     return FR_OK;
 }
 
+#undef WMAT
 #undef FN
+#undef real
+#undef SUFFIX
+#undef EXP

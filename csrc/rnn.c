@@ -17,63 +17,87 @@ static int rnn_check_config(const fr_rnn_config *cfg) {
     return FR_OK;
 }
 
+/* ---- the buffers: one region table each (see lstm.c) -------------------------- */
+enum { RF_CHUNK, RF_S_RING, RF_WX_P, RF_WR_P, RF_WS_P, RF_COUNT }; /* forward workspace */
+enum { RB_PSI, RB_F_CHI, RB_F_PSI, RB_HOLD_CHI, RB_HOLD_PSI, RB_WR_P, RB_WS_P, RB_SAVE,
+       RB_COUNT };                                                  /* backward workspace */
+
 /* The backward needs s[n] only for dE/dW_s: states (T, B, H) with state
  * feedback, nothing without (G'(s[n]) = 1 - r[n]^2 comes from the output). */
+static int rnn_acts_elems(size_t *n, const fr_rnn_config *cfg) {
+    *n = 0;
+    if (cfg->state_feedback) FR_CHECK(fr_mul3(n, (size_t)cfg->T, (size_t)cfg->B, (size_t)cfg->H));
+    return *n > FR_MAX_ELEMS ? FR_EOVERFLOW : FR_OK;
+}
+
+/* A chunk of accumulations (Tc, B, H) and a state ping-pong (2, B, H) whenever
+ * the states are not kept in the activation store; the micro-kernel's panels
+ * of W_x^T, W_r^T, W_s^T (H_pad columns each). */
+static int rnn_forward_regions(size_t n[RF_COUNT], const fr_rnn_config *cfg, int training) {
+    const size_t B = (size_t)cfg->B, H = (size_t)cfg->H, H32 = fr_pad32(cfg->H);
+    memset(n, 0, RF_COUNT * sizeof n[0]);
+    if (!(training && cfg->state_feedback)) {
+        FR_CHECK(fr_mul3(&n[RF_CHUNK], (size_t)fr_inference_chunk(cfg->T, cfg->B), B, H));
+        FR_CHECK(fr_mul3(&n[RF_S_RING], 2, B, H));
+    }
+    FR_CHECK(fr_mul(&n[RF_WX_P], H32, (size_t)cfg->I));
+    FR_CHECK(fr_mul(&n[RF_WR_P], H32, H));
+    n[RF_WS_P] = cfg->state_feedback ? n[RF_WR_P] : 0;
+    return FR_OK;
+}
+
+/* psi (T, B, H) of every step, the carries f_chi, f_psi and their holds
+ * (B, H) x 4, the panels of W_r, W_s (K = H, N = H), and the weight gradients
+ * as they were (restored when a call is interrupted). */
+static int rnn_backward_regions(size_t n[RB_COUNT], const fr_rnn_config *cfg) {
+    const size_t T = (size_t)cfg->T, B = (size_t)cfg->B, H = (size_t)cfg->H;
+    const size_t I = (size_t)cfg->I;
+    FR_CHECK(fr_mul3(&n[RB_PSI], T, B, H));
+    FR_CHECK(fr_mul(&n[RB_F_CHI], B, H));
+    n[RB_F_PSI] = n[RB_HOLD_CHI] = n[RB_HOLD_PSI] = n[RB_F_CHI];
+    FR_CHECK(fr_mul(&n[RB_WR_P], fr_pad32(cfg->H), H));
+    n[RB_WS_P] = cfg->state_feedback ? n[RB_WR_P] : 0;
+    size_t w;
+    FR_CHECK(fr_mul(&w, H, I + H + 1 + (cfg->state_feedback ? H : 0)));
+    n[RB_SAVE] = w;
+    return FR_OK;
+}
+
+static fr_plan rnn_plan(const fr_rnn_config *cfg, const fr_call *call, size_t elem) {
+    const fr_plan_input in = {.T = cfg->T, .B = cfg->B, .units = cfg->H, .rec_cols = cfg->H,
+                              .rec_depth = cfg->H * (cfg->state_feedback ? 2 : 1), .elem = elem,
+                              .ukernel_ok = 1, .prepacked = 0};
+    return fr_plan_cell(&in, call);
+}
+
 int fr_rnn_acts_size(size_t *n_elems, const fr_rnn_config *cfg) {
     if (n_elems == NULL) return FR_ENULL;
     FR_CHECK(rnn_check_config(cfg));
-    size_t n = 0;
-    if (cfg->state_feedback)
-        FR_CHECK(fr_mul3(&n, (size_t)cfg->T, (size_t)cfg->B, (size_t)cfg->H));
-    if (n > FR_MAX_ELEMS) return FR_EOVERFLOW;
-    *n_elems = n;
-    return FR_OK;
+    return rnn_acts_elems(n_elems, cfg);
 }
 
-/* Chunk of accumulations (Tc, B, H) + state ping-pong (2, B, H), used whenever
- * the states are not kept in the activation store. */
 int fr_rnn_workspace_size(size_t *n_elems, const fr_rnn_config *cfg, int training) {
     if (n_elems == NULL) return FR_ENULL;
     FR_CHECK(rnn_check_config(cfg));
-    if (training && cfg->state_feedback) {
-        *n_elems = 0;
-        return FR_OK;
-    }
-    size_t chunk, states, n;
-    int64_t tc = fr_inference_chunk(cfg->T, cfg->B);
-    FR_CHECK(fr_mul3(&chunk, (size_t)tc, (size_t)cfg->B, (size_t)cfg->H));
-    FR_CHECK(fr_mul3(&states, 2, (size_t)cfg->B, (size_t)cfg->H));
-    FR_CHECK(fr_add(&n, chunk, states));
-    if (n > FR_MAX_ELEMS) return FR_EOVERFLOW;
-    *n_elems = n;
-    return FR_OK;
+    size_t n[RF_COUNT];
+    FR_CHECK(rnn_forward_regions(n, cfg, training));
+    return fr_regions_total(n_elems, n, RF_COUNT, 1);
 }
 
-/* psi (T, B, H) of every step + f_chi, f_psi, and their holds (B, H) x 4. */
 int fr_rnn_backward_workspace_size(size_t *n_elems, const fr_rnn_config *cfg) {
     if (n_elems == NULL) return FR_ENULL;
     FR_CHECK(rnn_check_config(cfg));
-    size_t psi, carry, n;
-    FR_CHECK(fr_mul3(&psi, (size_t)cfg->T, (size_t)cfg->B, (size_t)cfg->H));
-    FR_CHECK(fr_mul3(&carry, 4, (size_t)cfg->B, (size_t)cfg->H));
-    FR_CHECK(fr_add(&n, psi, carry));
-    if (n > FR_MAX_ELEMS) return FR_EOVERFLOW;
-    *n_elems = n;
-    return FR_OK;
+    size_t n[RB_COUNT];
+    FR_CHECK(rnn_backward_regions(n, cfg));
+    return fr_regions_total(n_elems, n, RB_COUNT, 1);
 }
 
 #define real float
 #define SUFFIX _f32
 #define EXP fr_exp_f32
 #include "rnn_body.h"
-#undef real
-#undef SUFFIX
-#undef EXP
 
 #define real double
 #define SUFFIX _f64
 #define EXP fr_exp_f64
 #include "rnn_body.h"
-#undef real
-#undef SUFFIX
-#undef EXP

@@ -1,156 +1,311 @@
-/* Type-generic canonical RNN body, included by rnn.c with `real`, SUFFIX, EXP.
- * Equation names refer to docs/equations.md §1. */
+/* Type-generic canonical RNN body, included by rnn.c with `real`, SUFFIX, EXP
+ * (undefined again at the end). Equation names refer to docs/equations.md §1.
+ * One forward and one backward time loop over a member's slice of the hidden
+ * units, the GEMMs through the call's table, as in lstm_body.h. */
 #define FN(name) FR_CAT(name, SUFFIX)
+#define WMAT FN(fr_wmat)
 
 #include "warp_body.h"
 
-/* s[n] = accumulations + theta_s, r[n] = G(s[n]) for one row. */
+/* s[n] = accumulations + theta_s, r[n] = G(s[n]) for n units of one row. */
 FR_TARGET_CLONES
 static void FN(rnn_row_forward)(real *s, real *restrict r, const real *a,
-                                const real *restrict theta_s, int64_t H) {
-    for (int64_t j = 0; j < H; j++) s[j] = a[j] + theta_s[j]; /* (s and a may alias) */
-    FN(vtanh)(r, s, H);
+                                const real *restrict theta_s, int64_t n) {
+    for (int64_t j = 0; j < n; j++) s[j] = a[j] + theta_s[j]; /* (s and a may alias) */
+    FN(vtanh)(r, s, n);
 }
 
 /* psi[n] = G'(s[n]) chi[n] + W_s^T psi[n+1], chi[n] = dy/dr[n] + W_r^T psi[n+1]. */
 FR_TARGET_CLONES
 static void FN(rnn_row_backward)(real *restrict psi, const real *restrict f_psi,
                                  const real *restrict f_chi, const real *restrict dr,
-                                 const real *restrict r, int64_t H) {
-    for (int64_t j = 0; j < H; j++) psi[j] = (1 - r[j] * r[j]) * (dr[j] + f_chi[j]) + f_psi[j];
+                                 const real *restrict r, int64_t n) {
+    for (int64_t j = 0; j < n; j++) psi[j] = (1 - r[j] * r[j]) * (dr[j] + f_chi[j]) + f_psi[j];
 }
 
-int FN(fr_rnn_forward)(FR_RNN_FORWARD_ARGS(real)) {
-    FR_CHECK(rnn_check_config(cfg));
-    if (!r_seq || !s_T || !r_T || !x || !s0 || !r0 || !W_x || !W_r || !theta_s) return FR_ENULL;
-    if (cfg->state_feedback && !W_s) return FR_ENULL;
-    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H;
+/* ---- forward ---------------------------------------------------------------------
+ * Member id of n owns units [h0, h1): its columns of the x-side GEMM of a chunk,
+ * and per step of the recurrent GEMMs and the row pass; one barrier a step. */
+typedef struct {
+    const fr_rnn_config *cfg;
+    const FN(fr_rnn_forward_seq) *seq;
+    const FN(fr_rnn_weights) *w;
+    WMAT x, r, s;      /* the GEMM table: op = W_x^T (I, H), W_r^T, W_s^T (H, H) */
+    real *p[RF_COUNT]; /* the workspace */
+    int pack;          /* the members pack their panels first */
+    int64_t Tc;        /* steps per x-side GEMM */
+    fr_poll poll;
+} FN(rnn_fwd);
+
+static void FN(rnn_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
+    FN(rnn_fwd) *c = vctx;
+    const fr_rnn_config *cfg = c->cfg;
+    const FN(fr_rnn_forward_seq) *seq = c->seq;
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, Tc = c->Tc;
     const size_t BH = (size_t)B * H;
     /* States go to the activation store when the backward needs them (state
      * feedback, training); otherwise through a chunk and a ping-pong pair. */
-    const int store = acts != NULL && cfg->state_feedback;
-    if (!store && !work) return FR_ENULL;
-    /* The input GEMM runs in the same chunks either way, so the BLAS sees the same
-     * calls and training and inference agree bit for bit (OpenBLAS's result for a
-     * row depends on M: it has a separate small-matrix path). */
-    const int64_t Tc = fr_inference_chunk(T, B);
-    real *s_all = store ? acts : NULL;                           /* (T, B, H) */
-    real *chunk = store ? NULL : work;                           /* (Tc, B, H) */
-    real *s_ring = store ? NULL : work + (size_t)Tc * BH;        /* (2, B, H) */
-
+    const int store = seq->acts != NULL && cfg->state_feedback;
+    real *s_all = store ? seq->acts : NULL;  /* (T, B, H) */
+    real *chunk = c->p[RF_CHUNK];            /* (Tc, B, H) */
+    real *s_ring = c->p[RF_S_RING];          /* (2, B, H) */
+    int64_t h0, h1;
+    fr_share(&h0, &h1, H, FR_PW(real), id, nth);
+    const int64_t nh = h1 - h0;
+    if (c->pack && nh > 0) {
+        FN(fr_pack)(c->p[RF_WX_P] + h0 * I, c->w->W_x + h0 * I, 1, nh, I, I);
+        FN(fr_pack)(c->p[RF_WR_P] + h0 * H, c->w->W_r + h0 * H, 1, nh, H, H);
+        if (cfg->state_feedback) FN(fr_pack)(c->p[RF_WS_P] + h0 * H, c->w->W_s + h0 * H, 1, nh, H, H);
+    }
     for (int64_t k0 = 0; k0 < T; k0 += Tc) {
         const int64_t tc = (T - k0 < Tc) ? T - k0 : Tc;
         const int64_t lo = cfg->reverse ? T - k0 - tc : k0; /* steps [lo, lo + tc) */
         real *a_lo = store ? s_all + (size_t)lo * BH : chunk; /* (tc, B, H) */
-        /* W_x x[n] for tc steps in one GEMM */
-        FR_CHECK(FN(fr_gemm)(a_lo, x + (size_t)lo * B * I, W_x, 0, 1, tc * B, H, I, 1, 0, I, I, H));
+        /* W_x x[n] for tc steps in one GEMM, this member's units */
+        if (nh > 0) FN(fr_wgemm)(a_lo, H, seq->x + (size_t)lo * B * I, I, &c->x, tc * B, h0, nh, I, 0);
         for (int64_t k = k0; k < k0 + tc; k++) {
             const int64_t n = cfg->reverse ? T - 1 - k : k;
             const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
             real *a = a_lo + (size_t)(n - lo) * BH; /* (B, H) */
-            const real *r_prev = k == 0 ? r0 : r_seq + (size_t)n_prev * BH;
-            const real *s_prev = k == 0 ? s0
+            const real *r_prev = k == 0 ? seq->r0 : seq->r_seq + (size_t)n_prev * BH;
+            const real *s_prev = k == 0 ? seq->s0
                                  : store ? s_all + (size_t)n_prev * BH
                                          : s_ring + (size_t)((k - 1) & 1) * BH;
-            /* + W_r r[n-1] (+ W_s s[n-1]) */
-            FR_CHECK(FN(fr_gemm)(a, r_prev, W_r, 0, 1, B, H, H, 1, 1, H, H, H));
-            if (cfg->state_feedback)
-                FR_CHECK(FN(fr_gemm)(a, s_prev, W_s, 0, 1, B, H, H, 1, 1, H, H, H));
             real *s_n = store ? a : s_ring + (size_t)(k & 1) * BH;
-            real *r_n = r_seq + (size_t)n * BH;
-            for (int64_t bi = 0; bi < B; bi++) {
+            real *r_n = seq->r_seq + (size_t)n * BH;
+            if (nh > 0) { /* + W_r r[n-1] (+ W_s s[n-1]) */
+                FN(fr_wgemm)(a, H, r_prev, H, &c->r, B, h0, nh, H, 1);
+                if (cfg->state_feedback) FN(fr_wgemm)(a, H, s_prev, H, &c->s, B, h0, nh, H, 1);
+            }
+            for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
+                const size_t o = (size_t)bi * H + h0;
                 if (fr_active(cfg->lengths, bi, n)) {
-                    FN(rnn_row_forward)(s_n + bi * H, r_n + bi * H, a + bi * H, theta_s, H);
+                    FN(rnn_row_forward)(s_n + o, r_n + o, a + o, c->w->theta_s + h0, nh);
                 } else { /* padding holds the state */
-                    memcpy(s_n + bi * H, s_prev + bi * H, (size_t)H * sizeof(real));
-                    memcpy(r_n + bi * H, r_prev + bi * H, (size_t)H * sizeof(real));
+                    memcpy(s_n + o, s_prev + o, (size_t)nh * sizeof(real));
+                    memcpy(r_n + o, r_prev + o, (size_t)nh * sizeof(real));
                 }
             }
+            fr_poll_step(&c->poll, id);
+            fr_team_barrier(team); /* r[n], s[n] complete: the next step reads all of them */
+            if (fr_poll_stopped(&c->poll)) return;
         }
     }
+}
+
+int FN(fr_rnn_forward)(const FN(fr_rnn_forward_seq) *seq, const FN(fr_rnn_weights) *w,
+                       const fr_rnn_config *cfg, const fr_call *call) {
+    FR_CHECK(rnn_check_config(cfg));
+    if (!seq || !w) return FR_ENULL;
+    if (!seq->r_seq || !seq->s_T || !seq->r_T || !seq->x || !seq->s0 || !seq->r0 || !w->W_x ||
+        !w->W_r || !w->theta_s)
+        return FR_ENULL;
+    if (cfg->state_feedback && !w->W_s) return FR_ENULL;
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H;
+    const int training = seq->acts != NULL, store = training && cfg->state_feedback;
+    size_t nf[RF_COUNT], n_work;
+    FR_CHECK(rnn_forward_regions(nf, cfg, training));
+    FR_CHECK(fr_regions_total(&n_work, nf, RF_COUNT, 1));
+    if (n_work > 0 && !seq->work) return FR_ENULL;
+    const fr_plan plan = rnn_plan(cfg, call, sizeof(real));
+
+    FN(rnn_fwd) c;
+    memset(&c, 0, sizeof c);
+    c.cfg = cfg;
+    c.seq = seq;
+    c.w = w;
+    fr_regions_point((void **)c.p, nf, RF_COUNT, seq->work, sizeof(real), 1);
+    c.pack = plan.ukernel;
+    c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? c.p[RF_WX_P] : NULL};
+    c.r = (WMAT){w->W_r, H, 1, plan.ukernel ? c.p[RF_WR_P] : NULL};
+    c.s = (WMAT){w->W_s, H, 1, plan.ukernel ? c.p[RF_WS_P] : NULL};
+    fr_poll_init(&c.poll, call);
+    /* The input GEMM runs in the same chunks in training and inference, so the
+     * BLAS sees the same calls and the two agree bit for bit (OpenBLAS's result
+     * for a row depends on M: it has a separate small-matrix path). */
+    c.Tc = fr_inference_chunk(T, B);
+    fr_team_run(plan.threads, FN(rnn_forward_loop), &c);
+    if (fr_poll_stopped(&c.poll)) return FR_EINTR;
+
+    const size_t BH = (size_t)(B * H);
     const int64_t n_last = cfg->reverse ? 0 : T - 1;
-    const real *s_last = store ? s_all + (size_t)n_last * BH : s_ring + (size_t)((T - 1) & 1) * BH;
-    memcpy(s_T, s_last, BH * sizeof(real));
-    memcpy(r_T, r_seq + (size_t)n_last * BH, BH * sizeof(real));
+    const real *s_last = store ? seq->acts + (size_t)n_last * BH
+                               : c.p[RF_S_RING] + (size_t)((T - 1) & 1) * BH;
+    memcpy(seq->s_T, s_last, BH * sizeof(real));
+    memcpy(seq->r_T, seq->r_seq + (size_t)n_last * BH, BH * sizeof(real));
     return FR_OK;
 }
 
-int FN(fr_rnn_backward)(FR_RNN_BACKWARD_ARGS(real)) {
-    FR_CHECK(rnn_check_config(cfg));
-    if (!dW_x || !dW_r || !dtheta_s || !work || !x || !r_seq || !s0 || !r0 || !W_x || !W_r)
-        return FR_ENULL;
-    if (cfg->state_feedback && (!W_s || !dW_s || !acts)) return FR_ENULL;
-    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H;
+/* ---- backward --------------------------------------------------------------------
+ * Member id owns units [h0, h1): psi of its units, then (all of psi[n] complete)
+ * its columns of f_chi = W_r^T psi[n] and f_psi = W_s^T psi[n]; one barrier a
+ * step. */
+typedef struct {
+    const fr_rnn_config *cfg;
+    const FN(fr_rnn_grads) *g;
+    const FN(fr_rnn_backward_seq) *seq;
+    const FN(fr_rnn_weights) *w;
+    WMAT r, s;         /* the GEMM table: op = W_r, W_s (H, H) */
+    real *p[RB_COUNT]; /* the workspace */
+    int pack;
+    int grads_in_team;
+    int64_t piece; /* steps per piece of the gradient GEMMs */
+    fr_poll poll;
+} FN(rnn_bwd);
+
+/* The gradient GEMMs, this member's output columns; 0 when interrupted. */
+static int FN(rnn_grads)(FN(rnn_bwd) *c, int id, int nth, fr_team *team, int uk) {
+    const fr_rnn_config *cfg = c->cfg;
+    const FN(fr_rnn_grads) *g = c->g;
+    const FN(fr_rnn_backward_seq) *seq = c->seq;
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, PW = FR_PW(real);
+    const real *psi_all = c->p[RB_PSI]; /* (T, B, H) */
+    int64_t i0, i1, h0, h1;
+    fr_share(&i0, &i1, I, PW, id, nth);
+    fr_share(&h0, &h1, H, PW, id, nth);
+    const int64_t ni = i1 - i0, nh = h1 - h0;
+    for (int64_t t0 = 0; t0 < T; t0 += c->piece) {
+        const int64_t t1 = T - t0 < c->piece ? T : t0 + c->piece, rows = (t1 - t0) * B;
+        const real *psi_p = psi_all + (size_t)t0 * B * H; /* (t1 - t0, B, H) */
+        if (ni > 0) /* dE/dW_x = sum_n psi[n] x[n]^T */
+            FN(fr_agemm)(uk, g->dW_x, I, psi_p, H, 1, seq->x + (size_t)t0 * B * I, I, H, i0, ni,
+                         rows);
+        if (nh > 0) { /* dE/dW_r = sum_n psi[n] r[prev]^T, dE/dW_s = sum_n psi[n] s[prev]^T */
+            FN(fr_prev_gemm)(uk, g->dW_r, H, psi_all, H, seq->r0, seq->r_seq, H, H, h0, nh, B, T,
+                             cfg->reverse, t0, t1);
+            if (cfg->state_feedback)
+                FN(fr_prev_gemm)(uk, g->dW_s, H, psi_all, H, seq->s0, seq->acts, H, H, h0, nh, B,
+                                 T, cfg->reverse, t0, t1);
+        }
+        for (int64_t row = 0; nh > 0 && row < rows; row++) /* dE/dtheta_s = sum_n psi[n] */
+            for (int64_t j = h0; j < h1; j++) g->dtheta_s[j] += psi_p[(size_t)row * H + j];
+        if (seq->dx && ni > 0) /* dE/dx[n] = W_x^T psi[n] */
+            FN(fr_agemm)(uk, seq->dx + (size_t)t0 * B * I, I, psi_p, H, 0, c->w->W_x, I, rows, i0,
+                         ni, H);
+        if (t1 < T) {
+            fr_poll_check(&c->poll, id);
+            fr_team_barrier(team);
+            if (fr_poll_stopped(&c->poll)) return 0;
+        }
+    }
+    return 1;
+}
+
+static void FN(rnn_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
+    FN(rnn_bwd) *c = vctx;
+    const fr_rnn_config *cfg = c->cfg;
+    const FN(fr_rnn_backward_seq) *seq = c->seq;
+    const int64_t T = cfg->T, B = cfg->B, H = cfg->H;
     const size_t BH = (size_t)B * H;
-    real *psi_all = work;                      /* (T, B, H) psi[n] of every step */
-    real *f_chi = work + (size_t)T * BH;       /* (B, H) W_r^T psi[n+1] */
-    real *f_psi = f_chi + BH;                  /* (B, H) W_s^T psi[n+1] */
-    real *hold_chi = f_psi + BH;               /* (B, H) carries through padding */
-    real *hold_psi = hold_chi + BH;            /* (B, H) */
-
-    /* The final-state gradients enter as chi[T-1] += dE/dr[T-1], psi[T-1] += dE/ds[T-1]. */
-    if (dr_T) memcpy(f_chi, dr_T, BH * sizeof(real)); else memset(f_chi, 0, BH * sizeof(real));
-    if (ds_T) memcpy(f_psi, ds_T, BH * sizeof(real)); else memset(f_psi, 0, BH * sizeof(real));
-    memset(hold_chi, 0, 2 * BH * sizeof(real));
-
+    real *psi_all = c->p[RB_PSI];                             /* (T, B, H) psi[n] of every step */
+    real *f_chi = c->p[RB_F_CHI], *f_psi = c->p[RB_F_PSI];    /* (B, H) W_r^T, W_s^T psi[n+1] */
+    real *hold_chi = c->p[RB_HOLD_CHI], *hold_psi = c->p[RB_HOLD_PSI]; /* (B, H) padding carries */
+    int64_t h0, h1;
+    fr_share(&h0, &h1, H, FR_PW(real), id, nth);
+    const int64_t nh = h1 - h0;
+    if (c->pack && nh > 0) { /* panels of W_r, W_s as (K = H, N = H) */
+        FN(fr_pack)(c->p[RB_WR_P] + h0 * H, c->w->W_r + h0, 0, nh, H, H);
+        if (cfg->state_feedback) FN(fr_pack)(c->p[RB_WS_P] + h0 * H, c->w->W_s + h0, 0, nh, H, H);
+    }
     for (int64_t k = T - 1; k >= 0; k--) {
         const int64_t n = cfg->reverse ? T - 1 - k : k;
         real *psi = psi_all + (size_t)n * BH; /* (B, H) */
-        const real *r = r_seq + (size_t)n * BH;
-        for (int64_t bi = 0; bi < B; bi++) {
-            const size_t o = (size_t)bi * H;
-            if (fr_active(cfg->lengths, bi, n)) {
-                if (dr_seq)
-                    FN(rnn_row_backward)(psi + o, f_psi + o, f_chi + o, dr_seq + (size_t)n * BH + o,
-                                         r + o, H);
-                else
-                    FN(rnn_row_backward)(psi + o, f_psi + o, f_chi + o, hold_chi + o, r + o, H);
+        const real *r = seq->r_seq + (size_t)n * BH;
+        for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
+            const size_t o = (size_t)bi * H + h0;
+            if (fr_active(cfg->lengths, bi, n)) { /* hold_chi is zero here: dr = 0 without dr_seq */
+                const real *dr = seq->dr_seq ? seq->dr_seq + (size_t)n * BH + o : hold_chi + o;
+                FN(rnn_row_backward)(psi + o, f_psi + o, f_chi + o, dr, r + o, nh);
             } else { /* padding: no contribution, carries pass through */
-                memset(psi + o, 0, (size_t)H * sizeof(real));
-                memcpy(hold_chi + o, f_chi + o, (size_t)H * sizeof(real));
-                memcpy(hold_psi + o, f_psi + o, (size_t)H * sizeof(real));
+                memset(psi + o, 0, (size_t)nh * sizeof(real));
+                memcpy(hold_chi + o, f_chi + o, (size_t)nh * sizeof(real));
+                memcpy(hold_psi + o, f_psi + o, (size_t)nh * sizeof(real));
             }
         }
-        FR_CHECK(FN(fr_gemm)(f_chi, psi, W_r, 0, 0, B, H, H, 1, 0, H, H, H));
+        fr_poll_step(&c->poll, id);
+        fr_team_barrier(team); /* psi[n] complete */
+        if (fr_poll_stopped(&c->poll)) return;
+        if (nh == 0) continue;
+        FN(fr_wgemm)(f_chi, H, psi, H, &c->r, B, h0, nh, H, 0);
         if (cfg->state_feedback)
-            FR_CHECK(FN(fr_gemm)(f_psi, psi, W_s, 0, 0, B, H, H, 1, 0, H, H, H));
+            FN(fr_wgemm)(f_psi, H, psi, H, &c->s, B, h0, nh, H, 0);
         else
-            memset(f_psi, 0, BH * sizeof(real));
+            for (int64_t bi = 0; bi < B; bi++) memset(f_psi + bi * H + h0, 0, (size_t)nh * sizeof(real));
         for (int64_t bi = 0; bi < B; bi++) {
-            const size_t o = (size_t)bi * H;
+            const size_t o = (size_t)bi * H + h0;
             if (!fr_active(cfg->lengths, bi, n)) {
-                memcpy(f_chi + o, hold_chi + o, (size_t)H * sizeof(real));
-                memcpy(f_psi + o, hold_psi + o, (size_t)H * sizeof(real));
-                memset(hold_chi + o, 0, (size_t)H * sizeof(real)); /* zeros for dr_seq == NULL */
+                memcpy(f_chi + o, hold_chi + o, (size_t)nh * sizeof(real));
+                memcpy(f_psi + o, hold_psi + o, (size_t)nh * sizeof(real));
+                memset(hold_chi + o, 0, (size_t)nh * sizeof(real)); /* zeros for dr_seq == NULL */
             }
         }
     }
-    /* dE/dr[-1] = W_r^T psi[0], dE/ds[-1] = W_s^T psi[0] */
-    if (dr0) for (size_t i = 0; i < BH; i++) dr0[i] += f_chi[i];
-    if (ds0) for (size_t i = 0; i < BH; i++) ds0[i] += f_psi[i];
+    if (!c->grads_in_team) return;
+    fr_team_barrier(team); /* every psi[n] complete */
+    FN(rnn_grads)(c, id, nth, team, 1);
+}
 
-    const int64_t TB = T * B, T1B = (T - 1) * B;
-    real *psi_first = psi_all + (size_t)(cfg->reverse ? T - 1 : 0) * BH; /* first visited step */
-    real *psi_rest = psi_all + (cfg->reverse ? 0 : BH);                 /* (T-1, B, H) */
-    const size_t prev_off = cfg->reverse ? BH : 0;                      /* their predecessors */
-    /* dE/dW_x = sum_n psi[n] x[n]^T */
-    FR_CHECK(FN(fr_gemm)(dW_x, psi_all, x, 1, 0, H, I, TB, 1, 1, H, I, I));
-    /* dE/dW_r = sum_n psi[n] r[prev]^T */
-    FR_CHECK(FN(fr_gemm)(dW_r, psi_first, r0, 1, 0, H, H, B, 1, 1, H, H, H));
-    if (T > 1)
-        FR_CHECK(FN(fr_gemm)(dW_r, psi_rest, r_seq + prev_off, 1, 0, H, H, T1B, 1, 1, H, H, H));
-    if (cfg->state_feedback) {
-        /* dE/dW_s = sum_n psi[n] s[prev]^T */
-        FR_CHECK(FN(fr_gemm)(dW_s, psi_first, s0, 1, 0, H, H, B, 1, 1, H, H, H));
-        if (T > 1)
-            FR_CHECK(FN(fr_gemm)(dW_s, psi_rest, acts + prev_off, 1, 0, H, H, T1B, 1, 1, H, H, H));
+int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq) *seq,
+                        const FN(fr_rnn_weights) *w, const fr_rnn_config *cfg,
+                        const fr_call *call) {
+    FR_CHECK(rnn_check_config(cfg));
+    if (!g || !seq || !w) return FR_ENULL;
+    if (!g->dW_x || !g->dW_r || !g->dtheta_s || !seq->work || !seq->x || !seq->r_seq ||
+        !seq->s0 || !seq->r0 || !w->W_x || !w->W_r)
+        return FR_ENULL;
+    if (cfg->state_feedback && (!w->W_s || !g->dW_s || !seq->acts)) return FR_ENULL;
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H;
+    size_t nb[RB_COUNT];
+    FR_CHECK(rnn_backward_regions(nb, cfg));
+    const fr_plan plan = rnn_plan(cfg, call, sizeof(real));
+
+    FN(rnn_bwd) c;
+    memset(&c, 0, sizeof c);
+    c.cfg = cfg;
+    c.g = g;
+    c.seq = seq;
+    c.w = w;
+    fr_regions_point((void **)c.p, nb, RB_COUNT, seq->work, sizeof(real), 1);
+    real *const *p = c.p;
+    /* The final-state gradients enter as chi[T-1] += dE/dr[T-1], psi[T-1] += dE/ds[T-1]. */
+    const size_t BH = (size_t)(B * H);
+    if (seq->dr_T) memcpy(p[RB_F_CHI], seq->dr_T, BH * sizeof(real));
+    else memset(p[RB_F_CHI], 0, BH * sizeof(real));
+    if (seq->ds_T) memcpy(p[RB_F_PSI], seq->ds_T, BH * sizeof(real));
+    else memset(p[RB_F_PSI], 0, BH * sizeof(real));
+    memset(p[RB_HOLD_CHI], 0, BH * sizeof(real));
+    memset(p[RB_HOLD_PSI], 0, BH * sizeof(real));
+    c.pack = plan.ukernel;
+    c.grads_in_team = plan.ukernel && plan.grads_in_team;
+    c.r = (WMAT){w->W_r, H, 0, plan.ukernel ? p[RB_WR_P] : NULL};
+    c.s = (WMAT){w->W_s, H, 0, plan.ukernel ? p[RB_WS_P] : NULL};
+    fr_poll_init(&c.poll, call);
+    c.piece = fr_piece_steps(&c.poll, T, 2.0 * (double)B * (double)H * (double)(2 * I + 2 * H), 1);
+    /* the weight gradients as they were, when the gradient GEMMs can be interrupted */
+    real *const dst[4] = {g->dW_x, g->dW_r, g->dtheta_s, g->dW_s};
+    const size_t len[4] = {(size_t)(H * I), (size_t)(H * H), (size_t)H,
+                           cfg->state_feedback ? (size_t)(H * H) : 0};
+    const int save = c.piece < T;
+    for (int i = 0, off = 0; save && i < 4; off += (int)len[i], i++)
+        if (len[i]) memcpy(p[RB_SAVE] + off, dst[i], len[i] * sizeof(real));
+
+    fr_team_run(plan.threads, FN(rnn_backward_loop), &c);
+    if (!fr_poll_stopped(&c.poll)) {
+        /* dE/dr[-1] = W_r^T psi[0], dE/ds[-1] = W_s^T psi[0] */
+        if (seq->dr0) for (size_t i = 0; i < BH; i++) seq->dr0[i] += p[RB_F_CHI][i];
+        if (seq->ds0) for (size_t i = 0; i < BH; i++) seq->ds0[i] += p[RB_F_PSI][i];
+        if (!c.grads_in_team) FN(rnn_grads)(&c, 0, 1, NULL, 0); /* on the provider */
     }
-    /* dE/dtheta_s = sum_n psi[n] */
-    for (int64_t row = 0; row < TB; row++)
-        for (int64_t j = 0; j < H; j++) dtheta_s[j] += psi_all[(size_t)row * H + j];
-    /* dE/dx[n] = W_x^T psi[n] */
-    if (dx) FR_CHECK(FN(fr_gemm)(dx, psi_all, W_x, 0, 0, TB, I, H, 1, 1, H, I, I));
+    if (fr_poll_stopped(&c.poll)) {
+        for (size_t i = 0, off = 0; save && i < 4; off += len[i], i++)
+            if (len[i]) memcpy(dst[i], p[RB_SAVE] + off, len[i] * sizeof(real));
+        return FR_EINTR;
+    }
     return FR_OK;
 }
 
+#undef WMAT
 #undef FN
+#undef real
+#undef SUFFIX
+#undef EXP

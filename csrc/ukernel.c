@@ -90,69 +90,36 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
  * in strips too (see ugemm_t) */
 #define UK_ALIAS_BYTES 2048
 #define UK_COPY_MIN_ROWS 8
-#define UK_MAXR 4
-#define UK_MR 4
-#define UK_MR_NP 1
-#define UK_4_NP 1
-#define UK_2_NP 1
-#define UK_1_NP 1
-#define VZERO() ((real)0)
-#define VLOAD(p) (*(p))
-#define VLOADM(p, n) ((n) > 0 ? *(p) : 0)
-#define VSTORE(p, v) (*(p) = (v))
-#define VFMA(a, b, c) ((a) * (b) + (c))
-#define VBCAST(p) (*(p))
-#define VADD(a, b) ((a) + (b))
-
+/* Each instantiation below defines the parameters of ukernel_body.h, which
+ * undefines them again. */
+#define UK_SHAPE (4, 4, 1, 1, 1, 1)
 #define real float
 #define VEC float
 #define VL 1
 #define NV 32
 #define UKSUF _f32_generic
+#include "uk_scalar_ops.h"
 #include "ukernel_body.h"
-#undef real
-#undef VEC
-#undef NV
-#undef UKSUF
 
+#define UK_SHAPE (4, 4, 1, 1, 1, 1)
 #define real double
 #define VEC double
+#define VL 1
 #define NV 16
 #define UKSUF _f64_generic
+#include "uk_scalar_ops.h"
 #include "ukernel_body.h"
-#undef real
-#undef VEC
-#undef VL
-#undef NV
-#undef UKSUF
-#undef VZERO
-#undef VLOAD
-#undef VLOADM
-#undef VSTORE
-#undef VFMA
-#undef VBCAST
-#undef VADD
-#undef UK_MAXR
-#undef UK_MR
-#undef UK_MR_NP
-#undef UK_4_NP
-#undef UK_2_NP
-#undef UK_1_NP
 
 #ifdef FR_UK_X86
 /* ---- AVX-512: 32 registers; 12 rows x 2 vectors = 24 accumulators ------------- */
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
-#define UK_MAXR 12
-#define UK_MR 12
-#define UK_MR_NP 1
-#define UK_4_NP 2
-#define UK_2_NP 4
-#define UK_1_NP 4
+#define UK_SHAPE (12, 12, 1, 2, 4, 4)
 #define real float
 #define VEC __m512
 #define VL 16
 #define NV 2
+#define UKSUF _f32_avx512
 #define VZERO() _mm512_setzero_ps()
 #define VLOAD(p) _mm512_loadu_ps(p)
 #define VLOADM(p, n) _mm512_maskz_loadu_ps((__mmask16)((n) <= 0 ? 0u : (1u << (n)) - 1u), (p))
@@ -160,22 +127,14 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define VBCAST(p) _mm512_set1_ps(*(p))
 #define VADD(a, b) _mm512_add_ps((a), (b))
-#define UKSUF _f32_avx512
 #include "ukernel_body.h"
-#undef real
-#undef VEC
-#undef VL
-#undef VZERO
-#undef VLOAD
-#undef VLOADM
-#undef VSTORE
-#undef VFMA
-#undef VBCAST
-#undef VADD
-#undef UKSUF
+
+#define UK_SHAPE (12, 12, 1, 2, 4, 4)
 #define real double
 #define VEC __m512d
 #define VL 8
+#define NV 2
+#define UKSUF _f64_avx512
 #define VZERO() _mm512_setzero_pd()
 #define VLOAD(p) _mm512_loadu_pd(p)
 #define VLOADM(p, n) _mm512_maskz_loadu_pd((__mmask8)((n) <= 0 ? 0u : (1u << (n)) - 1u), (p))
@@ -183,26 +142,7 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #define VFMA(a, b, c) _mm512_fmadd_pd((a), (b), (c))
 #define VBCAST(p) _mm512_set1_pd(*(p))
 #define VADD(a, b) _mm512_add_pd((a), (b))
-#define UKSUF _f64_avx512
 #include "ukernel_body.h"
-#undef real
-#undef VEC
-#undef VL
-#undef NV
-#undef VZERO
-#undef VLOAD
-#undef VLOADM
-#undef VSTORE
-#undef VFMA
-#undef VBCAST
-#undef VADD
-#undef UKSUF
-#undef UK_MAXR
-#undef UK_MR
-#undef UK_MR_NP
-#undef UK_4_NP
-#undef UK_2_NP
-#undef UK_1_NP
 #pragma GCC pop_options
 
 /* ---- AVX2 + FMA: 16 registers; 2 rows x 4 vectors = 8 accumulators ------------ *
@@ -210,16 +150,12 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
  * against about 110 for the AVX-512 tile.) */
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-#define UK_MAXR 4
-#define UK_MR 2
-#define UK_MR_NP 1
-#define UK_4_NP 1
-#define UK_2_NP 1
-#define UK_1_NP 2
+#define UK_SHAPE (4, 2, 1, 1, 1, 2)
 #define real float
 #define VEC __m256
 #define VL 8
 #define NV 4
+#define UKSUF _f32_avx2
 #define VZERO() _mm256_setzero_ps()
 #define VLOAD(p) _mm256_loadu_ps(p)
 #define VLOADM(p, n) \
@@ -229,22 +165,14 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #define VFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define VBCAST(p) _mm256_broadcast_ss(p)
 #define VADD(a, b) _mm256_add_ps((a), (b))
-#define UKSUF _f32_avx2
 #include "ukernel_body.h"
-#undef real
-#undef VEC
-#undef VL
-#undef VZERO
-#undef VLOAD
-#undef VLOADM
-#undef VSTORE
-#undef VFMA
-#undef VBCAST
-#undef VADD
-#undef UKSUF
+
+#define UK_SHAPE (4, 2, 1, 1, 1, 2)
 #define real double
 #define VEC __m256d
 #define VL 4
+#define NV 4
+#define UKSUF _f64_avx2
 #define VZERO() _mm256_setzero_pd()
 #define VLOAD(p) _mm256_loadu_pd(p)
 #define VLOADM(p, n) \
@@ -254,26 +182,7 @@ void fr_pack_f64(double *Wp, const double *W, int transposed, int64_t N, int64_t
 #define VFMA(a, b, c) _mm256_fmadd_pd((a), (b), (c))
 #define VBCAST(p) _mm256_broadcast_sd(p)
 #define VADD(a, b) _mm256_add_pd((a), (b))
-#define UKSUF _f64_avx2
 #include "ukernel_body.h"
-#undef real
-#undef VEC
-#undef VL
-#undef NV
-#undef VZERO
-#undef VLOAD
-#undef VLOADM
-#undef VSTORE
-#undef VFMA
-#undef VBCAST
-#undef VADD
-#undef UKSUF
-#undef UK_MAXR
-#undef UK_MR
-#undef UK_MR_NP
-#undef UK_4_NP
-#undef UK_2_NP
-#undef UK_1_NP
 #pragma GCC pop_options
 #endif /* FR_UK_X86 */
 

@@ -2,7 +2,10 @@
  * included once per (ISA, precision) with: real, UKSUF, VEC, VL (lanes), NV
  * (vectors per panel = FR_PW(real) / VL), VLOAD, VLOADM(p, n) (the first n
  * lanes, zeros after, no access past them), VSTORE, VFMA(a, b, c) = a b + c,
- * VBCAST, VZERO, VADD, and the tile shapes UK_MAXR, UK_MR, UK_*_NP, UK_KC.
+ * VBCAST, VZERO, VADD, and UK_SHAPE, the ISA's tile shapes
+ * (MAXR, MR, MR_NP, 4_NP, 2_NP, 1_NP): at most MAXR rows, tiles of MR rows x
+ * MR_NP panels, then of 4, 2, 1 rows x *_NP panels. All of them are undefined
+ * again at the end, so an instantiation defines just these.
  *
  *   C (M, N) (+)= op(A) (M, K) . W (K, N)
  *   op(A) = A (M, K) with row stride lda, or A^T for A (K, M) (ta = 1);
@@ -10,6 +13,19 @@
  *   (zero past N), each panel (K, PW) contiguous; or W row-major with row
  *   stride ldw (the big GEMMs after the backward loop read activations in place). */
 #define UK(name) FR_CAT(name, UKSUF)
+#define UK_SHAPE_ARGS(f, args) f args
+#define UK_MAXR_OF(maxr, mr, mr_np, np4, np2, np1) maxr
+#define UK_MR_OF(maxr, mr, mr_np, np4, np2, np1) mr
+#define UK_MR_NP_OF(maxr, mr, mr_np, np4, np2, np1) mr_np
+#define UK_4_NP_OF(maxr, mr, mr_np, np4, np2, np1) np4
+#define UK_2_NP_OF(maxr, mr, mr_np, np4, np2, np1) np2
+#define UK_1_NP_OF(maxr, mr, mr_np, np4, np2, np1) np1
+#define UK_MAXR UK_SHAPE_ARGS(UK_MAXR_OF, UK_SHAPE)
+#define UK_MR UK_SHAPE_ARGS(UK_MR_OF, UK_SHAPE)
+#define UK_MR_NP UK_SHAPE_ARGS(UK_MR_NP_OF, UK_SHAPE)
+#define UK_4_NP UK_SHAPE_ARGS(UK_4_NP_OF, UK_SHAPE)
+#define UK_2_NP UK_SHAPE_ARGS(UK_2_NP_OF, UK_SHAPE)
+#define UK_1_NP UK_SHAPE_ARGS(UK_1_NP_OF, UK_SHAPE)
 
 /* MR rows x NP panels over kc steps of K: MR * NP * NV accumulators in
  * registers (every int parameter is a constant after inlining). W element
@@ -158,3 +174,30 @@ static void UK(ugemm)(real *C, int64_t ldc, const real *A, int64_t lda, int ta, 
 }
 
 #undef UK
+#undef UK_SHAPE_ARGS
+#undef UK_MAXR_OF
+#undef UK_MR_OF
+#undef UK_MR_NP_OF
+#undef UK_4_NP_OF
+#undef UK_2_NP_OF
+#undef UK_1_NP_OF
+#undef UK_MAXR
+#undef UK_MR
+#undef UK_MR_NP
+#undef UK_4_NP
+#undef UK_2_NP
+#undef UK_1_NP
+/* this instantiation's parameters */
+#undef UK_SHAPE
+#undef real
+#undef VEC
+#undef VL
+#undef NV
+#undef UKSUF
+#undef VZERO
+#undef VLOAD
+#undef VLOADM
+#undef VSTORE
+#undef VFMA
+#undef VBCAST
+#undef VADD

@@ -127,9 +127,10 @@ def test_internal_buffer_too_small_is_refused():
     T, B, I, H = 2, 1, 3, 4
     z = lambda n: np.zeros(n)
     with pytest.raises(ValueError, match="buffer y_seq"):
-        _kernel.lstm_forward(_kernel.LSTMConfig(T, B, I, H), z(T * B * H - 1), z(B * H),
-                             z(B * H), None, z(10**4), z(T * B * I), z(B * H), z(B * H),
-                             z(4 * H * I), z(4 * H * H), z(4 * H), None, None)
+        _kernel.lstm_forward(_kernel.LSTMConfig(T, B, I, H), y_seq=z(T * B * H - 1),
+                             s_T=z(B * H), y_T=z(B * H), acts=None, work=z(10**4),
+                             x=z(T * B * I), s0=z(B * H), y0=z(B * H), W_x=z(4 * H * I),
+                             W_v=z(4 * H * H), b=z(4 * H), W_s=None, W_qv=None)
 
 
 # ---- augmented options (issue 3) --------------------------------------------------

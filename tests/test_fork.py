@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import fusedrnn as fr
-from fusedrnn import _kernel
+from fusedrnn import _tuning
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -72,22 +72,15 @@ def in_child(fn: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
 
 @pytest.fixture
 def two_threads():
-    old = fr.get_num_threads()
-    fr.set_num_threads(2)
-    yield
-    fr.set_num_threads(old)
+    with _tuning.override(num_threads=2):
+        yield
 
 
 @pytest.fixture
 def team_everywhere(two_threads):
-    """Every LSTM call on the team path with 2 threads, whatever T and size."""
-    old_rows = _kernel.set_packed_max_rows(1 << 30)
-    old_steps = _kernel.set_team_min_steps(1)
-    _kernel.set_min_step_flops(0)
-    yield
-    _kernel.set_min_step_flops(2e5)
-    _kernel.set_team_min_steps(old_steps)
-    _kernel.set_packed_max_rows(old_rows)
+    """Every call on the team path with 2 threads, whatever T and size."""
+    with _tuning.override(packed_max_rows=1 << 30, team_min_steps=1, min_step_flops=0):
+        yield
 
 
 def inference(layer, x) -> Dict[str, np.ndarray]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fusedrnn as fr
-from fusedrnn import _kernel
+from fusedrnn import _kernel, _tuning
 from conftest import make_layer, random_problem, run_kernel
 
 
@@ -72,18 +72,12 @@ def test_packed_microkernel_equals_provider(opts, B, dtype):
     x = rng.standard_normal((T, B, I)).astype(dtype)
     dy = rng.standard_normal((T, B, layer.num_directions * layer.output_size)).astype(dtype)
     results = []
-    old_rows = _kernel.set_packed_max_rows(0)
-    old_steps = _kernel.set_team_min_steps(1)  # T = 5 takes the team path too
-    try:
-        for rows in (0, 64):
-            _kernel.set_packed_max_rows(rows)
+    for rows in (0, 64):  # T = 5 takes the team path too
+        with _tuning.override(packed_max_rows=rows, team_min_steps=1):
             layer.zero_grad()
             y, st = layer.forward(x)
             dx, _ = layer.backward(dy)
             results.append((y.copy(), dx, {k: g.copy() for k, g in layer.grads.items()}))
-    finally:
-        _kernel.set_packed_max_rows(old_rows)
-        _kernel.set_team_min_steps(old_steps)
     tol = dict(rtol=1e-12, atol=1e-13) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
     (y0, dx0, g0), (y1, dx1, g1) = results
     np.testing.assert_allclose(y1, y0, **tol)

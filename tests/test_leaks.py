@@ -88,8 +88,10 @@ def test_inference_and_error_paths_memory_is_flat():
                      lambda: rnn.forward(x[:, :, :3]),
                      lambda: rnn.backward(np.zeros((T + 1, B, H)))
                      if rnn._tape is not None else rnn.forward(x),
-                     lambda: _kernel.lstm_forward(cfg, z[:5], z[:B * H], z[:B * H], None, z, z,
-                                                  z[:B * H], z[:B * H], z, z, z, None, None)):
+                     lambda: _kernel.lstm_forward(cfg, y_seq=z[:5], s_T=z[:B * H],
+                                                  y_T=z[:B * H], acts=None, work=z, x=z,
+                                                  s0=z[:B * H], y0=z[:B * H], W_x=z, W_v=z,
+                                                  b=z, W_s=None, W_qv=None)):
             try:
                 call()
             except ValueError:

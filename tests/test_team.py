@@ -2,13 +2,11 @@
 per-step GEMMs of the backward, steps split over the kernel's own threads)
 gives the results of the step-by-step GEMM-provider path, for every option it
 serves, with 1, 2 and 3 threads and uneven splits of the hidden units."""
-import contextlib
-
 import numpy as np
 import pytest
 
 import fusedrnn as fr
-from fusedrnn import _kernel
+from fusedrnn import _kernel, _tuning
 
 OPTS = [
     dict(peepholes=False),
@@ -19,18 +17,10 @@ OPTS = [
 ]
 
 
-@contextlib.contextmanager
 def _kernel_settings(packed_rows, threads):
-    """Process-wide: the packed (team) path up to `packed_rows` rows, `threads` threads
-    (fr.set_num_threads: the count the layers pass to each kernel call)."""
-    old_rows = _kernel.set_packed_max_rows(packed_rows)
-    old_threads = fr.get_num_threads()
-    fr.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        _kernel.set_packed_max_rows(old_rows)
-        fr.set_num_threads(old_threads)
+    """Process-wide: the packed (team) path up to `packed_rows` rows, `threads`
+    threads (the count the layers' kernel calls use)."""
+    return _tuning.override(packed_max_rows=packed_rows, num_threads=threads)
 
 
 def _calls(layer, x, dy, lengths):
@@ -52,20 +42,16 @@ def _run(layer, x, dy, lengths, packed_rows, threads):
 @pytest.fixture
 def split_everything():
     """Every team-path call uses as many threads as it is given, whatever T."""
-    _kernel.set_min_step_flops(0)
-    old = _kernel.set_team_min_steps(1)
-    yield
-    _kernel.set_min_step_flops(2e5)
-    _kernel.set_team_min_steps(old)
+    with _tuning.override(min_step_flops=0, team_min_steps=1):
+        yield
 
 
 @pytest.fixture(params=["grads in team", "grads on BLAS"])
 def grad_place(request):
     """The backward's gradient GEMMs inside the team (micro-kernel) or after it
     (the BLAS), whatever the number of rows."""
-    old = _kernel.set_team_grad_rows(1 << 40 if request.param == "grads in team" else 0)
-    yield request.param
-    _kernel.set_team_grad_rows(old)
+    with _tuning.override(grad_rows=1 << 40 if request.param == "grads in team" else 0):
+        yield request.param
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])

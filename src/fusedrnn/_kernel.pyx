@@ -2,9 +2,16 @@
 """Thin bindings to the C kernel (csrc/). Checks buffer lengths, converts, calls
 with the GIL released. Shapes and dtypes are validated by the Python layer; the
 length checks here are a second line so that no caller can make the kernel
-write out of bounds."""
+write out of bounds. The kernel calls take their buffers by keyword, as the C
+structs name them.
+
+A long call stays interruptible: the kernel asks `_interrupt` about every 50 ms
+(which runs Python's signal handlers), stops when a handler raised (Ctrl-C:
+KeyboardInterrupt), and the binding raises that exception; the weight
+gradients are then as they were before the call."""
 from libc.stdint cimport int64_t
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_GetName
+from cpython.exc cimport PyErr_CheckSignals, PyErr_Occurred
 import numpy as np
 
 cdef extern from "fusedrnn.h" nogil:
@@ -22,15 +29,193 @@ cdef extern from "fusedrnn.h" nogil:
                     int64_t N, int64_t K, double alpha, double beta, int64_t lda, int64_t ldb,
                     int64_t ldc)
 
+
+    ctypedef int (*fr_interrupt_fn)(void *ctx) noexcept nogil
+    ctypedef struct fr_call:
+        int max_threads
+        fr_interrupt_fn interrupt
+        void *interrupt_ctx
+
     ctypedef struct fr_lstm_config:
         int64_t T, B, I, H, P
         int peepholes, coupled_gates, reverse
         double cell_clip, accumulation_clip
         const int64_t *lengths
-        int packed_max_rows
-        int num_threads
-    void fr_set_min_step_flops(double flops)
-    int64_t fr_set_team_grad_rows(int64_t rows)
+    ctypedef struct fr_rnn_config:
+        int64_t T, B, I, H
+        int state_feedback, reverse
+        const int64_t *lengths
+    ctypedef struct fr_lstm_weights_f32:
+        const float *W_x
+        const float *W_v
+        const float *b
+        const float *W_s
+        const float *W_qv
+        const float *packed
+    ctypedef struct fr_lstm_weights_f64:
+        const double *W_x
+        const double *W_v
+        const double *b
+        const double *W_s
+        const double *W_qv
+        const double *packed
+    ctypedef struct fr_lstm_grads_f32:
+        float *dW_x
+        float *dW_v
+        float *db
+        float *dW_s
+        float *dW_qv
+    ctypedef struct fr_lstm_grads_f64:
+        double *dW_x
+        double *dW_v
+        double *db
+        double *dW_s
+        double *dW_qv
+    ctypedef struct fr_lstm_forward_seq_f32:
+        float *y_seq
+        float *s_T
+        float *y_T
+        float *acts
+        float *work
+        const float *x
+        const float *s0
+        const float *y0
+    ctypedef struct fr_lstm_forward_seq_f64:
+        double *y_seq
+        double *s_T
+        double *y_T
+        double *acts
+        double *work
+        const double *x
+        const double *s0
+        const double *y0
+    ctypedef struct fr_lstm_backward_seq_f32:
+        float *dx
+        float *ds0
+        float *dy0
+        float *work
+        const float *dy_seq
+        const float *ds_T
+        const float *dy_T
+        const float *acts
+        const float *x
+        const float *y_seq
+        const float *s0
+        const float *y0
+    ctypedef struct fr_lstm_backward_seq_f64:
+        double *dx
+        double *ds0
+        double *dy0
+        double *work
+        const double *dy_seq
+        const double *ds_T
+        const double *dy_T
+        const double *acts
+        const double *x
+        const double *y_seq
+        const double *s0
+        const double *y0
+    ctypedef struct fr_rnn_weights_f32:
+        const float *W_x
+        const float *W_r
+        const float *theta_s
+        const float *W_s
+    ctypedef struct fr_rnn_weights_f64:
+        const double *W_x
+        const double *W_r
+        const double *theta_s
+        const double *W_s
+    ctypedef struct fr_rnn_grads_f32:
+        float *dW_x
+        float *dW_r
+        float *dtheta_s
+        float *dW_s
+    ctypedef struct fr_rnn_grads_f64:
+        double *dW_x
+        double *dW_r
+        double *dtheta_s
+        double *dW_s
+    ctypedef struct fr_rnn_forward_seq_f32:
+        float *r_seq
+        float *s_T
+        float *r_T
+        float *acts
+        float *work
+        const float *x
+        const float *s0
+        const float *r0
+    ctypedef struct fr_rnn_forward_seq_f64:
+        double *r_seq
+        double *s_T
+        double *r_T
+        double *acts
+        double *work
+        const double *x
+        const double *s0
+        const double *r0
+    ctypedef struct fr_rnn_backward_seq_f32:
+        float *dx
+        float *ds0
+        float *dr0
+        float *work
+        const float *dr_seq
+        const float *ds_T
+        const float *dr_T
+        const float *acts
+        const float *x
+        const float *r_seq
+        const float *s0
+        const float *r0
+    ctypedef struct fr_rnn_backward_seq_f64:
+        double *dx
+        double *ds0
+        double *dr0
+        double *work
+        const double *dr_seq
+        const double *ds_T
+        const double *dr_T
+        const double *acts
+        const double *x
+        const double *r_seq
+        const double *s0
+        const double *r0
+
+    int fr_lstm_acts_size(size_t *n, const fr_lstm_config *cfg)
+    int fr_lstm_workspace_size(size_t *n, const fr_lstm_config *cfg, int training)
+    int fr_lstm_backward_workspace_size(size_t *n, const fr_lstm_config *cfg)
+    int fr_lstm_packed_size(size_t *n, const fr_lstm_config *cfg)
+    int fr_lstm_pack_f32(float *packed, const fr_lstm_weights_f32 *w, const fr_lstm_config *cfg)
+    int fr_lstm_pack_f64(double *packed, const fr_lstm_weights_f64 *w, const fr_lstm_config *cfg)
+    int fr_lstm_forward_f32(const fr_lstm_forward_seq_f32 *seq, const fr_lstm_weights_f32 *w,
+                            const fr_lstm_config *cfg, const fr_call *call)
+    int fr_lstm_forward_f64(const fr_lstm_forward_seq_f64 *seq, const fr_lstm_weights_f64 *w,
+                            const fr_lstm_config *cfg, const fr_call *call)
+    int fr_lstm_backward_f32(const fr_lstm_grads_f32 *g, const fr_lstm_backward_seq_f32 *seq,
+                             const fr_lstm_weights_f32 *w, const fr_lstm_config *cfg,
+                             const fr_call *call)
+    int fr_lstm_backward_f64(const fr_lstm_grads_f64 *g, const fr_lstm_backward_seq_f64 *seq,
+                             const fr_lstm_weights_f64 *w, const fr_lstm_config *cfg,
+                             const fr_call *call)
+    int fr_rnn_acts_size(size_t *n, const fr_rnn_config *cfg)
+    int fr_rnn_workspace_size(size_t *n, const fr_rnn_config *cfg, int training)
+    int fr_rnn_backward_workspace_size(size_t *n, const fr_rnn_config *cfg)
+    int fr_rnn_forward_f32(const fr_rnn_forward_seq_f32 *seq, const fr_rnn_weights_f32 *w,
+                           const fr_rnn_config *cfg, const fr_call *call)
+    int fr_rnn_forward_f64(const fr_rnn_forward_seq_f64 *seq, const fr_rnn_weights_f64 *w,
+                           const fr_rnn_config *cfg, const fr_call *call)
+    int fr_rnn_backward_f32(const fr_rnn_grads_f32 *g, const fr_rnn_backward_seq_f32 *seq,
+                            const fr_rnn_weights_f32 *w, const fr_rnn_config *cfg,
+                            const fr_call *call)
+    int fr_rnn_backward_f64(const fr_rnn_grads_f64 *g, const fr_rnn_backward_seq_f64 *seq,
+                            const fr_rnn_weights_f64 *w, const fr_rnn_config *cfg,
+                            const fr_call *call)
+
+cdef extern from "plan.h" nogil:
+    ctypedef struct fr_tuning:
+        int64_t threads, packed_max_rows, team_min_steps, min_step_flops, min_step_bytes
+        int64_t grad_rows
+    void fr_tuning_get(fr_tuning *t)
+    int fr_tuning_set(const fr_tuning *t)
 
 cdef extern from "common.h" nogil:
     int fr_best_isa()
@@ -43,50 +228,6 @@ cdef extern from "common.h" nogil:
                       int64_t ldw, int64_t M, int64_t N, int64_t K, int beta1)
     void fr_ugemm_f64(double *C, int64_t ldc, const double *A, int64_t lda, int ta,
                       const double *W, int64_t ldw, int64_t M, int64_t N, int64_t K, int beta1)
-
-cdef extern from "fusedrnn.h" nogil:
-    int fr_lstm_acts_size(size_t *n, const fr_lstm_config *cfg)
-    int fr_lstm_workspace_size(size_t *n, const fr_lstm_config *cfg, int training)
-    int fr_lstm_backward_workspace_size(size_t *n, const fr_lstm_config *cfg)
-    int fr_lstm_forward_f32(float*, float*, float*, float*, float*, const float*, const float*,
-                            const float*, const float*, const float*, const float*,
-                            const float*, const float*, const fr_lstm_config*)
-    int fr_lstm_forward_f64(double*, double*, double*, double*, double*, const double*,
-                            const double*, const double*, const double*, const double*,
-                            const double*, const double*, const double*, const fr_lstm_config*)
-    int fr_lstm_backward_f32(float*, float*, float*, float*, float*, float*, float*, float*,
-                             float*, const float*, const float*, const float*, const float*,
-                             const float*, const float*, const float*, const float*,
-                             const float*, const float*, const float*, const float*,
-                             const fr_lstm_config*)
-    int fr_lstm_backward_f64(double*, double*, double*, double*, double*, double*, double*,
-                             double*, double*, const double*, const double*, const double*,
-                             const double*, const double*, const double*, const double*,
-                             const double*, const double*, const double*, const double*,
-                             const double*, const fr_lstm_config*)
-
-    ctypedef struct fr_rnn_config:
-        int64_t T, B, I, H
-        int state_feedback, reverse
-        const int64_t *lengths
-    int fr_rnn_acts_size(size_t *n, const fr_rnn_config *cfg)
-    int fr_rnn_workspace_size(size_t *n, const fr_rnn_config *cfg, int training)
-    int fr_rnn_backward_workspace_size(size_t *n, const fr_rnn_config *cfg)
-    int fr_rnn_forward_f32(float*, float*, float*, float*, float*, const float*, const float*,
-                           const float*, const float*, const float*, const float*,
-                           const float*, const fr_rnn_config*)
-    int fr_rnn_forward_f64(double*, double*, double*, double*, double*, const double*,
-                           const double*, const double*, const double*, const double*,
-                           const double*, const double*, const fr_rnn_config*)
-    int fr_rnn_backward_f32(float*, float*, float*, float*, float*, float*, float*, float*,
-                            const float*, const float*, const float*, const float*,
-                            const float*, const float*, const float*, const float*,
-                            const float*, const float*, const float*, const fr_rnn_config*)
-    int fr_rnn_backward_f64(double*, double*, double*, double*, double*, double*, double*,
-                            double*, const double*, const double*, const double*,
-                            const double*, const double*, const double*, const double*,
-                            const double*, const double*, const double*, const double*,
-                            const fr_rnn_config*)
 
 ctypedef fused real:
     float
@@ -132,6 +273,10 @@ def get_gemm() -> str:
 
 
 cdef int _raise(int status, str what) except -1:
+    if status == -4:  # interrupted: the exception a signal handler raised is pending
+        if PyErr_Occurred():
+            return -1
+        raise KeyboardInterrupt
     msg = fr_status_str(status).decode()
     if status == -2:
         raise ValueError(f"{what}: sizes too large ({msg}); every GEMM dimension, including "
@@ -183,53 +328,6 @@ def gemm(real[::1] C, const real[::1] A, const real[::1] Bm, bint tA, bint tB,
     _check(status, "gemm")
 
 
-# ---- LSTM ----------------------------------------------------------------------
-
-# Batches of at most this many rows run on the kernel's packed-weight
-# micro-kernel and its own threads (the team path); larger ones call the BLAS
-# step by step. The micro-kernel is faster than OpenBLAS on every shape the
-# benchmark has (bench/README.md), so by default every batch takes it.
-cdef int _packed_max_rows = 1 << 30
-# Sequences shorter than this take the BLAS path: the team path packs the
-# weights once per call, which a few steps do not repay (T = 1, B = 1, H = 128:
-# 42 us on the BLAS path, 63 us packed; even at T = 10).
-cdef int64_t _team_min_steps = 8
-# Threads of the team path (fusedrnn.set_num_threads sets it).
-cdef int _num_threads = 1
-
-
-def set_packed_max_rows(int rows) -> int:
-    """Set the batch size up to which a call runs on the packed micro-kernel
-    (the team path) instead of the BLAS step by step (0: never); returns the old
-    value. Read when a call's configuration is made."""
-    global _packed_max_rows
-    if rows < 0:
-        raise ValueError(f"rows must be >= 0, got {rows}")
-    old = _packed_max_rows
-    _packed_max_rows = rows
-    return old
-
-
-def set_team_min_steps(int64_t steps) -> int:
-    """Set the sequence length from which a call may take the team path
-    (default 8; tests use 1); returns the old value."""
-    global _team_min_steps
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    old = _team_min_steps
-    _team_min_steps = steps
-    return old
-
-
-def set_num_threads(int n) -> int:
-    """Threads of the kernel's team path (>= 1); returns the old value."""
-    global _num_threads
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    old = _num_threads
-    _num_threads = n
-    return old
-
 
 def best_isa() -> int:
     """The micro-kernel's best tile for this CPU: 0 baseline, 1 AVX2+FMA, 2 AVX-512."""
@@ -278,23 +376,63 @@ def ugemm(real[:, ::1] C, const real[:, ::1] A, const real[:, ::1] W, bint ta, b
                 fr_ugemm_f64(&C[0, 0], N, &A[0, 0], lda, ta, &W[0, 0], N, M, N, K, beta1)
 
 
-def set_min_step_flops(double flops) -> None:
-    """Tuning / tests: the recurrent-GEMM flops per step that each thread of the
-    team path needs (default 2e5); 0 splits even tiny problems."""
-    fr_set_min_step_flops(flops)
 
 
-def set_team_grad_rows(int64_t rows) -> int:
-    """Up to this many rows T B the team path's backward runs its gradient
-    GEMMs on the micro-kernel inside the team, beyond on the BLAS after it
-    (default: unbounded); for tests and A/B runs. Returns the old value."""
-    return fr_set_team_grad_rows(rows)
+# ---- tuning (fusedrnn._tuning owns these; the values live in the kernel) ----------
 
+_TUNING_FIELDS = ("threads", "packed_max_rows", "team_min_steps", "min_step_flops",
+                  "min_step_bytes", "grad_rows")
+
+
+def get_tuning() -> dict:
+    """The kernel's tuning settings (csrc/plan.h) as a dict."""
+    cdef fr_tuning t
+    fr_tuning_get(&t)
+    return dict(threads=t.threads, packed_max_rows=t.packed_max_rows,
+                team_min_steps=t.team_min_steps, min_step_flops=t.min_step_flops,
+                min_step_bytes=t.min_step_bytes, grad_rows=t.grad_rows)
+
+
+def set_tuning(**values) -> None:
+    """Replace some of the kernel's tuning settings (validated by fusedrnn._tuning)."""
+    cdef fr_tuning t
+    fr_tuning_get(&t)
+    for name, v in values.items():
+        if name == "threads": t.threads = v
+        elif name == "packed_max_rows": t.packed_max_rows = v
+        elif name == "team_min_steps": t.team_min_steps = v
+        elif name == "min_step_flops": t.min_step_flops = v
+        elif name == "min_step_bytes": t.min_step_bytes = v
+        elif name == "grad_rows": t.grad_rows = v
+        else:
+            raise ValueError(f"unknown kernel setting {name!r}")
+    if fr_tuning_set(&t) != 0:
+        raise ValueError(f"kernel settings out of range: {values}")
+
+
+# ---- the options of a call ------------------------------------------------------
+
+cdef int _interrupt(void *ctx) noexcept nogil:
+    """The kernel's interrupt callback: run Python's signal handlers; nonzero
+    (stop) when one raised, its exception left pending for the binding."""
+    with gil:
+        return 1 if PyErr_CheckSignals() != 0 else 0
+
+
+cdef inline void _call_init(fr_call *call, int threads) noexcept:
+    call.max_threads = threads
+    call.interrupt = _interrupt
+    call.interrupt_ctx = NULL
+
+
+# ---- LSTM ----------------------------------------------------------------------
 
 cdef class LSTMConfig:
     """One LSTM layer-direction call: sizes and options (see fr_lstm_config).
-    Holds the lengths buffer alive for the duration of the kernel calls."""
+    Holds the lengths buffer alive for the duration of the kernel calls.
+    threads: at most this many threads for the call (0: fusedrnn.set_num_threads')."""
     cdef fr_lstm_config cfg
+    cdef fr_call call
     cdef const int64_t[::1] _lengths
     cdef readonly int64_t R
 
@@ -302,14 +440,14 @@ cdef class LSTMConfig:
                  int peepholes=0, bint coupled_gates=False, bint reverse=False,
                  double cell_clip=0.0, double accumulation_clip=0.0,
                  const int64_t[::1] lengths=None, int threads=0):
-        """threads: the team path's threads for this call (0: set_num_threads')."""
         self.cfg.T = T; self.cfg.B = B; self.cfg.I = I; self.cfg.H = H; self.cfg.P = P
         self.cfg.peepholes = peepholes; self.cfg.coupled_gates = coupled_gates
         self.cfg.reverse = reverse; self.cfg.cell_clip = cell_clip
         self.cfg.accumulation_clip = accumulation_clip
         self.cfg.lengths = NULL
-        self.cfg.packed_max_rows = _packed_max_rows if T >= _team_min_steps else 0
-        self.cfg.num_threads = threads if threads > 0 else _num_threads
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0, got {threads}")
+        _call_init(&self.call, threads)
         if lengths is not None:
             if lengths.shape[0] != B:
                 raise ValueError(f"internal: lengths has {lengths.shape[0]} entries, B = {B}")
@@ -348,47 +486,113 @@ cdef _check_weights(LSTMConfig c, Py_ssize_t nW_x, Py_ssize_t nW_v, Py_ssize_t n
         _need(nW_qv, <size_t>(P * H), "W_qv")
 
 
-def lstm_forward(LSTMConfig c, real[::1] y_seq, real[::1] s_T, real[::1] y_T, real[::1] acts,
-                 real[::1] work, const real[::1] x, const real[::1] s0, const real[::1] y0,
-                 const real[::1] W_x, const real[::1] W_v, const real[::1] b,
-                 const real[::1] W_s, const real[::1] W_qv):
-    """fr_lstm_forward on flat buffers; acts=None selects inference."""
+cdef inline Py_ssize_t _len(object a):
+    return -1 if a is None else a.shape[0]
+
+
+cdef class PackedWeights:
+    """A cell's forward weights (W_x, W_v, W_qv) packed once for the kernel's
+    micro-kernel, for a stream of forward calls with the same weights (T = 1
+    steps then pack nothing): `lstm_forward(..., packed=pw)`. Made for the I, H,
+    P and dtype of `c`; a copy, so pack again after the weights change."""
+    cdef readonly object buffer  # the packed panels, 64-byte aligned inside
+    cdef readonly int64_t I, H, P
+    cdef readonly object dtype
+
+    def __init__(self, LSTMConfig c, *, W_x, W_v, W_qv=None):
+        cdef size_t n = 0
+        cdef int status
+        _check(fr_lstm_packed_size(&n, &c.cfg), "PackedWeights")
+        if c.cfg.peepholes == 2:
+            raise ValueError("PackedWeights: full peepholes do not run on the micro-kernel")
+        _check_weights(c, _len(W_x), _len(W_v), 4 * c.cfg.H, 3 * c.cfg.H, _len(W_qv))
+        self.dtype = np.dtype(W_x.dtype)
+        self.I, self.H, self.P = c.cfg.I, c.cfg.H, c.cfg.P
+        self.buffer = np.empty(n, self.dtype)
+        if self.dtype == np.float32:
+            status = _pack[float](self.buffer, W_x, W_v, W_qv, &c.cfg)
+        elif self.dtype == np.float64:
+            status = _pack[double](self.buffer, W_x, W_v, W_qv, &c.cfg)
+        else:
+            raise TypeError(f"PackedWeights: W_x must be float32 or float64, got {self.dtype}")
+        _check(status, "PackedWeights")
+
+
+cdef int _pack(real[::1] buf, const real[::1] W_x, const real[::1] W_v, const real[::1] W_qv,
+               const fr_lstm_config *cfg) except? -9:
+    cdef int status
+    cdef fr_lstm_weights_f32 w32
+    cdef fr_lstm_weights_f64 w64
+    with nogil:
+        if real is float:
+            w32.W_x = &W_x[0]; w32.W_v = &W_v[0]; w32.b = NULL; w32.W_s = NULL
+            w32.W_qv = _cptr(W_qv); w32.packed = NULL
+            status = fr_lstm_pack_f32(&buf[0], &w32, cfg)
+        else:
+            w64.W_x = &W_x[0]; w64.W_v = &W_v[0]; w64.b = NULL; w64.W_s = NULL
+            w64.W_qv = _cptr(W_qv); w64.packed = NULL
+            status = fr_lstm_pack_f64(&buf[0], &w64, cfg)
+    return status
+
+
+def lstm_forward(LSTMConfig c, *, real[::1] y_seq, real[::1] s_T, real[::1] y_T,
+                 real[::1] acts, real[::1] work, const real[::1] x, const real[::1] s0,
+                 const real[::1] y0, const real[::1] W_x, const real[::1] W_v,
+                 const real[::1] b, const real[::1] W_s, const real[::1] W_qv,
+                 PackedWeights packed=None):
+    """fr_lstm_forward on flat buffers; acts=None selects inference. packed: the
+    cell's PackedWeights (then nothing is packed in the call)."""
     cdef size_t n_acts = 0, n_work = 0
     cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H, R = c.R
     cdef bint training = acts is not None
     cdef int status
+    cdef real[::1] pk = None
     _check(fr_lstm_acts_size(&n_acts, &c.cfg), "LSTM forward")
     _check(fr_lstm_workspace_size(&n_work, &c.cfg, training), "LSTM forward")
     _need(y_seq.shape[0], <size_t>(T * B * R), "y_seq"); _need(s_T.shape[0], <size_t>(B * H), "s_T")
     _need(y_T.shape[0], <size_t>(B * R), "y_T"); _need(x.shape[0], <size_t>(T * B * I), "x")
     _need(s0.shape[0], <size_t>(B * H), "s0"); _need(y0.shape[0], <size_t>(B * R), "y0")
-    _check_weights(c, W_x.shape[0], W_v.shape[0], b.shape[0],
-                   -1 if W_s is None else W_s.shape[0],
-                   -1 if W_qv is None else W_qv.shape[0])
+    _check_weights(c, W_x.shape[0], W_v.shape[0], b.shape[0], _len(W_s), _len(W_qv))
     if training:
         _need(acts.shape[0], n_acts, "acts")
     if n_work:
         if work is None:
             raise ValueError("internal: workspace missing")
         _need(work.shape[0], n_work, "work")
+    if packed is not None:
+        if (packed.I, packed.H, packed.P) != (I, H, c.cfg.P):
+            raise ValueError(f"packed: made for I, H, P = {packed.I}, {packed.H}, {packed.P}, "
+                             f"this call has {I}, {H}, {c.cfg.P}")
+        pk = packed.buffer  # a dtype other than the call's fails here (TypeError)
+    cdef fr_lstm_forward_seq_f32 s32
+    cdef fr_lstm_forward_seq_f64 s64
+    cdef fr_lstm_weights_f32 w32
+    cdef fr_lstm_weights_f64 w64
     with nogil:
         if real is float:
-            status = fr_lstm_forward_f32(&y_seq[0], &s_T[0], &y_T[0], _ptr(acts), _ptr(work),
-                                         &x[0], &s0[0], &y0[0], &W_x[0], &W_v[0], &b[0],
-                                         _cptr(W_s), _cptr(W_qv), &c.cfg)
+            s32.y_seq = &y_seq[0]; s32.s_T = &s_T[0]; s32.y_T = &y_T[0]
+            s32.acts = _ptr(acts); s32.work = _ptr(work)
+            s32.x = &x[0]; s32.s0 = &s0[0]; s32.y0 = &y0[0]
+            w32.W_x = &W_x[0]; w32.W_v = &W_v[0]; w32.b = &b[0]
+            w32.W_s = _cptr(W_s); w32.W_qv = _cptr(W_qv); w32.packed = _cptr(pk)
+            status = fr_lstm_forward_f32(&s32, &w32, &c.cfg, &c.call)
         else:
-            status = fr_lstm_forward_f64(&y_seq[0], &s_T[0], &y_T[0], _ptr(acts), _ptr(work),
-                                         &x[0], &s0[0], &y0[0], &W_x[0], &W_v[0], &b[0],
-                                         _cptr(W_s), _cptr(W_qv), &c.cfg)
+            s64.y_seq = &y_seq[0]; s64.s_T = &s_T[0]; s64.y_T = &y_T[0]
+            s64.acts = _ptr(acts); s64.work = _ptr(work)
+            s64.x = &x[0]; s64.s0 = &s0[0]; s64.y0 = &y0[0]
+            w64.W_x = &W_x[0]; w64.W_v = &W_v[0]; w64.b = &b[0]
+            w64.W_s = _cptr(W_s); w64.W_qv = _cptr(W_qv); w64.packed = _cptr(pk)
+            status = fr_lstm_forward_f64(&s64, &w64, &c.cfg, &c.call)
     _check(status, "LSTM forward")
 
 
-def lstm_backward(LSTMConfig c, real[::1] dx, real[::1] ds0, real[::1] dy0, real[::1] dW_x,
-                  real[::1] dW_v, real[::1] db, real[::1] dW_s, real[::1] dW_qv, real[::1] work,
-                  const real[::1] dy_seq, const real[::1] ds_T, const real[::1] dy_T,
-                  const real[::1] acts, const real[::1] x, const real[::1] y_seq,
-                  const real[::1] s0, const real[::1] y0, const real[::1] W_x,
-                  const real[::1] W_v, const real[::1] W_s, const real[::1] W_qv):
+def lstm_backward(LSTMConfig c, *, real[::1] dW_x, real[::1] dW_v, real[::1] db,
+                  real[::1] dW_s, real[::1] dW_qv, real[::1] dx, real[::1] ds0, real[::1] dy0,
+                  real[::1] work, const real[::1] dy_seq, const real[::1] ds_T,
+                  const real[::1] dy_T, const real[::1] acts, const real[::1] x,
+                  const real[::1] y_seq, const real[::1] s0, const real[::1] y0,
+                  const real[::1] W_x, const real[::1] W_v, const real[::1] W_s,
+                  const real[::1] W_qv):
     """fr_lstm_backward on flat buffers; every gradient output is accumulated (+=)."""
     cdef size_t n_acts = 0, n_work = 0
     cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H, R = c.R
@@ -401,12 +605,8 @@ def lstm_backward(LSTMConfig c, real[::1] dx, real[::1] ds0, real[::1] dy0, real
         _need(ds0.shape[0], <size_t>(B * H), "ds0")
     if dy0 is not None:
         _need(dy0.shape[0], <size_t>(B * R), "dy0")
-    _check_weights(c, dW_x.shape[0], dW_v.shape[0], db.shape[0],
-                   -1 if dW_s is None else dW_s.shape[0],
-                   -1 if dW_qv is None else dW_qv.shape[0])
-    _check_weights(c, W_x.shape[0], W_v.shape[0], 4 * H,
-                   -1 if W_s is None else W_s.shape[0],
-                   -1 if W_qv is None else W_qv.shape[0])
+    _check_weights(c, dW_x.shape[0], dW_v.shape[0], db.shape[0], _len(dW_s), _len(dW_qv))
+    _check_weights(c, W_x.shape[0], W_v.shape[0], 4 * H, _len(W_s), _len(W_qv))
     _need(work.shape[0], n_work, "work"); _need(acts.shape[0], n_acts, "acts")
     _need(x.shape[0], <size_t>(T * B * I), "x"); _need(y_seq.shape[0], <size_t>(T * B * R), "y_seq")
     _need(s0.shape[0], <size_t>(B * H), "s0"); _need(y0.shape[0], <size_t>(B * R), "y0")
@@ -416,34 +616,53 @@ def lstm_backward(LSTMConfig c, real[::1] dx, real[::1] ds0, real[::1] dy0, real
         _need(ds_T.shape[0], <size_t>(B * H), "ds_T")
     if dy_T is not None:
         _need(dy_T.shape[0], <size_t>(B * R), "dy_T")
+    cdef fr_lstm_grads_f32 g32
+    cdef fr_lstm_grads_f64 g64
+    cdef fr_lstm_backward_seq_f32 s32
+    cdef fr_lstm_backward_seq_f64 s64
+    cdef fr_lstm_weights_f32 w32
+    cdef fr_lstm_weights_f64 w64
     with nogil:
         if real is float:
-            status = fr_lstm_backward_f32(_ptr(dx), _ptr(ds0), _ptr(dy0), &dW_x[0], &dW_v[0],
-                                          &db[0], _ptr(dW_s), _ptr(dW_qv), &work[0],
-                                          _cptr(dy_seq), _cptr(ds_T), _cptr(dy_T), &acts[0],
-                                          &x[0], &y_seq[0], &s0[0], &y0[0], &W_x[0], &W_v[0],
-                                          _cptr(W_s), _cptr(W_qv), &c.cfg)
+            g32.dW_x = &dW_x[0]; g32.dW_v = &dW_v[0]; g32.db = &db[0]
+            g32.dW_s = _ptr(dW_s); g32.dW_qv = _ptr(dW_qv)
+            s32.dx = _ptr(dx); s32.ds0 = _ptr(ds0); s32.dy0 = _ptr(dy0); s32.work = &work[0]
+            s32.dy_seq = _cptr(dy_seq); s32.ds_T = _cptr(ds_T); s32.dy_T = _cptr(dy_T)
+            s32.acts = &acts[0]; s32.x = &x[0]; s32.y_seq = &y_seq[0]
+            s32.s0 = &s0[0]; s32.y0 = &y0[0]
+            w32.W_x = &W_x[0]; w32.W_v = &W_v[0]; w32.b = NULL
+            w32.W_s = _cptr(W_s); w32.W_qv = _cptr(W_qv); w32.packed = NULL
+            status = fr_lstm_backward_f32(&g32, &s32, &w32, &c.cfg, &c.call)
         else:
-            status = fr_lstm_backward_f64(_ptr(dx), _ptr(ds0), _ptr(dy0), &dW_x[0], &dW_v[0],
-                                          &db[0], _ptr(dW_s), _ptr(dW_qv), &work[0],
-                                          _cptr(dy_seq), _cptr(ds_T), _cptr(dy_T), &acts[0],
-                                          &x[0], &y_seq[0], &s0[0], &y0[0], &W_x[0], &W_v[0],
-                                          _cptr(W_s), _cptr(W_qv), &c.cfg)
+            g64.dW_x = &dW_x[0]; g64.dW_v = &dW_v[0]; g64.db = &db[0]
+            g64.dW_s = _ptr(dW_s); g64.dW_qv = _ptr(dW_qv)
+            s64.dx = _ptr(dx); s64.ds0 = _ptr(ds0); s64.dy0 = _ptr(dy0); s64.work = &work[0]
+            s64.dy_seq = _cptr(dy_seq); s64.ds_T = _cptr(ds_T); s64.dy_T = _cptr(dy_T)
+            s64.acts = &acts[0]; s64.x = &x[0]; s64.y_seq = &y_seq[0]
+            s64.s0 = &s0[0]; s64.y0 = &y0[0]
+            w64.W_x = &W_x[0]; w64.W_v = &W_v[0]; w64.b = NULL
+            w64.W_s = _cptr(W_s); w64.W_qv = _cptr(W_qv); w64.packed = NULL
+            status = fr_lstm_backward_f64(&g64, &s64, &w64, &c.cfg, &c.call)
     _check(status, "LSTM backward")
 
 
 # ---- canonical RNN ---------------------------------------------------------------
 
 cdef class RNNConfig:
-    """One RNN layer-direction call: sizes and options (see fr_rnn_config)."""
+    """One RNN layer-direction call: sizes and options (see fr_rnn_config).
+    threads: at most this many threads for the call (0: the process setting)."""
     cdef fr_rnn_config cfg
+    cdef fr_call call
     cdef const int64_t[::1] _lengths
 
     def __init__(self, int64_t T, int64_t B, int64_t I, int64_t H, bint state_feedback=False,
-                 bint reverse=False, const int64_t[::1] lengths=None):
+                 bint reverse=False, const int64_t[::1] lengths=None, int threads=0):
         self.cfg.T = T; self.cfg.B = B; self.cfg.I = I; self.cfg.H = H
         self.cfg.state_feedback = state_feedback; self.cfg.reverse = reverse
         self.cfg.lengths = NULL
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0, got {threads}")
+        _call_init(&self.call, threads)
         if lengths is not None:
             if lengths.shape[0] != B:
                 raise ValueError(f"internal: lengths has {lengths.shape[0]} entries, B = {B}")
@@ -465,11 +684,11 @@ def rnn_sizes(int64_t T, int64_t B, int64_t I, int64_t H, int state_feedback):
     return RNNConfig(T, B, I, H, state_feedback).sizes()
 
 
-def rnn_forward(RNNConfig c, real[::1] r_seq, real[::1] s_T, real[::1] r_T, real[::1] acts,
+def rnn_forward(RNNConfig c, *, real[::1] r_seq, real[::1] s_T, real[::1] r_T, real[::1] acts,
                 real[::1] work, const real[::1] x, const real[::1] s0, const real[::1] r0,
                 const real[::1] W_x, const real[::1] W_r, const real[::1] theta_s,
                 const real[::1] W_s):
-    """fr_rnn_forward on flat buffers; acts=None (or empty) selects inference."""
+    """fr_rnn_forward on flat buffers; acts=None selects inference."""
     cdef size_t n_acts = 0, n_work = 0
     cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H
     cdef size_t TBH = <size_t>(T * B * H), BH = <size_t>(B * H)
@@ -492,20 +711,28 @@ def rnn_forward(RNNConfig c, real[::1] r_seq, real[::1] s_T, real[::1] r_T, real
         if W_s is None:
             raise ValueError("internal: W_s missing")
         _need(W_s.shape[0], <size_t>(H * H), "W_s")
+    cdef fr_rnn_forward_seq_f32 s32
+    cdef fr_rnn_forward_seq_f64 s64
+    cdef fr_rnn_weights_f32 w32
+    cdef fr_rnn_weights_f64 w64
     with nogil:
         if real is float:
-            status = fr_rnn_forward_f32(&r_seq[0], &s_T[0], &r_T[0], _ptr(acts), _ptr(work),
-                                        &x[0], &s0[0], &r0[0], &W_x[0], &W_r[0], &theta_s[0],
-                                        _cptr(W_s), &c.cfg)
+            s32.r_seq = &r_seq[0]; s32.s_T = &s_T[0]; s32.r_T = &r_T[0]
+            s32.acts = _ptr(acts); s32.work = _ptr(work)
+            s32.x = &x[0]; s32.s0 = &s0[0]; s32.r0 = &r0[0]
+            w32.W_x = &W_x[0]; w32.W_r = &W_r[0]; w32.theta_s = &theta_s[0]; w32.W_s = _cptr(W_s)
+            status = fr_rnn_forward_f32(&s32, &w32, &c.cfg, &c.call)
         else:
-            status = fr_rnn_forward_f64(&r_seq[0], &s_T[0], &r_T[0], _ptr(acts), _ptr(work),
-                                        &x[0], &s0[0], &r0[0], &W_x[0], &W_r[0], &theta_s[0],
-                                        _cptr(W_s), &c.cfg)
+            s64.r_seq = &r_seq[0]; s64.s_T = &s_T[0]; s64.r_T = &r_T[0]
+            s64.acts = _ptr(acts); s64.work = _ptr(work)
+            s64.x = &x[0]; s64.s0 = &s0[0]; s64.r0 = &r0[0]
+            w64.W_x = &W_x[0]; w64.W_r = &W_r[0]; w64.theta_s = &theta_s[0]; w64.W_s = _cptr(W_s)
+            status = fr_rnn_forward_f64(&s64, &w64, &c.cfg, &c.call)
     _check(status, "RNN forward")
 
 
-def rnn_backward(RNNConfig c, real[::1] dx, real[::1] ds0, real[::1] dr0, real[::1] dW_x,
-                 real[::1] dW_r, real[::1] dtheta_s, real[::1] dW_s, real[::1] work,
+def rnn_backward(RNNConfig c, *, real[::1] dW_x, real[::1] dW_r, real[::1] dtheta_s,
+                 real[::1] dW_s, real[::1] dx, real[::1] ds0, real[::1] dr0, real[::1] work,
                  const real[::1] dr_seq, const real[::1] ds_T, const real[::1] dr_T,
                  const real[::1] acts, const real[::1] x, const real[::1] r_seq,
                  const real[::1] s0, const real[::1] r0, const real[::1] W_x,
@@ -539,19 +766,31 @@ def rnn_backward(RNNConfig c, real[::1] dx, real[::1] ds0, real[::1] dr0, real[:
             raise ValueError("internal: state-feedback buffers missing")
         _need(W_s.shape[0], <size_t>(H * H), "W_s"); _need(dW_s.shape[0], <size_t>(H * H), "dW_s")
         _need(acts.shape[0], n_acts, "acts")
+    cdef fr_rnn_grads_f32 g32
+    cdef fr_rnn_grads_f64 g64
+    cdef fr_rnn_backward_seq_f32 s32
+    cdef fr_rnn_backward_seq_f64 s64
+    cdef fr_rnn_weights_f32 w32
+    cdef fr_rnn_weights_f64 w64
     with nogil:
         if real is float:
-            status = fr_rnn_backward_f32(_ptr(dx), _ptr(ds0), _ptr(dr0), &dW_x[0], &dW_r[0],
-                                         &dtheta_s[0], _ptr(dW_s), &work[0], _cptr(dr_seq),
-                                         _cptr(ds_T), _cptr(dr_T), _cptr(acts), &x[0],
-                                         &r_seq[0], &s0[0], &r0[0], &W_x[0], &W_r[0],
-                                         _cptr(W_s), &c.cfg)
+            g32.dW_x = &dW_x[0]; g32.dW_r = &dW_r[0]; g32.dtheta_s = &dtheta_s[0]
+            g32.dW_s = _ptr(dW_s)
+            s32.dx = _ptr(dx); s32.ds0 = _ptr(ds0); s32.dr0 = _ptr(dr0); s32.work = &work[0]
+            s32.dr_seq = _cptr(dr_seq); s32.ds_T = _cptr(ds_T); s32.dr_T = _cptr(dr_T)
+            s32.acts = _cptr(acts); s32.x = &x[0]; s32.r_seq = &r_seq[0]
+            s32.s0 = &s0[0]; s32.r0 = &r0[0]
+            w32.W_x = &W_x[0]; w32.W_r = &W_r[0]; w32.theta_s = NULL; w32.W_s = _cptr(W_s)
+            status = fr_rnn_backward_f32(&g32, &s32, &w32, &c.cfg, &c.call)
         else:
-            status = fr_rnn_backward_f64(_ptr(dx), _ptr(ds0), _ptr(dr0), &dW_x[0], &dW_r[0],
-                                         &dtheta_s[0], _ptr(dW_s), &work[0], _cptr(dr_seq),
-                                         _cptr(ds_T), _cptr(dr_T), _cptr(acts), &x[0],
-                                         &r_seq[0], &s0[0], &r0[0], &W_x[0], &W_r[0],
-                                         _cptr(W_s), &c.cfg)
+            g64.dW_x = &dW_x[0]; g64.dW_r = &dW_r[0]; g64.dtheta_s = &dtheta_s[0]
+            g64.dW_s = _ptr(dW_s)
+            s64.dx = _ptr(dx); s64.ds0 = _ptr(ds0); s64.dr0 = _ptr(dr0); s64.work = &work[0]
+            s64.dr_seq = _cptr(dr_seq); s64.ds_T = _cptr(ds_T); s64.dr_T = _cptr(dr_T)
+            s64.acts = _cptr(acts); s64.x = &x[0]; s64.r_seq = &r_seq[0]
+            s64.s0 = &s0[0]; s64.r0 = &r0[0]
+            w64.W_x = &W_x[0]; w64.W_r = &W_r[0]; w64.theta_s = NULL; w64.W_s = _cptr(W_s)
+            status = fr_rnn_backward_f64(&g64, &s64, &w64, &c.cfg, &c.call)
     _check(status, "RNN backward")
 
 

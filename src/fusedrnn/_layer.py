@@ -15,13 +15,10 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import _context, _threads
+from . import _context, _threads, _tuning
 from ._scratch import ALIGN, ScratchPool, aligned_empty
 from . import _validate as V
 
-# Batches up to this size run the two directions of a layer on two threads: the
-# per-step work is then too small for the BLAS to use both cores by itself.
-PARALLEL_DIRECTIONS_MAX_BATCH = 16
 # Far beyond any trained stack; bounds the per-layer Python bookkeeping.
 MAX_LAYERS = 1024
 # A flat tape (`forward_with_tape`) starts with these integers, then B lengths.
@@ -611,7 +608,7 @@ class RecurrentLayer(ReadOnlyConfig):
     def _each_direction(self, run: Any, B: int) -> list:
         """run(d) for each direction: on two threads (the kernel releases the GIL)
         when the layer is bidirectional, the batch small and 2+ threads are allowed."""
-        if self.num_directions == 2 and B <= PARALLEL_DIRECTIONS_MAX_BATCH:
+        if self.num_directions == 2 and B <= _tuning.get("directions_max_batch"):
             ex = _threads.pool()
             if ex is not None:
                 def run_alone(d: int) -> Any:

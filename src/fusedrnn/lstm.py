@@ -171,19 +171,22 @@ class LSTM(RecurrentLayer):
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
                         s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
-        _kernel.lstm_forward(cfg, flat(y), flat(s_T), flat(o_T), acts, work, flat(x), flat(s0),
-                             flat(o0), flat(p["W_x"]), flat(p["W_v"]), flat(p["b"]),
-                             flat(p.get("w_s", p.get("W_s"))), flat(p.get("W_qv")))
+        _kernel.lstm_forward(cfg, y_seq=flat(y), s_T=flat(s_T), y_T=flat(o_T), acts=acts,
+                             work=work, x=flat(x), s0=flat(s0), y0=flat(o0), W_x=flat(p["W_x"]),
+                             W_v=flat(p["W_v"]), b=flat(p["b"]),
+                             W_s=flat(p.get("w_s", p.get("W_s"))), W_qv=flat(p.get("W_qv")))
 
     def _kernel_backward(self, cfg: Any, tape: CellTape, g: Dict[str, np.ndarray], work: np.ndarray,
                          dx: np.ndarray, ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
                          ds_T: Optional[np.ndarray], do_T: Optional[np.ndarray]) -> None:
         p = tape.params
-        _kernel.lstm_backward(cfg, flat(dx), flat(ds0), flat(do0), flat(g["W_x"]), flat(g["W_v"]),
-                              flat(g["b"]), flat(g.get("w_s", g.get("W_s"))), flat(g.get("W_qv")),
-                              work, flat(dy), flat(ds_T), flat(do_T), tape.acts, flat(tape.x),
-                              flat(tape.y), flat(tape.s0), flat(tape.o0), flat(p["W_x"]),
-                              flat(p["W_v"]), flat(p.get("w_s", p.get("W_s"))), flat(p.get("W_qv")))
+        _kernel.lstm_backward(cfg, dW_x=flat(g["W_x"]), dW_v=flat(g["W_v"]), db=flat(g["b"]),
+                              dW_s=flat(g.get("w_s", g.get("W_s"))), dW_qv=flat(g.get("W_qv")),
+                              dx=flat(dx), ds0=flat(ds0), dy0=flat(do0), work=work,
+                              dy_seq=flat(dy), ds_T=flat(ds_T), dy_T=flat(do_T), acts=tape.acts,
+                              x=flat(tape.x), y_seq=flat(tape.y), s0=flat(tape.s0),
+                              y0=flat(tape.o0), W_x=flat(p["W_x"]), W_v=flat(p["W_v"]),
+                              W_s=flat(p.get("w_s", p.get("W_s"))), W_qv=flat(p.get("W_qv")))
 
     # -- context windows ------------------------------------------------------------------
     def _state_in(self, state: Any, B: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:

@@ -5,7 +5,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import numpy as np
 
-from . import _kernel
+from . import _kernel, _threads
 from ._layer import CellTape, RecurrentLayer, flat
 
 
@@ -74,23 +74,26 @@ class RNN(RecurrentLayer):
     def _cell_config(self, T: int, B: int, in_size: int, lengths: Optional[np.ndarray],
                      reverse: bool) -> "_kernel.RNNConfig":
         return _kernel.RNNConfig(T, B, in_size, self.hidden_size, self.state_feedback, reverse,
-                                 lengths)
+                                 lengths, _threads.kernel_threads())
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
                         s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
-        _kernel.rnn_forward(cfg, flat(y), flat(s_T), flat(o_T), acts, work, flat(x), flat(s0),
-                            flat(o0), flat(p["W_x"]), flat(p["W_r"]), flat(p["theta_s"]),
-                            flat(p.get("W_s")))
+        _kernel.rnn_forward(cfg, r_seq=flat(y), s_T=flat(s_T), r_T=flat(o_T), acts=acts,
+                            work=work, x=flat(x), s0=flat(s0), r0=flat(o0), W_x=flat(p["W_x"]),
+                            W_r=flat(p["W_r"]), theta_s=flat(p["theta_s"]),
+                            W_s=flat(p.get("W_s")))
 
     def _kernel_backward(self, cfg: Any, tape: CellTape, g: Dict[str, np.ndarray], work: np.ndarray,
                          dx: np.ndarray, ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
                          ds_T: Optional[np.ndarray], do_T: Optional[np.ndarray]) -> None:
         p = tape.params
-        _kernel.rnn_backward(cfg, flat(dx), flat(ds0), flat(do0), flat(g["W_x"]), flat(g["W_r"]),
-                             flat(g["theta_s"]), flat(g.get("W_s")), work, flat(dy), flat(ds_T),
-                             flat(do_T), tape.acts, flat(tape.x), flat(tape.y), flat(tape.s0),
-                             flat(tape.o0), flat(p["W_x"]), flat(p["W_r"]), flat(p.get("W_s")))
+        _kernel.rnn_backward(cfg, dW_x=flat(g["W_x"]), dW_r=flat(g["W_r"]),
+                             dtheta_s=flat(g["theta_s"]), dW_s=flat(g.get("W_s")), dx=flat(dx),
+                             ds0=flat(ds0), dr0=flat(do0), work=work, dr_seq=flat(dy),
+                             ds_T=flat(ds_T), dr_T=flat(do_T), acts=tape.acts, x=flat(tape.x),
+                             r_seq=flat(tape.y), s0=flat(tape.s0), r0=flat(tape.o0),
+                             W_x=flat(p["W_x"]), W_r=flat(p["W_r"]), W_s=flat(p.get("W_s")))
 
     @property
     def paper_params(self) -> Dict[str, np.ndarray]:

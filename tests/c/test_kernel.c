@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "fusedrnn.h"
+#include "plan.h" // the tuning the tests set (internal)
 
 // ----------------------------------------------------------------------------
 // harness
@@ -102,8 +103,8 @@ typedef struct {
     int opt;                 // LSTM: peepholes (FR_PEEP_*); RNN: state_feedback
     int coupled, reverse;    // LSTM coupled gates; visit T-1 .. 0
     const int64_t *lengths;  // (B) valid steps per row, or NULL
-    int packed;              // LSTM: the team path (packed micro-kernel)
-    int threads;             // LSTM team path: threads (0: one)
+    int packed;              // the team path (packed micro-kernel), any T
+    int threads;             // team path: at most this many threads (fr_call; 0: one)
 } spec;
 
 typedef struct {
@@ -148,8 +149,6 @@ static int model_init(model *m, const spec *sp) {
         c->T = T; c->B = B; c->I = I; c->H = H; c->P = P;
         c->peepholes = sp->opt; c->coupled_gates = sp->coupled; c->reverse = sp->reverse;
         c->lengths = sp->lengths;
-        c->packed_max_rows = sp->packed ? 1 << 30 : 0;
-        c->num_threads = sp->threads;
         if ((rc = fr_lstm_acts_size(&m->n_acts, c)) != FR_OK) return rc;
         if ((rc = fr_lstm_workspace_size(&train, c, 1)) != FR_OK) return rc;
         if ((rc = fr_lstm_workspace_size(&infer, c, 0)) != FR_OK) return rc;
@@ -182,7 +181,11 @@ static const char *seg_name(const model *m, size_t i) { // segment of theta elem
 // at padded steps, whose dy the backward ignores by contract.
 static void model_fill(const model *m, double *theta, double *dE, uint64_t seed) {
     rng_seed(seed);
-    for (size_t i = 0; i < m->n_theta; i++) theta[i] = rand_uniform(-0.6, 0.6);
+    // RNN weights scaled as 1/sqrt(H) beyond H = 4 (PyTorch's initialisation):
+    // the state feedback s[n] = W_s s[n-1] + ... has no squashing, and at H = 34
+    // with +-0.6 weights its growth alone leaves float32 at 5e-4 from float64
+    const double wmax = !m->sp.lstm && m->sp.H > 4 ? 0.6 * 2 / sqrt((double)m->sp.H) : 0.6;
+    for (size_t i = 0; i < m->n_theta; i++) theta[i] = rand_uniform(-wmax, wmax);
     for (size_t i = 0; i < m->len[S_X]; i++) theta[m->off[S_X] + i] = rand_uniform(-1, 1);
     for (size_t i = 0; i < m->n_y + m->n_s + m->n_o; i++) dE[i] = rand_uniform(-1, 1);
     if (m->sp.lengths)
@@ -243,54 +246,92 @@ static void set_theta(const model *m, bufs *b, const double *theta, const double
 
 #define SEG(p, s) (m->len[s] ? (p) + m->off[s] : NULL)
 
+// The plan of the model's calls: the micro-kernel path for any T (or never),
+// split even tiny problems; `threads` through the call's options.
+static fr_call plan_for(const model *m) {
+    fr_tuning t;
+    fr_tuning_get(&t);
+    t.packed_max_rows = m->sp.packed ? 1 << 30 : 0;
+    t.team_min_steps = 1;
+    t.min_step_flops = 0;
+    fr_tuning_set(&t);
+    fr_call call = {.max_threads = m->sp.threads};
+    return call;
+}
+
+// The named-pointer structs of one call, for either precision (real = float or double).
+#define LSTM_WEIGHTS(real, th) {SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), \
+                                SEG(th, S_WQV), NULL}
+#define LSTM_GRADS(g) {SEG(g, S_WX), SEG(g, S_WV), SEG(g, S_B), SEG(g, S_WS), SEG(g, S_WQV)}
+#define RNN_WEIGHTS(th) {SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS)}
+#define RNN_GRADS(g) {SEG(g, S_WX), SEG(g, S_WV), SEG(g, S_B), SEG(g, S_WS)}
+
 static int forward_f64(const model *m, double *y, double *sT, double *oT, double *acts,
                        double *work, const double *th) {
-    if (m->sp.lstm)
-        return fr_lstm_forward_f64(y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0),
-                                   SEG(th, S_Y0), SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B),
-                                   SEG(th, S_WS), SEG(th, S_WQV), &m->lc);
-    return fr_rnn_forward_f64(y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0), SEG(th, S_Y0),
-                              SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), &m->rc);
+    const fr_call call = plan_for(m);
+    if (m->sp.lstm) {
+        const fr_lstm_forward_seq_f64 seq = {y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0),
+                                             SEG(th, S_Y0)};
+        const fr_lstm_weights_f64 w = LSTM_WEIGHTS(double, th);
+        return fr_lstm_forward_f64(&seq, &w, &m->lc, &call);
+    }
+    const fr_rnn_forward_seq_f64 seq = {y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0),
+                                        SEG(th, S_Y0)};
+    const fr_rnn_weights_f64 w = RNN_WEIGHTS(th);
+    return fr_rnn_forward_f64(&seq, &w, &m->rc, &call);
 }
 
 static int forward_f32(const model *m, float *y, float *sT, float *oT, float *acts, float *work,
                        const float *th) {
-    if (m->sp.lstm)
-        return fr_lstm_forward_f32(y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0),
-                                   SEG(th, S_Y0), SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B),
-                                   SEG(th, S_WS), SEG(th, S_WQV), &m->lc);
-    return fr_rnn_forward_f32(y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0), SEG(th, S_Y0),
-                              SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), &m->rc);
+    const fr_call call = plan_for(m);
+    if (m->sp.lstm) {
+        const fr_lstm_forward_seq_f32 seq = {y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0),
+                                             SEG(th, S_Y0)};
+        const fr_lstm_weights_f32 w = LSTM_WEIGHTS(float, th);
+        return fr_lstm_forward_f32(&seq, &w, &m->lc, &call);
+    }
+    const fr_rnn_forward_seq_f32 seq = {y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0),
+                                        SEG(th, S_Y0)};
+    const fr_rnn_weights_f32 w = RNN_WEIGHTS(th);
+    return fr_rnn_forward_f32(&seq, &w, &m->rc, &call);
 }
 
 // dy (T,B,R), dsT (B,H), doT (B,R): the gradients of E arriving from above
 static int backward_f64(const model *m, double *g, double *bwork, const double *dy,
                         const double *dsT, const double *doT, const double *acts,
                         const double *y, const double *th) {
-    if (m->sp.lstm)
-        return fr_lstm_backward_f64(SEG(g, S_X), SEG(g, S_S0), SEG(g, S_Y0), SEG(g, S_WX),
-                                    SEG(g, S_WV), SEG(g, S_B), SEG(g, S_WS), SEG(g, S_WQV), bwork,
-                                    dy, dsT, doT, acts, SEG(th, S_X), y, SEG(th, S_S0),
-                                    SEG(th, S_Y0), SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_WS),
-                                    SEG(th, S_WQV), &m->lc);
-    return fr_rnn_backward_f64(SEG(g, S_X), SEG(g, S_S0), SEG(g, S_Y0), SEG(g, S_WX),
-                               SEG(g, S_WV), SEG(g, S_B), SEG(g, S_WS), bwork, dy, dsT, doT, acts,
-                               SEG(th, S_X), y, SEG(th, S_S0), SEG(th, S_Y0), SEG(th, S_WX),
-                               SEG(th, S_WV), SEG(th, S_WS), &m->rc);
+    const fr_call call = plan_for(m);
+    if (m->sp.lstm) {
+        const fr_lstm_grads_f64 gr = LSTM_GRADS(g);
+        const fr_lstm_backward_seq_f64 seq = {SEG(g, S_X), SEG(g, S_S0), SEG(g, S_Y0), bwork, dy,
+                                              dsT, doT, acts, SEG(th, S_X), y, SEG(th, S_S0),
+                                              SEG(th, S_Y0)};
+        const fr_lstm_weights_f64 w = LSTM_WEIGHTS(double, th);
+        return fr_lstm_backward_f64(&gr, &seq, &w, &m->lc, &call);
+    }
+    const fr_rnn_grads_f64 gr = RNN_GRADS(g);
+    const fr_rnn_backward_seq_f64 seq = {SEG(g, S_X), SEG(g, S_S0), SEG(g, S_Y0), bwork, dy, dsT,
+                                         doT, acts, SEG(th, S_X), y, SEG(th, S_S0), SEG(th, S_Y0)};
+    const fr_rnn_weights_f64 w = RNN_WEIGHTS(th);
+    return fr_rnn_backward_f64(&gr, &seq, &w, &m->rc, &call);
 }
 
 static int backward_f32(const model *m, float *g, float *bwork, const float *dy, const float *dsT,
                         const float *doT, const float *acts, const float *y, const float *th) {
-    if (m->sp.lstm)
-        return fr_lstm_backward_f32(SEG(g, S_X), SEG(g, S_S0), SEG(g, S_Y0), SEG(g, S_WX),
-                                    SEG(g, S_WV), SEG(g, S_B), SEG(g, S_WS), SEG(g, S_WQV), bwork,
-                                    dy, dsT, doT, acts, SEG(th, S_X), y, SEG(th, S_S0),
-                                    SEG(th, S_Y0), SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_WS),
-                                    SEG(th, S_WQV), &m->lc);
-    return fr_rnn_backward_f32(SEG(g, S_X), SEG(g, S_S0), SEG(g, S_Y0), SEG(g, S_WX),
-                               SEG(g, S_WV), SEG(g, S_B), SEG(g, S_WS), bwork, dy, dsT, doT, acts,
-                               SEG(th, S_X), y, SEG(th, S_S0), SEG(th, S_Y0), SEG(th, S_WX),
-                               SEG(th, S_WV), SEG(th, S_WS), &m->rc);
+    const fr_call call = plan_for(m);
+    if (m->sp.lstm) {
+        const fr_lstm_grads_f32 gr = LSTM_GRADS(g);
+        const fr_lstm_backward_seq_f32 seq = {SEG(g, S_X), SEG(g, S_S0), SEG(g, S_Y0), bwork, dy,
+                                              dsT, doT, acts, SEG(th, S_X), y, SEG(th, S_S0),
+                                              SEG(th, S_Y0)};
+        const fr_lstm_weights_f32 w = LSTM_WEIGHTS(float, th);
+        return fr_lstm_backward_f32(&gr, &seq, &w, &m->lc, &call);
+    }
+    const fr_rnn_grads_f32 gr = RNN_GRADS(g);
+    const fr_rnn_backward_seq_f32 seq = {SEG(g, S_X), SEG(g, S_S0), SEG(g, S_Y0), bwork, dy, dsT,
+                                         doT, acts, SEG(th, S_X), y, SEG(th, S_S0), SEG(th, S_Y0)};
+    const fr_rnn_weights_f32 w = RNN_WEIGHTS(th);
+    return fr_rnn_backward_f32(&gr, &seq, &w, &m->rc, &call);
 }
 
 // Forward into (y, sT, oT); training when `train` (acts), else inference.
@@ -745,45 +786,53 @@ static void test_sizes_lstm(void) {
     fr_lstm_config bad[3] = {ok_cfg, ok_cfg, ok_cfg};
     bad[0].T = 0; bad[1].T = big; bad[1].B = big; bad[2].H = 0;
     const int bad_want[3] = {FR_EINVAL, FR_EOVERFLOW, FR_EINVAL};
+    const fr_lstm_forward_seq_f64 fs = {y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0),
+                                        SEG(th, S_Y0)};
+    const fr_lstm_weights_f64 fw = LSTM_WEIGHTS(double, th);
+    const fr_lstm_grads_f64 gr = LSTM_GRADS(g);
+    const fr_lstm_backward_seq_f64 bs = {NULL, NULL, NULL, bwork, dy, NULL, NULL, acts,
+                                         SEG(th, S_X), y, SEG(th, S_S0), SEG(th, S_Y0)};
     for (int k = 0; k < 3; k++) {
-        expect(fr_lstm_forward_f64(y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0),
-                                   SEG(th, S_Y0), SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B),
-                                   SEG(th, S_WS), NULL, &bad[k]), bad_want[k], "fr_lstm_forward_f64(bad cfg)", __LINE__);
-        expect(fr_lstm_backward_f64(NULL, NULL, NULL, g, g, g, g, NULL, bwork, NULL, NULL, NULL,
-                                    acts, th, y, th, th, th, th, th, NULL, &bad[k]),
-               bad_want[k], "fr_lstm_backward_f64(bad cfg)", __LINE__);
+        expect(fr_lstm_forward_f64(&fs, &fw, &bad[k], NULL), bad_want[k],
+               "fr_lstm_forward_f64(bad cfg)", __LINE__);
+        expect(fr_lstm_backward_f64(&gr, &bs, &fw, &bad[k], NULL), bad_want[k],
+               "fr_lstm_backward_f64(bad cfg)", __LINE__);
     }
-    EXPECT(fr_lstm_forward_f64(y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0), SEG(th, S_Y0),
-                               SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), NULL,
-                               NULL), FR_ENULL);
+    EXPECT(fr_lstm_forward_f64(&fs, &fw, NULL, NULL), FR_ENULL);
+    EXPECT(fr_lstm_forward_f64(NULL, &fw, &ok_cfg, NULL), FR_ENULL);
+    EXPECT(fr_lstm_forward_f64(&fs, NULL, &ok_cfg, NULL), FR_ENULL);
     // each required pointer of the forward NULL in turn (k = 10: the inference workspace)
     for (int k = 0; k < 11; k++) {
-#define NUL(i, p) (k == (i) ? NULL : (p))
-        expect_k(fr_lstm_forward_f64(NUL(0, y), NUL(1, sT), NUL(2, oT), k == 10 ? NULL : acts,
-                                   NUL(10, work), NUL(3, SEG(th, S_X)), NUL(4, SEG(th, S_S0)),
-                                   NUL(5, SEG(th, S_Y0)), NUL(6, SEG(th, S_WX)),
-                                   NUL(7, SEG(th, S_WV)), NUL(8, SEG(th, S_B)),
-                                   NUL(9, SEG(th, S_WS)), NULL, &ok_cfg),
-               FR_ENULL, "fr_lstm_forward_f64(NULL required pointer)", __LINE__, k);
+        fr_lstm_forward_seq_f64 s2 = fs;
+        fr_lstm_weights_f64 w2 = fw;
+        double **out[] = {&s2.y_seq, &s2.s_T, &s2.y_T};
+        const double **in[] = {&s2.x, &s2.s0, &s2.y0, &w2.W_x, &w2.W_v, &w2.b, &w2.W_s};
+        if (k < 3) *out[k] = NULL;
+        else if (k < 10) *in[k - 3] = NULL;
+        else s2.acts = s2.work = NULL;
+        expect_k(fr_lstm_forward_f64(&s2, &w2, &ok_cfg, NULL), FR_ENULL,
+                 "fr_lstm_forward_f64(NULL required pointer)", __LINE__, k);
     }
-    EXPECT(fr_lstm_forward_f64(y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0), SEG(th, S_Y0),
-                               SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), NULL,
-                               &ok_cfg), FR_OK);
+    EXPECT(fr_lstm_forward_f64(&fs, &fw, &ok_cfg, NULL), FR_OK);
     // each required pointer of the backward NULL in turn
     for (int k = 0; k < 13; k++) {
-        expect_k(fr_lstm_backward_f64(SEG(g, S_X), SEG(g, S_S0), SEG(g, S_Y0), NUL(0, SEG(g, S_WX)),
-                                    NUL(1, SEG(g, S_WV)), NUL(2, SEG(g, S_B)), NUL(3, SEG(g, S_WS)),
-                                    NULL, NUL(4, bwork), dy, NULL, NULL, NUL(5, acts),
-                                    NUL(6, SEG(th, S_X)), NUL(7, y), NUL(8, SEG(th, S_S0)),
-                                    NUL(9, SEG(th, S_Y0)), NUL(10, SEG(th, S_WX)),
-                                    NUL(11, SEG(th, S_WV)), NUL(12, SEG(th, S_WS)), NULL, &ok_cfg),
-               FR_ENULL, "fr_lstm_backward_f64(NULL required pointer)", __LINE__, k);
+        fr_lstm_grads_f64 g2 = gr;
+        fr_lstm_backward_seq_f64 s2 = bs;
+        fr_lstm_weights_f64 w2 = fw;
+        double **out[] = {&g2.dW_x, &g2.dW_v, &g2.db, &g2.dW_s, &s2.work};
+        const double **in[] = {&s2.acts, &s2.x, &s2.y_seq, &s2.s0, &s2.y0, &w2.W_x, &w2.W_v,
+                               &w2.W_s};
+        if (k < 5) *out[k] = NULL;
+        else *in[k - 5] = NULL;
+        expect_k(fr_lstm_backward_f64(&g2, &s2, &w2, &ok_cfg, NULL), FR_ENULL,
+                 "fr_lstm_backward_f64(NULL required pointer)", __LINE__, k);
     }
     // the optional ones may all be NULL: dx, ds0, dy0, dy_seq, ds_T, dy_T
-    EXPECT(fr_lstm_backward_f64(NULL, NULL, NULL, SEG(g, S_WX), SEG(g, S_WV), SEG(g, S_B),
-                                SEG(g, S_WS), NULL, bwork, NULL, NULL, NULL, acts, SEG(th, S_X), y,
-                                SEG(th, S_S0), SEG(th, S_Y0), SEG(th, S_WX), SEG(th, S_WV),
-                                SEG(th, S_WS), NULL, &ok_cfg), FR_OK);
+    {
+        fr_lstm_backward_seq_f64 s2 = bs;
+        s2.dy_seq = NULL;
+        EXPECT(fr_lstm_backward_f64(&gr, &s2, &fw, &ok_cfg, NULL), FR_OK);
+    }
     bufs_free(&b);
     report(size_ok, "sizes   lstm: EINVAL (T/B/I/H <= 0, P >= H, peepholes), EOVERFLOW (3 configs), "
                     "ENULL (cfg, 10 forward + 13 backward pointers), optional NULLs ok%s", size_fail);
@@ -818,42 +867,48 @@ static void test_sizes_rnn(void) {
     fr_rnn_config bad[3] = {ok_cfg, ok_cfg, ok_cfg};
     bad[0].T = 0; bad[1].T = big; bad[1].B = big; bad[2].H = 0;
     const int bad_want[3] = {FR_EINVAL, FR_EOVERFLOW, FR_EINVAL};
+    const fr_rnn_forward_seq_f64 fs = {y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0),
+                                       SEG(th, S_Y0)};
+    const fr_rnn_weights_f64 fw = RNN_WEIGHTS(th);
+    const fr_rnn_grads_f64 gr = RNN_GRADS(g);
+    const fr_rnn_backward_seq_f64 bs = {NULL, NULL, NULL, bwork, dy, NULL, NULL, acts,
+                                        SEG(th, S_X), y, SEG(th, S_S0), SEG(th, S_Y0)};
     for (int k = 0; k < 3; k++) {
-        expect(fr_rnn_forward_f64(y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0),
-                                  SEG(th, S_Y0), SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B),
-                                  SEG(th, S_WS), &bad[k]), bad_want[k], "fr_rnn_forward_f64(bad cfg)", __LINE__);
-        expect(fr_rnn_backward_f64(NULL, NULL, NULL, g, g, g, g, bwork, NULL, NULL, NULL, acts, th,
-                                   y, th, th, th, th, th, &bad[k]), bad_want[k],
+        expect(fr_rnn_forward_f64(&fs, &fw, &bad[k], NULL), bad_want[k],
+               "fr_rnn_forward_f64(bad cfg)", __LINE__);
+        expect(fr_rnn_backward_f64(&gr, &bs, &fw, &bad[k], NULL), bad_want[k],
                "fr_rnn_backward_f64(bad cfg)", __LINE__);
     }
-    EXPECT(fr_rnn_forward_f64(y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0), SEG(th, S_Y0),
-                              SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), NULL),
-           FR_ENULL);
+    EXPECT(fr_rnn_forward_f64(&fs, &fw, NULL, NULL), FR_ENULL);
     for (int k = 0; k < 11; k++) {
-        expect_k(fr_rnn_forward_f64(NUL(0, y), NUL(1, sT), NUL(2, oT), k == 10 ? NULL : acts,
-                                  NUL(10, work), NUL(3, SEG(th, S_X)), NUL(4, SEG(th, S_S0)),
-                                  NUL(5, SEG(th, S_Y0)), NUL(6, SEG(th, S_WX)),
-                                  NUL(7, SEG(th, S_WV)), NUL(8, SEG(th, S_B)),
-                                  NUL(9, SEG(th, S_WS)), &ok_cfg),
-               FR_ENULL, "fr_rnn_forward_f64(NULL required pointer)", __LINE__, k);
+        fr_rnn_forward_seq_f64 s2 = fs;
+        fr_rnn_weights_f64 w2 = fw;
+        double **out[] = {&s2.r_seq, &s2.s_T, &s2.r_T};
+        const double **in[] = {&s2.x, &s2.s0, &s2.r0, &w2.W_x, &w2.W_r, &w2.theta_s, &w2.W_s};
+        if (k < 3) *out[k] = NULL;
+        else if (k < 10) *in[k - 3] = NULL;
+        else s2.acts = s2.work = NULL;
+        expect_k(fr_rnn_forward_f64(&s2, &w2, &ok_cfg, NULL), FR_ENULL,
+                 "fr_rnn_forward_f64(NULL required pointer)", __LINE__, k);
     }
-    EXPECT(fr_rnn_forward_f64(y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0), SEG(th, S_Y0),
-                              SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), &ok_cfg),
-           FR_OK);
+    EXPECT(fr_rnn_forward_f64(&fs, &fw, &ok_cfg, NULL), FR_OK);
     for (int k = 0; k < 13; k++) {
-        expect_k(fr_rnn_backward_f64(SEG(g, S_X), SEG(g, S_S0), SEG(g, S_Y0), NUL(0, SEG(g, S_WX)),
-                                   NUL(1, SEG(g, S_WV)), NUL(2, SEG(g, S_B)), NUL(3, SEG(g, S_WS)),
-                                   NUL(4, bwork), dy, NULL, NULL, NUL(5, acts),
-                                   NUL(6, SEG(th, S_X)), NUL(7, y), NUL(8, SEG(th, S_S0)),
-                                   NUL(9, SEG(th, S_Y0)), NUL(10, SEG(th, S_WX)),
-                                   NUL(11, SEG(th, S_WV)), NUL(12, SEG(th, S_WS)), &ok_cfg),
-               FR_ENULL, "fr_rnn_backward_f64(NULL required pointer)", __LINE__, k);
-#undef NUL
+        fr_rnn_grads_f64 g2 = gr;
+        fr_rnn_backward_seq_f64 s2 = bs;
+        fr_rnn_weights_f64 w2 = fw;
+        double **out[] = {&g2.dW_x, &g2.dW_r, &g2.dtheta_s, &g2.dW_s, &s2.work};
+        const double **in[] = {&s2.acts, &s2.x, &s2.r_seq, &s2.s0, &s2.r0, &w2.W_x, &w2.W_r,
+                               &w2.W_s};
+        if (k < 5) *out[k] = NULL;
+        else *in[k - 5] = NULL;
+        expect_k(fr_rnn_backward_f64(&g2, &s2, &w2, &ok_cfg, NULL), FR_ENULL,
+                 "fr_rnn_backward_f64(NULL required pointer)", __LINE__, k);
     }
-    EXPECT(fr_rnn_backward_f64(NULL, NULL, NULL, SEG(g, S_WX), SEG(g, S_WV), SEG(g, S_B),
-                               SEG(g, S_WS), bwork, NULL, NULL, NULL, acts, SEG(th, S_X), y,
-                               SEG(th, S_S0), SEG(th, S_Y0), SEG(th, S_WX), SEG(th, S_WV),
-                               SEG(th, S_WS), &ok_cfg), FR_OK);
+    {
+        fr_rnn_backward_seq_f64 s2 = bs;
+        s2.dr_seq = NULL;
+        EXPECT(fr_rnn_backward_f64(&gr, &s2, &fw, &ok_cfg, NULL), FR_OK);
+    }
     bufs_free(&b);
     report(size_ok, "sizes   rnn:  EINVAL (T/B/I/H <= 0, state_feedback), EOVERFLOW (3 configs), "
                     "ENULL (cfg, 10 forward + 13 backward pointers), optional NULLs ok%s", size_fail);
@@ -863,7 +918,6 @@ static void test_sizes_rnn(void) {
 
 int main(void) {
     fr_set_blas(NULL, NULL); // the portable GEMM (the default; never a BLAS here)
-    fr_set_min_step_flops(0); // the team path splits even these small problems
     static const int64_t len3[3] = {4, 0, 2};     // (B=3) with one empty row
     static int64_t len64[64];                     // (B=64)
     for (int b = 0; b < 64; b++) len64[b] = (b * 7) % 11; // 0 .. 10
@@ -905,6 +959,12 @@ int main(void) {
          .packed = 1, .threads = 2},
         {.lstm = 1, .T = 4, .B = 3, .I = 5, .H = 34, .opt = FR_PEEP_NONE, .reverse = 1,
          .lengths = len3, .packed = 1, .threads = 3},
+        // the RNN's team path
+        {.lstm = 0, .T = 4, .B = 3, .I = 5, .H = 4, .opt = 1, .packed = 1},
+        {.lstm = 0, .T = 4, .B = 3, .I = 5, .H = 34, .opt = 1, .reverse = 1, .lengths = len3,
+         .packed = 1, .threads = 2},
+        {.lstm = 0, .T = 4, .B = 3, .I = 6, .H = 36, .opt = 0, .lengths = len3, .packed = 1,
+         .threads = 3},
     };
     const size_t n_small = sizeof small / sizeof small[0];
     for (size_t i = 0; i < n_small; i++) test_fd(&small[i]);
