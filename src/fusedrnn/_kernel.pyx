@@ -11,7 +11,12 @@ KeyboardInterrupt), and the binding raises that exception; the weight
 gradients are then as they were before the call."""
 from libc.stdint cimport int64_t
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_GetName
-from cpython.exc cimport PyErr_CheckSignals, PyErr_Occurred
+from cpython.exc cimport PyErr_Occurred
+
+cdef extern from "Python.h":
+    # declared without `except`: the exception a handler raised stays pending
+    # for the binding to raise once the kernel has returned
+    int _check_signals "PyErr_CheckSignals" ()
 import numpy as np
 
 cdef extern from "fusedrnn.h" nogil:
@@ -416,7 +421,7 @@ cdef int _interrupt(void *ctx) noexcept nogil:
     """The kernel's interrupt callback: run Python's signal handlers; nonzero
     (stop) when one raised, its exception left pending for the binding."""
     with gil:
-        return 1 if PyErr_CheckSignals() != 0 else 0
+        return 1 if _check_signals() != 0 else 0
 
 
 cdef inline void _call_init(fr_call *call, int threads) noexcept:
