@@ -41,8 +41,10 @@ Conventions
   f_chi, f_psi are what flows into a step from the step visited after it.
   ``None`` means zero.
 * The LSTM readout-gate peephole sees the NEW state s[n] (after the cell clip);
-  the update and state gate peepholes see s[n-1].  G_c = sigmoid, G_d = tanh,
-  G = tanh.
+  the update and state gate peepholes see s[n-1].  The warping functions default to
+  G_c = sigmoid, G_d = tanh (for u and for r), G = tanh, and may be any of `warp`'s
+  (options gate_activation, cell_activation, output_activation; activation for the RNN;
+  docs/equations.md §9).
 * Variable lengths and direction: row b has lengths[b] valid steps (default T).
   The cell visits them in the order n = 0..lengths[b]-1 (forward) or
   n = lengths[b]-1..0 (reverse=True); visit step k of row b is time index
@@ -55,14 +57,20 @@ Conventions
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from . import _activations as _acts
+from ._activations import Activation
 
 Params = Dict[str, np.ndarray]
 GATES = ("cu", "cs", "du", "cr")  # control update, control state, data update, control readout
 PEEPHOLE_GATES = ("cu", "cs", "cr")
-LSTM_CELL_OPTIONS = ("coupled_gates", "cell_clip", "accumulation_clip", "context", "precision")
+LSTM_CELL_OPTIONS = ("coupled_gates", "cell_clip", "accumulation_clip", "context", "precision",
+                     "gate_activation", "cell_activation", "output_activation")
+RNN_CELL_OPTIONS = ("activation", "accumulation_clip")
+ACTIVATION_OPTIONS = ("gate_activation", "cell_activation", "output_activation", "activation")
 # Reduced precision (§7): the weights of these products are stored in bf16 (uint16 bit
 # patterns) or int8 (with float32 scales per row under name + "_scale").
 REDUCED_LSTM = ("W_x", "W_v", "W_qv")
@@ -74,6 +82,79 @@ GRU_GATES = ("r", "z", "n")  # reset, update, new (candidate); PyTorch's order
 def _sigmoid(a: np.ndarray) -> np.ndarray:
     """Logistic sigmoid, written via tanh so it never overflows."""
     return 0.5 * (1.0 + np.tanh(0.5 * a))
+
+
+# ----------------------------------------------------------------------------------------------
+# Warping functions (docs/equations.md §9): G (RNN), G_c and G_d (LSTM)
+# ----------------------------------------------------------------------------------------------
+
+def warp(act: Any, a: np.ndarray) -> np.ndarray:
+    """The warping function `act` (a name, a (name, alpha[, beta]) tuple or an
+    Activation) applied to the accumulation a, element-wise, in a's dtype."""
+    f = activation(act)
+    al, be = a.dtype.type(f.alpha), a.dtype.type(f.beta)
+    one, zero = a.dtype.type(1), a.dtype.type(0)
+    if f.name == "sigmoid":
+        return _sigmoid(a)
+    if f.name == "tanh":
+        return np.tanh(a)
+    if f.name == "relu":
+        return np.maximum(a, zero)
+    if f.name == "hardsigmoid":
+        return np.clip(al * a + be, zero, one)
+    if f.name == "affine":
+        return al * a + be
+    if f.name == "leakyrelu":
+        return np.where(a >= 0, a, al * a)
+    if f.name == "thresholdedrelu":
+        return np.where(a > al, a, zero)
+    if f.name == "scaledtanh":
+        return al * np.tanh(be * a)
+    if f.name == "elu":
+        return np.where(a >= 0, a, al * np.expm1(np.minimum(a, zero)))
+    if f.name == "softsign":
+        return a / (one + np.abs(a))
+    return np.logaddexp(zero, a)                       # softplus: log(1 + e^a), never overflows
+
+
+def warp_grad(act: Any, a: np.ndarray) -> np.ndarray:
+    """The derivative of `warp(act, .)` at a. At a kink it is the left derivative:
+    relu'(0) = 0, leakyrelu'(0) = elu'(0) = alpha, thresholdedrelu'(alpha) = 0;
+    hardsigmoid' is alpha strictly inside (0, 1) and 0 where it saturates."""
+    f = activation(act)
+    al, be = a.dtype.type(f.alpha), a.dtype.type(f.beta)
+    one, zero = a.dtype.type(1), a.dtype.type(0)
+    if f.name == "sigmoid":
+        g = _sigmoid(a)
+        return g * (one - g)
+    if f.name == "tanh":
+        return one - np.tanh(a) ** 2
+    if f.name == "relu":
+        return (a > 0).astype(a.dtype)
+    if f.name == "hardsigmoid":
+        z = al * a + be
+        return np.where((z > 0) & (z < 1), al, zero)
+    if f.name == "affine":
+        return np.full_like(a, al)
+    if f.name == "leakyrelu":
+        return np.where(a > 0, one, al)
+    if f.name == "thresholdedrelu":
+        return (a > al).astype(a.dtype)
+    if f.name == "scaledtanh":
+        return al * be * (one - np.tanh(be * a) ** 2)
+    if f.name == "elu":
+        return np.where(a > 0, one, al * np.exp(np.minimum(a, zero)))
+    if f.name == "softsign":
+        return one / (one + np.abs(a)) ** 2
+    return _sigmoid(a)                                 # softplus' = sigma
+
+
+def activation(spec: Any) -> Activation:
+    """The Activation that `spec` names (see fusedrnn._activations)."""
+    return _acts.parse(spec)
+
+
+activation_ = activation  # for functions with an argument named activation
 
 
 def _cast(params: Params, dtype, reduced: Sequence[str] = ()) -> Params:
@@ -293,7 +374,9 @@ def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
                  cell_clip: Optional[float] = None, accumulation_clip: Optional[float] = None,
                  context: Tuple[int, int] = (0, 0), x_past: Optional[np.ndarray] = None,
                  x_future: Optional[np.ndarray] = None, lengths: Optional[np.ndarray] = None,
-                 reverse: bool = False, precision: Optional[str] = None
+                 reverse: bool = False, precision: Optional[str] = None,
+                 gate_activation: Any = "sigmoid", cell_activation: Any = "tanh",
+                 output_activation: Any = "tanh"
                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """The (augmented) LSTM over one window, one layer, one direction.
 
@@ -310,6 +393,10 @@ def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
       precision          None, or "bf16" / "int8" (inference, float32 x): W_x X[n], W_v y[n-1]
                          and W_qv v[n] in reduced precision (§7); params "W_x", "W_v",
                          "W_qv" then hold bf16 bits (uint16) or int8 with "W_x_scale" ...
+      gate_activation    G_c of the three gates (2.5), default sigmoid;
+      cell_activation    G_d of the data update u (2.6), default tanh;
+      output_activation  G_d of the readout r = G_d(s) (2.8), default tanh
+                         (each a name or (name, alpha[, beta]); see `warp`, §9).
     Returns (y_seq (T, B, R), s_T (B, H), y_T (B, R), cache); y = v, or q = W_qv v.
     """
     x = np.asarray(x)
@@ -333,6 +420,7 @@ def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
     c_acc = None if accumulation_clip is None else float(accumulation_clip)
     lens = _lengths(lengths, T, B)
     order = _visit_order(lens, T, bool(reverse))
+    G_c, G_d, G_r = (activation(f) for f in (gate_activation, cell_activation, output_activation))
 
     # The unfolded input, in ORIGINAL time order (also for the reverse direction).
     keep = _frame_keep(lens, T, L_past, L_future, dt)
@@ -362,20 +450,20 @@ def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
             z = {g: zx[:, i * H:(i + 1) * H] + zv[:, i * H:(i + 1) * H] for i, g in enumerate(GATES)}
         a_cu = z["cu"] + P["b_cu"] + _peep(P, peep, "cu", s_prev)
         a_du = z["du"] + P["b_du"]                                # (2.1), (2.3), (3.1)
-        g_cu[k] = _sigmoid(_clip(a_cu, c_acc))
+        g_cu[k] = warp(G_c, _clip(a_cu, c_acc))                   # (2.5)
         if coupled_gates:
             g_cs[k] = 1 - g_cu[k]                                 # (3.9): forget = 1 - update
         else:
             a_cs = z["cs"] + P["b_cs"] + _peep(P, peep, "cs", s_prev)
-            g_cs[k] = _sigmoid(_clip(a_cs, c_acc))
+            g_cs[k] = warp(G_c, _clip(a_cs, c_acc))
             a["cs"][k] = a_cs
-        u[k] = np.tanh(_clip(a_du, c_acc))
+        u[k] = warp(G_d, _clip(a_du, c_acc))                      # (2.6)
         s_pre[k] = g_cs[k] * s_prev + g_cu[k] * u[k]              # (2.7)
         s_n = _clip(s_pre[k], c_cell)                             # (3.11), before the readout
         # the readout peephole sees the new (clipped) state s[n]
         a_cr = z["cr"] + P["b_cr"] + _peep(P, peep, "cr", s_n)
-        g_cr[k] = _sigmoid(_clip(a_cr, c_acc))
-        r[k] = np.tanh(s_n)
+        g_cr[k] = warp(G_c, _clip(a_cr, c_acc))
+        r[k] = warp(G_r, s_n)
         v_n = g_cr[k] * r[k]                                      # (2.8), (2.9)
         y_n = _product(v_n, p, "W_qv", precision) if proj else v_n  # (3.5) q[n] = W_qv v[n]
         a["cu"][k], a["du"][k], a["cr"][k] = a_cu, a_du, a_cr
@@ -390,7 +478,7 @@ def lstm_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
                  s_pre=s_pre, a=a, X=X, keep=keep, order=order, lengths=lens, H=H, R=R,
                  peephole=peep, projection=proj, coupled_gates=bool(coupled_gates),
                  cell_clip=c_cell, accumulation_clip=c_acc, context=(L_past, L_future),
-                 precision=precision)
+                 precision=precision, activations=(G_c, G_d, G_r))
     return y_seq, s[T].copy(), y[T].copy(), cache
 
 
@@ -412,6 +500,7 @@ def lstm_backward(dv_seq: np.ndarray, ds_T: Optional[np.ndarray], dv_T: Optional
                                                             "s_pre", "a"))
     peep, proj, coupled = cache["peephole"], cache["projection"], cache["coupled_gates"]
     c_cell, c_acc = cache["cell_clip"], cache["accumulation_clip"]
+    G_c, G_d, G_r = cache["activations"]
     L_past, L_future = cache["context"]
     dt = x.dtype
     P = split_lstm_params(p)
@@ -435,18 +524,20 @@ def lstm_backward(dv_seq: np.ndarray, ds_T: Optional[np.ndarray], dv_T: Optional
             G["W_qv"] += chi_q.T @ v_n
         else:
             chi = chi_q                                            # dE/dv[n]
+        # G_c', G_d' at the (clipped) accumulations, G_d' of the readout at s[n]
+        dG = {g: warp_grad(G_d if g == "du" else G_c, _clip(a[g][k], c_acc)) for g in GATES}
         rho = chi * g_cr[k]                                        # (2.11), (2.12) below
-        alpha_cr = chi * r[k] * g_cr[k] * (1 - g_cr[k]) * _clip_grad(a["cr"][k], c_acc)
-        psi = rho * (1 - r[k] ** 2) + _peep_T(P, peep, "cr", alpha_cr) + f_psi * m  # (2.13)
+        alpha_cr = chi * r[k] * dG["cr"] * _clip_grad(a["cr"][k], c_acc)
+        psi = rho * warp_grad(G_r, s_n) + _peep_T(P, peep, "cr", alpha_cr) + f_psi * m  # (2.13)
         psi = psi * _clip_grad(s_pre[k], c_cell)                   # (3.12) dE/d(pre-clip s[n])
         if coupled:                                                # s = (1 - g_cu) s_prev + g_cu u
             alpha_cs = np.zeros_like(psi)
-            alpha_cu = psi * (u[k] - s_prev) * g_cu[k] * (1 - g_cu[k])   # (3.10)
+            alpha_cu = psi * (u[k] - s_prev) * dG["cu"]            # (3.10)
         else:
-            alpha_cs = psi * s_prev * g_cs[k] * (1 - g_cs[k]) * _clip_grad(a["cs"][k], c_acc)
-            alpha_cu = psi * u[k] * g_cu[k] * (1 - g_cu[k])             # (2.14), (2.15)
+            alpha_cs = psi * s_prev * dG["cs"] * _clip_grad(a["cs"][k], c_acc)
+            alpha_cu = psi * u[k] * dG["cu"]                       # (2.14), (2.15)
         alpha_cu = alpha_cu * _clip_grad(a["cu"][k], c_acc)
-        alpha_du = psi * g_cu[k] * (1 - u[k] ** 2) * _clip_grad(a["du"][k], c_acc)   # (2.16), (3.14)
+        alpha_du = psi * g_cu[k] * dG["du"] * _clip_grad(a["du"][k], c_acc)   # (2.16), (3.14)
         alpha = dict(cu=alpha_cu, cs=alpha_cs, du=alpha_du, cr=alpha_cr)
 
         # (2.17), (2.18): what flows to the previous visit; padding rows pass theirs through
@@ -476,14 +567,17 @@ def lstm_backward(dv_seq: np.ndarray, ds_T: Optional[np.ndarray], dv_T: Optional
 
 def rnn_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
                 r0: Optional[np.ndarray] = None, *, lengths: Optional[np.ndarray] = None,
-                reverse: bool = False, precision: Optional[str] = None
+                reverse: bool = False, precision: Optional[str] = None,
+                activation: Any = "tanh", accumulation_clip: Optional[float] = None
                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Canonical RNN over one window, one layer, one direction.
 
-    s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + theta_s,  r[n] = tanh(s[n]); the W_s term
-    only when "W_s" in params.  x (T, B, I); s0, r0 (B, H) = s[-1], r[-1] (None = zeros).
-    lengths / reverse as for `lstm_forward`; precision "bf16" / "int8": W_x x[n] and
-    W_r r[n-1] in reduced precision (§7), W_s s[n-1] stays float32.
+    s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + theta_s,  r[n] = G(clip(s[n], -c, c)); the
+    W_s term only when "W_s" in params.  x (T, B, I); s0, r0 (B, H) = s[-1], r[-1] (None =
+    zeros).  lengths / reverse as for `lstm_forward`; precision "bf16" / "int8": W_x x[n]
+    and W_r r[n-1] in reduced precision (§7), W_s s[n-1] stays float32.  activation: G (a
+    name or (name, alpha[, beta]), see `warp`), default tanh; accumulation_clip: c (None:
+    no clip; the state s keeps the unclipped value), (1.9).
     Returns (r_seq (T, B, H), s_T (B, H), r_T (B, H), cache).
     """
     x = np.asarray(x)
@@ -494,6 +588,8 @@ def rnn_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
     H = p["W_r"].shape[0]
     lens = _lengths(lengths, T, B)
     order = _visit_order(lens, T, bool(reverse))
+    G = activation_(activation)
+    c_acc = None if accumulation_clip is None else float(accumulation_clip)
 
     s = np.empty((T + 1, B, H), dt)  # s[k + 1] = state after visit k; s[0] = s[-1]
     r = np.empty((T + 1, B, H), dt)  # likewise for r
@@ -504,14 +600,14 @@ def rnn_forward(x: np.ndarray, params: Params, s0: Optional[np.ndarray] = None,
                + _product(_gather(x, order[k]), p, "W_x", precision) + p["theta_s"])
         if "W_s" in p:
             s_n = s_n + s[k] @ p["W_s"].T
-        r_n = np.tanh(s_n)
+        r_n = warp(G, _clip(s_n, c_acc))                            # (1.2), (1.9)
         m = _row_mask(order[k], dt) != 0              # padding rows keep their state
         s[k + 1] = np.where(m, s_n, s[k])
         r[k + 1] = np.where(m, r_n, r[k])
         _scatter(r_seq, order[k], r_n)
 
     cache = dict(x=x, params=p, s=s, r=r, order=order, lengths=lens, H=H, R=H,
-                 precision=precision)
+                 precision=precision, activation=G, accumulation_clip=c_acc)
     return r_seq, s[T].copy(), r[T].copy(), cache
 
 
@@ -531,6 +627,7 @@ def rnn_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: Optional[
     H = s.shape[2]
     dr_seq = np.asarray(dr_seq, dtype=dt)
     feedback = "W_s" in p
+    G, c_acc = cache["activation"], cache["accumulation_clip"]
 
     grads = {k: np.zeros_like(w) for k, w in p.items()}
     dx = np.zeros_like(x)
@@ -539,9 +636,10 @@ def rnn_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: Optional[
 
     for k in range(T - 1, -1, -1):
         m = _row_mask(order[k], dt)
-        s_prev, r_prev, r_n = s[k], r[k], r[k + 1]
+        s_prev, r_prev, s_n = s[k], r[k], s[k + 1]
         chi = (_gather(dr_seq, order[k]) + f_chi) * m     # (1.3) dE/dr[n] (0 on padding)
-        psi = (1 - r_n ** 2) * chi + f_psi * m             # (1.4), G'(s) = 1 - tanh(s)^2
+        dG = warp_grad(G, _clip(s_n, c_acc)) * _clip_grad(s_n, c_acc)   # (1.10)
+        psi = dG * chi + f_psi * m                         # (1.4)
 
         grads["W_r"] += psi.T @ r_prev
         grads["W_x"] += psi.T @ _gather(x, order[k])
@@ -691,6 +789,16 @@ def _stacked(z: Optional[np.ndarray], i: int) -> Optional[np.ndarray]:
     return None if z is None else np.asarray(z)[i]
 
 
+def _direction_options(options: dict, d: int, D: int) -> dict:
+    """The cell options of direction d: an activation given as a list of D (one per
+    direction, forward first) becomes direction d's."""
+    out = dict(options)
+    for k in ACTIVATION_OPTIONS:
+        if k in out:
+            out[k] = _acts.per_direction(out[k], D, k)[d]
+    return out
+
+
 def _network_forward(cell_forward, x, layers: Sequence[Params], s0, o0, bidirectional: bool,
                      lengths, dropout_masks, first_options: dict, options: dict):
     """Layer l, direction d (params layers[l*D + d], d = 1 reversed); the input of layer l > 0
@@ -711,7 +819,7 @@ def _network_forward(cell_forward, x, layers: Sequence[Params], s0, o0, bidirect
         outs = []
         for d in range(D):
             i = l * D + d
-            opts = first_options if l == 0 else options
+            opts = _direction_options(first_options if l == 0 else options, d, D)
             y_i, s_i, o_i, c_i = cell_forward(inp, layers[i], _stacked(s0, i), _stacked(o0, i),
                                               lengths=lengths, reverse=(d == 1), **opts)
             outs.append(y_i)
@@ -759,8 +867,10 @@ def lstm_network_forward(x: np.ndarray, layers: Sequence[Params], s0: Optional[n
     layers[l*D + d]: the parameters of layer l, direction d (D = 2 if bidirectional, d = 1
     runs reversed).  s0 (L*D, B, H), v0 (L*D, B, R) (None = zeros).  dropout_masks[l-1]
     (T, B, D*R), already scaled, multiplies the input of layer l > 0.  cell_options
-    (coupled_gates, cell_clip, accumulation_clip, context) go to every cell, except that
-    context (and x_past / x_future, unidirectional only) applies to layer 0 only.
+    (coupled_gates, cell_clip, accumulation_clip, context, precision, gate_activation,
+    cell_activation, output_activation) go to every cell, except that context (and
+    x_past / x_future, unidirectional only) applies to layer 0 only; an activation may
+    be a list of D, one per direction.
     Returns (y (T, B, D*R), s_T (L*D, B, H), y_T (L*D, B, R), cache).
     """
     unknown = set(cell_options) - set(LSTM_CELL_OPTIONS)
@@ -787,13 +897,17 @@ def rnn_network_forward(x: np.ndarray, layers: Sequence[Params], s0: Optional[np
                         r0: Optional[np.ndarray] = None, *, bidirectional: bool = False,
                         lengths: Optional[np.ndarray] = None,
                         dropout_masks: Optional[Sequence[np.ndarray]] = None,
-                        precision: Optional[str] = None
+                        precision: Optional[str] = None, **cell_options
                         ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """A stacked (and optionally bidirectional) canonical RNN as a composition of
     `rnn_forward`; layout as `lstm_network_forward` (R = H).  Each cell has the state
-    feedback iff its params hold "W_s"; precision goes to every cell.
+    feedback iff its params hold "W_s"; precision and cell_options (activation,
+    accumulation_clip) go to every cell; activation may be a list of D, one per direction.
     Returns (r (T, B, D*H), s_T (L*D, B, H), r_T (L*D, B, H), cache)."""
-    opts = {"precision": precision}
+    unknown = set(cell_options) - set(RNN_CELL_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown RNN cell options {sorted(unknown)}")
+    opts = dict(cell_options, precision=precision)
     return _network_forward(rnn_forward, x, layers, s0, r0, bidirectional, lengths,
                             dropout_masks, opts, opts)
 
