@@ -28,9 +28,11 @@ from .sequential import Sequential
 from .optim import clip_grad_norm
 from . import optim, train
 from .checkpoint import load, load_checkpoint, save
+from . import quantized
+from .quantized import QuantizedLSTM
 
 __all__ += ["Linear", "Sequential", "mse_loss", "cross_entropy", "clip_grad_norm", "optim",
-            "train", "save", "load", "load_checkpoint"]
+            "train", "save", "load", "load_checkpoint", "quantized", "QuantizedLSTM"]
 
 # Ecosystem: ONNX export/import, the version from the package metadata, and
 # fusedrnn.torch (torch.nn.Modules) imported on first use of `fr.torch` only,
