@@ -148,6 +148,20 @@ static inline int64_t fr_piece_steps(const fr_poll *p, int64_t T, double flops_p
     return steps < T ? steps : T;
 }
 
+/* Copy `count` arrays (len[i] elements of `elem` bytes each, 0: none) one after
+ * another into `save` (restore = 0), or from it back into them (restore = 1):
+ * the weight gradients as they were, restored when a call is interrupted. */
+static inline void fr_copy_arrays(void *save, void *const *arrays, const size_t *len, int count,
+                                  size_t elem, int restore) {
+    char *s = save;
+    for (int i = 0; i < count; i++) {
+        if (len[i] == 0) continue;
+        if (restore) memcpy(arrays[i], s, len[i] * elem);
+        else memcpy(s, arrays[i], len[i] * elem);
+        s += len[i] * elem;
+    }
+}
+
 /* ---- packed-weight GEMM (ukernel.c) -------------------------------------------
  * Panels of FR_PW columns (128 bytes), contiguous along K. */
 #define FR_PW(real) ((int64_t)(128 / sizeof(real)))
@@ -183,8 +197,7 @@ int fr_set_isa(int isa); /* FR_ISA_*, at most fr_best_isa(); for tests and bench
     const real *W;      /* (N, K) when trans (the product uses W^T), else (K, N) */ \
     int64_t ld;         /* row stride of W */                                     \
     int trans;                                                                    \
-    const real *packed; /* fr_pack_* panels of op(W), or NULL: the provider */     \
-    const void *qpacked; /* reduced-precision panels (qgemm.h) per gate, or NULL */
+    const real *packed; /* fr_pack_* panels of op(W), or NULL: the provider */
 typedef struct { FR_WMAT_FIELDS(float) } fr_wmat_f32;
 typedef struct { FR_WMAT_FIELDS(double) } fr_wmat_f64;
 int fr_wgemm_f32(float *C, int64_t ldc, const float *A, int64_t lda, const fr_wmat_f32 *W,
@@ -199,6 +212,18 @@ int fr_agemm_f32(int uk, float *C, int64_t ldc, const float *A, int64_t lda, int
                  const float *Y, int64_t ldy, int64_t M, int64_t c0, int64_t nc, int64_t K);
 int fr_agemm_f64(int uk, double *C, int64_t ldc, const double *A, int64_t lda, int ta,
                  const double *Y, int64_t ldy, int64_t M, int64_t c0, int64_t nc, int64_t K);
+/* The gate blocks of a gated cell (gemm_body.h): columns of gates q0 .. q0+nq-1,
+ * units [h0, h0 + nh), from per-gate panels fr_pack_gates wrote. */
+int fr_gates_gemm_f32(float *C, int64_t ldc, const float *A, int64_t lda, const fr_wmat_f32 *W,
+                      int64_t M, int64_t K, int64_t H, int q0, int nq, int64_t h0, int64_t nh,
+                      int beta1);
+int fr_gates_gemm_f64(double *C, int64_t ldc, const double *A, int64_t lda, const fr_wmat_f64 *W,
+                      int64_t M, int64_t K, int64_t H, int q0, int nq, int64_t h0, int64_t nh,
+                      int beta1);
+void fr_pack_gates_f32(float *Wp, const float *W, int gates, int64_t H, int64_t K, int64_t h0,
+                       int64_t nh);
+void fr_pack_gates_f64(double *Wp, const double *W, int gates, int64_t H, int64_t K, int64_t h0,
+                       int64_t nh);
 /* A recurrent weight's gradient over steps [t_lo, t_hi) (gemm_body.h). */
 void fr_prev_gemm_f32(int uk, float *C, int64_t ldc, const float *A, int64_t lda, const float *Y0,
                       const float *Y, int64_t ldy, int64_t M, int64_t c0, int64_t nc, int64_t B,
@@ -225,19 +250,6 @@ static inline void fr_share(int64_t *lo, int64_t *hi, int64_t n_units, int64_t b
     const int64_t b0 = blocks * id / n, b1 = blocks * (id + 1) / n;
     *lo = b0 * block < n_units ? b0 * block : n_units;
     *hi = b1 * block < n_units ? b1 * block : n_units;
-}
-
-/* The end of a step (or piece) of a team's loop: member 0 polls, all meet,
- * and all see whether to stop (1). */
-static inline int fr_step_end(fr_poll *p, int id, fr_team *team) {
-    fr_poll_step(p, id);
-    fr_team_barrier(team);
-    return fr_poll_stopped(p);
-}
-static inline int fr_piece_end(fr_poll *p, int id, fr_team *team) {
-    fr_poll_check(p, id);
-    fr_team_barrier(team);
-    return fr_poll_stopped(p);
 }
 
 #endif

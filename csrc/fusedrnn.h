@@ -1,6 +1,7 @@
 /* fusedrnn: fused CPU kernels for the canonical RNN and the Vanilla LSTM of
- * A. Sherstinsky, "Fundamentals of RNN and LSTM Network", Physica D 404 (2020).
- * Equations and names: docs/equations.md (sections cited as §1, §2).
+ * A. Sherstinsky, "Fundamentals of RNN and LSTM Network", Physica D 404 (2020),
+ * and for the GRU (Cho et al. 2014).
+ * Equations and names: docs/equations.md (sections cited as §1, §2, §8).
  *
  * Conventions
  *   - All buffers are row-major and contiguous; sequences are time-major (T, B, .).
@@ -11,7 +12,7 @@
  *     they were.
  *   - Workspace sizes come from *_workspace_size; the caller allocates once.
  *   - Every function returns FR_OK or a negative fr_status; nothing aborts.
- *   - float32 and float64 share one body (lstm_body.h / rnn_body.h). */
+ *   - float32 and float64 share one body (lstm_body.h / rnn_body.h / gru_body.h). */
 #ifndef FUSEDRNN_H
 #define FUSEDRNN_H
 
@@ -90,14 +91,7 @@ typedef struct {
     double cell_clip;         /* > 0: s[n] clipped to [-c, c] (§3c); 0: off */
     double accumulation_clip; /* > 0: every a_* clipped to [-c, c] (§3c); 0: off */
     const int64_t *lengths;   /* (B) valid steps of each row in [0, T], or NULL: all T */
-    int reduced;              /* FR_REDUCED_*: inference with the weight products in bf16 or
-                                 int8 (float32 only), the weights in w->reduced */
 } fr_lstm_config;
-
-/* Reduced precision for inference (docs/equations.md §7): the products of the
- * weights W_x, W_v, W_qv (RNN: W_x, W_r) with the signals that feed them in
- * bfloat16 or int8, everything else float32. */
-enum { FR_REDUCED_NONE = 0, FR_REDUCED_BF16 = 1, FR_REDUCED_INT8 = 2 };
 
 /* The structs of a call list their fields once, for both precisions
  * (FR_*_FIELDS(real)); each is then typedef'd as *_f32 and *_f64 below. */
@@ -110,8 +104,7 @@ enum { FR_REDUCED_NONE = 0, FR_REDUCED_BF16 = 1, FR_REDUCED_INT8 = 2 };
     const real *b;      /* (4H) [b_cu; b_cs; b_du; b_cr] */                        \
     const real *W_s;    /* diagonal (3, H) [w_scu; w_scs; w_scr]; full (3, H, H); or NULL */ \
     const real *W_qv;   /* (P, H) projection, or NULL */                           \
-    const real *packed; /* (fr_lstm_packed_size) from fr_lstm_pack_*, or NULL */      \
-    const void *reduced; /* cfg->reduced: (fr_lstm_qpacked_size bytes) from fr_lstm_qpack */
+    const real *packed; /* (fr_lstm_packed_size) from fr_lstm_pack_*, or NULL */
 typedef struct { FR_LSTM_WEIGHTS_FIELDS(float) } fr_lstm_weights_f32;
 typedef struct { FR_LSTM_WEIGHTS_FIELDS(double) } fr_lstm_weights_f64;
 
@@ -174,17 +167,6 @@ int fr_lstm_packed_size(size_t *n_elems, const fr_lstm_config *cfg);
  * T = 1 calls then packs nothing per step. Not with full peepholes (FR_EINVAL). */
 int fr_lstm_pack_f32(float *packed, const fr_lstm_weights_f32 *w, const fr_lstm_config *cfg);
 int fr_lstm_pack_f64(double *packed, const fr_lstm_weights_f64 *w, const fr_lstm_config *cfg);
-
-/* Bytes of a cell's reduced-precision forward weights (cfg->reduced set). */
-int fr_lstm_qpacked_size(size_t *bytes, const fr_lstm_config *cfg);
-/* Pack them (for weights.reduced; the buffer 4-byte aligned, 64 is best): W_x (4H, I),
- * W_v (4H, R), W_qv (P, H) or NULL, stored as bf16 bits (uint16) or int8 with one
- * float32 scale per row (W_x_scale (4H), W_v_scale (4H), W_qv_scale (P); NULL for
- * bf16). FR_EINVAL for an int8 weight of -128. Peepholes (full ones too) stay
- * float32 and come from weights.W_s. */
-int fr_lstm_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_v,
-                  const float *W_v_scale, const void *W_qv, const float *W_qv_scale,
-                  const fr_lstm_config *cfg);
 
 int fr_lstm_forward_f32(const fr_lstm_forward_seq_f32 *seq, const fr_lstm_weights_f32 *w,
                         const fr_lstm_config *cfg, const fr_call *call);
@@ -265,6 +247,74 @@ int fr_rnn_backward_f32(const fr_rnn_grads_f32 *g, const fr_rnn_backward_seq_f32
                         const fr_call *call);
 int fr_rnn_backward_f64(const fr_rnn_grads_f64 *g, const fr_rnn_backward_seq_f64 *seq,
                         const fr_rnn_weights_f64 *w, const fr_rnn_config *cfg,
+                        const fr_call *call);
+
+/* ---- GRU (§8) ----------------------------------------------------------------
+ * One layer, one direction. Fused gate order (r, z, n) = PyTorch's. The state h
+ * is the output and the recurrent feedback; padding holds it, as for the LSTM.
+ * linear_before_reset = 1: n = tanh(W_xn x + b_n + r (W_hn h + b_hn)) (8.3)
+ * (torch, Keras reset_after); 0: n = tanh(W_xn x + W_hn (r h) + b_n) (8.4)
+ * (ONNX's default), which needs a second recurrent GEMM per step. */
+typedef struct {
+    int64_t T, B, I, H;
+    int linear_before_reset; /* 1: (8.3), 0: (8.4) */
+    int reverse;             /* visit the steps T-1 .. 0 */
+    const int64_t *lengths;  /* (B) valid steps per row in [0, T], or NULL */
+} fr_gru_config;
+
+#define FR_GRU_WEIGHTS_FIELDS(real)                                                \
+    const real *W_x;  /* (3H, I) [W_xr; W_xz; W_xn] */                             \
+    const real *W_h;  /* (3H, H) [W_hr; W_hz; W_hn] */                             \
+    const real *b;    /* (3H) [b_r; b_z; b_n] */                                   \
+    const real *b_hn; /* (H) with linear_before_reset, else NULL */
+typedef struct { FR_GRU_WEIGHTS_FIELDS(float) } fr_gru_weights_f32;
+typedef struct { FR_GRU_WEIGHTS_FIELDS(double) } fr_gru_weights_f64;
+
+#define FR_GRU_GRADS_FIELDS(real)                                                  \
+    real *dW_x;  /* (3H, I) += */                                                  \
+    real *dW_h;  /* (3H, H) += */                                                  \
+    real *db;    /* (3H) += */                                                     \
+    real *db_hn; /* (H) += with linear_before_reset, else NULL */
+typedef struct { FR_GRU_GRADS_FIELDS(float) } fr_gru_grads_f32;
+typedef struct { FR_GRU_GRADS_FIELDS(double) } fr_gru_grads_f64;
+
+#define FR_GRU_FORWARD_SEQ_FIELDS(real)                                            \
+    real *h_seq;    /* (T, B, H) out: h[n] = outputs = recurrent carry */          \
+    real *h_T;      /* (B, H) out: final state */                                  \
+    real *acts;     /* out, training: the store (fr_gru_acts_size); NULL: inference */ \
+    real *work;     /* workspace (fr_gru_workspace_size) */                        \
+    const real *x;  /* (T, B, I) */                                                \
+    const real *h0; /* (B, H) h[-1] */
+typedef struct { FR_GRU_FORWARD_SEQ_FIELDS(float) } fr_gru_forward_seq_f32;
+typedef struct { FR_GRU_FORWARD_SEQ_FIELDS(double) } fr_gru_forward_seq_f64;
+
+#define FR_GRU_BACKWARD_SEQ_FIELDS(real)                                           \
+    real *dx;           /* (T, B, I) += or NULL */                                 \
+    real *dh0;          /* (B, H) += dE/dh[-1], or NULL */                         \
+    real *work;         /* workspace (fr_gru_backward_workspace_size) */           \
+    const real *dh_seq; /* (T, B, H) dE/dh[n] from above, or NULL */               \
+    const real *dh_T;   /* (B, H) dE/d(final h), or NULL */                        \
+    const real *acts;   /* the forward's activation store */                       \
+    const real *x;      /* (T, B, I) the forward's input */                        \
+    const real *h_seq;  /* (T, B, H) the forward's outputs */                      \
+    const real *h0;     /* (B, H) */
+typedef struct { FR_GRU_BACKWARD_SEQ_FIELDS(float) } fr_gru_backward_seq_f32;
+typedef struct { FR_GRU_BACKWARD_SEQ_FIELDS(double) } fr_gru_backward_seq_f64;
+
+/* Activation store: (T, B, 4H) per row [g_r | g_z | u | c] (c[n] of (8.3) or (8.4)). */
+int fr_gru_acts_size(size_t *n_elems, const fr_gru_config *cfg);
+int fr_gru_workspace_size(size_t *n_elems, const fr_gru_config *cfg, int training);
+int fr_gru_backward_workspace_size(size_t *n_elems, const fr_gru_config *cfg);
+
+int fr_gru_forward_f32(const fr_gru_forward_seq_f32 *seq, const fr_gru_weights_f32 *w,
+                       const fr_gru_config *cfg, const fr_call *call);
+int fr_gru_forward_f64(const fr_gru_forward_seq_f64 *seq, const fr_gru_weights_f64 *w,
+                       const fr_gru_config *cfg, const fr_call *call);
+int fr_gru_backward_f32(const fr_gru_grads_f32 *g, const fr_gru_backward_seq_f32 *seq,
+                        const fr_gru_weights_f32 *w, const fr_gru_config *cfg,
+                        const fr_call *call);
+int fr_gru_backward_f64(const fr_gru_grads_f64 *g, const fr_gru_backward_seq_f64 *seq,
+                        const fr_gru_weights_f64 *w, const fr_gru_config *cfg,
                         const fr_call *call);
 
 #ifdef __cplusplus

@@ -81,6 +81,32 @@ int FN(fr_wgemm)(real *C, int64_t ldc, const real *A, int64_t lda, const FN(fr_w
     return FN(fr_gemm)(C + c0, A, w, 0, W->trans, M, nc, K, 1, beta1 ? 1 : 0, lda, W->ld, ldc);
 }
 
+/* Gate blocks q0 .. q0 + nq - 1 (H columns each) of a gated cell's accumulations,
+ * units [h0, h0 + nh):  C[:, q H + j] (+)= A (M, K) . op(W)[:, q H + j]. On the
+ * micro-kernel from per-gate panels (fr_pack_gates), else in one provider call
+ * over the blocks' nq H columns (its single member owns every unit). */
+int FN(fr_gates_gemm)(real *C, int64_t ldc, const real *A, int64_t lda, const FN(fr_wmat) *W,
+                      int64_t M, int64_t K, int64_t H, int q0, int nq, int64_t h0, int64_t nh,
+                      int beta1) {
+    if (nh <= 0) return FR_OK;
+    if (W->packed == NULL) return FN(fr_wgemm)(C, ldc, A, lda, W, M, q0 * H, nq * H, K, beta1);
+    const int64_t PW = FR_PW(real), H_pad = (H + PW - 1) / PW * PW;
+    for (int q = q0; q < q0 + nq; q++)
+        FN(fr_ugemm)(C + q * H + h0, ldc, A, lda, 0, W->packed + (q * H_pad + h0) * K, 0, M, nh,
+                     K, beta1);
+    return FR_OK;
+}
+
+/* Units [h0, h0 + nh) of every gate block of W (gates H, K), row-major, packed
+ * as op(W) = W^T: gate q's panels start at (q H_pad + h0) K of Wp (the layout
+ * does not depend on the split over members). */
+void FN(fr_pack_gates)(real *Wp, const real *W, int gates, int64_t H, int64_t K, int64_t h0,
+                       int64_t nh) {
+    const int64_t PW = FR_PW(real), H_pad = (H + PW - 1) / PW * PW;
+    for (int q = 0; nh > 0 && q < gates; q++)
+        FN(fr_pack)(Wp + (q * H_pad + h0) * K, W + (q * H + h0) * K, 1, nh, K, K);
+}
+
 /* The gradient GEMMs: columns [c0, c0 + nc) of C (M, N) += op(A) (M, K) . Y (K, N). */
 int FN(fr_agemm)(int uk, real *C, int64_t ldc, const real *A, int64_t lda, int ta,
                  const real *Y, int64_t ldy, int64_t M, int64_t c0, int64_t nc, int64_t K) {

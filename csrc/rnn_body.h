@@ -86,8 +86,9 @@ static void FN(rnn_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
                     memcpy(r_n + o, r_prev + o, (size_t)nh * sizeof(real));
                 }
             }
-            /* r[n], s[n] complete: the next step reads all of them */
-            if (fr_step_end(&c->poll, id, team)) return;
+            fr_poll_step(&c->poll, id);
+            fr_team_barrier(team); /* r[n], s[n] complete: the next step reads all of them */
+            if (fr_poll_stopped(&c->poll)) return;
         }
     }
 }
@@ -108,12 +109,16 @@ int FN(fr_rnn_forward)(const FN(fr_rnn_forward_seq) *seq, const FN(fr_rnn_weight
     if (n_work > 0 && !seq->work) return FR_ENULL;
     const fr_plan plan = rnn_plan(cfg, call, sizeof(real));
 
-    FN(rnn_fwd) c = {.cfg = cfg, .seq = seq, .w = w};
+    FN(rnn_fwd) c;
+    memset(&c, 0, sizeof c);
+    c.cfg = cfg;
+    c.seq = seq;
+    c.w = w;
     fr_regions_point((void **)c.p, nf, RF_COUNT, seq->work, sizeof(real), 1);
     c.pack = plan.ukernel;
-    c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? c.p[RF_WX_P] : NULL, NULL};
-    c.r = (WMAT){w->W_r, H, 1, plan.ukernel ? c.p[RF_WR_P] : NULL, NULL};
-    c.s = (WMAT){w->W_s, H, 1, plan.ukernel ? c.p[RF_WS_P] : NULL, NULL};
+    c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? c.p[RF_WX_P] : NULL};
+    c.r = (WMAT){w->W_r, H, 1, plan.ukernel ? c.p[RF_WR_P] : NULL};
+    c.s = (WMAT){w->W_s, H, 1, plan.ukernel ? c.p[RF_WS_P] : NULL};
     fr_poll_init(&c.poll, call);
     /* The input GEMM runs in the same chunks in training and inference, so the
      * BLAS sees the same calls and the two agree bit for bit (OpenBLAS's result
@@ -177,7 +182,11 @@ static int FN(rnn_grads)(FN(rnn_bwd) *c, int id, int nth, fr_team *team, int uk)
         if (seq->dx && ni > 0) /* dE/dx[n] = W_x^T psi[n] */
             FN(fr_agemm)(uk, seq->dx + (size_t)t0 * B * I, I, psi_p, H, 0, c->w->W_x, I, rows, i0,
                          ni, H);
-        if (t1 < T && fr_piece_end(&c->poll, id, team)) return 0;
+        if (t1 < T) {
+            fr_poll_check(&c->poll, id);
+            fr_team_barrier(team);
+            if (fr_poll_stopped(&c->poll)) return 0;
+        }
     }
     return 1;
 }
@@ -213,7 +222,9 @@ static void FN(rnn_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
                 memcpy(hold_psi + o, f_psi + o, (size_t)nh * sizeof(real));
             }
         }
-        if (fr_step_end(&c->poll, id, team)) return; /* psi[n] complete */
+        fr_poll_step(&c->poll, id);
+        fr_team_barrier(team); /* psi[n] complete */
+        if (fr_poll_stopped(&c->poll)) return;
         if (nh == 0) continue;
         FN(fr_wgemm)(f_chi, H, psi, H, &c->r, B, h0, nh, H, 0);
         if (cfg->state_feedback)
@@ -248,7 +259,12 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
     FR_CHECK(rnn_backward_regions(nb, cfg));
     const fr_plan plan = rnn_plan(cfg, call, sizeof(real));
 
-    FN(rnn_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w};
+    FN(rnn_bwd) c;
+    memset(&c, 0, sizeof c);
+    c.cfg = cfg;
+    c.g = g;
+    c.seq = seq;
+    c.w = w;
     fr_regions_point((void **)c.p, nb, RB_COUNT, seq->work, sizeof(real), 1);
     real *const *p = c.p;
     /* The final-state gradients enter as chi[T-1] += dE/dr[T-1], psi[T-1] += dE/ds[T-1]. */
@@ -261,17 +277,16 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
     memset(p[RB_HOLD_PSI], 0, BH * sizeof(real));
     c.pack = plan.ukernel;
     c.grads_in_team = plan.ukernel && plan.grads_in_team;
-    c.r = (WMAT){w->W_r, H, 0, plan.ukernel ? p[RB_WR_P] : NULL, NULL};
-    c.s = (WMAT){w->W_s, H, 0, plan.ukernel ? p[RB_WS_P] : NULL, NULL};
+    c.r = (WMAT){w->W_r, H, 0, plan.ukernel ? p[RB_WR_P] : NULL};
+    c.s = (WMAT){w->W_s, H, 0, plan.ukernel ? p[RB_WS_P] : NULL};
     fr_poll_init(&c.poll, call);
     c.piece = fr_piece_steps(&c.poll, T, 2.0 * (double)B * (double)H * (double)(2 * I + 2 * H), 1);
     /* the weight gradients as they were, when the gradient GEMMs can be interrupted */
-    real *const dst[4] = {g->dW_x, g->dW_r, g->dtheta_s, g->dW_s};
+    void *const dst[4] = {g->dW_x, g->dW_r, g->dtheta_s, g->dW_s};
     const size_t len[4] = {(size_t)(H * I), (size_t)(H * H), (size_t)H,
                            cfg->state_feedback ? (size_t)(H * H) : 0};
     const int save = c.piece < T;
-    for (int i = 0, off = 0; save && i < 4; off += (int)len[i], i++)
-        if (len[i]) memcpy(p[RB_SAVE] + off, dst[i], len[i] * sizeof(real));
+    if (save) fr_copy_arrays(p[RB_SAVE], dst, len, 4, sizeof(real), 0);
 
     fr_team_run(plan.threads, FN(rnn_backward_loop), &c);
     if (!fr_poll_stopped(&c.poll)) {
@@ -281,8 +296,7 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
         if (!c.grads_in_team) FN(rnn_grads)(&c, 0, 1, NULL, 0); /* on the provider */
     }
     if (fr_poll_stopped(&c.poll)) {
-        for (size_t i = 0, off = 0; save && i < 4; off += len[i], i++)
-            if (len[i]) memcpy(dst[i], p[RB_SAVE] + off, len[i] * sizeof(real));
+        if (save) fr_copy_arrays(p[RB_SAVE], dst, len, 4, sizeof(real), 1);
         return FR_EINTR;
     }
     return FR_OK;

@@ -41,9 +41,17 @@ def assert_close(a, b, tol: float, what: str = "") -> None:
 
 
 def make_layer(kind: str, T: int, B: int, I: int, H: int, dtype, option: bool, seed: int = 0):
+    """option: peepholes (LSTM), state_feedback (RNN), linear_before_reset (GRU)."""
     if kind == "lstm":
         return fr.LSTM(I, H, peepholes=option, dtype=dtype, seed=seed)
+    if kind == "gru":
+        return fr.GRU(I, H, linear_before_reset=option, dtype=dtype, seed=seed)
     return fr.RNN(I, H, state_feedback=option, dtype=dtype, seed=seed)
+
+
+def state_of(layer, s, o):
+    """The layer's State from the two channels (the GRU's h is the output o; it has no s)."""
+    return layer.State(o) if isinstance(layer, fr.GRU) else layer.State(s, o)
 
 
 def random_problem(layer, T: int, B: int, seed: int = 1) -> Dict[str, np.ndarray]:
@@ -63,18 +71,29 @@ def random_problem(layer, T: int, B: int, seed: int = 1) -> Dict[str, np.ndarray
 def run_kernel(layer, prob) -> Tuple[dict, dict]:
     """Forward + backward through the layer; returns (outputs, gradients)."""
     layer.zero_grad()
-    y, st = layer.forward(prob["x"], state=layer.State(prob["s0"], prob["o0"]))
-    dx, dst = layer.backward(prob["dy"], layer.State(prob["ds_T"], prob["do_T"]))
+    y, st = layer.forward(prob["x"], state=state_of(layer, prob["s0"], prob["o0"]))
+    dx, dst = layer.backward(prob["dy"], state_of(layer, prob["ds_T"], prob["do_T"]))
+    if isinstance(layer, fr.GRU):
+        return {"y": y, "o_T": st.h[0]}, dict(dx=dx, do0=dst.h[0], **_copies(layer.grads))
     out = {"y": y, "s_T": st[0][0], "o_T": st[1][0]}
     grads = {"dx": dx, "ds0": dst[0][0], "do0": dst[1][0]}
-    grads.update({k: v.copy() for k, v in layer.grads.items()})
+    grads.update(_copies(layer.grads))
     return out, grads
+
+
+def _copies(d: dict) -> dict:
+    return {k: v.copy() for k, v in d.items()}
 
 
 def run_reference(layer, prob) -> Tuple[dict, dict]:
     """The same through fusedrnn.reference in float64."""
     p = {k: v.astype(np.float64) for k, v in layer.params.items()}
     f = lambda a: a.astype(np.float64)
+    if isinstance(layer, fr.GRU):
+        y, o_T, cache = reference.gru_forward(f(prob["x"]), p, f(prob["o0"][0]),
+                                              linear_before_reset=layer.linear_before_reset)
+        dx, do0, g = reference.gru_backward(f(prob["dy"]), f(prob["do_T"][0]), cache)
+        return {"y": y, "o_T": o_T}, dict(dx=dx, do0=do0, **g)
     if isinstance(layer, fr.LSTM):
         fwd, bwd = reference.lstm_forward, reference.lstm_backward
     else:

@@ -3,7 +3,8 @@ over a grid of shapes (T=1, B=1, odd and non-power-of-two sizes, I != H)."""
 import numpy as np
 import pytest
 
-from conftest import TOL, compare_all, make_layer, random_problem, run_kernel, run_reference
+from conftest import (TOL, compare_all, make_layer, random_problem, run_kernel, run_reference,
+                      state_of)
 
 SHAPES = [  # (T, B, I, H)
     (1, 1, 1, 1),
@@ -19,8 +20,10 @@ SHAPES = [  # (T, B, I, H)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("kind,option", [("lstm", True), ("lstm", False), ("rnn", False), ("rnn", True)],
-                         ids=["lstm-peep", "lstm-nopeep", "rnn", "rnn-feedback"])
+@pytest.mark.parametrize("kind,option", [("lstm", True), ("lstm", False), ("rnn", False), ("rnn", True),
+                                         ("gru", True), ("gru", False)],
+                         ids=["lstm-peep", "lstm-nopeep", "rnn", "rnn-feedback", "gru",
+                              "gru-original"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"T{t}B{b}I{i}H{h}" for t, b, i, h in SHAPES])
 def test_kernel_matches_oracle(shape, kind, option, dtype):
     T, B, I, H = shape
@@ -33,27 +36,27 @@ def test_kernel_matches_oracle(shape, kind, option, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("kind,option", [("lstm", True), ("rnn", True)])
+@pytest.mark.parametrize("kind,option", [("lstm", True), ("rnn", True), ("gru", True), ("gru", False)])
 def test_inference_equals_training_forward(kind, option, dtype):
     # T * B large enough that inference hoists the input GEMM over several chunks.
     T, B, I, H = 37, 64, 9, 11
     layer = make_layer(kind, T, B, I, H, dtype, option)
     prob = random_problem(layer, T, B)
-    state = layer.State(prob["s0"], prob["o0"])
+    state = state_of(layer, prob["s0"], prob["o0"])
     y_train, st_train = layer.forward(prob["x"], state=state, training=True)
     y_inf, st_inf = layer.forward(prob["x"], state=state, training=False)
     np.testing.assert_array_equal(y_inf, y_train)
-    np.testing.assert_array_equal(st_inf[0], st_train[0])
-    np.testing.assert_array_equal(st_inf[1], st_train[1])
+    for a, b in zip(st_inf, st_train, strict=True):
+        np.testing.assert_array_equal(a, b)  # (an LSTM's x_past: None == None)
 
 
-@pytest.mark.parametrize("kind,option", [("lstm", True), ("rnn", True)])
+@pytest.mark.parametrize("kind,option", [("lstm", True), ("rnn", True), ("gru", True), ("gru", False)])
 def test_backward_accumulates(kind, option):
     T, B, I, H = 4, 3, 5, 6
     layer = make_layer(kind, T, B, I, H, np.float64, option)
     prob = random_problem(layer, T, B)
     _, g1 = run_kernel(layer, prob)
-    layer.backward(prob["dy"], layer.State(prob["ds_T"], prob["do_T"]))
+    layer.backward(prob["dy"], state_of(layer, prob["ds_T"], prob["do_T"]))
     for k, g in layer.grads.items():
         np.testing.assert_allclose(g, 2 * g1[k], rtol=1e-13, atol=1e-15)
     layer.zero_grad()

@@ -138,6 +138,9 @@ CONFIGS = {
     fr.RNN: dict(input_size=8, hidden_size=6, num_layers=2, bidirectional=True, dropout=0.5,
                  dtype=np.float64, batch_first=True, reverse=True, context=(1, 0),
                  state_feedback=True),
+    fr.GRU: dict(input_size=8, hidden_size=6, num_layers=2, bidirectional=True, dropout=0.5,
+                 dtype=np.float64, batch_first=True, reverse=True, linear_before_reset=False,
+                 State=fr.LSTMState),
     fr.Linear: dict(in_features=8, out_features=6, bias=False, dtype=np.float64),
 }
 CASES = [(cls, name, value) for cls, attrs in CONFIGS.items() for name, value in attrs.items()]
@@ -205,9 +208,10 @@ def test_layers_are_callable():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((T, B, I))
     lens = np.array([T, 3, 1])
-    for layer in (fr.LSTM(I, H, dtype=np.float64, seed=0), fr.RNN(I, H, dtype=np.float64, seed=0)):
+    for layer in (fr.LSTM(I, H, dtype=np.float64, seed=0), fr.RNN(I, H, dtype=np.float64, seed=0),
+                  fr.GRU(I, H, dtype=np.float64, seed=0)):
         st = layer.initial_state(B)
-        st = layer.State(st[0] + 0.1, st[1] - 0.2)
+        st = layer.State(*(a + 0.1 * (i + 1) for i, a in enumerate(st[:2])))
         y, s = layer(x, st, training=False, lengths=lens)
         y2, s2 = layer.forward(x, st, training=False, lengths=lens)
         np.testing.assert_array_equal(y, y2)

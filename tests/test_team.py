@@ -8,12 +8,14 @@ import pytest
 import fusedrnn as fr
 from fusedrnn import _kernel, _tuning
 
-OPTS = [
-    dict(peepholes=False),
-    dict(peepholes="diagonal", proj_size=40),
-    dict(peepholes="diagonal", coupled_gates=True, cell_clip=0.5, accumulation_clip=1.5,
-         bidirectional=True),
-    dict(peepholes=False, proj_size=7, num_layers=2, bidirectional=True),
+OPTS = [  # (layer class, options)
+    (fr.LSTM, dict(peepholes=False)),
+    (fr.LSTM, dict(peepholes="diagonal", proj_size=40)),
+    (fr.LSTM, dict(peepholes="diagonal", coupled_gates=True, cell_clip=0.5, accumulation_clip=1.5,
+                   bidirectional=True)),
+    (fr.LSTM, dict(peepholes=False, proj_size=7, num_layers=2, bidirectional=True)),
+    (fr.GRU, dict(linear_before_reset=True, num_layers=2)),
+    (fr.GRU, dict(linear_before_reset=False, bidirectional=True)),
 ]
 
 
@@ -55,12 +57,12 @@ def grad_place(request):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("opts", OPTS, ids=range(len(OPTS)))
+@pytest.mark.parametrize("cls,opts", OPTS, ids=[f"{c.__name__}{i}" for i, (c, _) in enumerate(OPTS)])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("T,B,ragged", [(6, 5, True), (70, 13, False)])
-def test_team_equals_provider(split_everything, grad_place, opts, threads, dtype, T, B, ragged):
+def test_team_equals_provider(split_everything, grad_place, cls, opts, threads, dtype, T, B, ragged):
     I, H = 45, 70  # partial panels everywhere; 3 f32 / 5 f64 panels of units
-    layer = fr.LSTM(I, H, dtype=dtype, seed=threads, **opts)
+    layer = cls(I, H, dtype=dtype, seed=threads, **opts)
     rng = np.random.default_rng(B)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     dy = rng.standard_normal((T, B, layer.num_directions * layer.output_size)).astype(dtype)
@@ -72,14 +74,17 @@ def test_team_equals_provider(split_everything, grad_place, opts, threads, dtype
         np.testing.assert_allclose(got[k], ref[k], **tol, err_msg=k)
 
 
-def test_team_threads_are_deterministic(split_everything, grad_place):
+@pytest.mark.parametrize("make", [lambda: fr.LSTM(33, 96, peepholes="diagonal", dtype=np.float32, seed=0),
+                                  lambda: fr.GRU(33, 96, linear_before_reset=False,
+                                                 dtype=np.float32, seed=0)], ids=["lstm", "gru"])
+def test_team_threads_are_deterministic(split_everything, grad_place, make):
     """Each output element is computed by one thread in a fixed order: two
     threads give the same bits as one. (The BLAS, which takes the gradient GEMMs
     in the "grads on BLAS" case, blocks differently with more threads: it keeps
     one thread here, so that only the team's threads change.)"""
     from threadpoolctl import threadpool_limits
 
-    layer = fr.LSTM(33, 96, peepholes="diagonal", dtype=np.float32, seed=0)
+    layer = make()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((20, 9, 33)).astype(np.float32)
     dy = rng.standard_normal((20, 9, 96)).astype(np.float32)

@@ -1,6 +1,7 @@
 """fusedrnn: the canonical RNN and the (Vanilla) LSTM of A. Sherstinsky,
 "Fundamentals of Recurrent Neural Network (RNN) and Long Short-Term Memory
-(LSTM) Network" (Physica D, 2020), as fused CPU kernels with a NumPy API.
+(LSTM) Network" (Physica D, 2020), and the GRU, as fused CPU kernels with a
+NumPy API.
 
     import numpy as np, fusedrnn as fr
     lstm = fr.LSTM(input_size=32, hidden_size=64, dtype=np.float32, seed=0)
@@ -14,12 +15,13 @@ from ._kernel import get_gemm, set_gemm
 from ._threads import get_num_threads, set_num_threads
 from .lstm import LSTM, LSTMState
 from .rnn import RNN, RNNState
+from .gru import GRU, GRUState
 from . import reference
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "LSTMState", "RNN", "RNNState", "reference", "get_gemm", "set_gemm",
-           "get_num_threads", "set_num_threads", "__version__"]
+__all__ = ["LSTM", "LSTMState", "RNN", "RNNState", "GRU", "GRUState", "reference", "get_gemm",
+           "set_gemm", "get_num_threads", "set_num_threads", "__version__"]
 
 # Training: read-out layer, losses, optimisers, Sequential, truncated BPTT, checkpoints.
 from .linear import Linear
@@ -28,11 +30,9 @@ from .sequential import Sequential
 from .optim import clip_grad_norm
 from . import optim, train
 from .checkpoint import load, load_checkpoint, save
-from . import quantized
-from .quantized import QuantizedLSTM
 
 __all__ += ["Linear", "Sequential", "mse_loss", "cross_entropy", "clip_grad_norm", "optim",
-            "train", "save", "load", "load_checkpoint", "quantized", "QuantizedLSTM"]
+            "train", "save", "load", "load_checkpoint"]
 
 # Ecosystem: ONNX export/import, the version from the package metadata, and
 # fusedrnn.torch (torch.nn.Modules) imported on first use of `fr.torch` only,

@@ -66,6 +66,17 @@ def rnn_backward(c: RNNConfig, *, dW_x: _Buf, dW_r: _Buf, dtheta_s: _Buf, dW_s: 
                  ds_T: _OptBuf, dr_T: _OptBuf, acts: _OptBuf, x: _Buf, r_seq: _Buf, s0: _Buf,
                  r0: _Buf, W_x: _Buf, W_r: _Buf, W_s: _OptBuf) -> None: ...
 
+class GRUConfig:
+    def __init__(self, T: int, B: int, I: int, H: int, linear_before_reset: bool = ...,
+                 reverse: bool = ..., lengths: _Lengths = ..., threads: int = ...) -> None: ...
+    def sizes(self) -> Tuple[int, int, int, int]: ...
+
+def gru_forward(c: GRUConfig, *, h_seq: _Buf, h_T: _Buf, acts: _OptBuf, work: _OptBuf,
+                x: _Buf, h0: _Buf, W_x: _Buf, W_h: _Buf, b: _Buf, b_hn: _OptBuf) -> None: ...
+def gru_backward(c: GRUConfig, *, dW_x: _Buf, dW_h: _Buf, db: _Buf, db_hn: _OptBuf,
+                 dx: _OptBuf, dh0: _OptBuf, work: _Buf, dh_seq: _OptBuf, dh_T: _OptBuf,
+                 acts: _Buf, x: _Buf, h_seq: _Buf, h0: _Buf, W_x: _Buf, W_h: _Buf) -> None: ...
+
 class StreamCore:
     """The per-frame part of a stream (fusedrnn.stream.Stream builds it)."""
     batch: int

@@ -9,7 +9,7 @@ A long call stays interruptible: the kernel asks `_interrupt` about every 50 ms
 (which runs Python's signal handlers), stops when a handler raised (Ctrl-C:
 KeyboardInterrupt), and the binding raises that exception; the weight
 gradients are then as they were before the call."""
-from libc.stdint cimport int64_t, uintptr_t
+from libc.stdint cimport int64_t
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_GetName
 from cpython.exc cimport PyErr_Occurred
 
@@ -46,7 +46,6 @@ cdef extern from "fusedrnn.h" nogil:
         int peepholes, coupled_gates, reverse
         double cell_clip, accumulation_clip
         const int64_t *lengths
-        int reduced
     ctypedef struct fr_rnn_config:
         int64_t T, B, I, H
         int state_feedback, reverse
@@ -58,7 +57,6 @@ cdef extern from "fusedrnn.h" nogil:
         const float *W_s
         const float *W_qv
         const float *packed
-        const void *reduced
     ctypedef struct fr_lstm_weights_f64:
         const double *W_x
         const double *W_v
@@ -66,7 +64,6 @@ cdef extern from "fusedrnn.h" nogil:
         const double *W_s
         const double *W_qv
         const double *packed
-        const void *reduced
     ctypedef struct fr_lstm_grads_f32:
         float *dW_x
         float *dW_v
@@ -192,10 +189,6 @@ cdef extern from "fusedrnn.h" nogil:
     int fr_lstm_workspace_size(size_t *n, const fr_lstm_config *cfg, int training)
     int fr_lstm_backward_workspace_size(size_t *n, const fr_lstm_config *cfg)
     int fr_lstm_packed_size(size_t *n, const fr_lstm_config *cfg)
-    int fr_lstm_qpacked_size(size_t *nbytes, const fr_lstm_config *cfg)
-    int fr_lstm_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_v,
-                      const float *W_v_scale, const void *W_qv, const float *W_qv_scale,
-                      const fr_lstm_config *cfg)
     int fr_lstm_pack_f32(float *packed, const fr_lstm_weights_f32 *w, const fr_lstm_config *cfg)
     int fr_lstm_pack_f64(double *packed, const fr_lstm_weights_f64 *w, const fr_lstm_config *cfg)
     int fr_lstm_forward_f32(const fr_lstm_forward_seq_f32 *seq, const fr_lstm_weights_f32 *w,
@@ -220,6 +213,77 @@ cdef extern from "fusedrnn.h" nogil:
                             const fr_call *call)
     int fr_rnn_backward_f64(const fr_rnn_grads_f64 *g, const fr_rnn_backward_seq_f64 *seq,
                             const fr_rnn_weights_f64 *w, const fr_rnn_config *cfg,
+                            const fr_call *call)
+    ctypedef struct fr_gru_config:
+        int64_t T, B, I, H
+        int linear_before_reset, reverse
+        const int64_t *lengths
+    ctypedef struct fr_gru_weights_f32:
+        const float *W_x
+        const float *W_h
+        const float *b
+        const float *b_hn
+    ctypedef struct fr_gru_grads_f32:
+        float *dW_x
+        float *dW_h
+        float *db
+        float *db_hn
+    ctypedef struct fr_gru_forward_seq_f32:
+        float *h_seq
+        float *h_T
+        float *acts
+        float *work
+        const float *x
+        const float *h0
+    ctypedef struct fr_gru_backward_seq_f32:
+        float *dx
+        float *dh0
+        float *work
+        const float *dh_seq
+        const float *dh_T
+        const float *acts
+        const float *x
+        const float *h_seq
+        const float *h0
+    ctypedef struct fr_gru_weights_f64:
+        const double *W_x
+        const double *W_h
+        const double *b
+        const double *b_hn
+    ctypedef struct fr_gru_grads_f64:
+        double *dW_x
+        double *dW_h
+        double *db
+        double *db_hn
+    ctypedef struct fr_gru_forward_seq_f64:
+        double *h_seq
+        double *h_T
+        double *acts
+        double *work
+        const double *x
+        const double *h0
+    ctypedef struct fr_gru_backward_seq_f64:
+        double *dx
+        double *dh0
+        double *work
+        const double *dh_seq
+        const double *dh_T
+        const double *acts
+        const double *x
+        const double *h_seq
+        const double *h0
+    int fr_gru_acts_size(size_t *n, const fr_gru_config *cfg)
+    int fr_gru_workspace_size(size_t *n, const fr_gru_config *cfg, int training)
+    int fr_gru_backward_workspace_size(size_t *n, const fr_gru_config *cfg)
+    int fr_gru_forward_f32(const fr_gru_forward_seq_f32 *seq, const fr_gru_weights_f32 *w,
+                           const fr_gru_config *cfg, const fr_call *call)
+    int fr_gru_backward_f32(const fr_gru_grads_f32 *g, const fr_gru_backward_seq_f32 *seq,
+                            const fr_gru_weights_f32 *w, const fr_gru_config *cfg,
+                            const fr_call *call)
+    int fr_gru_forward_f64(const fr_gru_forward_seq_f64 *seq, const fr_gru_weights_f64 *w,
+                           const fr_gru_config *cfg, const fr_call *call)
+    int fr_gru_backward_f64(const fr_gru_grads_f64 *g, const fr_gru_backward_seq_f64 *seq,
+                            const fr_gru_weights_f64 *w, const fr_gru_config *cfg,
                             const fr_call *call)
 
 cdef extern from "plan.h" nogil:
@@ -437,6 +501,21 @@ cdef inline void _call_init(fr_call *call, int threads) noexcept:
     call.interrupt_ctx = NULL
 
 
+cdef const int64_t *_lengths_of(const int64_t[::1] lengths, int64_t B) except? NULL:
+    """The kernel's pointer to a call's lengths (B entries), or NULL for None."""
+    if lengths is None:
+        return NULL
+    if lengths.shape[0] != B:
+        raise ValueError(f"internal: lengths has {lengths.shape[0]} entries, B = {B}")
+    return &lengths[0]
+
+
+cdef int _threads_arg(int threads) except -1:
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    return threads
+
+
 # ---- LSTM ----------------------------------------------------------------------
 
 cdef class LSTMConfig:
@@ -451,9 +530,8 @@ cdef class LSTMConfig:
     def __init__(self, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P=0,
                  int peepholes=0, bint coupled_gates=False, bint reverse=False,
                  double cell_clip=0.0, double accumulation_clip=0.0,
-                 const int64_t[::1] lengths=None, int threads=0, int reduced=0):
+                 const int64_t[::1] lengths=None, int threads=0):
         self.cfg.T = T; self.cfg.B = B; self.cfg.I = I; self.cfg.H = H; self.cfg.P = P
-        self.cfg.reduced = reduced
         self.cfg.peepholes = peepholes; self.cfg.coupled_gates = coupled_gates
         self.cfg.reverse = reverse; self.cfg.cell_clip = cell_clip
         self.cfg.accumulation_clip = accumulation_clip
@@ -539,11 +617,11 @@ cdef int _pack(real[::1] buf, const real[::1] W_x, const real[::1] W_v, const re
     with nogil:
         if real is float:
             w32.W_x = &W_x[0]; w32.W_v = &W_v[0]; w32.b = NULL; w32.W_s = NULL
-            w32.W_qv = _cptr(W_qv); w32.packed = NULL; w32.reduced = NULL
+            w32.W_qv = _cptr(W_qv); w32.packed = NULL
             status = fr_lstm_pack_f32(&buf[0], &w32, cfg)
         else:
             w64.W_x = &W_x[0]; w64.W_v = &W_v[0]; w64.b = NULL; w64.W_s = NULL
-            w64.W_qv = _cptr(W_qv); w64.packed = NULL; w64.reduced = NULL
+            w64.W_qv = _cptr(W_qv); w64.packed = NULL
             status = fr_lstm_pack_f64(&buf[0], &w64, cfg)
     return status
 
@@ -588,7 +666,6 @@ def lstm_forward(LSTMConfig c, *, real[::1] y_seq, real[::1] s_T, real[::1] y_T,
             s32.x = &x[0]; s32.s0 = &s0[0]; s32.y0 = &y0[0]
             w32.W_x = &W_x[0]; w32.W_v = &W_v[0]; w32.b = &b[0]
             w32.W_s = _cptr(W_s); w32.W_qv = _cptr(W_qv); w32.packed = _cptr(pk)
-            w32.reduced = NULL
             status = fr_lstm_forward_f32(&s32, &w32, &c.cfg, &c.call)
         else:
             s64.y_seq = &y_seq[0]; s64.s_T = &s_T[0]; s64.y_T = &y_T[0]
@@ -596,93 +673,7 @@ def lstm_forward(LSTMConfig c, *, real[::1] y_seq, real[::1] s_T, real[::1] y_T,
             s64.x = &x[0]; s64.s0 = &s0[0]; s64.y0 = &y0[0]
             w64.W_x = &W_x[0]; w64.W_v = &W_v[0]; w64.b = &b[0]
             w64.W_s = _cptr(W_s); w64.W_qv = _cptr(W_qv); w64.packed = _cptr(pk)
-            w64.reduced = NULL
             status = fr_lstm_forward_f64(&s64, &w64, &c.cfg, &c.call)
-    _check(status, "LSTM forward")
-
-
-cdef class QPackedWeights:
-    """A cell's reduced-precision forward weights (W_x, W_v, W_qv stored as bf16 bits or
-    int8 with row scales) packed for `lstm_forward_reduced`, for the I, H, P and
-    precision of `c` (c.reduced: 1 bf16, 2 int8)."""
-    cdef readonly object buffer  # uint8, 64-byte aligned
-    cdef readonly int64_t I, H, P
-    cdef readonly int reduced
-
-    def __init__(self, LSTMConfig c, *, W_x, W_v, W_qv=None, W_x_scale=None,
-                 W_v_scale=None, W_qv_scale=None):
-        cdef size_t n = 0
-        cdef int status
-        _check(fr_lstm_qpacked_size(&n, &c.cfg), "QPackedWeights")
-        self.I, self.H, self.P, self.reduced = c.cfg.I, c.cfg.H, c.cfg.P, c.cfg.reduced
-        want = np.uint16 if c.cfg.reduced == 1 else np.int8
-        ws = (W_x, W_v, W_qv)
-        for name, a, rows, cols in (("W_x", W_x, 4 * c.cfg.H, c.cfg.I), ("W_v", W_v, 4 * c.cfg.H, c.R),
-                                    ("W_qv", W_qv, c.cfg.P, c.cfg.H)):
-            if rows == 0:
-                continue
-            if a is None or a.dtype != want or a.shape != (rows, cols) or not a.flags.c_contiguous:
-                raise ValueError(f"internal: {name} must be a C-contiguous {np.dtype(want)} "
-                                 f"({rows}, {cols}) array")
-        scales = (W_x_scale, W_v_scale, W_qv_scale)
-        if c.cfg.reduced == 2:
-            for name, sc, rows in (("W_x_scale", W_x_scale, 4 * c.cfg.H),
-                                   ("W_v_scale", W_v_scale, 4 * c.cfg.H),
-                                   ("W_qv_scale", W_qv_scale, c.cfg.P)):
-                if rows and (sc is None or sc.dtype != np.float32 or sc.shape != (rows,)):
-                    raise ValueError(f"internal: {name} must be float32 ({rows},)")
-        raw = np.empty(n + 64, np.uint8)
-        off = (-raw.ctypes.data) % 64
-        self.buffer = raw[off:off + n]
-        cdef uintptr_t dst = self.buffer.ctypes.data
-        cdef uintptr_t px = W_x.ctypes.data, pv = W_v.ctypes.data
-        cdef uintptr_t pq = 0 if W_qv is None else W_qv.ctypes.data
-        cdef uintptr_t sx = 0 if W_x_scale is None else W_x_scale.ctypes.data
-        cdef uintptr_t sv = 0 if W_v_scale is None else W_v_scale.ctypes.data
-        cdef uintptr_t sq = 0 if W_qv_scale is None else W_qv_scale.ctypes.data
-        with nogil:
-            status = fr_lstm_qpack(<void *>dst, <const void *>px, <const float *>sx,
-                                   <const void *>pv, <const float *>sv, <const void *>pq,
-                                   <const float *>sq, &c.cfg)
-        _check(status, "QPackedWeights")
-
-
-def lstm_forward_reduced(LSTMConfig c, QPackedWeights reduced, *, float[::1] y_seq,
-                         float[::1] s_T, float[::1] y_T, float[::1] work, const float[::1] x,
-                         const float[::1] s0, const float[::1] y0, const float[::1] b,
-                         const float[::1] W_s):
-    """fr_lstm_forward_f32 (inference) with the weight products in reduced precision: W_x,
-    W_v, W_qv from `reduced`, b and the peepholes W_s (diagonal or full) float32."""
-    cdef size_t n_work = 0
-    cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H, R = c.R
-    cdef int status
-    if not c.cfg.reduced or (reduced.I, reduced.H, reduced.P, reduced.reduced) != \
-            (I, H, c.cfg.P, c.cfg.reduced):
-        raise ValueError("internal: the reduced weights were packed for another configuration")
-    _check(fr_lstm_workspace_size(&n_work, &c.cfg, 0), "LSTM forward")
-    _need(y_seq.shape[0], <size_t>(T * B * R), "y_seq"); _need(s_T.shape[0], <size_t>(B * H), "s_T")
-    _need(y_T.shape[0], <size_t>(B * R), "y_T"); _need(x.shape[0], <size_t>(T * B * I), "x")
-    _need(s0.shape[0], <size_t>(B * H), "s0"); _need(y0.shape[0], <size_t>(B * R), "y0")
-    _need(b.shape[0], <size_t>(4 * H), "b")
-    if c.cfg.peepholes:
-        if W_s is None:
-            raise ValueError("internal: peephole weights missing")
-        _need(W_s.shape[0], <size_t>(3 * H * (H if c.cfg.peepholes == 2 else 1)), "W_s")
-    if n_work:
-        if work is None:
-            raise ValueError("internal: workspace missing")
-        _need(work.shape[0], n_work, "work")
-    cdef uintptr_t qp = reduced.buffer.ctypes.data
-    cdef fr_lstm_forward_seq_f32 s32
-    cdef fr_lstm_weights_f32 w32
-    with nogil:
-        s32.y_seq = &y_seq[0]; s32.s_T = &s_T[0]; s32.y_T = &y_T[0]
-        s32.acts = NULL; s32.work = _ptr(work)
-        s32.x = &x[0]; s32.s0 = &s0[0]; s32.y0 = &y0[0]
-        w32.W_x = NULL; w32.W_v = NULL; w32.b = &b[0]
-        w32.W_s = _cptr(W_s); w32.W_qv = NULL; w32.packed = NULL
-        w32.reduced = <const void *>qp
-        status = fr_lstm_forward_f32(&s32, &w32, &c.cfg, &c.call)
     _check(status, "LSTM forward")
 
 
@@ -731,7 +722,7 @@ def lstm_backward(LSTMConfig c, *, real[::1] dW_x, real[::1] dW_v, real[::1] db,
             s32.acts = &acts[0]; s32.x = &x[0]; s32.y_seq = &y_seq[0]
             s32.s0 = &s0[0]; s32.y0 = &y0[0]
             w32.W_x = &W_x[0]; w32.W_v = &W_v[0]; w32.b = NULL
-            w32.W_s = _cptr(W_s); w32.W_qv = _cptr(W_qv); w32.packed = NULL; w32.reduced = NULL
+            w32.W_s = _cptr(W_s); w32.W_qv = _cptr(W_qv); w32.packed = NULL
             status = fr_lstm_backward_f32(&g32, &s32, &w32, &c.cfg, &c.call)
         else:
             g64.dW_x = &dW_x[0]; g64.dW_v = &dW_v[0]; g64.db = &db[0]
@@ -741,7 +732,7 @@ def lstm_backward(LSTMConfig c, *, real[::1] dW_x, real[::1] dW_v, real[::1] db,
             s64.acts = &acts[0]; s64.x = &x[0]; s64.y_seq = &y_seq[0]
             s64.s0 = &s0[0]; s64.y0 = &y0[0]
             w64.W_x = &W_x[0]; w64.W_v = &W_v[0]; w64.b = NULL
-            w64.W_s = _cptr(W_s); w64.W_qv = _cptr(W_qv); w64.packed = NULL; w64.reduced = NULL
+            w64.W_s = _cptr(W_s); w64.W_qv = _cptr(W_qv); w64.packed = NULL
             status = fr_lstm_backward_f64(&g64, &s64, &w64, &c.cfg, &c.call)
     _check(status, "LSTM backward")
 
@@ -894,6 +885,127 @@ def rnn_backward(RNNConfig c, *, real[::1] dW_x, real[::1] dW_r, real[::1] dthet
     _check(status, "RNN backward")
 
 
+# ---- GRU -----------------------------------------------------------------------
+
+cdef class GRUConfig:
+    """One GRU layer-direction call: sizes and options (see fr_gru_config).
+    threads: at most this many threads for the call (0: the process setting)."""
+    cdef fr_gru_config cfg
+    cdef fr_call call
+    cdef const int64_t[::1] _lengths
+
+    def __init__(self, int64_t T, int64_t B, int64_t I, int64_t H, bint linear_before_reset=True,
+                 bint reverse=False, const int64_t[::1] lengths=None, int threads=0):
+        self.cfg.T = T; self.cfg.B = B; self.cfg.I = I; self.cfg.H = H
+        self.cfg.linear_before_reset = linear_before_reset; self.cfg.reverse = reverse
+        self.cfg.lengths = _lengths_of(lengths, B)
+        self._lengths = lengths
+        _call_init(&self.call, _threads_arg(threads))
+
+    def sizes(self):
+        """Element counts (acts, train workspace, inference workspace, backward workspace)."""
+        cdef size_t n[4]
+        _check(fr_gru_acts_size(&n[0], &self.cfg), "GRU")
+        _check(fr_gru_workspace_size(&n[1], &self.cfg, 1), "GRU")
+        _check(fr_gru_workspace_size(&n[2], &self.cfg, 0), "GRU")
+        _check(fr_gru_backward_workspace_size(&n[3], &self.cfg), "GRU")
+        return n[0], n[1], n[2], n[3]
+
+
+cdef inline void _have(object a, size_t want, str name) except *:
+    """A buffer the kernel needs: given, with at least `want` elements."""
+    if a is None:
+        raise ValueError(f"internal: buffer {name} missing")
+    _need(a.shape[0], want, name)
+
+
+cdef _gru_check(GRUConfig c, object x, object h0, object h_seq, object W_x, object W_h,
+                object acts):
+    """The buffers every GRU call reads, against its configuration."""
+    cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H
+    cdef size_t n_acts = 0
+    _have(x, <size_t>(T * B * I), "x"); _have(h0, <size_t>(B * H), "h0")
+    _have(h_seq, <size_t>(T * B * H), "h_seq")
+    _have(W_x, <size_t>(3 * H * I), "W_x"); _have(W_h, <size_t>(3 * H * H), "W_h")
+    if acts is not None:
+        _check(fr_gru_acts_size(&n_acts, &c.cfg), "GRU")
+        _need(acts.shape[0], n_acts, "acts")
+
+
+def gru_forward(GRUConfig c, *, real[::1] h_seq, real[::1] h_T, real[::1] acts, real[::1] work,
+                const real[::1] x, const real[::1] h0, const real[::1] W_x, const real[::1] W_h,
+                const real[::1] b, const real[::1] b_hn):
+    """fr_gru_forward on flat buffers; acts=None selects inference."""
+    cdef size_t n_work = 0
+    cdef int status
+    _check(fr_gru_workspace_size(&n_work, &c.cfg, acts is not None), "GRU forward")
+    _gru_check(c, x, h0, h_seq, W_x, W_h, acts)
+    _have(h_T, <size_t>(c.cfg.B * c.cfg.H), "h_T"); _have(b, <size_t>(3 * c.cfg.H), "b")
+    _have(work, n_work, "work")
+    if c.cfg.linear_before_reset:
+        _have(b_hn, <size_t>c.cfg.H, "b_hn")
+    cdef fr_gru_forward_seq_f32 s32
+    cdef fr_gru_forward_seq_f64 s64
+    cdef fr_gru_weights_f32 w32
+    cdef fr_gru_weights_f64 w64
+    with nogil:
+        if real is float:
+            s32 = fr_gru_forward_seq_f32(h_seq=&h_seq[0], h_T=&h_T[0], acts=_ptr(acts),
+                                         work=&work[0], x=&x[0], h0=&h0[0])
+            w32 = fr_gru_weights_f32(W_x=&W_x[0], W_h=&W_h[0], b=&b[0], b_hn=_cptr(b_hn))
+            status = fr_gru_forward_f32(&s32, &w32, &c.cfg, &c.call)
+        else:
+            s64 = fr_gru_forward_seq_f64(h_seq=&h_seq[0], h_T=&h_T[0], acts=_ptr(acts),
+                                         work=&work[0], x=&x[0], h0=&h0[0])
+            w64 = fr_gru_weights_f64(W_x=&W_x[0], W_h=&W_h[0], b=&b[0], b_hn=_cptr(b_hn))
+            status = fr_gru_forward_f64(&s64, &w64, &c.cfg, &c.call)
+    _check(status, "GRU forward")
+
+
+def gru_backward(GRUConfig c, *, real[::1] dW_x, real[::1] dW_h, real[::1] db, real[::1] db_hn,
+                 real[::1] dx, real[::1] dh0, real[::1] work, const real[::1] dh_seq,
+                 const real[::1] dh_T, const real[::1] acts, const real[::1] x,
+                 const real[::1] h_seq, const real[::1] h0, const real[::1] W_x,
+                 const real[::1] W_h):
+    """fr_gru_backward on flat buffers; every gradient output is accumulated (+=)."""
+    cdef size_t n_work = 0
+    cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H
+    cdef int status
+    _check(fr_gru_backward_workspace_size(&n_work, &c.cfg), "GRU backward")
+    _have(acts, 0, "acts")
+    _gru_check(c, x, h0, h_seq, W_x, W_h, acts)
+    _have(dW_x, <size_t>(3 * H * I), "dW_x"); _have(dW_h, <size_t>(3 * H * H), "dW_h")
+    _have(db, <size_t>(3 * H), "db"); _have(work, n_work, "work")
+    if c.cfg.linear_before_reset:
+        _have(db_hn, <size_t>H, "db_hn")
+    for a, n, name in ((dx, T * B * I, "dx"), (dh0, B * H, "dh0"), (dh_seq, T * B * H, "dh_seq"),
+                       (dh_T, B * H, "dh_T")):
+        if a is not None:
+            _need(a.shape[0], <size_t>n, name)
+    cdef fr_gru_grads_f32 g32
+    cdef fr_gru_grads_f64 g64
+    cdef fr_gru_backward_seq_f32 s32
+    cdef fr_gru_backward_seq_f64 s64
+    cdef fr_gru_weights_f32 w32
+    cdef fr_gru_weights_f64 w64
+    with nogil:
+        if real is float:
+            g32 = fr_gru_grads_f32(dW_x=&dW_x[0], dW_h=&dW_h[0], db=&db[0], db_hn=_ptr(db_hn))
+            s32 = fr_gru_backward_seq_f32(dx=_ptr(dx), dh0=_ptr(dh0), work=&work[0],
+                                          dh_seq=_cptr(dh_seq), dh_T=_cptr(dh_T), acts=&acts[0],
+                                          x=&x[0], h_seq=&h_seq[0], h0=&h0[0])
+            w32 = fr_gru_weights_f32(W_x=&W_x[0], W_h=&W_h[0], b=NULL, b_hn=NULL)
+            status = fr_gru_backward_f32(&g32, &s32, &w32, &c.cfg, &c.call)
+        else:
+            g64 = fr_gru_grads_f64(dW_x=&dW_x[0], dW_h=&dW_h[0], db=&db[0], db_hn=_ptr(db_hn))
+            s64 = fr_gru_backward_seq_f64(dx=_ptr(dx), dh0=_ptr(dh0), work=&work[0],
+                                          dh_seq=_cptr(dh_seq), dh_T=_cptr(dh_T), acts=&acts[0],
+                                          x=&x[0], h_seq=&h_seq[0], h0=&h0[0])
+            w64 = fr_gru_weights_f64(W_x=&W_x[0], W_h=&W_h[0], b=NULL, b_hn=NULL)
+            status = fr_gru_backward_f64(&g64, &s64, &w64, &c.cfg, &c.call)
+    _check(status, "GRU backward")
+
+
 # ---- streams: the per-frame step ----------------------------------------------------
 
 include "_stream.pxi"
@@ -902,6 +1014,3 @@ include "_stream.pxi"
 # SciPy's BLAS by default; the portable GEMM when SciPy is missing.
 if _load_scipy_blas():
     fr_set_blas(_scipy_sgemm, _scipy_dgemm)
-
-
-include "_qgemm.pxi"

@@ -129,7 +129,12 @@ class RecurrentLayer(ReadOnlyConfig):
     serialised by a per-layer lock. Calls on different layers run in parallel
     (the kernel releases the GIL)."""
 
-    State: Any  # NamedTuple type: (s, output[, x_past])
+    State: Any  # NamedTuple type: its channels (below), then [x_past]
+    # Every cell carries two channels between steps and calls: s (B, H), the state,
+    # and o (B, R), the output fed back. The State's leading fields are these
+    # channels, in this order; a cell whose state is its output (the GRU) has ("o",)
+    # and its s channel is never read.
+    _STATE_CHANNELS: Tuple[str, ...] = ("s", "o")
     context: Tuple[int, int] = (0, 0)
     _CONFIG = frozenset({"input_size", "hidden_size", "num_layers", "bidirectional", "dropout",
                          "dtype", "batch_first", "reverse", "context", "State", "output_size",
@@ -295,17 +300,8 @@ class RecurrentLayer(ReadOnlyConfig):
         """A zero state for `batch` rows: s (L*D, B, H), the output (L*D, B, R)."""
         B = V.positive_int(batch, "batch")
         LD = self.num_layers * self.num_directions
-        return self.State(np.zeros((LD, B, self.hidden_size), self.dtype),
-                          np.zeros((LD, B, self.output_size), self.dtype))
-
-    def quantize(self, precision: str) -> Any:
-        """An inference-only copy of this layer with its weight products in reduced
-        precision: "bf16" (bfloat16 weights and activations, float32 sums) or "int8"
-        (int8 weights with a scale per output unit, activations quantized per row at
-        every step, exact integer sums). Call it as forward(x, state, training=False,
-        lengths=...); see `fusedrnn.quantized` and docs/equations.md §7."""
-        from .quantized import quantize
-        return quantize(self, precision)
+        return self._make_state(np.zeros((LD, B, self.hidden_size), self.dtype),
+                                np.zeros((LD, B, self.output_size), self.dtype))
 
     def __call__(self, x: Any, state: Any = None, training: bool = True, lengths: Any = None,
                  x_future: Any = None) -> Tuple[np.ndarray, Any]:
@@ -432,11 +428,9 @@ class RecurrentLayer(ReadOnlyConfig):
                                                  batch=B, steps=T)
         ds_T = do_T = None
         if dstate is not None:
-            names = self.State._fields
             self._check_state_type(dstate, "dstate")
-            shapes = [(LD, B, H), (LD, B, R)]
             ds_T, do_T = (None if d is None else V.state_part(d, f"dstate.{n}", self.dtype, shp)
-                          for n, d, shp in zip(names, dstate[:2], shapes))
+                          for n, d, shp in self._channels(dstate, LD, B))
         ds0 = np.zeros((LD, B, H), self.dtype)
         do0 = np.zeros((LD, B, R), self.dtype)
         with self._grad_lock:  # += into the shared grads
@@ -633,6 +627,20 @@ class RecurrentLayer(ReadOnlyConfig):
         sfx = suffix(l, d)
         return {name: store[name + sfx] for name in self._cell_param_shapes(self._cell_input_size(l))}
 
+    def _gate_views(self, store: Dict[str, np.ndarray], names: Dict[str, str],
+                    gates: Tuple[str, ...]) -> Dict[str, np.ndarray]:
+        """Each fused parameter `key` of every cell cut into one row block (H rows)
+        per gate, named names[key] + gate + the cell's suffix (views of `store`)."""
+        H = self.hidden_size
+        views: Dict[str, np.ndarray] = {}
+        for l in range(self.num_layers):
+            for d in range(self.num_directions):
+                sfx = suffix(l, d)
+                for i, gate in enumerate(gates):
+                    for key, name in names.items():
+                        views[f"{name}{gate}{sfx}"] = store[key + sfx][i * H:(i + 1) * H]
+        return views
+
     def _dropout_mask(self, shape: Tuple[int, ...],
                       rng: Optional[np.random.Generator] = None) -> np.ndarray:
         keep = 1.0 - self.dropout
@@ -640,10 +648,22 @@ class RecurrentLayer(ReadOnlyConfig):
         return ((rng.random(shape) < keep) / keep).astype(self.dtype)
 
     def _backward_input(self, dinp: np.ndarray, tape: Tape, ds0: np.ndarray, do0: np.ndarray):
-        return self._out(dinp), self.State(ds0, do0)
+        return self._out(dinp), self._make_state(ds0, do0)
 
     def _state_out(self, s_T, o_T, x_past, xt):
-        return self.State(s_T, o_T)
+        return self._make_state(s_T, o_T)
+
+    def _make_state(self, s: Any, o: Any, *rest: Any) -> Any:
+        """The State of channels s and o (see _STATE_CHANNELS), then `rest`."""
+        channel = {"s": s, "o": o}
+        return self.State(*(channel[c] for c in self._STATE_CHANNELS), *rest)
+
+    def _channels(self, state: Any, LD: int, B: int) -> List[Tuple[Optional[str], Any, Tuple[int, ...]]]:
+        """(field name, value, shape) of channels s and o in a State; the name is
+        None for a channel the State has no field for (its value is then None)."""
+        shapes = {"s": (LD, B, self.hidden_size), "o": (LD, B, self.output_size)}
+        fields = dict(zip(self._STATE_CHANNELS, zip(self.State._fields, state)))
+        return [(*fields.get(c, (None, None)), shapes[c]) for c in ("s", "o")]
 
     def _future_in(self, x_future: Any, B: int, has_state: bool, T: int) -> Optional[np.ndarray]:
         if x_future is not None:
@@ -655,13 +675,12 @@ class RecurrentLayer(ReadOnlyConfig):
 
     def _state_in(self, state: Any, B: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
         LD = self.num_layers * self.num_directions
-        shapes = [(LD, B, self.hidden_size), (LD, B, self.output_size)]
-        if state is None:
-            return np.zeros(shapes[0], self.dtype), np.zeros(shapes[1], self.dtype), None
-        names = self.State._fields
-        self._check_state_type(state, "state")
-        s0, o0 = (V.private_copy(V.state_part(a, f"state.{n}", self.dtype, shp), a)
-                  for n, a, shp in zip(names, state[:2], shapes))
+        if state is not None:
+            self._check_state_type(state, "state")
+        parts = self._channels(() if state is None else state, LD, B)
+        s0, o0 = (np.zeros(shp, self.dtype) if n is None
+                  else V.private_copy(V.state_part(a, f"state.{n}", self.dtype, shp), a)
+                  for n, a, shp in parts)
         return s0, o0, None
 
     def _check_state_type(self, state: Any, name: str) -> None:

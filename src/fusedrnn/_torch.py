@@ -1,5 +1,5 @@
-"""Exact weight mapping between fusedrnn networks and torch.nn.LSTM / torch.nn.RNN,
-for every setting PyTorch has (layers, directions, proj_size, biases).
+"""Exact weight mapping between fusedrnn networks and torch.nn.LSTM / torch.nn.RNN /
+torch.nn.GRU, for every setting PyTorch has (layers, directions, proj_size, biases).
 
 torch is imported lazily: it is an optional dependency."""
 from __future__ import annotations
@@ -50,30 +50,43 @@ def _weight(module: Any, name: str, shape: Tuple[int, ...], ours: str) -> np.nda
     return _np(w)
 
 
-def _copy_in(layer: Any, module: Any, names: Dict[str, str]) -> Any:
-    """Fill layer.params from the module: names maps our base name -> torch base name."""
+def _copy_in(layer: Any, module: Any, names: Dict[str, str], hh_tail: str = "") -> Any:
+    """Fill layer.params from the module: names maps our base name -> torch base name.
+    The bias is bias_ih + bias_hh; with hh_tail (the GRU's "b_hn") the last H rows
+    of bias_hh go to that parameter instead of into the sum."""
     for t_sfx, f_sfx in _cells(module):
         for ours, theirs in names.items():
             dst = layer.params[ours + f_sfx]
             dst[...] = _weight(module, theirs + t_sfx, dst.shape, ours + f_sfx)
         bias_key = "b" if "b" in layer.params else "theta_s"
         dst = layer.params[bias_key + f_sfx]
+        tail = layer.params[hh_tail + f_sfx] if hh_tail else dst[:0]
         if module.bias:
-            dst[...] = (_weight(module, "bias_ih" + t_sfx, dst.shape, bias_key + f_sfx)
-                        + _weight(module, "bias_hh" + t_sfx, dst.shape, bias_key + f_sfx))
+            b_hh = _weight(module, "bias_hh" + t_sfx, dst.shape, bias_key + f_sfx)
+            dst[...] = _weight(module, "bias_ih" + t_sfx, dst.shape, bias_key + f_sfx)
+            dst[:dst.shape[0] - tail.shape[0]] += b_hh[:dst.shape[0] - tail.shape[0]]
+            tail[...] = b_hh[dst.shape[0] - tail.shape[0]:]
         else:
             dst[...] = 0
+            tail[...] = 0
     return layer
 
 
-def _copy_out(layer: Any, module: Any, names: Dict[str, str], bias_key: str) -> Any:
+def _copy_out(layer: Any, module: Any, names: Dict[str, str], bias_key: str,
+              hh_tail: str = "") -> Any:
+    """The inverse of _copy_in: bias_ih = the bias, bias_hh = 0 but for its last H
+    rows, which are hh_tail's (the GRU's b_hn)."""
     torch = _torch()
     with torch.no_grad():
         for t_sfx, f_sfx in _cells(module):
             for ours, theirs in names.items():
                 getattr(module, theirs + t_sfx).copy_(torch.from_numpy(layer.params[ours + f_sfx]))
             getattr(module, "bias_ih" + t_sfx).copy_(torch.from_numpy(layer.params[bias_key + f_sfx]))
-            getattr(module, "bias_hh" + t_sfx).zero_()
+            b_hh = getattr(module, "bias_hh" + t_sfx)
+            b_hh.zero_()
+            if hh_tail:
+                tail = layer.params[hh_tail + f_sfx]
+                b_hh[b_hh.shape[0] - tail.shape[0]:].copy_(torch.from_numpy(tail))
     return module
 
 
@@ -141,3 +154,27 @@ def rnn_to_torch(layer: Any) -> Any:
                           dropout=layer.dropout, batch_first=layer.batch_first,
                           dtype=_torch_dtype(layer.dtype))
     return _copy_out(layer, module, {"W_x": "weight_ih", "W_r": "weight_hh"}, "theta_s")
+
+
+def gru_from_torch(cls: Any, module: Any) -> Any:
+    _check_module(module, "GRU")
+    layer = cls(module.input_size, module.hidden_size, linear_before_reset=True,
+                num_layers=module.num_layers, bidirectional=module.bidirectional,
+                dropout=float(module.dropout) if module.num_layers > 1 else 0.0,
+                dtype=_np(module.weight_ih_l0).dtype, batch_first=module.batch_first)
+    return _copy_in(layer, module, {"W_x": "weight_ih", "W_h": "weight_hh"}, "b_hn")
+
+
+def gru_to_torch(layer: Any) -> Any:
+    blocked = [name for name, on in (("linear_before_reset=False (r applied to h before W_hn)",
+                                      not layer.linear_before_reset),
+                                     ("reverse (a backwards-only layer)", layer.reverse)) if on]
+    if blocked:
+        raise ValueError(f"torch.nn.GRU has no {', '.join(blocked)}: this GRU cannot be "
+                         "exported to it")
+    layer._checked_params()  # names a missing, wrong-shaped or wrong-dtype entry
+    torch = _torch()
+    module = torch.nn.GRU(layer.input_size, layer.hidden_size, num_layers=layer.num_layers,
+                          bidirectional=layer.bidirectional, dropout=layer.dropout,
+                          batch_first=layer.batch_first, dtype=_torch_dtype(layer.dtype))
+    return _copy_out(layer, module, {"W_x": "weight_ih", "W_h": "weight_hh"}, "b", "b_hn")

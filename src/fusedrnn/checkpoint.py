@@ -68,13 +68,12 @@ def register_layer(cls: Type[Any], name: Optional[str] = None) -> Type[Any]:
 
 
 def _builtin_layers() -> None:
-    """Register LSTM, RNN, Linear and the quantized LSTM and RNN (once; imported late to
-    avoid an import cycle)."""
+    """Register LSTM, RNN, GRU and Linear (once; imported late to avoid an import cycle)."""
+    from .gru import GRU
     from .linear import Linear
     from .lstm import LSTM
-    from .quantized import QuantizedLSTM, QuantizedRNN
     from .rnn import RNN
-    for cls in (LSTM, RNN, Linear, QuantizedLSTM, QuantizedRNN):
+    for cls in (LSTM, RNN, GRU, Linear):
         _LAYERS.setdefault(cls.__name__, cls)
 
 
@@ -167,12 +166,11 @@ def model_from_config(tree: Dict[str, Any]) -> Any:
 
 
 class _Planned(Exception):
-    """Carries the parameter shapes and dtypes out of a probing constructor (see
-    `_layer_plan`)."""
+    """Carries the parameter shapes out of a probing constructor (see `_layer_plan`)."""
 
-    def __init__(self, shapes: Dict[str, Tuple[int, ...]], dtypes: Dict[str, np.dtype]) -> None:
+    def __init__(self, shapes: Dict[str, Tuple[int, ...]], dtype: np.dtype) -> None:
         super().__init__()
-        self.shapes, self.dtypes = shapes, dtypes
+        self.shapes, self.dtype = shapes, dtype
 
 
 def _layer_plan(cls: Type[Any], kwargs: Dict[str, Any]) -> Optional[Dict[str, Tuple[Tuple[int, ...], np.dtype]]]:
@@ -187,17 +185,13 @@ def _layer_plan(cls: Type[Any], kwargs: Dict[str, Any]) -> Optional[Dict[str, Tu
     if issubclass(cls, RecurrentLayer):
         class Probe(cls):  # type: ignore[misc, valid-type]
             def _param_shapes(self) -> Dict[str, Tuple[int, ...]]:
-                shapes = super()._param_shapes()
-                # a quantized layer stores its reduced weights as int8 / uint16
-                per_key = getattr(self, "_param_dtypes_for", None)
-                raise _Planned(shapes, per_key(shapes) if per_key else
-                               {k: self.dtype for k in shapes})
+                raise _Planned(super()._param_shapes(), self.dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 Probe(**kwargs)
             except _Planned as plan:
-                return {k: (tuple(shape), plan.dtypes[k]) for k, shape in plan.shapes.items()}
+                return {k: (tuple(shape), plan.dtype) for k, shape in plan.shapes.items()}
         return None  # pragma: no cover - the constructor no longer asks for the shapes
     if cls is Linear:
         extra = set(kwargs) - {"in_features", "out_features", "bias", "dtype"}
@@ -278,10 +272,7 @@ def save(path: "os.PathLike[str] | str", model: Any, optimizer: Any = None,
     plan = _model_plan(config)
     arrays: Dict[str, np.ndarray] = {}
     for k, p in model.params.items():
-        # floating point, or the integer storage a quantized layer's plan names
-        planned = plan is not None and k in plan and isinstance(p, np.ndarray) \
-            and p.dtype == plan[k][1]
-        if not isinstance(p, np.ndarray) or (p.dtype.kind != "f" and not planned):
+        if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
             raise TypeError(f"params[{k!r}] must be a floating-point numpy array, got "
                             f"{getattr(p, 'dtype', type(p).__name__)}")
         arrays[f"param/{k}"] = np.ascontiguousarray(p)
@@ -545,10 +536,7 @@ def load_checkpoint(path: "os.PathLike[str] | str") -> Checkpoint:
         if a.shape != p.shape or a.dtype != p.dtype:
             raise _bad(path, f"parameter {k!r} is {a.dtype}{a.shape}, the model built from the "
                              f"configuration expects {p.dtype}{p.shape}")
-        writeable = p.flags.writeable  # a quantized layer's parameters are read-only
-        p.flags.writeable = True
         p[...] = a
-        p.flags.writeable = writeable
     optimizer = None
     oh = header.get("optimizer")
     if oh is not None:

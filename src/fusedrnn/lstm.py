@@ -232,16 +232,10 @@ class LSTM(RecurrentLayer):
 
     # -- the paper's names ---------------------------------------------------------
     def _paper_views(self, store: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        H = self.hidden_size
-        views: Dict[str, np.ndarray] = {}
+        views = self._gate_views(store, {"W_x": "W_x", "W_v": "W_v", "b": "b_"}, GATES)
         for l in range(self.num_layers):
             for d in range(self.num_directions):
                 sfx = suffix(l, d)
-                for i, gate in enumerate(GATES):
-                    rows = slice(i * H, (i + 1) * H)
-                    views[f"W_x{gate}{sfx}"] = store["W_x" + sfx][rows]
-                    views[f"W_v{gate}{sfx}"] = store["W_v" + sfx][rows]
-                    views[f"b_{gate}{sfx}"] = store["b" + sfx][rows]
                 for i, gate in enumerate(PEEPHOLE_GATES):
                     if self.peepholes == "diagonal":
                         views[f"w_s{gate}{sfx}"] = store["w_s" + sfx][i]

@@ -89,18 +89,21 @@ static void to_f32(float *dst, const double *src, size_t n) {
 }
 
 // ----------------------------------------------------------------------------
-// a model: an LSTM or canonical RNN configuration, and the layout of its
+// a model: an LSTM, canonical RNN or GRU configuration, and the layout of its
 // parameter vector theta = [weights | x | s0 | y0], which is also the layout
-// of the gradient vector
+// of the gradient vector (the GRU has no s: its s0 segment and s_T are empty)
 
 enum { S_WX, S_WV, S_B, S_WS, S_WQV, S_X, S_S0, S_Y0, NSEG };
 static const char *seg_lstm[NSEG] = {"W_x", "W_v", "b", "W_s", "W_qv", "x", "s0", "v0"};
 static const char *seg_rnn[NSEG] = {"W_x", "W_r", "theta_s", "W_s", "-", "x", "s0", "r0"};
+static const char *seg_gru[NSEG] = {"W_x", "W_h", "b", "b_hn", "-", "x", "-", "h0"};
 
 typedef struct {
-    int lstm;                // 1: LSTM (§2, §3), 0: canonical RNN (§1)
+    int lstm;                // 1: LSTM (§2, §3), 0: canonical RNN (§1) or GRU
+    int gru;                 // 1 (with lstm = 0): GRU (§8)
     int64_t T, B, I, H, P;   // P: LSTM projection size, 0 for none
-    int opt;                 // LSTM: peepholes (FR_PEEP_*); RNN: state_feedback
+    int opt;                 // LSTM: peepholes (FR_PEEP_*); RNN: state_feedback; GRU:
+                             // linear_before_reset
     int coupled, reverse;    // LSTM coupled gates; visit T-1 .. 0
     const int64_t *lengths;  // (B) valid steps per row, or NULL
     int packed;              // the team path (packed micro-kernel), any T
@@ -110,7 +113,8 @@ typedef struct {
 typedef struct {
     spec sp;
     fr_lstm_config lc;       // when sp.lstm
-    fr_rnn_config rc;        // when !sp.lstm
+    fr_rnn_config rc;        // when !sp.lstm && !sp.gru
+    fr_gru_config gc;        // when sp.gru
     int64_t R;               // output width: P, or H
     size_t off[NSEG], len[NSEG], n_theta; // segments of theta
     size_t n_y, n_s, n_o;    // (T, B, R), (B, H), (B, R)
@@ -122,24 +126,26 @@ static int model_init(model *m, const spec *sp) {
     memset(m, 0, sizeof *m);
     m->sp = *sp;
     const int64_t T = sp->T, B = sp->B, I = sp->I, H = sp->H, P = sp->P;
-    const int64_t G = sp->lstm ? 4 * H : H; // rows of the fused weights
+    const int64_t G = sp->lstm ? 4 * H : sp->gru ? 3 * H : H; // rows of the fused weights
     m->R = P ? P : H;
     m->len[S_WX] = (size_t)(G * I);
     m->len[S_WV] = (size_t)(G * m->R);
     m->len[S_B] = (size_t)G;
     if (sp->lstm) m->len[S_WS] = sp->opt == FR_PEEP_DIAGONAL ? (size_t)(3 * H)
                                : sp->opt == FR_PEEP_FULL ? (size_t)(3 * H * H) : 0;
+    else if (sp->gru) m->len[S_WS] = sp->opt ? (size_t)H : 0; // b_hn
     else m->len[S_WS] = sp->opt ? (size_t)(H * H) : 0;
+    if (sp->gru) m->len[S_WV] = (size_t)(G * H);
     m->len[S_WQV] = (size_t)(P * H);
     m->len[S_X] = (size_t)(T * B * I);
-    m->len[S_S0] = (size_t)(B * H);
+    m->len[S_S0] = sp->gru ? 0 : (size_t)(B * H);
     m->len[S_Y0] = (size_t)(B * m->R);
     for (int s = 0; s < NSEG; s++) {
         m->off[s] = m->n_theta;
         m->n_theta += m->len[s];
     }
     m->n_y = (size_t)(T * B * m->R);
-    m->n_s = (size_t)(B * H);
+    m->n_s = m->len[S_S0];
     m->n_o = (size_t)(B * m->R);
 
     size_t train = 0, infer = 0;
@@ -153,6 +159,14 @@ static int model_init(model *m, const spec *sp) {
         if ((rc = fr_lstm_workspace_size(&train, c, 1)) != FR_OK) return rc;
         if ((rc = fr_lstm_workspace_size(&infer, c, 0)) != FR_OK) return rc;
         if ((rc = fr_lstm_backward_workspace_size(&m->n_bwork, c)) != FR_OK) return rc;
+    } else if (sp->gru) {
+        fr_gru_config *c = &m->gc;
+        c->T = T; c->B = B; c->I = I; c->H = H;
+        c->linear_before_reset = sp->opt; c->reverse = sp->reverse; c->lengths = sp->lengths;
+        if ((rc = fr_gru_acts_size(&m->n_acts, c)) != FR_OK) return rc;
+        if ((rc = fr_gru_workspace_size(&train, c, 1)) != FR_OK) return rc;
+        if ((rc = fr_gru_workspace_size(&infer, c, 0)) != FR_OK) return rc;
+        if ((rc = fr_gru_backward_workspace_size(&m->n_bwork, c)) != FR_OK) return rc;
     } else {
         fr_rnn_config *c = &m->rc;
         c->T = T; c->B = B; c->I = I; c->H = H;
@@ -164,7 +178,8 @@ static int model_init(model *m, const spec *sp) {
     }
     m->n_work = train > infer ? train : infer;
     snprintf(m->desc, sizeof m->desc, "%s %s=%d T=%lld B=%lld I=%lld H=%lld%s%s%s%s",
-             sp->lstm ? "lstm" : "rnn ", sp->lstm ? "peep" : "sf", sp->opt, (long long)T,
+             sp->lstm ? "lstm" : sp->gru ? "gru " : "rnn ",
+             sp->lstm ? "peep" : sp->gru ? "lbr" : "sf", sp->opt, (long long)T,
              (long long)B, (long long)I, (long long)H, P ? " P>0" : "",
              sp->coupled ? " coupled" : "", sp->reverse ? " reverse" : "",
              sp->lengths ? " lengths" : "");
@@ -174,7 +189,7 @@ static int model_init(model *m, const spec *sp) {
 static const char *seg_name(const model *m, size_t i) { // segment of theta element i
     int s = NSEG - 1;
     while (s > 0 && i < m->off[s]) s--;
-    return m->sp.lstm ? seg_lstm[s] : seg_rnn[s];
+    return m->sp.lstm ? seg_lstm[s] : m->sp.gru ? seg_gru[s] : seg_rnn[s];
 }
 
 // Fresh pseudo-random theta and loss weights dE = [w_y | w_s | w_o]; w_y is 0
@@ -261,10 +276,13 @@ static fr_call plan_for(const model *m) {
 
 // The named-pointer structs of one call, for either precision (real = float or double).
 #define LSTM_WEIGHTS(real, th) {SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), \
-                                SEG(th, S_WQV), NULL, NULL}
+                                SEG(th, S_WQV), NULL}
 #define LSTM_GRADS(g) {SEG(g, S_WX), SEG(g, S_WV), SEG(g, S_B), SEG(g, S_WS), SEG(g, S_WQV)}
 #define RNN_WEIGHTS(th) {SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS)}
 #define RNN_GRADS(g) {SEG(g, S_WX), SEG(g, S_WV), SEG(g, S_B), SEG(g, S_WS)}
+// the GRU's: W_x, W_h, b, b_hn in the segments of W_x, W_v, b, W_s
+#define GRU_WEIGHTS(th) RNN_WEIGHTS(th)
+#define GRU_GRADS(g) RNN_GRADS(g)
 
 static int forward_f64(const model *m, double *y, double *sT, double *oT, double *acts,
                        double *work, const double *th) {
@@ -274,6 +292,11 @@ static int forward_f64(const model *m, double *y, double *sT, double *oT, double
                                              SEG(th, S_Y0)};
         const fr_lstm_weights_f64 w = LSTM_WEIGHTS(double, th);
         return fr_lstm_forward_f64(&seq, &w, &m->lc, &call);
+    }
+    if (m->sp.gru) {
+        const fr_gru_forward_seq_f64 seq = {y, oT, acts, work, SEG(th, S_X), SEG(th, S_Y0)};
+        const fr_gru_weights_f64 w = GRU_WEIGHTS(th);
+        return fr_gru_forward_f64(&seq, &w, &m->gc, &call);
     }
     const fr_rnn_forward_seq_f64 seq = {y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0),
                                         SEG(th, S_Y0)};
@@ -289,6 +312,11 @@ static int forward_f32(const model *m, float *y, float *sT, float *oT, float *ac
                                              SEG(th, S_Y0)};
         const fr_lstm_weights_f32 w = LSTM_WEIGHTS(float, th);
         return fr_lstm_forward_f32(&seq, &w, &m->lc, &call);
+    }
+    if (m->sp.gru) {
+        const fr_gru_forward_seq_f32 seq = {y, oT, acts, work, SEG(th, S_X), SEG(th, S_Y0)};
+        const fr_gru_weights_f32 w = GRU_WEIGHTS(th);
+        return fr_gru_forward_f32(&seq, &w, &m->gc, &call);
     }
     const fr_rnn_forward_seq_f32 seq = {y, sT, oT, acts, work, SEG(th, S_X), SEG(th, S_S0),
                                         SEG(th, S_Y0)};
@@ -309,6 +337,13 @@ static int backward_f64(const model *m, double *g, double *bwork, const double *
         const fr_lstm_weights_f64 w = LSTM_WEIGHTS(double, th);
         return fr_lstm_backward_f64(&gr, &seq, &w, &m->lc, &call);
     }
+    if (m->sp.gru) {
+        const fr_gru_grads_f64 gr = GRU_GRADS(g);
+        const fr_gru_backward_seq_f64 seq = {SEG(g, S_X), SEG(g, S_Y0), bwork, dy, doT, acts,
+                                              SEG(th, S_X), y, SEG(th, S_Y0)};
+        const fr_gru_weights_f64 w = GRU_WEIGHTS(th);
+        return fr_gru_backward_f64(&gr, &seq, &w, &m->gc, &call);
+    }
     const fr_rnn_grads_f64 gr = RNN_GRADS(g);
     const fr_rnn_backward_seq_f64 seq = {SEG(g, S_X), SEG(g, S_S0), SEG(g, S_Y0), bwork, dy, dsT,
                                          doT, acts, SEG(th, S_X), y, SEG(th, S_S0), SEG(th, S_Y0)};
@@ -326,6 +361,13 @@ static int backward_f32(const model *m, float *g, float *bwork, const float *dy,
                                               SEG(th, S_Y0)};
         const fr_lstm_weights_f32 w = LSTM_WEIGHTS(float, th);
         return fr_lstm_backward_f32(&gr, &seq, &w, &m->lc, &call);
+    }
+    if (m->sp.gru) {
+        const fr_gru_grads_f32 gr = GRU_GRADS(g);
+        const fr_gru_backward_seq_f32 seq = {SEG(g, S_X), SEG(g, S_Y0), bwork, dy, doT, acts,
+                                              SEG(th, S_X), y, SEG(th, S_Y0)};
+        const fr_gru_weights_f32 w = GRU_WEIGHTS(th);
+        return fr_gru_backward_f32(&gr, &seq, &w, &m->gc, &call);
     }
     const fr_rnn_grads_f32 gr = RNN_GRADS(g);
     const fr_rnn_backward_seq_f32 seq = {SEG(g, S_X), SEG(g, S_S0), SEG(g, S_Y0), bwork, dy, dsT,
@@ -914,6 +956,91 @@ static void test_sizes_rnn(void) {
                     "ENULL (cfg, 10 forward + 13 backward pointers), optional NULLs ok%s", size_fail);
 }
 
+static void expect_gru_sizes(const fr_gru_config *c, int want, int line) {
+    size_t n;
+    expect(fr_gru_acts_size(&n, c), want, "fr_gru_acts_size", line);
+    expect(fr_gru_workspace_size(&n, c, 1), want, "fr_gru_workspace_size(training)", line);
+    expect(fr_gru_workspace_size(&n, c, 0), want, "fr_gru_workspace_size(inference)", line);
+    expect(fr_gru_backward_workspace_size(&n, c), want, "fr_gru_backward_workspace_size", line);
+}
+
+static void test_sizes_gru(void) {
+    size_ok = 1;
+    size_fail[0] = 0;
+    const int64_t big = (int64_t)1 << 40;
+    const int64_t bad_len[3] = {4, 5, 0}; // 5 > T
+    fr_gru_config ok_cfg = {.T = 4, .B = 3, .I = 5, .H = 4, .linear_before_reset = 1};
+    fr_gru_config c;
+    expect_gru_sizes(&ok_cfg, FR_OK, __LINE__);
+    c = ok_cfg; c.T = 0; expect_gru_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.B = -1; expect_gru_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.I = 0; expect_gru_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.H = 0; expect_gru_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.linear_before_reset = 2; expect_gru_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.reverse = -1; expect_gru_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.lengths = bad_len; expect_gru_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.T = big; c.B = big; expect_gru_sizes(&c, FR_EOVERFLOW, __LINE__);
+    c = ok_cfg; c.H = (int64_t)1 << 30; expect_gru_sizes(&c, FR_EOVERFLOW, __LINE__);
+    c = ok_cfg; c.T = (int64_t)1 << 31; c.B = 2; expect_gru_sizes(&c, FR_EOVERFLOW, __LINE__);
+    expect(fr_gru_acts_size(NULL, &ok_cfg), FR_ENULL, "fr_gru_acts_size(NULL)", __LINE__);
+    expect(fr_gru_acts_size(&(size_t){0}, NULL), FR_ENULL, "fr_gru_acts_size(cfg NULL)", __LINE__);
+
+    spec sp = {.gru = 1, .T = 4, .B = 3, .I = 5, .H = 4, .opt = 1};
+    model mm, *m = &mm;
+    if (model_init(m, &sp) != FR_OK) { report(0, "sizes   gru: model_init failed"); return; }
+    bufs b = bufs_alloc(m, 0);
+    double *th = b.theta, *g = b.grad, *y = b.y, *oT = b.oT, *acts = b.acts;
+    double *work = b.work, *bwork = b.bwork, *dy = b.dE;
+    const fr_gru_forward_seq_f64 fs = {y, oT, acts, work, SEG(th, S_X), SEG(th, S_Y0)};
+    const fr_gru_weights_f64 fw = GRU_WEIGHTS(th);
+    const fr_gru_grads_f64 gr = GRU_GRADS(g);
+    const fr_gru_backward_seq_f64 bs = {NULL, NULL, bwork, dy, NULL, acts, SEG(th, S_X), y,
+                                        SEG(th, S_Y0)};
+    EXPECT(fr_gru_forward_f64(&fs, &fw, NULL, NULL), FR_ENULL);
+    for (int k = 0; k < 8; k++) { // every required forward pointer, b_hn with the option
+        fr_gru_forward_seq_f64 s2 = fs;
+        fr_gru_weights_f64 w2 = fw;
+        double **out[] = {&s2.h_seq, &s2.h_T, &s2.work};
+        const double **in[] = {&s2.x, &s2.h0, &w2.W_x, &w2.W_h, &w2.b};
+        if (k < 3) *out[k] = NULL;
+        else *in[k - 3] = NULL;
+        expect_k(fr_gru_forward_f64(&s2, &w2, &ok_cfg, NULL), FR_ENULL,
+                 "fr_gru_forward_f64(NULL required pointer)", __LINE__, k);
+    }
+    {
+        fr_gru_weights_f64 w2 = fw;
+        w2.b_hn = NULL;
+        EXPECT(fr_gru_forward_f64(&fs, &w2, &ok_cfg, NULL), FR_ENULL);
+    }
+    EXPECT(fr_gru_forward_f64(&fs, &fw, &ok_cfg, NULL), FR_OK);
+    for (int k = 0; k < 10; k++) {
+        fr_gru_grads_f64 g2 = gr;
+        fr_gru_backward_seq_f64 s2 = bs;
+        fr_gru_weights_f64 w2 = fw;
+        double **out[] = {&g2.dW_x, &g2.dW_h, &g2.db, &g2.db_hn, &s2.work};
+        const double **in[] = {&s2.acts, &s2.x, &s2.h_seq, &s2.h0, &w2.W_x};
+        if (k < 5) *out[k] = NULL;
+        else *in[k - 5] = NULL;
+        expect_k(fr_gru_backward_f64(&g2, &s2, &w2, &ok_cfg, NULL), FR_ENULL,
+                 "fr_gru_backward_f64(NULL required pointer)", __LINE__, k);
+    }
+    {
+        fr_gru_backward_seq_f64 s2 = bs;
+        s2.dh_seq = NULL;
+        EXPECT(fr_gru_backward_f64(&gr, &s2, &fw, &ok_cfg, NULL), FR_OK);
+        fr_gru_config c0 = ok_cfg;
+        fr_gru_grads_f64 g2 = gr;
+        c0.linear_before_reset = 0; // b_hn not used: may be NULL
+        g2.db_hn = NULL;
+        EXPECT(fr_gru_forward_f64(&fs, &fw, &c0, NULL), FR_OK);
+        EXPECT(fr_gru_backward_f64(&g2, &s2, &fw, &c0, NULL), FR_OK);
+    }
+    bufs_free(&b);
+    report(size_ok, "sizes   gru:  EINVAL (T/B/I/H <= 0, options, lengths > T), EOVERFLOW (3 "
+                    "configs), ENULL (cfg, 9 forward + 10 backward pointers), optional NULLs ok%s",
+           size_fail);
+}
+
 // ----------------------------------------------------------------------------
 
 int main(void) {
@@ -927,6 +1054,7 @@ int main(void) {
     test_gemm(1);
     test_sizes_lstm();
     test_sizes_rnn();
+    test_sizes_gru();
 
     // fd, twice, f32, infer, chunked on small problems
     static const spec small[] = {
@@ -959,6 +1087,18 @@ int main(void) {
          .packed = 1, .threads = 2},
         {.lstm = 1, .T = 4, .B = 3, .I = 5, .H = 34, .opt = FR_PEEP_NONE, .reverse = 1,
          .lengths = len3, .packed = 1, .threads = 3},
+        // the GRU, both formulations: plain, lengths, reverse, the team path
+        {.gru = 1, .T = 4, .B = 3, .I = 5, .H = 4, .opt = 1},
+        {.gru = 1, .T = 4, .B = 3, .I = 5, .H = 4, .opt = 0},
+        {.gru = 1, .T = 1, .B = 1, .I = 5, .H = 4, .opt = 1},
+        {.gru = 1, .T = 1, .B = 1, .I = 5, .H = 4, .opt = 0},
+        {.gru = 1, .T = 4, .B = 3, .I = 5, .H = 4, .opt = 1, .reverse = 1, .lengths = len3},
+        {.gru = 1, .T = 4, .B = 3, .I = 5, .H = 4, .opt = 0, .lengths = len3},
+        {.gru = 1, .T = 4, .B = 3, .I = 5, .H = 4, .opt = 0, .packed = 1},
+        {.gru = 1, .T = 4, .B = 3, .I = 5, .H = 34, .opt = 1, .reverse = 1, .lengths = len3,
+         .packed = 1, .threads = 2},
+        {.gru = 1, .T = 4, .B = 3, .I = 6, .H = 36, .opt = 0, .lengths = len3, .packed = 1,
+         .threads = 3},
         // the RNN's team path
         {.lstm = 0, .T = 4, .B = 3, .I = 5, .H = 4, .opt = 1, .packed = 1},
         {.lstm = 0, .T = 4, .B = 3, .I = 5, .H = 34, .opt = 1, .reverse = 1, .lengths = len3,
@@ -986,6 +1126,9 @@ int main(void) {
         {.lstm = 0, .T = 9, .B = 64, .I = 5, .H = 4, .opt = 1},
         {.lstm = 0, .T = 10, .B = 64, .I = 5, .H = 4, .opt = 1, .reverse = 1, .lengths = len64},
         {.lstm = 0, .T = 301, .B = 1, .I = 5, .H = 4, .opt = 0},
+        {.gru = 1, .T = 10, .B = 64, .I = 5, .H = 4, .opt = 1, .reverse = 1, .lengths = len64},
+        {.gru = 1, .T = 11, .B = 64, .I = 5, .H = 4, .opt = 0, .lengths = len64},
+        {.gru = 1, .T = 300, .B = 1, .I = 5, .H = 4, .opt = 0},
     };
     const size_t n_longer = sizeof longer / sizeof longer[0];
     for (size_t i = 0; i < n_longer; i++) test_infer(&longer[i]);

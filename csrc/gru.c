@@ -1,0 +1,106 @@
+/* The GRU (§8), both formulations: one body, two precisions. This file
+ * validates configurations and lays out the buffers; the math is in gru_body.h. */
+#include "common.h"
+
+static int gru_check_config(const fr_gru_config *cfg) {
+    if (cfg == NULL) return FR_ENULL;
+    if (cfg->T < 1 || cfg->B < 1 || cfg->I < 1 || cfg->H < 1) return FR_EINVAL;
+    if ((cfg->linear_before_reset != 0 && cfg->linear_before_reset != 1) ||
+        (cfg->reverse != 0 && cfg->reverse != 1))
+        return FR_EINVAL;
+    if (cfg->lengths)
+        for (int64_t b = 0; b < cfg->B; b++)
+            if (cfg->lengths[b] < 0 || cfg->lengths[b] > cfg->T) return FR_EINVAL;
+    size_t TB, G;
+    FR_CHECK(fr_mul(&TB, (size_t)cfg->T, (size_t)cfg->B));
+    FR_CHECK(fr_mul(&G, 4, (size_t)cfg->H));
+    if (!fr_fits_int((int64_t)TB) || !fr_fits_int((int64_t)G) || !fr_fits_int(cfg->I))
+        return FR_EOVERFLOW;
+    return FR_OK;
+}
+
+/* ---- the buffers: one region table each (see lstm.c) --------------------------
+ * A row of the activation store, of an inference chunk and of the backward's
+ * alphas has four H-wide blocks:
+ *   forward  [g_r | g_z | u | c]          (first the x-side accumulations a_r, a_z, a_n)
+ *   backward [alpha_r | alpha_z | gamma | alpha_n]
+ * so that the rows the per-step recurrent GEMMs read are contiguous: c for
+ * W_hn c[n] (8.4), [alpha_r, alpha_z, gamma] for (8.12). */
+enum { GF_CHUNK, GF_REC, GF_WX_P, GF_WH_P, GF_COUNT }; /* forward workspace */
+enum { GB_DA, GB_F_CHI, GB_RHO, GB_ZEROS, GB_WH_P, GB_WN_P, GB_SAVE, GB_COUNT }; /* backward */
+
+static int gru_acts_elems(size_t *n, const fr_gru_config *cfg) {
+    FR_CHECK(fr_mul3(n, (size_t)cfg->T, (size_t)cfg->B, 4 * (size_t)cfg->H)); /* (T, B, 4H) */
+    return *n > FR_MAX_ELEMS ? FR_EOVERFLOW : FR_OK;
+}
+
+/* An inference chunk (Tc, B, 4H) in place of the store, the recurrent products
+ * (B, 3H), the micro-kernel's per-gate panels of W_x^T and W_h^T. */
+static int gru_forward_regions(size_t n[GF_COUNT], const fr_gru_config *cfg, int training) {
+    const size_t B = (size_t)cfg->B, H = (size_t)cfg->H, H32 = fr_pad32(cfg->H);
+    memset(n, 0, GF_COUNT * sizeof n[0]);
+    if (!training)
+        FR_CHECK(fr_mul3(&n[GF_CHUNK], (size_t)fr_inference_chunk(cfg->T, cfg->B), B, 4 * H));
+    FR_CHECK(fr_mul(&n[GF_REC], B, 3 * H));
+    FR_CHECK(fr_mul3(&n[GF_WX_P], 3, H32, (size_t)cfg->I));
+    FR_CHECK(fr_mul3(&n[GF_WH_P], 3, H32, H));
+    return FR_OK;
+}
+
+/* The alphas (T, B, 4H) of every step, the carry f_chi and rho = W_hn^T alpha_n
+ * (B, H), zeros for an absent dh, the panels of the backward's recurrent
+ * GEMMs (K = 3H, or 2H and H without linear_before_reset; N = H), and the
+ * weight gradients as they were (restored when a call is interrupted). */
+static int gru_backward_regions(size_t n[GB_COUNT], const fr_gru_config *cfg) {
+    const size_t T = (size_t)cfg->T, B = (size_t)cfg->B, H = (size_t)cfg->H;
+    const size_t I = (size_t)cfg->I, H32 = fr_pad32(cfg->H);
+    const int lbr = cfg->linear_before_reset;
+    FR_CHECK(fr_mul3(&n[GB_DA], T, B, 4 * H));
+    FR_CHECK(fr_mul(&n[GB_F_CHI], B, H));
+    n[GB_RHO] = lbr ? 0 : n[GB_F_CHI];
+    n[GB_ZEROS] = n[GB_F_CHI];
+    FR_CHECK(fr_mul3(&n[GB_WH_P], H32, lbr ? 3 : 2, H));
+    FR_CHECK(fr_mul(&n[GB_WN_P], H32, lbr ? 0 : H));
+    FR_CHECK(fr_mul(&n[GB_SAVE], 3 * H, I + H + 1));
+    FR_CHECK(fr_add(&n[GB_SAVE], n[GB_SAVE], lbr ? H : 0));
+    return FR_OK;
+}
+
+static fr_plan gru_plan(const fr_gru_config *cfg, const fr_call *call, size_t elem) {
+    const fr_plan_input in = {.T = cfg->T, .B = cfg->B, .units = cfg->H, .rec_cols = 3 * cfg->H,
+                              .rec_depth = cfg->H, .elem = elem, .ukernel_ok = 1,
+                              .prepacked = 0};
+    return fr_plan_cell(&in, call);
+}
+
+int fr_gru_acts_size(size_t *n_elems, const fr_gru_config *cfg) {
+    if (n_elems == NULL) return FR_ENULL;
+    FR_CHECK(gru_check_config(cfg));
+    return gru_acts_elems(n_elems, cfg);
+}
+
+int fr_gru_workspace_size(size_t *n_elems, const fr_gru_config *cfg, int training) {
+    if (n_elems == NULL) return FR_ENULL;
+    FR_CHECK(gru_check_config(cfg));
+    size_t n[GF_COUNT];
+    FR_CHECK(gru_forward_regions(n, cfg, training));
+    return fr_regions_total(n_elems, n, GF_COUNT, 1);
+}
+
+int fr_gru_backward_workspace_size(size_t *n_elems, const fr_gru_config *cfg) {
+    if (n_elems == NULL) return FR_ENULL;
+    FR_CHECK(gru_check_config(cfg));
+    size_t n[GB_COUNT];
+    FR_CHECK(gru_backward_regions(n, cfg));
+    return fr_regions_total(n_elems, n, GB_COUNT, 1);
+}
+
+#define real float
+#define SUFFIX _f32
+#define EXP fr_exp_f32
+#include "gru_body.h"
+
+#define real double
+#define SUFFIX _f64
+#define EXP fr_exp_f64
+#include "gru_body.h"

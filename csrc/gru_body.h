@@ -1,0 +1,392 @@
+/* Type-generic GRU body, included by gru.c with `real`, SUFFIX, EXP (undefined
+ * again at the end). Equation names refer to docs/equations.md §8.
+ *
+ * One forward and one backward time loop over a member's slice of the hidden
+ * units, the GEMMs through the call's table, as in lstm_body.h. A row's four
+ * H-wide blocks are laid out as gru.c describes; every pointer of a row pass
+ * starts at the member's first unit, gate blocks H apart. */
+#define FN(name) FR_CAT(name, SUFFIX)
+#define WMAT FN(fr_wmat)
+
+#include "warp_body.h"
+
+/* ---- forward ------------------------------------------------------------------ */
+
+/* (8.1), (8.2): g_r, g_z from the x-side accumulations in g, the recurrent
+ * products rec and the bias; without linear_before_reset (hp given) also
+ * c[n] = g_r h[n-1] of (8.4), which W_hn multiplies next. */
+FR_TARGET_CLONES
+static void FN(gru_row_gates)(real *g,                 /* (4, H) a_r|a_z|a_n|c -> g_r|g_z|.|c */
+                              const real *restrict rec, /* (3, H) W_h* h[n-1] */
+                              const real *restrict b,   /* (3, H) */
+                              const real *restrict hp,  /* (n) h[n-1], or NULL */
+                              int64_t H, int64_t n) {
+    for (int q = 0; q < 2; q++)
+        for (int64_t j = 0; j < n; j++) g[q * H + j] += rec[q * H + j] + b[q * H + j];
+    FN(vsigmoid)(g, g, n);
+    FN(vsigmoid)(g + H, g + H, n);
+    if (hp)
+        for (int64_t j = 0; j < n; j++) g[3 * H + j] = g[j] * hp[j];
+}
+
+/* (8.3) or (8.4), then (8.5), (8.6). With linear_before_reset (b_hn given)
+ * c[n] = W_hn h[n-1] + b_hn is formed here from rec's n block; otherwise that
+ * block already is W_hn c[n]. */
+FR_TARGET_CLONES
+static void FN(gru_row_update)(real *g,                  /* (4, H) g_r|g_z|a_n|c -> .|.|u|c */
+                               real *restrict h,         /* (n) h[n] out */
+                               const real *restrict rec, /* (3, H) */
+                               const real *restrict b,   /* (3, H) */
+                               const real *restrict b_hn, /* (n), or NULL */
+                               const real *restrict hp,  /* (n) h[n-1] */
+                               int64_t H, int64_t n) {
+    real *restrict u = g + 2 * H, *restrict c = g + 3 * H;
+    const real *restrict g_r = g, *restrict g_z = g + H;
+    if (b_hn) {
+        for (int64_t j = 0; j < n; j++) {
+            c[j] = rec[2 * H + j] + b_hn[j];
+            u[j] += b[2 * H + j] + g_r[j] * c[j];
+        }
+    } else {
+        for (int64_t j = 0; j < n; j++) u[j] += b[2 * H + j] + rec[2 * H + j];
+    }
+    FN(vtanh)(u, u, n);
+    for (int64_t j = 0; j < n; j++) h[j] = u[j] + g_z[j] * (hp[j] - u[j]); /* (1-z) u + z h */
+}
+
+/* Member id of n owns units [h0, h1): its columns of the x-side GEMM of a
+ * chunk, and per step its columns of the recurrent GEMMs and the row passes;
+ * one barrier a step, two without linear_before_reset (W_hn c[n] reads all of
+ * c[n]). */
+typedef struct {
+    const fr_gru_config *cfg;
+    const FN(fr_gru_forward_seq) *seq;
+    const FN(fr_gru_weights) *w;
+    WMAT x, h;         /* the GEMM table: op = W_x^T (I, 3H), W_h^T (H, 3H) */
+    real *p[GF_COUNT]; /* the workspace */
+    int pack;          /* the members pack their panels first */
+    int64_t Tc;        /* steps per x-side GEMM */
+    fr_poll poll;
+} FN(gru_fwd);
+
+static void FN(gru_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
+    FN(gru_fwd) *c = vctx;
+    const fr_gru_config *cfg = c->cfg;
+    const FN(fr_gru_forward_seq) *seq = c->seq;
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, Tc = c->Tc;
+    const int lbr = cfg->linear_before_reset;
+    const size_t BG = (size_t)B * G, BH = (size_t)B * H;
+    const real *bias = c->w->b;                       /* (3H) */
+    const real *b_hn = lbr ? c->w->b_hn : NULL;       /* (H) */
+    real *rec = c->p[GF_REC];                         /* (B, 3H) */
+    int64_t h0, h1;
+    fr_share(&h0, &h1, H, FR_PW(real), id, nth);
+    const int64_t nh = h1 - h0;
+    if (c->pack) {
+        FN(fr_pack_gates)(c->p[GF_WX_P], c->w->W_x, 3, H, I, h0, nh);
+        FN(fr_pack_gates)(c->p[GF_WH_P], c->w->W_h, 3, H, H, h0, nh);
+    }
+    for (int64_t k0 = 0; k0 < T; k0 += Tc) {
+        const int64_t tc = (T - k0 < Tc) ? T - k0 : Tc;
+        const int64_t lo = cfg->reverse ? T - k0 - tc : k0; /* steps [lo, lo + tc) */
+        real *g_lo = seq->acts ? seq->acts + (size_t)lo * BG : c->p[GF_CHUNK]; /* (tc, B, 4H) */
+        /* x-side accumulations W_x* x[n] of tc steps, this member's units */
+        FN(fr_gates_gemm)(g_lo, G, seq->x + (size_t)lo * B * I, I, &c->x, tc * B, I, H, 0, 3, h0,
+                          nh, 0);
+        for (int64_t k = k0; k < k0 + tc; k++) {
+            const int64_t n = cfg->reverse ? T - 1 - k : k;
+            const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
+            real *g = g_lo + (size_t)(n - lo) * BG;                                /* (B, 4H) */
+            const real *h_prev = k == 0 ? seq->h0 : seq->h_seq + (size_t)n_prev * BH; /* (B, H) */
+            real *h_n = seq->h_seq + (size_t)n * BH;                               /* (B, H) */
+            /* W_h* h[n-1]: the three gates at once, or without linear_before_reset
+             * r and z first and W_hn c[n] after the gates */
+            FN(fr_gates_gemm)(rec, 3 * H, h_prev, H, &c->h, B, H, H, 0, lbr ? 3 : 2, h0, nh, 0);
+            for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
+                const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
+                if (fr_active(cfg->lengths, bi, n))
+                    FN(gru_row_gates)(g + og, rec + (size_t)bi * 3 * H + h0, bias + h0,
+                                      lbr ? NULL : h_prev + o, H, nh);
+                else /* padding: c (read by the gradient GEMMs) stays finite */
+                    memset(g + og + 3 * H, 0, (size_t)nh * sizeof(real));
+            }
+            if (!lbr) {
+                fr_team_barrier(team); /* c[n] complete */
+                FN(fr_gates_gemm)(rec, 3 * H, g + 3 * H, G, &c->h, B, H, H, 2, 1, h0, nh, 0);
+            }
+            for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
+                const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
+                if (fr_active(cfg->lengths, bi, n))
+                    FN(gru_row_update)(g + og, h_n + o, rec + (size_t)bi * 3 * H + h0, bias + h0,
+                                       b_hn ? b_hn + h0 : NULL, h_prev + o, H, nh);
+                else /* padding holds the state */
+                    memcpy(h_n + o, h_prev + o, (size_t)nh * sizeof(real));
+            }
+            fr_poll_step(&c->poll, id);
+            fr_team_barrier(team); /* h[n] complete: the next step reads all of it */
+            if (fr_poll_stopped(&c->poll)) return;
+        }
+    }
+}
+
+int FN(fr_gru_forward)(const FN(fr_gru_forward_seq) *seq, const FN(fr_gru_weights) *w,
+                       const fr_gru_config *cfg, const fr_call *call) {
+    FR_CHECK(gru_check_config(cfg));
+    if (!seq || !w) return FR_ENULL;
+    if (!seq->h_seq || !seq->h_T || !seq->x || !seq->h0 || !w->W_x || !w->W_h || !w->b ||
+        (cfg->linear_before_reset && !w->b_hn))
+        return FR_ENULL;
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H;
+    const int training = seq->acts != NULL;
+    size_t nf[GF_COUNT], n_work;
+    FR_CHECK(gru_forward_regions(nf, cfg, training));
+    FR_CHECK(fr_regions_total(&n_work, nf, GF_COUNT, 1));
+    if (n_work > 0 && !seq->work) return FR_ENULL;
+    const fr_plan plan = gru_plan(cfg, call, sizeof(real));
+
+    FN(gru_fwd) c;
+    memset(&c, 0, sizeof c);
+    c.cfg = cfg;
+    c.seq = seq;
+    c.w = w;
+    fr_regions_point((void **)c.p, nf, GF_COUNT, seq->work, sizeof(real), 1);
+    c.pack = plan.ukernel;
+    c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? c.p[GF_WX_P] : NULL};
+    c.h = (WMAT){w->W_h, H, 1, plan.ukernel ? c.p[GF_WH_P] : NULL};
+    fr_poll_init(&c.poll, call);
+    /* the x-side GEMM: chunks of the inference workspace, or all T steps of a
+     * training call at once (in whole chunks when the call can be interrupted) */
+    const int64_t Tc_infer = fr_inference_chunk(T, B);
+    c.Tc = training ? fr_piece_steps(&c.poll, T, 6.0 * (double)B * (double)H * (double)I,
+                                     Tc_infer)
+                    : Tc_infer;
+    fr_team_run(plan.threads, FN(gru_forward_loop), &c);
+    if (fr_poll_stopped(&c.poll)) return FR_EINTR;
+    const int64_t n_last = cfg->reverse ? 0 : T - 1;
+    memcpy(seq->h_T, seq->h_seq + (size_t)n_last * B * H, (size_t)(B * H) * sizeof(real));
+    return FR_OK;
+}
+
+/* ---- backward ------------------------------------------------------------------ */
+
+/* (8.7)-(8.9) for n units of one active row, with linear_before_reset also
+ * (8.10), (8.11); f_chi (in: f_chi[n+1]) becomes g_z chi[n], the part of
+ * f_chi[n] that needs no GEMM. */
+FR_TARGET_CLONES
+static void FN(gru_row_backward)(real *restrict da,       /* (4, H) alpha_r|alpha_z|gamma|alpha_n */
+                                 real *restrict f_chi,    /* (n) */
+                                 const real *restrict dh, /* (n) dE/dh[n] from above */
+                                 const real *restrict g,  /* (4, H) g_r|g_z|u|c */
+                                 const real *restrict hp, /* (n) h[n-1] */
+                                 int lbr, int64_t H, int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
+        const real g_r = g[j], g_z = g[H + j], u = g[2 * H + j], c = g[3 * H + j];
+        const real chi = dh[j] + f_chi[j];
+        const real alpha_n = chi * (1 - g_z) * (1 - u * u);
+        da[H + j] = chi * (hp[j] - u) * g_z * (1 - g_z);
+        da[2 * H + j] = lbr ? alpha_n * g_r : alpha_n;            /* gamma */
+        da[3 * H + j] = alpha_n;
+        da[j] = lbr ? alpha_n * c * g_r * (1 - g_r) : 0;          /* else (8.14) later */
+        f_chi[j] = g_z * chi;
+    }
+}
+
+/* Without linear_before_reset, given rho = W_hn^T alpha_n (8.13): alpha_r
+ * (8.14) and the g_r rho term of (8.15). */
+FR_TARGET_CLONES
+static void FN(gru_row_backward_reset)(real *restrict da, real *restrict f_chi,
+                                       const real *restrict rho, const real *restrict g,
+                                       const real *restrict hp, int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
+        const real g_r = g[j];
+        da[j] = rho[j] * hp[j] * g_r * (1 - g_r);
+        f_chi[j] += g_r * rho[j];
+    }
+}
+
+/* Member id owns units [h0, h1): the row passes of its units, then (the
+ * step's alphas complete) its columns of f_chi[n] = g_z chi + W_h*^T [...]
+ * (8.12) / (8.15), which are its own to read at the next step; one barrier a
+ * step, two without linear_before_reset (rho reads all of alpha_n). A padding
+ * row's alphas are zero, so the GEMM's += passes its f_chi through. */
+typedef struct {
+    const fr_gru_config *cfg;
+    const FN(fr_gru_grads) *g;
+    const FN(fr_gru_backward_seq) *seq;
+    const FN(fr_gru_weights) *w;
+    WMAT h, hn;        /* the GEMM table: op = W_h (3H, H) ([W_hr; W_hz] (2H, H)), W_hn (H, H) */
+    real *p[GB_COUNT]; /* the workspace */
+    int pack;
+    int grads_in_team;
+    int64_t piece; /* steps per piece of the gradient GEMMs */
+    fr_poll poll;
+} FN(gru_bwd);
+
+/* The gradient GEMMs (8.16), (8.17), this member's output columns; 0 when
+ * interrupted. The n blocks of alpha sit at 3H (alpha_n) and 2H (gamma). */
+static int FN(gru_grads)(FN(gru_bwd) *c, int id, int nth, fr_team *team, int uk) {
+    const fr_gru_config *cfg = c->cfg;
+    const FN(fr_gru_grads) *g = c->g;
+    const FN(fr_gru_backward_seq) *seq = c->seq;
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, PW = FR_PW(real);
+    const int lbr = cfg->linear_before_reset;
+    const real *dA = c->p[GB_DA];                             /* (T, B, 4H) */
+    const size_t BG = (size_t)B * G;
+    int64_t i0, i1, h0, h1;
+    fr_share(&i0, &i1, I, PW, id, nth);
+    fr_share(&h0, &h1, H, PW, id, nth);
+    const int64_t ni = i1 - i0, nh = h1 - h0;
+    for (int64_t t0 = 0; t0 < T; t0 += c->piece) {
+        const int64_t t1 = T - t0 < c->piece ? T : t0 + c->piece, rows = (t1 - t0) * B;
+        const real *dA_p = dA + (size_t)t0 * BG;             /* (t1 - t0, B, 4H) */
+        const real *x_p = seq->x + (size_t)t0 * B * I;       /* (t1 - t0, B, I) */
+        if (ni > 0) { /* dE/dW_x* = sum_n alpha_*[n] x[n]^T: r, z; then n */
+            FN(fr_agemm)(uk, g->dW_x, I, dA_p, G, 1, x_p, I, 2 * H, i0, ni, rows);
+            FN(fr_agemm)(uk, g->dW_x + 2 * H * I, I, dA_p + 3 * H, G, 1, x_p, I, H, i0, ni, rows);
+        }
+        if (nh > 0) {
+            /* dE/dW_h* = sum_n [alpha_r; alpha_z; gamma][n] h[n-1]^T (gamma: with
+             * linear_before_reset only) */
+            FN(fr_prev_gemm)(uk, g->dW_h, H, dA, G, seq->h0, seq->h_seq, H, lbr ? 3 * H : 2 * H,
+                             h0, nh, B, T, cfg->reverse, t0, t1);
+            if (!lbr) /* dE/dW_hn = sum_n gamma[n] c[n]^T */
+                FN(fr_agemm)(uk, g->dW_h + 2 * H * H, H, dA_p + 2 * H, G, 1,
+                             seq->acts + (size_t)t0 * BG + 3 * H, G, H, h0, nh, rows);
+        }
+        for (int64_t row = 0; nh > 0 && row < rows; row++) { /* dE/db_*, dE/db_hn */
+            const real *a = dA_p + (size_t)row * G;
+            for (int64_t j = h0; j < h1; j++) {
+                g->db[j] += a[j];
+                g->db[H + j] += a[H + j];
+                g->db[2 * H + j] += a[3 * H + j];
+            }
+            if (lbr)
+                for (int64_t j = h0; j < h1; j++) g->db_hn[j] += a[2 * H + j];
+        }
+        if (seq->dx && ni > 0) { /* dE/dx[n] = sum_* W_x*^T alpha_*[n] */
+            real *dx_p = seq->dx + (size_t)t0 * B * I;
+            FN(fr_agemm)(uk, dx_p, I, dA_p, G, 0, c->w->W_x, I, rows, i0, ni, 2 * H);
+            FN(fr_agemm)(uk, dx_p, I, dA_p + 3 * H, G, 0, c->w->W_x + 2 * H * I, I, rows, i0, ni,
+                         H);
+        }
+        if (t1 < T) {
+            fr_poll_check(&c->poll, id);
+            fr_team_barrier(team);
+            if (fr_poll_stopped(&c->poll)) return 0;
+        }
+    }
+    return 1;
+}
+
+static void FN(gru_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
+    FN(gru_bwd) *c = vctx;
+    const fr_gru_config *cfg = c->cfg;
+    const FN(fr_gru_backward_seq) *seq = c->seq;
+    const int64_t T = cfg->T, B = cfg->B, H = cfg->H, G = 4 * H;
+    const int lbr = cfg->linear_before_reset;
+    const int64_t K = lbr ? 3 * H : 2 * H; /* depth of the f_chi GEMM */
+    const size_t BG = (size_t)B * G, BH = (size_t)B * H;
+    real *dA = c->p[GB_DA];                              /* (T, B, 4H) */
+    real *f_chi = c->p[GB_F_CHI], *rho = c->p[GB_RHO];   /* (B, H) */
+    const real *zeros = c->p[GB_ZEROS];                  /* (B, H) */
+    int64_t h0, h1;
+    fr_share(&h0, &h1, H, FR_PW(real), id, nth);
+    const int64_t nh = h1 - h0;
+    if (c->pack && nh > 0) { /* panels of W_h's first K rows and of W_hn, N = H */
+        FN(fr_pack)(c->p[GB_WH_P] + h0 * K, c->w->W_h + h0, 0, nh, K, H);
+        if (!lbr) FN(fr_pack)(c->p[GB_WN_P] + h0 * H, c->w->W_h + 2 * H * H + h0, 0, nh, H, H);
+    }
+    for (int64_t k = T - 1; k >= 0; k--) {
+        const int64_t n = cfg->reverse ? T - 1 - k : k;
+        const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
+        const real *g_n = seq->acts + (size_t)n * BG;                             /* (B, 4H) */
+        const real *h_prev = k == 0 ? seq->h0 : seq->h_seq + (size_t)n_prev * BH; /* (B, H) */
+        const real *dh_n = seq->dh_seq ? seq->dh_seq + (size_t)n * BH : zeros;    /* (B, H) */
+        real *dA_n = dA + (size_t)n * BG;                                        /* (B, 4H) */
+        for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
+            const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
+            if (fr_active(cfg->lengths, bi, n))
+                FN(gru_row_backward)(dA_n + og, f_chi + o, dh_n + o, g_n + og, h_prev + o, lbr, H,
+                                     nh);
+            else /* padding: no contribution; f_chi passes through */
+                for (int q = 0; q < 4; q++) memset(dA_n + og + q * H, 0, (size_t)nh * sizeof(real));
+        }
+        fr_poll_step(&c->poll, id);
+        fr_team_barrier(team); /* alpha_n[n] (with linear_before_reset all alphas) complete */
+        if (fr_poll_stopped(&c->poll)) return;
+        if (!lbr) {
+            if (nh > 0) FN(fr_wgemm)(rho, H, dA_n + 3 * H, G, &c->hn, B, h0, nh, H, 0);
+            for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
+                const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
+                if (fr_active(cfg->lengths, bi, n))
+                    FN(gru_row_backward_reset)(dA_n + og, f_chi + o, rho + o, g_n + og,
+                                               h_prev + o, nh);
+            }
+            fr_team_barrier(team); /* alpha_r[n] complete */
+        }
+        if (nh > 0) FN(fr_wgemm)(f_chi, H, dA_n, G, &c->h, B, h0, nh, K, 1);
+    }
+    if (!c->grads_in_team) return;
+    fr_team_barrier(team); /* every alpha[n] complete */
+    FN(gru_grads)(c, id, nth, team, 1);
+}
+
+int FN(fr_gru_backward)(const FN(fr_gru_grads) *g, const FN(fr_gru_backward_seq) *seq,
+                        const FN(fr_gru_weights) *w, const fr_gru_config *cfg,
+                        const fr_call *call) {
+    FR_CHECK(gru_check_config(cfg));
+    if (!g || !seq || !w) return FR_ENULL;
+    const int lbr = cfg->linear_before_reset;
+    if (!g->dW_x || !g->dW_h || !g->db || (lbr && !g->db_hn) || !seq->work || !seq->acts ||
+        !seq->x || !seq->h_seq || !seq->h0 || !w->W_x || !w->W_h)
+        return FR_ENULL;
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H;
+    size_t nb[GB_COUNT];
+    FR_CHECK(gru_backward_regions(nb, cfg));
+    const fr_plan plan = gru_plan(cfg, call, sizeof(real));
+
+    FN(gru_bwd) c;
+    memset(&c, 0, sizeof c);
+    c.cfg = cfg;
+    c.g = g;
+    c.seq = seq;
+    c.w = w;
+    fr_regions_point((void **)c.p, nb, GB_COUNT, seq->work, sizeof(real), 1);
+    real *const *p = c.p;
+    /* f_chi[T] = dE/d(final h) from a later window */
+    const size_t BH = (size_t)(B * H);
+    if (seq->dh_T) memcpy(p[GB_F_CHI], seq->dh_T, BH * sizeof(real));
+    else memset(p[GB_F_CHI], 0, BH * sizeof(real));
+    memset(p[GB_ZEROS], 0, BH * sizeof(real));
+    c.pack = plan.ukernel;
+    c.grads_in_team = plan.ukernel && plan.grads_in_team;
+    c.h = (WMAT){w->W_h, H, 0, plan.ukernel ? p[GB_WH_P] : NULL};
+    c.hn = (WMAT){w->W_h + (size_t)2 * H * H, H, 0, plan.ukernel ? p[GB_WN_P] : NULL};
+    fr_poll_init(&c.poll, call);
+    c.piece = fr_piece_steps(&c.poll, T, 2.0 * (double)B * 3.0 * (double)H * (double)(2 * I + H),
+                             1);
+    /* the weight gradients as they were, when the gradient GEMMs can be interrupted */
+    void *const dst[4] = {g->dW_x, g->dW_h, g->db, g->db_hn};
+    const size_t len[4] = {(size_t)(3 * H * I), (size_t)(3 * H * H), (size_t)(3 * H),
+                           lbr ? (size_t)H : 0};
+    const int save = c.piece < T;
+    if (save) fr_copy_arrays(p[GB_SAVE], dst, len, 4, sizeof(real), 0);
+
+    fr_team_run(plan.threads, FN(gru_backward_loop), &c);
+    if (!fr_poll_stopped(&c.poll)) {
+        /* (8.18) dE/dh[-1] = f_chi[0] */
+        if (seq->dh0) for (size_t i = 0; i < BH; i++) seq->dh0[i] += p[GB_F_CHI][i];
+        if (!c.grads_in_team) FN(gru_grads)(&c, 0, 1, NULL, 0); /* on the provider */
+    }
+    if (fr_poll_stopped(&c.poll)) {
+        if (save) fr_copy_arrays(p[GB_SAVE], dst, len, 4, sizeof(real), 1);
+        return FR_EINTR;
+    }
+    return FR_OK;
+}
+
+#undef WMAT
+#undef FN
+#undef real
+#undef SUFFIX
+#undef EXP
