@@ -58,12 +58,22 @@ def cast_keeps_values(node: Any) -> bool:
     return _attrs(node).get("to") in (TP.FLOAT, TP.DOUBLE)
 
 
-def _ints(consts: Dict[str, Any], name: str) -> Optional[List[int]]:
+def tensor_array(value: Any, what: str) -> np.ndarray:
+    """The values of a TensorProto (or an array already converted): ValueError naming
+    `what` when its data do not fit its type or dims (a malformed file)."""
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(_onnx().numpy_helper.to_array(value))
+    except Exception as exc:  # protobuf / numpy / onnx: undefined type, short data, ...
+        raise ValueError(f"{what} is a malformed tensor: {exc}") from None
+
+
+def ints(consts: Dict[str, Any], name: str) -> Optional[List[int]]:
+    """The values of a constant int tensor input, None if it is not a constant."""
     if not name or name not in consts:
         return None
-    value = consts[name]
-    arr = value if isinstance(value, np.ndarray) else _onnx().numpy_helper.to_array(value)
-    arr = np.asarray(arr)
+    arr = tensor_array(consts[name], f"the constant {name!r}")
     return [int(v) for v in arr.reshape(-1)] if arr.dtype.kind in "iu" else None
 
 
@@ -86,7 +96,7 @@ def _replay(node: Any, arr: np.ndarray, consts: Dict[str, Any], opset: int) -> n
         axis = axis + arr.ndim if axis < 0 else axis
         return arr.reshape(int(np.prod(arr.shape[:axis])), -1)
     if op == "Reshape":
-        shape = _ints(consts, ins[1])
+        shape = ints(consts, ins[1])
         if shape is None:
             raise ValueError(f"{node_name(node)}: its shape input {ins[1]!r} is not a constant "
                              "int tensor, so what it does cannot be checked")
@@ -94,7 +104,7 @@ def _replay(node: Any, arr: np.ndarray, consts: Dict[str, Any], opset: int) -> n
             shape = [arr.shape[i] if v == 0 and i < arr.ndim else v for i, v in enumerate(shape)]
         return arr.reshape(shape)
     # Squeeze / Unsqueeze: axes as input from opset 13, as attribute before
-    axes = _ints(consts, ins[1]) if opset >= 13 else a.get("axes")
+    axes = ints(consts, ins[1]) if opset >= 13 else a.get("axes")
     if opset >= 13 and ins[1] and axes is None:
         raise ValueError(f"{node_name(node)}: its axes input {ins[1]!r} is not a constant "
                          "int tensor, so what it does cannot be checked")
@@ -278,7 +288,11 @@ def weight_type(node: Any, consts: Dict[str, Any]) -> Optional[np.dtype]:
         return None
     if isinstance(value, np.ndarray):
         return value.dtype
-    return np.dtype(_onnx().helper.tensor_dtype_to_np_dtype(value.data_type))
+    try:
+        return np.dtype(_onnx().helper.tensor_dtype_to_np_dtype(value.data_type))
+    except Exception:  # an undefined or unknown element type
+        raise ValueError(f"{node_name(node)}: the weight W ({node.input[1]!r}) has no valid "
+                         f"element type (data_type {value.data_type})") from None
 
 
 def check_input_type(graph: Any, node: Any, consts: Dict[str, Any], name: str,

@@ -489,14 +489,7 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
             raise ValueError(f"{where}: input {what} ({name!r}) is neither an initializer nor a "
                              "Constant; if it is a graph input, pass its value as "
                              f"fusedrnn.onnx.load(model, inputs={{{name!r}: array}})")
-        value = consts[name]
-        if isinstance(value, np.ndarray):
-            return value
-        try:
-            arr = onnx.numpy_helper.to_array(value)
-        except Exception as exc:  # protobuf / numpy: the tensor's data do not fit its type or dims
-            raise ValueError(f"{where}: input {what} ({name!r}) is a malformed tensor: "
-                             f"{exc}") from None
+        arr = _G.tensor_array(consts[name], f"{where}: input {what} ({name!r})")
         if arr.dtype.kind != "f":
             raise ValueError(f"{where}: input {what} must be a float tensor (float16, float32 or "
                              f"float64: the operator's type T), got dtype {arr.dtype}")
@@ -688,25 +681,16 @@ def _same_cell(a: Any, b: Any) -> bool:
     return True
 
 
-def _int_list(consts: Dict[str, Any], name: str) -> Optional[List[int]]:
-    """The values of a constant int tensor input, None if it is not a constant."""
-    if name not in consts:
-        return None
-    value = consts[name]
-    arr = value if isinstance(value, np.ndarray) else _onnx().numpy_helper.to_array(value)
-    return [int(v) for v in np.asarray(arr).reshape(-1)] if arr.dtype.kind in "iu" else None
-
-
 def _is_zero_fill(node: Any, consts: Dict[str, Any]) -> bool:
     """An Expand of a zero constant or a ConstantOfShape of zero (torch.onnx.export's
     default initial state)."""
-    onnx = _onnx()
+    where = _G.node_name(node)
     if node.op_type == "ConstantOfShape":
-        vals = [onnx.numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"]
+        vals = [_G.tensor_array(a.t, f"{where}: attribute value") for a in node.attribute
+                if a.name == "value"]
         return not vals or not np.any(vals[0])
     if node.op_type == "Expand" and node.input and node.input[0] in consts:
-        value = consts[node.input[0]]
-        arr = value if isinstance(value, np.ndarray) else onnx.numpy_helper.to_array(value)
+        arr = _G.tensor_array(consts[node.input[0]], f"{where}: input {node.input[0]!r}")
         return arr.dtype.kind in "biuf" and not np.any(arr)
     return False
 
@@ -749,9 +733,9 @@ def _check_initial_states(graph: Any, nodes: List[Any], consts: Dict[str, Any],
                 continue
             if made_by is not None and made_by.op_type == "Slice" and made_by.input[0] in graph_inputs:
                 ins = list(made_by.input) + [""] * 5
-                starts, ends = _int_list(consts, ins[1]), _int_list(consts, ins[2])
-                axes = _int_list(consts, ins[3]) if ins[3] else [0]
-                steps = _int_list(consts, ins[4]) if ins[4] else [1]
+                starts, ends = _G.ints(consts, ins[1]), _G.ints(consts, ins[2])
+                axes = _G.ints(consts, ins[3]) if ins[3] else [0]
+                steps = _G.ints(consts, ins[4]) if ins[4] else [1]
                 if (starts, ends, axes, steps) == ([l * D], [(l + 1) * D], [0], [1]):
                     sources.setdefault(what, set()).add(ins[0])
                     continue

@@ -17,7 +17,9 @@
 # (the first run also downloads numpy, scipy, cmake, ... into the venv).
 #
 # Environment: ASAN_PYTEST_ARGS replaces the test selection below (e.g. "-k lstm
-# tests/test_errors.py"); ASAN_BUILD_DIR moves build/asan.
+# tests/test_errors.py"); ASAN_BUILD_DIR moves build/asan; ASAN_STAGE=build stops
+# after the build, ASAN_STAGE=test runs the tests on the build already made (CI
+# builds while the main test suite runs, and tests afterwards).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -32,6 +34,10 @@ if [ ! -e "$LIBASAN" ]; then
     exit 1
 fi
 
+STAGE="${ASAN_STAGE:-all}"
+case "$STAGE" in all|build|test) ;; *) echo "tests/asan/run.sh: ASAN_STAGE must be all, build or test, got $STAGE" >&2; exit 2 ;; esac
+
+if [ "$STAGE" != test ]; then
 echo "== ASan venv: $VENV"
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
@@ -47,6 +53,8 @@ echo "== ASan+UBSan build of $SRC"
     -Ccmake.define.FUSEDRNN_SANITIZE=ON \
     -Ccmake.build-type=RelWithDebInfo \
     "$SRC"
+fi
+[ "$STAGE" = build ] && { echo "== ASan build done"; exit 0; }
 
 cd "$SRC"
 # importing the extension needs the preload: find it without importing
