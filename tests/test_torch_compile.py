@@ -45,9 +45,15 @@ CASES = {
     "rnn-feedback-2layers-bidir": (frt.RNN, dict(state_feedback=True, num_layers=2,
                                                  bidirectional=True), dict(state=True)),
     "rnn-lengths": (frt.RNN, dict(), dict(state=True, lengths=True)),
+    "gru-2layers-bidir-lengths": (frt.GRU, dict(num_layers=2, bidirectional=True),
+                                  dict(h=True, lengths=True)),
+    "gru-original-batch_first-reverse": (
+        frt.GRU, dict(linear_before_reset=False, batch_first=True, reverse=True),
+        dict(h=True, lengths=True)),
 }
 PARAMS = [(c, F64) for c in CASES] + [("lstm-full-proj-2layers-bidir-lengths", F32),
-                                      ("rnn-feedback-2layers-bidir", F32)]
+                                      ("rnn-feedback-2layers-bidir", F32),
+                                      ("gru-original-batch_first-reverse", F32)]
 IDS = [f"{c}-{str(d)[-7:]}" for c, d in PARAMS]
 
 
@@ -64,6 +70,8 @@ class Call(torch.nn.Module):
         x = args.pop(0)
         kw = {}
         hx = None
+        if self.inputs.get("h"):  # a single state tensor (the GRU's h0)
+            hx = args.pop(0)
         if self.inputs.get("state"):
             hx = (args.pop(0), args.pop(0))
             if self.inputs.get("stream"):
@@ -92,6 +100,8 @@ def _args(call, T, B, seed, dtype):
         return (scale * torch.randn(*shape, generator=g, dtype=dtype)).requires_grad_()
 
     args = [rand(*((B, T, m.input_size) if m.batch_first else (T, B, m.input_size)))]
+    if inputs.get("h"):
+        args.append(rand(LD, B, m.hidden_size, scale=0.5))
     if inputs.get("state"):
         args += [rand(LD, B, R, scale=0.5), rand(LD, B, m.hidden_size, scale=0.5)]
         if inputs.get("stream"):
@@ -213,17 +223,19 @@ def test_compile_inductor_and_dynamic_shapes():
 
 NN_CASES = [("LSTM", dict(num_layers=2, bidirectional=True, proj_size=2)),
             ("LSTM", dict(batch_first=True)),
-            ("RNN", dict(num_layers=2, bidirectional=True))]
+            ("RNN", dict(num_layers=2, bidirectional=True)),
+            ("GRU", dict(num_layers=2, bidirectional=True))]
 
 
 @pytest.mark.parametrize("kind,opts", NN_CASES, ids=["lstm-2layers-bidir-proj",
-                                                     "lstm-batch_first", "rnn-2layers-bidir"])
+                                                     "lstm-batch_first", "rnn-2layers-bidir",
+                                                     "gru-2layers-bidir"])
 @pytest.mark.parametrize("how", ["compile", "export", "trace"])
 def test_recorded_module_matches_torch_nn(kind, opts, how):
     torch.manual_seed(4)
     ref = getattr(torch.nn, kind)(3, 4, dtype=F64, **opts)
     m = getattr(frt, kind).from_torch(ref)
-    call = Call(m, dict(state=True))
+    call = Call(m, dict(h=True) if kind == "GRU" else dict(state=True))
     args = _args(call, T=5, B=3, seed=8, dtype=F64)
     if kind == "RNN":   # torch's RNN has no cell state: h0 only, the s of fusedrnn follows
         args[2] = args[2].detach().zero_()
@@ -238,7 +250,7 @@ def test_recorded_module_matches_torch_nn(kind, opts, how):
         params = _params(rec)
     outs, dins, dparams = _run(rec, params, _fresh(args), used=3 if kind == "LSTM" else 2)
 
-    def torch_fn(x, h0, c0):
+    def torch_fn(x, h0, c0=None):
         y, st = ref(x, (h0, c0) if kind == "LSTM" else h0)
         return (y, *st) if kind == "LSTM" else (y, st)
 
@@ -253,8 +265,9 @@ def test_recorded_module_matches_torch_nn(kind, opts, how):
     torch.testing.assert_close(dins[1], r_dins[1], **tol)     # dh0
     if kind == "LSTM":
         torch.testing.assert_close(dins[2], r_dins[2], **tol)  # dc0
-    W_h = "W_v" if kind == "LSTM" else "W_r"
-    b = "b" if kind == "LSTM" else "theta_s"
+    W_h = {"LSTM": "W_v", "RNN": "W_r", "GRU": "W_h"}[kind]
+    b = "theta_s" if kind == "RNN" else "b"
+    H = m.hidden_size
     for l in range(m.num_layers):
         for d in range(2 if m.bidirectional else 1):
             t = f"_l{l}" + ("_reverse" if d else "")
@@ -262,7 +275,13 @@ def test_recorded_module_matches_torch_nn(kind, opts, how):
             torch.testing.assert_close(dparams["W_x" + s], r_dparams["weight_ih" + t], **tol)
             torch.testing.assert_close(dparams[W_h + s], r_dparams["weight_hh" + t], **tol)
             torch.testing.assert_close(dparams[b + s], r_dparams["bias_ih" + t], **tol)
-            torch.testing.assert_close(dparams[b + s], r_dparams["bias_hh" + t], **tol)
+            if kind == "GRU":  # bias_hh: the r, z rows are in b, the n rows are b_hn
+                torch.testing.assert_close(dparams[b + s][:2 * H], r_dparams["bias_hh" + t][:2 * H],
+                                           **tol)
+                torch.testing.assert_close(dparams["b_hn" + s], r_dparams["bias_hh" + t][2 * H:],
+                                           **tol)
+            else:
+                torch.testing.assert_close(dparams[b + s], r_dparams["bias_hh" + t], **tol)
 
 
 def test_dropout_masks_follow_torch_generator_when_recorded():
@@ -288,10 +307,12 @@ def test_dropout_masks_follow_torch_generator_when_recorded():
 def test_opcheck_forward_and_backward():
     for m, hx in ((frt.LSTM(3, 4, proj_size=2, num_layers=2, bidirectional=True, dtype=F64,
                             seed=0), True),
-                  (frt.RNN(3, 4, state_feedback=True, dtype=F64, seed=0), False)):
+                  (frt.RNN(3, 4, state_feedback=True, dtype=F64, seed=0), False),
+                  (frt.GRU(3, 4, linear_before_reset=False, num_layers=2, dtype=F64, seed=0),
+                   "h")):
         LD, R = m.num_layers * (2 if m.bidirectional else 1), getattr(m, "proj_size", 0) or 4
         x = torch.randn(5, 2, 3, dtype=F64, requires_grad=True)
-        s0 = torch.randn(LD, 2, 4, dtype=F64, requires_grad=True) if hx else None
+        s0 = torch.randn(LD, 2, 4, dtype=F64, requires_grad=True) if hx is True else None
         o0 = torch.randn(LD, 2, R, dtype=F64, requires_grad=True) if hx else None
         ws = list(m.parameters())
         lens = torch.tensor([5, 3])
@@ -299,9 +320,10 @@ def test_opcheck_forward_and_backward():
         torch.library.opcheck(torch.ops.fusedrnn.forward.default, args)
         detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args[:8]]
         y, s_T, o_T, tape = torch.ops.fusedrnn.forward(*detached, [w.detach() for w in ws], True)
+        dstate = (None, torch.randn_like(o_T)) if hx == "h" else (torch.randn_like(s_T), None)
         torch.library.opcheck(torch.ops.fusedrnn.backward.default,
-                              (m._op_config, tape, torch.randn_like(y), torch.randn_like(s_T),
-                               None, [w.detach() for w in ws]))
+                              (m._op_config, tape, torch.randn_like(y), *dstate,
+                               [w.detach() for w in ws]))
 
 
 def test_what_cannot_be_recorded_fails_clearly():

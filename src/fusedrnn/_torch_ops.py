@@ -30,16 +30,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .gru import GRU
 from .lstm import LSTM
 from .rnn import RNN
 
-_CELLS = {"LSTM": LSTM, "RNN": RNN}
+_CELLS = {"LSTM": LSTM, "RNN": RNN, "GRU": GRU}
 _NP_DTYPE = {torch.float32: "float32", torch.float64: "float64"}
 
 
 def config_string(cell: str, options: Dict[str, Any]) -> str:
     """The operators' `config`: the constructor options of a fusedrnn `cell`
-    ("LSTM" or "RNN") without dtype, batch_first and seed, as canonical JSON."""
+    ("LSTM", "RNN" or "GRU") without dtype, batch_first and seed, as canonical JSON."""
     return json.dumps({"cell": cell, **options}, sort_keys=True)
 
 
@@ -90,13 +91,26 @@ def _params(layer: Any, weights: Sequence[Tensor]) -> Dict[str, np.ndarray]:
 
 def _state(layer: Any, s: Optional[Tensor], o: Optional[Tensor],
            x_past: Optional[Tensor] = None) -> Any:
+    """The layer's State of channels s and o (a GRU reads o only), then x_past if
+    the State has that field."""
     if s is None and o is None:
         return None
-    if s is None or o is None:
-        raise ValueError("s0 and o0 must be given together (or neither)")
-    if layer.State is RNN.State:
-        return layer.State(_np(s), _np(o))
-    return layer.State(_np(s), _np(o), _np(x_past))
+    given = {"s": s, "o": o}
+    if any(given[c] is None for c in layer._STATE_CHANNELS):
+        raise ValueError(f"the state channels {layer._STATE_CHANNELS} must be given together "
+                         "(or none)")
+    rest = (_np(x_past),) if len(layer.State._fields) > len(layer._STATE_CHANNELS) else ()
+    return layer._make_state(_np(s), _np(o), *rest)
+
+
+def _channels(layer: Any, state: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """The arrays of channels s and o of a State of (L*D, B, .) arrays; a channel
+    the State lacks (a GRU's s) is zeros."""
+    B = state[0].shape[1]
+    LD = layer.num_layers * layer.num_directions
+    s, o = (np.zeros(shp, layer.dtype) if a is None else a
+            for _, a, shp in layer._channels(state, LD, B))
+    return s, o
 
 
 @torch.library.custom_op("fusedrnn::forward", mutates_args=(), device_types="cpu")
@@ -114,7 +128,8 @@ def forward(config: str, x: Tensor, s0: Optional[Tensor], o0: Optional[Tensor],
                                     _state(layer, s0, o0, x_past), lengths=_np(lengths),
                                     x_future=_np(x_future), params=_params(layer, weights),
                                     dropout_seed=seed)
-    return _tensor(y), _tensor(st[0]), _tensor(st[1]), tape
+    s_T, o_T = _channels(layer, st)
+    return _tensor(y), _tensor(s_T), _tensor(o_T), tape
 
 
 @forward.register_fake
@@ -143,13 +158,15 @@ def backward(config: str, tape: Tensor, dy: Tensor, ds_T: Optional[Tensor],
     layer = _layer(config, tape)
     params = _params(layer, weights)
     grads = {n: np.zeros(p.shape, p.dtype) for n, p in params.items()}
-    dstate = None if ds_T is None and do_T is None else layer.State(_np(ds_T), _np(do_T))
+    dstate = None if ds_T is None and do_T is None else layer._make_state(_np(ds_T), _np(do_T))
     dx, dst = layer.backward_with_tape(_np(tape), _np(dy), dstate, params=params, grads=grads)
     T, B = dx.shape[:2]
-    dx_past = dst[2] if len(dst) > 2 and dst[2] is not None else None
+    n_channels = len(layer._STATE_CHANNELS)
+    dx_past = dst[n_channels] if len(dst) > n_channels else None
+    ds0, do0 = _channels(layer, dst)
     if dx_past is None:
         dx_past = np.zeros((_past_frames(layer), B, layer.input_size), layer.dtype)
-    return (_tensor(dx), _tensor(dst[0]), _tensor(dst[1]), _tensor(dx_past),
+    return (_tensor(dx), _tensor(ds0), _tensor(do0), _tensor(dx_past),
             [torch.from_numpy(grads[n]) for n in params])
 
 

@@ -7,8 +7,8 @@
     out.sum().backward()                                  # fused C backward
     torch.optim.Adam(lstm.parameters()).step()
 
-`LSTM` and `RNN` take the constructor options of `fusedrnn.LSTM` / `fusedrnn.RNN`
-(the augmented ones torch lacks included). Their weights are `nn.Parameter`s
+`LSTM`, `RNN` and `GRU` take the constructor options of `fusedrnn.LSTM` /
+`fusedrnn.RNN` / `fusedrnn.GRU` (the augmented ones torch lacks included). Their weights are `nn.Parameter`s
 named like the fusedrnn `params` keys ("W_x", "W_v", "b", "w_s", "W_qv",
 "W_x_reverse", "W_x_l1", ...). The forward and backward are the PyTorch
 operators `torch.ops.fusedrnn.forward` / `torch.ops.fusedrnn.backward`
@@ -37,10 +37,11 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import _torch_ops
 from . import _validate as V
+from .gru import GRU as _FrGRU
 from .lstm import LSTM as _FrLSTM
 from .rnn import RNN as _FrRNN
 
-__all__ = ["LSTM", "RNN"]
+__all__ = ["LSTM", "RNN", "GRU"]
 
 _NP_OF_TORCH: Dict[torch.dtype, "np.dtype[Any]"] = {torch.float32: np.dtype(np.float32),
                                                     torch.float64: np.dtype(np.float64)}
@@ -106,7 +107,7 @@ def _as_numpy(t: Tensor) -> np.ndarray:
 
 
 class _FusedModule(nn.Module):
-    """What `LSTM` and `RNN` share: parameters, checks, the operator call."""
+    """What `LSTM`, `RNN` and `GRU` share: parameters, checks, the operator call."""
 
     _fr_class: Any = None
 
@@ -520,4 +521,85 @@ class RNN(_FusedModule):
 
     def to_torch(self) -> Any:
         """A torch.nn.RNN with the same function (state_feedback must be off)."""
+        return self.to_fusedrnn().to_torch()
+
+
+class GRU(_FusedModule):
+    """`fusedrnn.GRU` as a `torch.nn.Module` (see `fusedrnn.GRU` for the options).
+
+        out, h = gru(x, h0, lengths=None)                  # like torch.nn.GRU
+
+    x: (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence;
+    h0: (L*D, B, H) or None for zeros. lengths: B integers (padding steps give output
+    0 and hold the state, as packed sequences do). linear_before_reset=True is
+    torch.nn.GRU's formulation, False the original one (ONNX's default). Parameters
+    per cell: W_x (3H, I), W_h (3H, H), b (3H,), b_hn (H,) (linear_before_reset
+    only), gate order (r, z, n)."""
+
+    _fr_class = _FrGRU
+
+    def __init__(self, input_size: int, hidden_size: int, *, linear_before_reset: bool = True,
+                 num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
+                 dtype: Any = np.float32, batch_first: bool = False, reverse: bool = False,
+                 seed: Optional[int] = None) -> None:
+        layer = _FrGRU(input_size, hidden_size, linear_before_reset=linear_before_reset,
+                       num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
+                       dtype=_np_dtype(dtype), batch_first=batch_first, reverse=reverse,
+                       seed=_seed(seed))
+        super().__init__(layer)
+
+    @staticmethod
+    def _config_of(layer: Any) -> Dict[str, Any]:
+        return dict(input_size=layer.input_size, hidden_size=layer.hidden_size,
+                    linear_before_reset=layer.linear_before_reset, num_layers=layer.num_layers,
+                    bidirectional=layer.bidirectional, dropout=layer.dropout,
+                    reverse=layer.reverse)
+
+    @property
+    def linear_before_reset(self) -> bool:
+        return bool(self._config["linear_before_reset"])
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.linear_before_reset:
+            s += ", linear_before_reset=False"
+        for k, default in (("num_layers", 1), ("bidirectional", False), ("dropout", 0.0),
+                           ("reverse", False)):
+            if self._config[k] != default:
+                s += f", {k}={self._config[k]!r}"
+        if self.batch_first:
+            s += ", batch_first=True"
+        return s
+
+    def stream(self, batch: int, state: Any = None, *, weights: str = "live") -> Any:
+        """Not available for the GRU: run `forward` on chunks, passing each call's
+        returned h as the next call's h0 (equal to one call over the whole sequence)."""
+        raise ValueError("fusedrnn.torch.GRU has no frame-by-frame stream: call the module on "
+                         "chunks of frames and pass each call's h as the next call's h0")
+
+    def forward(self, input: Any, hx: Optional[Tensor] = None, *,
+                lengths: Any = None) -> Tuple[Any, Tensor]:
+        _, dtype = self._weights()
+        x, packed_lens, packed, unbatched = self._prepare_input(input, dtype)
+        if packed is not None:
+            if lengths is not None:
+                raise ValueError("lengths must not be given with a PackedSequence input (it has them)")
+            lengths = packed_lens
+        h0 = None
+        if hx is not None:
+            if not isinstance(hx, torch.Tensor):
+                raise TypeError(f"hx must be None or a tensor h0 (layers * directions, batch, "
+                                f"hidden), got {type(hx).__name__}")
+            h0 = self._state_part(hx, "h0", dtype, self.hidden_size, x.shape[self._batch_dim()],
+                                  unbatched)
+        y, _, h_T = self._run(x, None, h0, None, lengths, None, unbatched)
+        return self._output(y, packed, packed_lens, unbatched), self._squeeze(h_T, unbatched)
+
+    @classmethod
+    def from_torch(cls, module: Any) -> "GRU":
+        """From a torch.nn.GRU (exact weights; see fusedrnn.GRU.from_torch)."""
+        return cls.from_fusedrnn(_FrGRU.from_torch(module))
+
+    def to_torch(self) -> Any:
+        """A torch.nn.GRU with the same function (linear_before_reset must be True)."""
         return self.to_fusedrnn().to_torch()
