@@ -97,7 +97,10 @@ def check_case(case: Case, threads: int, tol: float) -> Tuple[Dict[str, float], 
     import torch
     from threadpoolctl import threadpool_limits
     import fusedrnn as fr
-    from fusedrnn._layer import suffix
+    try:
+        from fusedrnn.core._layer import suffix
+    except ImportError:  # an installation from before the package was grouped
+        from fusedrnn._layer import suffix
 
     torch.set_num_threads(threads)
     data = make_data(case)

@@ -13,7 +13,7 @@ import pytest
 
 import fusedrnn as fr
 from fusedrnn import reference
-from fusedrnn._layer import suffix
+from fusedrnn.core._layer import suffix
 
 CASES = {
     "lstm-full-proj-2layers-bidir": (fr.LSTM, dict(peepholes="full", proj_size=2, num_layers=2,

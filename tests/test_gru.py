@@ -97,7 +97,7 @@ def test_matches_torch_gru(L, bidirectional, packed, batch_first):
     close(dst.h, h0t.grad)
     for l in range(L):
         for d in range(g.num_directions):
-            ts, fs = f"_l{l}" + ("_reverse" if d else ""), fr._layer.suffix(l, d)
+            ts, fs = f"_l{l}" + ("_reverse" if d else ""), fr.core._layer.suffix(l, d)
             gih, ghh = getattr(m, "bias_ih" + ts).grad, getattr(m, "bias_hh" + ts).grad
             close(g.grads["W_x" + fs], getattr(m, "weight_ih" + ts).grad)
             close(g.grads["W_h" + fs], getattr(m, "weight_hh" + ts).grad)

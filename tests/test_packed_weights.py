@@ -7,7 +7,7 @@ import pytest
 
 import fusedrnn as fr
 from fusedrnn import _kernel, _tuning
-from fusedrnn.lstm import _PEEP_CODES
+from fusedrnn.core.lstm import _PEEP_CODES
 
 
 def _stream(layer, x, packed):

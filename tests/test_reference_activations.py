@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fusedrnn as fr
-from fusedrnn import _activations as acts
+from fusedrnn.core import _activations as acts
 from fusedrnn import reference as ref
 
 # every function, with parameters away from the defaults where it takes them

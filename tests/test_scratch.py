@@ -1,4 +1,4 @@
-"""Kernel workspaces are kept between calls of a layer (fusedrnn._scratch):
+"""Kernel workspaces are kept between calls of a layer (fusedrnn.core._scratch):
 the kept buffers are handed out again, and whatever they hold (here NaN) never
 reaches a result: the kernel writes its workspace before it reads it. The
 buffers start on cache lines, and the kernel gives the same bits when they do
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import fusedrnn as fr
-import fusedrnn._layer
-from fusedrnn._scratch import ALIGN, MAX_KEPT, ScratchPool, aligned_empty
+import fusedrnn.core._layer
+from fusedrnn.core._scratch import ALIGN, MAX_KEPT, ScratchPool, aligned_empty
 
 
 def test_pool_reuses_the_smallest_fitting_buffer_and_bounds_what_it_keeps():
@@ -87,6 +87,6 @@ def test_workspaces_off_cache_lines_give_the_same_bits(dtype, monkeypatch):
 
     aligned = step()
     monkeypatch.setattr(ScratchPool, "take", lambda self, n: _on_line_shifted(n, self.dtype))
-    monkeypatch.setattr(fusedrnn._layer, "aligned_empty", _on_line_shifted)
+    monkeypatch.setattr(fusedrnn.core._layer, "aligned_empty", _on_line_shifted)
     for got, want in zip(step(), aligned):
         np.testing.assert_array_equal(got, want)

@@ -9,7 +9,7 @@ import pytest
 
 import fusedrnn as fr
 from fusedrnn import reference
-from fusedrnn._layer import suffix
+from fusedrnn.core._layer import suffix
 
 # the tolerances of the chunked-equals-whole tests (test_chunked.py)
 TOLS = {np.float64: dict(rtol=1e-12, atol=1e-13), np.float32: dict(rtol=2e-5, atol=2e-6)}

@@ -12,10 +12,10 @@ The equations, with the paper's names and numbers the code cites: docs/equations
 `fusedrnn.reference` is the plain NumPy oracle of the same equations.
 """
 from ._kernel import get_gemm, set_gemm
-from ._threads import get_num_threads, set_num_threads
-from .lstm import LSTM, LSTMState
-from .rnn import RNN, RNNState
-from .gru import GRU, GRUState
+from .core._threads import get_num_threads, set_num_threads
+from .core.lstm import LSTM, LSTMState
+from .core.rnn import RNN, RNNState
+from .core.gru import GRU, GRUState
 from . import reference
 
 __version__ = "0.1.0"
@@ -24,12 +24,19 @@ __all__ = ["LSTM", "LSTMState", "RNN", "RNNState", "GRU", "GRUState", "reference
            "set_gemm", "get_num_threads", "set_num_threads", "__version__"]
 
 # Training: read-out layer, losses, optimisers, Sequential, truncated BPTT, checkpoints.
-from .linear import Linear
-from .losses import cross_entropy, mse_loss
-from .sequential import Sequential
-from .optim import clip_grad_norm
-from . import optim, train
-from .checkpoint import load, load_checkpoint, save
+from .core.linear import Linear
+from .nn.losses import cross_entropy, mse_loss
+from .core.sequential import Sequential
+from .nn.optim import clip_grad_norm
+from .nn import checkpoint, losses, optim, train
+from .nn.checkpoint import load, load_checkpoint, save
+
+import sys as _sys
+
+# the training modules live in fusedrnn.nn; their paths fusedrnn.optim, .train, .losses and
+# .checkpoint name the same module objects (so `import fusedrnn.optim` and pickles keep working)
+for _name in ("checkpoint", "losses", "optim", "train"):
+    _sys.modules[f"{__name__}.{_name}"] = _sys.modules[f"{__name__}.nn.{_name}"]
 
 __all__ += ["Linear", "Sequential", "mse_loss", "cross_entropy", "clip_grad_norm", "optim",
             "train", "save", "load", "load_checkpoint"]

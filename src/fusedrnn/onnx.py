@@ -51,11 +51,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _onnx_graph as _G
-from . import _validate as V
-from ._layer import suffix
-from .lstm import LSTM
-from .rnn import RNN
+from .interop import _onnx_graph as _G
+from .core import _validate as V
+from .core._layer import suffix
+from .core.lstm import LSTM
+from .core.rnn import RNN
 
 __all__ = ["export", "load", "load_nodes", "to_model", "blocking_features",
            "ONNX_GATE_ORDER", "ONNX_PEEPHOLE_ORDER"]
@@ -206,7 +206,7 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
                                                         [L * D, "B", H]))
 
     if blocked:
-        from ._onnx_scan import scan_network
+        from .interop._onnx_scan import scan_network
         y, hs, cs = scan_network(g, layer, x, lens, h0_all, c0_all)
     else:
         hs, cs = [], []

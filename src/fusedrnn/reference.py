@@ -61,8 +61,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _activations as _acts
-from ._activations import Activation
+from .core import _activations as _acts
+from .core._activations import Activation
 
 Params = Dict[str, np.ndarray]
 GATES = ("cu", "cs", "du", "cr")  # control update, control state, data update, control readout

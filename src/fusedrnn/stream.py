@@ -54,11 +54,12 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _kernel, _threads
-from . import _validate as V
-from ._layer import flat, suffix
-from ._scratch import aligned_empty
-from .lstm import _PEEP_CODES
+from . import _kernel
+from .core import _threads
+from .core import _validate as V
+from .core._layer import flat, suffix
+from .core._scratch import aligned_empty
+from .core.lstm import _PEEP_CODES
 
 __all__ = ["Stream", "LinearStream", "SequentialStream"]
 

@@ -35,11 +35,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _torch_ops
-from . import _validate as V
-from .gru import GRU as _FrGRU
-from .lstm import LSTM as _FrLSTM
-from .rnn import RNN as _FrRNN
+from .interop import _torch_ops
+from .core import _validate as V
+from .core.gru import GRU as _FrGRU
+from .core.lstm import LSTM as _FrLSTM
+from .core.rnn import RNN as _FrRNN
 
 __all__ = ["LSTM", "RNN", "GRU"]
 
@@ -194,7 +194,7 @@ class _FusedModule(nn.Module):
         Parameters in place (no copy; weights="snapshot": a copy taken now).
         state: LSTM (h0, c0) (+ x_past), RNN h0 or (h0, s0), or None for zeros.
         See `fusedrnn.stream`."""
-        from ._stream_torch import TorchStream
+        from .interop._stream_torch import TorchStream
         return TorchStream(self, batch, state, weights)
 
     def flatten_parameters(self) -> None:

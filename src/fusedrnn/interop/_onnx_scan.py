@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .lstm import LSTM
+from ..core.lstm import LSTM
 
 
 def _s(name: Any) -> str:

@@ -60,7 +60,7 @@ class Linear(ReadOnlyConfig):
         """A stream applying this layer to one frame (B, in_features) at a time, for a
         streamed `Sequential` (see `fusedrnn.stream`). weights: "live" reads `params`
         each step, "snapshot" a copy taken now."""
-        from .stream import LinearStream
+        from ..stream import LinearStream
         return LinearStream(self, batch, state, weights)
 
     def zero_grad(self) -> None:

@@ -24,7 +24,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
 
-from . import _tuning
+from .. import _tuning
 
 _pool: Optional[ThreadPoolExecutor] = None
 _local = threading.local()

@@ -8,8 +8,8 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .lstm import LSTMState
-from .rnn import RNNState
+from ..core.lstm import LSTMState
+from ..core.rnn import RNNState
 
 Tensor = torch.Tensor
 
@@ -175,5 +175,5 @@ class TorchStream:
 
 
 def _lstm_class() -> type:
-    from .lstm import LSTM
+    from ..core.lstm import LSTM
     return LSTM

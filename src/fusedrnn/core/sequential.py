@@ -86,7 +86,7 @@ class Sequential(ReadOnlyConfig):
         look-ahead layers add up (`stream.delay`). state: None or a list of
         per-layer states. weights: "live" (follow the layers' params) or
         "snapshot" (copies taken now). See `fusedrnn.stream`."""
-        from .stream import SequentialStream
+        from ..stream import SequentialStream
         return SequentialStream(self, batch, state, weights)
 
     def zero_grad(self) -> None:

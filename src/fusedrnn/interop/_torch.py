@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterator, Tuple
 
 import numpy as np
 
-from ._layer import suffix
+from ..core._layer import suffix
 
 
 def _torch() -> Any:

@@ -6,7 +6,8 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import numpy as np
 
-from . import _context, _kernel, _threads
+from . import _context, _threads
+from .. import _kernel
 from . import _validate as V
 from ._layer import CellTape, RecurrentLayer, Tape, flat, suffix
 
@@ -141,7 +142,7 @@ class LSTM(RecurrentLayer):
         outputs equal one `forward` over the whole sequence. weights: "live"
         follows `params` (changes are used from the next step on), "snapshot"
         uses a copy taken now. See `fusedrnn.stream` for reset and step_many."""
-        from .stream import Stream
+        from ..stream import Stream
         return Stream(self, batch, state, weights)
 
     @property
@@ -264,13 +265,13 @@ class LSTM(RecurrentLayer):
         bidirectional, proj_size, bias): W_x = weight_ih_l{k}, W_v = weight_hh_l{k},
         W_qv = weight_hr_l{k}, b = bias_ih_l{k} + bias_hh_l{k}; dtype and batch_first
         are taken from it. torch's dropout probability is carried over."""
-        from ._torch import lstm_from_torch
+        from ..interop._torch import lstm_from_torch
         return cast("LSTM", lstm_from_torch(cls, module))
 
     def to_torch(self) -> Any:
         """A `torch.nn.LSTM` computing the same function (only for what PyTorch
         has: no peepholes, context windows, coupled gates or clips)."""
-        from ._torch import lstm_to_torch
+        from ..interop._torch import lstm_to_torch
         return lstm_to_torch(self)
 
     # -- Keras interop ----------------------------------------------------------------
@@ -283,7 +284,7 @@ class LSTM(RecurrentLayer):
         this LSTM cannot compute (activations other than tanh / sigmoid, dropout,
         recurrent_dropout, merge modes other than "concat", float16). A
         go_backwards layer's returned sequence is Keras' reversed: y = y_keras[:, ::-1]."""
-        from ._keras import lstm_from_keras
+        from ..interop._keras import lstm_from_keras
         return cast("LSTM", lstm_from_keras(cls, layer))
 
     def to_keras(self, *, return_sequences: bool = True, return_state: bool = True,
@@ -292,5 +293,5 @@ class LSTM(RecurrentLayer):
         when bidirectional; go_backwards=True when reverse) with this LSTM's
         weights, zero_output_for_mask=True. Only for one layer with what Keras
         has: no peepholes, projection, context windows, coupled gates or clips."""
-        from ._keras import lstm_to_keras
+        from ..interop._keras import lstm_to_keras
         return lstm_to_keras(self, return_sequences, return_state, name)

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Type
 
 import numpy as np
 
-from . import _validate as V
+from ..core import _validate as V
 from . import optim as _optim
 
 __all__ = ["save", "load", "load_checkpoint", "Checkpoint", "register_layer", "model_config",
@@ -69,10 +69,10 @@ def register_layer(cls: Type[Any], name: Optional[str] = None) -> Type[Any]:
 
 def _builtin_layers() -> None:
     """Register LSTM, RNN, GRU and Linear (once; imported late to avoid an import cycle)."""
-    from .gru import GRU
-    from .linear import Linear
-    from .lstm import LSTM
-    from .rnn import RNN
+    from ..core.gru import GRU
+    from ..core.linear import Linear
+    from ..core.lstm import LSTM
+    from ..core.rnn import RNN
     for cls in (LSTM, RNN, GRU, Linear):
         _LAYERS.setdefault(cls.__name__, cls)
 
@@ -110,7 +110,7 @@ def _from_json(value: Any) -> Any:
 
 def model_config(model: Any) -> Dict[str, Any]:
     """The JSON-able configuration tree of a layer or a Sequential."""
-    from .sequential import Sequential
+    from ..core.sequential import Sequential
     _builtin_layers()
     if isinstance(model, Sequential):
         return {"type": "Sequential", "layers": [model_config(l) for l in model.layers]}
@@ -138,7 +138,7 @@ def model_config(model: Any) -> Dict[str, Any]:
 
 def model_from_config(tree: Dict[str, Any]) -> Any:
     """Build a model (with fresh parameters) from a `model_config` tree."""
-    from .sequential import Sequential
+    from ..core.sequential import Sequential
     _builtin_layers()
     if not isinstance(tree, dict) or "type" not in tree:
         raise ValueError(f"bad model configuration: {tree!r}")
@@ -180,8 +180,8 @@ def _layer_plan(cls: Type[Any], kwargs: Dict[str, Any]) -> Optional[Dict[str, Tu
     A recurrent layer's constructor is run on a subclass that stops at the point
     where the parameters would be allocated, so the checks and the shapes are the
     class's own. TypeError/ValueError for a configuration the class refuses."""
-    from ._layer import RecurrentLayer
-    from .linear import Linear
+    from ..core._layer import RecurrentLayer
+    from ..core.linear import Linear
     if issubclass(cls, RecurrentLayer):
         class Probe(cls):  # type: ignore[misc, valid-type]
             def _param_shapes(self) -> Dict[str, Tuple[int, ...]]:
@@ -261,7 +261,7 @@ def save(path: "os.PathLike[str] | str", model: Any, optimizer: Any = None,
     """Write `model` (configuration + parameters), optionally `optimizer`'s state
     and a JSON-able `metadata` dict, to `path` (exactly that name; written to a
     temporary file first, then renamed, so a crash never leaves half a file)."""
-    from . import __version__
+    from .. import __version__
     if not isinstance(getattr(model, "params", None), Mapping):
         raise TypeError(f"model must be a fusedrnn layer or Sequential (with .params), got "
                         f"{type(model).__name__}")

@@ -6,7 +6,8 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import numpy as np
 
-from . import _kernel, _threads
+from .. import _kernel
+from . import _threads
 from ._layer import CellTape, RecurrentLayer, flat, suffix
 
 GATES = ("r", "z", "n")  # reset, update, new (candidate): PyTorch's order
@@ -123,11 +124,11 @@ class GRU(RecurrentLayer):
         bidirectional, bias, batch_first, dtype): W_x = weight_ih_l{k}, W_h =
         weight_hh_l{k}, b = bias_ih_l{k} + [bias_hh_l{k} in the r, z rows, 0],
         b_hn = bias_hh_l{k} in the n rows; torch's dropout is carried over."""
-        from ._torch import gru_from_torch
+        from ..interop._torch import gru_from_torch
         return cast("GRU", gru_from_torch(cls, module))
 
     def to_torch(self) -> Any:
         """A `torch.nn.GRU` computing the same function (linear_before_reset must be
         True: torch has only that formulation)."""
-        from ._torch import gru_to_torch
+        from ..interop._torch import gru_to_torch
         return gru_to_torch(self)

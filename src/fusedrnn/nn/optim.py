@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple, Union
 
 import numpy as np
 
-from . import _validate as V
+from ..core import _validate as V
 
 __all__ = ["Optimizer", "SGD", "Adam", "clip_grad_norm", "param_groups"]
 

@@ -5,7 +5,8 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import numpy as np
 
-from . import _kernel, _threads
+from .. import _kernel
+from . import _threads
 from ._layer import CellTape, RecurrentLayer, flat
 
 
@@ -61,7 +62,7 @@ class RNN(RecurrentLayer):
         `stream.step(frame)` with frame (B, I) returns r (B, H). state: an RNNState
         like forward's, or None for zeros. weights: "live" (follow `params`) or
         "snapshot" (a copy taken now). See `fusedrnn.stream`."""
-        from .stream import Stream
+        from ..stream import Stream
         return Stream(self, batch, state, weights)
 
     def _cell_param_shapes(self, in_size: int) -> Dict[str, Tuple[int, ...]]:
@@ -109,12 +110,12 @@ class RNN(RecurrentLayer):
         """An RNN with the exact weights of a `torch.nn.RNN(nonlinearity='tanh')`
         (any num_layers, bidirectional, bias): W_x = weight_ih_l{k}, W_r =
         weight_hh_l{k}, theta_s = bias_ih_l{k} + bias_hh_l{k}."""
-        from ._torch import rnn_from_torch
+        from ..interop._torch import rnn_from_torch
         return cast("RNN", rnn_from_torch(cls, module))
 
     def to_torch(self) -> Any:
         """A `torch.nn.RNN` computing the same function (state_feedback must be off)."""
-        from ._torch import rnn_to_torch
+        from ..interop._torch import rnn_to_torch
         return rnn_to_torch(self)
 
     @classmethod
@@ -124,12 +125,12 @@ class RNN(RecurrentLayer):
         `keras.layers.Bidirectional` of one: W_x = kernel.T, W_r =
         recurrent_kernel.T, theta_s = bias; go_backwards -> reverse=True (see
         `fr.LSTM.from_keras` for what is refused and the output order)."""
-        from ._keras import rnn_from_keras
+        from ..interop._keras import rnn_from_keras
         return cast("RNN", rnn_from_keras(cls, layer))
 
     def to_keras(self, *, return_sequences: bool = True, return_state: bool = True,
                  name: Optional[str] = None) -> Any:
         """A built Keras 3 `keras.layers.SimpleRNN` (or a `keras.layers.Bidirectional`
         of two) with this RNN's weights (one layer, state_feedback off)."""
-        from ._keras import rnn_to_keras
+        from ..interop._keras import rnn_to_keras
         return rnn_to_keras(self, return_sequences, return_state, name)

@@ -22,9 +22,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from . import _validate as V
+from ..core import _validate as V
 from .optim import clip_grad_norm
-from .sequential import Sequential, is_recurrent
+from ..core.sequential import Sequential, is_recurrent
 
 __all__ = ["History", "StopTraining", "window_slices", "windowed_forward", "tbptt", "evaluate"]
 

@@ -15,7 +15,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import _context, _threads, _tuning
+from . import _context, _threads
+from .. import _tuning
 from ._scratch import ALIGN, ScratchPool, aligned_empty
 from . import _validate as V
 

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ._layer import suffix
+from ..core._layer import suffix
 
 # the warping functions fusedrnn computes, by Keras name
 _LSTM_ACTIVATIONS = {"activation": "tanh", "recurrent_activation": "sigmoid"}

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .gru import GRU
-from .lstm import LSTM
-from .rnn import RNN
+from ..core.gru import GRU
+from ..core.lstm import LSTM
+from ..core.rnn import RNN
 
 _CELLS = {"LSTM": LSTM, "RNN": RNN, "GRU": GRU}
 _NP_DTYPE = {torch.float32: "float32", torch.float64: "float64"}
