@@ -541,7 +541,7 @@ IO_FILE_ERRORS = [
     ("ckpt-version-bool", lambda tmp: _resigned(tmp, lambda h: h.update(format_version=True)), ValueError, "bad format version True"),
     ("onnx-garbage", lambda tmp: _onnx_bytes(tmp, b"\x08\x07garbage\xff\xff\xff"), ValueError, r"m.onnx: not a valid ONNX model"),
     ("onnx-random", lambda tmp: _onnx_bytes(tmp, np.random.default_rng(0).bytes(1000)), ValueError, "not a valid ONNX model"),
-    ("onnx-empty", lambda tmp: _onnx_bytes(tmp, b""), ValueError, "has no LSTM or RNN node"),
+    ("onnx-empty", lambda tmp: _onnx_bytes(tmp, b""), ValueError, "has no LSTM, GRU or RNN node"),
     ("onnx-path-type", lambda tmp: fr.onnx.load(3.5), TypeError, "path must be a file path or an onnx.ModelProto"),
     ("onnx-external-outside", lambda tmp: _onnx_external(tmp, "../secret.bin"), ValueError, r"keeps its data in '../secret.bin', outside the model's folder"),
     ("onnx-external-absolute", lambda tmp: _onnx_external(tmp, str(tmp / "secret.bin")), ValueError, "outside the model's folder"),

@@ -1,4 +1,4 @@
-"""ONNX's own backend node cases for LSTM and RNN, generated from the installed
+"""ONNX's own backend node cases for LSTM, GRU and RNN, generated from the installed
 onnx package (onnx.backend.test.case.node: its data folder is not in the wheel,
 so the cases are collected by running their generators with the `expect` hook
 replaced), loaded with fr.onnx.load and compared with their expected outputs.
@@ -18,6 +18,7 @@ import fusedrnn as fr
 
 onnx = pytest.importorskip("onnx")
 from onnx import helper as h  # noqa: E402
+from onnx.backend.test.case.node import gru as onnx_gru_cases  # noqa: E402
 from onnx.backend.test.case.node import lstm as onnx_lstm_cases  # noqa: E402
 from onnx.backend.test.case.node import rnn as onnx_rnn_cases  # noqa: E402
 
@@ -26,12 +27,16 @@ from onnx.backend.test.case.node import rnn as onnx_rnn_cases  # noqa: E402
 KNOWN = {"test_lstm_defaults", "test_lstm_with_initial_bias", "test_lstm_with_peepholes",
          "test_lstm_batchwise", "test_lstm_reverse", "test_lstm_bidirectional",
          "test_simple_rnn_defaults", "test_simple_rnn_with_initial_bias", "test_rnn_seq_length",
-         "test_simple_rnn_batchwise", "test_simple_rnn_reverse", "test_simple_rnn_bidirectional"}
-WEIGHTS = {"LSTM": {1: "W", 2: "R", 3: "B", 7: "P"}, "RNN": {1: "W", 2: "R", 3: "B"}}
+         "test_simple_rnn_batchwise", "test_simple_rnn_reverse", "test_simple_rnn_bidirectional",
+         "test_gru_defaults", "test_gru_with_initial_bias", "test_gru_seq_length",
+         "test_gru_batchwise", "test_gru_reverse", "test_gru_bidirectional"}
+WEIGHTS = {"LSTM": {1: "W", 2: "R", 3: "B", 7: "P"}, "RNN": {1: "W", 2: "R", 3: "B"},
+           "GRU": {1: "W", 2: "R", 3: "B"}}
 
 
 def _collect():
-    """{name: (node, inputs, outputs)} from the export_* generators of lstm.py / rnn.py."""
+    """{name: (node, inputs, outputs)} from the export_* generators of lstm.py / gru.py /
+    rnn.py."""
     cases = {}
 
     def expect(node, inputs, outputs, name, **kwargs):
@@ -41,7 +46,7 @@ def _collect():
     state = np.random.get_state()
     np.random.seed(0)  # the generators draw their weights from numpy's global generator
     try:
-        for mod in (onnx_lstm_cases, onnx_rnn_cases):
+        for mod in (onnx_lstm_cases, onnx_gru_cases, onnx_rnn_cases):
             saved = mod.expect
             mod.expect = expect
             try:
@@ -100,14 +105,19 @@ def _run(layer, node, runtime):
     zeros = np.zeros((D, B, H), np.float32)
     h0 = swap(runtime["initial_h"]) if "initial_h" in runtime else zeros
     c0 = swap(runtime["initial_c"]) if "initial_c" in runtime else zeros
-    state = fr.LSTMState(c0, h0) if isinstance(layer, fr.LSTM) else fr.RNNState(zeros, h0)
+    if isinstance(layer, fr.LSTM):
+        state = fr.LSTMState(c0, h0)
+    elif isinstance(layer, fr.GRU):
+        state = fr.GRU.State(h0)
+    else:
+        state = fr.RNNState(zeros, h0)
     lens = runtime.get("sequence_lens")
     y, st = layer.forward(x, state=state, lengths=lens, training=False)
     if layout == 1:
         Y = y.reshape(B, -1, D, H)
     else:
         Y = y.reshape(y.shape[0], B, D, H).transpose(0, 2, 1, 3)
-    out = {"Y": Y, "Y_h": swap(st[1])}
+    out = {"Y": Y, "Y_h": swap(st.h if isinstance(layer, fr.GRU) else st[1])}
     if isinstance(layer, fr.LSTM):
         out["Y_c"] = swap(st[0])
     return out
@@ -182,6 +192,11 @@ UNSUPPORTED = {
     "bidirectional-rnn-leakyrelu": (("test_simple_rnn_bidirectional",
                                      dict(activations=["Tanh", "LeakyRelu"])),
                                     r"activations \['Tanh', 'LeakyRelu'\] differ"),
+    "gru-clip": (("test_gru_defaults", dict(clip=2.0)), "clip has no fusedrnn.GRU equivalent"),
+    "gru-hardsigmoid": (("test_gru_reverse", dict(activations=["HardSigmoid", "Tanh"])),
+                        r"activations \['HardSigmoid', 'Tanh'\] differ"),
+    "gru-linear_before_reset-2": (("test_gru_defaults", dict(linear_before_reset=2)),
+                                  "linear_before_reset must be 0 or 1, got 2"),
 }
 
 
@@ -202,3 +217,71 @@ def test_default_activations_spelled_out_load():
     spelled = fr.onnx.load(model, inputs=weights)
     for k in plain.params:
         np.testing.assert_array_equal(spelled.params[k], plain.params[k])
+
+
+# ONNX's GRU cases without sequence_lens (which ONNX's GRUHelper ignores)
+LBR_CASES = sorted(n for n in KNOWN if n.startswith("test_gru") and n != "test_gru_seq_length")
+
+
+def _helper_params(node, inputs):
+    present = dict(zip([n for n in node.input if n], inputs))
+    attrs = {a.name: h.get_attribute_value(a) for a in node.attribute}
+    params = {k: present[k] for k in ("X", "W", "R", "B", "initial_h") if k in present}
+    if "direction" in attrs:
+        params["direction"] = attrs["direction"].decode()
+    if "layout" in attrs:
+        params["layout"] = attrs["layout"]
+    return params
+
+
+def test_the_linear_before_reset_variants_include_other_functions():
+    """With the random weights, the cases with more than one step compute another
+    function with linear_before_reset=1 (one step from h0 = 0 cannot differ), so
+    the test below tells the formulations apart."""
+    def steps(name):
+        params = _helper_params(*CASES[name][:2])
+        return params["X"].shape[1 if params.get("layout") == 1 else 0]
+
+    longer = [n for n in LBR_CASES if steps(n) > 1]
+    assert len(longer) >= 2, longer
+    for name in longer:
+        node, inputs, _ = CASES[name]
+        params = _helper_params(node, _random_weights(node, inputs, seed=len(name)))
+        Y0, _ = onnx_gru_cases.GRUHelper(**params, linear_before_reset=0).step()
+        Y1, _ = onnx_gru_cases.GRUHelper(**params, linear_before_reset=1).step()
+        assert not np.allclose(Y0, Y1, rtol=1e-5, atol=1e-6), name
+
+
+def _random_weights(node, inputs, seed):
+    """The case's inputs with W, R, B redrawn at random (the cases' constant weights
+    make every unit alike, and then the two formulations agree)."""
+    rng = np.random.default_rng(seed)
+    names = [n for n in node.input if n]
+    return [rng.uniform(-0.6, 0.6, a.shape).astype(a.dtype) if n in ("W", "R", "B") else a
+            for n, a in zip(names, inputs)]
+
+
+@pytest.mark.parametrize("name", LBR_CASES)
+def test_gru_case_with_linear_before_reset_matches_onnx_helper(name):
+    """The GRU cases with linear_before_reset=1 (none of ONNX's cases sets it) and
+    random weights: the expected outputs from ONNX's own GRUHelper with the
+    attribute."""
+    node, inputs, _ = CASES[name]
+    inputs = _random_weights(node, inputs, seed=len(name))
+    present = dict(zip([n for n in node.input if n], inputs))
+    params = _helper_params(node, inputs)
+    Y, Y_h = onnx_gru_cases.GRUHelper(**params, linear_before_reset=1).step()  # node's layout
+    node = copy.deepcopy(node)
+    node.attribute.extend([h.make_attribute("linear_before_reset", 1)])
+    model = _model(node, inputs, [Y, Y_h])
+    onnx.checker.check_model(model)
+    weights, runtime = _split(node, inputs)
+    layer = fr.onnx.load(model, inputs=weights)
+    assert layer.linear_before_reset
+    out = _run(layer, node, runtime)
+    np.testing.assert_allclose(out["Y"], Y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["Y_h"], Y_h, rtol=1e-5, atol=1e-6)
+    B = present.get("B")
+    if B is not None:  # R_bh, the h rows of B's second half, is b_hn
+        Hs = layer.hidden_size
+        np.testing.assert_array_equal(layer.params["b_hn"], B[0, 5 * Hs:])

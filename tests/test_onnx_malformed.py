@@ -221,5 +221,5 @@ def test_export_refuses_values_beyond_the_target_dtype(tmp_path):
 
 def test_a_scan_graph_is_named_when_load_finds_no_node():
     m = fr.onnx.to_model(fr.LSTM(3, 4, proj_size=2, seed=0), unsupported="scan")
-    with pytest.raises(ValueError, match="no LSTM or RNN node .*a Scan graph"):
+    with pytest.raises(ValueError, match="no LSTM, GRU or RNN node .*a Scan graph"):
         fr.onnx.load(m)

@@ -1,5 +1,5 @@
 """Models exported by torch.onnx.export (the TorchScript exporter, dynamo=False,
-which works offline) from torch.nn.LSTM / torch.nn.RNN load with fr.onnx.load
+which works offline) from torch.nn.LSTM / torch.nn.GRU / torch.nn.RNN load with fr.onnx.load
 and compute what torch computes: layers, bidirectional, batch_first, with and
 without initial states given. What fusedrnn cannot compute, or a graph whose
 states it would drop, is refused with a ValueError."""
@@ -36,6 +36,10 @@ CASES = {
     "rnn": ("RNN", dict()),
     "rnn-2layers-batch_first": ("RNN", dict(num_layers=2, batch_first=True)),
     "rnn-2layers-bidir": ("RNN", dict(num_layers=2, bidirectional=True)),
+    "gru": ("GRU", dict()),
+    "gru-2layers-bidir-batch_first": ("GRU", dict(num_layers=2, bidirectional=True,
+                                                  batch_first=True)),
+    "gru-no-bias": ("GRU", dict(bias=False)),
 }
 
 
@@ -70,6 +74,7 @@ def test_torch_onnx_export_loads_and_matches_torch(case, with_state):
     state = None
     if with_state:
         state = (fr.LSTMState(c0.numpy(), h0.numpy()) if is_lstm
+                 else fr.GRU.State(h0.numpy()) if kind == "GRU"
                  else fr.RNNState(np.zeros_like(h0.numpy()), h0.numpy()))
     y, st = layer.forward(x.numpy(), state=state, training=False)
     assert_close(y, y_t.numpy(), 1e-5, "y")
@@ -77,7 +82,7 @@ def test_torch_onnx_export_loads_and_matches_torch(case, with_state):
         assert_close(st.v, st_t[0].numpy(), 1e-5, "h")
         assert_close(st.s, st_t[1].numpy(), 1e-5, "c")
     else:
-        assert_close(st.r, st_t.numpy(), 1e-5, "h")
+        assert_close(st.h if kind == "GRU" else st.r, st_t.numpy(), 1e-5, "h")
     # the same weights as from_torch, to the bit
     ref = type(layer).from_torch(module)
     for k in ref.params:

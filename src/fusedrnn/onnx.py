@@ -1,4 +1,4 @@
-"""ONNX export and import of fusedrnn networks: standard `LSTM` / `RNN` nodes.
+"""ONNX export and import of fusedrnn networks: standard `LSTM` / `GRU` / `RNN` nodes.
 
     fr.onnx.export(lstm, "model.onnx", sequence_lens=True, initial_state=True)
     lstm2 = fr.onnx.load("model.onnx")            # the same parameters, bit for bit
@@ -8,9 +8,9 @@ The exported graph (opset >= 14, default 17) has
              sequence_lens (B,) int32            with sequence_lens=True
              initial_h (L*D, B, R), initial_c (L*D, B, H)  with initial_state=True
              (RNN: initial_h, the readout r; and initial_s, the state s, with
-             state_feedback)
+             state_feedback; GRU: initial_h)
     outputs  Y (T, B, D*R) ((B, T, D*R) batch_first), Y_h (L*D, B, R), Y_c (L*D, B, H)
-             (RNN: Y, Y_h, and Y_s with state_feedback)
+             (RNN: Y, Y_h, and Y_s with state_feedback; GRU: Y, Y_h)
 i.e. fusedrnn's own layouts. A stack is a chain of one node per layer, with
 the Transpose/Reshape from ONNX's (T, D, B, H) output to (T, B, D*H) between
 layers; initial states are sliced per layer and final states concatenated.
@@ -24,7 +24,9 @@ What maps onto the ONNX nodes: diagonal peepholes (`P`), coupled gates
 lengths, stacks, and for the RNN the torch-like cell (state_feedback=False).
 Gates are reordered from fusedrnn's (cu, cs, du, cr) = (i, f, g, o) to ONNX's
 (i, o, f, c), peepholes from (cu, cs, cr) = (i, f, o) to ONNX's (i, o, f), and
-fusedrnn's single bias b becomes B = [b; 0].
+fusedrnn's single bias b becomes B = [b; 0]. A GRU's gates are reordered from
+fusedrnn's (r, z, n) to ONNX's (z, r, h), its linear_before_reset is the node's
+attribute, and B = [b; 0, 0, b_hn] (B = [b; 0] without linear_before_reset).
 
 What ONNX has no node for: projection (proj_size), context windows, full
 peepholes, cell_clip (LSTM) and state feedback (RNN). `export` refuses them
@@ -54,11 +56,12 @@ import numpy as np
 from .interop import _onnx_graph as _G
 from .core import _validate as V
 from .core._layer import suffix
+from .core.gru import GRU
 from .core.lstm import LSTM
 from .core.rnn import RNN
 
 __all__ = ["export", "load", "load_nodes", "to_model", "blocking_features",
-           "ONNX_GATE_ORDER", "ONNX_PEEPHOLE_ORDER"]
+           "ONNX_GATE_ORDER", "ONNX_PEEPHOLE_ORDER", "ONNX_GRU_GATE_ORDER"]
 
 # ONNX gate blocks (i, o, f, c) taken from ours (cu, cs, du, cr) = (i, f, g, o)
 ONNX_GATE_ORDER = (0, 3, 1, 2)
@@ -66,6 +69,8 @@ ONNX_GATE_ORDER = (0, 3, 1, 2)
 ONNX_PEEPHOLE_ORDER = (0, 2, 1)
 _INV_GATE_ORDER = tuple(int(i) for i in np.argsort(ONNX_GATE_ORDER))
 _INV_PEEPHOLE_ORDER = tuple(int(i) for i in np.argsort(ONNX_PEEPHOLE_ORDER))
+# ONNX GRU gate blocks (z, r, h) taken from ours (r, z, n) (the swap is its own inverse)
+ONNX_GRU_GATE_ORDER = (1, 0, 2)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -79,19 +84,21 @@ def _onnx() -> Any:
 
 
 def _as_layer(model: Any) -> Any:
-    """A fusedrnn LSTM/RNN from the model (fusedrnn.torch modules are converted)."""
-    if isinstance(model, (LSTM, RNN)):
+    """A fusedrnn LSTM/GRU/RNN from the model (fusedrnn.torch modules are converted)."""
+    if isinstance(model, (LSTM, RNN, GRU)):
         return model
-    if hasattr(model, "to_fusedrnn"):  # fusedrnn.torch.LSTM / RNN
+    if hasattr(model, "to_fusedrnn"):  # fusedrnn.torch.LSTM / GRU / RNN
         return model.to_fusedrnn()
-    raise TypeError(f"expected a fusedrnn.LSTM, fusedrnn.RNN or fusedrnn.torch module, got "
-                    f"{type(model).__name__}")
+    raise TypeError(f"expected a fusedrnn.LSTM, fusedrnn.GRU, fusedrnn.RNN or fusedrnn.torch "
+                    f"module, got {type(model).__name__}")
 
 
 def blocking_features(model: Any) -> List[str]:
-    """The options of `model` that no standard ONNX LSTM/RNN node expresses
+    """The options of `model` that no standard ONNX LSTM/GRU/RNN node expresses
     (empty: it exports as plain nodes)."""
     layer = _as_layer(model)
+    if isinstance(layer, GRU):
+        return []  # every GRU option has its ONNX attribute
     if isinstance(layer, RNN):
         return ["state_feedback"] if layer.state_feedback else []
     return [name for name, on in (
@@ -184,6 +191,7 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
     g = _Graph(dt)
     helper = onnx.helper
     is_lstm = isinstance(layer, LSTM)
+    second_state = is_lstm or (isinstance(layer, RNN) and layer.state_feedback)
     L, D, H = layer.num_layers, layer.num_directions, layer.hidden_size
     R = layer.output_size
 
@@ -200,7 +208,7 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
     if initial_state:
         inputs.append(helper.make_tensor_value_info("initial_h", _tensor_type(dt), [L * D, "B", R]))
         h0_all = "initial_h"
-        if is_lstm or layer.state_feedback:
+        if second_state:
             c0_all = "initial_c" if is_lstm else "initial_s"
             inputs.append(helper.make_tensor_value_info(c0_all, _tensor_type(dt),
                                                         [L * D, "B", H]))
@@ -223,6 +231,8 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
             if is_lstm:
                 Y, Y_h, Y_c = _lstm_node(g, layer, l, y, lens, h0, c0, layout)
                 cs.append(_node_state(g, Y_c, layout))
+            elif isinstance(layer, GRU):
+                Y, Y_h = _gru_node(g, layer, l, y, lens, h0, layout)
             else:
                 Y, Y_h = _rnn_node(g, layer, l, y, lens, h0, layout)
             hs.append(_node_state(g, Y_h, layout))
@@ -234,7 +244,7 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
         y = g.op1("Transpose", [y], perm=[1, 0, 2])
     outputs = [("Y", y, [*(["B", "T"] if layer.batch_first else ["T", "B"]), D * R]),
                ("Y_h", _concat(g, hs), [L * D, "B", R])]
-    if is_lstm or layer.state_feedback:
+    if second_state:
         outputs.append(("Y_c" if is_lstm else "Y_s", _concat(g, cs), [L * D, "B", H]))
     out_infos = []
     for out_name, src, shape in outputs:
@@ -286,17 +296,25 @@ def _lstm_node(g: _Graph, layer: LSTM, l: int, x: str, lens: str, h0: str,
     if layer.peepholes == "diagonal":
         P = np.stack([p["w_s" + s][list(ONNX_PEEPHOLE_ORDER)].reshape(-1) for s in sfx])
         ins.append(g.const("P", P))
-    while ins[-1] == "":
-        ins.pop()
-    attrs: Dict[str, Any] = dict(hidden_size=H, direction=_direction(layer))
+    attrs: Dict[str, Any] = {}
     if layer.coupled_gates:
         attrs["input_forget"] = 1
     if layer.accumulation_clip is not None:
         attrs["clip"] = float(layer.accumulation_clip)
+    Y, Y_h, Y_c = _emit(g, "LSTM", layer, ins, 3, layout, **attrs)
+    return Y, Y_h, Y_c
+
+
+def _emit(g: _Graph, op: str, layer: Any, ins: List[str], n_out: int, layout: int,
+          **attrs: Any) -> List[str]:
+    """A recurrent node `op` of `layer`'s hidden size and direction (trailing
+    absent inputs dropped, layout=1 written when asked)."""
+    while ins[-1] == "":
+        ins.pop()
+    attrs.update(hidden_size=layer.hidden_size, direction=_direction(layer))
     if layout == 1:
         attrs["layout"] = 1
-    Y, Y_h, Y_c = g.op("LSTM", ins, 3, **attrs)
-    return Y, Y_h, Y_c
+    return g.op(op, ins, n_out, **attrs)
 
 
 def _rnn_node(g: _Graph, layer: RNN, l: int, x: str, lens: str, h0: str,
@@ -308,23 +326,37 @@ def _rnn_node(g: _Graph, layer: RNN, l: int, x: str, lens: str, h0: str,
     R = np.stack([p["W_r" + s] for s in sfx])
     B = np.stack([np.concatenate([p["theta_s" + s], np.zeros(H)]) for s in sfx])
     ins = [x, g.const("W", W), g.const("R", R), g.const("B", B), lens, h0]
-    while ins[-1] == "":
-        ins.pop()
-    attrs: Dict[str, Any] = dict(hidden_size=H, direction=_direction(layer))
-    if layout == 1:
-        attrs["layout"] = 1
-    Y, Y_h = g.op("RNN", ins, 2, **attrs)
+    Y, Y_h = _emit(g, "RNN", layer, ins, 2, layout)
+    return Y, Y_h
+
+
+def _gru_node(g: _Graph, layer: GRU, l: int, x: str, lens: str, h0: str,
+              layout: int) -> Tuple[str, str]:
+    """W, R (D, 3H, .) in ONNX's (z, r, h) order; B = [W_b; R_b] with ours b in W_b
+    and b_hn in R_b's h rows (linear_before_reset: the bias inside r's product)."""
+    H, D = layer.hidden_size, layer.num_directions
+    p = layer.params
+    sfx = [suffix(l, d) for d in range(D)]
+    W = np.stack([_reorder(p["W_x" + s], H, ONNX_GRU_GATE_ORDER) for s in sfx])
+    R = np.stack([_reorder(p["W_h" + s], H, ONNX_GRU_GATE_ORDER) for s in sfx])
+    B = np.stack([np.concatenate([_reorder(p["b" + s], H, ONNX_GRU_GATE_ORDER), np.zeros(2 * H),
+                                  p["b_hn" + s] if layer.linear_before_reset else np.zeros(H)])
+                  for s in sfx])
+    ins = [x, g.const("W", W), g.const("R", R), g.const("B", B), lens, h0]
+    Y, Y_h = _emit(g, "GRU", layer, ins, 2, layout,
+                   linear_before_reset=int(layer.linear_before_reset))
     return Y, Y_h
 
 
 def export(model: Any, path: PathLike, *, sequence_lens: bool = False,
            initial_state: bool = False, opset: int = 17, dtype: Any = None,
            unsupported: str = "raise", layout: int = 0) -> Any:
-    """Write `model` (a fusedrnn.LSTM / fusedrnn.RNN, or a fusedrnn.torch module)
-    to `path` as an ONNX model of standard LSTM/RNN nodes; returns the ModelProto.
+    """Write `model` (a fusedrnn.LSTM / GRU / RNN, or a fusedrnn.torch module) to
+    `path` as an ONNX model of standard LSTM/GRU/RNN nodes; returns the ModelProto.
 
     sequence_lens: add the graph input sequence_lens (B,) int32 (variable lengths).
-    initial_state: add the graph inputs initial_h (and initial_c for an LSTM);
+    initial_state: add the graph inputs initial_h (and initial_c for an LSTM,
+        initial_s for an RNN with state_feedback);
         without them the states start at zero.
     opset: ONNX opset (>= 14). dtype: float32 / float64 of the weights and
         tensors (default: the layer's; ONNX Runtime runs LSTM/RNN in float32 only).
@@ -350,8 +382,11 @@ def export(model: Any, path: PathLike, *, sequence_lens: bool = False,
 _ATTRIBUTES = {"LSTM": {"hidden_size", "direction", "layout", "activations", "activation_alpha",
                         "activation_beta", "clip", "input_forget"},
                "RNN": {"hidden_size", "direction", "layout", "activations", "activation_alpha",
-                       "activation_beta", "clip"}}
-_ACTIVATIONS = {"LSTM": ["sigmoid", "tanh", "tanh"], "RNN": ["tanh"]}
+                       "activation_beta", "clip"},
+               "GRU": {"hidden_size", "direction", "layout", "activations", "activation_alpha",
+                       "activation_beta", "clip", "linear_before_reset"}}
+_ACTIVATIONS = {"LSTM": ["sigmoid", "tanh", "tanh"], "RNN": ["tanh"], "GRU": ["sigmoid", "tanh"]}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}  # gate blocks of W and R
 
 
 def _tensors(graph: Any) -> Any:
@@ -457,7 +492,7 @@ def _constants(graph: Any) -> Dict[str, Any]:
 
 def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
                 exact_clip: Optional[str] = None) -> Any:
-    """A one-layer fusedrnn layer from one LSTM or RNN node, every attribute and
+    """A one-layer fusedrnn layer from one LSTM, GRU or RNN node, every attribute and
     weight checked against the node's hidden size and directions (ValueError naming
     the node and the input or attribute otherwise)."""
     onnx = _onnx()
@@ -516,7 +551,7 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
         if [str(x).lower() for x in acts] != want:
             raise ValueError(f"{where}: activations {acts} differ from the paper's warping "
                              f"functions {[x.capitalize() for x in want]}")
-    G = 4 if op == "LSTM" else 1  # gate blocks
+    G = _GATES[op]
     W = const(1, "W", required=True)
     Rm = const(2, "R", required=True)
     if W.ndim != 3 or Rm.ndim != 3:
@@ -584,6 +619,9 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
                 layer.params["b" + s][...] = _reorder(b, H, _INV_GATE_ORDER)
                 if P is not None:
                     layer.params["w_s" + s][...] = P[d].reshape(3, H)[list(_INV_PEEPHOLE_ORDER)]
+        elif op == "GRU":
+            layer = _gru_layer(where, attr("linear_before_reset", int, 0), "clip" in a, W, Rm,
+                               Bm, D, reverse, batch_first, dt)
         else:
             if "clip" in a:
                 raise ValueError(f"{where}: clip has no fusedrnn.RNN equivalent")
@@ -601,22 +639,50 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
     return layer
 
 
+def _gru_layer(where: str, lbr: int, clip: bool, W: np.ndarray, Rm: np.ndarray,
+               Bm: Optional[np.ndarray], D: int, reverse: bool, batch_first: bool,
+               dt: Any) -> GRU:
+    """A one-layer fr.GRU from a GRU node's weights: gates from ONNX's (z, r, h);
+    B = [W_b; R_b]: b = W_b + R_b in the z, r rows; the h rows give b_n = W_bh and
+    b_hn = R_bh with linear_before_reset, else b_n = W_bh + R_bh."""
+    if lbr not in (0, 1):
+        raise ValueError(f"{where}: linear_before_reset must be 0 or 1, got {lbr}")
+    if clip:
+        raise ValueError(f"{where}: clip has no fusedrnn.GRU equivalent")
+    I, H = int(W.shape[2]), int(Rm.shape[2])
+    layer = GRU(I, H, linear_before_reset=bool(lbr), bidirectional=D == 2, reverse=reverse,
+                batch_first=batch_first, dtype=dt, seed=0)
+    for d in range(D):
+        s = suffix(0, d)
+        layer.params["W_x" + s][...] = _reorder(W[d], H, ONNX_GRU_GATE_ORDER)
+        layer.params["W_h" + s][...] = _reorder(Rm[d], H, ONNX_GRU_GATE_ORDER)
+        wb, rb = (np.zeros(3 * H), np.zeros(3 * H)) if Bm is None else (Bm[d, :3 * H],
+                                                                         Bm[d, 3 * H:])
+        rb_inside = rb[2 * H:] if lbr else np.zeros(H)  # R_bh inside r's product
+        b = wb + np.concatenate([rb[:2 * H], np.zeros(H) if lbr else rb[2 * H:]])
+        layer.params["b" + s][...] = _reorder(b, H, ONNX_GRU_GATE_ORDER)
+        if lbr:
+            layer.params["b_hn" + s][...] = rb_inside
+    return layer
+
+
 def _recurrent_nodes(graph: Any) -> List[Any]:
-    return [n for n in graph.node if n.op_type in ("LSTM", "RNN") and n.domain in ("", "ai.onnx")]
+    return [n for n in graph.node if n.op_type in _GATES and n.domain in ("", "ai.onnx")]
 
 
 def _cell_nodes(graph: Any) -> List[Any]:
     nodes = _recurrent_nodes(graph)
     if not nodes:
         scan = any(n.op_type == "Scan" for n in graph.node)
-        raise ValueError("the ONNX model has no LSTM or RNN node" + (
+        raise ValueError("the ONNX model has no LSTM, GRU or RNN node" + (
             " (a Scan graph, as export(..., unsupported='scan') writes, is not read back)"
             if scan else ""))
     return nodes
 
 
 # the weight inputs of each node type (index in node.input: name)
-_WEIGHT_INPUTS = {"LSTM": {1: "W", 2: "R", 3: "B", 7: "P"}, "RNN": {1: "W", 2: "R", 3: "B"}}
+_WEIGHT_INPUTS = {"LSTM": {1: "W", 2: "R", 3: "B", 7: "P"}, "RNN": {1: "W", 2: "R", 3: "B"},
+                  "GRU": {1: "W", 2: "R", 3: "B"}}
 
 
 def _weight_inputs(graph: Any, inputs: Any, consts: Dict[str, Any]) -> Dict[str, np.ndarray]:
@@ -636,7 +702,7 @@ def _weight_inputs(graph: Any, inputs: Any, consts: Dict[str, Any]) -> Dict[str,
             raise ValueError(f"inputs[{name!r}]: the model already holds {name!r} as an "
                              "initializer or Constant")
         if name not in graph_inputs or name not in weights:
-            raise ValueError(f"inputs[{name!r}]: not a W, R, B or P graph input of an LSTM/RNN "
+            raise ValueError(f"inputs[{name!r}]: not a W, R, B or P graph input of an LSTM/GRU/RNN "
                              f"node (weight graph inputs: {sorted(set(weights) & graph_inputs)}); "
                              "X, sequence_lens and initial states go to forward()")
         arr = np.asarray(value)
@@ -662,7 +728,7 @@ def _dtype_arg(dtype: Any) -> Optional[np.dtype]:
 
 
 def load_nodes(path: Any, dtype: Any = None, inputs: Optional[Dict[str, Any]] = None) -> List[Any]:
-    """One single-layer fusedrnn.LSTM / fusedrnn.RNN per LSTM / RNN node of the ONNX
+    """One single-layer fusedrnn.LSTM / GRU / RNN per LSTM / GRU / RNN node of the ONNX
     model at `path` (or an onnx.ModelProto), in graph order. inputs: values of
     weight inputs (W, R, B, P) that the graph takes as graph inputs (see `load`)."""
     dt = _dtype_arg(dtype)
@@ -678,6 +744,8 @@ def _same_cell(a: Any, b: Any) -> bool:
     if isinstance(a, LSTM):
         return (a.peepholes, a.coupled_gates, a.accumulation_clip) == (
             b.peepholes, b.coupled_gates, b.accumulation_clip)
+    if isinstance(a, GRU):
+        return a.linear_before_reset == b.linear_before_reset
     return True
 
 
@@ -783,7 +851,7 @@ def _input_swapped(graph: Any, node: Any) -> bool:
 
 def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
          inputs: Optional[Dict[str, Any]] = None) -> Any:
-    """The fusedrnn network of an ONNX model's LSTM / RNN nodes (inverse of `export`).
+    """The fusedrnn network of an ONNX model's LSTM / GRU / RNN nodes (inverse of `export`).
 
     The nodes must form one stack: the first reads a graph input, each next one
     the previous one's output rearranged into the layer input (T, B, D*H) by
@@ -820,7 +888,7 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
         for k, c in enumerate(cells[1:], 1):
             if not _same_cell(first, c) or (
                     sizes_too and c.input_size != first.num_directions * first.output_size):
-                raise ValueError(f"the LSTM/RNN nodes do not form one uniform stack (node {k} "
+                raise ValueError(f"the recurrent nodes do not form one uniform stack (node {k} "
                                  f"differs: {c!r} after {first!r}); use fusedrnn.onnx.load_nodes")
 
     uniform(False)  # the same cell everywhere, then the wiring, then the sizes it implies
@@ -844,6 +912,11 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
                         accumulation_clip=first.accumulation_clip, num_layers=L,
                         bidirectional=first.bidirectional, reverse=first.reverse,
                         dtype=first.dtype, batch_first=bool(batch_first), seed=0)
+    elif isinstance(first, GRU):
+        net = GRU(first.input_size, first.hidden_size,
+                  linear_before_reset=first.linear_before_reset, num_layers=L,
+                  bidirectional=first.bidirectional, reverse=first.reverse, dtype=first.dtype,
+                  batch_first=bool(batch_first), seed=0)
     else:
         net = RNN(first.input_size, first.hidden_size, num_layers=L,
                   bidirectional=first.bidirectional, reverse=first.reverse, dtype=first.dtype,
