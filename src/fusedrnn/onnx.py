@@ -154,7 +154,7 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
     onnx = _onnx()
     layer = _as_layer(model)
     newest = int(onnx.defs.onnx_opset_version())
-    if isinstance(opset, (bool, np.bool_)) or not isinstance(opset, (int, np.integer)):
+    if not V.is_int(opset):
         raise TypeError(f"opset must be an int in [14, {newest}], got {opset!r}")
     if opset < 14:
         raise ValueError(f"opset must be >= 14, got {opset}")
@@ -163,8 +163,7 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
                          f"knows), got {opset}")
     opset = int(opset)
     for flag, value in (("sequence_lens", sequence_lens), ("initial_state", initial_state)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{flag} must be a bool, got {value!r}")
+        V.flag(value, flag)
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
     if not isinstance(unsupported, str) or unsupported not in ("raise", "scan"):

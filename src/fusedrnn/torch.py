@@ -45,7 +45,6 @@ __all__ = ["LSTM", "RNN", "GRU"]
 
 _NP_OF_TORCH: Dict[torch.dtype, "np.dtype[Any]"] = {torch.float32: np.dtype(np.float32),
                                                     torch.float64: np.dtype(np.float64)}
-_TORCH_OF_NP: Dict["np.dtype[Any]", torch.dtype] = {v: k for k, v in _NP_OF_TORCH.items()}
 
 Tensor = torch.Tensor
 _M = TypeVar("_M", bound="_FusedModule")
@@ -63,13 +62,7 @@ def _np_dtype(dtype: Any) -> "np.dtype[Any]":
         if dtype not in _NP_OF_TORCH:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         return _NP_OF_TORCH[dtype]
-    try:
-        dt: "np.dtype[Any]" = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
-    if dt not in _TORCH_OF_NP:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
+    return V.as_dtype(dtype)
 
 
 def _check_tensor(t: Any, name: str, dtype: Optional[torch.dtype]) -> Tensor:

@@ -150,11 +150,8 @@ class RecurrentLayer(ReadOnlyConfig):
         self.input_size = V.positive_int(input_size, "input_size")
         self.hidden_size = V.positive_int(hidden_size, "hidden_size")
         self.num_layers = V.positive_int(num_layers, "num_layers", MAX_LAYERS)
-        if not isinstance(bidirectional, (bool, np.bool_)):
-            raise TypeError(f"bidirectional must be a bool, got {bidirectional!r}")
-        self.bidirectional = bool(bidirectional)
-        if not isinstance(reverse, (bool, np.bool_)):
-            raise TypeError(f"reverse must be a bool, got {reverse!r}")
+        self.bidirectional = V.flag(bidirectional, "bidirectional")
+        V.flag(reverse, "reverse")
         if reverse and self.bidirectional:
             raise ValueError("reverse=True is for a unidirectional layer (a bidirectional one "
                              "already runs a reverse direction): pass one of them")
@@ -494,8 +491,7 @@ class RecurrentLayer(ReadOnlyConfig):
         `forward` does; y never shares memory with the tape."""
         rng = None
         if dropout_seed is not None:
-            if (isinstance(dropout_seed, (bool, np.bool_))
-                    or not isinstance(dropout_seed, (int, np.integer))):
+            if not V.is_int(dropout_seed):
                 raise TypeError(f"dropout_seed must be None or an int >= 0, got {dropout_seed!r}")
             if dropout_seed < 0:
                 raise ValueError(f"dropout_seed must be None or an int >= 0, got {dropout_seed}")

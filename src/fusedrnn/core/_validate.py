@@ -23,13 +23,25 @@ def as_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
+def is_int(value: Any) -> bool:
+    """value is a Python or NumPy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def flag(value: Any, name: str) -> bool:
+    """A Python or NumPy bool as a bool, else TypeError naming the argument."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
 # Every size reaches the BLAS as a 32-bit int.
 MAX_SIZE = 2**31 - 1
 
 
 def positive_int(value: Any, name: str, maximum: int = MAX_SIZE) -> int:
     """A Python int in [1, maximum] (bools refused)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if not is_int(value):
         raise TypeError(f"{name} must be a positive int, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
@@ -161,7 +173,7 @@ def seed(value: Any, name: str = "seed") -> Any:
     if value is None or isinstance(value, (np.random.SeedSequence, np.random.BitGenerator,
                                            np.random.Generator)):
         return value
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if not is_int(value):
         raise TypeError(f"{name} must be None or an int >= 0, got {value!r}")
     if value < 0:
         raise ValueError(f"{name} must be None or an int >= 0, got {value}")

@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import _kernel
 from . import _threads
+from . import _validate as V
 from ._layer import CellTape, RecurrentLayer, flat, suffix
 
 GATES = ("r", "z", "n")  # reset, update, new (candidate): PyTorch's order
@@ -51,9 +52,7 @@ class GRU(RecurrentLayer):
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
                  dtype: Any = np.float32, batch_first: bool = False, reverse: bool = False,
                  seed: Optional[int] = None) -> None:
-        if not isinstance(linear_before_reset, (bool, np.bool_)):
-            raise TypeError(f"linear_before_reset must be a bool, got {linear_before_reset!r}")
-        self.linear_before_reset = bool(linear_before_reset)
+        self.linear_before_reset = V.flag(linear_before_reset, "linear_before_reset")
         super().__init__(input_size, hidden_size, num_layers=num_layers,
                          bidirectional=bidirectional, dropout=dropout, dtype=dtype,
                          batch_first=batch_first, reverse=reverse, seed=seed)

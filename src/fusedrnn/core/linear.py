@@ -38,9 +38,7 @@ class Linear(ReadOnlyConfig):
                  dtype: Any = np.float32, seed: Optional[int] = None) -> None:
         self.in_features = V.positive_int(in_features, "in_features")
         self.out_features = V.positive_int(out_features, "out_features")
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"bias must be a bool, got {bias!r}")
-        self.bias = bool(bias)
+        self.bias = V.flag(bias, "bias")
         self.dtype = V.as_dtype(dtype)
         rng = np.random.default_rng(V.seed(seed))
         k = 1.0 / np.sqrt(self.in_features)

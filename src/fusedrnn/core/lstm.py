@@ -98,7 +98,7 @@ class LSTM(RecurrentLayer):
                  seed: Optional[int] = None) -> None:
         self.peepholes = _peephole_mode(peepholes)
         H = V.positive_int(hidden_size, "hidden_size")
-        if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, (int, np.integer)):
+        if not V.is_int(proj_size):
             raise TypeError(f"proj_size must be an int, got {proj_size!r}")
         if not 0 <= proj_size < H:
             raise ValueError(f"proj_size must satisfy 0 <= proj_size < hidden_size = {H} "
@@ -109,12 +109,10 @@ class LSTM(RecurrentLayer):
         except (TypeError, ValueError):
             raise TypeError(f"context must be a pair (L_past, L_future), got {context!r}") from None
         for name, val in (("context[0] (L_past)", L_past), ("context[1] (L_future)", L_future)):
-            if isinstance(val, (bool, np.bool_)) or not isinstance(val, (int, np.integer)) or val < 0:
+            if not V.is_int(val) or val < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {val!r}")
         self.context = (int(L_past), int(L_future))
-        if not isinstance(coupled_gates, (bool, np.bool_)):
-            raise TypeError(f"coupled_gates must be a bool, got {coupled_gates!r}")
-        self.coupled_gates = bool(coupled_gates)
+        self.coupled_gates = V.flag(coupled_gates, "coupled_gates")
         self.cell_clip = V.optional_positive(cell_clip, "cell_clip")
         self.accumulation_clip = V.optional_positive(accumulation_clip, "accumulation_clip")
         super().__init__(input_size, hidden_size, num_layers=num_layers,

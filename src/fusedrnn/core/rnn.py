@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import _kernel
 from . import _threads
+from . import _validate as V
 from ._layer import CellTape, RecurrentLayer, flat
 
 
@@ -43,9 +44,7 @@ class RNN(RecurrentLayer):
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
                  dtype: Any = np.float32, batch_first: bool = False, reverse: bool = False,
                  seed: Optional[int] = None) -> None:
-        if not isinstance(state_feedback, (bool, np.bool_)):
-            raise TypeError(f"state_feedback must be a bool, got {state_feedback!r}")
-        self.state_feedback = bool(state_feedback)
+        self.state_feedback = V.flag(state_feedback, "state_feedback")
         super().__init__(input_size, hidden_size, num_layers=num_layers,
                          bidirectional=bidirectional, dropout=dropout, dtype=dtype,
                          batch_first=batch_first, reverse=reverse, seed=seed)

@@ -13,6 +13,8 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from ..core import _validate as V
+
 __all__ = ["mse_loss", "cross_entropy", "log_softmax", "softmax"]
 
 _REDUCTIONS = ("mean", "sum")
@@ -85,7 +87,7 @@ def log_softmax(z: Any, axis: int = -1) -> np.ndarray:
     """log softmax(z) = z - logsumexp(z) along `axis`, stable for any finite z
     (the maximum is subtracted first)."""
     za = _float_array(z, "z")
-    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+    if not V.is_int(axis):
         raise TypeError(f"axis must be an int, got {axis!r}")
     if not -za.ndim <= axis < za.ndim or za.shape[axis] == 0:
         raise ValueError(f"z must have at least one class along axis {axis}, got shape {za.shape}")
@@ -124,8 +126,7 @@ def cross_entropy(logits: Any, targets: Any, mask: Any = None, ignore_index: Opt
     if t.shape != z.shape[:-1]:
         raise ValueError(f"targets must have shape {z.shape[:-1]} (logits without the class "
                          f"axis), got {t.shape}")
-    if ignore_index is not None and (isinstance(ignore_index, (bool, np.bool_))
-                                     or not isinstance(ignore_index, (int, np.integer))):
+    if ignore_index is not None and not V.is_int(ignore_index):
         raise TypeError(f"ignore_index must be an int class index or None, got {ignore_index!r}")
     valid = np.ones(t.shape, bool) if ignore_index is None else (t != ignore_index)
     w = _weights(mask, t.shape)

@@ -204,7 +204,7 @@ class Optimizer:
             raise ValueError(f"state_dict hyper-parameters {sorted(hyper)} do not match "
                              f"{sorted(self.hyper)}")
         step = sd["step"]
-        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+        if not V.is_int(step):
             raise TypeError(f"state_dict['step'] must be an int, got {step!r}")
         if step < 0:
             raise ValueError(f"state_dict['step'] must be >= 0, got {step}")
@@ -265,8 +265,7 @@ class SGD(Optimizer):
         super().__init__(params, **hyper)
 
     def _check_hyper(self, **h: Any) -> Dict[str, Any]:
-        if not isinstance(h["nesterov"], (bool, np.bool_)):
-            raise TypeError(f"nesterov must be a bool, got {h['nesterov']!r}")
+        V.flag(h["nesterov"], "nesterov")
         out = {"lr": _nonneg("lr", h["lr"]), "momentum": _nonneg("momentum", h["momentum"]),
                "weight_decay": _nonneg("weight_decay", h["weight_decay"]),
                "nesterov": bool(h["nesterov"])}

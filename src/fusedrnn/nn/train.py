@@ -82,12 +82,6 @@ def _length(x: Any, axis: int, name: str = "x") -> int:
     return int(shape[axis])
 
 
-def _flag(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
-
-
 def _check_targets(targets: Tuple[Any, ...], T: int, axis: int) -> None:
     for i, t in enumerate(targets):
         if t is not None and _length(t, axis, f"target {i}") != T:
@@ -158,7 +152,7 @@ def windowed_forward(model: Any, x: Any, window: int, state: Any = None,
     reset_state this equals model.forward(x, state) (the unrolling argument),
     also for a first LSTM layer with a context window (see `_Walker`).
     encode: optional per-window input transform (e.g. one-hot encoding)."""
-    reset_state = _flag(reset_state, "reset_state")
+    reset_state = V.flag(reset_state, "reset_state")
     walk = _Walker(model, x, encode)
     ys = []
     st = walk.start(state)
@@ -177,7 +171,7 @@ def evaluate(model: Any, x: Any, target: Any, loss: LossFn, window: int, state: 
     if not callable(loss):
         raise TypeError(f"loss must be callable, loss(y, *target) -> (E, dE/dy); got "
                         f"{type(loss).__name__}")
-    reset_state = _flag(reset_state, "reset_state")
+    reset_state = V.flag(reset_state, "reset_state")
     walk = _Walker(model, x, encode)
     axis, T = walk.axis, walk.T
     targets = _targets(target)
@@ -234,7 +228,7 @@ def tbptt(model: Any, x: Any, target: Any, loss: LossFn, *, window: int,
                         f"{type(loss).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
-    reset_state = _flag(reset_state, "reset_state")
+    reset_state = V.flag(reset_state, "reset_state")
     if optimizer is not None and not callable(getattr(optimizer, "step", None)):
         raise TypeError(f"optimizer must have a step() method (e.g. fr.optim.Adam) or be None, "
                         f"got {type(optimizer).__name__}")
