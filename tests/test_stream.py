@@ -823,3 +823,63 @@ def test_a_snapshot_torch_stream_keeps_its_weights():
         m.W_v.mul_(3.0)
     got = torch.stack([stream.step(f) for f in x])
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-13)
+
+
+# -- write-tracked params ---------------------------------------------------------------
+
+def test_params_count_their_writes_and_refuse_raw_ones():
+    """A layer's params are tracked arrays: writes through them (and their views)
+    are counted, writes around them raise, computations give plain arrays."""
+    from fusedrnn.core._tracked import VERSION, TrackedArray, is_tracked
+    layer = fr.LSTM(3, 4, dtype=np.float64, seed=0)
+    p = layer.params["W_v"]
+    assert is_tracked(p) and is_tracked(layer.params["b"])
+    writes = [lambda: p.__setitem__((0, 0), 1.5), lambda: p.__imul__(2.0),
+              lambda: np.add(p, 1.0, out=p), lambda: np.copyto(p, np.ones(p.shape)),
+              lambda: p.fill(0.25), lambda: p.reshape(-1).__setitem__(3, 7.0),
+              lambda: np.add.at(p, (1, 1), 1.0)]
+    for write in writes:
+        before, old = int(VERSION[0]), np.array(p)
+        write()
+        assert int(VERSION[0]) >= before + 2 and not np.array_equal(p, old)
+        assert is_tracked(p) and type(layer.params["W_v"]) is TrackedArray
+    for raw in [lambda: np.asarray(p).__setitem__(0, 0.0), lambda: p.sort(axis=0),
+                lambda: p.view(np.ndarray).__iadd__(1.0)]:
+        with pytest.raises(ValueError, match="read-only"):
+            raw()
+    for r in (p * 2, np.abs(p), p.copy(), p.astype(np.float32), np.zeros_like(p), p[[0, 1]]):
+        assert type(r) is np.ndarray and r.flags.writeable
+    assert type(p.T) is TrackedArray and not p.T.flags.writeable   # a view: tracked
+    g = layer.grads["W_v"]
+    assert type(g) is np.ndarray and g.flags.writeable              # gradients are plain
+
+
+def test_a_stream_compares_arrays_that_are_not_tracked():
+    """An array stored with params[k] = w is a plain array: writing into it in
+    place is seen as well (the stream compares it before every step)."""
+    layer = fr.LSTM(3, 4, proj_size=2, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(5)
+    mine = {k: np.array(v) for k, v in layer.params.items()}
+
+    def change(n):
+        if n == 1:
+            for k, v in mine.items():
+                layer.params[k] = v
+        if n in (3, 5):
+            for v in mine.values():
+                v[...] = rng.uniform(-0.5, 0.5, v.shape)   # raw writes into the plain arrays
+    assert _follow(layer, change) < 1e-13
+
+
+def test_weights_written_between_steps_through_views_are_used():
+    layer = fr.LSTM(3, 4, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(6)
+
+    def change(n):
+        if n == 2:
+            layer.params["W_x"].reshape(-1)[::3] = rng.uniform(-1, 1, 16)
+        if n == 4:
+            np.multiply(layer.params["W_v"][:8], 3.0, out=layer.params["W_v"][:8])
+        if n == 6:
+            layer.params["W_v"].T[1] += 0.5
+    assert _follow(layer, change) < 1e-13

@@ -123,6 +123,7 @@ ctypedef struct content_check:
     const char *live         # a weight array of the layer
     const char *copy         # the stream's copy of it, as packed
     size_t nbytes
+    bint tracked             # writes into it are counted (fusedrnn.core._tracked.VERSION)
 
 
 cdef inline char *_addr(object a):
@@ -174,8 +175,11 @@ cdef class StreamCore:
     cdef object keep              # the arrays behind the pointers (kept alive)
     cdef object weights           # [(owner, params dict, [(key, array), ...]), ...]
     cdef object out_shape, dtype, np_empty
-    cdef content_check *chk       # weights held packed, compared before every step
+    cdef content_check *chk       # weights held packed, compared before a step
     cdef int n_chk
+    cdef int n_untracked          # of them compared before every step
+    cdef const int64_t *version   # the count of writes through tracked arrays
+    cdef int64_t seen             # its value when the tracked checks last ran
     cdef object chk_keep
 
     def __cinit__(self, *args, **kwargs):
@@ -277,31 +281,43 @@ cdef class StreamCore:
         for k in range(6):
             c.w[k] = _addr(arrays[k]) if k < len(arrays) else NULL
 
-    def _set_checks(self, object pairs):
-        """[(array, copy), ...]: before every step each array is compared with its
-        copy (the weights the cells hold packed), and self._rebind() is called when
-        one differs."""
+    def _set_checks(self, object triples, object version, int64_t seen):
+        """[(array, copy, tracked), ...]: the weights the cells hold packed and the
+        stream's copies of them, compared before a step (self._rebind() is called
+        when one differs): the tracked ones (writes into them counted in
+        `version`, a (1,) int64 array) when `version` moved since the last check,
+        which `seen` is, the others before every step."""
         cdef int i
         free(self.chk)
         self.chk = NULL
-        self.n_chk = 0
-        self.chk_keep = list(pairs)
-        if not pairs:
+        self.n_chk = self.n_untracked = 0
+        self.chk_keep = [list(triples), version]
+        self.version = <const int64_t *>_addr(version)
+        self.seen = seen
+        if not triples:
             return
-        self.chk = <content_check *>calloc(len(pairs), sizeof(content_check))
+        self.chk = <content_check *>calloc(len(triples), sizeof(content_check))
         if self.chk == NULL:
             raise MemoryError()
-        for i, (a, b) in enumerate(pairs):
+        for i, (a, b, tracked) in enumerate(triples):
             self.chk[i].live = _addr(a)
             self.chk[i].copy = _addr(b)
             self.chk[i].nbytes = a.nbytes
-        self.n_chk = len(pairs)
+            self.chk[i].tracked = tracked
+            self.n_untracked += not tracked
+        self.n_chk = len(triples)
 
     cdef bint _contents_changed(self) noexcept nogil:
+        """Whether a packed weight differs from its copy (exact: the tracked ones are
+        compared whenever a tracked write happened since the last check)."""
         cdef int i
+        cdef int64_t now = self.version[0]
+        cdef bint all_ = now != self.seen
         for i in range(self.n_chk):
-            if memcmp(self.chk[i].live, self.chk[i].copy, self.chk[i].nbytes) != 0:
+            if (all_ or not self.chk[i].tracked) and \
+                    memcmp(self.chk[i].live, self.chk[i].copy, self.chk[i].nbytes) != 0:
                 return True
+        self.seen = now
         return False
 
     def _watch(self, object weights):
@@ -474,7 +490,7 @@ cdef class StreamCore:
         if ready and op < fp + B * rowx and fp < op + B * rowy:
             raise ValueError("out must not overlap frame")
         if self.n_chk:
-            if self.release_gil:
+            if self.release_gil and (self.n_untracked or self.version[0] != self.seen):
                 with nogil:
                     stale = self._contents_changed()
             else:

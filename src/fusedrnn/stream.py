@@ -34,9 +34,11 @@ outputs of a stream equal one `forward` over the whole sequence.
   follows the layer's `params`. An in-place update (an optimiser step,
   `params[k][...] = w`) is used from the next step on, and a replaced entry
   (`params[k] = w`) or dict is noticed, checked (shape, dtype) and used.
-  Weights the kernel keeps in a packed copy are compared with the layer's
-  arrays before every step and packed again when they differ, which costs a
-  read of those weights per step. `weights="snapshot"`: the stream takes a
+  Weights the kernel keeps in a packed copy are packed again when they
+  differ from the layer's arrays. The layer's own arrays count the writes made
+  through them (fusedrnn.core._tracked), so they are compared only after a write;
+  an array stored with `params[k] = w` is compared before every step (a read
+  of it per step). `weights="snapshot"`: the stream takes a
   private copy of the weights when it is made and never looks at `params`
   again (later changes do not affect it); the fastest steps, for weights that
   stay fixed.
@@ -59,6 +61,7 @@ from .core import _threads
 from .core import _validate as V
 from .core._layer import flat, suffix
 from .core._scratch import aligned_empty
+from .core._tracked import VERSION, is_tracked
 from .core.lstm import _PEEP_CODES
 
 __all__ = ["Stream", "LinearStream", "SequentialStream"]
@@ -218,22 +221,25 @@ class Stream(_kernel.StreamCore):
         private copies of them for a snapshot."""
         layer = self.layer
         params = layer.params
+        seen = int(VERSION[0])   # before the copies: a write from now on is checked
         watched = []
         cells: List[dict] = []
         checks: list = []
         for l in range(layer.num_layers):
             shapes = layer._cell_param_shapes(layer._cell_input_size(l))
-            arrays = {}
+            arrays, tracked = {}, {}
             for name, shape in shapes.items():
                 key = name + suffix(l, 0)
                 a = V.parameter(params, key, layer.dtype, shape)
-                if a is not params[key]:
+                held = params[key]
+                if not held.flags.c_contiguous:
                     raise ValueError(f"params[{key!r}] must be C-contiguous for a stream (a step "
                                      "reads it in place); store np.ascontiguousarray(...) there")
-                arrays[name] = a.copy() if self._snapshot else a
-                watched.append((key, a))
+                arrays[name] = np.array(a) if self._snapshot else a
+                tracked[name] = is_tracked(held)
+                watched.append((key, held))
             if self._lstm:
-                packed = self._pack(l, arrays, checks)
+                packed = self._pack(l, arrays, tracked, checks)
                 order = [arrays["W_x"], arrays["W_v"], arrays["b"],
                          arrays.get("w_s", arrays.get("W_s")), arrays.get("W_qv"),
                          None if packed is None else packed.buffer]
@@ -242,14 +248,16 @@ class Stream(_kernel.StreamCore):
             self._set_weights(l, order)
             cells.append(arrays)
         self._cells = cells       # what the cells point at (kept alive; step_many reads it)
-        self._set_checks(checks)
+        self._set_checks(checks, VERSION, seen)
         self._watch([] if self._snapshot else [(layer, params, watched)])
 
-    def _pack(self, l: int, arrays: dict, checks: list) -> Optional[Any]:
+    def _pack(self, l: int, arrays: dict, tracked: dict, checks: list) -> Optional[Any]:
         """Cell l's forward weights packed once for the micro-kernel (None with full
         peepholes, whose cells run on the BLAS, and with a kernel that packs in
         every call: the cells then read the weights in place). A live stream
-        compares the packed arrays with copies before every step."""
+        compares the packed arrays with copies: write-tracked ones (the layer's
+        own arrays) when a write through a tracked array happened since the last
+        step, the others before every step."""
         if self.layer.peepholes == "full" or not hasattr(_kernel, "PackedWeights"):
             self._packed[l] = None
             return None
@@ -257,7 +265,7 @@ class Stream(_kernel.StreamCore):
         names = ["W_x", "W_v"] + (["W_qv"] if "W_qv" in arrays else [])
         self._packed[l] = _kernel.PackedWeights(cfg, **{n: flat(arrays[n]) for n in names})
         if not self._snapshot:
-            checks.extend((arrays[n], arrays[n].copy()) for n in names)
+            checks.extend((arrays[n], np.array(arrays[n]), tracked[n]) for n in names)
         return self._packed[l]
 
     # -- the public API ----------------------------------------------------------------

@@ -37,6 +37,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .interop import _torch_ops
 from .core import _validate as V
+from .core._tracked import untrack
 from .core.gru import GRU as _FrGRU
 from .core.lstm import LSTM as _FrLSTM
 from .core.rnn import RNN as _FrRNN
@@ -116,9 +117,9 @@ class _FusedModule(nn.Module):
         self._names: Tuple[str, ...] = tuple(fr_layer.params)
         self._shapes = {n: fr_layer.params[n].shape for n in self._names}
         for name in self._names:
-            p = fr_layer.params[name]
+            p = fr_layer.params[name]   # shared: torch's writes cannot be tracked
             self.register_parameter(name, nn.Parameter(torch.from_numpy(
-                np.array(p, copy=True) if copy_weights else p)))
+                np.array(p, copy=True) if copy_weights else untrack(p))))
         # the operators' configuration (time-major: the module transposes batch_first)
         self._op_config = _torch_ops.config_string(self._fr_class.__name__, self._config)
 

@@ -18,6 +18,7 @@ import numpy as np
 from . import _context, _threads
 from .. import _tuning
 from ._scratch import ALIGN, ScratchPool, aligned_empty
+from ._tracked import track_all
 from . import _validate as V
 
 # Far beyond any trained stack; bounds the per-layer Python bookkeeping.
@@ -176,6 +177,7 @@ class RecurrentLayer(ReadOnlyConfig):
         self.grads: Dict[str, np.ndarray] = {
             name: np.zeros_like(p) for name, p in self.params.items()
         }
+        track_all(self.params)  # writes counted (streams), raw writes refused
         self._dropout_rng = np.random.default_rng(rng.integers(2**63))
         self._init_runtime()
         self._end_configuration()

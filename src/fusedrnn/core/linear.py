@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _validate as V
 from ._layer import ReadOnlyConfig
+from ._tracked import track_all
 
 
 class Linear(ReadOnlyConfig):
@@ -47,6 +48,7 @@ class Linear(ReadOnlyConfig):
         if self.bias:
             self.params["b"] = rng.uniform(-k, k, size=(self.out_features,)).astype(self.dtype)
         self.grads: Dict[str, np.ndarray] = {n: np.zeros_like(p) for n, p in self.params.items()}
+        track_all(self.params)  # writes counted (streams), raw writes refused
         self._x: Optional[np.ndarray] = None  # input of the last training forward
         self._end_configuration()
 

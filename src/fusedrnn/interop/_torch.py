@@ -80,13 +80,14 @@ def _copy_out(layer: Any, module: Any, names: Dict[str, str], bias_key: str,
     with torch.no_grad():
         for t_sfx, f_sfx in _cells(module):
             for ours, theirs in names.items():
-                getattr(module, theirs + t_sfx).copy_(torch.from_numpy(layer.params[ours + f_sfx]))
-            getattr(module, "bias_ih" + t_sfx).copy_(torch.from_numpy(layer.params[bias_key + f_sfx]))
+                getattr(module, theirs + t_sfx).copy_(torch.from_numpy(np.array(layer.params[ours + f_sfx])))
+            getattr(module, "bias_ih" + t_sfx).copy_(torch.from_numpy(
+                np.array(layer.params[bias_key + f_sfx])))
             b_hh = getattr(module, "bias_hh" + t_sfx)
             b_hh.zero_()
             if hh_tail:
                 tail = layer.params[hh_tail + f_sfx]
-                b_hh[b_hh.shape[0] - tail.shape[0]:].copy_(torch.from_numpy(tail))
+                b_hh[b_hh.shape[0] - tail.shape[0]:].copy_(torch.from_numpy(np.array(tail)))
     return module
 
 

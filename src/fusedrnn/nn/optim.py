@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple, Union
 import numpy as np
 
 from ..core import _validate as V
+from ..core._tracked import is_tracked
 
 __all__ = ["Optimizer", "SGD", "Adam", "clip_grad_norm", "param_groups"]
 
@@ -62,7 +63,7 @@ def param_groups(source: Any) -> List[Tuple[str, np.ndarray, np.ndarray]]:
                 raise TypeError(f"parameter {key!r} must be floating point, got {p.dtype}")
             if g.dtype.kind != "f":
                 raise TypeError(f"gradient {key!r} must be floating point, got {g.dtype}")
-            if not p.flags.writeable:
+            if not p.flags.writeable and not is_tracked(p):
                 raise ValueError(f"parameter {key!r} is read-only; optimisers update in place")
             triples.append((key, p, g))
     if not triples:
@@ -123,7 +124,7 @@ class Optimizer:
         self.hyper: Dict[str, Any] = hyper
         self.step_count = 0
         self.state: Dict[str, Dict[str, np.ndarray]] = {
-            name: {key: np.zeros_like(p) for key, p, _ in self.groups}
+            name: {key: np.zeros(p.shape, p.dtype) for key, p, _ in self.groups}
             for name in self._state_names}
 
     def __repr__(self) -> str:
