@@ -131,3 +131,22 @@ class GRU(RecurrentLayer):
         True: torch has only that formulation)."""
         from ..interop._torch import gru_to_torch
         return gru_to_torch(self)
+
+    # -- Keras interop ------------------------------------------------------------------------
+    @classmethod
+    def from_keras(cls, layer: Any) -> "GRU":
+        """A batch_first GRU with the exact weights of a built Keras 3
+        `keras.layers.GRU` (activation="tanh", recurrent_activation="sigmoid"), or
+        of a `keras.layers.Bidirectional` of one: reset_after=True (Keras' default)
+        is linear_before_reset=True, reset_after=False is False; the gates are
+        reordered from Keras' (z, r, h); go_backwards -> reverse=True (see
+        `fr.LSTM.from_keras` for what is refused and the output order)."""
+        from ..interop._keras import gru_from_keras
+        return cast("GRU", gru_from_keras(cls, layer))
+
+    def to_keras(self, *, return_sequences: bool = True, return_state: bool = True,
+                 name: Optional[str] = None) -> Any:
+        """A built Keras 3 `keras.layers.GRU` (or a `keras.layers.Bidirectional` of
+        two) with this GRU's weights and reset_after=linear_before_reset (one layer)."""
+        from ..interop._keras import gru_to_keras
+        return gru_to_keras(self, return_sequences, return_state, name)

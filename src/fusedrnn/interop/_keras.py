@@ -1,10 +1,17 @@
 """Exact weight mapping between fusedrnn layers and Keras 3 recurrent layers:
-`keras.layers.LSTM` <-> `fr.LSTM`, `keras.layers.SimpleRNN` <-> `fr.RNN`, and
-`keras.layers.Bidirectional` of either <-> bidirectional=True.
+`keras.layers.LSTM` <-> `fr.LSTM`, `keras.layers.GRU` <-> `fr.GRU`,
+`keras.layers.SimpleRNN` <-> `fr.RNN`, and `keras.layers.Bidirectional` of any of
+them <-> bidirectional=True.
 
-Keras stores the transposes of fusedrnn's matrices, with the same gate order:
+Keras stores the transposes of fusedrnn's matrices:
     LSTM       kernel (I, 4H) = W_x.T, recurrent_kernel (H, 4H) = W_v.T, bias (4H,) = b,
                gates (i, f, c, o) = fusedrnn's (cu, cs, du, cr)
+    GRU        kernel (I, 3H), recurrent_kernel (H, 3H): W_x.T, W_h.T with the gates
+               reordered from fusedrnn's (r, z, n) to Keras' (z, r, h);
+               reset_after=True (linear_before_reset=True): bias (2, 3H) = [input
+               bias; recurrent bias], b = the sum in the z, r rows, b_n = the input
+               bias and b_hn = the recurrent bias in the h rows;
+               reset_after=False (linear_before_reset=False): bias (3H,) = b
     SimpleRNN  kernel (I, H) = W_x.T, recurrent_kernel (H, H) = W_r.T, bias (H,) = theta_s
 use_bias=False is b = 0 (theta_s = 0); go_backwards=True is reverse=True. Keras
 layers are batch-major, so the fusedrnn layer of `from_keras` is batch_first.
@@ -35,6 +42,14 @@ from ..core._layer import suffix
 # the warping functions fusedrnn computes, by Keras name
 _LSTM_ACTIVATIONS = {"activation": "tanh", "recurrent_activation": "sigmoid"}
 _RNN_ACTIVATIONS = {"activation": "tanh"}
+_GRU_ACTIVATIONS = _LSTM_ACTIVATIONS
+_GRU_ORDER = (1, 0, 2)  # Keras' (z, r, h) from fusedrnn's (r, z, n), and back
+
+
+def _gates(m: np.ndarray, order: Tuple[int, ...]) -> np.ndarray:
+    """The gate blocks of m's first axis (len(order) equal blocks) in `order`."""
+    blocks = np.split(m, len(order))
+    return np.concatenate([blocks[k] for k in order])
 
 
 def _keras() -> Any:
@@ -104,11 +119,24 @@ def _weights(layer: Any, use_bias: bool) -> Tuple[np.ndarray, np.ndarray, Option
     return kernel, recurrent, (ws[2] if use_bias else None)
 
 
+def _plain_params(out: Any, k: np.ndarray, r: np.ndarray, b: Optional[np.ndarray],
+                  names: Tuple[str, str, str]) -> Dict[str, Any]:
+    """fusedrnn parameters (without the cell suffix) of one Keras direction whose
+    weights are the transposes of fusedrnn's, in the same gate order."""
+    W_x, W_h, bias = names
+    return {W_x: k.T, W_h: r.T, bias: 0 if b is None else b}
+
+
 def _from_keras(cls: Any, layer: Any, kind: str, activations: Dict[str, str],
-                names: Tuple[str, str, str]) -> Any:
+                names: Tuple[str, str, str], params_of: Any = _plain_params,
+                options: Optional[Dict[str, str]] = None) -> Any:
+    """params_of(the new layer, kernel, recurrent_kernel, bias or None, names) ->
+    the params of one direction; options: Keras config key -> the `cls` option
+    that takes its value (the directions must agree on it)."""
+    options = options or {}
     cells, bidirectional = _cell_layers(layer, kind)
     cfgs = [_check_config(c, kind, activations) for c in cells]
-    keys = ("units", "use_bias", *activations)
+    keys = ("units", "use_bias", *activations, *options)
     if bidirectional and any(cfgs[0].get(k) != cfgs[1].get(k) for k in keys):
         raise ValueError("keras.layers.Bidirectional: the two directions differ in "
                          f"{[k for k in keys if cfgs[0].get(k) != cfgs[1].get(k)]}; fusedrnn's "
@@ -121,19 +149,28 @@ def _from_keras(cls: Any, layer: Any, kind: str, activations: Dict[str, str],
                                 dtype=np.dtype(first.dtype), seed=0)
     if kind == "LSTM":
         opts["peepholes"] = None
+    opts.update({ours: bool(cfgs[0][key]) for key, ours in options.items()})
     out = cls(kernel.shape[0], units, **opts)
-    W_x, W_h, bias = names
     for d, c in enumerate(cells):
         k, r, b = _weights(c, use_bias)
         s = suffix(0, d)
-        out.params[W_x + s][...] = k.T
-        out.params[W_h + s][...] = r.T
-        out.params[bias + s][...] = 0 if b is None else b
+        for n, value in params_of(out, k, r, b, names).items():
+            out.params[n + s][...] = value
     return out
 
 
+def _plain_weights(layer: Any, s: str, names: Tuple[str, str, str]) -> List[np.ndarray]:
+    """Keras weights [kernel, recurrent_kernel, bias] of direction suffix s, the
+    transposes of fusedrnn's in the same gate order."""
+    W_x, W_h, bias = names
+    return [layer.params[W_x + s].T, layer.params[W_h + s].T, layer.params[bias + s]]
+
+
 def _to_keras(layer: Any, kind: str, blocked: List[str], names: Tuple[str, str, str],
-              return_sequences: bool, return_state: bool, name: Optional[str]) -> Any:
+              return_sequences: bool, return_state: bool, name: Optional[str],
+              weights_of: Any = _plain_weights, **options: Any) -> Any:
+    """weights_of(layer, cell suffix, names) -> the Keras weights of one direction;
+    options: more constructor options of the Keras layer."""
     keras = _keras()
     if layer.num_layers != 1:
         blocked = blocked + [f"num_layers={layer.num_layers} (one Keras layer is one layer: "
@@ -144,12 +181,11 @@ def _to_keras(layer: Any, kind: str, blocked: List[str], names: Tuple[str, str, 
     cls = getattr(keras.layers, kind)
     dtype = np.dtype(layer.dtype).name
     opts: Dict[str, Any] = dict(return_sequences=return_sequences, return_state=return_state,
-                                zero_output_for_mask=True, dtype=dtype)
+                                zero_output_for_mask=True, dtype=dtype, **options)
 
     def make(go_backwards: bool, layer_name: Optional[str]) -> Any:
         return cls(layer.hidden_size, go_backwards=go_backwards, name=layer_name, **opts)
 
-    W_x, W_h, bias = names
     if layer.bidirectional:
         out = keras.layers.Bidirectional(make(False, None), backward_layer=make(True, None),
                                          merge_mode="concat", name=name)
@@ -160,8 +196,7 @@ def _to_keras(layer: Any, kind: str, blocked: List[str], names: Tuple[str, str, 
         out.build((None, None, layer.input_size))
         directions = [out]
     for d, kl in enumerate(directions):
-        s = suffix(0, d)
-        kl.set_weights([layer.params[W_x + s].T, layer.params[W_h + s].T, layer.params[bias + s]])
+        kl.set_weights(weights_of(layer, suffix(0, d), names))
     return out
 
 
@@ -191,3 +226,40 @@ def rnn_to_keras(layer: Any, return_sequences: bool, return_state: bool,
     blocked = ["state feedback W_s (state_feedback=True)"] if layer.state_feedback else []
     return _to_keras(layer, "SimpleRNN", blocked, ("W_x", "W_r", "theta_s"), return_sequences,
                      return_state, name)
+
+
+def _gru_params(out: Any, k: np.ndarray, r: np.ndarray, b: Optional[np.ndarray],
+                names: Tuple[str, str, str]) -> Dict[str, Any]:
+    """fr.GRU parameters of one keras.layers.GRU direction (see the module doc)."""
+    H, reset_after = r.shape[0], out.linear_before_reset
+    params: Dict[str, Any] = {"W_x": _gates(k.T, _GRU_ORDER), "W_h": _gates(r.T, _GRU_ORDER)}
+    if b is None:
+        b = np.zeros((2, 3 * H) if reset_after else (3 * H,), k.dtype)
+    if reset_after:  # [input bias; recurrent bias]; the recurrent h rows stay inside r
+        params["b"] = _gates(b[0] + np.concatenate([b[1][:2 * H], np.zeros(H, b.dtype)]),
+                             _GRU_ORDER)
+        params["b_hn"] = b[1][2 * H:]
+    else:
+        params["b"] = _gates(b, _GRU_ORDER)
+    return params
+
+
+def _gru_weights(layer: Any, s: str, names: Tuple[str, str, str]) -> List[np.ndarray]:
+    """The keras.layers.GRU weights of fr.GRU direction suffix s."""
+    p = layer.params
+    b = _gates(p["b" + s], _GRU_ORDER)
+    if layer.linear_before_reset:
+        H = layer.hidden_size
+        b = np.stack([b, np.concatenate([np.zeros(2 * H, b.dtype), p["b_hn" + s]])])
+    return [_gates(p["W_x" + s], _GRU_ORDER).T, _gates(p["W_h" + s], _GRU_ORDER).T, b]
+
+
+def gru_from_keras(cls: Any, layer: Any) -> Any:
+    return _from_keras(cls, layer, "GRU", _GRU_ACTIVATIONS, ("W_x", "W_h", "b"), _gru_params,
+                       {"reset_after": "linear_before_reset"})
+
+
+def gru_to_keras(layer: Any, return_sequences: bool, return_state: bool,
+                 name: Optional[str]) -> Any:
+    return _to_keras(layer, "GRU", [], ("W_x", "W_h", "b"), return_sequences, return_state,
+                     name, _gru_weights, reset_after=layer.linear_before_reset)
