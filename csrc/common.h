@@ -252,4 +252,17 @@ static inline void fr_share(int64_t *lo, int64_t *hi, int64_t n_units, int64_t b
     *hi = b1 * block < n_units ? b1 * block : n_units;
 }
 
+/* The end of a step (or piece) of a team's loop: member 0 polls, all meet,
+ * and all see whether to stop (1). */
+static inline int fr_step_end(fr_poll *p, int id, fr_team *team) {
+    fr_poll_step(p, id);
+    fr_team_barrier(team);
+    return fr_poll_stopped(p);
+}
+static inline int fr_piece_end(fr_poll *p, int id, fr_team *team) {
+    fr_poll_check(p, id);
+    fr_team_barrier(team);
+    return fr_poll_stopped(p);
+}
+
 #endif

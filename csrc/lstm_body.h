@@ -282,9 +282,8 @@ static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
                                    (size_t)np * sizeof(real));
                 }
             }
-            fr_poll_step(&c->poll, id);
-            fr_team_barrier(team); /* y[n] complete: the next step reads all of it */
-            if (fr_poll_stopped(&c->poll)) return;
+            /* y[n] complete: the next step reads all of it */
+            if (fr_step_end(&c->poll, id, team)) return;
         }
     }
 }
@@ -309,11 +308,7 @@ int FN(fr_lstm_forward)(const FN(fr_lstm_forward_seq) *seq, const FN(fr_lstm_wei
     FR_CHECK(lstm_packed_regions(np, cfg));
     const fr_plan plan = lstm_plan(cfg, call, sizeof(real), w->packed != NULL);
 
-    FN(lstm_fwd) c;
-    memset(&c, 0, sizeof c);
-    c.cfg = cfg;
-    c.seq = seq;
-    c.w = w;
+    FN(lstm_fwd) c = {.cfg = cfg, .seq = seq, .w = w};
     fr_regions_point((void **)c.p, nf, LF_COUNT, seq->work, sizeof(real), 1);
     if (training) fr_regions_point((void **)c.a, na, LA_COUNT, seq->acts, sizeof(real), 0);
     if (plan.ukernel) {
@@ -430,11 +425,7 @@ static int FN(lstm_grads)(FN(lstm_bwd) *c, int id, int nth, fr_team *team, int u
         if (seq->dx && ni > 0) /* dE/dx[n] = sum_* W_x*^T alpha_*[n]: (rows, 4H) x (4H, ni) */
             FN(fr_agemm)(uk, seq->dx + (size_t)t0 * B * I, I, dA_p, G, 0, c->w->W_x, I, rows, i0,
                          ni, G);
-        if (t1 < T) {
-            fr_poll_check(&c->poll, id);
-            fr_team_barrier(team);
-            if (fr_poll_stopped(&c->poll)) return 0;
-        }
+        if (t1 < T && fr_piece_end(&c->poll, id, team)) return 0;
     }
     return 1;
 }
@@ -526,9 +517,7 @@ static void FN(lstm_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
             }
             FN(fr_wgemm)(f_psi, H, dA_n, G, &gm->b_scs, B, 0, H, 2 * H, 1);
         }
-        fr_poll_step(&c->poll, id);
-        fr_team_barrier(team); /* alpha[n] complete */
-        if (fr_poll_stopped(&c->poll)) return;
+        if (fr_step_end(&c->poll, id, team)) return; /* alpha[n] complete */
         /* f_chi[n] = sum_* W_v*^T alpha_*[n], this member's columns: (B, 4H) x (4H, nr) */
         if (nr > 0) {
             FN(fr_wgemm)(f_chi, R, dA_n, G, &gm->b_v, B, r0, nr, G, 0);
@@ -576,12 +565,7 @@ int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_s
     FR_CHECK(lstm_acts_regions(na, cfg));
     const fr_plan plan = lstm_plan(cfg, call, sizeof(real), 0);
 
-    FN(lstm_bwd) c;
-    memset(&c, 0, sizeof c);
-    c.cfg = cfg;
-    c.g = g;
-    c.seq = seq;
-    c.w = w;
+    FN(lstm_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w};
     fr_regions_point((void **)c.p, nb, LB_COUNT, seq->work, sizeof(real), 1);
     fr_regions_point((void **)c.a, na, LA_COUNT, (void *)seq->acts, sizeof(real), 0);
     real *const *p = c.p;

@@ -86,9 +86,8 @@ static void FN(rnn_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
                     memcpy(r_n + o, r_prev + o, (size_t)nh * sizeof(real));
                 }
             }
-            fr_poll_step(&c->poll, id);
-            fr_team_barrier(team); /* r[n], s[n] complete: the next step reads all of them */
-            if (fr_poll_stopped(&c->poll)) return;
+            /* r[n], s[n] complete: the next step reads all of them */
+            if (fr_step_end(&c->poll, id, team)) return;
         }
     }
 }
@@ -109,11 +108,7 @@ int FN(fr_rnn_forward)(const FN(fr_rnn_forward_seq) *seq, const FN(fr_rnn_weight
     if (n_work > 0 && !seq->work) return FR_ENULL;
     const fr_plan plan = rnn_plan(cfg, call, sizeof(real));
 
-    FN(rnn_fwd) c;
-    memset(&c, 0, sizeof c);
-    c.cfg = cfg;
-    c.seq = seq;
-    c.w = w;
+    FN(rnn_fwd) c = {.cfg = cfg, .seq = seq, .w = w};
     fr_regions_point((void **)c.p, nf, RF_COUNT, seq->work, sizeof(real), 1);
     c.pack = plan.ukernel;
     c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? c.p[RF_WX_P] : NULL};
@@ -182,11 +177,7 @@ static int FN(rnn_grads)(FN(rnn_bwd) *c, int id, int nth, fr_team *team, int uk)
         if (seq->dx && ni > 0) /* dE/dx[n] = W_x^T psi[n] */
             FN(fr_agemm)(uk, seq->dx + (size_t)t0 * B * I, I, psi_p, H, 0, c->w->W_x, I, rows, i0,
                          ni, H);
-        if (t1 < T) {
-            fr_poll_check(&c->poll, id);
-            fr_team_barrier(team);
-            if (fr_poll_stopped(&c->poll)) return 0;
-        }
+        if (t1 < T && fr_piece_end(&c->poll, id, team)) return 0;
     }
     return 1;
 }
@@ -222,9 +213,7 @@ static void FN(rnn_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
                 memcpy(hold_psi + o, f_psi + o, (size_t)nh * sizeof(real));
             }
         }
-        fr_poll_step(&c->poll, id);
-        fr_team_barrier(team); /* psi[n] complete */
-        if (fr_poll_stopped(&c->poll)) return;
+        if (fr_step_end(&c->poll, id, team)) return; /* psi[n] complete */
         if (nh == 0) continue;
         FN(fr_wgemm)(f_chi, H, psi, H, &c->r, B, h0, nh, H, 0);
         if (cfg->state_feedback)
@@ -259,12 +248,7 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
     FR_CHECK(rnn_backward_regions(nb, cfg));
     const fr_plan plan = rnn_plan(cfg, call, sizeof(real));
 
-    FN(rnn_bwd) c;
-    memset(&c, 0, sizeof c);
-    c.cfg = cfg;
-    c.g = g;
-    c.seq = seq;
-    c.w = w;
+    FN(rnn_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w};
     fr_regions_point((void **)c.p, nb, RB_COUNT, seq->work, sizeof(real), 1);
     real *const *p = c.p;
     /* The final-state gradients enter as chi[T-1] += dE/dr[T-1], psi[T-1] += dE/ds[T-1]. */
