@@ -122,9 +122,8 @@ static void FN(gru_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
                 else /* padding holds the state */
                     memcpy(h_n + o, h_prev + o, (size_t)nh * sizeof(real));
             }
-            fr_poll_step(&c->poll, id);
-            fr_team_barrier(team); /* h[n] complete: the next step reads all of it */
-            if (fr_poll_stopped(&c->poll)) return;
+            /* h[n] complete: the next step reads all of it */
+            if (fr_step_end(&c->poll, id, team)) return;
         }
     }
 }
@@ -144,11 +143,7 @@ int FN(fr_gru_forward)(const FN(fr_gru_forward_seq) *seq, const FN(fr_gru_weight
     if (n_work > 0 && !seq->work) return FR_ENULL;
     const fr_plan plan = gru_plan(cfg, call, sizeof(real));
 
-    FN(gru_fwd) c;
-    memset(&c, 0, sizeof c);
-    c.cfg = cfg;
-    c.seq = seq;
-    c.w = w;
+    FN(gru_fwd) c = {.cfg = cfg, .seq = seq, .w = w};
     fr_regions_point((void **)c.p, nf, GF_COUNT, seq->work, sizeof(real), 1);
     c.pack = plan.ukernel;
     c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? c.p[GF_WX_P] : NULL};
@@ -269,11 +264,7 @@ static int FN(gru_grads)(FN(gru_bwd) *c, int id, int nth, fr_team *team, int uk)
             FN(fr_agemm)(uk, dx_p, I, dA_p + 3 * H, G, 0, c->w->W_x + 2 * H * I, I, rows, i0, ni,
                          H);
         }
-        if (t1 < T) {
-            fr_poll_check(&c->poll, id);
-            fr_team_barrier(team);
-            if (fr_poll_stopped(&c->poll)) return 0;
-        }
+        if (t1 < T && fr_piece_end(&c->poll, id, team)) return 0;
     }
     return 1;
 }
@@ -311,9 +302,8 @@ static void FN(gru_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
             else /* padding: no contribution; f_chi passes through */
                 for (int q = 0; q < 4; q++) memset(dA_n + og + q * H, 0, (size_t)nh * sizeof(real));
         }
-        fr_poll_step(&c->poll, id);
-        fr_team_barrier(team); /* alpha_n[n] (with linear_before_reset all alphas) complete */
-        if (fr_poll_stopped(&c->poll)) return;
+        /* alpha_n[n] (with linear_before_reset all alphas) complete */
+        if (fr_step_end(&c->poll, id, team)) return;
         if (!lbr) {
             if (nh > 0) FN(fr_wgemm)(rho, H, dA_n + 3 * H, G, &c->hn, B, h0, nh, H, 0);
             for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
@@ -345,12 +335,7 @@ int FN(fr_gru_backward)(const FN(fr_gru_grads) *g, const FN(fr_gru_backward_seq)
     FR_CHECK(gru_backward_regions(nb, cfg));
     const fr_plan plan = gru_plan(cfg, call, sizeof(real));
 
-    FN(gru_bwd) c;
-    memset(&c, 0, sizeof c);
-    c.cfg = cfg;
-    c.g = g;
-    c.seq = seq;
-    c.w = w;
+    FN(gru_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w};
     fr_regions_point((void **)c.p, nb, GB_COUNT, seq->work, sizeof(real), 1);
     real *const *p = c.p;
     /* f_chi[T] = dE/d(final h) from a later window */
