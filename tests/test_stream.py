@@ -883,3 +883,125 @@ def test_weights_written_between_steps_through_views_are_used():
         if n == 6:
             layer.params["W_v"].T[1] += 0.5
     assert _follow(layer, change) < 1e-13
+
+
+# -- GRU streams ----------------------------------------------------------------------------
+
+GRU_OPTS = [dict(), dict(linear_before_reset=False), dict(num_layers=3),
+            dict(num_layers=2, linear_before_reset=False)]
+
+
+def _gru(opts, dtype, I=4, H=6, seed=3):
+    return fr.GRU(I, H, dtype=dtype, seed=seed, **opts)
+
+
+def _gru_state(layer, B, rng):
+    return fr.GRUState((0.4 * rng.standard_normal((layer.num_layers, B, layer.hidden_size)))
+                       .astype(layer.dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opts", GRU_OPTS, ids=_ids)
+def test_gru_stream_equals_whole_forward_and_reference(opts, dtype):
+    T, B = 15, 3
+    layer = _gru(opts, dtype)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((T, B, layer.input_size)).astype(dtype)
+    state = _gru_state(layer, B, rng)
+    y_whole, st_whole = layer.forward(x, state=state, training=False)
+    stream = layer.stream(B, state=state)
+    assert stream.delay == 0
+    y, nones = _step_all(stream, x)
+    assert nones == 0
+    np.testing.assert_allclose(y, y_whole, **TOLS[dtype])
+    assert isinstance(stream.state, fr.GRUState)
+    _assert_state(stream.state, st_whole, dtype)
+    if dtype == np.float64:   # the NumPy oracle, step by step
+        cells = [{n: layer.params[n + suffix(l, 0)]
+                  for n in layer._cell_param_shapes(layer._cell_input_size(l))}
+                 for l in range(layer.num_layers)]
+        y_ref, h_ref, _ = reference.gru_network_forward(
+            x, cells, state.h, linear_before_reset=layer.linear_before_reset)
+        np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(stream.state.h, h_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gru_step_many_and_sequential(dtype):
+    T, B = 13, 2
+    rng = np.random.default_rng(9)
+    layer = _gru(dict(num_layers=2, linear_before_reset=False), dtype)
+    x = rng.standard_normal((T, B, 4)).astype(dtype)
+    y_whole, st_whole = layer.forward(x, training=False)
+    stream = layer.stream(B)
+    got = np.concatenate([stream.step_many(x[:5]), stream.step(x[5])[None], stream.step_many(x[6:]),
+                          stream.flush()])
+    np.testing.assert_allclose(got, y_whole, **TOLS[dtype])
+    _assert_state(stream.state, st_whole, dtype)
+    model = fr.Sequential(fr.LSTM(4, 5, context=(1, 2), dtype=dtype, seed=0),
+                          fr.GRU(5, 3, dtype=dtype, seed=1), fr.Linear(3, 2, dtype=dtype, seed=2))
+    y_model, _ = model.forward(x, training=False)
+    s = model.stream(B)
+    assert s.delay == 2
+    y, nones = _step_all(s, x)
+    assert nones == 2
+    np.testing.assert_allclose(y, y_model, **TOLS[dtype])
+
+
+def test_gru_reset_rows_equals_fresh_streams_and_leaves_the_others():
+    layer = fr.GRU(3, 5, num_layers=2, dtype=np.float64, seed=0)
+    make = lambda B: layer.stream(B)
+    T, B, at, rows = 10, 4, 4, [0, 2]
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((T, B, 3))
+    x_new = rng.standard_normal((T - at, len(rows), 3))
+    outs = _run_with_reset(make, x, x_new, at, rows)
+    plain = _run_with_reset(make, x, x_new, T, rows)
+    for a, b in zip(outs[:-1], plain[:-1]):
+        np.testing.assert_array_equal(a[[1, 3]], b[[1, 3]])
+    fresh, _ = _step_all(make(len(rows)), x_new)
+    np.testing.assert_allclose(np.stack([o[rows] for o in outs[at:-1]]), fresh,
+                               rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("how", ["in_place", "entry_replaced", "dict_replaced", "optimiser"])
+def test_gru_stream_follows_changed_weights(how):
+    layer = fr.GRU(3, 4, num_layers=2, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(11)
+    opt = fr.optim.SGD(layer, lr=0.5)
+    for g in layer.grads.values():
+        g[...] = rng.standard_normal(g.shape)
+
+    def change(n):
+        if n not in (2, 5):
+            return
+        if how == "optimiser":
+            opt.step()
+        elif how == "dict_replaced":
+            layer.params = {k: rng.uniform(-0.5, 0.5, v.shape) for k, v in layer.params.items()}
+        else:
+            for k, v in list(layer.params.items()):
+                new = rng.uniform(-0.5, 0.5, v.shape)
+                if how == "in_place":
+                    layer.params[k][...] = new
+                else:
+                    layer.params[k] = new
+    assert _follow(layer, change) < 1e-13
+
+
+def test_gru_stream_refusals_and_bad_frames():
+    with pytest.raises(ValueError, match="bidirectional"):
+        fr.GRU(3, 4, bidirectional=True).stream(1)
+    with pytest.raises(ValueError, match="reverse"):
+        fr.GRU(3, 4, reverse=True).stream(1)
+    stream = fr.GRU(3, 4, seed=0).stream(2)
+    with pytest.raises(ValueError, match=r"frame must be .*\(2, 3\)"):
+        stream.step(np.zeros((2, 4), np.float32))
+    with pytest.raises(TypeError, match="frame must be .*float32"):
+        stream.step(np.zeros((2, 3), np.float64))
+    snap = fr.GRU(3, 4, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 1, 3))
+    want, _ = snap.forward(x, training=False)
+    s = snap.stream(1, weights="snapshot")
+    snap.params["W_h"][...] = 0
+    np.testing.assert_allclose(np.stack([s.step(f) for f in x]), want, rtol=1e-13)

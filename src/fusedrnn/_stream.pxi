@@ -1,6 +1,6 @@
 # The per-frame step of a stream (included by _kernel.pyx).
 #
-# A stream runs a unidirectional stack of LSTM or RNN cells one frame at a
+# A stream runs a unidirectional stack of LSTM, RNN or GRU cells one frame at a
 # time. Everything a step needs is made once by fusedrnn.stream (state buffers
 # in two halves that swap every step, the inference workspace of a T = 1 call,
 # the context window); a step checks the frame's shape and dtype, that the
@@ -97,6 +97,26 @@ cdef extern from *:
                                   (const float *)w[2], (const float *)w[3], cfg);
     #endif
     }
+
+    #ifdef FR_LSTM_WEIGHTS_FIELDS
+    static int fr_stream_gru_forward(int f64, void *h_seq, void *h_T, void *work, const void *x,
+                                     const void *h0, const void *const *w, fr_gru_config *cfg,
+                                     int threads) {
+        fr_call call = {threads, NULL, NULL};
+        if (f64) {
+            fr_gru_forward_seq_f64 q = {(double *)h_seq, (double *)h_T, NULL, (double *)work,
+                                        (const double *)x, (const double *)h0};
+            fr_gru_weights_f64 p = {(const double *)w[0], (const double *)w[1],
+                                    (const double *)w[2], (const double *)w[3]};
+            return fr_gru_forward_f64(&q, &p, cfg, &call);
+        }
+        fr_gru_forward_seq_f32 q = {(float *)h_seq, (float *)h_T, NULL, (float *)work,
+                                    (const float *)x, (const float *)h0};
+        fr_gru_weights_f32 p = {(const float *)w[0], (const float *)w[1], (const float *)w[2],
+                                (const float *)w[3]};
+        return fr_gru_forward_f32(&q, &p, cfg, &call);
+    }
+    #endif
     """
     void fr_stream_lstm_prepare(fr_lstm_config *cfg, int threads)
     int fr_stream_lstm_forward(int f64, void *y_seq, void *s_T, void *y_T, void *work,
@@ -105,18 +125,27 @@ cdef extern from *:
     int fr_stream_rnn_forward(int f64, void *r_seq, void *s_T, void *r_T, void *work,
                               const void *x, const void *s0, const void *r0,
                               const void *const *w, fr_rnn_config *cfg) nogil
+    int fr_stream_gru_forward(int f64, void *h_seq, void *h_T, void *work, const void *x,
+                              const void *h0, const void *const *w, fr_gru_config *cfg,
+                              int threads) nogil
 
+
+ctypedef enum stream_cell_kind:
+    CELL_RNN, CELL_LSTM, CELL_GRU
 
 ctypedef struct stream_cell:
-    int lstm                 # 1: LSTM cell, 0: canonical RNN cell
+    stream_cell_kind kind
     int threads              # kernel threads of a step
     fr_lstm_config lc        # T = 1
     fr_rnn_config rc         # T = 1
+    fr_gru_config gc         # T = 1
     char *x                  # (B, I_l) input: the frame, the window or the cell below's y
     char *y                  # (B, R) output (the step's out for the top cell)
-    char *s[2]               # (B, H) state s, two halves
-    char *o[2]               # (B, R) output fed back (v or q; r for the RNN), two halves
-    const void *w[6]         # LSTM: W_x, W_v, b, W_s, W_qv, packed; RNN: W_x, W_r, theta_s, W_s
+    char *s[2]               # (B, H) state s, two halves (unused by the GRU)
+    char *o[2]               # (B, R) output fed back (v or q; r for the RNN; h for the GRU),
+                             # two halves
+    const void *w[6]         # LSTM: W_x, W_v, b, W_s, W_qv, packed; RNN: W_x, W_r, theta_s,
+                             # W_s; GRU: W_x, W_h, b, b_hn
 
 
 ctypedef struct content_check:
@@ -134,9 +163,12 @@ cdef inline char *_addr(object a):
 cdef inline int _cell_forward(stream_cell *c, char *work, int f64, int cur) noexcept nogil:
     """One T = 1 kernel forward: state half `cur` in, the other half out."""
     cdef int nxt = 1 - cur
-    if c.lstm:
+    if c.kind == CELL_LSTM:
         return fr_stream_lstm_forward(f64, c.y, c.s[nxt], c.o[nxt], work, c.x, c.s[cur],
                                       c.o[cur], c.w, &c.lc, c.threads)
+    if c.kind == CELL_GRU:
+        return fr_stream_gru_forward(f64, c.y, c.o[nxt], work, c.x, c.o[cur], c.w, &c.gc,
+                                     c.threads)
     return fr_stream_rnn_forward(f64, c.y, c.s[nxt], c.o[nxt], work, c.x, c.s[cur], c.o[cur],
                                  c.w, &c.rc)
 
@@ -151,7 +183,7 @@ cdef inline bint _format_is(const char *fmt, char code) noexcept:
 
 
 cdef class StreamCore:
-    """The per-frame part of a stream over a stack of LSTM or RNN cells (see
+    """The per-frame part of a stream over a stack of LSTM, RNN or GRU cells (see
     fusedrnn.stream.Stream, which builds it and adds the rest)."""
     cdef stream_cell *cells
     cdef int n_cells
@@ -228,7 +260,7 @@ cdef class StreamCore:
         """Cell i: sizes and options, its input x (None: the frame or the window),
         output y (None: the step's out), state halves s (2, B, H) and o (2, B, R)."""
         cdef stream_cell *c = &self.cells[i]
-        c.lstm = 1
+        c.kind = CELL_LSTM
         c.lc.T = 1; c.lc.B = self.batch; c.lc.I = I; c.lc.H = H; c.lc.P = P
         c.lc.peepholes = peepholes; c.lc.coupled_gates = coupled_gates; c.lc.reverse = 0
         c.lc.cell_clip = cell_clip; c.lc.accumulation_clip = accumulation_clip
@@ -240,10 +272,20 @@ cdef class StreamCore:
     def _set_rnn_cell(self, int i, int64_t I, int64_t H, bint state_feedback, object x,
                       object y, object s, object o):
         cdef stream_cell *c = &self.cells[i]
-        c.lstm = 0
+        c.kind = CELL_RNN
         c.rc.T = 1; c.rc.B = self.batch; c.rc.I = I; c.rc.H = H
         c.rc.state_feedback = state_feedback; c.rc.reverse = 0; c.rc.lengths = NULL
         c.threads = 1
+        self._set_buffers(c, x, y, s, o)
+
+    def _set_gru_cell(self, int i, int64_t I, int64_t H, bint linear_before_reset, int threads,
+                      object x, object y, object s, object o):
+        """Cell i of a GRU: h lives in the o halves (B, H)."""
+        cdef stream_cell *c = &self.cells[i]
+        c.kind = CELL_GRU
+        c.gc.T = 1; c.gc.B = self.batch; c.gc.I = I; c.gc.H = H
+        c.gc.linear_before_reset = linear_before_reset; c.gc.reverse = 0; c.gc.lengths = NULL
+        c.threads = threads
         self._set_buffers(c, x, y, s, o)
 
     cdef _set_buffers(self, stream_cell *c, object x, object y, object s, object o):
@@ -258,8 +300,10 @@ cdef class StreamCore:
         cdef size_t n = 0, most = 0
         cdef int i
         for i in range(self.n_cells):
-            if self.cells[i].lstm:
+            if self.cells[i].kind == CELL_LSTM:
                 _check(fr_lstm_workspace_size(&n, &self.cells[i].lc, 0), "stream")
+            elif self.cells[i].kind == CELL_GRU:
+                _check(fr_gru_workspace_size(&n, &self.cells[i].gc, 0), "stream")
             else:
                 _check(fr_rnn_workspace_size(&n, &self.cells[i].rc, 0), "stream")
             most = n if n > most else most
@@ -275,7 +319,7 @@ cdef class StreamCore:
     def _set_weights(self, int i, object arrays):
         """Cell i's weight arrays (C-contiguous, of the stream's dtype, checked by
         the caller): LSTM W_x, W_v, b, W_s, W_qv, packed (a PackedWeights buffer);
-        RNN W_x, W_r, theta_s, W_s (None: absent)."""
+        RNN W_x, W_r, theta_s, W_s; GRU W_x, W_h, b, b_hn (None: absent)."""
         cdef stream_cell *c = &self.cells[i]
         cdef int k
         for k in range(6):
@@ -538,8 +582,10 @@ cdef class StreamCore:
                 c.x = self.win if K > 1 else frame
             if i == self.n_cells - 1:
                 c.y = out
-            if c.lstm:
+            if c.kind == CELL_LSTM:
                 c.lc.lengths = self.active if self.n_hold else NULL
+            elif c.kind == CELL_GRU:
+                c.gc.lengths = self.active if self.n_hold else NULL
             else:
                 c.rc.lengths = self.active if self.n_hold else NULL
             status = _cell_forward(c, self.work, self.f64, self.cur)

@@ -5,8 +5,8 @@
         y = stream.step(frame)               # (B, R); None while a look-ahead waits
     tail = stream.flush()                    # end of the sequence: what is left
 
-`layer.stream(batch, state=None)` exists for `fr.LSTM`, `fr.RNN`, `fr.Linear`
-and a `fr.Sequential` of them (inference only; unidirectional layers). A stream
+`layer.stream(batch, state=None)` exists for `fr.LSTM`, `fr.RNN`, `fr.GRU`,
+`fr.Linear` and a `fr.Sequential` of them (inference only; unidirectional layers). A stream
 holds its state, its output and workspace buffers and the context window of a
 look-ahead, so that a step does little more than the kernel's step. The
 outputs of a stream equal one `forward` over the whole sequence.
@@ -28,7 +28,8 @@ outputs of a stream equal one `forward` over the whole sequence.
   start anew and the others go on untouched; with a look-ahead a reset row
   outputs zeros until its first frame's output is due.
 - `state`: the state after the last output step, a State like `forward`'s
-  (`LSTMState(s, v, x_past)`, `RNNState(s, r)`; a list for a Sequential);
+  (`LSTMState(s, v, x_past)`, `RNNState(s, r)`, `GRUState(h)`; a list for a
+  Sequential);
   frames of a look-ahead that have not been output yet are not in it.
 - Weights, `layer.stream(batch, weights="live")` (the default): the stream
   follows the layer's `params`. An in-place update (an optimiser step,
@@ -154,7 +155,7 @@ def _chunk(chunk: Any, name: str, dtype: np.dtype, features: int, batch: int,
 
 
 class Stream(_kernel.StreamCore):
-    """A stream over an `fr.LSTM` or `fr.RNN` (see the module docstring); made by
+    """A stream over an `fr.LSTM`, `fr.RNN` or `fr.GRU` (see the module docstring); made by
     `layer.stream(batch, state=None)`."""
 
     def __init__(self, layer: Any, batch: int, state: Any = None, weights: str = "live") -> None:
@@ -168,6 +169,7 @@ class Stream(_kernel.StreamCore):
         B = V.positive_int(batch, "batch")
         self.layer = layer
         self._lstm = hasattr(layer, "proj_size")
+        self._gru = hasattr(layer, "linear_before_reset")
         L_past, L_future = getattr(layer, "context", (0, 0))
         self._L_past, self._L_future, self._K = L_past, L_future, L_past + 1 + L_future
         dt, I, H, R = layer.dtype, layer.input_size, layer.hidden_size, layer.output_size
@@ -192,6 +194,11 @@ class Stream(_kernel.StreamCore):
                                     self._threads(B * 4 * H * (I_l + R)),
                                     x, y, self._s[l], self._o[l])
                 B_macs += B * 4 * H * (I_l + R) + (B * layer.proj_size * H)
+            elif self._gru:
+                macs = B * 3 * H * (I_l + H)
+                self._set_gru_cell(l, I_l, H, layer.linear_before_reset, self._threads(macs),
+                                   x, y, self._s[l], self._o[l])
+                B_macs += macs
             else:
                 self._set_rnn_cell(l, I_l, H, layer.state_feedback, x, y, self._s[l], self._o[l])
                 B_macs += B * H * (I_l + H * (2 if layer.state_feedback else 1))
@@ -243,6 +250,8 @@ class Stream(_kernel.StreamCore):
                 order = [arrays["W_x"], arrays["W_v"], arrays["b"],
                          arrays.get("w_s", arrays.get("W_s")), arrays.get("W_qv"),
                          None if packed is None else packed.buffer]
+            elif self._gru:
+                order = [arrays["W_x"], arrays["W_h"], arrays["b"], arrays.get("b_hn")]
             else:
                 order = [arrays["W_x"], arrays["W_r"], arrays["theta_s"], arrays.get("W_s")]
             self._set_weights(l, order)
@@ -283,6 +292,8 @@ class Stream(_kernel.StreamCore):
         cur = self.cur
         s = np.stack([h[cur] for h in self._s])
         o = np.stack([h[cur] for h in self._o])
+        if self._gru:
+            return self.layer.State(o)
         if not self._lstm:
             return self.layer.State(s, o)
         x_past = None
@@ -532,7 +543,7 @@ class SequentialStream:
         for i, (layer, st) in enumerate(zip(model.layers, states)):
             if not hasattr(layer, "stream"):
                 raise TypeError(f"layer {i} ({type(layer).__name__}) cannot stream: a streamed "
-                                "Sequential takes fr.LSTM, fr.RNN and fr.Linear layers")
+                                "Sequential takes fr.LSTM, fr.RNN, fr.GRU and fr.Linear layers")
             self.stages.append(layer.stream(self.batch, state=st, weights=weights))
         for i, (a, b) in enumerate(zip(self.stages, self.stages[1:])):
             if a.output_size != b.input_size:
