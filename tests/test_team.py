@@ -124,24 +124,28 @@ def test_every_isa_tile_matches_numpy(isa):
         _kernel.set_isa(old)
 
 
-def _team_problem(seed):
-    layer = fr.LSTM(45, 70, peepholes="diagonal", proj_size=40, dtype=np.float64, seed=seed)
+def _team_problem(seed, kind="lstm"):
+    if kind == "gru":  # the formulation with the second per-step GEMM W_hn (r h)
+        layer = fr.GRU(45, 40, linear_before_reset=False, dtype=np.float64, seed=seed)
+    else:
+        layer = fr.LSTM(45, 70, peepholes="diagonal", proj_size=40, dtype=np.float64, seed=seed)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((20, 9, 45))
     dy = rng.standard_normal((20, 9, 40))
     return layer, x, dy
 
 
-def _team_results(seed, calls=1):
+def _team_results(seed, calls=1, kind="lstm"):
     """`calls` rounds of team-path calls (forward inference, training forward,
     backward); the last round's results. The caller sets 2 threads."""
-    layer, x, dy = _team_problem(seed)
+    layer, x, dy = _team_problem(seed, kind)
     for _ in range(calls):
         got = _calls(layer, x, dy, None)
     return got
 
 
-def test_concurrent_team_calls_equal_serial(split_everything):
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_concurrent_team_calls_equal_serial(split_everything, kind):
     """Team calls from several Python threads at once: one call holds the
     kernel's persistent worker pool, the others run on threads of their own;
     every call gets its serial results, bit for bit."""
@@ -153,13 +157,13 @@ def test_concurrent_team_calls_equal_serial(split_everything):
     def work(seed):
         try:
             start.wait()
-            got[seed] = _team_results(seed, calls=5)
+            got[seed] = _team_results(seed, calls=5, kind=kind)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
     # the settings are process-wide: set once, not by each thread
     with _kernel_settings(1 << 30, 2):
-        want = {seed: _team_results(seed) for seed in range(4)}
+        want = {seed: _team_results(seed, kind=kind) for seed in range(4)}
         threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
         for th in threads:
             th.start()

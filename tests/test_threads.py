@@ -31,6 +31,9 @@ CONFIGS = {
     "rnn-f32": lambda: fr.RNN(I, H, dtype=np.float32, seed=4),
     "lstm-2layer-bidir-f64": lambda: fr.LSTM(I, H, num_layers=2, bidirectional=True,
                                              dtype=np.float64, seed=5),
+    "gru-f64": lambda: fr.GRU(I, H, dtype=np.float64, seed=6),
+    "gru-original-bidir-f32": lambda: fr.GRU(I, H, linear_before_reset=False, bidirectional=True,
+                                             dtype=np.float32, seed=7),
 }
 
 
@@ -139,7 +142,7 @@ def test_separate_layers_concurrent_equal_serial(factory):
             np.testing.assert_array_equal(layers[t].grads[k], g)
 
 
-@pytest.mark.parametrize("cls", [fr.LSTM, fr.RNN])
+@pytest.mark.parametrize("cls", [fr.LSTM, fr.RNN, fr.GRU])
 def test_backward_pairs_with_the_same_threads_forward(cls):
     """Thread A's forward, then thread B's forward and backward, then A's
     backward: A gets the gradients of its own forward; a thread that made no

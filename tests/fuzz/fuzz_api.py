@@ -1,4 +1,4 @@
-"""Fuzz target over the public API of fr.LSTM and fr.RNN (issue 7).
+"""Fuzz target over the public API of fr.LSTM, fr.RNN and fr.GRU.
 
 Each input (a byte string) is decoded into a small program: a GEMM backend, a
 constructor call with arguments drawn from pools of good, bad and huge values,
@@ -169,7 +169,7 @@ def array_arg(d: Data, shape, dtype) -> object:
 
 
 def construct(d: Data):
-    kind = d.pick(["lstm", "rnn"])
+    kind = d.pick(["lstm", "rnn", "gru"])
     I = size(d, dim(d))
     H = size(d, dim(d))
     kw = dict(dtype=d.either([np.float32, np.float64, "float32", "f8"], [np.float16, int, None, "nope"]),
@@ -195,6 +195,17 @@ def construct(d: Data):
         if d.chance(4):
             kw["dropout"] = d.either([0.0, 0.3, 0.99, 0], [1.0, -0.1, np.nan, "x", True])
         cls = fr.LSTM
+    elif kind == "gru":
+        kw["linear_before_reset"] = d.either([True, False], [1, "yes", None])
+        if d.chance(3):
+            kw["num_layers"] = d.either([1, 2, 3], [0, -1, True, 2.0])
+        if d.chance(3):
+            kw["bidirectional"] = d.either([False, True], [1, "yes"])
+        if d.chance(4):
+            kw["reverse"] = d.either([False, True], [1, "yes"])
+        if d.chance(4):
+            kw["dropout"] = d.either([0.0, 0.3, 0.99, 0], [1.0, -0.1, np.nan, "x", True])
+        cls = fr.GRU
     else:
         kw["state_feedback"] = d.either([False, True], [1, "yes", None])
         cls = fr.RNN
@@ -214,16 +225,25 @@ def spoil_params(d: Data, layer) -> None:
         np.zeros(good.size + 1, good.dtype), good.reshape(-1)])
 
 
-def check_forward(layer, x, y, state) -> None:
+def channels(layer) -> list:
+    """The widths of the state's array fields: (s, v) / (s, r), or the GRU's (h,)."""
+    if isinstance(layer, fr.GRU):
+        return [layer.hidden_size]
+    return [layer.hidden_size, layer.output_size]
+
+
+def check_forward(layer, x, y, state, bounded=True) -> None:
+    """bounded: the outputs lie in [-1, 1] (a GRU's h mixes tanh values with the
+    initial state, so only when that is in [-1, 1] too)."""
     assert isinstance(y, np.ndarray) and y.dtype == layer.dtype, (type(y), getattr(y, "dtype", None))
     xs = np.shape(x)
     T, B = (xs[1], xs[0]) if layer.batch_first else (xs[0], xs[1])
     width = layer.num_directions * layer.output_size
     assert y.shape == ((B, T, width) if layer.batch_first else (T, B, width)), (y.shape, xs)
     LD = layer.num_layers * layer.num_directions
-    assert state[0].shape == (LD, B, layer.hidden_size), state[0].shape
-    assert state[1].shape == (LD, B, layer.output_size), state[1].shape
-    if getattr(layer, "proj_size", 0) == 0:  # tanh readout, or a gate times tanh
+    for s, width in zip(state, channels(layer)):
+        assert s.shape == (LD, B, width), s.shape
+    if getattr(layer, "proj_size", 0) == 0 and bounded:  # tanh readout, or a gate times tanh
         finite = y[~np.isnan(y)]
         assert np.all(np.abs(finite) <= 1 + 1e-6), float(np.max(np.abs(finite)))
 
@@ -251,7 +271,7 @@ def one_call(d: Data, layer, prev_state) -> object:
             pass
     elif r == 3:
         kwargs["state"] = layer.State(*(array_arg(d, (LD, B, n), layer.dtype)
-                                        for n in (layer.hidden_size, layer.output_size)))
+                                        for n in channels(layer)))
     elif r == 4:
         kwargs["state"] = d.pick([garbage(d), (garbage(d), garbage(d)), [np.zeros((LD, B, 2))] * 2,
                                   (np.zeros((LD, B, layer.hidden_size)),) * 3,
@@ -266,7 +286,9 @@ def one_call(d: Data, layer, prev_state) -> object:
         kwargs["x_future"] = array_arg(d, (max(Lf, 1), B, layer.input_size), layer.dtype)
     kwargs["training"] = d.either([True, True, False], [1, 0, None])
     y, state = layer.forward(x, **kwargs)
-    check_forward(layer, x, y, state)
+    given = kwargs.get("state")
+    check_forward(layer, x, y, state, bounded=not isinstance(layer, fr.GRU) or given is None
+                  or (isinstance(given, layer.State) and _within_one(given.h)))
     if kwargs["training"] and d.u8() % 4 != 0:
         dy = d.pick([None, "ones", "ones", "wrong", "garbage", "nan"])
         if dy == "ones":
@@ -278,14 +300,24 @@ def one_call(d: Data, layer, prev_state) -> object:
         elif dy == "garbage":
             dy = garbage(d)
         dstate = None
+        n = len(channels(layer))
         if d.chance(3):
-            dstate = d.pick([layer.State(*(np.ones_like(s) for s in state[:2])),
-                             layer.State(None, np.ones_like(state[1])), garbage(d),
-                             (garbage(d), None), (state[0],)])
+            dstate = d.pick([layer.State(*(np.ones_like(s) for s in state[:n])),
+                             layer.State(*([None] * (n - 1)), np.ones_like(state[n - 1])),
+                             garbage(d), (garbage(d), None), (state[0],)])
         dx, ds = layer.backward(dy, dstate)
         assert dx.shape == np.shape(x) and dx.dtype == layer.dtype, (dx.shape, np.shape(x))
-        assert ds[0].shape == state[0].shape and ds[1].shape == state[1].shape
+        assert all(a.shape == b.shape for a, b in zip(ds[:n], state[:n]))
     return state
+
+
+def _within_one(h) -> bool:
+    """h is a float array whose entries other than NaN lie in [-1, 1]."""
+    try:
+        a = np.asarray(h, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return a.size > 0 and bool(np.all(np.abs(a[~np.isnan(a)]) <= 1))
 
 
 def program(d: Data) -> None:
