@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .interop import _torch_ops
+from .core import _context
 from .core import _validate as V
 from .core._tracked import untrack
 from .core.gru import GRU as _FrGRU
@@ -421,7 +422,7 @@ class LSTM(_FusedModule):
         state: Tuple[Tensor, ...] = (h, c)
         if streaming and x_past is not None:
             xt = x.transpose(0, 1) if self.batch_first else x  # time-major
-            past = torch.cat([x_past, xt])[-self.context[0]:]
+            past = _context.last_frames(x_past, xt, self.context[0], torch.cat)
             state = (h, c, self._squeeze(past, unbatched))
         return self._output(y, packed, packed_lens, unbatched), state
 

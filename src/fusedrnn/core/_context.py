@@ -13,7 +13,7 @@ or after a row's end are zero. The loops below run over the K window offsets,
 never over time steps."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
@@ -67,10 +67,18 @@ def fold(dX: np.ndarray, I: int, L_past: int, L_future: int,
     return dext[L_past:L_past + T], dext[:L_past], dext[L_past + T:]
 
 
+def last_frames(before: Any, x: Any, L_past: int,
+                concat: Callable[[Any], Any] = np.concatenate) -> Any:
+    """The last L_past (> 0) frames of [before, x], both time-major (., B, I): the
+    past context of the chunk after x. concat: the array library's concatenation
+    (np.concatenate; torch.cat for the tensors of fusedrnn.torch)."""
+    return concat([before, x])[-L_past:]
+
+
 def next_past(x_past: Optional[np.ndarray], x: np.ndarray, L_past: int) -> Optional[np.ndarray]:
     """The last L_past frames of [x_past, x]: the state's context for the next chunk."""
     if L_past == 0:
         return None
     T, B, I = x.shape
     past = np.zeros((L_past, B, I), x.dtype) if x_past is None else x_past
-    return np.ascontiguousarray(np.concatenate([past, x])[-L_past:])
+    return np.ascontiguousarray(last_frames(past, x, L_past))

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import _context, _threads
+from . import _threads
 from .. import _tuning
 from ._scratch import ALIGN, ScratchPool, aligned_empty
 from ._tracked import track_all
@@ -78,7 +78,7 @@ class Tape(NamedTuple):
     cells: List[CellTape]               # index layer * D + direction
     masks: List[Optional[np.ndarray]]   # dropout masks of layers 1.. (scaled), or None
     lengths: Optional[np.ndarray]
-    input_size: int                     # I of the caller's x (before context unfolding)
+    input_size: int                     # I of the caller's x (before `_first_input`)
 
 
 class ReadOnlyConfig:
@@ -131,12 +131,13 @@ class RecurrentLayer(ReadOnlyConfig):
     serialised by a per-layer lock. Calls on different layers run in parallel
     (the kernel releases the GIL)."""
 
-    State: Any  # NamedTuple type: its channels (below), then [x_past]
+    State: Any  # NamedTuple type: its channels (below), then what a cell adds (an LSTM's x_past)
     # Every cell carries two channels between steps and calls: s (B, H), the state,
     # and o (B, R), the output fed back. The State's leading fields are these
     # channels, in this order; a cell whose state is its output (the GRU) has ("o",)
     # and its s channel is never read.
     _STATE_CHANNELS: Tuple[str, ...] = ("s", "o")
+    # The input context window (L_past, L_future): none, unless a cell has one (the LSTM).
     context: Tuple[int, int] = (0, 0)
     _CONFIG = frozenset({"input_size", "hidden_size", "num_layers", "bidirectional", "dropout",
                          "dtype", "batch_first", "reverse", "context", "State", "output_size",
@@ -254,8 +255,7 @@ class RecurrentLayer(ReadOnlyConfig):
     def _cell_input_size(self, layer: int) -> int:
         if layer > 0:
             return self.num_directions * self.output_size
-        L_past, L_future = self.context
-        return (L_past + 1 + L_future) * self.input_size
+        return self._first_input_size()
 
     def _param_shapes(self) -> Dict[str, Tuple[int, ...]]:
         shapes: Dict[str, Tuple[int, ...]] = {}
@@ -343,16 +343,15 @@ class RecurrentLayer(ReadOnlyConfig):
         xt = V.sequence(x, "x", self.dtype, self.input_size, self.batch_first)
         T, B, _ = xt.shape
         lens = V.lengths(lengths, B, T)
-        s0_all, o0_all, x_past = self._state_in(state, B)
+        s0_all, o0_all, carried = self._state_in(state, B)
         xf = self._future_in(x_future, B, state is not None, T)
         p = self._checked_params(params)
-        L_past, L_future = self.context
         buf = None
         if flat_tape is not None:
             buf = self._tape_views(flat_tape, T, B, rng is not None)
             self._start_tape(flat_tape, buf, T, B, lens, rng is not None)
             s0_all, o0_all = _into(buf["s0"], s0_all), _into(buf["o0"], o0_all)
-        inp = xt if self.context == (0, 0) else _context.unfold(xt, x_past, xf, L_past, L_future, lens)
+        inp = self._first_input(xt, carried, xf, lens)
         if buf is not None:
             inp = _into(buf["x"], inp)
         elif inp is xt and training:
@@ -400,7 +399,7 @@ class RecurrentLayer(ReadOnlyConfig):
             elif out is cells[-1].y:
                 out = out.view()
                 out.flags.writeable = False
-        return self._out(out), self._state_out(s_T, o_T, x_past, xt), tape
+        return self._out(out), self._state_out(s_T, o_T, carried, xt), tape
 
     def backward(self, dy: Any = None, dstate: Any = None) -> Tuple[np.ndarray, Any]:
         """Back-propagate through this thread's last training forward.
@@ -646,10 +645,23 @@ class RecurrentLayer(ReadOnlyConfig):
         rng = self._dropout_rng if rng is None else rng
         return ((rng.random(shape) < keep) / keep).astype(self.dtype)
 
+    # -- what a cell adds around the stack (the LSTM: context windows) ---------------
+    def _first_input_size(self) -> int:
+        """Features of layer 0's input as the kernel sees it."""
+        return self.input_size
+
+    def _first_input(self, xt: np.ndarray, carried: Any, x_future: Optional[np.ndarray],
+                     lengths: Optional[np.ndarray]) -> np.ndarray:
+        """Layer 0's input (T, B, _first_input_size()) from the checked sequence xt
+        (T, B, I), what `_state_in` carried in and what `_future_in` returned."""
+        return xt
+
     def _backward_input(self, dinp: np.ndarray, tape: Tape, ds0: np.ndarray, do0: np.ndarray):
+        """dx and the State of gradients from dE/d(layer 0's input) and the channels'."""
         return self._out(dinp), self._make_state(ds0, do0)
 
-    def _state_out(self, s_T, o_T, x_past, xt):
+    def _state_out(self, s_T: np.ndarray, o_T: np.ndarray, carried: Any, xt: np.ndarray) -> Any:
+        """The final State of the channels s_T, o_T (and what the cell carries on)."""
         return self._make_state(s_T, o_T)
 
     def _make_state(self, s: Any, o: Any, *rest: Any) -> Any:
@@ -665,6 +677,8 @@ class RecurrentLayer(ReadOnlyConfig):
         return [(*fields.get(c, (None, None)), shapes[c]) for c in ("s", "o")]
 
     def _future_in(self, x_future: Any, B: int, has_state: bool, T: int) -> Optional[np.ndarray]:
+        """The checked frames after the sequence (forward's x_future); a cell without
+        a look-ahead refuses them."""
         if x_future is not None:
             raise ValueError(f"x_future is only for {type(self).__name__}s with a look-ahead context window")
         return None
@@ -672,7 +686,9 @@ class RecurrentLayer(ReadOnlyConfig):
     def _out(self, seq: np.ndarray) -> np.ndarray:
         return seq.transpose(1, 0, 2) if self.batch_first else seq
 
-    def _state_in(self, state: Any, B: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    def _state_in(self, state: Any, B: int) -> Tuple[np.ndarray, np.ndarray, Any]:
+        """The checked channels s0, o0 of `state` (zeros for None) and what the cell
+        carries in besides them (None here; an LSTM's x_past)."""
         LD = self.num_layers * self.num_directions
         if state is not None:
             self._check_state_type(state, "state")

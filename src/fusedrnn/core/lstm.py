@@ -187,7 +187,17 @@ class LSTM(RecurrentLayer):
                               y0=flat(tape.o0), W_x=flat(p["W_x"]), W_v=flat(p["W_v"]),
                               W_s=flat(p.get("w_s", p.get("W_s"))), W_qv=flat(p.get("W_qv")))
 
-    # -- context windows ------------------------------------------------------------------
+    # -- context windows (_context.py): layer 0 reads X[n] = [x[n-L_past], ..., x[n+L_future]] --
+    def _first_input_size(self) -> int:
+        L_past, L_future = self.context
+        return (L_past + 1 + L_future) * self.input_size
+
+    def _first_input(self, xt: np.ndarray, x_past: Optional[np.ndarray],
+                     x_future: Optional[np.ndarray], lengths: Optional[np.ndarray]) -> np.ndarray:
+        if self.context == (0, 0):
+            return xt
+        return _context.unfold(xt, x_past, x_future, *self.context, lengths)
+
     def _state_in(self, state: Any, B: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
         s0, o0, _ = super()._state_in(state, B)
         L_past = self.context[0]
