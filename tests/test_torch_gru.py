@@ -192,10 +192,26 @@ def test_refusals():
         m(x.to("meta"))
     with pytest.raises(ValueError, match="lengths must not be given with a PackedSequence"):
         m(pack_padded_sequence(x, torch.tensor([5, 3])), lengths=[5, 3])
-    with pytest.raises(ValueError, match="no frame-by-frame stream"):
-        m.stream(2)
+    with pytest.raises(TypeError, match="state must be None or a tensor h0"):
+        m.stream(2, (torch.zeros(1, 2, 4),))
     with pytest.raises(TypeError, match="linear_before_reset must be a bool"):
         frt.GRU(3, 4, linear_before_reset="yes")
     with pytest.raises(ValueError, match="linear_before_reset"):
         frt.GRU(3, 4, linear_before_reset=False).to_torch()
     assert "linear_before_reset=False" in repr(frt.GRU(3, 4, linear_before_reset=False))
+
+
+@pytest.mark.parametrize("lbr", [True, False])
+def test_stream_frames_equal_one_call(lbr):
+    m = frt.GRU(3, 4, linear_before_reset=lbr, num_layers=2, dtype=F64, seed=5)
+    x, h0 = _inputs(m, T=7, B=2, seed=6, requires_grad=False)
+    with torch.no_grad():
+        y_all, h_all = m(x, h0)
+    stream = m.stream(2, h0)
+    ys = torch.stack([stream.step(x[t].contiguous()) for t in range(7)])
+    torch.testing.assert_close(ys, y_all, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(stream.state, h_all, rtol=1e-12, atol=1e-14)
+    with torch.no_grad():   # the stream reads the Parameters in place
+        m.b.add_(0.25)
+        y_new, _ = m(x[:1], h_all)
+    torch.testing.assert_close(stream.step(x[0].contiguous()), y_new[0], rtol=1e-12, atol=1e-14)

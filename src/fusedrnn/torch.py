@@ -187,7 +187,7 @@ class _FusedModule(nn.Module):
         """A stream that runs this module one frame at a time (inference, CPU):
         `stream.step(frame)` with frame (B, I) returns (B, R), reading the
         Parameters in place (no copy; weights="snapshot": a copy taken now).
-        state: LSTM (h0, c0) (+ x_past), RNN h0 or (h0, s0), or None for zeros.
+        state: LSTM (h0, c0) (+ x_past), RNN h0 or (h0, s0), GRU h0, or None for zeros.
         See `fusedrnn.stream`."""
         from .interop._stream_torch import TorchStream
         return TorchStream(self, batch, state, weights)
@@ -565,12 +565,6 @@ class GRU(_FusedModule):
         if self.batch_first:
             s += ", batch_first=True"
         return s
-
-    def stream(self, batch: int, state: Any = None, *, weights: str = "live") -> Any:
-        """Not available for the GRU: run `forward` on chunks, passing each call's
-        returned h as the next call's h0 (equal to one call over the whole sequence)."""
-        raise ValueError("fusedrnn.torch.GRU has no frame-by-frame stream: call the module on "
-                         "chunks of frames and pass each call's h as the next call's h0")
 
     def forward(self, input: Any, hx: Optional[Tensor] = None, *,
                 lengths: Any = None) -> Tuple[Any, Tensor]:

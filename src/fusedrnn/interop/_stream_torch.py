@@ -1,6 +1,7 @@
 """`module.stream(batch)` for the `fusedrnn.torch` modules: the NumPy stream
 (fusedrnn.stream) on numpy views of the module's Parameters, with torch tensors
-in and out (CPU, no copy) and torch's state order ((h, c) for the LSTM)."""
+in and out (CPU, no copy) and torch's state order ((h, c) for the LSTM, h for
+the GRU)."""
 from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
@@ -8,6 +9,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..core.gru import GRUState
 from ..core.lstm import LSTMState
 from ..core.rnn import RNNState
 
@@ -15,7 +17,7 @@ Tensor = torch.Tensor
 
 
 class TorchStream:
-    """A stream over a `fusedrnn.torch.LSTM` or `RNN` (inference): step(frame)
+    """A stream over a `fusedrnn.torch.LSTM`, `RNN` or `GRU` (inference): step(frame)
     with frame a CPU tensor (B, I) of the module's dtype returns a tensor (B, R)
     that shares memory with a new NumPy array, or fills `out`. The stream reads
     the Parameters' storage in place (an optimiser step is used from the next
@@ -23,7 +25,8 @@ class TorchStream:
     weights="snapshot" the stream uses a copy of the weights taken when it is
     made.
 
-    state: LSTM (h, c), or (h, c, x_past) with a past context window; RNN (h, s).
+    state: LSTM (h, c), or (h, c, x_past) with a past context window; RNN (h, s);
+    GRU a tensor h.
     The other methods (step_many, flush, reset, delay) are those of
     `fusedrnn.stream.Stream`, with tensors."""
 
@@ -36,6 +39,7 @@ class TorchStream:
             (n, w, w.data_ptr()) for n, w in zip(self._names, ws)]
         self._layer = module.fr_layer            # params: numpy views of the Parameters
         self._lstm = isinstance(self._layer, _lstm_class())
+        self._gru = self._layer.State is GRUState
         self._np = self._layer.stream(batch, self._np_state(state, batch), weights=weights)
         if weights == "snapshot":
             self._held = []   # the NumPy stream holds its copy: nothing to follow
@@ -61,6 +65,10 @@ class TorchStream:
             if len(state) == 3:
                 x_past = as_np(state[2])
             return LSTMState(as_np(c0), as_np(h0), x_past)
+        if self._gru:
+            if not isinstance(state, torch.Tensor):
+                raise TypeError(f"state must be None or a tensor h0, got {type(state).__name__}")
+            return GRUState(as_np(m._state_part(state, "h0", dt, H, batch, False)))
         if isinstance(state, torch.Tensor):
             h0 = m._state_part(state, "h0", dt, H, batch, False)
             r0 = as_np(h0)
@@ -72,9 +80,12 @@ class TorchStream:
         return RNNState(as_np(s0), as_np(h0))
 
     @property
-    def state(self) -> Tuple[Tensor, ...]:
-        """LSTM: (h, c) (+ x_past with a past context window); RNN: (h, s); copies."""
+    def state(self) -> Any:
+        """LSTM: (h, c) (+ x_past with a past context window); RNN: (h, s); GRU: h;
+        copies."""
         st = self._np.state
+        if self._gru:
+            return torch.from_numpy(st.h)
         if self._lstm:
             out = (torch.from_numpy(st.v), torch.from_numpy(st.s))
             return out + ((torch.from_numpy(st.x_past),) if st.x_past is not None else ())
