@@ -6,6 +6,9 @@ Per case (I = 40, H and B below, `frames` frames), each competitor in its own pr
   whole     one fusedrnn `layer.forward(x, training=False)` over all frames, per frame
   stream    fusedrnn `stream = layer.stream(batch=B)`, `stream.step(x[n])` per frame
   context   the same stream of an LSTM with context=(2, 4) (a look-ahead of 4 frames)
+  snapshot  the stream with weights="snapshot" (no weight tracking at all)
+  wide      a plain stream of an LSTM with I = 7 * 40 (the context window's weights, no window)
+  ctxwhole  one forward of the context LSTM over all frames, per frame
   frtorch   `fusedrnn.torch.LSTM.stream(B).step(frame)` on torch tensors
   torch     `torch.nn.LSTM` called per frame with its (h, c)
   ort       ONNX Runtime's LSTM node per frame, T = 1, with initial_h / initial_c as inputs
@@ -43,11 +46,17 @@ BUILD_COMPETITORS = ("fusedrnn", "frtorch")
 # measurement -> (competitor, mode of its worker), in table order
 MEASUREMENTS: Dict[str, Tuple[str, str]] = {
     "forward": ("fusedrnn", "forward"), "whole": ("fusedrnn", "whole"),
-    "stream": ("fusedrnn", "stream"), "context": ("fusedrnn", "context"),
+    "stream": ("fusedrnn", "stream"), "snapshot": ("fusedrnn", "snapshot"),
+    "context": ("fusedrnn", "context"), "wide": ("fusedrnn", "wide"),
+    "ctxwhole": ("fusedrnn", "ctxwhole"),
     "frtorch": ("frtorch", "stream"), "torch": ("torch", "frame"), "ort": ("ort", "frame")}
 LABEL = {"forward": "fusedrnn forward per frame", "whole": "fusedrnn whole forward, per frame",
-         "stream": "fusedrnn stream", "context": f"context {CONTEXT} stream",
+         "stream": "fusedrnn stream", "snapshot": "snapshot stream",
+         "context": f"context {CONTEXT} stream",
+         "wide": f"stream, I = {sum(CONTEXT) + 1} x {I_STREAM}",
+         "ctxwhole": f"context {CONTEXT} whole forward, per frame",
          "frtorch": "fusedrnn.torch stream", "torch": "torch per frame", "ort": "ORT per frame"}
+WHOLE = ("whole", "ctxwhole")   # one call over all frames: no per-frame percentiles
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,9 @@ TARGETS = [Target("stream/whole", 1.5, True), Target("torch/stream", 15, False),
 MEMORY_LIMIT_MB = 5.0
 RATIOS = {"stream/whole": ("stream", "whole"), "torch/stream": ("torch", "stream"),
           "ORT/stream": ("ort", "stream"), "fr.torch/stream": ("frtorch", "stream"),
-          "context/stream": ("context", "stream"), "forward/stream": ("forward", "stream")}
+          "context/stream": ("context", "stream"), "forward/stream": ("forward", "stream"),
+          "snapshot/whole": ("snapshot", "whole"), "context/wide": ("context", "wide"),
+          "context/ctx whole": ("context", "ctxwhole")}
 
 
 # ---------------------------------------------------------------------------- problem and check
@@ -178,6 +189,21 @@ def context_layer(case: "StreamCase", params: Optional[Mapping[str, np.ndarray]]
     for k, v in (params or {}).items():
         ctx.params[k][...] = v
     return ctx
+
+
+def wide_layer(case: "StreamCase"):
+    """A plain LSTM whose input is the context window (I = K * 40): the weights of the
+    context LSTM without its window."""
+    import fusedrnn as fr
+    return fr.LSTM((sum(CONTEXT) + 1) * case.I, case.H, dtype=np.float32, seed=SEED)
+
+
+def snapshot_stream(layer, B: int):
+    """layer.stream(B, weights="snapshot"), None for an installation without it."""
+    try:
+        return layer.stream(batch=B, weights="snapshot")
+    except TypeError:
+        return None
 
 
 def check(case: StreamCase, tol: float) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
@@ -282,6 +308,21 @@ def work_fusedrnn(case: StreamCase, problem: Mapping[str, np.ndarray], job: Mapp
                 checks[name] = maxabs(run_stream(lay.stream(batch=case.B), x[:K]), problem[want])
                 stream = lay.stream(batch=case.B)
                 timings[name] = per_frame(lambda k, s=stream: s.step(x[k]), n)
+            # the breakdown: no weight tracking; the context's weights without its window; the
+            # context LSTM over the whole sequence
+            snap = snapshot_stream(layer, case.B)
+            if snap is not None:
+                checks["snapshot"] = maxabs(run_stream(snapshot_stream(layer, case.B), x[:K]),
+                                            problem["check.y"])
+                timings["snapshot"] = per_frame(lambda k: snap.step(x[k]), n)
+            wide = wide_layer(case)
+            xw = np.ascontiguousarray(np.concatenate([x] * (sum(CONTEXT) + 1), axis=2))
+            checks["wide"] = maxabs(run_stream(wide.stream(batch=case.B), xw[:K]),
+                                    wide.forward(xw[:K], training=False)[0])
+            ws = wide.stream(batch=case.B)
+            timings["wide"] = per_frame(lambda k: ws.step(xw[k]), n)
+            cw = job["timer"](lambda: ctx.forward(x, training=False))
+            timings["ctxwhole"] = {**cw, "times": [t / n for t in cw["times"]]}
             if case.memory_frames and job.get("round", 0) == 0:
                 out["memory"] = stream_memory(layer.stream(batch=case.B), x, case.memory_frames)
     return {**out, "checks": checks, "check_y_abs": max(checks.values()), "timings": timings,
@@ -359,7 +400,7 @@ def build_rows(scases: List[StreamCase], results: Mapping[str, dict]) -> List[di
             key = case.job_key(comp)
             t = results.get(key, {}).get("timings", {}).get(mode)
             med[m] = t["median"] if t else None
-            p99[m] = t["p99"] if t and m != "whole" else None
+            p99[m] = t["p99"] if t and m not in WHOLE else None
             if t:
                 sources[m] = [key, mode]
         ratios = {name: (med[a] / med[b] if med[a] and med[b] else None)
@@ -388,11 +429,19 @@ def _us(t: Optional[float], p: Optional[float] = None) -> str:
 
 def markdown(rows: List[dict], checks: Mapping[str, dict]) -> str:
     L = ["## Streaming (1 thread, float32)", "",
-         "Per-frame medians in µs, the 99th percentile in brackets; `n/a`: the fusedrnn "
-         "installation has no `stream`. Ratios of medians.", ""]
-    head = ["case"] + [LABEL[m] for m in MEASUREMENTS] + list(RATIOS) + ["targets met"]
+         "Per-frame medians in µs, the 99th percentile in brackets (whole forwards: one call "
+         "over all frames, divided by their number); `n/a`: the fusedrnn installation has no "
+         "`stream`.", ""]
+    head = ["case"] + [LABEL[m] for m in MEASUREMENTS]
     L.append("| " + " | ".join(head) + " |")
-    L.append("| " + " | ".join(["---"] + ["---:"] * (len(MEASUREMENTS) + len(RATIOS)) + ["---"]) + " |")
+    L.append("| " + " | ".join(["---"] + ["---:"] * len(MEASUREMENTS)) + " |")
+    for r in rows:
+        L.append("| " + " | ".join(
+            [f"H={r['H']} B={r['B']}"] + [_us(r["median_s"][m], r["p99_s"][m]) for m in MEASUREMENTS])
+            + " |")
+    L += ["", "Ratios of the medians:", ""]
+    L.append("| " + " | ".join(["case"] + list(RATIOS) + ["targets met"]) + " |")
+    L.append("| " + " | ".join(["---"] + ["---:"] * len(RATIOS) + ["---"]) + " |")
     met = total = 0
     for r in rows:
         marks = []
@@ -401,7 +450,7 @@ def markdown(rows: List[dict], checks: Mapping[str, dict]) -> str:
             met += bool(c["met"])
             marks.append("n/a" if c["met"] is None else "yes" if c["met"] else "**NO**")
         L.append("| " + " | ".join(
-            [f"H={r['H']} B={r['B']}"] + [_us(r["median_s"][m], r["p99_s"][m]) for m in MEASUREMENTS]
+            [f"H={r['H']} B={r['B']}"]
             + ["—" if v is None else f"{v:.2f}" for v in r["ratios"].values()]
             + [" / ".join(marks)]) + " |")
     L += ["", "Targets: " + "; ".join(t.text() for t in TARGETS)

@@ -88,8 +88,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-# Steps from this many multiply-adds (e.g. B = 16, H = 1024) may use the team.
-TEAM_MIN_MACS = 50_000_000
+# Steps from this many multiply-adds may use the team (set_num_threads > 1). Measured
+# (a 2-core host under load, 1 thread vs a team of 2, per step): H = 256 B = 8 (2.4e6
+# multiply-adds) 101 us vs 1298 us; H = 512 B = 32 (3.6e7) 2.7 ms vs 4.1 ms; H = 1024
+# B = 16 (7.0e7) 6.4 ms vs 9.5 ms; H = 1024 B = 64 (2.8e8) 24.6 ms vs 27.3 ms; H = 2048
+# B = 16 (2.7e8) 26.7 ms vs 31.0 ms: the caller's thread was faster at every size, so
+# the team starts above the largest step measured.
+TEAM_MIN_MACS = 500_000_000
 
 
 def _refuse() -> None:
@@ -218,8 +223,7 @@ class Stream(_kernel.StreamCore):
         """Kernel threads of a step of `macs` multiply-adds: the caller's thread, but
         for very large steps (then set_num_threads). One step has a barrier after
         each element-wise pass, and between frames the team's workers go to
-        sleep: H = 512, B = 8 (9e6) took 4.0 ms a step on one thread and 7.5 ms on
-        two (a loaded 2-core host), H = 128, B = 8: 21 us and 340 us."""
+        sleep (see TEAM_MIN_MACS for the measurements)."""
         return 1 if macs < TEAM_MIN_MACS else _threads.kernel_threads()
 
     # -- weights ---------------------------------------------------------------------
