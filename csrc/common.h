@@ -162,6 +162,20 @@ static inline void fr_copy_arrays(void *save, void *const *arrays, const size_t 
     }
 }
 
+/* The weight gradients a backward call changes, kept as they were when the call
+ * can be interrupted (fr_keep) and put back when it is (fr_bwd_run). */
+#define FR_KEPT_MAX 6
+typedef struct {
+    void *save;                 /* (sum of len) a workspace region, or NULL: nothing kept */
+    void *arrays[FR_KEPT_MAX];  /* the gradients */
+    size_t len[FR_KEPT_MAX];    /* elements of each (0: none) */
+    int count;
+    size_t elem;                /* sizeof(real) */
+} fr_kept;
+static inline void fr_keep(const fr_kept *k) {
+    if (k->save) fr_copy_arrays(k->save, k->arrays, k->len, k->count, k->elem, 0);
+}
+
 /* ---- packed-weight GEMM (ukernel.c) -------------------------------------------
  * Panels of FR_PW columns (128 bytes), contiguous along K. */
 #define FR_PW(real) ((int64_t)(128 / sizeof(real)))
@@ -250,6 +264,19 @@ static inline void fr_share(int64_t *lo, int64_t *hi, int64_t n_units, int64_t b
     const int64_t b0 = blocks * id / n, b1 = blocks * (id + 1) / n;
     *lo = b0 * block < n_units ? b0 * block : n_units;
     *hi = b1 * block < n_units ? b1 * block : n_units;
+}
+
+/* A backward call's run, the same in every cell: its loop on `threads` members,
+ * then, unless interrupted, the gradient GEMMs on the provider when the plan
+ * keeps them out of the team (grads_after: grads(ctx), 0 when interrupted).
+ * An interrupted call puts the kept gradients back and returns FR_EINTR. */
+static inline int fr_bwd_run(int threads, fr_team_fn loop, void *ctx, fr_poll *poll,
+                             int grads_after, int (*grads)(void *ctx), const fr_kept *kept) {
+    fr_team_run(threads, loop, ctx);
+    if (!fr_poll_stopped(poll) && grads_after) grads(ctx);
+    if (!fr_poll_stopped(poll)) return FR_OK;
+    if (kept->save) fr_copy_arrays(kept->save, kept->arrays, kept->len, kept->count, kept->elem, 1);
+    return FR_EINTR;
 }
 
 /* The end of a step (or piece) of a team's loop: member 0 polls, all meet,

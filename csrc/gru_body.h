@@ -9,6 +9,7 @@
 #define WMAT FN(fr_wmat)
 
 #include "warp_body.h"
+#include "cell_body.h"
 
 /* ---- forward ------------------------------------------------------------------ */
 
@@ -248,16 +249,11 @@ static int FN(gru_grads)(FN(gru_bwd) *c, int id, int nth, fr_team *team, int uk)
                 FN(fr_agemm)(uk, g->dW_h + 2 * H * H, H, dA_p + 2 * H, G, 1,
                              seq->acts + (size_t)t0 * BG + 3 * H, G, H, h0, nh, rows);
         }
-        for (int64_t row = 0; nh > 0 && row < rows; row++) { /* dE/db_*, dE/db_hn */
-            const real *a = dA_p + (size_t)row * G;
-            for (int64_t j = h0; j < h1; j++) {
-                g->db[j] += a[j];
-                g->db[H + j] += a[H + j];
-                g->db[2 * H + j] += a[3 * H + j];
-            }
-            if (lbr)
-                for (int64_t j = h0; j < h1; j++) g->db_hn[j] += a[2 * H + j];
-        }
+        /* dE/db_* = sum_n alpha_*[n] (r, z; then n), dE/db_hn = sum_n gamma[n] */
+        FN(fr_sum_rows)(g->db, dA_p, G, rows, h0, h1);
+        FN(fr_sum_rows)(g->db + H, dA_p + H, G, rows, h0, h1);
+        FN(fr_sum_rows)(g->db + 2 * H, dA_p + 3 * H, G, rows, h0, h1);
+        if (lbr) FN(fr_sum_rows)(g->db_hn, dA_p + 2 * H, G, rows, h0, h1);
         if (seq->dx && ni > 0) { /* dE/dx[n] = sum_* W_x*^T alpha_*[n] */
             real *dx_p = seq->dx + (size_t)t0 * B * I;
             FN(fr_agemm)(uk, dx_p, I, dA_p, G, 0, c->w->W_x, I, rows, i0, ni, 2 * H);
@@ -268,6 +264,7 @@ static int FN(gru_grads)(FN(gru_bwd) *c, int id, int nth, fr_team *team, int uk)
     }
     return 1;
 }
+static int FN(gru_grads_after)(void *c) { return FN(gru_grads)(c, 0, 1, NULL, 0); }
 
 static void FN(gru_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
     FN(gru_bwd) *c = vctx;
@@ -335,38 +332,28 @@ int FN(fr_gru_backward)(const FN(fr_gru_grads) *g, const FN(fr_gru_backward_seq)
     FR_CHECK(gru_backward_regions(nb, cfg));
     const fr_plan plan = gru_plan(cfg, call, sizeof(real));
 
-    FN(gru_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w};
+    FN(gru_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .pack = plan.ukernel,
+                     .grads_in_team = plan.ukernel && plan.grads_in_team};
     fr_regions_point((void **)c.p, nb, GB_COUNT, seq->work, sizeof(real), 1);
     real *const *p = c.p;
     /* f_chi[T] = dE/d(final h) from a later window */
     const size_t BH = (size_t)(B * H);
-    if (seq->dh_T) memcpy(p[GB_F_CHI], seq->dh_T, BH * sizeof(real));
-    else memset(p[GB_F_CHI], 0, BH * sizeof(real));
+    FN(fr_copy_or_zero)(p[GB_F_CHI], seq->dh_T, BH);
     memset(p[GB_ZEROS], 0, BH * sizeof(real));
-    c.pack = plan.ukernel;
-    c.grads_in_team = plan.ukernel && plan.grads_in_team;
     c.h = (WMAT){w->W_h, H, 0, plan.ukernel ? p[GB_WH_P] : NULL};
     c.hn = (WMAT){w->W_h + (size_t)2 * H * H, H, 0, plan.ukernel ? p[GB_WN_P] : NULL};
     fr_poll_init(&c.poll, call);
     c.piece = fr_piece_steps(&c.poll, T, 2.0 * (double)B * 3.0 * (double)H * (double)(2 * I + H),
                              1);
     /* the weight gradients as they were, when the gradient GEMMs can be interrupted */
-    void *const dst[4] = {g->dW_x, g->dW_h, g->db, g->db_hn};
-    const size_t len[4] = {(size_t)(3 * H * I), (size_t)(3 * H * H), (size_t)(3 * H),
-                           lbr ? (size_t)H : 0};
-    const int save = c.piece < T;
-    if (save) fr_copy_arrays(p[GB_SAVE], dst, len, 4, sizeof(real), 0);
-
-    fr_team_run(plan.threads, FN(gru_backward_loop), &c);
-    if (!fr_poll_stopped(&c.poll)) {
-        /* (8.18) dE/dh[-1] = f_chi[0] */
-        if (seq->dh0) for (size_t i = 0; i < BH; i++) seq->dh0[i] += p[GB_F_CHI][i];
-        if (!c.grads_in_team) FN(gru_grads)(&c, 0, 1, NULL, 0); /* on the provider */
-    }
-    if (fr_poll_stopped(&c.poll)) {
-        if (save) fr_copy_arrays(p[GB_SAVE], dst, len, 4, sizeof(real), 1);
-        return FR_EINTR;
-    }
+    const fr_kept kept = {.save = c.piece < T ? p[GB_SAVE] : NULL, .elem = sizeof(real),
+                          .arrays = {g->dW_x, g->dW_h, g->db, g->db_hn}, .count = 4,
+                          .len = {(size_t)(3 * H * I), (size_t)(3 * H * H), (size_t)(3 * H),
+                                  lbr ? (size_t)H : 0}};
+    fr_keep(&kept);
+    FR_CHECK(fr_bwd_run(plan.threads, FN(gru_backward_loop), &c, &c.poll, !c.grads_in_team,
+                        FN(gru_grads_after), &kept));
+    FN(fr_add_to)(seq->dh0, p[GB_F_CHI], BH); /* (8.18) dE/dh[-1] = f_chi[0] */
     return FR_OK;
 }
 

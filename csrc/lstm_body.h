@@ -12,6 +12,7 @@
 #define FN(name) FR_CAT(name, SUFFIX)
 
 #include "warp_body.h"
+#include "cell_body.h"
 
 static inline real FN(clip)(real a, real c) { return a > c ? c : (a < -c ? -c : a); }
 
@@ -417,11 +418,8 @@ static int FN(lstm_grads)(FN(lstm_bwd) *c, int id, int nth, fr_team *team, int u
         if (P && nh > 0) /* dE/dW_qv = sum_n chi_q[n] v[n]^T: (P, rows) x (rows, nh) */
             FN(fr_agemm)(uk, g->dW_qv, H, dQ + (size_t)t0 * B * P, P, 1, v_all + (size_t)t0 * BH, H,
                          P, h0, nh, rows);
-        for (int64_t row = 0; nh > 0 && row < rows; row++) { /* dE/db_* = sum_n alpha_*[n] */
-            const real *a = dA_p + (size_t)row * G;
-            for (int q = 0; q < 4; q++)
-                for (int64_t j = h0; j < h1; j++) g->db[q * H + j] += a[q * H + j];
-        }
+        for (int q = 0; q < 4; q++) /* dE/db_* = sum_n alpha_*[n] */
+            FN(fr_sum_rows)(g->db + q * H, dA_p + q * H, G, rows, h0, h1);
         if (seq->dx && ni > 0) /* dE/dx[n] = sum_* W_x*^T alpha_*[n]: (rows, 4H) x (4H, ni) */
             FN(fr_agemm)(uk, seq->dx + (size_t)t0 * B * I, I, dA_p, G, 0, c->w->W_x, I, rows, i0,
                          ni, G);
@@ -530,22 +528,7 @@ static void FN(lstm_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
     fr_team_barrier(team); /* every alpha[n] complete */
     FN(lstm_grads)(c, id, nth, team, 1);
 }
-
-/* The weight gradients as they were before an interrupted call (all of them,
- * or the diagonal peepholes', which the loop accumulates). */
-static void FN(lstm_save_grads)(real *save, const FN(fr_lstm_grads) *g, const fr_lstm_config *cfg,
-                                int all, int restore) {
-    const size_t H = (size_t)cfg->H, P = (size_t)cfg->P, R = P ? P : H;
-    real *const dst[5] = {g->dW_s, g->dW_x, g->dW_v, g->db, g->dW_qv};
-    const size_t n[5] = {cfg->peepholes ? 3 * H * (cfg->peepholes == FR_PEEP_FULL ? H : 1) : 0,
-                         4 * H * (size_t)cfg->I, 4 * H * R, 4 * H, P * H};
-    for (int i = 0; i < (all ? 5 : 1); i++) {
-        if (n[i] == 0) continue;
-        if (restore) memcpy(dst[i], save, n[i] * sizeof(real));
-        else memcpy(save, dst[i], n[i] * sizeof(real));
-        save += n[i];
-    }
-}
+static int FN(lstm_grads_after)(void *c) { return FN(lstm_grads)(c, 0, 1, NULL, 0); }
 
 int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_seq) *seq,
                          const FN(fr_lstm_weights) *w, const fr_lstm_config *cfg,
@@ -565,7 +548,8 @@ int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_s
     FR_CHECK(lstm_acts_regions(na, cfg));
     const fr_plan plan = lstm_plan(cfg, call, sizeof(real), 0);
 
-    FN(lstm_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w};
+    FN(lstm_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .pack = plan.ukernel,
+                      .grads_in_team = plan.ukernel && plan.grads_in_team};
     fr_regions_point((void **)c.p, nb, LB_COUNT, seq->work, sizeof(real), 1);
     fr_regions_point((void **)c.a, na, LA_COUNT, (void *)seq->acts, sizeof(real), 0);
     real *const *p = c.p;
@@ -577,13 +561,9 @@ int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_s
     c.dw_diag = diag ? g->dW_s : p[LB_DW_SINK];
     /* f_chi[T] = dE/d(final y) from a later window, f_psi[T] = dE/d(final s). */
     const size_t BR = (size_t)(B * R), BH = (size_t)(B * H);
-    if (seq->dy_T) memcpy(p[LB_F_CHI], seq->dy_T, BR * sizeof(real));
-    else memset(p[LB_F_CHI], 0, BR * sizeof(real));
-    if (seq->ds_T) memcpy(p[LB_F_PSI], seq->ds_T, BH * sizeof(real));
-    else memset(p[LB_F_PSI], 0, BH * sizeof(real));
+    FN(fr_copy_or_zero)(p[LB_F_CHI], seq->dy_T, BR);
+    FN(fr_copy_or_zero)(p[LB_F_PSI], seq->ds_T, BH);
 
-    c.pack = plan.ukernel;
-    c.grads_in_team = plan.ukernel && plan.grads_in_team;
     c.gm.b_v = (WMAT){w->W_v, R, 0, plan.ukernel ? p[LB_WV_P] : NULL};
     c.gm.b_qv = (WMAT){w->W_qv, H, 0, plan.ukernel ? p[LB_WQ_P] : NULL};
     if (full) {
@@ -595,20 +575,21 @@ int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_s
                               2.0 * (double)B * (double)P * (double)H +
                               (full ? 6.0 * (double)B * (double)H * (double)H : 0.0);
     c.piece = fr_piece_steps(&c.poll, T, grad_flops, 1);
-    const int save_all = c.piece < T; /* the gradient GEMMs can be interrupted */
-    if (c.poll.fn) FN(lstm_save_grads)(p[LB_SAVE], g, cfg, save_all, 0);
-
-    fr_team_run(plan.threads, FN(lstm_backward_loop), &c);
-    if (!fr_poll_stopped(&c.poll)) {
-        /* Initial-state gradients: dE/dy[-1] = f_chi[0], dE/ds[-1] = f_psi[0]. */
-        if (seq->dy0) for (size_t i = 0; i < BR; i++) seq->dy0[i] += p[LB_F_CHI][i];
-        if (seq->ds0) for (size_t i = 0; i < BH; i++) seq->ds0[i] += p[LB_F_PSI][i];
-        if (!c.grads_in_team) FN(lstm_grads)(&c, 0, 1, NULL, 0); /* on the provider */
-    }
-    if (fr_poll_stopped(&c.poll)) {
-        FN(lstm_save_grads)(p[LB_SAVE], g, cfg, save_all, 1);
-        return FR_EINTR;
-    }
+    /* The weight gradients as they were, when the call can be interrupted: all
+     * of them when the gradient GEMMs can, else the diagonal peepholes', which
+     * the loop accumulates. */
+    const size_t H_ = (size_t)H, R_ = (size_t)R;
+    const fr_kept kept = {
+        .save = c.poll.fn ? p[LB_SAVE] : NULL, .elem = sizeof(real), .count = c.piece < T ? 5 : 1,
+        .arrays = {g->dW_s, g->dW_x, g->dW_v, g->db, g->dW_qv},
+        .len = {cfg->peepholes ? 3 * H_ * (full ? H_ : 1) : 0, 4 * H_ * (size_t)I, 4 * H_ * R_,
+                4 * H_, (size_t)P * H_}};
+    fr_keep(&kept);
+    FR_CHECK(fr_bwd_run(plan.threads, FN(lstm_backward_loop), &c, &c.poll, !c.grads_in_team,
+                        FN(lstm_grads_after), &kept));
+    /* Initial-state gradients: dE/dy[-1] = f_chi[0], dE/ds[-1] = f_psi[0]. */
+    FN(fr_add_to)(seq->dy0, p[LB_F_CHI], BR);
+    FN(fr_add_to)(seq->ds0, p[LB_F_PSI], BH);
     return FR_OK;
 }
 

@@ -6,6 +6,7 @@
 #define WMAT FN(fr_wmat)
 
 #include "warp_body.h"
+#include "cell_body.h"
 
 /* s[n] = accumulations + theta_s, r[n] = G(s[n]) for n units of one row. */
 FR_TARGET_CLONES
@@ -172,8 +173,7 @@ static int FN(rnn_grads)(FN(rnn_bwd) *c, int id, int nth, fr_team *team, int uk)
                 FN(fr_prev_gemm)(uk, g->dW_s, H, psi_all, H, seq->s0, seq->acts, H, H, h0, nh, B,
                                  T, cfg->reverse, t0, t1);
         }
-        for (int64_t row = 0; nh > 0 && row < rows; row++) /* dE/dtheta_s = sum_n psi[n] */
-            for (int64_t j = h0; j < h1; j++) g->dtheta_s[j] += psi_p[(size_t)row * H + j];
+        FN(fr_sum_rows)(g->dtheta_s, psi_p, H, rows, h0, h1); /* dE/dtheta_s = sum_n psi[n] */
         if (seq->dx && ni > 0) /* dE/dx[n] = W_x^T psi[n] */
             FN(fr_agemm)(uk, seq->dx + (size_t)t0 * B * I, I, psi_p, H, 0, c->w->W_x, I, rows, i0,
                          ni, H);
@@ -181,6 +181,7 @@ static int FN(rnn_grads)(FN(rnn_bwd) *c, int id, int nth, fr_team *team, int uk)
     }
     return 1;
 }
+static int FN(rnn_grads_after)(void *c) { return FN(rnn_grads)(c, 0, 1, NULL, 0); }
 
 static void FN(rnn_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
     FN(rnn_bwd) *c = vctx;
@@ -248,41 +249,31 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
     FR_CHECK(rnn_backward_regions(nb, cfg));
     const fr_plan plan = rnn_plan(cfg, call, sizeof(real));
 
-    FN(rnn_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w};
+    FN(rnn_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .pack = plan.ukernel,
+                     .grads_in_team = plan.ukernel && plan.grads_in_team};
     fr_regions_point((void **)c.p, nb, RB_COUNT, seq->work, sizeof(real), 1);
     real *const *p = c.p;
     /* The final-state gradients enter as chi[T-1] += dE/dr[T-1], psi[T-1] += dE/ds[T-1]. */
     const size_t BH = (size_t)(B * H);
-    if (seq->dr_T) memcpy(p[RB_F_CHI], seq->dr_T, BH * sizeof(real));
-    else memset(p[RB_F_CHI], 0, BH * sizeof(real));
-    if (seq->ds_T) memcpy(p[RB_F_PSI], seq->ds_T, BH * sizeof(real));
-    else memset(p[RB_F_PSI], 0, BH * sizeof(real));
+    FN(fr_copy_or_zero)(p[RB_F_CHI], seq->dr_T, BH);
+    FN(fr_copy_or_zero)(p[RB_F_PSI], seq->ds_T, BH);
     memset(p[RB_HOLD_CHI], 0, BH * sizeof(real));
     memset(p[RB_HOLD_PSI], 0, BH * sizeof(real));
-    c.pack = plan.ukernel;
-    c.grads_in_team = plan.ukernel && plan.grads_in_team;
     c.r = (WMAT){w->W_r, H, 0, plan.ukernel ? p[RB_WR_P] : NULL};
     c.s = (WMAT){w->W_s, H, 0, plan.ukernel ? p[RB_WS_P] : NULL};
     fr_poll_init(&c.poll, call);
     c.piece = fr_piece_steps(&c.poll, T, 2.0 * (double)B * (double)H * (double)(2 * I + 2 * H), 1);
     /* the weight gradients as they were, when the gradient GEMMs can be interrupted */
-    void *const dst[4] = {g->dW_x, g->dW_r, g->dtheta_s, g->dW_s};
-    const size_t len[4] = {(size_t)(H * I), (size_t)(H * H), (size_t)H,
-                           cfg->state_feedback ? (size_t)(H * H) : 0};
-    const int save = c.piece < T;
-    if (save) fr_copy_arrays(p[RB_SAVE], dst, len, 4, sizeof(real), 0);
-
-    fr_team_run(plan.threads, FN(rnn_backward_loop), &c);
-    if (!fr_poll_stopped(&c.poll)) {
-        /* dE/dr[-1] = W_r^T psi[0], dE/ds[-1] = W_s^T psi[0] */
-        if (seq->dr0) for (size_t i = 0; i < BH; i++) seq->dr0[i] += p[RB_F_CHI][i];
-        if (seq->ds0) for (size_t i = 0; i < BH; i++) seq->ds0[i] += p[RB_F_PSI][i];
-        if (!c.grads_in_team) FN(rnn_grads)(&c, 0, 1, NULL, 0); /* on the provider */
-    }
-    if (fr_poll_stopped(&c.poll)) {
-        if (save) fr_copy_arrays(p[RB_SAVE], dst, len, 4, sizeof(real), 1);
-        return FR_EINTR;
-    }
+    const fr_kept kept = {.save = c.piece < T ? p[RB_SAVE] : NULL, .elem = sizeof(real),
+                          .arrays = {g->dW_x, g->dW_r, g->dtheta_s, g->dW_s}, .count = 4,
+                          .len = {(size_t)(H * I), (size_t)(H * H), (size_t)H,
+                                  cfg->state_feedback ? (size_t)(H * H) : 0}};
+    fr_keep(&kept);
+    FR_CHECK(fr_bwd_run(plan.threads, FN(rnn_backward_loop), &c, &c.poll, !c.grads_in_team,
+                        FN(rnn_grads_after), &kept));
+    /* dE/dr[-1] = W_r^T psi[0], dE/ds[-1] = W_s^T psi[0] */
+    FN(fr_add_to)(seq->dr0, p[RB_F_CHI], BH);
+    FN(fr_add_to)(seq->ds0, p[RB_F_PSI], BH);
     return FR_OK;
 }
 
