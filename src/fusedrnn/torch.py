@@ -124,10 +124,25 @@ class _FusedModule(nn.Module):
         # the operators' configuration (time-major: the module transposes batch_first)
         self._op_config = _torch_ops.config_string(self._fr_class.__name__, self._config)
 
-    # -- subclass hooks ---------------------------------------------------------------
-    @staticmethod
-    def _config_of(layer: Any) -> Dict[str, Any]:
-        raise NotImplementedError
+    # -- configuration --------------------------------------------------------------------
+    # the cell's own constructor options (read from the layer's attributes of these names)
+    _OPTIONS: Tuple[str, ...] = ()
+    # the options every stack has, with their defaults (extra_repr shows the others)
+    _STACK_OPTIONS = (("num_layers", 1), ("bidirectional", False), ("dropout", 0.0),
+                      ("reverse", False))
+
+    @classmethod
+    def _config_of(cls, layer: Any) -> Dict[str, Any]:
+        """The layer's constructor options without dtype, batch_first and seed."""
+        return dict(input_size=layer.input_size, hidden_size=layer.hidden_size,
+                    **{k: getattr(layer, k) for k in cls._OPTIONS},
+                    **{k: getattr(layer, k) for k, _ in cls._STACK_OPTIONS})
+
+    def _repr_tail(self) -> str:
+        """extra_repr's end: the stack options that differ from their defaults."""
+        s = "".join(f", {k}={self._config[k]!r}" for k, default in self._STACK_OPTIONS
+                    if self._config[k] != default)
+        return s + (", batch_first=True" if self.batch_first else "")
 
     # -- fusedrnn layers ---------------------------------------------------------------
     def _new_layer(self, dtype: "np.dtype[Any]") -> Any:
@@ -248,9 +263,9 @@ class _FusedModule(nn.Module):
     def _batch_dim(self) -> int:
         return 0 if self.batch_first else 1
 
-    def _prepare_input(self, input: Any, dtype: torch.dtype
-                       ) -> Tuple[Tensor, Optional[Tensor], Optional[PackedSequence], bool]:
-        """(x as 3-D in the module's layout, the lengths of a PackedSequence, the
+    def _prepare_input(self, input: Any, dtype: torch.dtype, lengths: Any
+                       ) -> Tuple[Tensor, Any, Optional[PackedSequence], bool]:
+        """(x as 3-D in the module's layout, the lengths (a PackedSequence's own), the
         PackedSequence or None, unbatched)."""
         if isinstance(input, PackedSequence):
             if torch.compiler.is_compiling() or torch.compiler.is_exporting():
@@ -259,14 +274,16 @@ class _FusedModule(nn.Module):
                                  "tensor and lengths= instead")
             _check_tensor(input.data, "input", dtype)
             x, lens = pad_packed_sequence(input, batch_first=self.batch_first)
+            if lengths is not None:
+                raise ValueError("lengths must not be given with a PackedSequence input (it has them)")
             return x, lens, input, False
         x = _check_tensor(input, "input", dtype)
         if x.dim() not in (2, 3):
             raise ValueError(f"input must be 3-D ({'(B, T, I)' if self.batch_first else '(T, B, I)'}) "
                              f"or 2-D unbatched (T, I), got shape {tuple(x.shape)}")
         if x.dim() == 2:
-            return x.unsqueeze(self._batch_dim()), None, None, True
-        return x, None, None, False
+            return x.unsqueeze(self._batch_dim()), lengths, None, True
+        return x, lengths, None, False
 
     def _state_part(self, hx_part: Any, name: str, dtype: torch.dtype, width: int, B: int,
                     unbatched: bool) -> Tensor:
@@ -333,15 +350,15 @@ class LSTM(_FusedModule):
                         batch_first=batch_first, reverse=reverse, seed=_seed(seed))
         super().__init__(layer)
 
-    @staticmethod
-    def _config_of(layer: Any) -> Dict[str, Any]:
-        return dict(input_size=layer.input_size, hidden_size=layer.hidden_size,
-                    peepholes=None if layer.peepholes == "none" else layer.peepholes,
-                    proj_size=layer.proj_size, context=tuple(layer.context),
-                    coupled_gates=layer.coupled_gates, cell_clip=layer.cell_clip,
-                    accumulation_clip=layer.accumulation_clip, num_layers=layer.num_layers,
-                    bidirectional=layer.bidirectional, dropout=layer.dropout,
-                    reverse=layer.reverse)
+    _OPTIONS = ("peepholes", "proj_size", "context", "coupled_gates", "cell_clip",
+                "accumulation_clip")
+
+    @classmethod
+    def _config_of(cls, layer: Any) -> Dict[str, Any]:
+        config = super()._config_of(layer)
+        config.update(peepholes=None if layer.peepholes == "none" else layer.peepholes,
+                      context=tuple(layer.context))
+        return config
 
     @property
     def peepholes(self) -> Optional[str]:
@@ -371,22 +388,15 @@ class LSTM(_FusedModule):
         c = self._config
         s = f"{self.input_size}, {self.hidden_size}, peepholes={c['peepholes']!r}"
         for k, default in (("proj_size", 0), ("context", (0, 0)), ("coupled_gates", False),
-                           ("cell_clip", None), ("accumulation_clip", None), ("num_layers", 1),
-                           ("bidirectional", False), ("dropout", 0.0), ("reverse", False)):
+                           ("cell_clip", None), ("accumulation_clip", None)):
             if c[k] != default:
                 s += f", {k}={c[k]!r}"
-        if self.batch_first:
-            s += ", batch_first=True"
-        return s
+        return s + self._repr_tail()
 
     def forward(self, input: Any, hx: Optional[Sequence[Tensor]] = None, *, lengths: Any = None,
                 x_future: Optional[Tensor] = None) -> Tuple[Any, Tuple[Tensor, ...]]:
         _, dtype = self._weights()
-        x, packed_lens, packed, unbatched = self._prepare_input(input, dtype)
-        if packed is not None:
-            if lengths is not None:
-                raise ValueError("lengths must not be given with a PackedSequence input (it has them)")
-            lengths = packed_lens
+        x, lengths, packed, unbatched = self._prepare_input(input, dtype, lengths)
         B = x.shape[self._batch_dim()]
         H, R = self.hidden_size, self.proj_size or self.hidden_size
         s0 = o0 = x_past = None
@@ -424,7 +434,7 @@ class LSTM(_FusedModule):
             xt = x.transpose(0, 1) if self.batch_first else x  # time-major
             past = _context.last_frames(x_past, xt, self.context[0], torch.cat)
             state = (h, c, self._squeeze(past, unbatched))
-        return self._output(y, packed, packed_lens, unbatched), state
+        return self._output(y, packed, lengths, unbatched), state
 
     @classmethod
     def from_torch(cls, module: Any) -> "LSTM":
@@ -459,12 +469,7 @@ class RNN(_FusedModule):
                        batch_first=batch_first, reverse=reverse, seed=_seed(seed))
         super().__init__(layer)
 
-    @staticmethod
-    def _config_of(layer: Any) -> Dict[str, Any]:
-        return dict(input_size=layer.input_size, hidden_size=layer.hidden_size,
-                    state_feedback=layer.state_feedback, num_layers=layer.num_layers,
-                    bidirectional=layer.bidirectional, dropout=layer.dropout,
-                    reverse=layer.reverse)
+    _OPTIONS = ("state_feedback",)
 
     @property
     def state_feedback(self) -> bool:
@@ -474,22 +479,12 @@ class RNN(_FusedModule):
         s = f"{self.input_size}, {self.hidden_size}"
         if self.state_feedback:
             s += ", state_feedback=True"
-        for k, default in (("num_layers", 1), ("bidirectional", False), ("dropout", 0.0),
-                           ("reverse", False)):
-            if self._config[k] != default:
-                s += f", {k}={self._config[k]!r}"
-        if self.batch_first:
-            s += ", batch_first=True"
-        return s
+        return s + self._repr_tail()
 
     def forward(self, input: Any, hx: Union[None, Tensor, Sequence[Tensor]] = None, *,
                 lengths: Any = None) -> Tuple[Any, Union[Tensor, Tuple[Tensor, Tensor]]]:
         _, dtype = self._weights()
-        x, packed_lens, packed, unbatched = self._prepare_input(input, dtype)
-        if packed is not None:
-            if lengths is not None:
-                raise ValueError("lengths must not be given with a PackedSequence input (it has them)")
-            lengths = packed_lens
+        x, lengths, packed, unbatched = self._prepare_input(input, dtype, lengths)
         B = x.shape[self._batch_dim()]
         H = self.hidden_size
         r0 = s0 = None
@@ -507,7 +502,7 @@ class RNN(_FusedModule):
             as_pair = True
         y, s_T, r_T = self._run(x, s0, r0, None, lengths, None, unbatched)
         h, s = self._squeeze(r_T, unbatched), self._squeeze(s_T, unbatched)
-        return self._output(y, packed, packed_lens, unbatched), ((h, s) if as_pair else h)
+        return self._output(y, packed, lengths, unbatched), ((h, s) if as_pair else h)
 
     @classmethod
     def from_torch(cls, module: Any) -> "RNN":
@@ -543,12 +538,7 @@ class GRU(_FusedModule):
                        seed=_seed(seed))
         super().__init__(layer)
 
-    @staticmethod
-    def _config_of(layer: Any) -> Dict[str, Any]:
-        return dict(input_size=layer.input_size, hidden_size=layer.hidden_size,
-                    linear_before_reset=layer.linear_before_reset, num_layers=layer.num_layers,
-                    bidirectional=layer.bidirectional, dropout=layer.dropout,
-                    reverse=layer.reverse)
+    _OPTIONS = ("linear_before_reset",)
 
     @property
     def linear_before_reset(self) -> bool:
@@ -558,22 +548,12 @@ class GRU(_FusedModule):
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.linear_before_reset:
             s += ", linear_before_reset=False"
-        for k, default in (("num_layers", 1), ("bidirectional", False), ("dropout", 0.0),
-                           ("reverse", False)):
-            if self._config[k] != default:
-                s += f", {k}={self._config[k]!r}"
-        if self.batch_first:
-            s += ", batch_first=True"
-        return s
+        return s + self._repr_tail()
 
     def forward(self, input: Any, hx: Optional[Tensor] = None, *,
                 lengths: Any = None) -> Tuple[Any, Tensor]:
         _, dtype = self._weights()
-        x, packed_lens, packed, unbatched = self._prepare_input(input, dtype)
-        if packed is not None:
-            if lengths is not None:
-                raise ValueError("lengths must not be given with a PackedSequence input (it has them)")
-            lengths = packed_lens
+        x, lengths, packed, unbatched = self._prepare_input(input, dtype, lengths)
         h0 = None
         if hx is not None:
             if not isinstance(hx, torch.Tensor):
@@ -582,7 +562,7 @@ class GRU(_FusedModule):
             h0 = self._state_part(hx, "h0", dtype, self.hidden_size, x.shape[self._batch_dim()],
                                   unbatched)
         y, _, h_T = self._run(x, None, h0, None, lengths, None, unbatched)
-        return self._output(y, packed, packed_lens, unbatched), self._squeeze(h_T, unbatched)
+        return self._output(y, packed, lengths, unbatched), self._squeeze(h_T, unbatched)
 
     @classmethod
     def from_torch(cls, module: Any) -> "GRU":

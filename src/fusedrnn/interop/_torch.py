@@ -96,12 +96,26 @@ def _torch_dtype(dtype: np.dtype) -> Any:
     return torch.float64 if dtype == np.float64 else torch.float32
 
 
+def _stack_options(module: Any) -> Dict[str, Any]:
+    """The constructor keywords of a fusedrnn layer for what every torch.nn recurrent
+    module has: layers, directions, dropout (between layers only), dtype, layout."""
+    return dict(num_layers=module.num_layers, bidirectional=module.bidirectional,
+                dropout=float(module.dropout) if module.num_layers > 1 else 0.0,
+                dtype=_np(module.weight_ih_l0).dtype, batch_first=module.batch_first)
+
+
+def _refuse(kind: str, options: Tuple[Tuple[str, bool], ...]) -> None:
+    """ValueError naming the options (name, in use) that torch.nn.`kind` lacks."""
+    blocked = [name for name, on in options if on]
+    if blocked:
+        raise ValueError(f"torch.nn.{kind} has no {', '.join(blocked)}: this {kind} cannot be "
+                         "exported to it")
+
+
 def lstm_from_torch(cls: Any, module: Any) -> Any:
     _check_module(module, "LSTM")
     layer = cls(module.input_size, module.hidden_size, peepholes=None, proj_size=module.proj_size,
-                num_layers=module.num_layers, bidirectional=module.bidirectional,
-                dropout=float(module.dropout) if module.num_layers > 1 else 0.0,
-                dtype=_np(module.weight_ih_l0).dtype, batch_first=module.batch_first)
+                **_stack_options(module))
     names = {"W_x": "weight_ih", "W_v": "weight_hh"}
     if module.proj_size:
         names["W_qv"] = "weight_hr"
@@ -109,15 +123,12 @@ def lstm_from_torch(cls: Any, module: Any) -> Any:
 
 
 def lstm_to_torch(layer: Any) -> Any:
-    blocked = [name for name, on in (("peepholes", layer.peepholes != "none"),
-                                     ("context windows", layer.context != (0, 0)),
-                                     ("coupled gates", layer.coupled_gates),
-                                     ("cell_clip", layer.cell_clip is not None),
-                                     ("accumulation_clip", layer.accumulation_clip is not None),
-                                     ("reverse (a backwards-only layer)", layer.reverse)) if on]
-    if blocked:
-        raise ValueError(f"torch.nn.LSTM has no {', '.join(blocked)}: this LSTM cannot be "
-                         "exported to it")
+    _refuse("LSTM", (("peepholes", layer.peepholes != "none"),
+                     ("context windows", layer.context != (0, 0)),
+                     ("coupled gates", layer.coupled_gates),
+                     ("cell_clip", layer.cell_clip is not None),
+                     ("accumulation_clip", layer.accumulation_clip is not None),
+                     ("reverse (a backwards-only layer)", layer.reverse)))
     layer._checked_params()  # names a missing, wrong-shaped or wrong-dtype entry
     torch = _torch()
     module = torch.nn.LSTM(layer.input_size, layer.hidden_size, num_layers=layer.num_layers,
@@ -135,9 +146,7 @@ def rnn_from_torch(cls: Any, module: Any) -> Any:
     if module.nonlinearity != "tanh":
         raise ValueError(f"the canonical RNN warps with tanh; got nonlinearity={module.nonlinearity!r}")
     layer = cls(module.input_size, module.hidden_size, state_feedback=False,
-                num_layers=module.num_layers, bidirectional=module.bidirectional,
-                dropout=float(module.dropout) if module.num_layers > 1 else 0.0,
-                dtype=_np(module.weight_ih_l0).dtype, batch_first=module.batch_first)
+                **_stack_options(module))
     return _copy_in(layer, module, {"W_x": "weight_ih", "W_r": "weight_hh"})
 
 
@@ -145,9 +154,7 @@ def rnn_to_torch(layer: Any) -> Any:
     if layer.state_feedback:
         raise ValueError("torch.nn.RNN has no state feedback W_s: build the RNN with "
                          "state_feedback=False to export it")
-    if layer.reverse:
-        raise ValueError("torch.nn.RNN has no reverse (a backwards-only layer): this RNN "
-                         "cannot be exported to it")
+    _refuse("RNN", (("reverse (a backwards-only layer)", layer.reverse),))
     layer._checked_params()  # names a missing, wrong-shaped or wrong-dtype entry
     torch = _torch()
     module = torch.nn.RNN(layer.input_size, layer.hidden_size, nonlinearity="tanh",
@@ -160,19 +167,14 @@ def rnn_to_torch(layer: Any) -> Any:
 def gru_from_torch(cls: Any, module: Any) -> Any:
     _check_module(module, "GRU")
     layer = cls(module.input_size, module.hidden_size, linear_before_reset=True,
-                num_layers=module.num_layers, bidirectional=module.bidirectional,
-                dropout=float(module.dropout) if module.num_layers > 1 else 0.0,
-                dtype=_np(module.weight_ih_l0).dtype, batch_first=module.batch_first)
+                **_stack_options(module))
     return _copy_in(layer, module, {"W_x": "weight_ih", "W_h": "weight_hh"}, "b_hn")
 
 
 def gru_to_torch(layer: Any) -> Any:
-    blocked = [name for name, on in (("linear_before_reset=False (r applied to h before W_hn)",
-                                      not layer.linear_before_reset),
-                                     ("reverse (a backwards-only layer)", layer.reverse)) if on]
-    if blocked:
-        raise ValueError(f"torch.nn.GRU has no {', '.join(blocked)}: this GRU cannot be "
-                         "exported to it")
+    _refuse("GRU", (("linear_before_reset=False (r applied to h before W_hn)",
+                     not layer.linear_before_reset),
+                    ("reverse (a backwards-only layer)", layer.reverse)))
     layer._checked_params()  # names a missing, wrong-shaped or wrong-dtype entry
     torch = _torch()
     module = torch.nn.GRU(layer.input_size, layer.hidden_size, num_layers=layer.num_layers,

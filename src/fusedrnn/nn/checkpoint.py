@@ -34,7 +34,7 @@ import os
 import tempfile
 import warnings
 import zipfile
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Type
 
 import numpy as np
 
@@ -145,16 +145,7 @@ def model_from_config(tree: Dict[str, Any]) -> Any:
     _check_tree(tree, "the model configuration")
     if tree["type"] == "Sequential":
         return Sequential(*(model_from_config(t) for t in tree["layers"]))
-    cls = _LAYERS.get(tree["type"])
-    if cls is None:
-        raise ValueError(f"unknown layer type {tree['type']!r} in checkpoint (known: "
-                         f"{sorted(_LAYERS)}; see fusedrnn.checkpoint.register_layer)")
-    kwargs = {k: _from_json(v) for k, v in tree.get("config", {}).items()}
-    try:
-        model = cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"cannot rebuild {tree['type']} from its stored configuration: "
-                         f"{exc} (configuration {kwargs})") from exc
+    model = _from_layer_config(tree, lambda cls, kwargs: cls(**kwargs))
     state = tree.get("rng_state")
     rng = getattr(model, "_dropout_rng", None)
     if state is not None and isinstance(rng, np.random.Generator):
@@ -207,6 +198,21 @@ def _layer_plan(cls: Type[Any], kwargs: Dict[str, Any]) -> Optional[Dict[str, Tu
     return None
 
 
+def _from_layer_config(tree: Dict[str, Any], build: Callable[[Type[Any], Dict[str, Any]], Any]) -> Any:
+    """build(layer class, constructor keywords) for one layer's `model_config` tree;
+    an unknown type or options its constructor refuses raise ValueError."""
+    cls = _LAYERS.get(tree["type"])
+    if cls is None:
+        raise ValueError(f"unknown layer type {tree['type']!r} in checkpoint (known: "
+                         f"{sorted(_LAYERS)}; see fusedrnn.checkpoint.register_layer)")
+    kwargs = {k: _from_json(v) for k, v in tree.get("config", {}).items()}
+    try:
+        return build(cls, kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot rebuild {tree['type']} from its stored configuration: "
+                         f"{exc} (configuration {kwargs})") from exc
+
+
 def _model_plan(tree: Dict[str, Any]) -> Optional[Dict[str, Tuple[Tuple[int, ...], np.dtype]]]:
     """The parameters a `model_config` tree builds to ({key: (shape, dtype)}, keys as in
     `model.params`), without allocating them; None when a layer type cannot tell."""
@@ -219,16 +225,7 @@ def _model_plan(tree: Dict[str, Any]) -> Optional[Dict[str, Tuple[Tuple[int, ...
                 return None
             out.update({f"{i}.{k}": v for k, v in plan.items()})
         return out
-    cls = _LAYERS.get(tree["type"])
-    if cls is None:
-        raise ValueError(f"unknown layer type {tree['type']!r} in checkpoint (known: "
-                         f"{sorted(_LAYERS)}; see fusedrnn.checkpoint.register_layer)")
-    kwargs = {k: _from_json(v) for k, v in tree.get("config", {}).items()}
-    try:
-        return _layer_plan(cls, kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"cannot rebuild {tree['type']} from its stored configuration: "
-                         f"{exc} (configuration {kwargs})") from exc
+    return _from_layer_config(tree, _layer_plan)
 
 
 # -- save --------------------------------------------------------------------------------------
