@@ -625,6 +625,25 @@ class RecurrentLayer(ReadOnlyConfig):
         sfx = suffix(l, d)
         return {name: store[name + sfx] for name in self._cell_param_shapes(self._cell_input_size(l))}
 
+    def _paper_views(self, store: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """`store` under the names of docs/equations.md (a cell whose storage names
+        are those, the RNN's W_x, W_r, theta_s, W_s, keeps them; the gated cells give
+        per-gate views)."""
+        return dict(store)
+
+    @property
+    def paper_params(self) -> Dict[str, np.ndarray]:
+        """Views of `params` under the names of docs/equations.md, with the cell
+        suffix (writes go to the real storage): the LSTM's W_xcu (H, I), W_vcu (H, R),
+        b_cu, w_scu / W_scu, W_qv, ...; the GRU's W_xr (H, I), W_hr (H, H), b_r, ...,
+        b_hn; the RNN's W_x, W_r, theta_s, W_s."""
+        return self._paper_views(self.params)
+
+    @property
+    def paper_grads(self) -> Dict[str, np.ndarray]:
+        """Views of `grads` under the same names (see `paper_params`)."""
+        return self._paper_views(self.grads)
+
     def _gate_views(self, store: Dict[str, np.ndarray], names: Dict[str, str],
                     gates: Tuple[str, ...]) -> Dict[str, np.ndarray]:
         """Each fused parameter `key` of every cell cut into one row block (H rows)

@@ -107,22 +107,12 @@ class GRU(RecurrentLayer):
 
     # -- per-gate names ---------------------------------------------------------------------
     def _paper_views(self, store: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Per gate under the names of docs/equations.md §8: W_xr (H, I), W_hr (H, H),
+        b_r (H,), ..., b_hn (H,), with the cell suffix."""
         views = self._gate_views(store, {"W_x": "W_x", "W_h": "W_h", "b": "b_"}, GATES)
         if self.linear_before_reset:
             views.update({k: v for k, v in store.items() if k.startswith("b_hn")})
         return views
-
-    @property
-    def paper_params(self) -> Dict[str, np.ndarray]:
-        """Views of `params` per gate under the names of docs/equations.md §8: W_xr
-        (H, I), W_hr (H, H), b_r (H,), ..., b_hn (H,), with the cell suffix (writes go
-        to the real storage)."""
-        return self._paper_views(self.params)
-
-    @property
-    def paper_grads(self) -> Dict[str, np.ndarray]:
-        """Views of `grads` per gate (see `paper_params`)."""
-        return self._paper_views(self.grads)
 
     # -- PyTorch interop ----------------------------------------------------------------------
     @classmethod

@@ -241,6 +241,8 @@ class LSTM(RecurrentLayer):
 
     # -- the paper's names ---------------------------------------------------------
     def _paper_views(self, store: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Under the paper's names: W_xcu (H, I), W_vcu (H, R), b_cu (H,), w_scu (H,)
+        or W_scu (H, H), W_qv (P, H) ..., with the cell suffix."""
         views = self._gate_views(store, {"W_x": "W_x", "W_v": "W_v", "b": "b_"}, GATES)
         for l in range(self.num_layers):
             for d in range(self.num_directions):
@@ -254,17 +256,6 @@ class LSTM(RecurrentLayer):
                     views[f"W_qv{sfx}"] = store["W_qv" + sfx]
         return views
 
-    @property
-    def paper_params(self) -> Dict[str, np.ndarray]:
-        """Views of `params` under the paper's names: W_xcu (H, I), W_vcu (H, R),
-        b_cu (H,), w_scu (H,) or W_scu (H, H), W_qv (P, H) ..., with the cell suffix
-        (writes go to the real storage)."""
-        return self._paper_views(self.params)
-
-    @property
-    def paper_grads(self) -> Dict[str, np.ndarray]:
-        """Views of `grads` under the paper's names (see `paper_params`)."""
-        return self._paper_views(self.grads)
 
     # -- PyTorch interop -------------------------------------------------------------
     @classmethod

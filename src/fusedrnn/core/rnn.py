@@ -95,15 +95,6 @@ class RNN(RecurrentLayer):
                              r_seq=flat(tape.y), s0=flat(tape.s0), r0=flat(tape.o0),
                              W_x=flat(p["W_x"]), W_r=flat(p["W_r"]), W_s=flat(p.get("W_s")))
 
-    @property
-    def paper_params(self) -> Dict[str, np.ndarray]:
-        """`params` under the paper's names (already the storage: W_x, W_r, theta_s, W_s)."""
-        return dict(self.params)
-
-    @property
-    def paper_grads(self) -> Dict[str, np.ndarray]:
-        return dict(self.grads)
-
     @classmethod
     def from_torch(cls, module: Any) -> "RNN":
         """An RNN with the exact weights of a `torch.nn.RNN(nonlinearity='tanh')`
