@@ -13,14 +13,29 @@ def blas_threads() -> List[int]:
     return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
 
 
+def _tuning():
+    """fusedrnn._tuning, the owner of the settings, or None in an older installation."""
+    try:
+        return importlib.import_module("fusedrnn._tuning")
+    except ImportError:
+        return None
+
+
 def fr_threads(threads: int) -> Dict[str, List[int]]:
-    """Set fusedrnn's threads (and its BLAS's); returns the counts in effect per pool."""
+    """Set fusedrnn's threads (and its BLAS's): `fusedrnn._tuning.set("num_threads", n)`, or
+    an older installation's `fr.set_num_threads`; returns the counts in effect per pool."""
     import fusedrnn as fr
-    if hasattr(fr, "set_num_threads"):
+    tuning = _tuning()
+    count = None
+    if tuning is not None:
+        tuning.set("num_threads", threads)
+        count = tuning.get("num_threads")
+    elif hasattr(fr, "set_num_threads"):
         fr.set_num_threads(threads)
+        count = fr.get_num_threads() if hasattr(fr, "get_num_threads") else None
     out = {"blas": blas_threads()}
-    if hasattr(fr, "get_num_threads"):
-        out["fusedrnn"] = [int(fr.get_num_threads())]
+    if count is not None:
+        out["fusedrnn"] = [int(count)]
     return out
 
 
@@ -35,10 +50,7 @@ def tuning_settings() -> Dict[str, int]:
     has that module; for an older one the values its `_kernel` setters return (each set and
     restored at once) and its thread count."""
     import fusedrnn as fr
-    try:
-        tuning = importlib.import_module("fusedrnn._tuning")
-    except ImportError:
-        tuning = None
+    tuning = _tuning()
     if tuning is not None:
         return {k: int(v) for k, v in tuning.get_all().items()}
     from fusedrnn import _kernel

@@ -192,20 +192,24 @@ def test_streaming_section(tmp_path):
 
 def test_build_reads_the_installation(monkeypatch):
     """What a worker reports of its fusedrnn: the tuning settings (read without changing them,
-    also through an older installation's setters) and the thread counts it set."""
+    also the way an installation without fusedrnn._tuning is read) and the thread counts it
+    set (through fusedrnn._tuning, or fr.set_num_threads without it)."""
     import fusedrnn as fr
     build = bench_module("build")
     first = build.tuning_settings()
     assert build.tuning_settings() == first and first["num_threads"] == fr.get_num_threads()
-    with monkeypatch.context() as m:
-        m.setitem(sys.modules, "fusedrnn._tuning", None)   # as in a package without it
-        old = build.tuning_settings()
-        assert "num_threads" in old and all(first[k] == v for k, v in old.items())
-        assert build.tuning_settings() == old
     threads = fr.get_num_threads()
     try:
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, "fusedrnn._tuning", None)   # as in a package without it
+            old = build.tuning_settings()
+            assert "num_threads" in old and all(first[k] == v for k, v in old.items())
+            assert build.tuning_settings() == old
+            assert build.fr_threads(1) == {"blas": [1], "fusedrnn": [1]}
+            assert fr.get_num_threads() == 1
+        fr.set_num_threads(threads)
         assert build.fr_threads(1) == {"blas": [1], "fusedrnn": [1]}
-        assert build.tuning_settings()["num_threads"] == 1
+        assert build.tuning_settings()["num_threads"] == fr.get_num_threads() == 1
     finally:
         fr.set_num_threads(threads)
     info = build.kernel_id()
