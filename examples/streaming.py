@@ -133,9 +133,11 @@ def run(args: argparse.Namespace, n_frames: int, rounds: int) -> Dict[str, Any]:
     got = [y for y in (cstream.step(f) for f in frames) if y is not None]
     streamed_ctx = np.concatenate([np.stack(got), cstream.flush()])
     diff = max(float(np.abs(streamed - whole).max()), float(np.abs(streamed_ctx - whole_ctx).max()))
-    t0 = time.perf_counter()
-    lstm.forward(x, training=False)
-    whole_us = (time.perf_counter() - t0) / n_frames * 1e6
+    whole_us = np.inf
+    for _ in range(5):          # the best of a few: a busy host only ever adds time
+        t0 = time.perf_counter()
+        lstm.forward(x, training=False)
+        whole_us = min(whole_us, (time.perf_counter() - t0) / n_frames * 1e6)
 
     methods: Dict[str, Callable[[], Callable[[Any], Any]]] = {}
 
@@ -194,8 +196,8 @@ def run(args: argparse.Namespace, n_frames: int, rounds: int) -> Dict[str, Any]:
 
     base = stats["fusedrnn stream"]["p50"]
     lines = [f"LSTM I = {BANDS}, H = {H}, B = 1, float32, 1 thread, {n_frames} frames x {rounds} "
-             f"round(s){', paced at 10 ms' if args.realtime else ''}; one whole-sequence forward: "
-             f"{whole_us:.1f} us per frame", "",
+             f"round(s){', paced at 10 ms' if args.realtime else ''}; one whole-sequence forward "
+             f"(best of 5): {whole_us:.1f} us per frame", "",
              "| per frame | p50 (us) | p99 (us) | max (us) | p50 / stream's |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for m, s in stats.items():
