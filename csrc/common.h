@@ -211,7 +211,8 @@ int fr_set_isa(int isa); /* FR_ISA_*, at most fr_best_isa(); for tests and bench
     const real *W;      /* (N, K) when trans (the product uses W^T), else (K, N) */ \
     int64_t ld;         /* row stride of W */                                     \
     int trans;                                                                    \
-    const real *packed; /* fr_pack_* panels of op(W), or NULL: the provider */
+    const real *packed; /* fr_pack_* panels of op(W), or NULL: the provider */     \
+    const void *qpacked; /* reduced-precision panels (qgemm.h) per gate, or NULL */
 typedef struct { FR_WMAT_FIELDS(float) } fr_wmat_f32;
 typedef struct { FR_WMAT_FIELDS(double) } fr_wmat_f64;
 int fr_wgemm_f32(float *C, int64_t ldc, const float *A, int64_t lda, const fr_wmat_f32 *W,

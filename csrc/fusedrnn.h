@@ -91,7 +91,14 @@ typedef struct {
     double cell_clip;         /* > 0: s[n] clipped to [-c, c] (§3c); 0: off */
     double accumulation_clip; /* > 0: every a_* clipped to [-c, c] (§3c); 0: off */
     const int64_t *lengths;   /* (B) valid steps of each row in [0, T], or NULL: all T */
+    int reduced;              /* FR_REDUCED_*: inference with the weight products in bf16 or
+                                 int8 (float32 only), the weights in w->reduced */
 } fr_lstm_config;
+
+/* Reduced precision for inference (docs/equations.md §7): the products of the
+ * weights W_x, W_v, W_qv (RNN: W_x, W_r) with the signals that feed them in
+ * bfloat16 or int8, everything else float32. */
+enum { FR_REDUCED_NONE = 0, FR_REDUCED_BF16 = 1, FR_REDUCED_INT8 = 2 };
 
 /* The structs of a call list their fields once, for both precisions
  * (FR_*_FIELDS(real)); each is then typedef'd as *_f32 and *_f64 below. */
@@ -104,7 +111,8 @@ typedef struct {
     const real *b;      /* (4H) [b_cu; b_cs; b_du; b_cr] */                        \
     const real *W_s;    /* diagonal (3, H) [w_scu; w_scs; w_scr]; full (3, H, H); or NULL */ \
     const real *W_qv;   /* (P, H) projection, or NULL */                           \
-    const real *packed; /* (fr_lstm_packed_size) from fr_lstm_pack_*, or NULL */
+    const real *packed; /* (fr_lstm_packed_size) from fr_lstm_pack_*, or NULL */      \
+    const void *reduced; /* cfg->reduced: (fr_lstm_qpacked_size bytes) from fr_lstm_qpack */
 typedef struct { FR_LSTM_WEIGHTS_FIELDS(float) } fr_lstm_weights_f32;
 typedef struct { FR_LSTM_WEIGHTS_FIELDS(double) } fr_lstm_weights_f64;
 
@@ -167,6 +175,17 @@ int fr_lstm_packed_size(size_t *n_elems, const fr_lstm_config *cfg);
  * T = 1 calls then packs nothing per step. Not with full peepholes (FR_EINVAL). */
 int fr_lstm_pack_f32(float *packed, const fr_lstm_weights_f32 *w, const fr_lstm_config *cfg);
 int fr_lstm_pack_f64(double *packed, const fr_lstm_weights_f64 *w, const fr_lstm_config *cfg);
+
+/* Bytes of a cell's reduced-precision forward weights (cfg->reduced set). */
+int fr_lstm_qpacked_size(size_t *bytes, const fr_lstm_config *cfg);
+/* Pack them (for weights.reduced; the buffer 4-byte aligned, 64 is best): W_x (4H, I),
+ * W_v (4H, R), W_qv (P, H) or NULL, stored as bf16 bits (uint16) or int8 with one
+ * float32 scale per row (W_x_scale (4H), W_v_scale (4H), W_qv_scale (P); NULL for
+ * bf16). FR_EINVAL for an int8 weight of -128. Peepholes (full ones too) stay
+ * float32 and come from weights.W_s. */
+int fr_lstm_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_v,
+                  const float *W_v_scale, const void *W_qv, const float *W_qv_scale,
+                  const fr_lstm_config *cfg);
 
 int fr_lstm_forward_f32(const fr_lstm_forward_seq_f32 *seq, const fr_lstm_weights_f32 *w,
                         const fr_lstm_config *cfg, const fr_call *call);

@@ -2,6 +2,7 @@
  * This file validates configurations and lays out the buffers; the math is in
  * lstm_body.h. */
 #include "common.h"
+#include "qgemm.h"
 
 static int lstm_check_config(const fr_lstm_config *cfg) {
     if (cfg == NULL) return FR_ENULL;
@@ -15,6 +16,10 @@ static int lstm_check_config(const fr_lstm_config *cfg) {
     if (cfg->lengths)
         for (int64_t b = 0; b < cfg->B; b++)
             if (cfg->lengths[b] < 0 || cfg->lengths[b] > cfg->T) return FR_EINVAL;
+    if (cfg->reduced < FR_REDUCED_NONE || cfg->reduced > FR_REDUCED_INT8) return FR_EINVAL;
+    if (cfg->reduced == FR_REDUCED_INT8 &&
+        (cfg->I > FR_S8_MAX_K || cfg->H > FR_S8_MAX_K)) /* int32 sums of K products */
+        return FR_EOVERFLOW;
     size_t TB, G;
     FR_CHECK(fr_mul(&TB, (size_t)cfg->T, (size_t)cfg->B));
     FR_CHECK(fr_mul(&G, 4, (size_t)cfg->H));
@@ -30,7 +35,10 @@ static int lstm_check_config(const fr_lstm_config *cfg) {
  * at call time). */
 enum { LA_GATES, LA_S, LA_V, LA_COUNT }; /* the activation store */
 enum { LP_WX, LP_WV, LP_WQ, LP_COUNT };  /* packed forward weights */
-enum { LF_CHUNK, LF_S_RING, LF_V_BLK, LF_GW, LF_PACKED, LF_COUNT }; /* forward workspace */
+enum { LQ_WX, LQ_WV, LQ_WQ, LQ_COUNT };  /* reduced-precision forward weights (bytes) */
+/* forward workspace; LF_QX, LF_QR: the activations of the reduced x-side and
+ * recurrent (and projection) GEMMs, rounded or quantised (qgemm.h) */
+enum { LF_CHUNK, LF_S_RING, LF_V_BLK, LF_GW, LF_PACKED, LF_QX, LF_QR, LF_COUNT };
 enum {                                                                /* backward workspace */
     LB_DA, LB_DQ, LB_F_CHI, LB_HOLD, LB_F_PSI, LB_CHI, LB_PSI, LB_R_ROW, LB_ZEROS, LB_DW_SINK,
     LB_GW, LB_MASK, LB_WV_P, LB_WQ_P, LB_SAVE, LB_COUNT
@@ -64,6 +72,23 @@ static int lstm_packed_total(size_t *total, const fr_lstm_config *cfg) {
     return fr_regions_total(total, n, LP_COUNT, 1);
 }
 
+/* Bytes of each set of reduced panels: W_x* and W_v* per gate (4 x ceil(H / 32)
+ * panels of K = I, R), W_qv^T (ceil(P / 32) panels of K = H); each a multiple of
+ * 128 bytes, so every set starts where the one before ends. */
+static int lstm_qpacked_regions(size_t n[LQ_COUNT], const fr_lstm_config *cfg) {
+    const int64_t R = cfg->P ? cfg->P : cfg->H;
+    FR_CHECK(fr_qpacked_bytes(&n[LQ_WX], cfg->reduced, cfg->H, cfg->I));
+    FR_CHECK(fr_qpacked_bytes(&n[LQ_WV], cfg->reduced, cfg->H, R));
+    FR_CHECK(fr_mul(&n[LQ_WX], n[LQ_WX], 4));
+    FR_CHECK(fr_mul(&n[LQ_WV], n[LQ_WV], 4));
+    n[LQ_WQ] = 0;
+    if (cfg->P) FR_CHECK(fr_qpacked_bytes(&n[LQ_WQ], cfg->reduced, cfg->P, cfg->H));
+    return FR_OK;
+}
+
+/* Floats holding b bytes. */
+static size_t lstm_floats(size_t b) { return (b + sizeof(float) - 1) / sizeof(float); }
+
 static int lstm_forward_regions(size_t n[LF_COUNT], const fr_lstm_config *cfg, int training) {
     const size_t B = (size_t)cfg->B, H = (size_t)cfg->H;
     size_t BH, B4H;
@@ -76,7 +101,16 @@ static int lstm_forward_regions(size_t n[LF_COUNT], const fr_lstm_config *cfg, i
         n[LF_V_BLK] = cfg->P ? BH : 0;
     }
     n[LF_GW] = cfg->accumulation_clip > 0 ? B4H : 0; /* warped gates when acts keeps a_* */
-    if (lstm_ukernel_ok(cfg)) FR_CHECK(lstm_packed_total(&n[LF_PACKED], cfg));
+    if (lstm_ukernel_ok(cfg) && !cfg->reduced) FR_CHECK(lstm_packed_total(&n[LF_PACKED], cfg));
+    if (cfg->reduced && !training) {
+        const int64_t K = cfg->P ? (cfg->P > cfg->H ? cfg->P : cfg->H) : cfg->H; /* R, H */
+        size_t bx, br;
+        FR_CHECK(fr_qgemm_workspace_bytes(&bx, cfg->reduced,
+                                          fr_inference_chunk(cfg->T, cfg->B) * cfg->B, cfg->I));
+        FR_CHECK(fr_qgemm_workspace_bytes(&br, cfg->reduced, cfg->B, K));
+        n[LF_QX] = lstm_floats(bx);
+        n[LF_QR] = lstm_floats(br);
+    }
     return FR_OK;
 }
 
@@ -147,6 +181,55 @@ int fr_lstm_backward_workspace_size(size_t *n_elems, const fr_lstm_config *cfg) 
     return fr_regions_total(n_elems, n, LB_COUNT, 1);
 }
 
+int fr_lstm_qpacked_size(size_t *bytes, const fr_lstm_config *cfg) {
+    if (bytes == NULL) return FR_ENULL;
+    FR_CHECK(lstm_check_config(cfg));
+    if (!cfg->reduced) return FR_EINVAL;
+    size_t n[LQ_COUNT], total = 0;
+    FR_CHECK(lstm_qpacked_regions(n, cfg));
+    for (int i = 0; i < LQ_COUNT; i++) FR_CHECK(fr_add(&total, total, n[i]));
+    *bytes = total;
+    return FR_OK;
+}
+
+/* Pack the rows [q H, q H + H) of each gate q of a (4H, K) weight as op(W) = W^T
+ * panels, gate after gate. */
+static int lstm_qpack_gates(char *dst, int type, const void *W, const float *scale, int64_t H,
+                            int64_t K, int gates) {
+    size_t per;
+    FR_CHECK(fr_qpacked_bytes(&per, type, H, K));
+    for (int q = 0; q < gates; q++) {
+        const size_t rows = (size_t)q * (size_t)H;
+        if (type == FR_REDUCED_BF16)
+            FR_CHECK(fr_bf16_pack(dst + q * per, (const uint16_t *)W + rows * (size_t)K, 1, H, K, K));
+        else
+            FR_CHECK(fr_s8_pack(dst + q * per, (const int8_t *)W + rows * (size_t)K, scale + rows,
+                                1, H, K, K));
+    }
+    return FR_OK;
+}
+
+int fr_lstm_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_v,
+                  const float *W_v_scale, const void *W_qv, const float *W_qv_scale,
+                  const fr_lstm_config *cfg) {
+    FR_CHECK(lstm_check_config(cfg));
+    if (!cfg->reduced) return FR_EINVAL;
+    const int int8 = cfg->reduced == FR_REDUCED_INT8;
+    if (!packed || !W_x || !W_v || (cfg->P && !W_qv)) return FR_ENULL;
+    if (int8 && (!W_x_scale || !W_v_scale || (cfg->P && !W_qv_scale))) return FR_ENULL;
+    if ((uintptr_t)packed % 4 != 0) return FR_EINVAL;
+    const int64_t H = cfg->H, P = cfg->P, R = P ? P : H;
+    size_t n[LQ_COUNT];
+    FR_CHECK(lstm_qpacked_regions(n, cfg));
+    char *base = packed;
+    FR_CHECK(lstm_qpack_gates(base, cfg->reduced, W_x, W_x_scale, H, cfg->I, 4));
+    FR_CHECK(lstm_qpack_gates(base + n[LQ_WX], cfg->reduced, W_v, W_v_scale, H, R, 4));
+    if (P)
+        FR_CHECK(lstm_qpack_gates(base + n[LQ_WX] + n[LQ_WV], cfg->reduced, W_qv, W_qv_scale, P,
+                                  H, 1));
+    return FR_OK;
+}
+
 int fr_lstm_packed_size(size_t *n_elems, const fr_lstm_config *cfg) {
     if (n_elems == NULL) return FR_ENULL;
     FR_CHECK(lstm_check_config(cfg));
@@ -156,9 +239,11 @@ int fr_lstm_packed_size(size_t *n_elems, const fr_lstm_config *cfg) {
 #define real float
 #define SUFFIX _f32
 #define EXP fr_exp_f32
+#define FR_REDUCED_OK 1 /* the reduced-precision GEMMs compute in float32 */
 #include "lstm_body.h"
 
 #define real double
 #define SUFFIX _f64
 #define EXP fr_exp_f64
+#define FR_REDUCED_OK 0
 #include "lstm_body.h"

@@ -170,6 +170,40 @@ typedef struct {
     WMAT b_scr; /* backward, full peepholes: op = W_scr (H, H) */
 } FN(lstm_gemms);
 
+/* Reduced precision (docs/equations.md §7): the same columns from the panels of
+ * fr_lstm_qpack (4 gates of ceil(H / 32) panels). The members first round or
+ * quantise their share of A's rows into the shared buffer qa, meet, then each
+ * multiplies all rows by its panels. Every member calls it (the barrier). */
+typedef struct {
+    int type, isa; /* FR_REDUCED_*, the qgemm ISA path of the call */
+    void *qx;      /* the x-side activations (a chunk of steps) */
+    void *qr;      /* the recurrent and projection activations (one step) */
+} FN(lstm_qcall);
+
+static void FN(lstm_qgemm_cols)(real *C, int64_t ldc, const real *A, int64_t lda,
+                                const void *panels, const FN(lstm_qcall) *qc, void *qa,
+                                int64_t M, int64_t K, int64_t c0, int64_t nc, int gates,
+                                int64_t gate_cols, int64_t gate_ldc, int beta1, int id, int nth,
+                                fr_team *team) {
+#if FR_REDUCED_OK
+    int64_t m0, m1;
+    fr_share(&m0, &m1, M, 1, id, nth);
+    fr_qprep(qa, A, lda, qc->type, qc->isa, M, K, m0, m1);
+    fr_team_barrier(team); /* every row of A rounded or quantised */
+    if (nc <= 0) return;
+    const size_t pb = fr_qpanel_bytes(qc->type, K);
+    const int64_t gate_panels = (gate_cols + 31) / 32;
+    for (int q = 0; q < gates; q++)
+        fr_qgemm_prepped(C + q * gate_ldc + c0, ldc, qa,
+                         (const char *)panels + (size_t)(q * gate_panels + c0 / 32) * pb,
+                         qc->type, qc->isa, M, nc, K, beta1);
+#else
+    (void)C, (void)ldc, (void)A, (void)lda, (void)panels, (void)qc, (void)qa, (void)M, (void)K;
+    (void)c0, (void)nc, (void)gates, (void)gate_cols, (void)gate_ldc, (void)beta1, (void)id;
+    (void)nth, (void)team;
+#endif
+}
+
 /* Pack units [h0, h0 + nh) of W_x*, W_v* (per gate) and outputs [p0, p0 + np)
  * of W_qv into the panels pk[LP_*] (the layout does not depend on the split). */
 static void FN(lstm_pack_slice)(real *const pk[LP_COUNT], const FN(fr_lstm_weights) *w,
@@ -197,6 +231,7 @@ typedef struct {
     real *pk[LP_COUNT]; /* the panels (micro-kernel path) */
     int pack;           /* the members pack their panels first */
     int64_t Tc;         /* steps per x-side GEMM */
+    FN(lstm_qcall) qc;  /* reduced precision (gm.*.qpacked set) */
     fr_poll poll;
 } FN(lstm_fwd);
 
@@ -230,8 +265,12 @@ static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
         const int64_t lo = cfg->reverse ? T - k0 - tc : k0; /* steps [lo, lo + tc) */
         real *g_lo = training ? gates_all + (size_t)lo * B4H : chunk; /* (tc, B, 4H) */
         /* x-side accumulations of tc steps, this member's columns: W_x* x[n] */
-        FN(fr_gates_gemm)(g_lo, G, seq->x + (size_t)lo * B * I, I, &gm->x, tc * B, I, H, 0, 4,
-                          h0, nh, 0);
+        if (gm->x.qpacked)
+            FN(lstm_qgemm_cols)(g_lo, G, seq->x + (size_t)lo * B * I, I, gm->x.qpacked, &c->qc,
+                                c->qc.qx, tc * B, I, h0, nh, 4, H, H, 0, id, nth, team);
+        else
+            FN(fr_gates_gemm)(g_lo, G, seq->x + (size_t)lo * B * I, I, &gm->x, tc * B, I, H, 0, 4,
+                              h0, nh, 0);
         for (int64_t k = k0; k < k0 + tc; k++) {
             const int64_t n = cfg->reverse ? T - 1 - k : k;
             const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
@@ -246,7 +285,11 @@ static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
             real *v_n = !P ? y_n : training ? v_all + (size_t)n * BH : v_blk;  /* (B, H) */
 
             /* recurrent accumulations: + W_v* v[n-1] (W_q* q[n-1]) */
-            FN(fr_gates_gemm)(g, G, y_prev, R, &gm->v, B, R, H, 0, 4, h0, nh, 1);
+            if (gm->v.qpacked)
+                FN(lstm_qgemm_cols)(g, G, y_prev, R, gm->v.qpacked, &c->qc, c->qc.qr, B, R, h0,
+                                    nh, 4, H, H, 1, id, nth, team);
+            else
+                FN(fr_gates_gemm)(g, G, y_prev, R, &gm->v, B, R, H, 0, 4, h0, nh, 1);
             if (full) /* + W_scu s[n-1], W_scs s[n-1] (the provider: one member) */
                 FN(fr_wgemm)(g, G, s_prev, H, &gm->s_cs, B, 0, 2 * H, H, 1);
             for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
@@ -275,8 +318,12 @@ static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
             }
             if (P) { /* q[n] = W_qv v[n] (§3b) over all of v[n]; padding holds q */
                 fr_team_barrier(team);
-                if (np > 0) {
+                if (gm->qv.qpacked) /* meets the team once more inside */
+                    FN(lstm_qgemm_cols)(y_n, R, v_n, H, gm->qv.qpacked, &c->qc, c->qc.qr, B, H,
+                                        p0, np, 1, P, 0, 0, id, nth, team);
+                else if (np > 0)
                     FN(fr_wgemm)(y_n, R, v_n, H, &gm->qv, B, p0, np, H, 0);
+                if (np > 0) {
                     for (int64_t bi = 0; bi < B; bi++)
                         if (!fr_active(cfg->lengths, bi, n))
                             memcpy(y_n + bi * R + p0, y_prev + bi * R + p0,
@@ -296,18 +343,26 @@ int FN(fr_lstm_forward)(const FN(fr_lstm_forward_seq) *seq, const FN(fr_lstm_wei
     const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, P = cfg->P;
     const int64_t R = P ? P : H;
     const int training = seq->acts != NULL;
-    if (!seq->y_seq || !seq->s_T || !seq->y_T || !seq->x || !seq->s0 || !seq->y0 || !w->W_x ||
-        !w->W_v || !w->b)
+    if (!seq->y_seq || !seq->s_T || !seq->y_T || !seq->x || !seq->s0 || !seq->y0 || !w->b)
         return FR_ENULL;
-    if ((cfg->peepholes && !w->W_s) || (P && !w->W_qv)) return FR_ENULL;
+    /* the float W_x, W_v, W_qv (reduced precision: from w->reduced) */
+    if (!cfg->reduced && (!w->W_x || !w->W_v || (P && !w->W_qv))) return FR_ENULL;
+    if (cfg->peepholes && !w->W_s) return FR_ENULL;
     if (w->packed && !lstm_ukernel_ok(cfg)) return FR_EINVAL;
+    /* reduced precision: inference in float32, the weights from fr_lstm_qpack */
+    if (cfg->reduced && (!FR_REDUCED_OK || training || w->packed)) return FR_EINVAL;
+    if (cfg->reduced && !w->reduced) return FR_ENULL;
     size_t nf[LF_COUNT], na[LA_COUNT], np[LP_COUNT], n_work;
     FR_CHECK(lstm_forward_regions(nf, cfg, training));
     FR_CHECK(fr_regions_total(&n_work, nf, LF_COUNT, 1));
     if (n_work > 0 && !seq->work) return FR_ENULL;
     FR_CHECK(lstm_acts_regions(na, cfg));
     FR_CHECK(lstm_packed_regions(np, cfg));
-    const fr_plan plan = lstm_plan(cfg, call, sizeof(real), w->packed != NULL);
+    fr_plan plan = lstm_plan(cfg, call, sizeof(real), w->packed != NULL || cfg->reduced);
+    if (cfg->reduced) { /* the reduced GEMMs run on the team path only */
+        if (cfg->peepholes == FR_PEEP_FULL) plan.threads = 1; /* their GEMMs: one member */
+        plan.ukernel = 0; /* no float panels */
+    }
 
     FN(lstm_fwd) c = {.cfg = cfg, .seq = seq, .w = w};
     fr_regions_point((void **)c.p, nf, LF_COUNT, seq->work, sizeof(real), 1);
@@ -318,13 +373,24 @@ int FN(fr_lstm_forward)(const FN(fr_lstm_forward_seq) *seq, const FN(fr_lstm_wei
                          c.pack ? (void *)c.p[LF_PACKED] : (void *)w->packed, sizeof(real), 1);
     }
     /* the GEMM table: panels on the micro-kernel path, row-major W on the provider */
-    c.gm.x = (WMAT){w->W_x, I, 1, c.pk[LP_WX]};
-    c.gm.v = (WMAT){w->W_v, R, 1, c.pk[LP_WV]};
-    c.gm.qv = (WMAT){w->W_qv, H, 1, c.pk[LP_WQ]};
+    c.gm.x = (WMAT){w->W_x, I, 1, c.pk[LP_WX], NULL};
+    c.gm.v = (WMAT){w->W_v, R, 1, c.pk[LP_WV], NULL};
+    c.gm.qv = (WMAT){w->W_qv, H, 1, c.pk[LP_WQ], NULL};
     if (cfg->peepholes == FR_PEEP_FULL) {
-        c.gm.s_cs = (WMAT){w->W_s, H, 1, NULL};
-        c.gm.s_cr = (WMAT){w->W_s + (size_t)2 * H * H, H, 1, NULL};
+        c.gm.s_cs = (WMAT){w->W_s, H, 1, NULL, NULL};
+        c.gm.s_cr = (WMAT){w->W_s + (size_t)2 * H * H, H, 1, NULL, NULL};
     }
+#if FR_REDUCED_OK
+    if (cfg->reduced) { /* the reduced panels (fr_lstm_qpack's layout) and their activations */
+        size_t nq[LQ_COUNT];
+        FR_CHECK(lstm_qpacked_regions(nq, cfg));
+        const char *qp = w->reduced;
+        c.gm.x.qpacked = qp;
+        c.gm.v.qpacked = qp + nq[LQ_WX];
+        c.gm.qv.qpacked = P ? qp + nq[LQ_WX] + nq[LQ_WV] : NULL;
+        c.qc = (FN(lstm_qcall)){cfg->reduced, fr_qget_isa(cfg->reduced), c.p[LF_QX], c.p[LF_QR]};
+    }
+#endif
     fr_poll_init(&c.poll, call);
     /* the x-side GEMM: chunks of the inference workspace, or all T steps of a
      * training call at once (in pieces when the call can be interrupted; whole
@@ -564,11 +630,11 @@ int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_s
     FN(fr_copy_or_zero)(p[LB_F_CHI], seq->dy_T, BR);
     FN(fr_copy_or_zero)(p[LB_F_PSI], seq->ds_T, BH);
 
-    c.gm.b_v = (WMAT){w->W_v, R, 0, plan.ukernel ? p[LB_WV_P] : NULL};
-    c.gm.b_qv = (WMAT){w->W_qv, H, 0, plan.ukernel ? p[LB_WQ_P] : NULL};
+    c.gm.b_v = (WMAT){w->W_v, R, 0, plan.ukernel ? p[LB_WV_P] : NULL, NULL};
+    c.gm.b_qv = (WMAT){w->W_qv, H, 0, plan.ukernel ? p[LB_WQ_P] : NULL, NULL};
     if (full) {
-        c.gm.b_scs = (WMAT){w->W_s, H, 0, NULL};
-        c.gm.b_scr = (WMAT){w->W_s + (size_t)2 * H * H, H, 0, NULL};
+        c.gm.b_scs = (WMAT){w->W_s, H, 0, NULL, NULL};
+        c.gm.b_scr = (WMAT){w->W_s + (size_t)2 * H * H, H, 0, NULL, NULL};
     }
     fr_poll_init(&c.poll, call);
     const double grad_flops = 2.0 * (double)B * (double)G * (double)(2 * I + R) +
@@ -598,3 +664,4 @@ int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_s
 #undef real
 #undef SUFFIX
 #undef EXP
+#undef FR_REDUCED_OK

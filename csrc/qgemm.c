@@ -588,6 +588,32 @@ int fr_qgemm_workspace_bytes(size_t *bytes, int type, int64_t M, int64_t K) {
     return FR_OK;
 }
 
+/* The workspace's regions for M rows: the row scales (M), the words (M, ldaw). */
+static void q_work_regions(float **sa, uint32_t **Aw, void *work, int64_t M) {
+    *sa = fr_align64(work);
+    *Aw = fr_align64(*sa + M);
+}
+
+void fr_qprep(void *work, const float *A, int64_t lda, int type, int isa, int64_t M, int64_t K,
+              int64_t m0, int64_t m1) {
+    if (m1 <= m0) return;
+    float *sa;
+    uint32_t *Aw;
+    q_work_regions(&sa, &Aw, work, M);
+    const int64_t ldaw = q_ldaw(type, K);
+    q_paths[type - 1][isa].prep(Aw + m0 * ldaw, ldaw, sa + m0, A + m0 * lda, lda, m1 - m0, K);
+}
+
+void fr_qgemm_prepped(float *C, int64_t ldc, const void *work, const void *Wp, int type,
+                      int isa, int64_t M, int64_t N, int64_t K, int beta1) {
+    if (M <= 0 || N <= 0) return;
+    float *sa;
+    uint32_t *Aw;
+    q_work_regions(&sa, &Aw, (void *)work, M);
+    q_paths[type - 1][isa].gemm(C, ldc, Aw, q_ldaw(type, K), Wp, q_panel_words(type, K), sa, M,
+                                N, q_kg(type, K), beta1);
+}
+
 int fr_qgemm(float *C, int64_t ldc, void *work, const float *A, int64_t lda, const void *Wp,
              int type, int64_t M, int64_t N, int64_t K, int beta1) {
     size_t need;
@@ -596,11 +622,8 @@ int fr_qgemm(float *C, int64_t ldc, void *work, const float *A, int64_t lda, con
     if (M == 0) return FR_OK;
     if (C == NULL || work == NULL || A == NULL || Wp == NULL) return FR_ENULL;
     if (ldc < N || lda < K || (uintptr_t)Wp % 4 != 0) return FR_EINVAL;
-    const q_path *path = &q_paths[type - 1][fr_qget_isa(type)];
-    const int64_t ldaw = q_ldaw(type, K);
-    float *sa = fr_align64(work);                        /* (M) int8 row scales */
-    uint32_t *Aw = fr_align64(sa + M);                   /* (M, ldaw) activation words */
-    path->prep(Aw, ldaw, sa, A, lda, M, K);
-    path->gemm(C, ldc, Aw, ldaw, Wp, q_panel_words(type, K), sa, M, N, q_kg(type, K), beta1);
+    const int isa = fr_qget_isa(type);
+    fr_qprep(work, A, lda, type, isa, M, K, 0, M);
+    fr_qgemm_prepped(C, ldc, work, Wp, type, isa, M, N, K, beta1);
     return FR_OK;
 }

@@ -89,6 +89,16 @@ int fr_qgemm_workspace_bytes(size_t *bytes, int type, int64_t M, int64_t K);
 int fr_qgemm(float *C, int64_t ldc, void *work, const float *A, int64_t lda, const void *Wp,
              int type, int64_t M, int64_t N, int64_t K, int beta1);
 
+/* fr_qgemm in two parts, for a team sharing one workspace (arguments checked by
+ * the caller; isa = fr_qget_isa(type) taken once for both): fr_qprep rounds or
+ * quantises rows [m0, m1) of A (M, K) into work (each member its rows), then,
+ * once all rows are there, fr_qgemm_prepped computes C (M, N) (+)= A . W from
+ * Wp (a member its panels: Wp + p fr_qpanel_bytes, C + 32 p). */
+void fr_qprep(void *work, const float *A, int64_t lda, int type, int isa, int64_t M, int64_t K,
+              int64_t m0, int64_t m1);
+void fr_qgemm_prepped(float *C, int64_t ldc, const void *work, const void *Wp, int type,
+                      int isa, int64_t M, int64_t N, int64_t K, int beta1);
+
 #ifdef __cplusplus
 }
 #endif

@@ -112,9 +112,9 @@ int FN(fr_rnn_forward)(const FN(fr_rnn_forward_seq) *seq, const FN(fr_rnn_weight
     FN(rnn_fwd) c = {.cfg = cfg, .seq = seq, .w = w};
     fr_regions_point((void **)c.p, nf, RF_COUNT, seq->work, sizeof(real), 1);
     c.pack = plan.ukernel;
-    c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? c.p[RF_WX_P] : NULL};
-    c.r = (WMAT){w->W_r, H, 1, plan.ukernel ? c.p[RF_WR_P] : NULL};
-    c.s = (WMAT){w->W_s, H, 1, plan.ukernel ? c.p[RF_WS_P] : NULL};
+    c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? c.p[RF_WX_P] : NULL, NULL};
+    c.r = (WMAT){w->W_r, H, 1, plan.ukernel ? c.p[RF_WR_P] : NULL, NULL};
+    c.s = (WMAT){w->W_s, H, 1, plan.ukernel ? c.p[RF_WS_P] : NULL, NULL};
     fr_poll_init(&c.poll, call);
     /* The input GEMM runs in the same chunks in training and inference, so the
      * BLAS sees the same calls and the two agree bit for bit (OpenBLAS's result
@@ -259,8 +259,8 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
     FN(fr_copy_or_zero)(p[RB_F_PSI], seq->ds_T, BH);
     memset(p[RB_HOLD_CHI], 0, BH * sizeof(real));
     memset(p[RB_HOLD_PSI], 0, BH * sizeof(real));
-    c.r = (WMAT){w->W_r, H, 0, plan.ukernel ? p[RB_WR_P] : NULL};
-    c.s = (WMAT){w->W_s, H, 0, plan.ukernel ? p[RB_WS_P] : NULL};
+    c.r = (WMAT){w->W_r, H, 0, plan.ukernel ? p[RB_WR_P] : NULL, NULL};
+    c.s = (WMAT){w->W_s, H, 0, plan.ukernel ? p[RB_WS_P] : NULL, NULL};
     fr_poll_init(&c.poll, call);
     c.piece = fr_piece_steps(&c.poll, T, 2.0 * (double)B * (double)H * (double)(2 * I + 2 * H), 1);
     /* the weight gradients as they were, when the gradient GEMMs can be interrupted */

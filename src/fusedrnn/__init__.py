@@ -30,6 +30,8 @@ from .core.sequential import Sequential
 from .nn.optim import clip_grad_norm
 from .nn import checkpoint, losses, optim, train
 from .nn.checkpoint import load, load_checkpoint, save
+from .core import quantized
+from .core.quantized import QuantizedLSTM
 
 import sys as _sys
 
@@ -37,9 +39,10 @@ import sys as _sys
 # .checkpoint name the same module objects (so `import fusedrnn.optim` and pickles keep working)
 for _name in ("checkpoint", "losses", "optim", "train"):
     _sys.modules[f"{__name__}.{_name}"] = _sys.modules[f"{__name__}.nn.{_name}"]
+_sys.modules[f"{__name__}.quantized"] = quantized   # likewise fusedrnn.core.quantized
 
 __all__ += ["Linear", "Sequential", "mse_loss", "cross_entropy", "clip_grad_norm", "optim",
-            "train", "save", "load", "load_checkpoint"]
+            "train", "save", "load", "load_checkpoint", "quantized", "QuantizedLSTM"]
 
 # Ecosystem: ONNX export/import, the version from the package metadata, and
 # fusedrnn.torch (torch.nn.Modules) imported on first use of `fr.torch` only,

@@ -9,7 +9,7 @@ A long call stays interruptible: the kernel asks `_interrupt` about every 50 ms
 (which runs Python's signal handlers), stops when a handler raised (Ctrl-C:
 KeyboardInterrupt), and the binding raises that exception; the weight
 gradients are then as they were before the call."""
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uintptr_t
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_GetName
 from cpython.exc cimport PyErr_Occurred
 
@@ -46,6 +46,7 @@ cdef extern from "fusedrnn.h" nogil:
         int peepholes, coupled_gates, reverse
         double cell_clip, accumulation_clip
         const int64_t *lengths
+        int reduced
     ctypedef struct fr_rnn_config:
         int64_t T, B, I, H
         int state_feedback, reverse
@@ -57,6 +58,7 @@ cdef extern from "fusedrnn.h" nogil:
         const float *W_s
         const float *W_qv
         const float *packed
+        const void *reduced
     ctypedef struct fr_lstm_weights_f64:
         const double *W_x
         const double *W_v
@@ -64,6 +66,7 @@ cdef extern from "fusedrnn.h" nogil:
         const double *W_s
         const double *W_qv
         const double *packed
+        const void *reduced
     ctypedef struct fr_lstm_grads_f32:
         float *dW_x
         float *dW_v
@@ -189,6 +192,10 @@ cdef extern from "fusedrnn.h" nogil:
     int fr_lstm_workspace_size(size_t *n, const fr_lstm_config *cfg, int training)
     int fr_lstm_backward_workspace_size(size_t *n, const fr_lstm_config *cfg)
     int fr_lstm_packed_size(size_t *n, const fr_lstm_config *cfg)
+    int fr_lstm_qpacked_size(size_t *nbytes, const fr_lstm_config *cfg)
+    int fr_lstm_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_v,
+                      const float *W_v_scale, const void *W_qv, const float *W_qv_scale,
+                      const fr_lstm_config *cfg)
     int fr_lstm_pack_f32(float *packed, const fr_lstm_weights_f32 *w, const fr_lstm_config *cfg)
     int fr_lstm_pack_f64(double *packed, const fr_lstm_weights_f64 *w, const fr_lstm_config *cfg)
     int fr_lstm_forward_f32(const fr_lstm_forward_seq_f32 *seq, const fr_lstm_weights_f32 *w,
@@ -530,8 +537,9 @@ cdef class LSTMConfig:
     def __init__(self, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P=0,
                  int peepholes=0, bint coupled_gates=False, bint reverse=False,
                  double cell_clip=0.0, double accumulation_clip=0.0,
-                 const int64_t[::1] lengths=None, int threads=0):
+                 const int64_t[::1] lengths=None, int threads=0, int reduced=0):
         self.cfg.T = T; self.cfg.B = B; self.cfg.I = I; self.cfg.H = H; self.cfg.P = P
+        self.cfg.reduced = reduced
         self.cfg.peepholes = peepholes; self.cfg.coupled_gates = coupled_gates
         self.cfg.reverse = reverse; self.cfg.cell_clip = cell_clip
         self.cfg.accumulation_clip = accumulation_clip
@@ -617,11 +625,11 @@ cdef int _pack(real[::1] buf, const real[::1] W_x, const real[::1] W_v, const re
     with nogil:
         if real is float:
             w32.W_x = &W_x[0]; w32.W_v = &W_v[0]; w32.b = NULL; w32.W_s = NULL
-            w32.W_qv = _cptr(W_qv); w32.packed = NULL
+            w32.W_qv = _cptr(W_qv); w32.packed = NULL; w32.reduced = NULL
             status = fr_lstm_pack_f32(&buf[0], &w32, cfg)
         else:
             w64.W_x = &W_x[0]; w64.W_v = &W_v[0]; w64.b = NULL; w64.W_s = NULL
-            w64.W_qv = _cptr(W_qv); w64.packed = NULL
+            w64.W_qv = _cptr(W_qv); w64.packed = NULL; w64.reduced = NULL
             status = fr_lstm_pack_f64(&buf[0], &w64, cfg)
     return status
 
@@ -666,6 +674,7 @@ def lstm_forward(LSTMConfig c, *, real[::1] y_seq, real[::1] s_T, real[::1] y_T,
             s32.x = &x[0]; s32.s0 = &s0[0]; s32.y0 = &y0[0]
             w32.W_x = &W_x[0]; w32.W_v = &W_v[0]; w32.b = &b[0]
             w32.W_s = _cptr(W_s); w32.W_qv = _cptr(W_qv); w32.packed = _cptr(pk)
+            w32.reduced = NULL
             status = fr_lstm_forward_f32(&s32, &w32, &c.cfg, &c.call)
         else:
             s64.y_seq = &y_seq[0]; s64.s_T = &s_T[0]; s64.y_T = &y_T[0]
@@ -673,7 +682,93 @@ def lstm_forward(LSTMConfig c, *, real[::1] y_seq, real[::1] s_T, real[::1] y_T,
             s64.x = &x[0]; s64.s0 = &s0[0]; s64.y0 = &y0[0]
             w64.W_x = &W_x[0]; w64.W_v = &W_v[0]; w64.b = &b[0]
             w64.W_s = _cptr(W_s); w64.W_qv = _cptr(W_qv); w64.packed = _cptr(pk)
+            w64.reduced = NULL
             status = fr_lstm_forward_f64(&s64, &w64, &c.cfg, &c.call)
+    _check(status, "LSTM forward")
+
+
+cdef class QPackedWeights:
+    """A cell's reduced-precision forward weights (W_x, W_v, W_qv stored as bf16 bits or
+    int8 with row scales) packed for `lstm_forward_reduced`, for the I, H, P and
+    precision of `c` (c.reduced: 1 bf16, 2 int8)."""
+    cdef readonly object buffer  # uint8, 64-byte aligned
+    cdef readonly int64_t I, H, P
+    cdef readonly int reduced
+
+    def __init__(self, LSTMConfig c, *, W_x, W_v, W_qv=None, W_x_scale=None,
+                 W_v_scale=None, W_qv_scale=None):
+        cdef size_t n = 0
+        cdef int status
+        _check(fr_lstm_qpacked_size(&n, &c.cfg), "QPackedWeights")
+        self.I, self.H, self.P, self.reduced = c.cfg.I, c.cfg.H, c.cfg.P, c.cfg.reduced
+        want = np.uint16 if c.cfg.reduced == 1 else np.int8
+        ws = (W_x, W_v, W_qv)
+        for name, a, rows, cols in (("W_x", W_x, 4 * c.cfg.H, c.cfg.I), ("W_v", W_v, 4 * c.cfg.H, c.R),
+                                    ("W_qv", W_qv, c.cfg.P, c.cfg.H)):
+            if rows == 0:
+                continue
+            if a is None or a.dtype != want or a.shape != (rows, cols) or not a.flags.c_contiguous:
+                raise ValueError(f"internal: {name} must be a C-contiguous {np.dtype(want)} "
+                                 f"({rows}, {cols}) array")
+        scales = (W_x_scale, W_v_scale, W_qv_scale)
+        if c.cfg.reduced == 2:
+            for name, sc, rows in (("W_x_scale", W_x_scale, 4 * c.cfg.H),
+                                   ("W_v_scale", W_v_scale, 4 * c.cfg.H),
+                                   ("W_qv_scale", W_qv_scale, c.cfg.P)):
+                if rows and (sc is None or sc.dtype != np.float32 or sc.shape != (rows,)):
+                    raise ValueError(f"internal: {name} must be float32 ({rows},)")
+        raw = np.empty(n + 64, np.uint8)
+        off = (-raw.ctypes.data) % 64
+        self.buffer = raw[off:off + n]
+        cdef uintptr_t dst = self.buffer.ctypes.data
+        cdef uintptr_t px = W_x.ctypes.data, pv = W_v.ctypes.data
+        cdef uintptr_t pq = 0 if W_qv is None else W_qv.ctypes.data
+        cdef uintptr_t sx = 0 if W_x_scale is None else W_x_scale.ctypes.data
+        cdef uintptr_t sv = 0 if W_v_scale is None else W_v_scale.ctypes.data
+        cdef uintptr_t sq = 0 if W_qv_scale is None else W_qv_scale.ctypes.data
+        with nogil:
+            status = fr_lstm_qpack(<void *>dst, <const void *>px, <const float *>sx,
+                                   <const void *>pv, <const float *>sv, <const void *>pq,
+                                   <const float *>sq, &c.cfg)
+        _check(status, "QPackedWeights")
+
+
+def lstm_forward_reduced(LSTMConfig c, QPackedWeights reduced, *, float[::1] y_seq,
+                         float[::1] s_T, float[::1] y_T, float[::1] work, const float[::1] x,
+                         const float[::1] s0, const float[::1] y0, const float[::1] b,
+                         const float[::1] W_s):
+    """fr_lstm_forward_f32 (inference) with the weight products in reduced precision: W_x,
+    W_v, W_qv from `reduced`, b and the peepholes W_s (diagonal or full) float32."""
+    cdef size_t n_work = 0
+    cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H, R = c.R
+    cdef int status
+    if not c.cfg.reduced or (reduced.I, reduced.H, reduced.P, reduced.reduced) != \
+            (I, H, c.cfg.P, c.cfg.reduced):
+        raise ValueError("internal: the reduced weights were packed for another configuration")
+    _check(fr_lstm_workspace_size(&n_work, &c.cfg, 0), "LSTM forward")
+    _need(y_seq.shape[0], <size_t>(T * B * R), "y_seq"); _need(s_T.shape[0], <size_t>(B * H), "s_T")
+    _need(y_T.shape[0], <size_t>(B * R), "y_T"); _need(x.shape[0], <size_t>(T * B * I), "x")
+    _need(s0.shape[0], <size_t>(B * H), "s0"); _need(y0.shape[0], <size_t>(B * R), "y0")
+    _need(b.shape[0], <size_t>(4 * H), "b")
+    if c.cfg.peepholes:
+        if W_s is None:
+            raise ValueError("internal: peephole weights missing")
+        _need(W_s.shape[0], <size_t>(3 * H * (H if c.cfg.peepholes == 2 else 1)), "W_s")
+    if n_work:
+        if work is None:
+            raise ValueError("internal: workspace missing")
+        _need(work.shape[0], n_work, "work")
+    cdef uintptr_t qp = reduced.buffer.ctypes.data
+    cdef fr_lstm_forward_seq_f32 s32
+    cdef fr_lstm_weights_f32 w32
+    with nogil:
+        s32.y_seq = &y_seq[0]; s32.s_T = &s_T[0]; s32.y_T = &y_T[0]
+        s32.acts = NULL; s32.work = _ptr(work)
+        s32.x = &x[0]; s32.s0 = &s0[0]; s32.y0 = &y0[0]
+        w32.W_x = NULL; w32.W_v = NULL; w32.b = &b[0]
+        w32.W_s = _cptr(W_s); w32.W_qv = NULL; w32.packed = NULL
+        w32.reduced = <const void *>qp
+        status = fr_lstm_forward_f32(&s32, &w32, &c.cfg, &c.call)
     _check(status, "LSTM forward")
 
 
@@ -722,7 +817,7 @@ def lstm_backward(LSTMConfig c, *, real[::1] dW_x, real[::1] dW_v, real[::1] db,
             s32.acts = &acts[0]; s32.x = &x[0]; s32.y_seq = &y_seq[0]
             s32.s0 = &s0[0]; s32.y0 = &y0[0]
             w32.W_x = &W_x[0]; w32.W_v = &W_v[0]; w32.b = NULL
-            w32.W_s = _cptr(W_s); w32.W_qv = _cptr(W_qv); w32.packed = NULL
+            w32.W_s = _cptr(W_s); w32.W_qv = _cptr(W_qv); w32.packed = NULL; w32.reduced = NULL
             status = fr_lstm_backward_f32(&g32, &s32, &w32, &c.cfg, &c.call)
         else:
             g64.dW_x = &dW_x[0]; g64.dW_v = &dW_v[0]; g64.db = &db[0]
@@ -732,7 +827,7 @@ def lstm_backward(LSTMConfig c, *, real[::1] dW_x, real[::1] dW_v, real[::1] db,
             s64.acts = &acts[0]; s64.x = &x[0]; s64.y_seq = &y_seq[0]
             s64.s0 = &s0[0]; s64.y0 = &y0[0]
             w64.W_x = &W_x[0]; w64.W_v = &W_v[0]; w64.b = NULL
-            w64.W_s = _cptr(W_s); w64.W_qv = _cptr(W_qv); w64.packed = NULL
+            w64.W_s = _cptr(W_s); w64.W_qv = _cptr(W_qv); w64.packed = NULL; w64.reduced = NULL
             status = fr_lstm_backward_f64(&g64, &s64, &w64, &c.cfg, &c.call)
     _check(status, "LSTM backward")
 
@@ -1014,3 +1109,6 @@ include "_stream.pxi"
 # SciPy's BLAS by default; the portable GEMM when SciPy is missing.
 if _load_scipy_blas():
     fr_set_blas(_scipy_sgemm, _scipy_dgemm)
+
+
+include "_qgemm.pxi"

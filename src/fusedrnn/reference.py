@@ -75,7 +75,9 @@ ACTIVATION_OPTIONS = ("gate_activation", "cell_activation", "output_activation",
 # patterns) or int8 (with float32 scales per row under name + "_scale").
 REDUCED_LSTM = ("W_x", "W_v", "W_qv")
 REDUCED_RNN = ("W_x", "W_r")
-PRECISIONS = ("bf16", "int8")
+# "bf16_pairs": bf16 with each pair of products (k = 2j, 2j + 1) added odd one first, as
+# the vdpbf16ps instruction does; "bf16" adds them in k order.
+PRECISIONS = ("bf16", "bf16_pairs", "int8")
 GRU_GATES = ("r", "z", "n")  # reset, update, new (candidate); PyTorch's order
 
 
@@ -169,10 +171,11 @@ def _reduced(precision: Optional[str], dt, params: Params, names: Sequence[str])
     if precision is None:
         return ()
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be None, 'bf16' or 'int8', got {precision!r}")
+        raise ValueError(f"precision must be None, 'bf16', 'bf16_pairs' or 'int8', got "
+                         f"{precision!r}")
     if dt != np.float32:
         raise ValueError(f"reduced precision computes in float32; x is {dt}")
-    want = np.uint16 if precision == "bf16" else np.int8
+    want = np.int8 if precision == "int8" else np.uint16
     present = [n for n in names if n in params]
     for n in present:
         if np.asarray(params[n]).dtype != want:
@@ -187,9 +190,9 @@ def _product(A: np.ndarray, p: Params, name: str, precision: Optional[str]) -> n
     """A (M, K) @ W.T for the weight W = p[name] (N, K), in float or reduced precision (§7)."""
     if precision is None:
         return A @ p[name].T
-    if precision == "bf16":
-        return matmul_bf16(A, p[name])
-    return matmul_int8(A, p[name], p[name + "_scale"])
+    if precision == "int8":
+        return matmul_int8(A, p[name], p[name + "_scale"])
+    return matmul_bf16(A, p[name], pairs=precision == "bf16_pairs")
 
 
 def _state(z: Optional[np.ndarray], B: int, H: int, dtype) -> np.ndarray:
@@ -1002,15 +1005,20 @@ def quantize_int8(X: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def matmul_bf16(A: np.ndarray, W_bits: np.ndarray) -> np.ndarray:
+def matmul_bf16(A: np.ndarray, W_bits: np.ndarray, pairs: bool = False) -> np.ndarray:
     """C (M, N) = A (M, K) @ W.T in bfloat16: W (N, K) given as bf16 bits, A rounded to
-    bf16 (`bf16_bits`), the exact products summed in float32 in k order (k = 0, 1, ...).
-    fusedrnn's widening kernels give exactly this; the vdpbf16ps kernel sums in pairs and is
-    within `matmul_bf16_bound` of the exact sums."""
+    bf16 (`bf16_bits`), the exact products added one at a time in float32, in k order
+    (k = 0, 1, ...: fusedrnn's kernels that widen bf16 to float32), or with pairs=True pair
+    by pair, k = 2j + 1 before k = 2j (its vdpbf16ps kernel, as the instruction is defined).
+    Either is within `matmul_bf16_bound` of the exact sums."""
     a = bf16_round(np.asarray(A, dtype=np.float32))
     w = bf16_value(W_bits)
+    K = a.shape[1]
     C = np.zeros((a.shape[0], w.shape[0]), np.float32)
-    for k in range(a.shape[1]):
+    order = range(K)
+    if pairs:                                    # 1, 0, 3, 2, ...; a last odd k alone
+        order = [k ^ 1 for k in range(K + K % 2) if k ^ 1 < K]
+    for k in order:
         C = C + a[:, k:k + 1] * w[:, k]          # the product is exact in float32
     return C
 

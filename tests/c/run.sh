@@ -14,8 +14,8 @@ OUT="$ROOT/build/ctest"
 CC="${CC:-gcc}"
 CFLAGS=(-std=c11 -O1 -g -Wall -Wextra -Werror)
 SRCS=("$ROOT/tests/c/test_kernel.c" "$ROOT/csrc/gemm.c" "$ROOT/csrc/gru.c" "$ROOT/csrc/lstm.c"
-      "$ROOT/csrc/rnn.c"
-      "$ROOT/csrc/plan.c" "$ROOT/csrc/team.c" "$ROOT/csrc/ukernel.c")
+      "$ROOT/csrc/rnn.c" "$ROOT/csrc/plan.c" "$ROOT/csrc/qgemm.c" "$ROOT/csrc/team.c"
+      "$ROOT/csrc/ukernel.c")
 QSRCS=("$ROOT/tests/c/test_qgemm.c" "$ROOT/csrc/qgemm.c")
 mkdir -p "$OUT"
 

@@ -276,7 +276,7 @@ static fr_call plan_for(const model *m) {
 
 // The named-pointer structs of one call, for either precision (real = float or double).
 #define LSTM_WEIGHTS(real, th) {SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), \
-                                SEG(th, S_WQV), NULL}
+                                SEG(th, S_WQV), NULL, NULL}
 #define LSTM_GRADS(g) {SEG(g, S_WX), SEG(g, S_WV), SEG(g, S_B), SEG(g, S_WS), SEG(g, S_WQV)}
 #define RNN_WEIGHTS(th) {SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS)}
 #define RNN_GRADS(g) {SEG(g, S_WX), SEG(g, S_WV), SEG(g, S_B), SEG(g, S_WS)}

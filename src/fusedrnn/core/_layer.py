@@ -303,6 +303,15 @@ class RecurrentLayer(ReadOnlyConfig):
         return self._make_state(np.zeros((LD, B, self.hidden_size), self.dtype),
                                 np.zeros((LD, B, self.output_size), self.dtype))
 
+    def quantize(self, precision: str) -> Any:
+        """An inference-only copy of this layer with its weight products in reduced
+        precision: "bf16" (bfloat16 weights and activations, float32 sums) or "int8"
+        (int8 weights with a scale per output unit, activations quantized per row at
+        every step, exact integer sums). Call it as forward(x, state, training=False,
+        lengths=...); see `fusedrnn.quantized` and docs/equations.md §7."""
+        from .quantized import quantize
+        return quantize(self, precision)
+
     def __call__(self, x: Any, state: Any = None, training: bool = True, lengths: Any = None,
                  x_future: Any = None) -> Tuple[np.ndarray, Any]:
         """layer(x, ...) is layer.forward(x, ...), as with torch modules."""

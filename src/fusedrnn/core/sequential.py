@@ -93,6 +93,12 @@ class Sequential(ReadOnlyConfig):
         for layer in self.layers:
             layer.zero_grad()
 
+    def quantize(self, precision: str) -> "Sequential":
+        """An inference-only copy with every recurrent layer quantized to `precision`
+        ("bf16" or "int8", see `fr.LSTM.quantize`); Linear layers stay float32 (shared)."""
+        from .quantized import quantize
+        return quantize(self, precision)
+
     def initial_state(self, batch: int) -> List[Any]:
         """Zero states: a list with a state per recurrent layer, None elsewhere."""
         return [l.initial_state(batch) if is_recurrent(l) else None for l in self.layers]

@@ -68,12 +68,14 @@ def register_layer(cls: Type[Any], name: Optional[str] = None) -> Type[Any]:
 
 
 def _builtin_layers() -> None:
-    """Register LSTM, RNN, GRU and Linear (once; imported late to avoid an import cycle)."""
+    """Register LSTM, RNN, GRU, Linear and the quantized LSTM and RNN (once; imported late
+    to avoid an import cycle)."""
     from ..core.gru import GRU
     from ..core.linear import Linear
     from ..core.lstm import LSTM
+    from ..core.quantized import QuantizedLSTM, QuantizedRNN
     from ..core.rnn import RNN
-    for cls in (LSTM, RNN, GRU, Linear):
+    for cls in (LSTM, RNN, GRU, Linear, QuantizedLSTM, QuantizedRNN):
         _LAYERS.setdefault(cls.__name__, cls)
 
 
@@ -157,11 +159,12 @@ def model_from_config(tree: Dict[str, Any]) -> Any:
 
 
 class _Planned(Exception):
-    """Carries the parameter shapes out of a probing constructor (see `_layer_plan`)."""
+    """Carries the parameter shapes and dtypes out of a probing constructor (see
+    `_layer_plan`)."""
 
-    def __init__(self, shapes: Dict[str, Tuple[int, ...]], dtype: np.dtype) -> None:
+    def __init__(self, shapes: Dict[str, Tuple[int, ...]], dtypes: Dict[str, np.dtype]) -> None:
         super().__init__()
-        self.shapes, self.dtype = shapes, dtype
+        self.shapes, self.dtypes = shapes, dtypes
 
 
 def _layer_plan(cls: Type[Any], kwargs: Dict[str, Any]) -> Optional[Dict[str, Tuple[Tuple[int, ...], np.dtype]]]:
@@ -176,13 +179,17 @@ def _layer_plan(cls: Type[Any], kwargs: Dict[str, Any]) -> Optional[Dict[str, Tu
     if issubclass(cls, RecurrentLayer):
         class Probe(cls):  # type: ignore[misc, valid-type]
             def _param_shapes(self) -> Dict[str, Tuple[int, ...]]:
-                raise _Planned(super()._param_shapes(), self.dtype)
+                shapes = super()._param_shapes()
+                # a quantized layer stores its reduced weights as int8 / uint16
+                per_key = getattr(self, "_param_dtypes_for", None)
+                raise _Planned(shapes, per_key(shapes) if per_key else
+                               {k: self.dtype for k in shapes})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 Probe(**kwargs)
             except _Planned as plan:
-                return {k: (tuple(shape), plan.dtype) for k, shape in plan.shapes.items()}
+                return {k: (tuple(shape), plan.dtypes[k]) for k, shape in plan.shapes.items()}
         return None  # pragma: no cover - the constructor no longer asks for the shapes
     if cls is Linear:
         extra = set(kwargs) - {"in_features", "out_features", "bias", "dtype"}
@@ -269,7 +276,10 @@ def save(path: "os.PathLike[str] | str", model: Any, optimizer: Any = None,
     plan = _model_plan(config)
     arrays: Dict[str, np.ndarray] = {}
     for k, p in model.params.items():
-        if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
+        # floating point, or the integer storage a quantized layer's plan names
+        planned = plan is not None and k in plan and isinstance(p, np.ndarray) \
+            and p.dtype == plan[k][1]
+        if not isinstance(p, np.ndarray) or (p.dtype.kind != "f" and not planned):
             raise TypeError(f"params[{k!r}] must be a floating-point numpy array, got "
                             f"{getattr(p, 'dtype', type(p).__name__)}")
         arrays[f"param/{k}"] = np.ascontiguousarray(p)
@@ -533,7 +543,10 @@ def load_checkpoint(path: "os.PathLike[str] | str") -> Checkpoint:
         if a.shape != p.shape or a.dtype != p.dtype:
             raise _bad(path, f"parameter {k!r} is {a.dtype}{a.shape}, the model built from the "
                              f"configuration expects {p.dtype}{p.shape}")
+        writeable = p.flags.writeable  # a quantized layer's parameters are read-only
+        p.flags.writeable = True
         p[...] = a
+        p.flags.writeable = writeable
     optimizer = None
     oh = header.get("optimizer")
     if oh is not None:
