@@ -147,8 +147,8 @@ int FN(fr_gru_forward)(const FN(fr_gru_forward_seq) *seq, const FN(fr_gru_weight
     FN(gru_fwd) c = {.cfg = cfg, .seq = seq, .w = w};
     fr_regions_point((void **)c.p, nf, GF_COUNT, seq->work, sizeof(real), 1);
     c.pack = plan.ukernel;
-    c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? c.p[GF_WX_P] : NULL};
-    c.h = (WMAT){w->W_h, H, 1, plan.ukernel ? c.p[GF_WH_P] : NULL};
+    c.x = (WMAT){.W = w->W_x, .ld = I, .trans = 1, .packed = plan.ukernel ? c.p[GF_WX_P] : NULL};
+    c.h = (WMAT){.W = w->W_h, .ld = H, .trans = 1, .packed = plan.ukernel ? c.p[GF_WH_P] : NULL};
     fr_poll_init(&c.poll, call);
     /* the x-side GEMM: chunks of the inference workspace, or all T steps of a
      * training call at once (in whole chunks when the call can be interrupted) */
@@ -340,8 +340,9 @@ int FN(fr_gru_backward)(const FN(fr_gru_grads) *g, const FN(fr_gru_backward_seq)
     const size_t BH = (size_t)(B * H);
     FN(fr_copy_or_zero)(p[GB_F_CHI], seq->dh_T, BH);
     memset(p[GB_ZEROS], 0, BH * sizeof(real));
-    c.h = (WMAT){w->W_h, H, 0, plan.ukernel ? p[GB_WH_P] : NULL};
-    c.hn = (WMAT){w->W_h + (size_t)2 * H * H, H, 0, plan.ukernel ? p[GB_WN_P] : NULL};
+    c.h = (WMAT){.W = w->W_h, .ld = H, .trans = 0, .packed = plan.ukernel ? p[GB_WH_P] : NULL};
+    c.hn = (WMAT){.W = w->W_h + (size_t)2 * H * H, .ld = H, .trans = 0,
+                  .packed = plan.ukernel ? p[GB_WN_P] : NULL};
     fr_poll_init(&c.poll, call);
     c.piece = fr_piece_steps(&c.poll, T, 2.0 * (double)B * 3.0 * (double)H * (double)(2 * I + H),
                              1);
