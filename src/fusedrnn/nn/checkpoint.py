@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tup
 import numpy as np
 
 from ..core import _validate as V
+from ..core._tracked import is_tracked
 from . import optim as _optim
 
 __all__ = ["save", "load", "load_checkpoint", "Checkpoint", "register_layer", "model_config",
@@ -543,10 +544,12 @@ def load_checkpoint(path: "os.PathLike[str] | str") -> Checkpoint:
         if a.shape != p.shape or a.dtype != p.dtype:
             raise _bad(path, f"parameter {k!r} is {a.dtype}{a.shape}, the model built from the "
                              f"configuration expects {p.dtype}{p.shape}")
-        writeable = p.flags.writeable  # a quantized layer's parameters are read-only
-        p.flags.writeable = True
-        p[...] = a
-        p.flags.writeable = writeable
+        if is_tracked(p) or p.flags.writeable:  # a tracked array counts the write itself
+            p[...] = a
+        else:  # a quantized layer's parameters are read-only
+            p.flags.writeable = True
+            p[...] = a
+            p.flags.writeable = False
     optimizer = None
     oh = header.get("optimizer")
     if oh is not None:
