@@ -132,6 +132,21 @@ def test_bench_lstm(tmp_path):
         assert all(t["n"] == 2 and t["warmup"] == 0 for t in timings.values())
 
 
+def test_bench_gru(tmp_path):
+    out = tmp_path / "gru.md"
+    proc = run_script("bench/bench_gru.py", "--quick", "--threads", "1", "--out", str(out))
+    table = out.read_text()
+    assert table in proc.stdout
+    rows = [line for line in table.splitlines() if line.startswith("| small") or
+            line.startswith("| float64")]
+    assert len(rows) == 4  # two cases x (inference, train)
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[2]) > 0 and float(cells[3]) > 0 and cells[5].endswith("x")
+    ort_cells = [row.split("|")[5].strip() for row in rows]
+    assert ort_cells == [ort_cells[0], "-", "-", "-"] and float(ort_cells[0]) > 0  # float32 inference
+
+
 def test_check_refuses_disagreeing_competitors(monkeypatch):
     import fusedrnn as fr
     cases, problems = bench_module("cases"), bench_module("problems")
