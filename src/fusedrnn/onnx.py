@@ -857,7 +857,7 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
     data-moving operators (replayed on indices to check), all of the same kind,
     hidden size, directions and options; every graph output must be the last
     node's Y or final states, moved or concatenated; every node needs its
-    hidden_size and float weights of one type (see fusedrnn._onnx_graph). Parameters are mapped back
+    hidden_size and float weights of one type (see fusedrnn.interop._onnx_graph). Parameters are mapped back
     exactly (gates reordered, B = [Wb; Rb] summed to b, P to w_s). For other
     graphs use `load_nodes`. path: a file path (external data is read only from
     the model's folder) or an onnx.ModelProto. dtype: default the weights'.

@@ -152,7 +152,7 @@ def warp_grad(act: Any, a: np.ndarray) -> np.ndarray:
 
 
 def activation(spec: Any) -> Activation:
-    """The Activation that `spec` names (see fusedrnn._activations)."""
+    """The Activation that `spec` names (see fusedrnn.core._activations)."""
     return _acts.parse(spec)
 
 
