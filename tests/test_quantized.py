@@ -104,7 +104,10 @@ OPTIONS = {
 @pytest.mark.parametrize("option", list(OPTIONS))
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_every_option_matches_the_oracle_and_stays_near_float(precision, option):
-    rng = np.random.default_rng(abs(hash(option)) % 1000)
+    # data seeded by the option's place in OPTIONS: the same in every process (hash() of a
+    # str is not). Rarely (about 1 in 200 draws here) a rounding flip early in a row moves
+    # more than 5% of the elements a little: the bound below stands, the draws are fixed.
+    rng = np.random.default_rng(list(OPTIONS).index(option))
     kw = OPTIONS[option]
     lstm = fr.LSTM(6, 12, seed=3, **kw)
     q = lstm.quantize(precision)
