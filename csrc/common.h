@@ -51,6 +51,44 @@ static inline int fr_fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
         if (fr_rc_ != FR_OK) return fr_rc_; \
     } while (0)
 
+/* Bodies specialised by a constant flag at each call (one loop per variant). */
+#define FR_ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* ---- warping functions (§9) ------------------------------------------------ */
+/* A configuration's activation is valid: a known kind, finite parameters. */
+static inline int fr_activation_ok(const fr_activation *f) {
+    return f->kind >= FR_ACT_DEFAULT && f->kind < FR_ACT_COUNT && isfinite(f->alpha) &&
+           isfinite(f->beta);
+}
+/* f with FR_ACT_DEFAULT replaced by the cell's default kind. */
+static inline fr_activation fr_activation_or(fr_activation f, int default_kind) {
+    if (f.kind == FR_ACT_DEFAULT) f.kind = default_kind;
+    return f;
+}
+/* The LSTM's warping functions, defaults resolved; general: not sigmoid, tanh,
+ * tanh, so the store keeps the accumulations and the backward their derivatives. */
+typedef struct {
+    fr_activation gate, cell, output;
+    int general;
+} fr_lstm_warps;
+static inline fr_lstm_warps fr_lstm_warps_of(const fr_lstm_config *cfg) {
+    fr_lstm_warps w;
+    w.gate = fr_activation_or(cfg->gate, FR_ACT_SIGMOID);
+    w.cell = fr_activation_or(cfg->cell, FR_ACT_TANH);
+    w.output = fr_activation_or(cfg->output, FR_ACT_TANH);
+    w.general = w.gate.kind != FR_ACT_SIGMOID || w.cell.kind != FR_ACT_TANH ||
+                w.output.kind != FR_ACT_TANH;
+    return w;
+}
+/* The RNN's G, default resolved; general: not tanh or clipped, so the store
+ * keeps s[n] and the backward takes G'(clip(s[n])) from it. */
+static inline fr_activation fr_rnn_warp_of(const fr_rnn_config *cfg) {
+    return fr_activation_or(cfg->activation, FR_ACT_TANH);
+}
+static inline int fr_rnn_general(const fr_rnn_config *cfg) {
+    return fr_rnn_warp_of(cfg).kind != FR_ACT_TANH || cfg->accumulation_clip > 0;
+}
+
 /* Row b is active at step n: not past its length (lengths NULL: all T steps). */
 static inline int fr_active(const int64_t *lengths, int64_t b, int64_t n) {
     return lengths == NULL || n < lengths[b];

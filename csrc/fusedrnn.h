@@ -68,6 +68,31 @@ typedef struct {
     void *interrupt_ctx;
 } fr_call;
 
+/* ---- warping functions (§9) ----------------------------------------------------
+ * G_c and G_d of the LSTM, G of the RNN: the activations ONNX defines for its
+ * recurrent operators, with their parameters alpha and beta (unused ones are
+ * ignored). FR_ACT_DEFAULT (0, what a zeroed configuration holds) is the cell's
+ * own choice: sigmoid for the LSTM's gates, tanh everywhere else. */
+enum {
+    FR_ACT_DEFAULT = 0,
+    FR_ACT_SIGMOID,          /* 1 / (1 + e^-a) */
+    FR_ACT_TANH,             /* tanh(a) */
+    FR_ACT_RELU,             /* max(a, 0) */
+    FR_ACT_HARD_SIGMOID,     /* clip(alpha a + beta, 0, 1) */
+    FR_ACT_AFFINE,           /* alpha a + beta */
+    FR_ACT_LEAKY_RELU,       /* a >= 0 ? a : alpha a */
+    FR_ACT_THRESHOLDED_RELU, /* a > alpha ? a : 0 */
+    FR_ACT_SCALED_TANH,      /* alpha tanh(beta a) */
+    FR_ACT_ELU,              /* a >= 0 ? a : alpha (e^a - 1) */
+    FR_ACT_SOFTSIGN,         /* a / (1 + |a|) */
+    FR_ACT_SOFTPLUS,         /* log(1 + e^a) */
+    FR_ACT_COUNT
+};
+typedef struct {
+    int kind;            /* FR_ACT_* */
+    double alpha, beta;  /* finite */
+} fr_activation;
+
 /* ---- LSTM: Vanilla (§2) and augmented (§3) --------------------------------
  * One layer, one direction. Fused gate order (cu, cs, du, cr) = PyTorch (i, f, g, o).
  * R = P with the projection, else H: the width of the output and of the
@@ -93,6 +118,9 @@ typedef struct {
     const int64_t *lengths;   /* (B) valid steps of each row in [0, T], or NULL: all T */
     int reduced;              /* FR_REDUCED_*: inference with the weight products in bf16 or
                                  int8 (float32 only), the weights in w->reduced */
+    fr_activation gate;       /* G_c of the three gates (ONNX f), default sigmoid */
+    fr_activation cell;       /* G_d of the data update u (ONNX g), default tanh */
+    fr_activation output;     /* G_d of the readout r = G_d(s[n]) (ONNX h), default tanh */
 } fr_lstm_config;
 
 /* Reduced precision for inference (docs/equations.md §7): the products of the
@@ -161,7 +189,7 @@ typedef struct { FR_LSTM_BACKWARD_SEQ_FIELDS(double) } fr_lstm_backward_seq_f64;
 
 /* Elements of the activation store a training forward fills and the backward
  * reads: gates (T, B, 4H) (warped; the accumulations a_* when
- * accumulation_clip is on), states s (T, B, H), and with projection the
+ * accumulation_clip is on or a warping function is not the default), states s (T, B, H), and with projection the
  * unprojected outputs v (T, B, H). */
 int fr_lstm_acts_size(size_t *n_elems, const fr_lstm_config *cfg);
 /* Elements of scratch space for a forward (training or inference) or backward. */
@@ -199,13 +227,16 @@ int fr_lstm_backward_f64(const fr_lstm_grads_f64 *g, const fr_lstm_backward_seq_
                          const fr_call *call);
 
 /* ---- Canonical RNN (§1) ----------------------------------------------------
- *   s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + theta_s,  r[n] = tanh(s[n]) */
+ *   s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + theta_s,  r[n] = G(clip(s[n], -c, c))
+ * (1.9); G = tanh by default, the state s keeps the unclipped value. */
 typedef struct {
     int64_t T, B, I, H;
     int state_feedback;     /* 0: W_s = 0 (standard RNN), 1: W_s used */
     int reverse;            /* visit the steps T-1 .. 0 */
     const int64_t *lengths; /* (B) valid steps per row in [0, T], or NULL; padding holds
                                the state as for the LSTM */
+    double accumulation_clip; /* > 0: G sees clip(s[n], -c, c) (ONNX's clip); 0: off */
+    fr_activation activation; /* G, default tanh */
 } fr_rnn_config;
 
 #define FR_RNN_WEIGHTS_FIELDS(real)                                                \
@@ -252,7 +283,8 @@ typedef struct { FR_RNN_FORWARD_SEQ_FIELDS(double) } fr_rnn_forward_seq_f64;
 typedef struct { FR_RNN_BACKWARD_SEQ_FIELDS(float) } fr_rnn_backward_seq_f32;
 typedef struct { FR_RNN_BACKWARD_SEQ_FIELDS(double) } fr_rnn_backward_seq_f64;
 
-/* Activation store: states s (T, B, H) with state feedback, else nothing. */
+/* Activation store: states s (T, B, H) with state feedback, the accumulation
+ * clip or G other than tanh, else nothing. */
 int fr_rnn_acts_size(size_t *n_elems, const fr_rnn_config *cfg);
 int fr_rnn_workspace_size(size_t *n_elems, const fr_rnn_config *cfg, int training);
 int fr_rnn_backward_workspace_size(size_t *n_elems, const fr_rnn_config *cfg);

@@ -13,6 +13,9 @@ static int lstm_check_config(const fr_lstm_config *cfg) {
         return FR_EINVAL;
     /* clips: 0 is off; negative or NaN is invalid */
     if (!(cfg->cell_clip >= 0) || !(cfg->accumulation_clip >= 0)) return FR_EINVAL;
+    if (!fr_activation_ok(&cfg->gate) || !fr_activation_ok(&cfg->cell) ||
+        !fr_activation_ok(&cfg->output))
+        return FR_EINVAL;
     if (cfg->lengths)
         for (int64_t b = 0; b < cfg->B; b++)
             if (cfg->lengths[b] < 0 || cfg->lengths[b] > cfg->T) return FR_EINVAL;
@@ -40,9 +43,17 @@ enum { LQ_WX, LQ_WV, LQ_WQ, LQ_COUNT };  /* reduced-precision forward weights (b
  * recurrent (and projection) GEMMs, rounded or quantised (qgemm.h) */
 enum { LF_CHUNK, LF_S_RING, LF_V_BLK, LF_GW, LF_PACKED, LF_QX, LF_QR, LF_COUNT };
 enum {                                                                /* backward workspace */
-    LB_DA, LB_DQ, LB_F_CHI, LB_HOLD, LB_F_PSI, LB_CHI, LB_PSI, LB_R_ROW, LB_ZEROS, LB_DW_SINK,
+    LB_DA, LB_DQ, LB_F_CHI, LB_HOLD, LB_F_PSI, LB_CHI, LB_PSI, LB_R_ROW, LB_DR_ROW, LB_ZEROS,
+    LB_DW_SINK,
     LB_GW, LB_MASK, LB_WV_P, LB_WQ_P, LB_SAVE, LB_COUNT
 };
+
+/* The store keeps the accumulations a_* (not the warped gates): with the
+ * accumulation clip, or with a warping function other than the default, whose
+ * derivative the backward takes at a_*. */
+static int lstm_keeps_accumulations(const fr_lstm_config *cfg) {
+    return cfg->accumulation_clip > 0 || fr_lstm_warps_of(cfg).general;
+}
 
 static int lstm_ukernel_ok(const fr_lstm_config *cfg) {
     return cfg->peepholes != FR_PEEP_FULL; /* full peepholes: a GEMM between the passes */
@@ -100,7 +111,7 @@ static int lstm_forward_regions(size_t n[LF_COUNT], const fr_lstm_config *cfg, i
         n[LF_S_RING] = 2 * BH;
         n[LF_V_BLK] = cfg->P ? BH : 0;
     }
-    n[LF_GW] = cfg->accumulation_clip > 0 ? B4H : 0; /* warped gates when acts keeps a_* */
+    n[LF_GW] = lstm_keeps_accumulations(cfg) ? B4H : 0; /* (B, 4H) warped gates when acts keeps a_* */
     if (lstm_ukernel_ok(cfg) && !cfg->reduced) FR_CHECK(lstm_packed_total(&n[LF_PACKED], cfg));
     if (cfg->reduced && !training) {
         const int64_t K = cfg->P ? (cfg->P > cfg->H ? cfg->P : cfg->H) : cfg->H; /* R, H */
@@ -129,10 +140,11 @@ static int lstm_backward_regions(size_t n[LB_COUNT], const fr_lstm_config *cfg) 
     n[LB_CHI] = BH;                            /* (B, H) dE/dv[n] */
     n[LB_PSI] = BH;                            /* (B, H) dE/ds[n] */
     n[LB_R_ROW] = H;                           /* (H) r[n] of one row */
+    n[LB_DR_ROW] = fr_lstm_warps_of(cfg).general ? H : 0; /* (H) G_d'(s[n]) of one row */
     n[LB_ZEROS] = BR > 3 * H ? BR : 3 * H;     /* zeros: absent dy, peepholes */
     n[LB_DW_SINK] = 3 * H;                     /* (3, H) diagonal grads without peepholes */
-    n[LB_GW] = B4H;                            /* (B, 4H) gates recomputed (acc. clip) */
-    n[LB_MASK] = B4H;                          /* (B, 4H) accumulation-clip masks */
+    n[LB_GW] = B4H;                            /* (B, 4H) gates recomputed from a_* */
+    n[LB_MASK] = B4H;                          /* (B, 4H) clip masks (times G' when general) */
     n[LB_WV_P] = n[LB_WQ_P] = 0;
     if (lstm_ukernel_ok(cfg)) {
         FR_CHECK(fr_mul(&n[LB_WV_P], fr_pad32((int64_t)R), 4 * H)); /* W_v (K = 4H, N = R) */

@@ -34,6 +34,7 @@ static void FN(lstm_row_state)(real *a,               /* (4, H) accumulations a_
                                const real *restrict sp,  /* (n) s[n-1] */
                                const real *restrict b,   /* (4, H) */
                                const real *restrict w_s, /* (3, H) diagonal peepholes or NULL */
+                               const fr_lstm_warps *wp,  /* G_c, G_d */
                                real c_acc, real c_cell, int coupled, int64_t H, int64_t n) {
     for (int g = 0; g < 4; g++)
         for (int64_t j = 0; j < n; j++) a[g * H + j] += b[g * H + j];
@@ -49,9 +50,9 @@ static void FN(lstm_row_state)(real *a,               /* (4, H) accumulations a_
             for (int64_t j = 0; j < n; j++) gw[g * H + j] = FN(clip)(a[g * H + j], c_acc);
         src = gw;
     }
-    FN(vsigmoid)(gw, src, n);                 /* g_cu = G_c(a_cu) */
-    FN(vsigmoid)(gw + H, src + H, n);         /* g_cs = G_c(a_cs) */
-    FN(vtanh)(gw + 2 * H, src + 2 * H, n);    /* u = G_d(a_du) */
+    FN(vwarp)(&wp->gate, gw, src, n);                 /* g_cu = G_c(a_cu) (2.5) */
+    FN(vwarp)(&wp->gate, gw + H, src + H, n);         /* g_cs = G_c(a_cs) */
+    FN(vwarp)(&wp->cell, gw + 2 * H, src + 2 * H, n); /* u = G_d(a_du) (2.6) */
     if (coupled)
         for (int64_t j = 0; j < n; j++) gw[H + j] = 1 - gw[j];   /* g_cs = 1 - g_cu */
     for (int64_t j = 0; j < n; j++) s[j] = gw[H + j] * sp[j] + gw[j] * gw[2 * H + j];
@@ -61,45 +62,53 @@ static void FN(lstm_row_state)(real *a,               /* (4, H) accumulations a_
         for (int64_t j = 0; j < n; j++) a[3 * H + j] += w_s[2 * H + j] * s[j];
 }
 
-/* Part 2: g_cr = G_c(a_cr), v[n] = g_cr G_d(s[n]). */
+/* Part 2: g_cr = G_c(a_cr), v[n] = g_cr G_d(s[n]) (2.7), (2.8). */
 FR_TARGET_CLONES
 static void FN(lstm_row_readout)(real *a_cr,           /* (n) */
                                  real *gw_cr,          /* (n) may alias a_cr */
                                  real *restrict v,     /* (n) v[n] out */
                                  const real *restrict s, /* (n) s[n] */
-                                 real c_acc, int64_t n) {
+                                 const fr_lstm_warps *wp, real c_acc, int64_t n) {
     if (c_acc > 0)
         for (int64_t j = 0; j < n; j++) gw_cr[j] = FN(clip)(a_cr[j], c_acc);
-    FN(vsigmoid)(gw_cr, c_acc > 0 ? gw_cr : a_cr, n);
-    FN(vtanh)(v, s, n);
+    FN(vwarp)(&wp->gate, gw_cr, c_acc > 0 ? gw_cr : a_cr, n);
+    FN(vwarp)(&wp->output, v, s, n);
     for (int64_t j = 0; j < n; j++) v[j] *= gw_cr[j];
 }
 
 
 /* ---- backward -----------------------------------------------------------------
- * With the accumulation clip the store holds a_*; recompute the gates of one
- * row and the clip masks (1 where |a| <= c, the gradient of the clip). */
+ * When the store holds a_* (accumulation clip, or general warping functions),
+ * recompute the gates of one row and the clip masks (1 where |a| <= c, the
+ * gradient of the clip; c = inf without the clip). With general functions the
+ * mask is then multiplied by G'(clip(a)): the whole derivative d g / d a. */
 FR_TARGET_CLONES
 static void FN(lstm_row_regate)(real *restrict gw, real *restrict mask, const real *restrict a,
-                                real c_acc, int coupled, int64_t H, int64_t n) {
+                                const fr_lstm_warps *wp, real c_acc, int coupled, int64_t H,
+                                int64_t n) {
     for (int g = 0; g < 4; g++)
         for (int64_t j = 0; j < n; j++) {
             const real ag = a[g * H + j];
             mask[g * H + j] = (real)((ag <= c_acc) & (ag >= -c_acc)); /* no branch */
             gw[g * H + j] = FN(clip)(ag, c_acc);
         }
-    FN(vsigmoid)(gw, gw, n);
-    FN(vsigmoid)(gw + H, gw + H, n);
-    FN(vtanh)(gw + 2 * H, gw + 2 * H, n);
-    FN(vsigmoid)(gw + 3 * H, gw + 3 * H, n);
+    if (wp->general)
+        for (int g = 0; g < 4; g++)
+            FN(vwarp_grad_mul)(mask + g * H, gw + g * H, n, g == 2 ? &wp->cell : &wp->gate);
+    FN(vwarp)(&wp->gate, gw, gw, n);
+    FN(vwarp)(&wp->gate, gw + H, gw + H, n);
+    FN(vwarp)(&wp->cell, gw + 2 * H, gw + 2 * H, n);
+    FN(vwarp)(&wp->gate, gw + 3 * H, gw + 3 * H, n);
     if (coupled)
         for (int64_t j = 0; j < n; j++) gw[H + j] = 1 - gw[j];
 }
 
 /* Part 1 for one active row: r[n], alpha_cr and psi = dE/ds[n] without the
- * full-peephole term W_scr^T alpha_cr (a GEMM the caller adds). */
-FR_TARGET_CLONES
-static void FN(lstm_row_backward_readout)(real *restrict ar,        /* (4H) alpha_cr at 3H */
+ * full-peephole term W_scr^T alpha_cr (a GEMM the caller adds). general: the
+ * derivatives are mask (d g / d a) and dr = G_d'(s[n]); otherwise sigmoid and
+ * tanh's, from the gates and r (one loop for each, chosen per row). */
+FR_ALWAYS_INLINE
+void FN(lstm_row_backward_readout_body)(real *restrict ar,        /* (4H) alpha_cr at 3H */
                                           real *restrict psi,       /* (H) out */
                                           real *restrict dw_scr,    /* (H) += */
                                           real *restrict r,         /* (H) scratch r[n] */
@@ -109,22 +118,31 @@ static void FN(lstm_row_backward_readout)(real *restrict ar,        /* (4H) alph
                                           const real *restrict mask,/* (4H) clip masks */
                                           const real *restrict s,   /* (H) s[n] */
                                           const real *restrict w_scr, /* (H) */
+                                          real *restrict dr,        /* (H) scratch G_d'(s[n]) */
+                                          const fr_lstm_warps *wp, int general,
                                           int64_t H, int64_t n) {
-    FN(vtanh)(r, s, n); /* r[n] = G_d(s[n]), recomputed rather than stored */
+    FN(vwarp)(&wp->output, r, s, n); /* r[n] = G_d(s[n]), recomputed rather than stored */
+    if (general) {
+        for (int64_t j = 0; j < n; j++) dr[j] = 1;
+        FN(vwarp_grad_mul)(dr, s, n, &wp->output);
+    }
     for (int64_t j = 0; j < n; j++) {
         const real g_cr = gw[3 * H + j];
-        const real alpha_cr = chi[j] * r[j] * g_cr * (1 - g_cr) * mask[3 * H + j];
+        const real d_cr = general ? mask[3 * H + j] : g_cr * (1 - g_cr) * mask[3 * H + j];
+        const real d_r = general ? dr[j] : 1 - r[j] * r[j];
+        const real alpha_cr = chi[j] * r[j] * d_cr;
         const real rho = chi[j] * g_cr;                                 /* dE/dr[n] */
-        psi[j] = rho * (1 - r[j] * r[j]) + w_scr[j] * alpha_cr + f_psi[j];
+        psi[j] = rho * d_r + w_scr[j] * alpha_cr + f_psi[j];
         dw_scr[j] += alpha_cr * s[j];                  /* dE/dw_scr = sum alpha_cr s[n] */
         ar[3 * H + j] = alpha_cr;
     }
 }
 
 /* Part 2 for one active row: the cell clip's gradient, alpha_cs, alpha_cu,
- * alpha_du and f_psi[n] without the full-peephole terms (a GEMM). */
-FR_TARGET_CLONES
-static void FN(lstm_row_backward_state)(real *restrict ar,          /* (4H) alpha_cu|cs|du */
+ * alpha_du and f_psi[n] without the full-peephole terms (a GEMM); general as
+ * for part 1. */
+FR_ALWAYS_INLINE
+void FN(lstm_row_backward_state_body)(real *restrict ar,          /* (4H) alpha_cu|cs|du */
                                         real *restrict f_psi,       /* (H) f_psi[n] out */
                                         real *restrict dw_s,        /* (3, H) += (cu, cs) */
                                         const real *restrict psi,   /* (H) dE/ds[n] */
@@ -132,7 +150,8 @@ static void FN(lstm_row_backward_state)(real *restrict ar,          /* (4H) alph
                                         const real *restrict mask,  /* (4H) */
                                         const real *restrict sp,    /* (H) s[n-1] */
                                         const real *restrict w_s,   /* (3, H) diagonal or zeros */
-                                        real c_cell, real coupled, int64_t H, int64_t n) {
+                                        real c_cell, real coupled, int general, int64_t H,
+                                        int64_t n) {
     /* one pointer per gate row, so that the loop vectorises */
     real *restrict ar_cu = ar, *restrict ar_cs = ar + H, *restrict ar_du = ar + 2 * H;
     real *restrict dw_cu = dw_s, *restrict dw_cs = dw_s + H;
@@ -141,10 +160,13 @@ static void FN(lstm_row_backward_state)(real *restrict ar,          /* (4H) alph
         const real pre = g_cs * sp[j] + g_cu * u;               /* s[n] before the cell clip */
         const real keep = (real)((pre <= c_cell) & (pre >= -c_cell)); /* no branch */
         const real psi_p = psi[j] * keep;                       /* dE/d(pre-clip s[n]) */
-        const real alpha_cs = (1 - coupled) * psi_p * sp[j] * g_cs * (1 - g_cs) * mask[H + j];
+        const real d_cs = general ? mask[H + j] : g_cs * (1 - g_cs) * mask[H + j];
+        const real d_cu = general ? mask[j] : g_cu * (1 - g_cu) * mask[j];
+        const real d_du = general ? mask[2 * H + j] : (1 - u * u) * mask[2 * H + j];
+        const real alpha_cs = (1 - coupled) * psi_p * sp[j] * d_cs;
         /* with coupled gates s[n] = (1 - g_cu) s[n-1] + g_cu u: ds/dg_cu = u - s[n-1] */
-        const real alpha_cu = psi_p * (u - coupled * sp[j]) * g_cu * (1 - g_cu) * mask[j];
-        const real alpha_du = psi_p * g_cu * (1 - u * u) * mask[2 * H + j];
+        const real alpha_cu = psi_p * (u - coupled * sp[j]) * d_cu;
+        const real alpha_du = psi_p * g_cu * d_du;
         /* f_psi[n] = W_scu^T alpha_cu + W_scs^T alpha_cs + g_cs psi */
         f_psi[j] = g_cs * psi_p + w_s[j] * alpha_cu + w_s[H + j] * alpha_cs;
         dw_cu[j] += alpha_cu * sp[j];      /* dE/dw_scu = sum alpha_cu s[n-1] */
@@ -154,6 +176,39 @@ static void FN(lstm_row_backward_state)(real *restrict ar,          /* (4H) alph
         ar_du[j] = alpha_du;
     }
 }
+
+/* The two row passes, each specialised for the default and the general functions. */
+#define FR_ROW_READOUT_ARGS                                                                   \
+    real *restrict ar, real *restrict psi, real *restrict dw_scr, real *restrict r,          \
+        const real *restrict chi, const real *restrict f_psi, const real *restrict gw,       \
+        const real *restrict mask, const real *restrict s, const real *restrict w_scr,       \
+        real *restrict dr, const fr_lstm_warps *wp, int64_t H, int64_t n
+FR_TARGET_CLONES
+static void FN(lstm_row_backward_readout)(FR_ROW_READOUT_ARGS) {
+    FN(lstm_row_backward_readout_body)(ar, psi, dw_scr, r, chi, f_psi, gw, mask, s, w_scr, dr, wp,
+                                       0, H, n);
+}
+FR_TARGET_CLONES
+static void FN(lstm_row_backward_readout_general)(FR_ROW_READOUT_ARGS) {
+    FN(lstm_row_backward_readout_body)(ar, psi, dw_scr, r, chi, f_psi, gw, mask, s, w_scr, dr, wp,
+                                       1, H, n);
+}
+#undef FR_ROW_READOUT_ARGS
+#define FR_ROW_STATE_ARGS                                                                     \
+    real *restrict ar, real *restrict f_psi, real *restrict dw_s, const real *restrict psi,  \
+        const real *restrict gw, const real *restrict mask, const real *restrict sp,         \
+        const real *restrict w_s, real c_cell, real coupled, int64_t H, int64_t n
+FR_TARGET_CLONES
+static void FN(lstm_row_backward_state)(FR_ROW_STATE_ARGS) {
+    FN(lstm_row_backward_state_body)(ar, f_psi, dw_s, psi, gw, mask, sp, w_s, c_cell, coupled, 0,
+                                     H, n);
+}
+FR_TARGET_CLONES
+static void FN(lstm_row_backward_state_general)(FR_ROW_STATE_ARGS) {
+    FN(lstm_row_backward_state_body)(ar, f_psi, dw_s, psi, gw, mask, sp, w_s, c_cell, coupled, 1,
+                                     H, n);
+}
+#undef FR_ROW_STATE_ARGS
 
 
 /* ---- the GEMM table of a call -------------------------------------------------- */
@@ -229,6 +284,7 @@ typedef struct {
     real *a[LA_COUNT];  /* the activation store (training) */
     real *p[LF_COUNT];  /* the workspace */
     real *pk[LP_COUNT]; /* the panels (micro-kernel path) */
+    fr_lstm_warps wp;   /* G_c, G_d (§9) */
     int pack;           /* the members pack their panels first */
     int64_t Tc;         /* steps per x-side GEMM */
     FN(lstm_qcall) qc;  /* reduced precision (gm.*.qpacked set) */
@@ -242,8 +298,9 @@ static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
     const FN(lstm_gemms) *gm = &c->gm;
     const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, P = cfg->P;
     const int64_t R = P ? P : H, PW = FR_PW(real), Tc = c->Tc;
-    const int training = seq->acts != NULL, aclip = cfg->accumulation_clip > 0;
+    const int training = seq->acts != NULL, keep = lstm_keeps_accumulations(cfg);
     const int full = cfg->peepholes == FR_PEEP_FULL;
+    const fr_lstm_warps *wp = &c->wp;
     const real c_acc = (real)cfg->accumulation_clip, c_cell = (real)cfg->cell_clip;
     const real *w_diag = cfg->peepholes == FR_PEEP_DIAGONAL ? c->w->W_s : NULL; /* (3, H) */
     const real *bias = c->w->b;                                               /* (4H) */
@@ -275,7 +332,7 @@ static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
             const int64_t n = cfg->reverse ? T - 1 - k : k;
             const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
             real *g = g_lo + (size_t)(n - lo) * B4H;                           /* (B, 4H) */
-            real *gw = aclip ? gw_blk : g;                                     /* (B, 4H) */
+            real *gw = keep ? gw_blk : g;                                      /* (B, 4H) */
             const real *y_prev = k == 0 ? seq->y0 : y_seq + (size_t)n_prev * BR; /* (B, R) */
             const real *s_prev = k == 0 ? seq->s0
                                  : training ? s_all + (size_t)n_prev * BH
@@ -296,11 +353,11 @@ static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
                 const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
                 if (fr_active(cfg->lengths, bi, n)) {
                     FN(lstm_row_state)(g + og, gw + og, s_n + o, s_prev + o, bias + h0,
-                                       w_diag ? w_diag + h0 : NULL, c_acc, c_cell,
+                                       w_diag ? w_diag + h0 : NULL, wp, c_acc, c_cell,
                                        cfg->coupled_gates, H, nh);
                     if (!full)
                         FN(lstm_row_readout)(g + og + 3 * H, gw + og + 3 * H, v_n + o, s_n + o,
-                                             c_acc, nh);
+                                             wp, c_acc, nh);
                 } else { /* padding: hold the state */
                     memcpy(s_n + o, s_prev + o, (size_t)nh * sizeof(real));
                     if (P) /* finite, and never read with a nonzero weight */
@@ -314,7 +371,7 @@ static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
                 for (int64_t bi = 0; bi < B; bi++)
                     if (fr_active(cfg->lengths, bi, n))
                         FN(lstm_row_readout)(g + bi * G + 3 * H, gw + bi * G + 3 * H, v_n + bi * H,
-                                             s_n + bi * H, c_acc, H);
+                                             s_n + bi * H, wp, c_acc, H);
             }
             if (P) { /* q[n] = W_qv v[n] (§3b) over all of v[n]; padding holds q */
                 fr_team_barrier(team);
@@ -364,7 +421,7 @@ int FN(fr_lstm_forward)(const FN(fr_lstm_forward_seq) *seq, const FN(fr_lstm_wei
         plan.ukernel = 0; /* no float panels */
     }
 
-    FN(lstm_fwd) c = {.cfg = cfg, .seq = seq, .w = w};
+    FN(lstm_fwd) c = {.cfg = cfg, .seq = seq, .w = w, .wp = fr_lstm_warps_of(cfg)};
     fr_regions_point((void **)c.p, nf, LF_COUNT, seq->work, sizeof(real), 1);
     if (training) fr_regions_point((void **)c.a, na, LA_COUNT, seq->acts, sizeof(real), 0);
     if (plan.ukernel) {
@@ -439,6 +496,7 @@ typedef struct {
     real *p[LB_COUNT];       /* the workspace */
     const real *w_diag;      /* (3, H) diagonal peepholes, or zeros */
     real *dw_diag;           /* (3, H) their gradient, or a sink */
+    fr_lstm_warps wp;        /* G_c, G_d (§9) */
     int pack;                /* the members pack W_v, W_qv first (micro-kernel path) */
     int grads_in_team;       /* the gradient GEMMs on the micro-kernel, in the team */
     int64_t piece;           /* steps per piece of the gradient GEMMs */
@@ -501,8 +559,9 @@ static void FN(lstm_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
     const FN(lstm_gemms) *gm = &c->gm;
     const int64_t T = cfg->T, B = cfg->B, H = cfg->H, G = 4 * H, P = cfg->P, R = P ? P : H;
     const int64_t PW = FR_PW(real);
-    const int aclip = cfg->accumulation_clip > 0, full = cfg->peepholes == FR_PEEP_FULL;
-    const real c_acc = (real)cfg->accumulation_clip;
+    const int keep = lstm_keeps_accumulations(cfg), full = cfg->peepholes == FR_PEEP_FULL;
+    const fr_lstm_warps *wp = &c->wp;
+    const real c_acc = cfg->accumulation_clip > 0 ? (real)cfg->accumulation_clip : (real)INFINITY;
     const real c_cell = cfg->cell_clip > 0 ? (real)cfg->cell_clip : (real)INFINITY;
     const real coupled = (real)cfg->coupled_gates;
     const size_t B4H = (size_t)B * G, BH = (size_t)B * H, BR = (size_t)B * R;
@@ -510,7 +569,8 @@ static void FN(lstm_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
     real *dA = p[LB_DA], *dQ = p[LB_DQ];                      /* (T, B, 4H), (T, B, P) */
     real *f_chi = p[LB_F_CHI], *hold = p[LB_HOLD];            /* (B, R) */
     real *f_psi = p[LB_F_PSI], *chi = p[LB_CHI], *psi = p[LB_PSI]; /* (B, H) */
-    real *r_row = p[LB_R_ROW], *gw_blk = p[LB_GW], *mask_blk = p[LB_MASK];
+    real *r_row = p[LB_R_ROW], *dr_row = p[LB_DR_ROW]; /* (H) */
+    real *gw_blk = p[LB_GW], *mask_blk = p[LB_MASK];      /* (B, 4H) */
     const real *zeros = p[LB_ZEROS];
     const real *gates_all = c->a[LA_GATES], *s_all = c->a[LA_S];
     const real *w_diag = c->w_diag;
@@ -557,27 +617,28 @@ static void FN(lstm_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
                 continue; /* f_psi holds through padding */
             }
             const real *gw = g_n + og;
-            if (aclip) {
-                FN(lstm_row_regate)(gw_blk + og, mask_blk + og, g_n + og, c_acc, cfg->coupled_gates,
-                                    H, nh);
+            if (keep) {
+                FN(lstm_row_regate)(gw_blk + og, mask_blk + og, g_n + og, wp, c_acc,
+                                    cfg->coupled_gates, H, nh);
                 gw = gw_blk + og;
             }
-            FN(lstm_row_backward_readout)(dA_n + og, psi + o, dw_diag + 2 * H + h0, r_row + h0,
-                                          chi + o, f_psi + o, gw, mask_blk + og, s_n + o,
-                                          w_diag + 2 * H + h0, H, nh);
+            (wp->general ? FN(lstm_row_backward_readout_general) : FN(lstm_row_backward_readout))(
+                dA_n + og, psi + o, dw_diag + 2 * H + h0, r_row + h0, chi + o, f_psi + o, gw,
+                mask_blk + og, s_n + o, w_diag + 2 * H + h0, wp->general ? dr_row + h0 : NULL, wp,
+                H, nh);
             if (!full)
-                FN(lstm_row_backward_state)(dA_n + og, f_psi + o, dw_diag + h0, psi + o, gw,
-                                            mask_blk + og, s_prev + o, w_diag + h0, c_cell, coupled,
-                                            H, nh);
+                (wp->general ? FN(lstm_row_backward_state_general) : FN(lstm_row_backward_state))(
+                    dA_n + og, f_psi + o, dw_diag + h0, psi + o, gw, mask_blk + og, s_prev + o,
+                    w_diag + h0, c_cell, coupled, H, nh);
         }
         if (full) { /* psi += W_scr^T alpha_cr, the state pass, f_psi += W_scu^T a_cu + W_scs^T a_cs */
             FN(fr_wgemm)(psi, H, dA_n + 3 * H, G, &gm->b_scr, B, 0, H, H, 1);
             for (int64_t bi = 0; bi < B; bi++) {
                 if (!fr_active(cfg->lengths, bi, n)) continue;
-                const real *gw = aclip ? gw_blk + bi * G : g_n + bi * G;
-                FN(lstm_row_backward_state)(dA_n + bi * G, f_psi + bi * H, dw_diag, psi + bi * H,
-                                            gw, mask_blk + bi * G, s_prev + bi * H, w_diag, c_cell,
-                                            coupled, H, H);
+                const real *gw = keep ? gw_blk + bi * G : g_n + bi * G;
+                (wp->general ? FN(lstm_row_backward_state_general) : FN(lstm_row_backward_state))(
+                    dA_n + bi * G, f_psi + bi * H, dw_diag, psi + bi * H, gw, mask_blk + bi * G,
+                    s_prev + bi * H, w_diag, c_cell, coupled, H, H);
             }
             FN(fr_wgemm)(f_psi, H, dA_n, G, &gm->b_scs, B, 0, H, 2 * H, 1);
         }
@@ -621,7 +682,8 @@ int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_s
     real *const *p = c.p;
     memset(p[LB_ZEROS], 0, nb[LB_ZEROS] * sizeof(real));
     memset(p[LB_DW_SINK], 0, nb[LB_DW_SINK] * sizeof(real));
-    if (cfg->accumulation_clip <= 0)
+    c.wp = fr_lstm_warps_of(cfg);
+    if (!lstm_keeps_accumulations(cfg))
         for (size_t i = 0; i < nb[LB_MASK]; i++) p[LB_MASK][i] = 1;
     c.w_diag = diag ? w->W_s : p[LB_ZEROS];
     c.dw_diag = diag ? g->dW_s : p[LB_DW_SINK];

@@ -1,5 +1,5 @@
 /* Canonical RNN (§1): s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + theta_s,
- * r[n] = tanh(s[n]). One body, two precisions. */
+ * r[n] = G(clip(s[n])) (G = tanh by default, §9). One body, two precisions. */
 #include "common.h"
 
 static int rnn_check_config(const fr_rnn_config *cfg) {
@@ -7,6 +7,7 @@ static int rnn_check_config(const fr_rnn_config *cfg) {
     if (cfg->T < 1 || cfg->B < 1 || cfg->I < 1 || cfg->H < 1) return FR_EINVAL;
     if (cfg->state_feedback != 0 && cfg->state_feedback != 1) return FR_EINVAL;
     if (cfg->reverse != 0 && cfg->reverse != 1) return FR_EINVAL;
+    if (!(cfg->accumulation_clip >= 0) || !fr_activation_ok(&cfg->activation)) return FR_EINVAL;
     if (cfg->lengths)
         for (int64_t b = 0; b < cfg->B; b++)
             if (cfg->lengths[b] < 0 || cfg->lengths[b] > cfg->T) return FR_EINVAL;
@@ -19,14 +20,15 @@ static int rnn_check_config(const fr_rnn_config *cfg) {
 
 /* ---- the buffers: one region table each (see lstm.c) -------------------------- */
 enum { RF_CHUNK, RF_S_RING, RF_WX_P, RF_WR_P, RF_WS_P, RF_COUNT }; /* forward workspace */
-enum { RB_PSI, RB_F_CHI, RB_F_PSI, RB_HOLD_CHI, RB_HOLD_PSI, RB_WR_P, RB_WS_P, RB_SAVE,
-       RB_COUNT };                                                  /* backward workspace */
+enum { RB_PSI, RB_F_CHI, RB_F_PSI, RB_HOLD_CHI, RB_HOLD_PSI, RB_DG_ROW, RB_CS_ROW, RB_WR_P,
+       RB_WS_P, RB_SAVE, RB_COUNT };                                                  /* backward workspace */
 
-/* The backward needs s[n] only for dE/dW_s: states (T, B, H) with state
- * feedback, nothing without (G'(s[n]) = 1 - r[n]^2 comes from the output). */
+/* The backward needs s[n] for dE/dW_s and for G'(clip(s[n])): states (T, B, H)
+ * with state feedback or a general G, nothing otherwise (tanh'(s[n]) = 1 - r[n]^2
+ * comes from the output). */
 static int rnn_acts_elems(size_t *n, const fr_rnn_config *cfg) {
     *n = 0;
-    if (cfg->state_feedback) FR_CHECK(fr_mul3(n, (size_t)cfg->T, (size_t)cfg->B, (size_t)cfg->H));
+    if (cfg->state_feedback || fr_rnn_general(cfg)) FR_CHECK(fr_mul3(n, (size_t)cfg->T, (size_t)cfg->B, (size_t)cfg->H));
     return *n > FR_MAX_ELEMS ? FR_EOVERFLOW : FR_OK;
 }
 
@@ -36,7 +38,7 @@ static int rnn_acts_elems(size_t *n, const fr_rnn_config *cfg) {
 static int rnn_forward_regions(size_t n[RF_COUNT], const fr_rnn_config *cfg, int training) {
     const size_t B = (size_t)cfg->B, H = (size_t)cfg->H, H32 = fr_pad32(cfg->H);
     memset(n, 0, RF_COUNT * sizeof n[0]);
-    if (!(training && cfg->state_feedback)) {
+    if (!(training && (cfg->state_feedback || fr_rnn_general(cfg)))) {
         FR_CHECK(fr_mul3(&n[RF_CHUNK], (size_t)fr_inference_chunk(cfg->T, cfg->B), B, H));
         FR_CHECK(fr_mul3(&n[RF_S_RING], 2, B, H));
     }
@@ -55,6 +57,7 @@ static int rnn_backward_regions(size_t n[RB_COUNT], const fr_rnn_config *cfg) {
     FR_CHECK(fr_mul3(&n[RB_PSI], T, B, H));
     FR_CHECK(fr_mul(&n[RB_F_CHI], B, H));
     n[RB_F_PSI] = n[RB_HOLD_CHI] = n[RB_HOLD_PSI] = n[RB_F_CHI];
+    n[RB_DG_ROW] = n[RB_CS_ROW] = fr_rnn_general(cfg) ? H : 0; /* (H) G', clip(s) of a row */
     FR_CHECK(fr_mul(&n[RB_WR_P], fr_pad32(cfg->H), H));
     n[RB_WS_P] = cfg->state_feedback ? n[RB_WR_P] : 0;
     size_t w;

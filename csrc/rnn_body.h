@@ -8,20 +8,46 @@
 #include "warp_body.h"
 #include "cell_body.h"
 
-/* s[n] = accumulations + theta_s, r[n] = G(s[n]) for n units of one row. */
+static inline real FN(clip)(real a, real c) { return a > c ? c : (a < -c ? -c : a); }
+
+/* s[n] = accumulations + theta_s, r[n] = G(clip(s[n], -c, c)) (1.2), (1.9) for n
+ * units of one row (c_acc = 0: no clip). */
 FR_TARGET_CLONES
 static void FN(rnn_row_forward)(real *s, real *restrict r, const real *a,
-                                const real *restrict theta_s, int64_t n) {
+                                const real *restrict theta_s, const fr_activation *G,
+                                real c_acc, int64_t n) {
     for (int64_t j = 0; j < n; j++) s[j] = a[j] + theta_s[j]; /* (s and a may alias) */
-    FN(vtanh)(r, s, n);
+    if (c_acc > 0) {
+        for (int64_t j = 0; j < n; j++) r[j] = FN(clip)(s[j], c_acc);
+        FN(vwarp)(G, r, r, n);
+    } else {
+        FN(vwarp)(G, r, s, n);
+    }
 }
 
-/* psi[n] = G'(s[n]) chi[n] + W_s^T psi[n+1], chi[n] = dy/dr[n] + W_r^T psi[n+1]. */
+/* psi[n] = G'(s[n]) chi[n] + W_s^T psi[n+1], chi[n] = dy/dr[n] + W_r^T psi[n+1];
+ * G = tanh without the clip: G'(s[n]) = 1 - r[n]^2 from the output. */
 FR_TARGET_CLONES
 static void FN(rnn_row_backward)(real *restrict psi, const real *restrict f_psi,
                                  const real *restrict f_chi, const real *restrict dr,
                                  const real *restrict r, int64_t n) {
     for (int64_t j = 0; j < n; j++) psi[j] = (1 - r[j] * r[j]) * (dr[j] + f_chi[j]) + f_psi[j];
+}
+
+/* The same for any G and the clip (1.10): G'(clip(s[n])) from the stored s[n],
+ * zero where the clip is active (c_acc = inf: no clip); dg, cs: (n) scratch. */
+FR_TARGET_CLONES
+static void FN(rnn_row_backward_general)(real *restrict psi, const real *restrict f_psi,
+                                         const real *restrict f_chi, const real *restrict dr,
+                                         const real *restrict s, real *restrict dg,
+                                         real *restrict cs, const fr_activation *G, real c_acc,
+                                         int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
+        dg[j] = (real)((s[j] <= c_acc) & (s[j] >= -c_acc)); /* no branch */
+        cs[j] = FN(clip)(s[j], c_acc);
+    }
+    FN(vwarp_grad_mul)(dg, cs, n, G);
+    for (int64_t j = 0; j < n; j++) psi[j] = dg[j] * (dr[j] + f_chi[j]) + f_psi[j];
 }
 
 /* ---- forward ---------------------------------------------------------------------
@@ -33,6 +59,7 @@ typedef struct {
     const FN(fr_rnn_weights) *w;
     WMAT x, r, s;      /* the GEMM table: op = W_x^T (I, H), W_r^T, W_s^T (H, H) */
     real *p[RF_COUNT]; /* the workspace */
+    fr_activation G;   /* (§9) */
     int pack;          /* the members pack their panels first */
     int64_t Tc;        /* steps per x-side GEMM */
     fr_poll poll;
@@ -45,8 +72,10 @@ static void FN(rnn_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
     const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, Tc = c->Tc;
     const size_t BH = (size_t)B * H;
     /* States go to the activation store when the backward needs them (state
-     * feedback, training); otherwise through a chunk and a ping-pong pair. */
-    const int store = seq->acts != NULL && cfg->state_feedback;
+     * feedback or a general G, training); otherwise through a chunk and a
+     * ping-pong pair. */
+    const int store = seq->acts != NULL && (cfg->state_feedback || fr_rnn_general(cfg));
+    const real c_acc = (real)cfg->accumulation_clip;
     real *s_all = store ? seq->acts : NULL;  /* (T, B, H) */
     real *chunk = c->p[RF_CHUNK];            /* (Tc, B, H) */
     real *s_ring = c->p[RF_S_RING];          /* (2, B, H) */
@@ -81,7 +110,8 @@ static void FN(rnn_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
             for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
                 const size_t o = (size_t)bi * H + h0;
                 if (fr_active(cfg->lengths, bi, n)) {
-                    FN(rnn_row_forward)(s_n + o, r_n + o, a + o, c->w->theta_s + h0, nh);
+                    FN(rnn_row_forward)(s_n + o, r_n + o, a + o, c->w->theta_s + h0, &c->G, c_acc,
+                                        nh);
                 } else { /* padding holds the state */
                     memcpy(s_n + o, s_prev + o, (size_t)nh * sizeof(real));
                     memcpy(r_n + o, r_prev + o, (size_t)nh * sizeof(real));
@@ -102,14 +132,15 @@ int FN(fr_rnn_forward)(const FN(fr_rnn_forward_seq) *seq, const FN(fr_rnn_weight
         return FR_ENULL;
     if (cfg->state_feedback && !w->W_s) return FR_ENULL;
     const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H;
-    const int training = seq->acts != NULL, store = training && cfg->state_feedback;
+    const int training = seq->acts != NULL;
+    const int store = training && (cfg->state_feedback || fr_rnn_general(cfg));
     size_t nf[RF_COUNT], n_work;
     FR_CHECK(rnn_forward_regions(nf, cfg, training));
     FR_CHECK(fr_regions_total(&n_work, nf, RF_COUNT, 1));
     if (n_work > 0 && !seq->work) return FR_ENULL;
     const fr_plan plan = rnn_plan(cfg, call, sizeof(real));
 
-    FN(rnn_fwd) c = {.cfg = cfg, .seq = seq, .w = w};
+    FN(rnn_fwd) c = {.cfg = cfg, .seq = seq, .w = w, .G = fr_rnn_warp_of(cfg)};
     fr_regions_point((void **)c.p, nf, RF_COUNT, seq->work, sizeof(real), 1);
     c.pack = plan.ukernel;
     c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? c.p[RF_WX_P] : NULL, NULL};
@@ -143,6 +174,7 @@ typedef struct {
     const FN(fr_rnn_weights) *w;
     WMAT r, s;         /* the GEMM table: op = W_r, W_s (H, H) */
     real *p[RB_COUNT]; /* the workspace */
+    fr_activation G;   /* (§9) */
     int pack;
     int grads_in_team;
     int64_t piece; /* steps per piece of the gradient GEMMs */
@@ -192,6 +224,9 @@ static void FN(rnn_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
     real *psi_all = c->p[RB_PSI];                             /* (T, B, H) psi[n] of every step */
     real *f_chi = c->p[RB_F_CHI], *f_psi = c->p[RB_F_PSI];    /* (B, H) W_r^T, W_s^T psi[n+1] */
     real *hold_chi = c->p[RB_HOLD_CHI], *hold_psi = c->p[RB_HOLD_PSI]; /* (B, H) padding carries */
+    real *dg_row = c->p[RB_DG_ROW], *cs_row = c->p[RB_CS_ROW];          /* (H) general G */
+    const int general = fr_rnn_general(cfg);
+    const real c_acc = cfg->accumulation_clip > 0 ? (real)cfg->accumulation_clip : (real)INFINITY;
     int64_t h0, h1;
     fr_share(&h0, &h1, H, FR_PW(real), id, nth);
     const int64_t nh = h1 - h0;
@@ -203,11 +238,16 @@ static void FN(rnn_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
         const int64_t n = cfg->reverse ? T - 1 - k : k;
         real *psi = psi_all + (size_t)n * BH; /* (B, H) */
         const real *r = seq->r_seq + (size_t)n * BH;
+        const real *s_n = general ? seq->acts + (size_t)n * BH : NULL; /* (B, H) */
         for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
             const size_t o = (size_t)bi * H + h0;
             if (fr_active(cfg->lengths, bi, n)) { /* hold_chi is zero here: dr = 0 without dr_seq */
                 const real *dr = seq->dr_seq ? seq->dr_seq + (size_t)n * BH + o : hold_chi + o;
-                FN(rnn_row_backward)(psi + o, f_psi + o, f_chi + o, dr, r + o, nh);
+                if (general)
+                    FN(rnn_row_backward_general)(psi + o, f_psi + o, f_chi + o, dr, s_n + o,
+                                                 dg_row + h0, cs_row + h0, &c->G, c_acc, nh);
+                else
+                    FN(rnn_row_backward)(psi + o, f_psi + o, f_chi + o, dr, r + o, nh);
             } else { /* padding: no contribution, carries pass through */
                 memset(psi + o, 0, (size_t)nh * sizeof(real));
                 memcpy(hold_chi + o, f_chi + o, (size_t)nh * sizeof(real));
@@ -243,14 +283,16 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
     if (!g->dW_x || !g->dW_r || !g->dtheta_s || !seq->work || !seq->x || !seq->r_seq ||
         !seq->s0 || !seq->r0 || !w->W_x || !w->W_r)
         return FR_ENULL;
-    if (cfg->state_feedback && (!w->W_s || !g->dW_s || !seq->acts)) return FR_ENULL;
+    if (cfg->state_feedback && (!w->W_s || !g->dW_s)) return FR_ENULL;
+    if ((cfg->state_feedback || fr_rnn_general(cfg)) && !seq->acts) return FR_ENULL;
     const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H;
     size_t nb[RB_COUNT];
     FR_CHECK(rnn_backward_regions(nb, cfg));
     const fr_plan plan = rnn_plan(cfg, call, sizeof(real));
 
     FN(rnn_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .pack = plan.ukernel,
-                     .grads_in_team = plan.ukernel && plan.grads_in_team};
+                     .grads_in_team = plan.ukernel && plan.grads_in_team,
+                     .G = fr_rnn_warp_of(cfg)};
     fr_regions_point((void **)c.p, nb, RB_COUNT, seq->work, sizeof(real), 1);
     real *const *p = c.p;
     /* The final-state gradients enter as chi[T-1] += dE/dr[T-1], psi[T-1] += dE/ds[T-1]. */

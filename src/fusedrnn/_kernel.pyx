@@ -41,16 +41,22 @@ cdef extern from "fusedrnn.h" nogil:
         fr_interrupt_fn interrupt
         void *interrupt_ctx
 
+    ctypedef struct fr_activation:
+        int kind
+        double alpha, beta
     ctypedef struct fr_lstm_config:
         int64_t T, B, I, H, P
         int peepholes, coupled_gates, reverse
         double cell_clip, accumulation_clip
         const int64_t *lengths
         int reduced
+        fr_activation gate, cell, output
     ctypedef struct fr_rnn_config:
         int64_t T, B, I, H
         int state_feedback, reverse
         const int64_t *lengths
+        double accumulation_clip
+        fr_activation activation
     ctypedef struct fr_lstm_weights_f32:
         const float *W_x
         const float *W_v
@@ -525,6 +531,15 @@ cdef int _threads_arg(int threads) except -1:
 
 # ---- LSTM ----------------------------------------------------------------------
 
+cdef fr_activation _activation(object spec):
+    """A kernel activation from (kind, alpha, beta) (kind: FR_ACT_*), or the
+    cell's default for None."""
+    cdef fr_activation f
+    f.kind = 0; f.alpha = 0.0; f.beta = 0.0
+    if spec is not None:
+        f.kind, f.alpha, f.beta = int(spec[0]), float(spec[1]), float(spec[2])
+    return f
+
 cdef class LSTMConfig:
     """One LSTM layer-direction call: sizes and options (see fr_lstm_config).
     Holds the lengths buffer alive for the duration of the kernel calls.
@@ -537,9 +552,13 @@ cdef class LSTMConfig:
     def __init__(self, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P=0,
                  int peepholes=0, bint coupled_gates=False, bint reverse=False,
                  double cell_clip=0.0, double accumulation_clip=0.0,
-                 const int64_t[::1] lengths=None, int threads=0, int reduced=0):
+                 const int64_t[::1] lengths=None, int threads=0, int reduced=0, warps=None):
         self.cfg.T = T; self.cfg.B = B; self.cfg.I = I; self.cfg.H = H; self.cfg.P = P
         self.cfg.reduced = reduced
+        # warps: None (sigmoid, tanh, tanh) or three (kind, alpha, beta): G_c, G_d of u, of r
+        self.cfg.gate = _activation(warps[0] if warps else None)
+        self.cfg.cell = _activation(warps[1] if warps else None)
+        self.cfg.output = _activation(warps[2] if warps else None)
         self.cfg.peepholes = peepholes; self.cfg.coupled_gates = coupled_gates
         self.cfg.reverse = reverse; self.cfg.cell_clip = cell_clip
         self.cfg.accumulation_clip = accumulation_clip
@@ -842,9 +861,13 @@ cdef class RNNConfig:
     cdef const int64_t[::1] _lengths
 
     def __init__(self, int64_t T, int64_t B, int64_t I, int64_t H, bint state_feedback=False,
-                 bint reverse=False, const int64_t[::1] lengths=None, int threads=0):
+                 bint reverse=False, const int64_t[::1] lengths=None, int threads=0,
+                 activation=None, double accumulation_clip=0.0):
         self.cfg.T = T; self.cfg.B = B; self.cfg.I = I; self.cfg.H = H
         self.cfg.state_feedback = state_feedback; self.cfg.reverse = reverse
+        # activation: None (tanh) or (kind, alpha, beta); accumulation_clip: c > 0 or 0 (off)
+        self.cfg.activation = _activation(activation)
+        self.cfg.accumulation_clip = accumulation_clip
         self.cfg.lengths = NULL
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
@@ -951,6 +974,10 @@ def rnn_backward(RNNConfig c, *, real[::1] dW_x, real[::1] dW_r, real[::1] dthet
         if W_s is None or dW_s is None or acts is None:
             raise ValueError("internal: state-feedback buffers missing")
         _need(W_s.shape[0], <size_t>(H * H), "W_s"); _need(dW_s.shape[0], <size_t>(H * H), "dW_s")
+        _need(acts.shape[0], n_acts, "acts")
+    elif n_acts:
+        if acts is None:
+            raise ValueError("internal: the RNN's activation store is missing")
         _need(acts.shape[0], n_acts, "acts")
     cdef fr_rnn_grads_f32 g32
     cdef fr_rnn_grads_f64 g64

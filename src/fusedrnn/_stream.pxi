@@ -256,25 +256,32 @@ cdef class StreamCore:
 
     def _set_lstm_cell(self, int i, int64_t I, int64_t H, int64_t P, int peepholes,
                        bint coupled_gates, double cell_clip, double accumulation_clip,
-                       int threads, object x, object y, object s, object o):
+                       int threads, object x, object y, object s, object o, object warps=None):
         """Cell i: sizes and options, its input x (None: the frame or the window),
-        output y (None: the step's out), state halves s (2, B, H) and o (2, B, R)."""
+        output y (None: the step's out), state halves s (2, B, H) and o (2, B, R);
+        warps: None (the defaults) or the kernel's (G_c, G_d of u, G_d of r)."""
         cdef stream_cell *c = &self.cells[i]
         c.kind = CELL_LSTM
         c.lc.T = 1; c.lc.B = self.batch; c.lc.I = I; c.lc.H = H; c.lc.P = P
         c.lc.peepholes = peepholes; c.lc.coupled_gates = coupled_gates; c.lc.reverse = 0
         c.lc.cell_clip = cell_clip; c.lc.accumulation_clip = accumulation_clip
         c.lc.lengths = NULL
+        c.lc.gate = _activation(warps[0] if warps else None)
+        c.lc.cell = _activation(warps[1] if warps else None)
+        c.lc.output = _activation(warps[2] if warps else None)
         c.threads = threads
         fr_stream_lstm_prepare(&c.lc, threads)
         self._set_buffers(c, x, y, s, o)
 
     def _set_rnn_cell(self, int i, int64_t I, int64_t H, bint state_feedback, object x,
-                      object y, object s, object o):
+                      object y, object s, object o, object activation=None,
+                      double accumulation_clip=0.0):
         cdef stream_cell *c = &self.cells[i]
         c.kind = CELL_RNN
         c.rc.T = 1; c.rc.B = self.batch; c.rc.I = I; c.rc.H = H
         c.rc.state_feedback = state_feedback; c.rc.reverse = 0; c.rc.lengths = NULL
+        c.rc.activation = _activation(activation)
+        c.rc.accumulation_clip = accumulation_clip
         c.threads = 1
         self._set_buffers(c, x, y, s, o)
 

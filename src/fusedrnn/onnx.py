@@ -171,6 +171,12 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
     if isinstance(layout, (bool, np.bool_)) or layout not in (0, 1):
         raise ValueError(f"layout must be 0 (time-major nodes) or 1 (batch-major nodes), "
                          f"got {layout!r}")
+    warps = [(k, getattr(layer, k)) for k, dflt in (
+        ("gate_activation", "sigmoid"), ("cell_activation", "tanh"),
+        ("output_activation", "tanh"), ("activation", "tanh")) if getattr(layer, k, dflt) != dflt]
+    if warps or getattr(layer, "accumulation_clip", None) is not None and isinstance(layer, RNN):
+        raise ValueError("export does not write warping functions other than the defaults or "
+                         f"the RNN's accumulation_clip yet: {dict(warps)}")
     blocked = blocking_features(layer)
     if blocked and layout == 1 and unsupported == "scan":
         raise ValueError("layout=1 sets the layout of LSTM/RNN nodes; the Scan subgraph that "

@@ -197,7 +197,7 @@ class Stream(_kernel.StreamCore):
                                     layer.coupled_gates, layer.cell_clip or 0.0,
                                     layer.accumulation_clip or 0.0,
                                     self._threads(B * 4 * H * (I_l + R)),
-                                    x, y, self._s[l], self._o[l])
+                                    x, y, self._s[l], self._o[l], layer._warps[0])
                 B_macs += B * 4 * H * (I_l + R) + (B * layer.proj_size * H)
             elif self._gru:
                 macs = B * 3 * H * (I_l + H)
@@ -205,7 +205,8 @@ class Stream(_kernel.StreamCore):
                                    x, y, self._s[l], self._o[l])
                 B_macs += macs
             else:
-                self._set_rnn_cell(l, I_l, H, layer.state_feedback, x, y, self._s[l], self._o[l])
+                self._set_rnn_cell(l, I_l, H, layer.state_feedback, x, y, self._s[l], self._o[l],
+                                   layer._warps[0], layer.accumulation_clip or 0.0)
                 B_macs += B * H * (I_l + H * (2 if layer.state_feedback else 1))
             self._s[l][0][...] = s0[l]
             self._o[l][0][...] = o0[l]

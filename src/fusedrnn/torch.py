@@ -342,16 +342,19 @@ class LSTM(_FusedModule):
                  accumulation_clip: Optional[float] = None, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, dtype: Any = np.float32,
                  batch_first: bool = False, reverse: bool = False,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, gate_activation: Any = "sigmoid",
+                 cell_activation: Any = "tanh", output_activation: Any = "tanh") -> None:
         layer = _FrLSTM(input_size, hidden_size, peepholes, proj_size=proj_size, context=context,
                         coupled_gates=coupled_gates, cell_clip=cell_clip,
                         accumulation_clip=accumulation_clip, num_layers=num_layers,
                         bidirectional=bidirectional, dropout=dropout, dtype=_np_dtype(dtype),
-                        batch_first=batch_first, reverse=reverse, seed=_seed(seed))
+                        batch_first=batch_first, reverse=reverse, seed=_seed(seed),
+                        gate_activation=gate_activation, cell_activation=cell_activation,
+                        output_activation=output_activation)
         super().__init__(layer)
 
     _OPTIONS = ("peepholes", "proj_size", "context", "coupled_gates", "cell_clip",
-                "accumulation_clip")
+                "accumulation_clip", "gate_activation", "cell_activation", "output_activation")
 
     @classmethod
     def _config_of(cls, layer: Any) -> Dict[str, Any]:
@@ -452,7 +455,9 @@ class RNN(_FusedModule):
         out, h = rnn(x, h0, lengths=None)                  # like torch.nn.RNN (tanh)
         out, (h, s) = rnn(x, (h0, s0))                     # with the paper's state s
 
-    h is the readout r = tanh(s) (torch's h), s the state. With state_feedback=True
+    h is the readout r = G(s) (torch's h), s the state; activation (G, default
+    "tanh"; "relu" is torch.nn.RNN(nonlinearity="relu")) and accumulation_clip
+    are as for `fusedrnn.RNN`. With state_feedback=True
     (W_s s[n-1] feeds back) the state s is needed: hx is then None or (h0, s0), and
     the result state is always (h, s). Without it, a tensor h0 sets r[-1] (s[-1] = 0
     is then only the state reported for rows of length 0). Parameters per cell:
@@ -463,13 +468,15 @@ class RNN(_FusedModule):
     def __init__(self, input_size: int, hidden_size: int, state_feedback: bool = False, *,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
                  dtype: Any = np.float32, batch_first: bool = False, reverse: bool = False,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, activation: Any = "tanh",
+                 accumulation_clip: Optional[float] = None) -> None:
         layer = _FrRNN(input_size, hidden_size, state_feedback, num_layers=num_layers,
                        bidirectional=bidirectional, dropout=dropout, dtype=_np_dtype(dtype),
-                       batch_first=batch_first, reverse=reverse, seed=_seed(seed))
+                       batch_first=batch_first, reverse=reverse, seed=_seed(seed),
+                       activation=activation, accumulation_clip=accumulation_clip)
         super().__init__(layer)
 
-    _OPTIONS = ("state_feedback",)
+    _OPTIONS = ("state_feedback", "activation", "accumulation_clip")
 
     @property
     def state_feedback(self) -> bool:
@@ -479,6 +486,9 @@ class RNN(_FusedModule):
         s = f"{self.input_size}, {self.hidden_size}"
         if self.state_feedback:
             s += ", state_feedback=True"
+        for k, default in (("activation", "tanh"), ("accumulation_clip", None)):
+            if self._config[k] != default:
+                s += f", {k}={self._config[k]!r}"
         return s + self._repr_tail()
 
     def forward(self, input: Any, hx: Union[None, Tensor, Sequence[Tensor]] = None, *,
@@ -506,7 +516,7 @@ class RNN(_FusedModule):
 
     @classmethod
     def from_torch(cls, module: Any) -> "RNN":
-        """From a torch.nn.RNN(nonlinearity='tanh') (exact weights)."""
+        """From a torch.nn.RNN (nonlinearity 'tanh' or 'relu'; exact weights)."""
         return cls.from_fusedrnn(_FrRNN.from_torch(module))
 
     def to_torch(self) -> Any:

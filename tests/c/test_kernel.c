@@ -108,7 +108,23 @@ typedef struct {
     const int64_t *lengths;  // (B) valid steps per row, or NULL
     int packed;              // the team path (packed micro-kernel), any T
     int threads;             // team path: at most this many threads (fr_call; 0: one)
+    int warp;                // 1: non-default warping functions (§9), see set_warps
 } spec;
+
+// The non-default warping functions of spec.warp = 1 (smooth ones, so that the
+// central differences see no kink): LSTM G_c = softplus, G_d of u = softsign,
+// G_d of r = elu(0.7), with the accumulation clip; RNN G = scaled_tanh(1.2, 0.7)
+// with the accumulation clip (1.9).
+static void set_lstm_warps(fr_lstm_config *c) {
+    c->gate = (fr_activation){FR_ACT_SOFTPLUS, 0, 0};
+    c->cell = (fr_activation){FR_ACT_SOFTSIGN, 0, 0};
+    c->output = (fr_activation){FR_ACT_ELU, 0.7, 0};
+    c->accumulation_clip = 2.5;
+}
+static void set_rnn_warps(fr_rnn_config *c) {
+    c->activation = (fr_activation){FR_ACT_SCALED_TANH, 1.2, 0.7};
+    c->accumulation_clip = 0.9;
+}
 
 typedef struct {
     spec sp;
@@ -155,6 +171,7 @@ static int model_init(model *m, const spec *sp) {
         c->T = T; c->B = B; c->I = I; c->H = H; c->P = P;
         c->peepholes = sp->opt; c->coupled_gates = sp->coupled; c->reverse = sp->reverse;
         c->lengths = sp->lengths;
+        if (sp->warp) set_lstm_warps(c);
         if ((rc = fr_lstm_acts_size(&m->n_acts, c)) != FR_OK) return rc;
         if ((rc = fr_lstm_workspace_size(&train, c, 1)) != FR_OK) return rc;
         if ((rc = fr_lstm_workspace_size(&infer, c, 0)) != FR_OK) return rc;
@@ -171,18 +188,19 @@ static int model_init(model *m, const spec *sp) {
         fr_rnn_config *c = &m->rc;
         c->T = T; c->B = B; c->I = I; c->H = H;
         c->state_feedback = sp->opt; c->reverse = sp->reverse; c->lengths = sp->lengths;
+        if (sp->warp) set_rnn_warps(c);
         if ((rc = fr_rnn_acts_size(&m->n_acts, c)) != FR_OK) return rc;
         if ((rc = fr_rnn_workspace_size(&train, c, 1)) != FR_OK) return rc;
         if ((rc = fr_rnn_workspace_size(&infer, c, 0)) != FR_OK) return rc;
         if ((rc = fr_rnn_backward_workspace_size(&m->n_bwork, c)) != FR_OK) return rc;
     }
     m->n_work = train > infer ? train : infer;
-    snprintf(m->desc, sizeof m->desc, "%s %s=%d T=%lld B=%lld I=%lld H=%lld%s%s%s%s",
+    snprintf(m->desc, sizeof m->desc, "%s %s=%d T=%lld B=%lld I=%lld H=%lld%s%s%s%s%s",
              sp->lstm ? "lstm" : sp->gru ? "gru " : "rnn ",
              sp->lstm ? "peep" : sp->gru ? "lbr" : "sf", sp->opt, (long long)T,
              (long long)B, (long long)I, (long long)H, P ? " P>0" : "",
              sp->coupled ? " coupled" : "", sp->reverse ? " reverse" : "",
-             sp->lengths ? " lengths" : "");
+             sp->lengths ? " lengths" : "", sp->warp ? " warp" : "");
     return FR_OK;
 }
 
@@ -809,6 +827,11 @@ static void test_sizes_lstm(void) {
     c = ok_cfg; c.T = -1; expect_lstm_sizes(&c, FR_EINVAL, __LINE__);
     c = ok_cfg; c.P = 4; expect_lstm_sizes(&c, FR_EINVAL, __LINE__); // projection must shrink
     c = ok_cfg; c.peepholes = 3; expect_lstm_sizes(&c, FR_EINVAL, __LINE__);
+    // warping functions: an unknown kind, a non-finite parameter
+    c = ok_cfg; c.gate.kind = FR_ACT_COUNT; expect_lstm_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.cell.kind = -1; expect_lstm_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.output = (fr_activation){FR_ACT_ELU, NAN, 0};
+    expect_lstm_sizes(&c, FR_EINVAL, __LINE__);
     // FR_EOVERFLOW: T*B overflows size_t; T*B > INT_MAX; T*B*4H elements not addressable
     c = ok_cfg; c.T = big; c.B = big; expect_lstm_sizes(&c, FR_EOVERFLOW, __LINE__);
     c = ok_cfg; c.T = (int64_t)1 << 31; c.B = 2; expect_lstm_sizes(&c, FR_EOVERFLOW, __LINE__);
@@ -876,7 +899,7 @@ static void test_sizes_lstm(void) {
         EXPECT(fr_lstm_backward_f64(&gr, &s2, &fw, &ok_cfg, NULL), FR_OK);
     }
     bufs_free(&b);
-    report(size_ok, "sizes   lstm: EINVAL (T/B/I/H <= 0, P >= H, peepholes), EOVERFLOW (3 configs), "
+    report(size_ok, "sizes   lstm: EINVAL (T/B/I/H <= 0, P >= H, peepholes, warping), EOVERFLOW (3 configs), "
                     "ENULL (cfg, 10 forward + 13 backward pointers), optional NULLs ok%s", size_fail);
 }
 
@@ -893,6 +916,11 @@ static void test_sizes_rnn(void) {
     c = ok_cfg; c.B = 0; expect_rnn_sizes(&c, FR_EINVAL, __LINE__);
     c = ok_cfg; c.I = 0; expect_rnn_sizes(&c, FR_EINVAL, __LINE__);
     c = ok_cfg; c.state_feedback = 2; expect_rnn_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.activation.kind = FR_ACT_COUNT; expect_rnn_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.activation = (fr_activation){FR_ACT_AFFINE, 1, INFINITY};
+    expect_rnn_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.accumulation_clip = -1; expect_rnn_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.accumulation_clip = NAN; expect_rnn_sizes(&c, FR_EINVAL, __LINE__);
     c = ok_cfg; c.T = big; c.B = big; expect_rnn_sizes(&c, FR_EOVERFLOW, __LINE__);
     c = ok_cfg; c.T = (int64_t)1 << 31; c.B = 2; expect_rnn_sizes(&c, FR_EOVERFLOW, __LINE__);
     c = ok_cfg; c.T = (int64_t)1 << 20; c.B = 1 << 10; c.H = (int64_t)1 << 30; // T*B*H = 2^60
@@ -952,7 +980,7 @@ static void test_sizes_rnn(void) {
         EXPECT(fr_rnn_backward_f64(&gr, &s2, &fw, &ok_cfg, NULL), FR_OK);
     }
     bufs_free(&b);
-    report(size_ok, "sizes   rnn:  EINVAL (T/B/I/H <= 0, state_feedback), EOVERFLOW (3 configs), "
+    report(size_ok, "sizes   rnn:  EINVAL (T/B/I/H <= 0, state_feedback, warping, clip), EOVERFLOW (3 configs), "
                     "ENULL (cfg, 10 forward + 13 backward pointers), optional NULLs ok%s", size_fail);
 }
 
@@ -1105,6 +1133,16 @@ int main(void) {
          .packed = 1, .threads = 2},
         {.lstm = 0, .T = 4, .B = 3, .I = 6, .H = 36, .opt = 0, .lengths = len3, .packed = 1,
          .threads = 3},
+        // non-default warping functions (§9): provider and team paths, both cells
+        {.lstm = 1, .T = 4, .B = 3, .I = 5, .H = 4, .opt = FR_PEEP_DIAGONAL, .lengths = len3,
+         .warp = 1},
+        {.lstm = 1, .T = 4, .B = 3, .I = 5, .H = 4, .opt = FR_PEEP_FULL, .coupled = 1, .warp = 1},
+        {.lstm = 1, .T = 4, .B = 3, .I = 5, .H = 18, .P = 3, .opt = FR_PEEP_DIAGONAL,
+         .reverse = 1, .packed = 1, .threads = 2, .warp = 1},
+        {.lstm = 0, .T = 4, .B = 3, .I = 5, .H = 4, .opt = 0, .lengths = len3, .warp = 1},
+        {.lstm = 0, .T = 4, .B = 3, .I = 5, .H = 4, .opt = 1, .reverse = 1, .warp = 1},
+        {.lstm = 0, .T = 4, .B = 3, .I = 5, .H = 34, .opt = 0, .packed = 1, .threads = 2,
+         .warp = 1},
     };
     const size_t n_small = sizeof small / sizeof small[0];
     for (size_t i = 0; i < n_small; i++) test_fd(&small[i]);

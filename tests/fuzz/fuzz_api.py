@@ -168,6 +168,11 @@ def array_arg(d: Data, shape, dtype) -> object:
     return garbage(d)
 
 
+# activation options the layers must refuse with ValueError / TypeError
+BAD_ACTIVATIONS = ["gelu", "", 3, None, ("elu", np.nan), ("relu", 1.0), ("leaky_relu", "a"),
+                   ("hard_sigmoid", 1, 2, 3), ["tanh"] * 3, [], (), (1.0,), [("elu",), 7]]
+
+
 def construct(d: Data):
     kind = d.pick(["lstm", "rnn", "gru"])
     I = size(d, dim(d))
@@ -194,6 +199,11 @@ def construct(d: Data):
             kw["bidirectional"] = d.either([False, True], [1, "yes"])
         if d.chance(4):
             kw["dropout"] = d.either([0.0, 0.3, 0.99, 0], [1.0, -0.1, np.nan, "x", True])
+        for place, good in (("gate_activation", ["sigmoid", ("hard_sigmoid", 0.2, 0.5)]),
+                            ("cell_activation", ["tanh", "softsign", ("leaky_relu", 0.1)]),
+                            ("output_activation", ["tanh", "relu", ("elu", 1.0)])):
+            if d.chance(5):
+                kw[place] = d.either(good + [["sigmoid", "softplus"]], BAD_ACTIVATIONS)
         cls = fr.LSTM
     elif kind == "gru":
         kw["linear_before_reset"] = d.either([True, False], [1, "yes", None])
@@ -208,6 +218,11 @@ def construct(d: Data):
         cls = fr.GRU
     else:
         kw["state_feedback"] = d.either([False, True], [1, "yes", None])
+        if d.chance(3):
+            kw["activation"] = d.either(["tanh", "relu", ("scaled_tanh", 1.0, 2.0), "softplus",
+                                         ["relu", "tanh"]], BAD_ACTIVATIONS)
+        if d.chance(4):
+            kw["accumulation_clip"] = d.either([None, 3.0, 1e-3], [0, np.inf, np.nan, "1"])
         cls = fr.RNN
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -243,7 +258,10 @@ def check_forward(layer, x, y, state, bounded=True) -> None:
     LD = layer.num_layers * layer.num_directions
     for s, width in zip(state, channels(layer)):
         assert s.shape == (LD, B, width), s.shape
-    if getattr(layer, "proj_size", 0) == 0 and bounded:  # tanh readout, or a gate times tanh
+    default_warps = all(getattr(layer, k, v) == v for k, v in (
+        ("gate_activation", "sigmoid"), ("cell_activation", "tanh"),
+        ("output_activation", "tanh"), ("activation", "tanh")))
+    if getattr(layer, "proj_size", 0) == 0 and bounded and default_warps:  # tanh, or gate * tanh
         finite = y[~np.isnan(y)]
         assert np.all(np.abs(finite) <= 1 + 1e-6), float(np.max(np.abs(finite)))
 

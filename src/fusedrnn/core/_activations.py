@@ -108,6 +108,32 @@ def is_default(acts: Tuple[Activation, ...], default: Activation) -> bool:
     return all(a == default for a in acts)
 
 
+# the kernel's FR_ACT_* codes (csrc/fusedrnn.h), in ONNX_NAMES order from 1 (0: the default)
+KINDS = {name: i + 1 for i, name in enumerate(ONNX_NAMES)}
+
+
+def kernel(a: Activation) -> Tuple[int, float, float]:
+    """The kernel's (kind, alpha, beta) of an Activation."""
+    return KINDS[a.name], a.alpha, a.beta
+
+
+def spec(a: Activation) -> Any:
+    """The plain spelling of an Activation that `parse` reads back: its name, or
+    (name, alpha[, beta]) with the parameters it takes."""
+    params = tuple(p for p, used in zip((a.alpha, a.beta), USES[a.name]) if used)
+    return (a.name,) + params if params else a.name
+
+
+def layer_option(spec_: Any, directions: int, what: str) -> Tuple[Any, Tuple[Activation, ...]]:
+    """A layer's activation option: (the value the layer keeps, one Activation per
+    direction). The value kept is `spec`'s plain spelling, one for all directions
+    or a tuple of one per direction where they differ."""
+    acts = per_direction(spec_, directions, what)
+    if all(a == acts[0] for a in acts):
+        return spec(acts[0]), acts
+    return tuple(spec(a) for a in acts), acts
+
+
 def onnx_attributes(per_cell: List[Tuple[Activation, ...]]) -> Tuple[List[str], List[float],
                                                                      List[float]]:
     """ONNX's activations / activation_alpha / activation_beta for a node whose

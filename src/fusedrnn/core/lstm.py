@@ -6,6 +6,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import numpy as np
 
+from . import _activations as _acts
 from . import _context, _threads
 from .. import _kernel
 from . import _validate as V
@@ -63,6 +64,15 @@ class LSTM(RecurrentLayer):
         coupled_gates: g_cs = 1 - g_cu (§3c, ONNX input_forget); the cs weights are unused.
         cell_clip: c, s[n] clipped to [-c, c] after each update (TensorFlow's cell_clip).
         accumulation_clip: c, every a_* clipped to [-c, c] before warping (ONNX's clip).
+        gate_activation: G_c, the warping function of the three gates (default
+            "sigmoid"; ONNX's f); cell_activation: G_d of the data update u (default
+            "tanh"; ONNX's g); output_activation: G_d of the readout, v[n] = g_cr ⊙
+            G_d(s[n]) (default "tanh"; ONNX's h). Each is a name or a tuple (name,
+            alpha[, beta]) of ONNX's activations: "sigmoid", "tanh", "relu",
+            ("hard_sigmoid", a, b), ("affine", a, b), ("leaky_relu", a),
+            ("thresholded_relu", a), ("scaled_tanh", a, b), ("elu", a), "softsign",
+            "softplus" (docs/equations.md §9); bidirectional layers take a list of two
+            for one per direction (forward first).
         num_layers, bidirectional, dropout (between layers, training only, seeded).
         reverse: every layer reads each row's valid part backwards, from its last
             valid step to step 0 (one direction only: Keras' go_backwards, ONNX's
@@ -84,7 +94,8 @@ class LSTM(RecurrentLayer):
 
     State = LSTMState
     _CONFIG = RecurrentLayer._CONFIG | {"peepholes", "proj_size", "coupled_gates", "cell_clip",
-                                         "accumulation_clip"}
+                                         "accumulation_clip", "gate_activation", "cell_activation",
+                                         "output_activation"}
     _STATE_HINT = ("s is the cell state (torch's c) and v the output fed back (torch's h), while "
                    "torch.nn.LSTM and fusedrnn.torch order their state (h, c); torch's (h0, c0) "
                    "is fr.LSTM.State(s=c0, v=h0)")
@@ -95,7 +106,8 @@ class LSTM(RecurrentLayer):
                  accumulation_clip: Optional[float] = None, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, dtype: Any = np.float32,
                  batch_first: bool = False, reverse: bool = False,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, gate_activation: Any = "sigmoid",
+                 cell_activation: Any = "tanh", output_activation: Any = "tanh") -> None:
         self.peepholes = _peephole_mode(peepholes)
         H = V.positive_int(hidden_size, "hidden_size")
         if not V.is_int(proj_size):
@@ -115,6 +127,14 @@ class LSTM(RecurrentLayer):
         self.coupled_gates = V.flag(coupled_gates, "coupled_gates")
         self.cell_clip = V.optional_positive(cell_clip, "cell_clip")
         self.accumulation_clip = V.optional_positive(accumulation_clip, "accumulation_clip")
+        D = 2 if bidirectional is True else 1
+        self.gate_activation, g = _acts.layer_option(gate_activation, D, "gate_activation")
+        self.cell_activation, c = _acts.layer_option(cell_activation, D, "cell_activation")
+        self.output_activation, o = _acts.layer_option(output_activation, D, "output_activation")
+        # per direction: None for the default (sigmoid, tanh, tanh), else the kernel's triples
+        self._warps = tuple(None if (g[d], c[d], o[d]) == (_acts.SIGMOID, _acts.TANH, _acts.TANH)
+                            else (_acts.kernel(g[d]), _acts.kernel(c[d]), _acts.kernel(o[d]))
+                            for d in range(D))
         super().__init__(input_size, hidden_size, num_layers=num_layers,
                          bidirectional=bidirectional, dropout=dropout, dtype=dtype,
                          batch_first=batch_first, reverse=reverse, seed=seed)
@@ -124,7 +144,8 @@ class LSTM(RecurrentLayer):
         for name, default in (("proj_size", 0), ("context", (0, 0)), ("coupled_gates", False),
                               ("cell_clip", None), ("accumulation_clip", None), ("num_layers", 1),
                               ("bidirectional", False), ("dropout", 0.0), ("batch_first", False),
-                              ("reverse", False)):
+                              ("reverse", False), ("gate_activation", "sigmoid"),
+                              ("cell_activation", "tanh"), ("output_activation", "tanh")):
             if getattr(self, name) != default:
                 opts.append(f"{name}={getattr(self, name)!r}")
         return (f"LSTM(input_size={self.input_size}, hidden_size={self.hidden_size}, "
@@ -165,7 +186,8 @@ class LSTM(RecurrentLayer):
         return _kernel.LSTMConfig(T, B, in_size, self.hidden_size, self.proj_size,
                                   _PEEP_CODES[self.peepholes], self.coupled_gates, reverse,
                                   self.cell_clip or 0.0, self.accumulation_clip or 0.0, lengths,
-                                  _threads.kernel_threads())
+                                  _threads.kernel_threads(),
+                                  self._warps[1 if self.bidirectional and reverse else 0])
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,

@@ -6,6 +6,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 import numpy as np
 
 from .. import _kernel
+from . import _activations as _acts
 from . import _threads
 from . import _validate as V
 from ._layer import CellTape, RecurrentLayer, flat
@@ -13,7 +14,7 @@ from ._layer import CellTape, RecurrentLayer, flat
 
 class RNNState(NamedTuple):
     """Canonical RNN state, each field (layers * directions, B, H): the state s
-    and the readout r = tanh(s) (PyTorch's h)."""
+    and the readout r = G(s) (PyTorch's h; G = tanh by default)."""
 
     s: np.ndarray
     r: np.ndarray
@@ -22,10 +23,17 @@ class RNNState(NamedTuple):
 class RNN(RecurrentLayer):
     """The canonical RNN (docs/equations.md §1), stacked and bidirectional (§4):
 
-        s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + θ_s,   r[n] = tanh(s[n])
+        s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + θ_s,   r[n] = G(clip(s[n], -c, c))
 
     With state_feedback=False (default) W_s = 0 and the network equals
-    `torch.nn.RNN(nonlinearity="tanh")`. `params`, per cell (suffix "",
+    `torch.nn.RNN(nonlinearity="tanh")` (activation="relu": nonlinearity="relu").
+    activation: G, the warping function (default "tanh"): a name or a tuple
+    (name, alpha[, beta]) of ONNX's activations ("sigmoid", "tanh", "relu",
+    ("hard_sigmoid", a, b), ("affine", a, b), ("leaky_relu", a),
+    ("thresholded_relu", a), ("scaled_tanh", a, b), ("elu", a), "softsign",
+    "softplus"; docs/equations.md §9), or a list of two, one per direction, when
+    bidirectional. accumulation_clip: c, G sees s[n] clipped to [-c, c] (ONNX's
+    clip; the state s keeps the unclipped value); None (default): no clip. `params`, per cell (suffix "",
     "_reverse", "_l1", ...):
         "W_x" (H, I_l), "W_r" (H, H), "theta_s" (H,) (PyTorch's bias_ih + bias_hh),
         "W_s" (H, H) only with state_feedback=True.
@@ -35,16 +43,21 @@ class RNN(RecurrentLayer):
     """
 
     State = RNNState
-    _CONFIG = RecurrentLayer._CONFIG | {"state_feedback"}
-    _STATE_HINT = ("s is the state and r = tanh(s) the readout (torch's h); torch.nn.RNN's h0 is "
+    _CONFIG = RecurrentLayer._CONFIG | {"state_feedback", "activation", "accumulation_clip"}
+    _STATE_HINT = ("s is the state and r = G(s) the readout (torch's h); torch.nn.RNN's h0 is "
                    "fr.RNN.State(s=np.zeros_like(h0), r=h0) (without state_feedback, "
                    "s[-1] is only the state reported for rows of length 0)")
 
     def __init__(self, input_size: int, hidden_size: int, state_feedback: bool = False, *,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
                  dtype: Any = np.float32, batch_first: bool = False, reverse: bool = False,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, activation: Any = "tanh",
+                 accumulation_clip: Optional[float] = None) -> None:
         self.state_feedback = V.flag(state_feedback, "state_feedback")
+        self.activation, G = _acts.layer_option(activation, 2 if bidirectional is True else 1,
+                                                "activation")
+        self._warps = tuple(None if f == _acts.TANH else _acts.kernel(f) for f in G)
+        self.accumulation_clip = V.optional_positive(accumulation_clip, "accumulation_clip")
         super().__init__(input_size, hidden_size, num_layers=num_layers,
                          bidirectional=bidirectional, dropout=dropout, dtype=dtype,
                          batch_first=batch_first, reverse=reverse, seed=seed)
@@ -54,7 +67,10 @@ class RNN(RecurrentLayer):
                 f"state_feedback={self.state_feedback}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, dtype={self.dtype.name}, "
                 f"batch_first={self.batch_first}"
-                + (", reverse=True)" if self.reverse else ")"))
+                + (", reverse=True" if self.reverse else "")
+                + (f", activation={self.activation!r}" if self.activation != "tanh" else "")
+                + (f", accumulation_clip={self.accumulation_clip!r}"
+                   if self.accumulation_clip is not None else "") + ")")
 
     def stream(self, batch: int, state: Optional[RNNState] = None, *, weights: str = "live") -> Any:
         """A stream that runs this RNN one frame at a time (inference):
@@ -74,7 +90,9 @@ class RNN(RecurrentLayer):
     def _cell_config(self, T: int, B: int, in_size: int, lengths: Optional[np.ndarray],
                      reverse: bool) -> "_kernel.RNNConfig":
         return _kernel.RNNConfig(T, B, in_size, self.hidden_size, self.state_feedback, reverse,
-                                 lengths, _threads.kernel_threads())
+                                 lengths, _threads.kernel_threads(),
+                                 self._warps[1 if self.bidirectional and reverse else 0],
+                                 self.accumulation_clip or 0.0)
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,

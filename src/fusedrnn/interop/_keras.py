@@ -211,7 +211,10 @@ def lstm_to_keras(layer: Any, return_sequences: bool, return_state: bool,
                                      ("context windows", layer.context != (0, 0)),
                                      ("coupled gates", layer.coupled_gates),
                                      ("cell_clip", layer.cell_clip is not None),
-                                     ("accumulation_clip", layer.accumulation_clip is not None))
+                                     ("accumulation_clip", layer.accumulation_clip is not None),
+                                     ("warping functions other than sigmoid and tanh",
+                                      (layer.gate_activation, layer.cell_activation,
+                                       layer.output_activation) != ("sigmoid", "tanh", "tanh")))
                if on]
     return _to_keras(layer, "LSTM", blocked, ("W_x", "W_v", "b"), return_sequences,
                      return_state, name)
@@ -224,6 +227,8 @@ def rnn_from_keras(cls: Any, layer: Any) -> Any:
 def rnn_to_keras(layer: Any, return_sequences: bool, return_state: bool,
                  name: Optional[str]) -> Any:
     blocked = ["state feedback W_s (state_feedback=True)"] if layer.state_feedback else []
+    if layer.activation != "tanh" or layer.accumulation_clip is not None:
+        blocked.append(f"activation={layer.activation!r} / accumulation_clip (not converted yet)")
     return _to_keras(layer, "SimpleRNN", blocked, ("W_x", "W_r", "theta_s"), return_sequences,
                      return_state, name)
 

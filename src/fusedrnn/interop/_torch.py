@@ -128,7 +128,13 @@ def lstm_to_torch(layer: Any) -> Any:
                      ("coupled gates", layer.coupled_gates),
                      ("cell_clip", layer.cell_clip is not None),
                      ("accumulation_clip", layer.accumulation_clip is not None),
-                     ("reverse (a backwards-only layer)", layer.reverse)))
+                     ("reverse (a backwards-only layer)", layer.reverse),
+                     ("warping functions other than sigmoid and tanh "
+                      f"(gate_activation={layer.gate_activation!r}, "
+                      f"cell_activation={layer.cell_activation!r}, "
+                      f"output_activation={layer.output_activation!r})",
+                      (layer.gate_activation, layer.cell_activation,
+                       layer.output_activation) != ("sigmoid", "tanh", "tanh"))))
     layer._checked_params()  # names a missing, wrong-shaped or wrong-dtype entry
     torch = _torch()
     module = torch.nn.LSTM(layer.input_size, layer.hidden_size, num_layers=layer.num_layers,
@@ -143,10 +149,11 @@ def lstm_to_torch(layer: Any) -> Any:
 
 def rnn_from_torch(cls: Any, module: Any) -> Any:
     _check_module(module, "RNN")
-    if module.nonlinearity != "tanh":
-        raise ValueError(f"the canonical RNN warps with tanh; got nonlinearity={module.nonlinearity!r}")
+    if module.nonlinearity not in ("tanh", "relu"):
+        raise ValueError("torch.nn.RNN's nonlinearity must be 'tanh' or 'relu', got "
+                         f"{module.nonlinearity!r}")
     layer = cls(module.input_size, module.hidden_size, state_feedback=False,
-                **_stack_options(module))
+                activation=module.nonlinearity, **_stack_options(module))
     return _copy_in(layer, module, {"W_x": "weight_ih", "W_r": "weight_hh"})
 
 
@@ -154,10 +161,14 @@ def rnn_to_torch(layer: Any) -> Any:
     if layer.state_feedback:
         raise ValueError("torch.nn.RNN has no state feedback W_s: build the RNN with "
                          "state_feedback=False to export it")
-    _refuse("RNN", (("reverse (a backwards-only layer)", layer.reverse),))
+    _refuse("RNN", (("reverse (a backwards-only layer)", layer.reverse),
+                    ("accumulation_clip", layer.accumulation_clip is not None)))
+    if layer.activation not in ("tanh", "relu"):
+        raise ValueError("torch.nn.RNN's nonlinearity is 'tanh' or 'relu' (for every direction), "
+                         f"this RNN's activation is {layer.activation!r}: it cannot be exported")
     layer._checked_params()  # names a missing, wrong-shaped or wrong-dtype entry
     torch = _torch()
-    module = torch.nn.RNN(layer.input_size, layer.hidden_size, nonlinearity="tanh",
+    module = torch.nn.RNN(layer.input_size, layer.hidden_size, nonlinearity=layer.activation,
                           num_layers=layer.num_layers, bidirectional=layer.bidirectional,
                           dropout=layer.dropout, batch_first=layer.batch_first,
                           dtype=_torch_dtype(layer.dtype))

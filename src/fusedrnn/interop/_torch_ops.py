@@ -53,6 +53,9 @@ def layer_of(config: str, dtype: str) -> Any:
     cls = _CELLS[options.pop("cell")]
     if "context" in options:
         options["context"] = tuple(options["context"])
+    for k in ("gate_activation", "cell_activation", "output_activation", "activation"):
+        if isinstance(options.get(k), list):  # JSON lists back to the tuples they were
+            options[k] = tuple(tuple(a) if isinstance(a, list) else a for a in options[k])
     with warnings.catch_warnings():  # the module warned about its options already
         warnings.simplefilter("ignore")
         return cls(**options, dtype=dtype, seed=0)
