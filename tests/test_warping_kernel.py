@@ -9,7 +9,7 @@ import pytest
 
 import fusedrnn as fr
 from fusedrnn import reference
-from fusedrnn._layer import suffix
+from fusedrnn.core._layer import suffix
 
 from conftest import TOL, assert_close, central_differences
 
