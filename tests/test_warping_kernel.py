@@ -263,3 +263,19 @@ def test_torch_module_rnn_relu_matches_torch():
     dx_fr, _ = layer.backward(np.ones_like(y_fr))
     np.testing.assert_allclose(y3.detach().numpy(), y_fr, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(x3.grad.numpy(), dx_fr, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_quantized_lstm_keeps_the_warping(precision):
+    """A quantized LSTM computes its float layer's warping functions (vs the reduced oracle)."""
+    opts = dict(gate_activation=("hard_sigmoid", 0.25, 0.5), cell_activation="softsign",
+                output_activation=("leaky_relu", 0.1))
+    layer = fr.LSTM(3, 5, seed=4, **opts)
+    q = layer.quantize(precision)
+    assert (q.gate_activation, q.cell_activation) == (layer.gate_activation, layer.cell_activation)
+    x = np.random.default_rng(0).standard_normal((6, 2, 3)).astype(np.float32)
+    y_q, _ = q.forward(x)
+    y_f, _ = layer.forward(x, training=False)
+    y_d, _ = fr.LSTM(3, 5, seed=4).quantize(precision).forward(x)
+    assert np.abs(y_q - y_f).max() < 0.05          # reduced products, the same functions
+    assert np.abs(y_q - y_d).max() > 0.05          # not the default ones

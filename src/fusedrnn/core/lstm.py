@@ -187,7 +187,7 @@ class LSTM(RecurrentLayer):
                                   _PEEP_CODES[self.peepholes], self.coupled_gates, reverse,
                                   self.cell_clip or 0.0, self.accumulation_clip or 0.0, lengths,
                                   _threads.kernel_threads(),
-                                  self._warps[1 if self.bidirectional and reverse else 0])
+                                  warps=self._warps[1 if self.bidirectional and reverse else 0])
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,

@@ -258,13 +258,16 @@ class QuantizedLSTM(_Quantized, LSTM):
                  accumulation_clip: Optional[float] = None, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, dtype: Any = np.float32,
                  batch_first: bool = False, reverse: bool = False,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, gate_activation: Any = "sigmoid",
+                 cell_activation: Any = "tanh", output_activation: Any = "tanh") -> None:
         self._setup_precision(precision, dtype)
         super().__init__(input_size, hidden_size, peepholes, proj_size=proj_size,
                          context=context, coupled_gates=coupled_gates, cell_clip=cell_clip,
                          accumulation_clip=accumulation_clip, num_layers=num_layers,
                          bidirectional=bidirectional, dropout=dropout, dtype=dtype,
-                         batch_first=batch_first, reverse=reverse, seed=seed)
+                         batch_first=batch_first, reverse=reverse, seed=seed,
+                         gate_activation=gate_activation, cell_activation=cell_activation,
+                         output_activation=output_activation)
         self._finish_params()
 
     def __repr__(self) -> str:
@@ -277,7 +280,8 @@ class QuantizedLSTM(_Quantized, LSTM):
         return _kernel.LSTMConfig(T, B, in_size, self.hidden_size, self.proj_size,
                                   _PEEP_CODES[self.peepholes], self.coupled_gates, reverse,
                                   self.cell_clip or 0.0, self.accumulation_clip or 0.0, lengths,
-                                  _threads.kernel_threads(), _REDUCED_CODES[self.precision])
+                                  _threads.kernel_threads(), _REDUCED_CODES[self.precision],
+                                  warps=self._warps[1 if self.bidirectional and reverse else 0])
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,

@@ -91,8 +91,8 @@ class RNN(RecurrentLayer):
                      reverse: bool) -> "_kernel.RNNConfig":
         return _kernel.RNNConfig(T, B, in_size, self.hidden_size, self.state_feedback, reverse,
                                  lengths, _threads.kernel_threads(),
-                                 self._warps[1 if self.bidirectional and reverse else 0],
-                                 self.accumulation_clip or 0.0)
+                                 activation=self._warps[1 if self.bidirectional and reverse else 0],
+                                 accumulation_clip=self.accumulation_clip or 0.0)
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
