@@ -8,6 +8,7 @@ per-frame latency of streaming.
     python bench/run.py --cases medium --threads 2 --budget 3   # a slice of the matrix
     python bench/run.py --cases streaming                       # the streaming section only
     python bench/run.py --baseline ../before/.venv/bin/python   # another installation too, interleaved
+    python bench/run.py --reduced    # the reduced-precision section (bf16, int8) only
 
 Every competitor runs in its own worker process, one per (competitor, thread count), kept
 alive for the whole run and fed one job per line (JSON in, JSON out), so the thread pools of
@@ -46,6 +47,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bench modules, also when imported
 
 import compare  # noqa: E402
+import reduced  # noqa: E402
 import streaming  # noqa: E402
 from cases import (BUILD_COMPETITORS, COMPETITOR_LABEL, COMPETITORS, FULL_MATRIX, MODES,  # noqa: E402
                    QUICK_MATRIX, Case, make_case)
@@ -57,7 +59,8 @@ from workers import Worker, serve  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-ALL_COMPETITORS = COMPETITORS + tuple(c for c in streaming.COMPETITORS if c not in COMPETITORS)
+ALL_COMPETITORS = (COMPETITORS + tuple(c for c in streaming.COMPETITORS if c not in COMPETITORS)
+                   + tuple(reduced.COMPETITORS))
 BASELINE_SUFFIX = "|baseline"  # the result keys of --baseline's build
 SETTLE_S = 0.15     # pause before each job: lets idle thread pools of the last worker sleep
 
@@ -96,6 +99,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    f"{streaming.FRAMES}; --quick {streaming.QUICK_FRAMES})")
     p.add_argument("--memory-frames", type=int, help="stream steps of the streaming memory check "
                    f"(default {streaming.MEMORY_FRAMES}; --quick 10 x --frames; 0: none)")
+    p.add_argument("--reduced", action="store_true", help="only the reduced-precision section: "
+                   "bf16 and int8 inference against ONNX Runtime, OpenVINO and torch "
+                   "(bench/reduced.py)")
+    p.add_argument("--reduced-competitors", metavar="LIST", help="comma-separated subset of "
+                   f"the reduced section's competitors ({', '.join(reduced.COMPETITORS)})")
     p.add_argument("--serve", choices=ALL_COMPETITORS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -263,6 +271,26 @@ def write_run(out: str, tag: str, info: dict, settings: dict, cases: List[Case],
     return blob, md, written
 
 
+def run_reduced(args: argparse.Namespace, threads_list: List[int]) -> int:
+    """The reduced-precision section alone (bench/reduced.py): its tables on stdout and in
+    <out>/reduced[-quick].{json,md}."""
+    competitors = None
+    if args.reduced_competitors:
+        competitors = [c.strip() for c in args.reduced_competitors.split(",") if c.strip()]
+        unknown = [c for c in competitors if c not in reduced.COMPETITORS]
+        if unknown or "fr_f32" not in competitors:
+            sys.exit(f"--reduced-competitors: unknown {unknown}; fr_f32 (the reference) is needed")
+    import fusedrnn  # noqa: F401  (the editable rebuild, if any, before the workers start)
+    blob = reduced.run(threads_list, args.quick,
+                       budget=args.budget if args.budget is not None else (0.05 if args.quick else 2.0),
+                       rounds=args.rounds or (1 if args.quick else 3),
+                       min_rep=args.min_rep or (2 if args.quick else 7),
+                       max_rep=args.max_rep or (10 if args.quick else 200), out=args.out,
+                       competitors=competitors, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(reduced.markdown(blob))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     threads_list = [int(t) for t in args.threads.split(",") if t.strip()]
@@ -283,6 +311,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.exit(f"--baseline: {args.baseline} is not an executable Python interpreter")
 
     quick = args.quick
+    if args.reduced:
+        return run_reduced(args, threads_list)
     budget = args.budget if args.budget is not None else (0.1 if quick else 3.0)
     rounds = args.rounds or (1 if quick else 3)
     if rounds < 1:

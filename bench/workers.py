@@ -18,6 +18,7 @@ import numpy as np
 from build import blas_threads, fr_threads, kernel_id
 from cases import MODES, Case
 from problems import make_fr, make_torch, maxabs, onnx_lstm_model, ort_session, params_of
+import reduced
 import streaming
 from timing import cpu_busy_seconds, measure, _own_cpu
 
@@ -194,9 +195,17 @@ def serve(competitor: str, threads: int) -> int:
         torch.set_num_threads(threads)
         if competitor == "frtorch":
             import fusedrnn.torch  # noqa: F401
-    elif competitor == "ort":
+    elif competitor in ("ort", "ort_int8"):
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
+    elif competitor in ("torch_bf16", "torch_int8"):
+        import torch
+        torch.set_num_threads(threads)
+    elif competitor == "ov_bf16":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            pass  # the jobs report the skip
     proto.write(json.dumps({"ready": competitor, "pid": os.getpid(), "python": sys.executable,
                             "fusedrnn": os.path.dirname(fusedrnn.__file__),
                             "fusedrnn_version": fusedrnn.__version__}) + "\n")
@@ -212,7 +221,9 @@ def serve(competitor: str, threads: int) -> int:
             def timer(fn):
                 return measure(fn, job["budget"], job["min_rep"], job["max_rep"], job.get("warmup"))
 
-            if job.get("section") == streaming.SECTION:
+            if job.get("section") == reduced.SECTION:
+                work = reduced.work(competitor, problem, threads, timer)
+            elif job.get("section") == streaming.SECTION:
                 work = streaming.WORKERS[competitor](streaming.StreamCase(**job["case"]), problem,
                                                      {**job, "timer": timer})
             else:

@@ -229,3 +229,35 @@ def test_build_reads_the_installation(monkeypatch):
         fr.set_num_threads(threads)
     info = build.kernel_id()
     assert info["tuning"] == first and info["packed_max_rows"] == first.get("packed_max_rows")
+
+
+def test_reduced_section(tmp_path):
+    """The reduced-precision section on a tiny case, fusedrnn's rows only (the peers import
+    torch, ONNX Runtime, OpenVINO: the full run times them): every row measured with its error
+    against the float32 forward, those errors within the documented bounds of each precision
+    and not zero; the memory table's ratios from the stored arrays."""
+    reduced = bench_module("reduced")
+    names = ",".join(reduced.FR_COMPETITORS)
+    run_script("bench/run.py", "--reduced", "--quick", "--threads", "1", "--budget", "0.01",
+               "--reduced-competitors", names, "--out", str(tmp_path))
+    blob = json.loads((tmp_path / "reduced-quick.json").read_text())
+    rows = blob["results"]["small"]["1"]
+    assert set(rows) == set(reduced.FR_COMPETITORS)
+    assert rows["fr_f32"]["max_abs_err"] == 0.0
+    bound = {"bf16": 2e-2, "int8": 5e-2}
+    for name, r in rows.items():
+        if "skipped" in r:   # the AVX2 rows on a CPU without AVX2, with the reason
+            assert name.endswith("_avx2") and "AVX2" in r["skipped"]
+            continue
+        assert r["median_s"] > 0 and r["n"] >= 1
+        precision = reduced.COMPETITORS[name][1]
+        if precision != "f32":
+            assert 1e-6 < r["max_abs_err"] < bound[precision], (name, r["max_abs_err"])
+    if "skipped" not in rows["fr_int8_avx2"]:
+        assert rows["fr_int8_avx2"]["path"] == "avx2" and rows["fr_bf16_avx2"]["path"] == "avx2"
+    memory = {r["precision"]: r for r in next(iter(blob["memory"].values()))}
+    assert memory["float32"]["gemm_ratio"] == 1.0
+    assert memory["bf16"]["gemm_ratio"] == 0.5
+    assert 0.25 < memory["int8"]["gemm_ratio"] <= 0.27
+    md = (tmp_path / "reduced-quick.md").read_text()
+    assert "fusedrnn int8, AVX2 path" in md and "Weight memory" in md
