@@ -11,7 +11,10 @@ GRU node, linear_before_reset=1). Before timing, the outputs of the three must a
 gradients of fusedrnn and torch must agree. All competitors run in this one process with the
 same thread count, and take turns: `--rounds` rounds, each timing every competitor on a case
 for `--repeats` calls; a figure is the median over all of a competitor's calls, so the ratios
-come from one run on one (possibly loaded) machine, measured side by side.
+come from one run on one (possibly loaded) machine, measured side by side. With more than one
+thread, a library's idle thread pool (torch's OpenMP, fusedrnn's team) may still spin while
+another library runs in the same process: on a busy host prefer --threads 1 (and
+OMP_WAIT_POLICY=PASSIVE), or the run.py suite, whose competitors run in separate processes.
 
   inference  one forward over the whole sequence (torch: inference_mode; ORT: session.run)
   train      zero the weight gradients, forward keeping activations, backward of a fixed dE/dy
@@ -139,7 +142,9 @@ def run(cases: Dict[str, Tuple[int, int, int, int, str]], threads: int, rounds: 
             rows.append({"case": name, "dims": f"T={T} B={B} I={I} H={H} {dtype}", "mode": mode,
                          "ms": {c: 1e3 * m for c, m in med.items()},
                          "ratio": {c: m / med["fusedrnn"] for c, m in med.items() if c != "fusedrnn"}})
-        print(f"{name}: done", file=sys.stderr)
+        for r in rows[-len(MODES):]:  # progress, as each case ends
+            print(f"{name} {r['mode']}: " + ", ".join(f"{c} {t:.3f} ms" for c, t in r["ms"].items()),
+                  file=sys.stderr, flush=True)
     return rows
 
 
