@@ -344,8 +344,8 @@ int FN(fr_gru_backward)(const FN(fr_gru_grads) *g, const FN(fr_gru_backward_seq)
     c.hn = (WMAT){.W = w->W_h + (size_t)2 * H * H, .ld = H, .trans = 0,
                   .packed = plan.ukernel ? p[GB_WN_P] : NULL};
     fr_poll_init(&c.poll, call);
-    c.piece = fr_piece_steps(&c.poll, T, 2.0 * (double)B * 3.0 * (double)H * (double)(2 * I + H),
-                             1);
+    c.piece = fr_grad_piece_steps(&c.poll, T, B,
+                                  2.0 * (double)B * 3.0 * (double)H * (double)(2 * I + H));
     /* the weight gradients as they were, when the gradient GEMMs can be interrupted */
     const fr_kept kept = {.save = c.piece < T ? p[GB_SAVE] : NULL, .elem = sizeof(real),
                           .arrays = {g->dW_x, g->dW_h, g->db, g->db_hn}, .count = 4,

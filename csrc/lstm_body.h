@@ -702,7 +702,7 @@ int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_s
     const double grad_flops = 2.0 * (double)B * (double)G * (double)(2 * I + R) +
                               2.0 * (double)B * (double)P * (double)H +
                               (full ? 6.0 * (double)B * (double)H * (double)H : 0.0);
-    c.piece = fr_piece_steps(&c.poll, T, grad_flops, 1);
+    c.piece = fr_grad_piece_steps(&c.poll, T, B, grad_flops);
     /* The weight gradients as they were, when the call can be interrupted: all
      * of them when the gradient GEMMs can, else the diagonal peepholes', which
      * the loop accumulates. */

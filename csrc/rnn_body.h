@@ -304,7 +304,8 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
     c.r = (WMAT){w->W_r, H, 0, plan.ukernel ? p[RB_WR_P] : NULL, NULL};
     c.s = (WMAT){w->W_s, H, 0, plan.ukernel ? p[RB_WS_P] : NULL, NULL};
     fr_poll_init(&c.poll, call);
-    c.piece = fr_piece_steps(&c.poll, T, 2.0 * (double)B * (double)H * (double)(2 * I + 2 * H), 1);
+    c.piece = fr_grad_piece_steps(&c.poll, T, B,
+                                  2.0 * (double)B * (double)H * (double)(2 * I + 2 * H));
     /* the weight gradients as they were, when the gradient GEMMs can be interrupted */
     const fr_kept kept = {.save = c.piece < T ? p[RB_SAVE] : NULL, .elem = sizeof(real),
                           .arrays = {g->dW_x, g->dW_r, g->dtheta_s, g->dW_s}, .count = 4,
