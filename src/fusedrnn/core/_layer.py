@@ -183,6 +183,14 @@ class RecurrentLayer(ReadOnlyConfig):
         self._init_runtime()
         self._end_configuration()
 
+    def stream(self, batch: int, state: Any = None, *, weights: str = "live") -> Any:
+        """A stream that runs this layer one frame at a time (inference):
+        `stream.step(frame)` with frame (B, I) returns the output (B, R). state: a
+        State like forward's, or None for zeros. weights: "live" (follow `params`)
+        or "snapshot" (a copy taken now). See `fusedrnn.stream`."""
+        from ..stream import Stream
+        return Stream(self, batch, state, weights)
+
     # -- to be provided by subclasses ---------------------------------------------
     @property
     def output_size(self) -> int:

@@ -66,14 +66,6 @@ class GRU(RecurrentLayer):
         return (f"GRU(input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"{', '.join(opts)}, dtype={self.dtype.name})")
 
-    def stream(self, batch: int, state: Optional[GRUState] = None, *, weights: str = "live") -> Any:
-        """A stream that runs this GRU one frame at a time (inference):
-        `stream.step(frame)` with frame (B, I) returns h (B, H). state: a GRUState
-        like forward's, or None for zeros. weights: "live" (follow `params`) or
-        "snapshot" (a copy taken now). See `fusedrnn.stream`."""
-        from ..stream import Stream
-        return Stream(self, batch, state, weights)
-
     def _cell_param_shapes(self, in_size: int) -> Dict[str, Tuple[int, ...]]:
         H = self.hidden_size
         shapes: Dict[str, Tuple[int, ...]] = {"W_x": (3 * H, in_size), "W_h": (3 * H, H),

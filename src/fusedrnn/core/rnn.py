@@ -72,14 +72,6 @@ class RNN(RecurrentLayer):
                 + (f", accumulation_clip={self.accumulation_clip!r}"
                    if self.accumulation_clip is not None else "") + ")")
 
-    def stream(self, batch: int, state: Optional[RNNState] = None, *, weights: str = "live") -> Any:
-        """A stream that runs this RNN one frame at a time (inference):
-        `stream.step(frame)` with frame (B, I) returns r (B, H). state: an RNNState
-        like forward's, or None for zeros. weights: "live" (follow `params`) or
-        "snapshot" (a copy taken now). See `fusedrnn.stream`."""
-        from ..stream import Stream
-        return Stream(self, batch, state, weights)
-
     def _cell_param_shapes(self, in_size: int) -> Dict[str, Tuple[int, ...]]:
         H = self.hidden_size
         shapes: Dict[str, Tuple[int, ...]] = {"W_x": (H, in_size), "W_r": (H, H), "theta_s": (H,)}
