@@ -342,4 +342,35 @@ static inline int fr_piece_end(fr_poll *p, int id, fr_team *team) {
     return fr_poll_stopped(p);
 }
 
+/* ---- reduced precision in a time loop (qgemm.h, docs/equations.md §7) ---------
+ * A call's reduced GEMMs: the type and ISA path (taken once, so every member
+ * runs the same one) and the shared buffers of the rounded or quantised
+ * activations. */
+typedef struct {
+    int type, isa; /* FR_REDUCED_*, fr_qget_isa(type) */
+    void *qx;      /* the x-side activations (a chunk of steps) */
+    void *qr;      /* the recurrent (and projection) activations (one step) */
+} fr_qcall;
+/* Columns [c0, c0 + nc) of each of `gates` blocks of C (M, gates gate_ldc)
+ * (+)= A (M, K) . W from per-block panels (gate_cols columns a block, each
+ * block ceil(gate_cols / 32) panels of K; c0 on a panel edge). The members
+ * first round or quantise their share of A's rows into the shared buffer qa,
+ * meet, then each multiplies all rows by its panels: every member calls it,
+ * and the numbers do not depend on the split. */
+void fr_qgemm_cols(float *C, int64_t ldc, const float *A, int64_t lda, const void *panels,
+                   const fr_qcall *qc, void *qa, int64_t M, int64_t K, int64_t c0, int64_t nc,
+                   int gates, int64_t gate_cols, int64_t gate_ldc, int beta1, int id, int nth,
+                   fr_team *team);
+/* The same from a type-generic body (C, A of its `real`): only the float32 body
+ * (ok = FR_REDUCED_OK) has reduced weights; the float64 config check refuses them. */
+static inline void fr_qgemm_cols_if(int ok, void *C, int64_t ldc, const void *A, int64_t lda,
+                                    const void *panels, const fr_qcall *qc, void *qa, int64_t M,
+                                    int64_t K, int64_t c0, int64_t nc, int gates,
+                                    int64_t gate_cols, int64_t gate_ldc, int beta1, int id,
+                                    int nth, fr_team *team) {
+    if (ok)
+        fr_qgemm_cols((float *)C, ldc, (const float *)A, lda, panels, qc, qa, M, K, c0, nc,
+                      gates, gate_cols, gate_ldc, beta1, id, nth, team);
+}
+
 #endif

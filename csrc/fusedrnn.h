@@ -237,13 +237,18 @@ typedef struct {
                                the state as for the LSTM */
     double accumulation_clip; /* > 0: G sees clip(s[n], -c, c) (ONNX's clip); 0: off */
     fr_activation activation; /* G, default tanh */
+    int reduced;            /* FR_REDUCED_*: inference with W_x x[n], W_r r[n-1] in bf16 or
+                               int8 (float32 only), those weights in w->reduced; W_s s[n-1]
+                               stays float32 */
 } fr_rnn_config;
 
 #define FR_RNN_WEIGHTS_FIELDS(real)                                                \
     const real *W_x;     /* (H, I) */                                              \
     const real *W_r;     /* (H, H) */                                              \
     const real *theta_s; /* (H) */                                                 \
-    const real *W_s;     /* (H, H), or NULL without state feedback */
+    const real *W_s;     /* (H, H), or NULL without state feedback */          \
+    const void *reduced; /* cfg->reduced: (fr_rnn_qpacked_size bytes) from fr_rnn_qpack; \
+                            W_x, W_r are then not read */
 typedef struct { FR_RNN_WEIGHTS_FIELDS(float) } fr_rnn_weights_f32;
 typedef struct { FR_RNN_WEIGHTS_FIELDS(double) } fr_rnn_weights_f64;
 
@@ -288,6 +293,15 @@ typedef struct { FR_RNN_BACKWARD_SEQ_FIELDS(double) } fr_rnn_backward_seq_f64;
 int fr_rnn_acts_size(size_t *n_elems, const fr_rnn_config *cfg);
 int fr_rnn_workspace_size(size_t *n_elems, const fr_rnn_config *cfg, int training);
 int fr_rnn_backward_workspace_size(size_t *n_elems, const fr_rnn_config *cfg);
+
+/* Bytes of a cell's reduced-precision weights (cfg->reduced set). */
+int fr_rnn_qpacked_size(size_t *bytes, const fr_rnn_config *cfg);
+/* Pack them (for weights.reduced; the buffer 4-byte aligned, 64 is best): W_x (H, I)
+ * and W_r (H, H) as bf16 bits (uint16), or int8 with one float32 scale per row
+ * (W_x_scale (H), W_r_scale (H); NULL for bf16). FR_EINVAL for an int8 weight of
+ * -128. W_s stays float32 and comes from weights.W_s. */
+int fr_rnn_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_r,
+                 const float *W_r_scale, const fr_rnn_config *cfg);
 
 int fr_rnn_forward_f32(const fr_rnn_forward_seq_f32 *seq, const fr_rnn_weights_f32 *w,
                        const fr_rnn_config *cfg, const fr_call *call);

@@ -204,23 +204,6 @@ int fr_lstm_qpacked_size(size_t *bytes, const fr_lstm_config *cfg) {
     return FR_OK;
 }
 
-/* Pack the rows [q H, q H + H) of each gate q of a (4H, K) weight as op(W) = W^T
- * panels, gate after gate. */
-static int lstm_qpack_gates(char *dst, int type, const void *W, const float *scale, int64_t H,
-                            int64_t K, int gates) {
-    size_t per;
-    FR_CHECK(fr_qpacked_bytes(&per, type, H, K));
-    for (int q = 0; q < gates; q++) {
-        const size_t rows = (size_t)q * (size_t)H;
-        if (type == FR_REDUCED_BF16)
-            FR_CHECK(fr_bf16_pack(dst + q * per, (const uint16_t *)W + rows * (size_t)K, 1, H, K, K));
-        else
-            FR_CHECK(fr_s8_pack(dst + q * per, (const int8_t *)W + rows * (size_t)K, scale + rows,
-                                1, H, K, K));
-    }
-    return FR_OK;
-}
-
 int fr_lstm_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_v,
                   const float *W_v_scale, const void *W_qv, const float *W_qv_scale,
                   const fr_lstm_config *cfg) {
@@ -234,10 +217,10 @@ int fr_lstm_qpack(void *packed, const void *W_x, const float *W_x_scale, const v
     size_t n[LQ_COUNT];
     FR_CHECK(lstm_qpacked_regions(n, cfg));
     char *base = packed;
-    FR_CHECK(lstm_qpack_gates(base, cfg->reduced, W_x, W_x_scale, H, cfg->I, 4));
-    FR_CHECK(lstm_qpack_gates(base + n[LQ_WX], cfg->reduced, W_v, W_v_scale, H, R, 4));
+    FR_CHECK(fr_qpack_gates(base, cfg->reduced, W_x, W_x_scale, H, cfg->I, 4));
+    FR_CHECK(fr_qpack_gates(base + n[LQ_WX], cfg->reduced, W_v, W_v_scale, H, R, 4));
     if (P)
-        FR_CHECK(lstm_qpack_gates(base + n[LQ_WX] + n[LQ_WV], cfg->reduced, W_qv, W_qv_scale, P,
+        FR_CHECK(fr_qpack_gates(base + n[LQ_WX] + n[LQ_WV], cfg->reduced, W_qv, W_qv_scale, P,
                                   H, 1));
     return FR_OK;
 }

@@ -225,40 +225,6 @@ typedef struct {
     WMAT b_scr; /* backward, full peepholes: op = W_scr (H, H) */
 } FN(lstm_gemms);
 
-/* Reduced precision (docs/equations.md §7): the same columns from the panels of
- * fr_lstm_qpack (4 gates of ceil(H / 32) panels). The members first round or
- * quantise their share of A's rows into the shared buffer qa, meet, then each
- * multiplies all rows by its panels. Every member calls it (the barrier). */
-typedef struct {
-    int type, isa; /* FR_REDUCED_*, the qgemm ISA path of the call */
-    void *qx;      /* the x-side activations (a chunk of steps) */
-    void *qr;      /* the recurrent and projection activations (one step) */
-} FN(lstm_qcall);
-
-static void FN(lstm_qgemm_cols)(real *C, int64_t ldc, const real *A, int64_t lda,
-                                const void *panels, const FN(lstm_qcall) *qc, void *qa,
-                                int64_t M, int64_t K, int64_t c0, int64_t nc, int gates,
-                                int64_t gate_cols, int64_t gate_ldc, int beta1, int id, int nth,
-                                fr_team *team) {
-#if FR_REDUCED_OK
-    int64_t m0, m1;
-    fr_share(&m0, &m1, M, 1, id, nth);
-    fr_qprep(qa, A, lda, qc->type, qc->isa, M, K, m0, m1);
-    fr_team_barrier(team); /* every row of A rounded or quantised */
-    if (nc <= 0) return;
-    const size_t pb = fr_qpanel_bytes(qc->type, K);
-    const int64_t gate_panels = (gate_cols + 31) / 32;
-    for (int q = 0; q < gates; q++)
-        fr_qgemm_prepped(C + q * gate_ldc + c0, ldc, qa,
-                         (const char *)panels + (size_t)(q * gate_panels + c0 / 32) * pb,
-                         qc->type, qc->isa, M, nc, K, beta1);
-#else
-    (void)C, (void)ldc, (void)A, (void)lda, (void)panels, (void)qc, (void)qa, (void)M, (void)K;
-    (void)c0, (void)nc, (void)gates, (void)gate_cols, (void)gate_ldc, (void)beta1, (void)id;
-    (void)nth, (void)team;
-#endif
-}
-
 /* Pack units [h0, h0 + nh) of W_x*, W_v* (per gate) and outputs [p0, p0 + np)
  * of W_qv into the panels pk[LP_*] (the layout does not depend on the split). */
 static void FN(lstm_pack_slice)(real *const pk[LP_COUNT], const FN(fr_lstm_weights) *w,
@@ -287,7 +253,7 @@ typedef struct {
     fr_lstm_warps wp;   /* G_c, G_d (§9) */
     int pack;           /* the members pack their panels first */
     int64_t Tc;         /* steps per x-side GEMM */
-    FN(lstm_qcall) qc;  /* reduced precision (gm.*.qpacked set) */
+    fr_qcall qc;        /* reduced precision (gm.*.qpacked set) */
     fr_poll poll;
 } FN(lstm_fwd);
 
@@ -323,8 +289,8 @@ static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
         real *g_lo = training ? gates_all + (size_t)lo * B4H : chunk; /* (tc, B, 4H) */
         /* x-side accumulations of tc steps, this member's columns: W_x* x[n] */
         if (gm->x.qpacked)
-            FN(lstm_qgemm_cols)(g_lo, G, seq->x + (size_t)lo * B * I, I, gm->x.qpacked, &c->qc,
-                                c->qc.qx, tc * B, I, h0, nh, 4, H, H, 0, id, nth, team);
+            fr_qgemm_cols_if(FR_REDUCED_OK, g_lo, G, seq->x + (size_t)lo * B * I, I, gm->x.qpacked,
+                             &c->qc, c->qc.qx, tc * B, I, h0, nh, 4, H, H, 0, id, nth, team);
         else
             FN(fr_gates_gemm)(g_lo, G, seq->x + (size_t)lo * B * I, I, &gm->x, tc * B, I, H, 0, 4,
                               h0, nh, 0);
@@ -343,8 +309,8 @@ static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
 
             /* recurrent accumulations: + W_v* v[n-1] (W_q* q[n-1]) */
             if (gm->v.qpacked)
-                FN(lstm_qgemm_cols)(g, G, y_prev, R, gm->v.qpacked, &c->qc, c->qc.qr, B, R, h0,
-                                    nh, 4, H, H, 1, id, nth, team);
+                fr_qgemm_cols_if(FR_REDUCED_OK, g, G, y_prev, R, gm->v.qpacked, &c->qc, c->qc.qr, B,
+                                 R, h0, nh, 4, H, H, 1, id, nth, team);
             else
                 FN(fr_gates_gemm)(g, G, y_prev, R, &gm->v, B, R, H, 0, 4, h0, nh, 1);
             if (full) /* + W_scu s[n-1], W_scs s[n-1] (the provider: one member) */
@@ -376,8 +342,8 @@ static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
             if (P) { /* q[n] = W_qv v[n] (§3b) over all of v[n]; padding holds q */
                 fr_team_barrier(team);
                 if (gm->qv.qpacked) /* meets the team once more inside */
-                    FN(lstm_qgemm_cols)(y_n, R, v_n, H, gm->qv.qpacked, &c->qc, c->qc.qr, B, H,
-                                        p0, np, 1, P, 0, 0, id, nth, team);
+                    fr_qgemm_cols_if(FR_REDUCED_OK, y_n, R, v_n, H, gm->qv.qpacked, &c->qc,
+                                     c->qc.qr, B, H, p0, np, 1, P, 0, 0, id, nth, team);
                 else if (np > 0)
                     FN(fr_wgemm)(y_n, R, v_n, H, &gm->qv, B, p0, np, H, 0);
                 if (np > 0) {
@@ -445,7 +411,7 @@ int FN(fr_lstm_forward)(const FN(fr_lstm_forward_seq) *seq, const FN(fr_lstm_wei
         c.gm.x.qpacked = qp;
         c.gm.v.qpacked = qp + nq[LQ_WX];
         c.gm.qv.qpacked = P ? qp + nq[LQ_WX] + nq[LQ_WV] : NULL;
-        c.qc = (FN(lstm_qcall)){cfg->reduced, fr_qget_isa(cfg->reduced), c.p[LF_QX], c.p[LF_QR]};
+        c.qc = (fr_qcall){cfg->reduced, fr_qget_isa(cfg->reduced), c.p[LF_QX], c.p[LF_QR]};
     }
 #endif
     fr_poll_init(&c.poll, call);

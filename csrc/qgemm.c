@@ -588,6 +588,21 @@ int fr_qgemm_workspace_bytes(size_t *bytes, int type, int64_t M, int64_t K) {
     return FR_OK;
 }
 
+int fr_qpack_gates(void *dst, int type, const void *W, const float *scale, int64_t H, int64_t K,
+                   int gates) {
+    size_t per;
+    FR_CHECK(fr_qpacked_bytes(&per, type, H, K));
+    for (int q = 0; q < gates; q++) {
+        const size_t rows = (size_t)q * (size_t)H;
+        char *d = (char *)dst + q * per;
+        if (type == FR_QT_BF16)
+            FR_CHECK(fr_bf16_pack(d, (const uint16_t *)W + rows * (size_t)K, 1, H, K, K));
+        else
+            FR_CHECK(fr_s8_pack(d, (const int8_t *)W + rows * (size_t)K, scale + rows, 1, H, K, K));
+    }
+    return FR_OK;
+}
+
 /* The workspace's regions for M rows: the row scales (M), the words (M, ldaw). */
 static void q_work_regions(float **sa, uint32_t **Aw, void *work, int64_t M) {
     *sa = fr_align64(work);

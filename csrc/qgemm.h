@@ -80,6 +80,11 @@ int fr_s8_pack(void *Wp, const int8_t *W, const float *scale, int transposed, in
 
 /* ---- sizes (overflow-checked; FR_EINVAL for N, K < 1 or M < 0) ---------------------- */
 int fr_qpacked_bytes(size_t *bytes, int type, int64_t N, int64_t K);
+/* A cell's gated weight (gates H, K) (bf16 bits, or int8 with its row scales):
+ * the rows [q H, q H + H) of each gate q packed as op(W) = W^T panels, gate
+ * after gate, fr_qpacked_bytes(type, H, K) bytes each. */
+int fr_qpack_gates(void *dst, int type, const void *W, const float *scale, int64_t H, int64_t K,
+                   int gates);
 size_t fr_qpanel_bytes(int type, int64_t K); /* K already checked by fr_qpacked_bytes */
 /* Scratch of fr_qgemm for M rows of A (the rounded or quantised activations). */
 int fr_qgemm_workspace_bytes(size_t *bytes, int type, int64_t M, int64_t K);

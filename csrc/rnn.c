@@ -1,6 +1,7 @@
 /* Canonical RNN (§1): s[n] = W_s s[n-1] + W_r r[n-1] + W_x x[n] + theta_s,
  * r[n] = G(clip(s[n])) (G = tanh by default, §9). One body, two precisions. */
 #include "common.h"
+#include "qgemm.h"
 
 static int rnn_check_config(const fr_rnn_config *cfg) {
     if (cfg == NULL) return FR_ENULL;
@@ -11,6 +12,10 @@ static int rnn_check_config(const fr_rnn_config *cfg) {
     if (cfg->lengths)
         for (int64_t b = 0; b < cfg->B; b++)
             if (cfg->lengths[b] < 0 || cfg->lengths[b] > cfg->T) return FR_EINVAL;
+    if (cfg->reduced < FR_REDUCED_NONE || cfg->reduced > FR_REDUCED_INT8) return FR_EINVAL;
+    if (cfg->reduced == FR_REDUCED_INT8 &&
+        (cfg->I > FR_S8_MAX_K || cfg->H > FR_S8_MAX_K)) /* int32 sums of K products */
+        return FR_EOVERFLOW;
     size_t TB;
     FR_CHECK(fr_mul(&TB, (size_t)cfg->T, (size_t)cfg->B));
     if (!fr_fits_int((int64_t)TB) || !fr_fits_int(cfg->H) || !fr_fits_int(cfg->I))
@@ -19,7 +24,10 @@ static int rnn_check_config(const fr_rnn_config *cfg) {
 }
 
 /* ---- the buffers: one region table each (see lstm.c) -------------------------- */
-enum { RF_CHUNK, RF_S_RING, RF_WX_P, RF_WR_P, RF_WS_P, RF_COUNT }; /* forward workspace */
+/* forward workspace; RF_QX, RF_QR: the activations of the reduced x-side and
+ * recurrent GEMMs, rounded or quantised (qgemm.h) */
+enum { RF_CHUNK, RF_S_RING, RF_WX_P, RF_WR_P, RF_WS_P, RF_QX, RF_QR, RF_COUNT };
+enum { RQ_WX, RQ_WR, RQ_COUNT }; /* reduced-precision weights (bytes) */
 enum { RB_PSI, RB_F_CHI, RB_F_PSI, RB_HOLD_CHI, RB_HOLD_PSI, RB_DG_ROW, RB_CS_ROW, RB_WR_P,
        RB_WS_P, RB_SAVE, RB_COUNT };                                                  /* backward workspace */
 
@@ -34,7 +42,8 @@ static int rnn_acts_elems(size_t *n, const fr_rnn_config *cfg) {
 
 /* A chunk of accumulations (Tc, B, H) and a state ping-pong (2, B, H) whenever
  * the states are not kept in the activation store; the micro-kernel's panels
- * of W_x^T, W_r^T, W_s^T (H_pad columns each). */
+ * of W_x^T, W_r^T, W_s^T (H_pad columns each; reduced precision: of W_s^T only,
+ * and the reduced GEMMs' activations, bytes in floats). */
 static int rnn_forward_regions(size_t n[RF_COUNT], const fr_rnn_config *cfg, int training) {
     const size_t B = (size_t)cfg->B, H = (size_t)cfg->H, H32 = fr_pad32(cfg->H);
     memset(n, 0, RF_COUNT * sizeof n[0]);
@@ -45,7 +54,23 @@ static int rnn_forward_regions(size_t n[RF_COUNT], const fr_rnn_config *cfg, int
     FR_CHECK(fr_mul(&n[RF_WX_P], H32, (size_t)cfg->I));
     FR_CHECK(fr_mul(&n[RF_WR_P], H32, H));
     n[RF_WS_P] = cfg->state_feedback ? n[RF_WR_P] : 0;
+    if (cfg->reduced && !training) {
+        size_t bx, br;
+        FR_CHECK(fr_qgemm_workspace_bytes(&bx, cfg->reduced,
+                                          fr_inference_chunk(cfg->T, cfg->B) * cfg->B, cfg->I));
+        FR_CHECK(fr_qgemm_workspace_bytes(&br, cfg->reduced, cfg->B, cfg->H));
+        n[RF_WX_P] = n[RF_WR_P] = 0;
+        n[RF_QX] = (bx + sizeof(float) - 1) / sizeof(float);
+        n[RF_QR] = (br + sizeof(float) - 1) / sizeof(float);
+    }
     return FR_OK;
+}
+
+/* Bytes of the reduced panels of W_x^T (ceil(H / 32) panels of K = I) and W_r^T
+ * (K = H), each a multiple of 128 bytes. */
+static int rnn_qpacked_regions(size_t n[RQ_COUNT], const fr_rnn_config *cfg) {
+    FR_CHECK(fr_qpacked_bytes(&n[RQ_WX], cfg->reduced, cfg->H, cfg->I));
+    return fr_qpacked_bytes(&n[RQ_WR], cfg->reduced, cfg->H, cfg->H);
 }
 
 /* psi (T, B, H) of every step, the carries f_chi, f_psi and their holds
@@ -69,7 +94,7 @@ static int rnn_backward_regions(size_t n[RB_COUNT], const fr_rnn_config *cfg) {
 static fr_plan rnn_plan(const fr_rnn_config *cfg, const fr_call *call, size_t elem) {
     const fr_plan_input in = {.T = cfg->T, .B = cfg->B, .units = cfg->H, .rec_cols = cfg->H,
                               .rec_depth = cfg->H * (cfg->state_feedback ? 2 : 1), .elem = elem,
-                              .ukernel_ok = 1, .prepacked = 0};
+                              .ukernel_ok = 1, .prepacked = cfg->reduced != 0};
     return fr_plan_cell(&in, call);
 }
 
@@ -95,12 +120,37 @@ int fr_rnn_backward_workspace_size(size_t *n_elems, const fr_rnn_config *cfg) {
     return fr_regions_total(n_elems, n, RB_COUNT, 1);
 }
 
+int fr_rnn_qpacked_size(size_t *bytes, const fr_rnn_config *cfg) {
+    if (bytes == NULL) return FR_ENULL;
+    FR_CHECK(rnn_check_config(cfg));
+    if (!cfg->reduced) return FR_EINVAL;
+    size_t n[RQ_COUNT];
+    FR_CHECK(rnn_qpacked_regions(n, cfg));
+    return fr_add(bytes, n[RQ_WX], n[RQ_WR]);
+}
+
+int fr_rnn_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_r,
+                 const float *W_r_scale, const fr_rnn_config *cfg) {
+    FR_CHECK(rnn_check_config(cfg));
+    if (!cfg->reduced) return FR_EINVAL;
+    if (!packed || !W_x || !W_r) return FR_ENULL;
+    if (cfg->reduced == FR_REDUCED_INT8 && (!W_x_scale || !W_r_scale)) return FR_ENULL;
+    if ((uintptr_t)packed % 4 != 0) return FR_EINVAL;
+    size_t n[RQ_COUNT];
+    FR_CHECK(rnn_qpacked_regions(n, cfg));
+    FR_CHECK(fr_qpack_gates(packed, cfg->reduced, W_x, W_x_scale, cfg->H, cfg->I, 1));
+    return fr_qpack_gates((char *)packed + n[RQ_WX], cfg->reduced, W_r, W_r_scale, cfg->H,
+                          cfg->H, 1);
+}
+
 #define real float
 #define SUFFIX _f32
 #define EXP fr_exp_f32
+#define FR_REDUCED_OK 1 /* the reduced-precision GEMMs compute in float32 */
 #include "rnn_body.h"
 
 #define real double
 #define SUFFIX _f64
 #define EXP fr_exp_f64
+#define FR_REDUCED_OK 0
 #include "rnn_body.h"

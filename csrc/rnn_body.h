@@ -62,6 +62,7 @@ typedef struct {
     fr_activation G;   /* (§9) */
     int pack;          /* the members pack their panels first */
     int64_t Tc;        /* steps per x-side GEMM */
+    fr_qcall qc;       /* reduced precision (x.qpacked, r.qpacked set) */
     fr_poll poll;
 } FN(rnn_fwd);
 
@@ -82,9 +83,11 @@ static void FN(rnn_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
     int64_t h0, h1;
     fr_share(&h0, &h1, H, FR_PW(real), id, nth);
     const int64_t nh = h1 - h0;
-    if (c->pack && nh > 0) {
-        FN(fr_pack)(c->p[RF_WX_P] + h0 * I, c->w->W_x + h0 * I, 1, nh, I, I);
-        FN(fr_pack)(c->p[RF_WR_P] + h0 * H, c->w->W_r + h0 * H, 1, nh, H, H);
+    if (c->pack && nh > 0) { /* (reduced precision: the float W_s only) */
+        if (!cfg->reduced) {
+            FN(fr_pack)(c->p[RF_WX_P] + h0 * I, c->w->W_x + h0 * I, 1, nh, I, I);
+            FN(fr_pack)(c->p[RF_WR_P] + h0 * H, c->w->W_r + h0 * H, 1, nh, H, H);
+        }
         if (cfg->state_feedback) FN(fr_pack)(c->p[RF_WS_P] + h0 * H, c->w->W_s + h0 * H, 1, nh, H, H);
     }
     for (int64_t k0 = 0; k0 < T; k0 += Tc) {
@@ -92,7 +95,11 @@ static void FN(rnn_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
         const int64_t lo = cfg->reverse ? T - k0 - tc : k0; /* steps [lo, lo + tc) */
         real *a_lo = store ? s_all + (size_t)lo * BH : chunk; /* (tc, B, H) */
         /* W_x x[n] for tc steps in one GEMM, this member's units */
-        if (nh > 0) FN(fr_wgemm)(a_lo, H, seq->x + (size_t)lo * B * I, I, &c->x, tc * B, h0, nh, I, 0);
+        if (c->x.qpacked) /* reduced (§7): every member rounds its rows, meets the others */
+            fr_qgemm_cols_if(FR_REDUCED_OK, a_lo, H, seq->x + (size_t)lo * B * I, I, c->x.qpacked,
+                             &c->qc, c->qc.qx, tc * B, I, h0, nh, 1, H, 0, 0, id, nth, team);
+        else if (nh > 0)
+            FN(fr_wgemm)(a_lo, H, seq->x + (size_t)lo * B * I, I, &c->x, tc * B, h0, nh, I, 0);
         for (int64_t k = k0; k < k0 + tc; k++) {
             const int64_t n = cfg->reverse ? T - 1 - k : k;
             const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
@@ -103,10 +110,13 @@ static void FN(rnn_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
                                          : s_ring + (size_t)((k - 1) & 1) * BH;
             real *s_n = store ? a : s_ring + (size_t)(k & 1) * BH;
             real *r_n = seq->r_seq + (size_t)n * BH;
-            if (nh > 0) { /* + W_r r[n-1] (+ W_s s[n-1]) */
+            /* + W_r r[n-1] (+ W_s s[n-1], float32 also in reduced precision) */
+            if (c->r.qpacked)
+                fr_qgemm_cols_if(FR_REDUCED_OK, a, H, r_prev, H, c->r.qpacked, &c->qc, c->qc.qr, B,
+                                 H, h0, nh, 1, H, 0, 1, id, nth, team);
+            else if (nh > 0)
                 FN(fr_wgemm)(a, H, r_prev, H, &c->r, B, h0, nh, H, 1);
-                if (cfg->state_feedback) FN(fr_wgemm)(a, H, s_prev, H, &c->s, B, h0, nh, H, 1);
-            }
+            if (nh > 0 && cfg->state_feedback) FN(fr_wgemm)(a, H, s_prev, H, &c->s, B, h0, nh, H, 1);
             for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
                 const size_t o = (size_t)bi * H + h0;
                 if (fr_active(cfg->lengths, bi, n)) {
@@ -127,13 +137,17 @@ int FN(fr_rnn_forward)(const FN(fr_rnn_forward_seq) *seq, const FN(fr_rnn_weight
                        const fr_rnn_config *cfg, const fr_call *call) {
     FR_CHECK(rnn_check_config(cfg));
     if (!seq || !w) return FR_ENULL;
-    if (!seq->r_seq || !seq->s_T || !seq->r_T || !seq->x || !seq->s0 || !seq->r0 || !w->W_x ||
-        !w->W_r || !w->theta_s)
+    if (!seq->r_seq || !seq->s_T || !seq->r_T || !seq->x || !seq->s0 || !seq->r0 || !w->theta_s)
         return FR_ENULL;
+    /* the float W_x, W_r (reduced precision: from w->reduced) */
+    if (!cfg->reduced && (!w->W_x || !w->W_r)) return FR_ENULL;
     if (cfg->state_feedback && !w->W_s) return FR_ENULL;
     const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H;
     const int training = seq->acts != NULL;
     const int store = training && (cfg->state_feedback || fr_rnn_general(cfg));
+    /* reduced precision: inference in float32, the weights from fr_rnn_qpack */
+    if (cfg->reduced && (!FR_REDUCED_OK || training)) return FR_EINVAL;
+    if (cfg->reduced && !w->reduced) return FR_ENULL;
     size_t nf[RF_COUNT], n_work;
     FR_CHECK(rnn_forward_regions(nf, cfg, training));
     FR_CHECK(fr_regions_total(&n_work, nf, RF_COUNT, 1));
@@ -146,6 +160,14 @@ int FN(fr_rnn_forward)(const FN(fr_rnn_forward_seq) *seq, const FN(fr_rnn_weight
     c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? c.p[RF_WX_P] : NULL, NULL};
     c.r = (WMAT){w->W_r, H, 1, plan.ukernel ? c.p[RF_WR_P] : NULL, NULL};
     c.s = (WMAT){w->W_s, H, 1, plan.ukernel ? c.p[RF_WS_P] : NULL, NULL};
+    if (cfg->reduced) { /* the reduced panels (fr_rnn_qpack's layout) and their activations */
+        size_t nq[RQ_COUNT];
+        FR_CHECK(rnn_qpacked_regions(nq, cfg));
+        c.x.qpacked = w->reduced;
+        c.r.qpacked = (const char *)w->reduced + nq[RQ_WX];
+        c.qc = (fr_qcall){cfg->reduced, FR_REDUCED_OK ? fr_qget_isa(cfg->reduced) : 0,
+                          c.p[RF_QX], c.p[RF_QR]};
+    }
     fr_poll_init(&c.poll, call);
     /* The input GEMM runs in the same chunks in training and inference, so the
      * BLAS sees the same calls and the two agree bit for bit (OpenBLAS's result
@@ -325,3 +347,4 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
 #undef real
 #undef SUFFIX
 #undef EXP
+#undef FR_REDUCED_OK

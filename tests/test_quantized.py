@@ -259,3 +259,159 @@ def test_clear_errors():
         fr.QuantizedLSTM(3, 4, precision="int8", dtype=np.float64)
     with pytest.raises(ValueError, match="for inference only"):
         fr.Sequential(lstm, fr.Linear(4, 2)).quantize("int8").forward(x)   # training=True
+
+
+# ---- the canonical RNN: W_x x[n], W_r r[n-1] reduced, W_s s[n-1] float32 ------------------
+def _rnn_oracle(q, x, lengths=None, state=None):
+    """reference.rnn_network_forward (reverse: rnn_forward per layer) on q's parameters."""
+    layers = [{name: q.params[name + suffix(l, d)]
+               for name in q._cell_param_shapes(q._cell_input_size(l))}
+              for l in range(q.num_layers) for d in range(q.num_directions)]
+    xt = np.swapaxes(x, 0, 1) if q.batch_first else x
+    s0 = r0 = None if state is None else state
+    if state is not None:
+        s0, r0 = state.s, state.r
+    prec = _oracle_precision(q)
+    if q.reverse:
+        inp, s_T, r_T = xt, [], []
+        for l in range(q.num_layers):
+            inp, s, r, _ = ref.rnn_forward(inp, layers[l], None if s0 is None else s0[l],
+                                           None if r0 is None else r0[l], lengths=lengths,
+                                           reverse=True, precision=prec, activation=q.activation,
+                                           accumulation_clip=q.accumulation_clip)
+            s_T.append(s)
+            r_T.append(r)
+        y, s_T, r_T = inp, np.stack(s_T), np.stack(r_T)
+    else:
+        y, s_T, r_T, _ = ref.rnn_network_forward(xt, layers, s0, r0, bidirectional=q.bidirectional,
+                                                 lengths=lengths, precision=prec,
+                                                 activation=q.activation,
+                                                 accumulation_clip=q.accumulation_clip)
+    return (np.swapaxes(y, 0, 1) if q.batch_first else y), s_T, r_T
+
+
+def _rnn(seed, *args, **kw):
+    """An fr.RNN whose state feedback W_s (when on) keeps the state bounded."""
+    rnn = fr.RNN(*args, seed=seed, **kw)
+    for k, p in rnn.params.items():
+        if k.startswith("W_s"):
+            p *= 0.3
+    return rnn
+
+
+RNN_OPTIONS = {
+    "plain": dict(),
+    "state-feedback": dict(state_feedback=True),
+    "stack-bidirectional": dict(state_feedback=True, num_layers=2, bidirectional=True),
+    "reverse": dict(reverse=True, num_layers=2, state_feedback=True),
+    "batch-first": dict(batch_first=True),
+    "relu-clip": dict(activation="relu", accumulation_clip=1.5, state_feedback=True),
+}
+
+
+@pytest.mark.parametrize("option", list(RNN_OPTIONS))
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_rnn_every_option_matches_the_oracle_and_stays_near_float(precision, option):
+    rng = np.random.default_rng(sum(map(ord, option)))
+    rnn = _rnn(3, 6, 12, **RNN_OPTIONS[option])
+    q = rnn.quantize(precision)
+    assert isinstance(q, fr.QuantizedRNN) and q.precision == precision
+    T, B = 9, 4
+    x = rng.uniform(-1.5, 1.5, (B, T, 6) if rnn.batch_first else (T, B, 6)).astype(np.float32)
+    lens = np.array([9, 0, 4, 7])
+    st0 = rnn.State(*(rng.uniform(-0.5, 0.5, (q.num_layers * q.num_directions, B, 12))
+                      .astype(np.float32) for _ in range(2)))
+    y, st = q.forward(x, st0, training=False, lengths=lens)
+    y_r, s_r, r_r = _rnn_oracle(q, x, lens, st0)
+    y_f, st_f = rnn.forward(x, st0, training=False, lengths=lens)
+    assert_matches_oracle(y, y_r, y_f)
+    assert_matches_oracle(st.s, s_r, st_f.s)
+    assert_matches_oracle(st.r, r_r, st_f.r)
+    err = max(np.abs(y - y_f).max(), np.abs(st.s - st_f.s).max())
+    assert 1e-5 < err < BOUND_FLOAT[precision], err
+
+
+@pytest.mark.parametrize("precision, isa", _paths())
+def test_rnn_each_isa_path_matches_the_oracle(precision, isa, isa_forced):
+    isa_forced(precision, isa)
+    rng = np.random.default_rng(isa + 20)
+    rnn = _rnn(5, 37, 40, state_feedback=True)             # K off the groups, H off the panel
+    q = rnn.quantize(precision)
+    x = rng.uniform(-1, 1, (6, 13, 37)).astype(np.float32)
+    y, st = q.forward(x, training=False)
+    y_r, s_r, _ = _rnn_oracle(q, x)
+    y_f, st_f = rnn.forward(x, training=False)
+    assert_matches_oracle(y, y_r, y_f)
+    assert_matches_oracle(st.s, s_r, st_f.s)
+
+
+@pytest.mark.parametrize("state_feedback", [False, True])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_rnn_threads_give_the_same_numbers(precision, state_feedback):
+    rng = np.random.default_rng(17)
+    q = _rnn(2, 20, 70, state_feedback=state_feedback).quantize(precision)  # 3 panels of units
+    x = rng.uniform(-1, 1, (12, 5, 20)).astype(np.float32)
+    outs = []
+    for n in (1, 2, 3):
+        with _tuning.override(num_threads=n, min_step_flops=0, min_step_bytes=0):
+            outs.append(q.forward(x, training=False))
+    for y, st in outs[1:]:
+        np.testing.assert_array_equal(y, outs[0][0])
+        np.testing.assert_array_equal(st.s, outs[0][1].s)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_rnn_state_carry_stored_weights_save_and_load(precision, tmp_path):
+    rng = np.random.default_rng(18)
+    rnn = _rnn(4, 5, 9, state_feedback=True, num_layers=2, bidirectional=True)
+    q = rnn.quantize(precision)
+    for k in rnn.params:                                   # what is stored, and how
+        name = k.split("_l")[0].replace("_reverse", "")
+        if name in ("W_x", "W_r"):
+            if precision == "int8":
+                w_q, w_s = ref.quantize_int8(rnn.params[k])
+                np.testing.assert_array_equal(q.params[k], w_q)
+                np.testing.assert_array_equal(q.params[name + "_scale" + k[len(name):]], w_s)
+            else:
+                np.testing.assert_array_equal(q.params[k], ref.bf16_bits(rnn.params[k]))
+        else:                                              # theta_s, W_s stay float32
+            assert q.params[k].dtype == np.float32
+            np.testing.assert_array_equal(q.params[k], rnn.params[k])
+    x = rng.uniform(-1, 1, (11, 2, 5)).astype(np.float32)
+    y, _ = q.forward(x, training=False)
+    qu = _rnn(4, 5, 9, state_feedback=True, num_layers=2).quantize(precision)  # one direction
+    yu, st = qu.forward(x, training=False)
+    y1, st1 = qu.forward(x[:4], training=False)
+    y2, st2 = qu.forward(x[4:], st1, training=False)
+    np.testing.assert_array_equal(np.concatenate([y1, y2]), yu)
+    np.testing.assert_array_equal(st2.s, st.s)
+    fr.save(tmp_path / "r.npz", q)
+    back = fr.load(tmp_path / "r.npz")
+    assert type(back) is fr.QuantizedRNN and back.precision == precision
+    for k, p in q.params.items():
+        assert back.params[k].dtype == p.dtype and not back.params[k].flags.writeable
+        np.testing.assert_array_equal(back.params[k], p)
+    np.testing.assert_array_equal(back.forward(x, training=False)[0], y)
+
+
+def test_rnn_sequential_and_errors():
+    rng = np.random.default_rng(19)
+    model = fr.Sequential(fr.RNN(4, 8, seed=1), fr.LSTM(8, 6, seed=2), fr.Linear(6, 3, seed=3))
+    q = model.quantize("bf16")
+    assert [type(l).__name__ for l in q.layers] == ["QuantizedRNN", "QuantizedLSTM", "Linear"]
+    x = rng.uniform(-1, 1, (7, 2, 4)).astype(np.float32)
+    y, _ = q.forward(x, training=False)
+    h, _ = q.layers[0].forward(x, training=False)
+    h, _ = q.layers[1].forward(h, training=False)
+    np.testing.assert_array_equal(y, q.layers[2].forward(h, training=False))
+    r = q.layers[0]
+    with pytest.raises(ValueError, match="inference only"):
+        r.forward(x, training=True)
+    with pytest.raises(ValueError, match="inference only"):
+        r.backward()
+    with pytest.raises(ValueError, match="read-only"):
+        r.params["W_r"][0, 0] = 1
+    with pytest.raises(ValueError, match="precision must be 'bf16' or 'int8'"):
+        fr.RNN(3, 4).quantize("fp8")
+    with pytest.raises(TypeError, match="float32"):
+        fr.QuantizedRNN(3, 4, precision="bf16", dtype=np.float64)

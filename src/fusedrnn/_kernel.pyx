@@ -57,6 +57,7 @@ cdef extern from "fusedrnn.h" nogil:
         const int64_t *lengths
         double accumulation_clip
         fr_activation activation
+        int reduced
     ctypedef struct fr_lstm_weights_f32:
         const float *W_x
         const float *W_v
@@ -134,11 +135,13 @@ cdef extern from "fusedrnn.h" nogil:
         const float *W_r
         const float *theta_s
         const float *W_s
+        const void *reduced
     ctypedef struct fr_rnn_weights_f64:
         const double *W_x
         const double *W_r
         const double *theta_s
         const double *W_s
+        const void *reduced
     ctypedef struct fr_rnn_grads_f32:
         float *dW_x
         float *dW_r
@@ -217,6 +220,9 @@ cdef extern from "fusedrnn.h" nogil:
     int fr_rnn_acts_size(size_t *n, const fr_rnn_config *cfg)
     int fr_rnn_workspace_size(size_t *n, const fr_rnn_config *cfg, int training)
     int fr_rnn_backward_workspace_size(size_t *n, const fr_rnn_config *cfg)
+    int fr_rnn_qpacked_size(size_t *nbytes, const fr_rnn_config *cfg)
+    int fr_rnn_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_r,
+                     const float *W_r_scale, const fr_rnn_config *cfg)
     int fr_rnn_forward_f32(const fr_rnn_forward_seq_f32 *seq, const fr_rnn_weights_f32 *w,
                            const fr_rnn_config *cfg, const fr_call *call)
     int fr_rnn_forward_f64(const fr_rnn_forward_seq_f64 *seq, const fr_rnn_weights_f64 *w,
@@ -706,6 +712,27 @@ def lstm_forward(LSTMConfig c, *, real[::1] y_seq, real[::1] s_T, real[::1] y_T,
     _check(status, "LSTM forward")
 
 
+def _check_reduced(int reduced, weights):
+    """Each (name, W, scale, rows, cols) of `weights` (rows 0: absent): W a C-contiguous
+    (rows, cols) array of bf16 bits (reduced 1) or int8 (2) with a float32 (rows,) scale."""
+    want = np.uint16 if reduced == 1 else np.int8
+    for name, a, sc, rows, cols in weights:
+        if rows == 0:
+            continue
+        if a is None or a.dtype != want or a.shape != (rows, cols) or not a.flags.c_contiguous:
+            raise ValueError(f"internal: {name} must be a C-contiguous {np.dtype(want)} "
+                             f"({rows}, {cols}) array")
+        if reduced == 2 and (sc is None or sc.dtype != np.float32 or sc.shape != (rows,)):
+            raise ValueError(f"internal: {name}_scale must be float32 ({rows},)")
+
+
+def _aligned_bytes(size_t n):
+    """n bytes (uint8) starting on a 64-byte boundary."""
+    raw = np.empty(n + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off:off + n]
+
+
 cdef class QPackedWeights:
     """A cell's reduced-precision forward weights (W_x, W_v, W_qv stored as bf16 bits or
     int8 with row scales) packed for `lstm_forward_reduced`, for the I, H, P and
@@ -720,25 +747,10 @@ cdef class QPackedWeights:
         cdef int status
         _check(fr_lstm_qpacked_size(&n, &c.cfg), "QPackedWeights")
         self.I, self.H, self.P, self.reduced = c.cfg.I, c.cfg.H, c.cfg.P, c.cfg.reduced
-        want = np.uint16 if c.cfg.reduced == 1 else np.int8
-        ws = (W_x, W_v, W_qv)
-        for name, a, rows, cols in (("W_x", W_x, 4 * c.cfg.H, c.cfg.I), ("W_v", W_v, 4 * c.cfg.H, c.R),
-                                    ("W_qv", W_qv, c.cfg.P, c.cfg.H)):
-            if rows == 0:
-                continue
-            if a is None or a.dtype != want or a.shape != (rows, cols) or not a.flags.c_contiguous:
-                raise ValueError(f"internal: {name} must be a C-contiguous {np.dtype(want)} "
-                                 f"({rows}, {cols}) array")
-        scales = (W_x_scale, W_v_scale, W_qv_scale)
-        if c.cfg.reduced == 2:
-            for name, sc, rows in (("W_x_scale", W_x_scale, 4 * c.cfg.H),
-                                   ("W_v_scale", W_v_scale, 4 * c.cfg.H),
-                                   ("W_qv_scale", W_qv_scale, c.cfg.P)):
-                if rows and (sc is None or sc.dtype != np.float32 or sc.shape != (rows,)):
-                    raise ValueError(f"internal: {name} must be float32 ({rows},)")
-        raw = np.empty(n + 64, np.uint8)
-        off = (-raw.ctypes.data) % 64
-        self.buffer = raw[off:off + n]
+        _check_reduced(c.cfg.reduced, (("W_x", W_x, W_x_scale, 4 * c.cfg.H, c.cfg.I),
+                                       ("W_v", W_v, W_v_scale, 4 * c.cfg.H, c.R),
+                                       ("W_qv", W_qv, W_qv_scale, c.cfg.P, c.cfg.H)))
+        self.buffer = _aligned_bytes(n)
         cdef uintptr_t dst = self.buffer.ctypes.data
         cdef uintptr_t px = W_x.ctypes.data, pv = W_v.ctypes.data
         cdef uintptr_t pq = 0 if W_qv is None else W_qv.ctypes.data
@@ -855,15 +867,17 @@ def lstm_backward(LSTMConfig c, *, real[::1] dW_x, real[::1] dW_v, real[::1] db,
 
 cdef class RNNConfig:
     """One RNN layer-direction call: sizes and options (see fr_rnn_config).
-    threads: at most this many threads for the call (0: the process setting)."""
+    threads: at most this many threads for the call (0: the process setting);
+    reduced: 1 bf16, 2 int8 (inference with the reduced weights, `RNNQPackedWeights`)."""
     cdef fr_rnn_config cfg
     cdef fr_call call
     cdef const int64_t[::1] _lengths
 
     def __init__(self, int64_t T, int64_t B, int64_t I, int64_t H, bint state_feedback=False,
                  bint reverse=False, const int64_t[::1] lengths=None, int threads=0,
-                 activation=None, double accumulation_clip=0.0):
+                 activation=None, double accumulation_clip=0.0, int reduced=0):
         self.cfg.T = T; self.cfg.B = B; self.cfg.I = I; self.cfg.H = H
+        self.cfg.reduced = reduced
         self.cfg.state_feedback = state_feedback; self.cfg.reverse = reverse
         # activation: None (tanh) or (kind, alpha, beta); accumulation_clip: c > 0 or 0 (off)
         self.cfg.activation = _activation(activation)
@@ -930,13 +944,79 @@ def rnn_forward(RNNConfig c, *, real[::1] r_seq, real[::1] s_T, real[::1] r_T, r
             s32.acts = _ptr(acts); s32.work = _ptr(work)
             s32.x = &x[0]; s32.s0 = &s0[0]; s32.r0 = &r0[0]
             w32.W_x = &W_x[0]; w32.W_r = &W_r[0]; w32.theta_s = &theta_s[0]; w32.W_s = _cptr(W_s)
+            w32.reduced = NULL
             status = fr_rnn_forward_f32(&s32, &w32, &c.cfg, &c.call)
         else:
             s64.r_seq = &r_seq[0]; s64.s_T = &s_T[0]; s64.r_T = &r_T[0]
             s64.acts = _ptr(acts); s64.work = _ptr(work)
             s64.x = &x[0]; s64.s0 = &s0[0]; s64.r0 = &r0[0]
             w64.W_x = &W_x[0]; w64.W_r = &W_r[0]; w64.theta_s = &theta_s[0]; w64.W_s = _cptr(W_s)
+            w64.reduced = NULL
             status = fr_rnn_forward_f64(&s64, &w64, &c.cfg, &c.call)
+    _check(status, "RNN forward")
+
+
+cdef class RNNQPackedWeights:
+    """A cell's reduced-precision weights W_x (H, I), W_r (H, H) (bf16 bits, or int8 with
+    float32 row scales W_x_scale, W_r_scale (H,)) packed for `rnn_forward_reduced`, for the
+    I, H and precision of `c` (c.reduced: 1 bf16, 2 int8)."""
+    cdef readonly object buffer  # uint8, 64-byte aligned
+    cdef readonly int64_t I, H
+    cdef readonly int reduced
+
+    def __init__(self, RNNConfig c, *, W_x, W_r, W_x_scale=None, W_r_scale=None):
+        cdef size_t n = 0
+        cdef int status
+        _check(fr_rnn_qpacked_size(&n, &c.cfg), "RNNQPackedWeights")
+        self.I, self.H, self.reduced = c.cfg.I, c.cfg.H, c.cfg.reduced
+        _check_reduced(c.cfg.reduced, (("W_x", W_x, W_x_scale, c.cfg.H, c.cfg.I),
+                                       ("W_r", W_r, W_r_scale, c.cfg.H, c.cfg.H)))
+        self.buffer = _aligned_bytes(n)
+        cdef uintptr_t dst = self.buffer.ctypes.data
+        cdef uintptr_t px = W_x.ctypes.data, pr = W_r.ctypes.data
+        cdef uintptr_t sx = 0 if W_x_scale is None else W_x_scale.ctypes.data
+        cdef uintptr_t sr = 0 if W_r_scale is None else W_r_scale.ctypes.data
+        with nogil:
+            status = fr_rnn_qpack(<void *>dst, <const void *>px, <const float *>sx,
+                                  <const void *>pr, <const float *>sr, &c.cfg)
+        _check(status, "RNNQPackedWeights")
+
+
+def rnn_forward_reduced(RNNConfig c, RNNQPackedWeights reduced, *, float[::1] r_seq,
+                        float[::1] s_T, float[::1] r_T, float[::1] work, const float[::1] x,
+                        const float[::1] s0, const float[::1] r0, const float[::1] theta_s,
+                        const float[::1] W_s):
+    """fr_rnn_forward_f32 (inference) with W_x x[n], W_r r[n-1] in reduced precision from
+    `reduced`; theta_s and W_s (state feedback) float32."""
+    cdef size_t n_work = 0
+    cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H
+    cdef size_t BH = <size_t>(B * H)
+    cdef int status
+    if not c.cfg.reduced or (reduced.I, reduced.H, reduced.reduced) != (I, H, c.cfg.reduced):
+        raise ValueError("internal: the reduced weights were packed for another configuration")
+    _check(fr_rnn_workspace_size(&n_work, &c.cfg, 0), "RNN forward")
+    _need(r_seq.shape[0], <size_t>(T * B * H), "r_seq"); _need(s_T.shape[0], BH, "s_T")
+    _need(r_T.shape[0], BH, "r_T"); _need(x.shape[0], <size_t>(T * B * I), "x")
+    _need(s0.shape[0], BH, "s0"); _need(r0.shape[0], BH, "r0")
+    _need(theta_s.shape[0], <size_t>H, "theta_s")
+    if c.cfg.state_feedback:
+        if W_s is None:
+            raise ValueError("internal: W_s missing")
+        _need(W_s.shape[0], <size_t>(H * H), "W_s")
+    if n_work:
+        if work is None:
+            raise ValueError("internal: workspace missing")
+        _need(work.shape[0], n_work, "work")
+    cdef uintptr_t qp = reduced.buffer.ctypes.data
+    cdef fr_rnn_forward_seq_f32 s32
+    cdef fr_rnn_weights_f32 w32
+    with nogil:
+        s32.r_seq = &r_seq[0]; s32.s_T = &s_T[0]; s32.r_T = &r_T[0]
+        s32.acts = NULL; s32.work = _ptr(work)
+        s32.x = &x[0]; s32.s0 = &s0[0]; s32.r0 = &r0[0]
+        w32.W_x = NULL; w32.W_r = NULL; w32.theta_s = &theta_s[0]; w32.W_s = _cptr(W_s)
+        w32.reduced = <const void *>qp
+        status = fr_rnn_forward_f32(&s32, &w32, &c.cfg, &c.call)
     _check(status, "RNN forward")
 
 
@@ -994,6 +1074,7 @@ def rnn_backward(RNNConfig c, *, real[::1] dW_x, real[::1] dW_r, real[::1] dthet
             s32.acts = _cptr(acts); s32.x = &x[0]; s32.r_seq = &r_seq[0]
             s32.s0 = &s0[0]; s32.r0 = &r0[0]
             w32.W_x = &W_x[0]; w32.W_r = &W_r[0]; w32.theta_s = NULL; w32.W_s = _cptr(W_s)
+            w32.reduced = NULL
             status = fr_rnn_backward_f32(&g32, &s32, &w32, &c.cfg, &c.call)
         else:
             g64.dW_x = &dW_x[0]; g64.dW_r = &dW_r[0]; g64.dtheta_s = &dtheta_s[0]
@@ -1003,6 +1084,7 @@ def rnn_backward(RNNConfig c, *, real[::1] dW_x, real[::1] dW_r, real[::1] dthet
             s64.acts = _cptr(acts); s64.x = &x[0]; s64.r_seq = &r_seq[0]
             s64.s0 = &s0[0]; s64.r0 = &r0[0]
             w64.W_x = &W_x[0]; w64.W_r = &W_r[0]; w64.theta_s = NULL; w64.W_s = _cptr(W_s)
+            w64.reduced = NULL
             status = fr_rnn_backward_f64(&g64, &s64, &w64, &c.cfg, &c.call)
     _check(status, "RNN backward")
 

@@ -309,25 +309,40 @@ class QuantizedRNN(_Quantized, RNN):
     def __init__(self, input_size: int, hidden_size: int, state_feedback: bool = False, *,
                  precision: str, num_layers: int = 1, bidirectional: bool = False,
                  dropout: float = 0.0, dtype: Any = np.float32, batch_first: bool = False,
-                 reverse: bool = False, seed: Optional[int] = None) -> None:
+                 reverse: bool = False, seed: Optional[int] = None, activation: Any = "tanh",
+                 accumulation_clip: Optional[float] = None) -> None:
         self._setup_precision(precision, dtype)
         super().__init__(input_size, hidden_size, state_feedback, num_layers=num_layers,
                          bidirectional=bidirectional, dropout=dropout, dtype=dtype,
-                         batch_first=batch_first, reverse=reverse, seed=seed)
+                         batch_first=batch_first, reverse=reverse, seed=seed,
+                         activation=activation, accumulation_clip=accumulation_clip)
         self._finish_params()
 
     def __repr__(self) -> str:
         return "Quantized" + super().__repr__()[:-1] + f", precision={self.precision!r})"
 
+    def _cell_config(self, T: int, B: int, in_size: int, lengths: Optional[np.ndarray],
+                     reverse: bool) -> "_kernel.RNNConfig":
+        from . import _threads
+        return _kernel.RNNConfig(T, B, in_size, self.hidden_size, self.state_feedback, reverse,
+                                 lengths, _threads.kernel_threads(),
+                                 activation=self._warps[1 if self.bidirectional and reverse else 0],
+                                 accumulation_clip=self.accumulation_clip or 0.0,
+                                 reduced=_REDUCED_CODES[self.precision])
+
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
                         s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
         from ._layer import flat
-        _kernel.rnn_forward_reduced(cfg, self.precision, flat(y), flat(s_T), flat(o_T), work,
-                                    flat(x), flat(s0), flat(o0), p)
+        packed = self._packed_cell(p, lambda: _kernel.RNNQPackedWeights(
+            cfg, W_x=p["W_x"], W_r=p["W_r"], W_x_scale=p.get("W_x_scale"),
+            W_r_scale=p.get("W_r_scale")))
+        _kernel.rnn_forward_reduced(cfg, packed, r_seq=flat(y), s_T=flat(s_T), r_T=flat(o_T),
+                                    work=work, x=flat(x), s0=flat(s0), r0=flat(o0),
+                                    theta_s=flat(p["theta_s"]), W_s=flat(p.get("W_s")))
 
 
-_QUANTIZED = {LSTM: QuantizedLSTM}
+_QUANTIZED = {LSTM: QuantizedLSTM, RNN: QuantizedRNN}
 
 
 def quantize(model: Any, precision: str) -> Any:
@@ -343,8 +358,8 @@ def quantize(model: Any, precision: str) -> Any:
         return model.quantize(precision)
     cls = _QUANTIZED.get(type(model))
     if cls is None:
-        raise TypeError(f"quantize takes an fr.LSTM or an fr.Sequential of LSTM and Linear "
-                        f"layers, got {type(model).__name__}")
+        raise TypeError(f"quantize takes an fr.LSTM, an fr.RNN or an fr.Sequential of them "
+                        f"and Linear layers, got {type(model).__name__}")
     cfg = _config(model)
     cfg["dtype"] = np.float32
     q = cls(**cfg, precision=precision)
