@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build and run the pure-C kernel tests (tests/c/test_kernel.c, and the
-# reduced-precision GEMM's tests/c/test_qgemm.c), no Python.
+# Build and run the pure-C kernel tests (tests/c/test_kernel.c, the reduced-precision
+# forwards' tests/c/test_reduced.c and GEMM's tests/c/test_qgemm.c), no Python.
 #   bash tests/c/run.sh [plain|asan|valgrind|all]     (default: plain)
 # plain:    -O1 -g build, run
 # asan:     AddressSanitizer + UndefinedBehaviorSanitizer (leak check on), run
@@ -13,34 +13,36 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="$ROOT/build/ctest"
 CC="${CC:-gcc}"
 CFLAGS=(-std=c11 -O1 -g -Wall -Wextra -Werror)
-SRCS=("$ROOT/tests/c/test_kernel.c" "$ROOT/csrc/gemm.c" "$ROOT/csrc/gru.c" "$ROOT/csrc/lstm.c"
-      "$ROOT/csrc/rnn.c" "$ROOT/csrc/plan.c" "$ROOT/csrc/qgemm.c" "$ROOT/csrc/team.c"
-      "$ROOT/csrc/ukernel.c")
-QSRCS=("$ROOT/tests/c/test_qgemm.c" "$ROOT/csrc/qgemm.c")
+# the kernel (every tests/c/test_<name>.c but test_qgemm links it all)
+KSRCS=("$ROOT/csrc/gemm.c" "$ROOT/csrc/gru.c" "$ROOT/csrc/lstm.c" "$ROOT/csrc/rnn.c"
+       "$ROOT/csrc/plan.c" "$ROOT/csrc/qgemm.c" "$ROOT/csrc/team.c" "$ROOT/csrc/ukernel.c")
+TESTS=(kernel reduced qgemm)  # test_kernel.c, test_reduced.c (reduced-precision forwards), test_qgemm.c
 mkdir -p "$OUT"
 
-build() { # build <output> [extra flags...]
-    local exe="$1"
+build() { # build <suffix> [extra flags...]: $OUT/test_<name><suffix> for each test
+    local sfx="$1"
     shift
-    "$CC" "${CFLAGS[@]}" "$@" -pthread -I"$ROOT/csrc" "${SRCS[@]}" -lm -o "$exe"
-    "$CC" "${CFLAGS[@]}" "$@" -I"$ROOT/csrc" "${QSRCS[@]}" -lm -o "${exe/test_kernel/test_qgemm}"
+    for t in "${TESTS[@]}"; do
+        local srcs=("${KSRCS[@]}")
+        [ "$t" = qgemm ] && srcs=("$ROOT/csrc/qgemm.c")
+        "$CC" "${CFLAGS[@]}" "$@" -pthread -I"$ROOT/csrc" "$ROOT/tests/c/test_$t.c" "${srcs[@]}" \
+            -lm -o "$OUT/test_$t$sfx"
+    done
 }
 
 run_plain() {
     echo "== plain"
-    build "$OUT/test_kernel"
-    "$OUT/test_kernel"
-    "$OUT/test_qgemm"
+    build ""
+    for t in "${TESTS[@]}"; do "$OUT/test_$t"; done
 }
 
 run_asan() {
     echo "== asan (address, undefined)"
-    build "$OUT/test_kernel_asan" -fsanitize=address,undefined -fno-omit-frame-pointer \
-        -fno-sanitize-recover=all
-    ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:${ASAN_OPTIONS:-}" \
-        UBSAN_OPTIONS="print_stacktrace=1:${UBSAN_OPTIONS:-}" "$OUT/test_kernel_asan"
-    ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:${ASAN_OPTIONS:-}" \
-        UBSAN_OPTIONS="print_stacktrace=1:${UBSAN_OPTIONS:-}" "$OUT/test_qgemm_asan"
+    build _asan -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+    for t in "${TESTS[@]}"; do
+        ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:${ASAN_OPTIONS:-}" \
+            UBSAN_OPTIONS="print_stacktrace=1:${UBSAN_OPTIONS:-}" "$OUT/test_${t}_asan"
+    done
 }
 
 run_valgrind() {
@@ -49,11 +51,11 @@ run_valgrind() {
         echo "valgrind not found: skipped"
         return 0
     fi
-    build "$OUT/test_kernel"
-    valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect -q \
-        "$OUT/test_kernel"
-    valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect -q \
-        "$OUT/test_qgemm"
+    build ""
+    for t in "${TESTS[@]}"; do
+        valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+            -q "$OUT/test_$t"
+    done
 }
 
 mode="${1:-plain}"
