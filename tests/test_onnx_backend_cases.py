@@ -175,23 +175,61 @@ def _variant(name, **attrs):
     return _model(node, inputs, outputs), _split(node, inputs)[0]
 
 
-# what fusedrnn does not compute yet, each as a variant of a backend case and the
+# variants of backend cases with activations (and alpha / beta) and the RNN's
+# clip: they load, and match ONNX Runtime on the case's inputs
+SUPPORTED = {
+    "rnn-relu": ("test_simple_rnn_defaults", dict(activations=["Relu"])),
+    "rnn-clip": ("test_simple_rnn_defaults", dict(clip=0.5)),
+    "lstm-hardsigmoid": ("test_lstm_defaults", dict(activations=["HardSigmoid", "Tanh", "Tanh"])),
+    "lstm-scaledtanh": ("test_lstm_reverse", dict(activations=["Sigmoid", "ScaledTanh", "Tanh"],
+                                                  activation_alpha=[2.0],
+                                                  activation_beta=[0.5])),
+    "lstm-f-g-h": ("test_lstm_with_peepholes", dict(activations=["HardSigmoid", "Softsign", "Elu"],
+                                                   activation_alpha=[0.3, 0.8],
+                                                   activation_beta=[0.4])),
+    "bidirectional-rnn-leakyrelu": ("test_simple_rnn_bidirectional",
+                                    dict(activations=["Tanh", "LeakyRelu"], clip=1.5)),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(SUPPORTED))
+def test_activation_and_clip_variants_match_onnxruntime(variant):
+    ort = pytest.importorskip("onnxruntime")
+    name, attrs = SUPPORTED[variant]
+    model, weights = _variant(name, **attrs)
+    onnx.checker.check_model(model)
+    layer = fr.onnx.load(model, inputs=weights)
+    node = model.graph.node[0]
+    _, inputs, _ = CASES[name]
+    present = dict(zip([n for n in node.input if n], inputs))
+    runtime = _split(node, inputs)[1]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {i.name: present[i.name] for i in model.graph.input})
+    got = _run(layer, node, runtime)
+    for out_name, w in zip([n for n in node.output if n], want):
+        np.testing.assert_allclose(got[out_name], w, rtol=1e-5, atol=1e-6,
+                                   err_msg=f"{variant}: {out_name}")
+    if "clip" in attrs:  # the clip must act on these inputs
+        unclipped, _ = _variant(name, **{k: v for k, v in attrs.items() if k != "clip"})
+        other = _run(fr.onnx.load(unclipped, inputs=weights), node, runtime)
+        assert np.abs(other["Y"] - got["Y"]).max() > 1e-3
+
+
+# what fusedrnn does not compute, each as a variant of a backend case and the
 # ValueError it must raise
 UNSUPPORTED = {
-    "rnn-relu": (("test_simple_rnn_defaults", dict(activations=["Relu"])),
-                 r"activations \['Relu'\] differ from the paper's warping functions \['Tanh'\]"),
-    "rnn-clip": (("test_simple_rnn_defaults", dict(clip=2.0)),
-                 "clip has no fusedrnn.RNN equivalent"),
-    "lstm-hardsigmoid": (("test_lstm_defaults",
-                          dict(activations=["HardSigmoid", "Tanh", "Tanh"])),
-                         r"activations \['HardSigmoid', 'Tanh', 'Tanh'\] differ"),
-    "lstm-scaledtanh": (("test_lstm_reverse", dict(activations=["Sigmoid", "ScaledTanh", "Tanh"],
-                                                   activation_alpha=[1.0, 2.0, 1.0],
-                                                   activation_beta=[1.0, 0.5, 1.0])),
-                        r"activations \['Sigmoid', 'ScaledTanh', 'Tanh'\] differ"),
-    "bidirectional-rnn-leakyrelu": (("test_simple_rnn_bidirectional",
-                                     dict(activations=["Tanh", "LeakyRelu"])),
-                                    r"activations \['Tanh', 'LeakyRelu'\] differ"),
+    "lstm-affine-no-alpha": (("test_lstm_defaults", dict(activations=["Sigmoid", "Affine", "Tanh"])),
+                             "Affine has no activation_alpha value left"),
+    "lstm-three-functions-short": (("test_lstm_defaults", dict(activations=["Sigmoid", "Tanh"])),
+                                   "activations lists 2 functions, the LSTM takes 3"),
+    # one alpha / beta per function: ONNX Runtime reads them for the functions that take them
+    "lstm-alpha-per-function": (("test_lstm_reverse",
+                                 dict(activations=["Sigmoid", "ScaledTanh", "Tanh"],
+                                      activation_alpha=[1.0, 2.0, 1.0],
+                                      activation_beta=[1.0, 0.5, 1.0])),
+                                "activation_alpha / activation_beta hold more values"),
+    "rnn-unknown": (("test_simple_rnn_defaults", dict(activations=["Gelu"])),
+                    "unknown activation 'Gelu'"),
     "gru-clip": (("test_gru_defaults", dict(clip=2.0)), "clip has no fusedrnn.GRU equivalent"),
     "gru-hardsigmoid": (("test_gru_reverse", dict(activations=["HardSigmoid", "Tanh"])),
                         r"activations \['HardSigmoid', 'Tanh'\] differ"),

@@ -202,3 +202,32 @@ def test_torch_module_export_and_float64(tmp_path):
     back64 = fr.onnx.load(m64)
     for k, v in back64.params.items():
         np.testing.assert_array_equal(v, getattr(m, k).detach().numpy())
+
+
+def test_warping_functions_and_rnn_clip_export_and_load_back():
+    """Activations with alpha / beta (one set per direction) and the RNN's clip are
+    written as the nodes' attributes: ONNX Runtime computes the layer's outputs, and
+    load gives the layer back."""
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 2, 3)).astype(np.float32)
+    layers = [fr.LSTM(3, 4, None, bidirectional=True, seed=1,
+                      gate_activation=[("hard_sigmoid", 0.25, 0.5), "sigmoid"],
+                      cell_activation=["softsign", ("scaled_tanh", 1.5, 0.5)],
+                      output_activation=[("elu", 0.5), "tanh"]),
+              fr.RNN(3, 4, num_layers=2, seed=2, activation=("leaky_relu", 0.2),
+                     accumulation_clip=0.7)]
+    for layer in layers:
+        m = fr.onnx.to_model(layer)
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        y_ort = sess.run(None, {"X": x})[0]
+        y, _ = layer.forward(x, training=False)
+        np.testing.assert_allclose(y_ort, y, rtol=1e-5, atol=1e-6)
+        back = fr.onnx.load(m)
+        for k in ("gate_activation", "cell_activation", "output_activation", "activation",
+                  "accumulation_clip"):
+            assert getattr(back, k, None) == getattr(layer, k, None) or k.endswith("activation"), k
+        np.testing.assert_allclose(back.forward(x, training=False)[0], y, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="Scan subgraph warps with sigmoid and tanh only"):
+        fr.onnx.to_model(fr.LSTM(3, 4, None, proj_size=2, cell_activation="relu"),
+                         unsupported="scan")

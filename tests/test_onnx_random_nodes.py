@@ -36,15 +36,20 @@ DEFAULTS = {"LSTM": ["sigmoid", "tanh", "tanh"], "RNN": ["tanh"]}
 
 def supported(node):
     """None if fusedrnn computes `node`, else the attribute its refusal must name.
-    This is the one place to update when fusedrnn learns an attribute value."""
+    This is the one place to update when fusedrnn learns an attribute value.
+    Every activation and the RNN's clip load; refused: Affine, ScaledTanh and
+    ThresholdedRelu without their alpha / beta written (ONNX's operators default
+    them to 1, ONNX Runtime to 0, so the node's meaning is not settled)."""
     attrs = {a.name: h.get_attribute_value(a) for a in node.attribute}
-    D = 2 if attrs.get("direction") == b"bidirectional" else 1
-    acts = attrs.get("activations")
-    if acts is not None and [a.decode().lower() for a in acts] != DEFAULTS[node.op_type] * D:
-        return "activations"
-    if node.op_type == "RNN" and "clip" in attrs:
-        return "clip"
+    names = [a.decode() for a in attrs.get("activations", [])]
+    for i, key in enumerate(("activation_alpha", "activation_beta")):
+        if key not in attrs and any(UNSETTLED.get(n, ())[i:i + 1] == (True,) for n in names):
+            return "activations"
     return None
+
+
+# the functions whose parameters ONNX and ONNX Runtime default differently: (alpha, beta) used
+UNSETTLED = {"Affine": (True, True), "ScaledTanh": (True, True), "ThresholdedRelu": (True, False)}
 
 
 def _draw(rng, k):
@@ -220,4 +225,14 @@ def test_random_node_matches_onnxruntime(k):
     want = _ort_outputs(node, values, (T, B, D, H), layout)
     got = _fr_outputs(layer, node, values, sizes)
     for name, g, w in zip(node.output, got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-6, err_msg=f"node {k} {name}")
+        # ONNX Runtime's Softplus is log(1 + e^a) as written: inf once e^a overflows
+        # float32 (a > 88.7), where softplus(a) = a; fusedrnn's stays finite there (and
+        # a state or output times that inf is +-inf in ONNX Runtime)
+        over = np.isinf(w) & (b"Softplus" in _attr(node, "activations"))
+        assert np.all(np.isfinite(g[over])), f"node {k} {name}"
+        np.testing.assert_allclose(g[~over], w[~over], rtol=1e-4, atol=2e-6,
+                                   err_msg=f"node {k} {name}")
+
+
+def _attr(node, name):
+    return next((h.get_attribute_value(a) for a in node.attribute if a.name == name), [])

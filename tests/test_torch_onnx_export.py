@@ -89,11 +89,15 @@ def test_torch_onnx_export_loads_and_matches_torch(case, with_state):
         np.testing.assert_array_equal(layer.params[k], ref.params[k])
 
 
-def test_relu_rnn_is_refused_by_name():
-    module = torch.nn.RNN(3, 4, nonlinearity="relu")
-    model = _export(module, (torch.randn(5, 2, 3),), ["x"], ["y", "h"])
-    with pytest.raises(ValueError, match=r"activations \['Relu'\] differ"):
-        fr.onnx.load(model)
+def test_relu_rnn_loads_and_matches_torch():
+    torch.manual_seed(3)
+    module = torch.nn.RNN(3, 4, nonlinearity="relu", num_layers=2)
+    x = torch.randn(5, 2, 3)
+    model = _export(module, (x,), ["x"], ["y", "h"])
+    layer = fr.onnx.load(model)
+    assert layer.activation == "relu"
+    y, _ = layer.forward(x.numpy(), training=False)
+    np.testing.assert_allclose(y, module(x)[0].detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
 def _two_layer_with_state():

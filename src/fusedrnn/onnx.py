@@ -54,6 +54,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .interop import _onnx_graph as _G
+from .core import _activations as _acts
 from .core import _validate as V
 from .core._layer import suffix
 from .core.gru import GRU
@@ -171,13 +172,11 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
     if isinstance(layout, (bool, np.bool_)) or layout not in (0, 1):
         raise ValueError(f"layout must be 0 (time-major nodes) or 1 (batch-major nodes), "
                          f"got {layout!r}")
-    warps = [(k, getattr(layer, k)) for k, dflt in (
-        ("gate_activation", "sigmoid"), ("cell_activation", "tanh"),
-        ("output_activation", "tanh"), ("activation", "tanh")) if getattr(layer, k, dflt) != dflt]
-    if warps or getattr(layer, "accumulation_clip", None) is not None and isinstance(layer, RNN):
-        raise ValueError("export does not write warping functions other than the defaults or "
-                         f"the RNN's accumulation_clip yet: {dict(warps)}")
     blocked = blocking_features(layer)
+    if blocked and unsupported == "scan" and _node_activations(layer):
+        raise ValueError("the Scan subgraph warps with sigmoid and tanh only: this "
+                         f"{type(layer).__name__}'s warping functions cannot be written with "
+                         f"{', '.join(blocked)} (export them without those options)")
     if blocked and layout == 1 and unsupported == "scan":
         raise ValueError("layout=1 sets the layout of LSTM/RNN nodes; the Scan subgraph that "
                          f"this {type(layer).__name__} needs has none (export it with layout=0)")
@@ -260,7 +259,7 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
                           producer_name="fusedrnn", producer_version=_version())
     m.doc_string = repr(layer)
     props = {"fusedrnn.layer": repr(layer), "fusedrnn.batch_first": "1" if layer.batch_first else "0"}
-    if is_lstm and layer.accumulation_clip is not None:  # the clip attribute is a float32
+    if getattr(layer, "accumulation_clip", None) is not None:  # the clip attribute is a float32
         props["fusedrnn.accumulation_clip"] = repr(layer.accumulation_clip)
     onnx.helper.set_model_props(m, props)
     onnx.checker.check_model(m, full_check=True)
@@ -306,7 +305,7 @@ def _lstm_node(g: _Graph, layer: LSTM, l: int, x: str, lens: str, h0: str,
         attrs["input_forget"] = 1
     if layer.accumulation_clip is not None:
         attrs["clip"] = float(layer.accumulation_clip)
-    Y, Y_h, Y_c = _emit(g, "LSTM", layer, ins, 3, layout, **attrs)
+    Y, Y_h, Y_c = _emit(g, "LSTM", layer, ins, 3, layout, **attrs, **_node_activations(layer))
     return Y, Y_h, Y_c
 
 
@@ -331,8 +330,37 @@ def _rnn_node(g: _Graph, layer: RNN, l: int, x: str, lens: str, h0: str,
     R = np.stack([p["W_r" + s] for s in sfx])
     B = np.stack([np.concatenate([p["theta_s" + s], np.zeros(H)]) for s in sfx])
     ins = [x, g.const("W", W), g.const("R", R), g.const("B", B), lens, h0]
-    Y, Y_h = _emit(g, "RNN", layer, ins, 2, layout)
+    attrs: Dict[str, Any] = _node_activations(layer)
+    if layer.accumulation_clip is not None:
+        attrs["clip"] = float(layer.accumulation_clip)
+    Y, Y_h = _emit(g, "RNN", layer, ins, 2, layout, **attrs)
     return Y, Y_h
+
+
+# the warping-function options of a layer, in ONNX's order per direction (LSTM: f, g, h)
+_WARP_OPTIONS = {"LSTM": ("gate_activation", "cell_activation", "output_activation"),
+                 "RNN": ("activation",)}
+
+
+def _node_activations(layer: Any) -> Dict[str, Any]:
+    """The activations / activation_alpha / activation_beta attributes of a layer's
+    nodes; none for the defaults (Sigmoid, Tanh, Tanh; Tanh)."""
+    options = _WARP_OPTIONS.get(type(layer).__name__)
+    if options is None:
+        return {}
+    D = layer.num_directions
+    per = [_acts.per_direction(getattr(layer, k), D, k) for k in options]
+    cells = [tuple(p[d] for p in per) for d in range(D)]
+    default = (_acts.SIGMOID, _acts.TANH, _acts.TANH) if len(options) == 3 else (_acts.TANH,)
+    if all(c == default for c in cells):
+        return {}
+    names, alphas, betas = _acts.onnx_attributes(cells)
+    attrs: Dict[str, Any] = {"activations": names}
+    if alphas:
+        attrs["activation_alpha"] = alphas
+    if betas:
+        attrs["activation_beta"] = betas
+    return attrs
 
 
 def _gru_node(g: _Graph, layer: GRU, l: int, x: str, lens: str, h0: str,
@@ -550,12 +578,27 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
         raise ValueError(f"{where}: layout must be 0 or 1, got {layout!r}")
     batch_first = layout == 1  # X (B, T, I)
     acts = a.get("activations")
+    warp_options: Dict[str, Any] = {}
     if acts is not None:
         acts = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in acts]
         want = _ACTIVATIONS[op] * D
-        if [str(x).lower() for x in acts] != want:
-            raise ValueError(f"{where}: activations {acts} differ from the paper's warping "
-                             f"functions {[x.capitalize() for x in want]}")
+        if op == "GRU":
+            if [str(x).lower() for x in acts] != want:
+                raise ValueError(f"{where}: activations {acts} differ from the GRU's warping "
+                                 f"functions {[x.capitalize() for x in want]}")
+        else:
+            if len(acts) != len(want):
+                raise ValueError(f"{where}: activations lists {len(acts)} functions, the "
+                                 f"{'bidirectional ' if D == 2 else ''}{op} takes "
+                                 f"{len(want)} ({len(want) // D} per direction)")
+            funcs = _acts.from_onnx(acts, a.get("activation_alpha"), a.get("activation_beta"),
+                                    where)
+            k = len(want) // D
+            for i, option in enumerate(_WARP_OPTIONS[op]):
+                specs = [_acts.spec(funcs[d * k + i]) for d in range(D)]
+                warp_options[option] = specs[0] if D == 1 else specs
+    elif "activation_alpha" in a or "activation_beta" in a:
+        raise ValueError(f"{where}: activation_alpha / activation_beta without activations")
     G = _GATES[op]
     W = const(1, "W", required=True)
     Rm = const(2, "R", required=True)
@@ -594,6 +637,19 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
                              "(make it a graph input)")
     dt = dtype if dtype is not None else (W.dtype if W.dtype in (np.float32, np.float64)
                                           else np.dtype(np.float32))
+
+    def _clip() -> Optional[float]:
+        """The clip attribute (None when absent), exact when fusedrnn's metadata holds the
+        value whose float32 rounding it is."""
+        clip = float(attr("clip", float, 0.0)) if "clip" in a else None
+        if clip is not None and exact_clip is not None:
+            try:
+                if np.float32(float(exact_clip)) == np.float32(clip):
+                    clip = float(exact_clip)
+            except ValueError:
+                pass
+        return clip
+
     try:
         if op == "LSTM":
             P = const(7, "P")
@@ -605,17 +661,11 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
             input_forget = attr("input_forget", int, 0)
             if input_forget not in (0, 1):
                 raise ValueError(f"{where}: input_forget must be 0 or 1, got {input_forget}")
-            clip = float(attr("clip", float, 0.0)) if "clip" in a else None
-            if clip is not None and exact_clip is not None:
-                try:  # the exact value when the float32 attribute is its rounding
-                    if np.float32(float(exact_clip)) == np.float32(clip):
-                        clip = float(exact_clip)
-                except ValueError:
-                    pass
+            clip = _clip()
             layer: Any = LSTM(I, H, peepholes="diagonal" if P is not None else None,
                               coupled_gates=bool(input_forget), accumulation_clip=clip,
                               bidirectional=D == 2, reverse=reverse, batch_first=batch_first,
-                              dtype=dt, seed=0)
+                              dtype=dt, seed=0, **warp_options)
             for d in range(D):
                 s = suffix(0, d)
                 layer.params["W_x" + s][...] = _reorder(W[d], H, _INV_GATE_ORDER)
@@ -628,10 +678,8 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
             layer = _gru_layer(where, attr("linear_before_reset", int, 0), "clip" in a, W, Rm,
                                Bm, D, reverse, batch_first, dt)
         else:
-            if "clip" in a:
-                raise ValueError(f"{where}: clip has no fusedrnn.RNN equivalent")
             layer = RNN(I, H, bidirectional=D == 2, reverse=reverse, batch_first=batch_first,
-                        dtype=dt, seed=0)
+                        dtype=dt, seed=0, accumulation_clip=_clip(), **warp_options)
             for d in range(D):
                 s = suffix(0, d)
                 layer.params["W_x" + s][...] = W[d]
@@ -747,11 +795,13 @@ def _same_cell(a: Any, b: Any) -> bool:
                                                                 b.batch_first)):
         return False
     if isinstance(a, LSTM):
-        return (a.peepholes, a.coupled_gates, a.accumulation_clip) == (
-            b.peepholes, b.coupled_gates, b.accumulation_clip)
+        return (a.peepholes, a.coupled_gates, a.accumulation_clip, a.gate_activation,
+                a.cell_activation, a.output_activation) == (
+            b.peepholes, b.coupled_gates, b.accumulation_clip, b.gate_activation,
+            b.cell_activation, b.output_activation)
     if isinstance(a, GRU):
         return a.linear_before_reset == b.linear_before_reset
-    return True
+    return (a.activation, a.accumulation_clip) == (b.activation, b.accumulation_clip)
 
 
 def _is_zero_fill(node: Any, consts: Dict[str, Any]) -> bool:
@@ -916,7 +966,10 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
                         coupled_gates=first.coupled_gates,
                         accumulation_clip=first.accumulation_clip, num_layers=L,
                         bidirectional=first.bidirectional, reverse=first.reverse,
-                        dtype=first.dtype, batch_first=bool(batch_first), seed=0)
+                        dtype=first.dtype, batch_first=bool(batch_first), seed=0,
+                        gate_activation=first.gate_activation,
+                        cell_activation=first.cell_activation,
+                        output_activation=first.output_activation)
     elif isinstance(first, GRU):
         net = GRU(first.input_size, first.hidden_size,
                   linear_before_reset=first.linear_before_reset, num_layers=L,
@@ -925,7 +978,8 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
     else:
         net = RNN(first.input_size, first.hidden_size, num_layers=L,
                   bidirectional=first.bidirectional, reverse=first.reverse, dtype=first.dtype,
-                  batch_first=bool(batch_first), seed=0)
+                  batch_first=bool(batch_first), seed=0, activation=first.activation,
+                  accumulation_clip=first.accumulation_clip)
     for l, c in enumerate(cells):
         for name, arr in c.params.items():
             base, rev = (name[:-len("_reverse")], 1) if name.endswith("_reverse") else (name, 0)
