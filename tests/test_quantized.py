@@ -415,3 +415,6 @@ def test_rnn_sequential_and_errors():
         fr.RNN(3, 4).quantize("fp8")
     with pytest.raises(TypeError, match="float32"):
         fr.QuantizedRNN(3, 4, precision="bf16", dtype=np.float64)
+    for layer in (r, q.layers[1]):      # the alternative named: chunks with the state carried
+        with pytest.raises(ValueError, match="streams of bf16 layers.*state carried"):
+            layer.stream(2)

@@ -194,8 +194,9 @@ class _Quantized:
                          "float layer instead")
 
     def stream(self, batch: int, state: Any = None, *, weights: str = "live") -> Any:
-        raise ValueError(f"streams of a {self.precision} layer are not available; stream the "
-                         "float layer, or call forward on chunks with the state carried")
+        raise ValueError(f"streams of {self.precision} layers are not available; stream the "
+                         "float layer, or call forward(x_chunk, state, training=False) on "
+                         "chunks with the state carried")
 
     def to_torch(self) -> Any:
         raise ValueError(f"a {self.precision} layer has no torch.nn equivalent of the same "
