@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -331,6 +332,7 @@ def run(threads_list: List[int], quick: bool, budget: float, rounds: int, min_re
     finally:
         for w in workers.values():
             w.close()
+        shutil.rmtree(logdir, ignore_errors=True)
     # the memory table at the full run's sizes (no forward of the sequence; --quick: medium)
     shapes = [CASES["medium"]] if quick else list(CASES.values())
     memory = {f"I={I} H={H}": memory_table(I, H) for (_, _, I, H) in shapes}
