@@ -279,3 +279,41 @@ def test_quantized_lstm_keeps_the_warping(precision):
     y_d, _ = fr.LSTM(3, 5, seed=4).quantize(precision).forward(x)
     assert np.abs(y_q - y_f).max() < 0.05          # reduced products, the same functions
     assert np.abs(y_q - y_d).max() > 0.05          # not the default ones
+
+
+# -- Keras --------------------------------------------------------------------------
+
+KERAS_NAMES = ["tanh", "sigmoid", "relu", "hard_sigmoid", "linear", "elu", "softsign", "softplus"]
+
+
+@pytest.mark.parametrize("name", KERAS_NAMES)
+def test_keras_activations_map_both_ways(name, monkeypatch):
+    """Keras' activation names as warping functions, vs Keras on the torch backend:
+    outputs of SimpleRNN(activation=name) and LSTM(activation=name,
+    recurrent_activation=name) both ways."""
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    x = np.random.default_rng(5).standard_normal((2, 6, 3)).astype(np.float32)
+    for k_layer in (keras.layers.SimpleRNN(4, activation=name, return_sequences=True),
+                    keras.layers.LSTM(4, activation=name, recurrent_activation=name,
+                                      return_sequences=True)):
+        k_layer.build((None, None, 3))
+        want = keras.ops.convert_to_numpy(k_layer(x))
+        ours = (fr.RNN if isinstance(k_layer, keras.layers.SimpleRNN) else fr.LSTM).from_keras(k_layer)
+        y, _ = ours.forward(x, training=False)
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+        back = ours.to_keras(return_state=False)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(back(x)), want, rtol=1e-5, atol=1e-6)
+
+
+def test_keras_refuses_what_it_cannot_name(monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    k_layer = keras.layers.SimpleRNN(4, activation="gelu")
+    k_layer.build((None, None, 3))
+    with pytest.raises(ValueError, match="activation='gelu'"):
+        fr.RNN.from_keras(k_layer)
+    with pytest.raises(ValueError, match="activation for activation=\\('leakyrelu', 0.1\\)"):
+        fr.RNN(3, 4, activation=("leaky_relu", 0.1)).to_keras()
+    with pytest.raises(ValueError, match="the same for both directions and for the cell input"):
+        fr.LSTM(3, 4, None, cell_activation="relu").to_keras()

@@ -302,7 +302,8 @@ class LSTM(RecurrentLayer):
         `keras.layers.LSTM`, or of a `keras.layers.Bidirectional` of one:
         W_x = kernel.T, W_v = recurrent_kernel.T, b = bias (gate order (i, f, c, o)
         in both), go_backwards -> reverse=True, no peepholes. Refuses by name what
-        this LSTM cannot compute (activations other than tanh / sigmoid, dropout,
+        this LSTM cannot compute (activations other than Keras' tanh, sigmoid, relu,
+        hard_sigmoid, linear, elu, softsign, softplus, dropout,
         recurrent_dropout, merge modes other than "concat", float16). A
         go_backwards layer's returned sequence is Keras' reversed: y = y_keras[:, ::-1]."""
         from ..interop._keras import lstm_from_keras

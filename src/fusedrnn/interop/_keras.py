@@ -43,6 +43,15 @@ from ..core._layer import suffix
 _LSTM_ACTIVATIONS = {"activation": "tanh", "recurrent_activation": "sigmoid"}
 _RNN_ACTIVATIONS = {"activation": "tanh"}
 _GRU_ACTIVATIONS = _LSTM_ACTIVATIONS
+# Keras' activations by name, as fusedrnn's warping functions (docs/equations.md §9); Keras 3's
+# hard_sigmoid is relu6(x + 3) / 6 = clip(x / 6 + 1/2, 0, 1)
+_KERAS_WARPS = {"tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu",
+                "hard_sigmoid": ("hardsigmoid", 1.0 / 6.0, 0.5), "linear": ("affine", 1.0, 0.0),
+                "elu": ("elu", 1.0), "softsign": "softsign", "softplus": "softplus"}
+# the Keras activation options of each layer and the fusedrnn options they set
+_LSTM_WARPS = {"activation": ("cell_activation", "output_activation"),
+               "recurrent_activation": ("gate_activation",)}
+_RNN_WARPS = {"activation": ("activation",)}
 _GRU_ORDER = (1, 0, 2)  # Keras' (z, r, h) from fusedrnn's (r, z, n), and back
 
 
@@ -113,6 +122,39 @@ def _check_config(layer: Any, kind: str, activations: Dict[str, str]) -> Dict[st
     return cfg
 
 
+def _warps_from_keras(cfg: Dict[str, Any], kind: str, warps: Dict[str, Tuple[str, ...]]
+                      ) -> Dict[str, Any]:
+    """fusedrnn's warping options from a Keras layer config's activations."""
+    out: Dict[str, Any] = {}
+    for key, ours in warps.items():
+        got = _name_of(cfg.get(key))
+        if not isinstance(got, str) or got not in _KERAS_WARPS:
+            raise ValueError(f"keras.layers.{kind} {key}={got!r}: fusedrnn computes the Keras "
+                             f"activations {sorted(_KERAS_WARPS)} only")
+        out.update({o: _KERAS_WARPS[got] for o in ours})
+    return out
+
+
+def _warps_to_keras(layer: Any, kind: str, warps: Dict[str, Tuple[str, ...]]
+                    ) -> Tuple[Dict[str, str], List[str]]:
+    """The Keras activation options of a fusedrnn layer, and what cannot be written."""
+    from ..core import _activations as _acts
+    by_fn = {_acts.parse(v): k for k, v in _KERAS_WARPS.items()}
+    opts: Dict[str, str] = {}
+    blocked: List[str] = []
+    for key, ours in warps.items():
+        values = {f for o in ours
+                  for f in _acts.per_direction(getattr(layer, o), layer.num_directions, o)}
+        if len(values) != 1 or next(iter(values)) not in by_fn:
+            blocked.append(f"{key} for {' and '.join(f'{o}={getattr(layer, o)!r}' for o in ours)}"
+                           f" (one Keras activation of {sorted(_KERAS_WARPS)}, the same for "
+                           "both directions" + (" and for the cell input and the readout"
+                                                if len(ours) > 1 else "") + ")")
+        else:
+            opts[key] = by_fn[next(iter(values))]
+    return opts, blocked
+
+
 def _weights(layer: Any, use_bias: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     ws = layer.get_weights()
     kernel, recurrent = ws[0], ws[1]
@@ -129,14 +171,15 @@ def _plain_params(out: Any, k: np.ndarray, r: np.ndarray, b: Optional[np.ndarray
 
 def _from_keras(cls: Any, layer: Any, kind: str, activations: Dict[str, str],
                 names: Tuple[str, str, str], params_of: Any = _plain_params,
-                options: Optional[Dict[str, str]] = None) -> Any:
+                options: Optional[Dict[str, str]] = None,
+                warps: Optional[Dict[str, Tuple[str, ...]]] = None) -> Any:
     """params_of(the new layer, kernel, recurrent_kernel, bias or None, names) ->
     the params of one direction; options: Keras config key -> the `cls` option
     that takes its value (the directions must agree on it)."""
     options = options or {}
     cells, bidirectional = _cell_layers(layer, kind)
     cfgs = [_check_config(c, kind, activations) for c in cells]
-    keys = ("units", "use_bias", *activations, *options)
+    keys = ("units", "use_bias", *activations, *options, *(warps or {}))
     if bidirectional and any(cfgs[0].get(k) != cfgs[1].get(k) for k in keys):
         raise ValueError("keras.layers.Bidirectional: the two directions differ in "
                          f"{[k for k in keys if cfgs[0].get(k) != cfgs[1].get(k)]}; fusedrnn's "
@@ -150,6 +193,8 @@ def _from_keras(cls: Any, layer: Any, kind: str, activations: Dict[str, str],
     if kind == "LSTM":
         opts["peepholes"] = None
     opts.update({ours: bool(cfgs[0][key]) for key, ours in options.items()})
+    if warps:
+        opts.update(_warps_from_keras(cfgs[0], kind, warps))
     out = cls(kernel.shape[0], units, **opts)
     for d, c in enumerate(cells):
         k, r, b = _weights(c, use_bias)
@@ -201,7 +246,7 @@ def _to_keras(layer: Any, kind: str, blocked: List[str], names: Tuple[str, str, 
 
 
 def lstm_from_keras(cls: Any, layer: Any) -> Any:
-    return _from_keras(cls, layer, "LSTM", _LSTM_ACTIVATIONS, ("W_x", "W_v", "b"))
+    return _from_keras(cls, layer, "LSTM", {}, ("W_x", "W_v", "b"), warps=_LSTM_WARPS)
 
 
 def lstm_to_keras(layer: Any, return_sequences: bool, return_state: bool,
@@ -211,26 +256,25 @@ def lstm_to_keras(layer: Any, return_sequences: bool, return_state: bool,
                                      ("context windows", layer.context != (0, 0)),
                                      ("coupled gates", layer.coupled_gates),
                                      ("cell_clip", layer.cell_clip is not None),
-                                     ("accumulation_clip", layer.accumulation_clip is not None),
-                                     ("warping functions other than sigmoid and tanh",
-                                      (layer.gate_activation, layer.cell_activation,
-                                       layer.output_activation) != ("sigmoid", "tanh", "tanh")))
+                                     ("accumulation_clip", layer.accumulation_clip is not None))
                if on]
-    return _to_keras(layer, "LSTM", blocked, ("W_x", "W_v", "b"), return_sequences,
-                     return_state, name)
+    warps, more = _warps_to_keras(layer, "LSTM", _LSTM_WARPS)
+    return _to_keras(layer, "LSTM", blocked + more, ("W_x", "W_v", "b"), return_sequences,
+                     return_state, name, **warps)
 
 
 def rnn_from_keras(cls: Any, layer: Any) -> Any:
-    return _from_keras(cls, layer, "SimpleRNN", _RNN_ACTIVATIONS, ("W_x", "W_r", "theta_s"))
+    return _from_keras(cls, layer, "SimpleRNN", {}, ("W_x", "W_r", "theta_s"), warps=_RNN_WARPS)
 
 
 def rnn_to_keras(layer: Any, return_sequences: bool, return_state: bool,
                  name: Optional[str]) -> Any:
     blocked = ["state feedback W_s (state_feedback=True)"] if layer.state_feedback else []
-    if layer.activation != "tanh" or layer.accumulation_clip is not None:
-        blocked.append(f"activation={layer.activation!r} / accumulation_clip (not converted yet)")
-    return _to_keras(layer, "SimpleRNN", blocked, ("W_x", "W_r", "theta_s"), return_sequences,
-                     return_state, name)
+    if layer.accumulation_clip is not None:
+        blocked.append("accumulation_clip")
+    warps, more = _warps_to_keras(layer, "SimpleRNN", _RNN_WARPS)
+    return _to_keras(layer, "SimpleRNN", blocked + more, ("W_x", "W_r", "theta_s"),
+                     return_sequences, return_state, name, **warps)
 
 
 def _gru_params(out: Any, k: np.ndarray, r: np.ndarray, b: Optional[np.ndarray],
