@@ -139,6 +139,35 @@ static inline void fr_regions_point(void **ptr, const size_t *n, int count, void
     }
 }
 
+/* A workspace's regions: ptr[i] into the caller's `base` with the counts n[]
+ * (aligned), or FR_ENULL when the table needs room and base is NULL. */
+static inline int fr_workspace_point(void **ptr, const size_t *n, int count, void *base,
+                                     size_t elem) {
+    size_t total;
+    FR_CHECK(fr_regions_total(&total, n, count, 1));
+    if (total > 0 && base == NULL) return FR_ENULL;
+    fr_regions_point(ptr, n, count, base, elem, 1);
+    return FR_OK;
+}
+
+/* The checks every cell's configuration shares: the sizes, the direction, the
+ * lengths, and that the GEMM dimensions (T B rows, `gates` H-wide blocks a row:
+ * 4 for the LSTM and the GRU, 1 for the RNN) reach BLAS as int. */
+static inline int fr_check_sequence(int64_t T, int64_t B, int64_t I, int64_t H, size_t gates,
+                                    int reverse, const int64_t *lengths) {
+    if (T < 1 || B < 1 || I < 1 || H < 1) return FR_EINVAL;
+    if (reverse != 0 && reverse != 1) return FR_EINVAL;
+    if (lengths)
+        for (int64_t b = 0; b < B; b++)
+            if (lengths[b] < 0 || lengths[b] > T) return FR_EINVAL;
+    size_t TB, G;
+    FR_CHECK(fr_mul(&TB, (size_t)T, (size_t)B));
+    FR_CHECK(fr_mul(&G, gates, (size_t)H));
+    if (!fr_fits_int((int64_t)TB) || !fr_fits_int((int64_t)G) || !fr_fits_int(I))
+        return FR_EOVERFLOW;
+    return FR_OK;
+}
+
 /* ---- interrupting a long call ---------------------------------------------------
  * Member 0 of a call polls once per step (fr_poll_step: a cheap clock read every
  * 8th step); when FR_INTERRUPT_NS have passed it asks the caller's callback and
@@ -195,6 +224,16 @@ static inline int64_t fr_grad_piece_steps(const fr_poll *p, int64_t T, int64_t B
                                           double flops_per_step) {
     const int64_t unit = B > 0 ? (FR_GRAD_PIECE_ROWS + B - 1) / B : 1;
     return fr_piece_steps(p, T, flops_per_step, unit);
+}
+
+/* Steps per x-side GEMM of a forward call (the LSTM's and the GRU's): chunks of
+ * the inference workspace, or all T steps of a training call at once (in pieces
+ * when the call can be interrupted; whole inference chunks, so that both see
+ * the same GEMMs). */
+static inline int64_t fr_input_steps(const fr_poll *p, int64_t T, int64_t B, int training,
+                                     double flops_per_step) {
+    const int64_t chunk = fr_inference_chunk(T, B);
+    return training ? fr_piece_steps(p, T, flops_per_step, chunk) : chunk;
 }
 
 /* Copy `count` arrays (len[i] elements of `elem` bytes each, 0: none) one after
@@ -316,14 +355,19 @@ static inline void fr_share(int64_t *lo, int64_t *hi, int64_t n_units, int64_t b
     *hi = b1 * block < n_units ? b1 * block : n_units;
 }
 
+/* A forward call's run: its loop on `threads` members; FR_EINTR when interrupted. */
+static inline int fr_fwd_run(int threads, fr_team_fn loop, void *ctx, const fr_poll *poll) {
+    fr_team_run(threads, loop, ctx);
+    return fr_poll_stopped(poll) ? FR_EINTR : FR_OK;
+}
+
 /* A backward call's run, the same in every cell: its loop on `threads` members,
  * then, unless interrupted, the gradient GEMMs on the provider when the plan
  * keeps them out of the team (grads_after: grads(ctx), 0 when interrupted).
  * An interrupted call puts the kept gradients back and returns FR_EINTR. */
 static inline int fr_bwd_run(int threads, fr_team_fn loop, void *ctx, fr_poll *poll,
                              int grads_after, int (*grads)(void *ctx), const fr_kept *kept) {
-    fr_team_run(threads, loop, ctx);
-    if (!fr_poll_stopped(poll) && grads_after) grads(ctx);
+    if (fr_fwd_run(threads, loop, ctx, poll) == FR_OK && grads_after) grads(ctx);
     if (!fr_poll_stopped(poll)) return FR_OK;
     if (kept->save) fr_copy_arrays(kept->save, kept->arrays, kept->len, kept->count, kept->elem, 1);
     return FR_EINTR;

@@ -4,19 +4,8 @@
 
 static int gru_check_config(const fr_gru_config *cfg) {
     if (cfg == NULL) return FR_ENULL;
-    if (cfg->T < 1 || cfg->B < 1 || cfg->I < 1 || cfg->H < 1) return FR_EINVAL;
-    if ((cfg->linear_before_reset != 0 && cfg->linear_before_reset != 1) ||
-        (cfg->reverse != 0 && cfg->reverse != 1))
-        return FR_EINVAL;
-    if (cfg->lengths)
-        for (int64_t b = 0; b < cfg->B; b++)
-            if (cfg->lengths[b] < 0 || cfg->lengths[b] > cfg->T) return FR_EINVAL;
-    size_t TB, G;
-    FR_CHECK(fr_mul(&TB, (size_t)cfg->T, (size_t)cfg->B));
-    FR_CHECK(fr_mul(&G, 4, (size_t)cfg->H));
-    if (!fr_fits_int((int64_t)TB) || !fr_fits_int((int64_t)G) || !fr_fits_int(cfg->I))
-        return FR_EOVERFLOW;
-    return FR_OK;
+    if (cfg->linear_before_reset != 0 && cfg->linear_before_reset != 1) return FR_EINVAL;
+    return fr_check_sequence(cfg->T, cfg->B, cfg->I, cfg->H, 4, cfg->reverse, cfg->lengths);
 }
 
 /* ---- the buffers: one region table each (see lstm.c) --------------------------

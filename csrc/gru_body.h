@@ -138,26 +138,17 @@ int FN(fr_gru_forward)(const FN(fr_gru_forward_seq) *seq, const FN(fr_gru_weight
         return FR_ENULL;
     const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H;
     const int training = seq->acts != NULL;
-    size_t nf[GF_COUNT], n_work;
+    size_t nf[GF_COUNT];
     FR_CHECK(gru_forward_regions(nf, cfg, training));
-    FR_CHECK(fr_regions_total(&n_work, nf, GF_COUNT, 1));
-    if (n_work > 0 && !seq->work) return FR_ENULL;
     const fr_plan plan = gru_plan(cfg, call, sizeof(real));
 
-    FN(gru_fwd) c = {.cfg = cfg, .seq = seq, .w = w};
-    fr_regions_point((void **)c.p, nf, GF_COUNT, seq->work, sizeof(real), 1);
-    c.pack = plan.ukernel;
+    FN(gru_fwd) c = {.cfg = cfg, .seq = seq, .w = w, .pack = plan.ukernel};
+    FR_CHECK(fr_workspace_point((void **)c.p, nf, GF_COUNT, seq->work, sizeof(real)));
     c.x = (WMAT){.W = w->W_x, .ld = I, .trans = 1, .packed = plan.ukernel ? c.p[GF_WX_P] : NULL};
     c.h = (WMAT){.W = w->W_h, .ld = H, .trans = 1, .packed = plan.ukernel ? c.p[GF_WH_P] : NULL};
     fr_poll_init(&c.poll, call);
-    /* the x-side GEMM: chunks of the inference workspace, or all T steps of a
-     * training call at once (in whole chunks when the call can be interrupted) */
-    const int64_t Tc_infer = fr_inference_chunk(T, B);
-    c.Tc = training ? fr_piece_steps(&c.poll, T, 6.0 * (double)B * (double)H * (double)I,
-                                     Tc_infer)
-                    : Tc_infer;
-    fr_team_run(plan.threads, FN(gru_forward_loop), &c);
-    if (fr_poll_stopped(&c.poll)) return FR_EINTR;
+    c.Tc = fr_input_steps(&c.poll, T, B, training, 6.0 * (double)B * (double)H * (double)I);
+    FR_CHECK(fr_fwd_run(plan.threads, FN(gru_forward_loop), &c, &c.poll));
     const int64_t n_last = cfg->reverse ? 0 : T - 1;
     memcpy(seq->h_T, seq->h_seq + (size_t)n_last * B * H, (size_t)(B * H) * sizeof(real));
     return FR_OK;
@@ -334,7 +325,7 @@ int FN(fr_gru_backward)(const FN(fr_gru_grads) *g, const FN(fr_gru_backward_seq)
 
     FN(gru_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .pack = plan.ukernel,
                      .grads_in_team = plan.ukernel && plan.grads_in_team};
-    fr_regions_point((void **)c.p, nb, GB_COUNT, seq->work, sizeof(real), 1);
+    FR_CHECK(fr_workspace_point((void **)c.p, nb, GB_COUNT, seq->work, sizeof(real)));
     real *const *p = c.p;
     /* f_chi[T] = dE/d(final h) from a later window */
     const size_t BH = (size_t)(B * H);

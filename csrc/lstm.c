@@ -6,27 +6,19 @@
 
 static int lstm_check_config(const fr_lstm_config *cfg) {
     if (cfg == NULL) return FR_ENULL;
-    if (cfg->T < 1 || cfg->B < 1 || cfg->I < 1 || cfg->H < 1 || cfg->P < 0) return FR_EINVAL;
+    if (cfg->P < 0) return FR_EINVAL;
     if (cfg->P >= cfg->H && cfg->P != 0) return FR_EINVAL; /* projection must shrink: d_q < d_s */
     if (cfg->peepholes < FR_PEEP_NONE || cfg->peepholes > FR_PEEP_FULL) return FR_EINVAL;
-    if ((cfg->coupled_gates != 0 && cfg->coupled_gates != 1) || (cfg->reverse != 0 && cfg->reverse != 1))
-        return FR_EINVAL;
+    if (cfg->coupled_gates != 0 && cfg->coupled_gates != 1) return FR_EINVAL;
     /* clips: 0 is off; negative or NaN is invalid */
     if (!(cfg->cell_clip >= 0) || !(cfg->accumulation_clip >= 0)) return FR_EINVAL;
     if (!fr_activation_ok(&cfg->gate) || !fr_activation_ok(&cfg->cell) ||
         !fr_activation_ok(&cfg->output))
         return FR_EINVAL;
-    if (cfg->lengths)
-        for (int64_t b = 0; b < cfg->B; b++)
-            if (cfg->lengths[b] < 0 || cfg->lengths[b] > cfg->T) return FR_EINVAL;
     if (cfg->reduced < FR_REDUCED_NONE || cfg->reduced > FR_REDUCED_INT8) return FR_EINVAL;
+    FR_CHECK(fr_check_sequence(cfg->T, cfg->B, cfg->I, cfg->H, 4, cfg->reverse, cfg->lengths));
     if (cfg->reduced == FR_REDUCED_INT8 &&
         (cfg->I > FR_S8_MAX_K || cfg->H > FR_S8_MAX_K)) /* int32 sums of K products */
-        return FR_EOVERFLOW;
-    size_t TB, G;
-    FR_CHECK(fr_mul(&TB, (size_t)cfg->T, (size_t)cfg->B));
-    FR_CHECK(fr_mul(&G, 4, (size_t)cfg->H));
-    if (!fr_fits_int((int64_t)TB) || !fr_fits_int((int64_t)G) || !fr_fits_int(cfg->I))
         return FR_EOVERFLOW;
     return FR_OK;
 }

@@ -643,7 +643,7 @@ int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_s
 
     FN(lstm_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .pack = plan.ukernel,
                       .grads_in_team = plan.ukernel && plan.grads_in_team};
-    fr_regions_point((void **)c.p, nb, LB_COUNT, seq->work, sizeof(real), 1);
+    FR_CHECK(fr_workspace_point((void **)c.p, nb, LB_COUNT, seq->work, sizeof(real)));
     fr_regions_point((void **)c.a, na, LA_COUNT, (void *)seq->acts, sizeof(real), 0);
     real *const *p = c.p;
     memset(p[LB_ZEROS], 0, nb[LB_ZEROS] * sizeof(real));

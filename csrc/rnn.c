@@ -5,20 +5,12 @@
 
 static int rnn_check_config(const fr_rnn_config *cfg) {
     if (cfg == NULL) return FR_ENULL;
-    if (cfg->T < 1 || cfg->B < 1 || cfg->I < 1 || cfg->H < 1) return FR_EINVAL;
     if (cfg->state_feedback != 0 && cfg->state_feedback != 1) return FR_EINVAL;
-    if (cfg->reverse != 0 && cfg->reverse != 1) return FR_EINVAL;
     if (!(cfg->accumulation_clip >= 0) || !fr_activation_ok(&cfg->activation)) return FR_EINVAL;
-    if (cfg->lengths)
-        for (int64_t b = 0; b < cfg->B; b++)
-            if (cfg->lengths[b] < 0 || cfg->lengths[b] > cfg->T) return FR_EINVAL;
     if (cfg->reduced < FR_REDUCED_NONE || cfg->reduced > FR_REDUCED_INT8) return FR_EINVAL;
+    FR_CHECK(fr_check_sequence(cfg->T, cfg->B, cfg->I, cfg->H, 1, cfg->reverse, cfg->lengths));
     if (cfg->reduced == FR_REDUCED_INT8 &&
         (cfg->I > FR_S8_MAX_K || cfg->H > FR_S8_MAX_K)) /* int32 sums of K products */
-        return FR_EOVERFLOW;
-    size_t TB;
-    FR_CHECK(fr_mul(&TB, (size_t)cfg->T, (size_t)cfg->B));
-    if (!fr_fits_int((int64_t)TB) || !fr_fits_int(cfg->H) || !fr_fits_int(cfg->I))
         return FR_EOVERFLOW;
     return FR_OK;
 }

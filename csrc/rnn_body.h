@@ -148,15 +148,12 @@ int FN(fr_rnn_forward)(const FN(fr_rnn_forward_seq) *seq, const FN(fr_rnn_weight
     /* reduced precision: inference in float32, the weights from fr_rnn_qpack */
     if (cfg->reduced && (!FR_REDUCED_OK || training)) return FR_EINVAL;
     if (cfg->reduced && !w->reduced) return FR_ENULL;
-    size_t nf[RF_COUNT], n_work;
+    size_t nf[RF_COUNT];
     FR_CHECK(rnn_forward_regions(nf, cfg, training));
-    FR_CHECK(fr_regions_total(&n_work, nf, RF_COUNT, 1));
-    if (n_work > 0 && !seq->work) return FR_ENULL;
     const fr_plan plan = rnn_plan(cfg, call, sizeof(real));
 
-    FN(rnn_fwd) c = {.cfg = cfg, .seq = seq, .w = w, .G = fr_rnn_warp_of(cfg)};
-    fr_regions_point((void **)c.p, nf, RF_COUNT, seq->work, sizeof(real), 1);
-    c.pack = plan.ukernel;
+    FN(rnn_fwd) c = {.cfg = cfg, .seq = seq, .w = w, .G = fr_rnn_warp_of(cfg), .pack = plan.ukernel};
+    FR_CHECK(fr_workspace_point((void **)c.p, nf, RF_COUNT, seq->work, sizeof(real)));
     c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? c.p[RF_WX_P] : NULL, NULL};
     c.r = (WMAT){w->W_r, H, 1, plan.ukernel ? c.p[RF_WR_P] : NULL, NULL};
     c.s = (WMAT){w->W_s, H, 1, plan.ukernel ? c.p[RF_WS_P] : NULL, NULL};
@@ -173,8 +170,7 @@ int FN(fr_rnn_forward)(const FN(fr_rnn_forward_seq) *seq, const FN(fr_rnn_weight
      * BLAS sees the same calls and the two agree bit for bit (OpenBLAS's result
      * for a row depends on M: it has a separate small-matrix path). */
     c.Tc = fr_inference_chunk(T, B);
-    fr_team_run(plan.threads, FN(rnn_forward_loop), &c);
-    if (fr_poll_stopped(&c.poll)) return FR_EINTR;
+    FR_CHECK(fr_fwd_run(plan.threads, FN(rnn_forward_loop), &c, &c.poll));
 
     const size_t BH = (size_t)(B * H);
     const int64_t n_last = cfg->reverse ? 0 : T - 1;
@@ -315,7 +311,7 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
     FN(rnn_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .pack = plan.ukernel,
                      .grads_in_team = plan.ukernel && plan.grads_in_team,
                      .G = fr_rnn_warp_of(cfg)};
-    fr_regions_point((void **)c.p, nb, RB_COUNT, seq->work, sizeof(real), 1);
+    FR_CHECK(fr_workspace_point((void **)c.p, nb, RB_COUNT, seq->work, sizeof(real)));
     real *const *p = c.p;
     /* The final-state gradients enter as chi[T-1] += dE/dr[T-1], psi[T-1] += dE/ds[T-1]. */
     const size_t BH = (size_t)(B * H);
