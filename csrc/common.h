@@ -361,14 +361,32 @@ static inline int fr_fwd_run(int threads, fr_team_fn loop, void *ctx, const fr_p
     return fr_poll_stopped(poll) ? FR_EINTR : FR_OK;
 }
 
-/* A backward call's run, the same in every cell: its loop on `threads` members,
- * then, unless interrupted, the gradient GEMMs on the provider when the plan
- * keeps them out of the team (grads_after: grads(ctx), 0 when interrupted).
- * An interrupted call puts the kept gradients back and returns FR_EINTR. */
-static inline int fr_bwd_run(int threads, fr_team_fn loop, void *ctx, fr_poll *poll,
-                             int grads_after, int (*grads)(void *ctx), const fr_kept *kept) {
-    if (fr_fwd_run(threads, loop, ctx, poll) == FR_OK && grads_after) grads(ctx);
-    if (!fr_poll_stopped(poll)) return FR_OK;
+/* ---- a backward call (every cell) ------------------------------------------------
+ * Its loop runs on the team, last step first; the gradient GEMMs over the rows
+ * of all T steps run after the loop, in the team on the micro-kernel or after
+ * the team on the provider, as the plan says, in pieces of `piece` steps when
+ * the call can be interrupted. */
+typedef struct {
+    int pack;          /* the members pack their panels first (the micro-kernel path) */
+    int grads_in_team; /* the gradient GEMMs on the micro-kernel, in the team */
+    int64_t piece;     /* steps per piece of the gradient GEMMs */
+    fr_poll poll;
+} fr_bwd_state;
+static inline void fr_bwd_start(fr_bwd_state *s, const fr_plan *plan, const fr_call *call,
+                                int64_t T, int64_t B, double grad_flops_per_step) {
+    s->pack = plan->ukernel;
+    s->grads_in_team = plan->ukernel && plan->grads_in_team;
+    fr_poll_init(&s->poll, call);
+    s->piece = fr_grad_piece_steps(&s->poll, T, B, grad_flops_per_step);
+}
+/* The run: the loop on `threads` members, then, unless interrupted, grads(ctx)
+ * (the gradient GEMMs on the provider; 0 when interrupted) when the plan keeps
+ * them out of the team. An interrupted call puts the kept gradients back and
+ * returns FR_EINTR. */
+static inline int fr_bwd_run(int threads, fr_team_fn loop, void *ctx, fr_bwd_state *s,
+                             int (*grads)(void *ctx), const fr_kept *kept) {
+    if (fr_fwd_run(threads, loop, ctx, &s->poll) == FR_OK && !s->grads_in_team) grads(ctx);
+    if (!fr_poll_stopped(&s->poll)) return FR_OK;
     if (kept->save) fr_copy_arrays(kept->save, kept->arrays, kept->len, kept->count, kept->elem, 1);
     return FR_EINTR;
 }
@@ -415,6 +433,34 @@ static inline void fr_qgemm_cols_if(int ok, void *C, int64_t ldc, const void *A,
     if (ok)
         fr_qgemm_cols((float *)C, ldc, (const float *)A, lda, panels, qc, qa, M, K, c0, nc,
                       gates, gate_cols, gate_ldc, beta1, id, nth, team);
+}
+
+/* A member's output columns of the gradient GEMMs: [i0, i0 + ni) of the
+ * inputs I, [h0, h0 + nh) of the units H, [r0, r0 + nr) of the recurrent
+ * inputs R (whole panels of pw columns). */
+typedef struct {
+    int64_t i0, ni, h0, nh, r0, nr;
+} fr_grad_cols;
+/* One piece of a cell's gradient GEMMs: steps [t0, t1), a member's columns. */
+typedef void (*fr_grads_piece_fn)(void *ctx, const fr_grad_cols *cols, int64_t t0, int64_t t1,
+                                  int uk);
+/* Member id of nth's gradient GEMMs over all T steps, piece by piece, polling
+ * and meeting between pieces; 0 when interrupted. */
+static inline int fr_grads_run(fr_bwd_state *s, fr_grads_piece_fn piece, void *ctx, int64_t T,
+                               int64_t I, int64_t H, int64_t R, int64_t pw, int id, int nth,
+                               fr_team *team, int uk) {
+    fr_grad_cols k;
+    int64_t i1, h1, r1;
+    fr_share(&k.i0, &i1, I, pw, id, nth);
+    fr_share(&k.h0, &h1, H, pw, id, nth);
+    fr_share(&k.r0, &r1, R, pw, id, nth);
+    k.ni = i1 - k.i0, k.nh = h1 - k.h0, k.nr = r1 - k.r0;
+    for (int64_t t0 = 0; t0 < T; t0 += s->piece) {
+        const int64_t t1 = T - t0 < s->piece ? T : t0 + s->piece;
+        piece(ctx, &k, t0, t1, uk);
+        if (t1 < T && fr_piece_end(&s->poll, id, team)) return 0;
+    }
+    return 1;
 }
 
 #endif

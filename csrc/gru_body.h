@@ -203,57 +203,52 @@ typedef struct {
     const FN(fr_gru_weights) *w;
     WMAT h, hn;        /* the GEMM table: op = W_h (3H, H) ([W_hr; W_hz] (2H, H)), W_hn (H, H) */
     real *p[GB_COUNT]; /* the workspace */
-    int pack;
-    int grads_in_team;
-    int64_t piece; /* steps per piece of the gradient GEMMs */
-    fr_poll poll;
+    fr_bwd_state run;  /* the panels, where the gradient GEMMs run, their pieces, the poll */
 } FN(gru_bwd);
 
-/* The gradient GEMMs (8.16), (8.17), this member's output columns; 0 when
- * interrupted. The n blocks of alpha sit at 3H (alpha_n) and 2H (gamma). */
-static int FN(gru_grads)(FN(gru_bwd) *c, int id, int nth, fr_team *team, int uk) {
+/* A piece of the gradient GEMMs (8.16), (8.17): steps [t0, t1), this member's
+ * output columns. The n blocks of alpha sit at 3H (alpha_n) and 2H (gamma). */
+static void FN(gru_grads_piece)(void *vc, const fr_grad_cols *k, int64_t t0, int64_t t1, int uk) {
+    const FN(gru_bwd) *c = vc;
     const fr_gru_config *cfg = c->cfg;
     const FN(fr_gru_grads) *g = c->g;
     const FN(fr_gru_backward_seq) *seq = c->seq;
-    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, PW = FR_PW(real);
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, rows = (t1 - t0) * B;
+    const int64_t i0 = k->i0, ni = k->ni, h0 = k->h0, nh = k->nh, h1 = h0 + nh;
     const int lbr = cfg->linear_before_reset;
     const real *dA = c->p[GB_DA];                             /* (T, B, 4H) */
     const size_t BG = (size_t)B * G;
-    int64_t i0, i1, h0, h1;
-    fr_share(&i0, &i1, I, PW, id, nth);
-    fr_share(&h0, &h1, H, PW, id, nth);
-    const int64_t ni = i1 - i0, nh = h1 - h0;
-    for (int64_t t0 = 0; t0 < T; t0 += c->piece) {
-        const int64_t t1 = T - t0 < c->piece ? T : t0 + c->piece, rows = (t1 - t0) * B;
-        const real *dA_p = dA + (size_t)t0 * BG;             /* (t1 - t0, B, 4H) */
-        const real *x_p = seq->x + (size_t)t0 * B * I;       /* (t1 - t0, B, I) */
-        if (ni > 0) { /* dE/dW_x* = sum_n alpha_*[n] x[n]^T: r, z; then n */
-            FN(fr_agemm)(uk, g->dW_x, I, dA_p, G, 1, x_p, I, 2 * H, i0, ni, rows);
-            FN(fr_agemm)(uk, g->dW_x + 2 * H * I, I, dA_p + 3 * H, G, 1, x_p, I, H, i0, ni, rows);
-        }
-        if (nh > 0) {
-            /* dE/dW_h* = sum_n [alpha_r; alpha_z; gamma][n] h[n-1]^T (gamma: with
-             * linear_before_reset only) */
-            FN(fr_prev_gemm)(uk, g->dW_h, H, dA, G, seq->h0, seq->h_seq, H, lbr ? 3 * H : 2 * H,
-                             h0, nh, B, T, cfg->reverse, t0, t1);
-            if (!lbr) /* dE/dW_hn = sum_n gamma[n] c[n]^T */
-                FN(fr_agemm)(uk, g->dW_h + 2 * H * H, H, dA_p + 2 * H, G, 1,
-                             seq->acts + (size_t)t0 * BG + 3 * H, G, H, h0, nh, rows);
-        }
-        /* dE/db_* = sum_n alpha_*[n] (r, z; then n), dE/db_hn = sum_n gamma[n] */
-        FN(fr_sum_rows)(g->db, dA_p, G, rows, h0, h1);
-        FN(fr_sum_rows)(g->db + H, dA_p + H, G, rows, h0, h1);
-        FN(fr_sum_rows)(g->db + 2 * H, dA_p + 3 * H, G, rows, h0, h1);
-        if (lbr) FN(fr_sum_rows)(g->db_hn, dA_p + 2 * H, G, rows, h0, h1);
-        if (seq->dx && ni > 0) { /* dE/dx[n] = sum_* W_x*^T alpha_*[n] */
-            real *dx_p = seq->dx + (size_t)t0 * B * I;
-            FN(fr_agemm)(uk, dx_p, I, dA_p, G, 0, c->w->W_x, I, rows, i0, ni, 2 * H);
-            FN(fr_agemm)(uk, dx_p, I, dA_p + 3 * H, G, 0, c->w->W_x + 2 * H * I, I, rows, i0, ni,
-                         H);
-        }
-        if (t1 < T && fr_piece_end(&c->poll, id, team)) return 0;
+    const real *dA_p = dA + (size_t)t0 * BG;             /* (t1 - t0, B, 4H) */
+    const real *x_p = seq->x + (size_t)t0 * B * I;       /* (t1 - t0, B, I) */
+    if (ni > 0) { /* dE/dW_x* = sum_n alpha_*[n] x[n]^T: r, z; then n */
+        FN(fr_agemm)(uk, g->dW_x, I, dA_p, G, 1, x_p, I, 2 * H, i0, ni, rows);
+        FN(fr_agemm)(uk, g->dW_x + 2 * H * I, I, dA_p + 3 * H, G, 1, x_p, I, H, i0, ni, rows);
     }
-    return 1;
+    if (nh > 0) {
+        /* dE/dW_h* = sum_n [alpha_r; alpha_z; gamma][n] h[n-1]^T (gamma: with
+         * linear_before_reset only) */
+        FN(fr_prev_gemm)(uk, g->dW_h, H, dA, G, seq->h0, seq->h_seq, H, lbr ? 3 * H : 2 * H,
+                         h0, nh, B, T, cfg->reverse, t0, t1);
+        if (!lbr) /* dE/dW_hn = sum_n gamma[n] c[n]^T */
+            FN(fr_agemm)(uk, g->dW_h + 2 * H * H, H, dA_p + 2 * H, G, 1,
+                         seq->acts + (size_t)t0 * BG + 3 * H, G, H, h0, nh, rows);
+    }
+    /* dE/db_* = sum_n alpha_*[n] (r, z; then n), dE/db_hn = sum_n gamma[n] */
+    FN(fr_sum_rows)(g->db, dA_p, G, rows, h0, h1);
+    FN(fr_sum_rows)(g->db + H, dA_p + H, G, rows, h0, h1);
+    FN(fr_sum_rows)(g->db + 2 * H, dA_p + 3 * H, G, rows, h0, h1);
+    if (lbr) FN(fr_sum_rows)(g->db_hn, dA_p + 2 * H, G, rows, h0, h1);
+    if (seq->dx && ni > 0) { /* dE/dx[n] = sum_* W_x*^T alpha_*[n] */
+        real *dx_p = seq->dx + (size_t)t0 * B * I;
+        FN(fr_agemm)(uk, dx_p, I, dA_p, G, 0, c->w->W_x, I, rows, i0, ni, 2 * H);
+        FN(fr_agemm)(uk, dx_p, I, dA_p + 3 * H, G, 0, c->w->W_x + 2 * H * I, I, rows, i0, ni,
+                     H);
+    }
+}
+static int FN(gru_grads)(FN(gru_bwd) *c, int id, int nth, fr_team *team, int uk) {
+    const fr_gru_config *cfg = c->cfg;
+    return fr_grads_run(&c->run, FN(gru_grads_piece), c, cfg->T, cfg->I, cfg->H, cfg->H,
+                        FR_PW(real), id, nth, team, uk);
 }
 static int FN(gru_grads_after)(void *c) { return FN(gru_grads)(c, 0, 1, NULL, 0); }
 
@@ -271,7 +266,7 @@ static void FN(gru_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
     int64_t h0, h1;
     fr_share(&h0, &h1, H, FR_PW(real), id, nth);
     const int64_t nh = h1 - h0;
-    if (c->pack && nh > 0) { /* panels of W_h's first K rows and of W_hn, N = H */
+    if (c->run.pack && nh > 0) { /* panels of W_h's first K rows and of W_hn, N = H */
         FN(fr_pack)(c->p[GB_WH_P] + h0 * K, c->w->W_h + h0, 0, nh, K, H);
         if (!lbr) FN(fr_pack)(c->p[GB_WN_P] + h0 * H, c->w->W_h + 2 * H * H + h0, 0, nh, H, H);
     }
@@ -291,7 +286,7 @@ static void FN(gru_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
                 for (int q = 0; q < 4; q++) memset(dA_n + og + q * H, 0, (size_t)nh * sizeof(real));
         }
         /* alpha_n[n] (with linear_before_reset all alphas) complete */
-        if (fr_step_end(&c->poll, id, team)) return;
+        if (fr_step_end(&c->run.poll, id, team)) return;
         if (!lbr) {
             if (nh > 0) FN(fr_wgemm)(rho, H, dA_n + 3 * H, G, &c->hn, B, h0, nh, H, 0);
             for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
@@ -304,7 +299,7 @@ static void FN(gru_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
         }
         if (nh > 0) FN(fr_wgemm)(f_chi, H, dA_n, G, &c->h, B, h0, nh, K, 1);
     }
-    if (!c->grads_in_team) return;
+    if (!c->run.grads_in_team) return;
     fr_team_barrier(team); /* every alpha[n] complete */
     FN(gru_grads)(c, id, nth, team, 1);
 }
@@ -323,8 +318,7 @@ int FN(fr_gru_backward)(const FN(fr_gru_grads) *g, const FN(fr_gru_backward_seq)
     FR_CHECK(gru_backward_regions(nb, cfg));
     const fr_plan plan = gru_plan(cfg, call, sizeof(real));
 
-    FN(gru_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .pack = plan.ukernel,
-                     .grads_in_team = plan.ukernel && plan.grads_in_team};
+    FN(gru_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w};
     FR_CHECK(fr_workspace_point((void **)c.p, nb, GB_COUNT, seq->work, sizeof(real)));
     real *const *p = c.p;
     /* f_chi[T] = dE/d(final h) from a later window */
@@ -334,16 +328,15 @@ int FN(fr_gru_backward)(const FN(fr_gru_grads) *g, const FN(fr_gru_backward_seq)
     c.h = (WMAT){.W = w->W_h, .ld = H, .trans = 0, .packed = plan.ukernel ? p[GB_WH_P] : NULL};
     c.hn = (WMAT){.W = w->W_h + (size_t)2 * H * H, .ld = H, .trans = 0,
                   .packed = plan.ukernel ? p[GB_WN_P] : NULL};
-    fr_poll_init(&c.poll, call);
-    c.piece = fr_grad_piece_steps(&c.poll, T, B,
-                                  2.0 * (double)B * 3.0 * (double)H * (double)(2 * I + H));
+    fr_bwd_start(&c.run, &plan, call, T, B,
+                 2.0 * (double)B * 3.0 * (double)H * (double)(2 * I + H));
     /* the weight gradients as they were, when the gradient GEMMs can be interrupted */
-    const fr_kept kept = {.save = c.piece < T ? p[GB_SAVE] : NULL, .elem = sizeof(real),
+    const fr_kept kept = {.save = c.run.piece < T ? p[GB_SAVE] : NULL, .elem = sizeof(real),
                           .arrays = {g->dW_x, g->dW_h, g->db, g->db_hn}, .count = 4,
                           .len = {(size_t)(3 * H * I), (size_t)(3 * H * H), (size_t)(3 * H),
                                   lbr ? (size_t)H : 0}};
     fr_keep(&kept);
-    FR_CHECK(fr_bwd_run(plan.threads, FN(gru_backward_loop), &c, &c.poll, !c.grads_in_team,
+    FR_CHECK(fr_bwd_run(plan.threads, FN(gru_backward_loop), &c, &c.run,
                         FN(gru_grads_after), &kept));
     FN(fr_add_to)(seq->dh0, p[GB_F_CHI], BH); /* (8.18) dE/dh[-1] = f_chi[0] */
     return FR_OK;

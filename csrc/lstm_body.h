@@ -463,59 +463,54 @@ typedef struct {
     const real *w_diag;      /* (3, H) diagonal peepholes, or zeros */
     real *dw_diag;           /* (3, H) their gradient, or a sink */
     fr_lstm_warps wp;        /* G_c, G_d (§9) */
-    int pack;                /* the members pack W_v, W_qv first (micro-kernel path) */
-    int grads_in_team;       /* the gradient GEMMs on the micro-kernel, in the team */
-    int64_t piece;           /* steps per piece of the gradient GEMMs */
-    fr_poll poll;
+    fr_bwd_state run;        /* the panels, where the gradient GEMMs run, their pieces, the poll */
 } FN(lstm_bwd);
 
-/* The gradient GEMMs over the rows of all T B steps, this member's output
- * columns; they read alpha and the activations in place (op(A) = dA^T). In
- * pieces of c->piece steps when the call can be interrupted. Returns 0 when
- * interrupted. */
-static int FN(lstm_grads)(FN(lstm_bwd) *c, int id, int nth, fr_team *team, int uk) {
+/* A piece of the gradient GEMMs over the rows of all T B steps: steps [t0, t1),
+ * this member's output columns; they read alpha and the activations in place
+ * (op(A) = dA^T). */
+static void FN(lstm_grads_piece)(void *vc, const fr_grad_cols *k, int64_t t0, int64_t t1,
+                                 int uk) {
+    const FN(lstm_bwd) *c = vc;
     const fr_lstm_config *cfg = c->cfg;
     const FN(fr_lstm_grads) *g = c->g;
     const FN(fr_lstm_backward_seq) *seq = c->seq;
     const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, G = 4 * H, P = cfg->P;
-    const int64_t R = P ? P : H, PW = FR_PW(real);
+    const int64_t R = P ? P : H, rows = (t1 - t0) * B;
+    const int64_t i0 = k->i0, ni = k->ni, r0 = k->r0, nr = k->nr, h0 = k->h0, nh = k->nh;
+    const int64_t h1 = h0 + nh;
     const int full = cfg->peepholes == FR_PEEP_FULL;
     const real *dA = c->p[LB_DA], *dQ = c->p[LB_DQ];          /* (T, B, 4H), (T, B, P) */
     const real *s_all = c->a[LA_S], *v_all = c->a[LA_V];       /* (T, B, H) */
     const size_t B4H = (size_t)B * G, BH = (size_t)B * H;
-    int64_t i0, i1, r0, r1, h0, h1;
-    fr_share(&i0, &i1, I, PW, id, nth);
-    fr_share(&r0, &r1, R, PW, id, nth);
-    fr_share(&h0, &h1, H, PW, id, nth);
-    const int64_t ni = i1 - i0, nr = r1 - r0, nh = h1 - h0;
-    for (int64_t t0 = 0; t0 < T; t0 += c->piece) {
-        const int64_t t1 = T - t0 < c->piece ? T : t0 + c->piece, rows = (t1 - t0) * B;
-        const real *dA_p = dA + (size_t)t0 * B4H; /* (t1 - t0, B, 4H) */
-        if (ni > 0) /* dE/dW_x* = sum_n alpha_*[n] x[n]^T: (4H, rows) x (rows, ni) */
-            FN(fr_agemm)(uk, g->dW_x, I, dA_p, G, 1, seq->x + (size_t)t0 * B * I, I, G, i0, ni,
-                         rows);
-        if (nr > 0) /* dE/dW_v* = sum_n alpha_*[n] y[prev]^T */
-            FN(fr_prev_gemm)(uk, g->dW_v, R, dA, G, seq->y0, seq->y_seq, R, G, r0, nr, B, T,
-                             cfg->reverse, t0, t1);
-        if (full && nh > 0) {
-            /* dE/dW_scu, dE/dW_scs = sum_n alpha_{cu,cs}[n] s[prev]^T: (2H, rows) x (rows, nh) */
-            FN(fr_prev_gemm)(uk, g->dW_s, H, dA, G, seq->s0, s_all, H, 2 * H, h0, nh, B, T,
-                             cfg->reverse, t0, t1);
-            /* dE/dW_scr = sum_n alpha_cr[n] s[n]^T */
-            FN(fr_agemm)(uk, g->dW_s + (size_t)2 * H * H, H, dA_p + 3 * H, G, 1,
-                         s_all + (size_t)t0 * BH, H, H, h0, nh, rows);
-        }
-        if (P && nh > 0) /* dE/dW_qv = sum_n chi_q[n] v[n]^T: (P, rows) x (rows, nh) */
-            FN(fr_agemm)(uk, g->dW_qv, H, dQ + (size_t)t0 * B * P, P, 1, v_all + (size_t)t0 * BH, H,
-                         P, h0, nh, rows);
-        for (int q = 0; q < 4; q++) /* dE/db_* = sum_n alpha_*[n] */
-            FN(fr_sum_rows)(g->db + q * H, dA_p + q * H, G, rows, h0, h1);
-        if (seq->dx && ni > 0) /* dE/dx[n] = sum_* W_x*^T alpha_*[n]: (rows, 4H) x (4H, ni) */
-            FN(fr_agemm)(uk, seq->dx + (size_t)t0 * B * I, I, dA_p, G, 0, c->w->W_x, I, rows, i0,
-                         ni, G);
-        if (t1 < T && fr_piece_end(&c->poll, id, team)) return 0;
+    const real *dA_p = dA + (size_t)t0 * B4H; /* (t1 - t0, B, 4H) */
+    if (ni > 0) /* dE/dW_x* = sum_n alpha_*[n] x[n]^T: (4H, rows) x (rows, ni) */
+        FN(fr_agemm)(uk, g->dW_x, I, dA_p, G, 1, seq->x + (size_t)t0 * B * I, I, G, i0, ni,
+                     rows);
+    if (nr > 0) /* dE/dW_v* = sum_n alpha_*[n] y[prev]^T */
+        FN(fr_prev_gemm)(uk, g->dW_v, R, dA, G, seq->y0, seq->y_seq, R, G, r0, nr, B, T,
+                         cfg->reverse, t0, t1);
+    if (full && nh > 0) {
+        /* dE/dW_scu, dE/dW_scs = sum_n alpha_{cu,cs}[n] s[prev]^T: (2H, rows) x (rows, nh) */
+        FN(fr_prev_gemm)(uk, g->dW_s, H, dA, G, seq->s0, s_all, H, 2 * H, h0, nh, B, T,
+                         cfg->reverse, t0, t1);
+        /* dE/dW_scr = sum_n alpha_cr[n] s[n]^T */
+        FN(fr_agemm)(uk, g->dW_s + (size_t)2 * H * H, H, dA_p + 3 * H, G, 1,
+                     s_all + (size_t)t0 * BH, H, H, h0, nh, rows);
     }
-    return 1;
+    if (P && nh > 0) /* dE/dW_qv = sum_n chi_q[n] v[n]^T: (P, rows) x (rows, nh) */
+        FN(fr_agemm)(uk, g->dW_qv, H, dQ + (size_t)t0 * B * P, P, 1, v_all + (size_t)t0 * BH, H,
+                     P, h0, nh, rows);
+    for (int q = 0; q < 4; q++) /* dE/db_* = sum_n alpha_*[n] */
+        FN(fr_sum_rows)(g->db + q * H, dA_p + q * H, G, rows, h0, h1);
+    if (seq->dx && ni > 0) /* dE/dx[n] = sum_* W_x*^T alpha_*[n]: (rows, 4H) x (4H, ni) */
+        FN(fr_agemm)(uk, seq->dx + (size_t)t0 * B * I, I, dA_p, G, 0, c->w->W_x, I, rows, i0,
+                     ni, G);
+}
+static int FN(lstm_grads)(FN(lstm_bwd) *c, int id, int nth, fr_team *team, int uk) {
+    const fr_lstm_config *cfg = c->cfg;
+    return fr_grads_run(&c->run, FN(lstm_grads_piece), c, cfg->T, cfg->I, cfg->H,
+                        cfg->P ? cfg->P : cfg->H, FR_PW(real), id, nth, team, uk);
 }
 
 static void FN(lstm_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
@@ -545,7 +540,7 @@ static void FN(lstm_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
     fr_share(&h0, &h1, H, PW, id, nth);
     fr_share(&r0, &r1, R, PW, id, nth);
     const int64_t nh = h1 - h0, nr = r1 - r0;
-    if (c->pack) { /* panels: W_v as (K = 4H, N = R) for f_chi; W_qv as (K = P, N = H) for chi */
+    if (c->run.pack) { /* panels: W_v (K = 4H, N = R) for f_chi; W_qv (K = P, N = H) for chi */
         if (nr > 0) FN(fr_pack)(p[LB_WV_P] + r0 * G, c->w->W_v + r0, 0, nr, G, R);
         if (P && nh > 0) FN(fr_pack)(p[LB_WQ_P] + h0 * P, c->w->W_qv + h0, 0, nh, P, H);
     }
@@ -608,7 +603,7 @@ static void FN(lstm_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
             }
             FN(fr_wgemm)(f_psi, H, dA_n, G, &gm->b_scs, B, 0, H, 2 * H, 1);
         }
-        if (fr_step_end(&c->poll, id, team)) return; /* alpha[n] complete */
+        if (fr_step_end(&c->run.poll, id, team)) return; /* alpha[n] complete */
         /* f_chi[n] = sum_* W_v*^T alpha_*[n], this member's columns: (B, 4H) x (4H, nr) */
         if (nr > 0) {
             FN(fr_wgemm)(f_chi, R, dA_n, G, &gm->b_v, B, r0, nr, G, 0);
@@ -617,7 +612,7 @@ static void FN(lstm_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
                     memcpy(f_chi + bi * R + r0, hold + bi * R + r0, (size_t)nr * sizeof(real));
         }
     }
-    if (!c->grads_in_team) return;
+    if (!c->run.grads_in_team) return;
     fr_team_barrier(team); /* every alpha[n] complete */
     FN(lstm_grads)(c, id, nth, team, 1);
 }
@@ -641,8 +636,7 @@ int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_s
     FR_CHECK(lstm_acts_regions(na, cfg));
     const fr_plan plan = lstm_plan(cfg, call, sizeof(real), 0);
 
-    FN(lstm_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .pack = plan.ukernel,
-                      .grads_in_team = plan.ukernel && plan.grads_in_team};
+    FN(lstm_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w};
     FR_CHECK(fr_workspace_point((void **)c.p, nb, LB_COUNT, seq->work, sizeof(real)));
     fr_regions_point((void **)c.a, na, LA_COUNT, (void *)seq->acts, sizeof(real), 0);
     real *const *p = c.p;
@@ -664,22 +658,22 @@ int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_s
         c.gm.b_scs = (WMAT){w->W_s, H, 0, NULL, NULL};
         c.gm.b_scr = (WMAT){w->W_s + (size_t)2 * H * H, H, 0, NULL, NULL};
     }
-    fr_poll_init(&c.poll, call);
     const double grad_flops = 2.0 * (double)B * (double)G * (double)(2 * I + R) +
                               2.0 * (double)B * (double)P * (double)H +
                               (full ? 6.0 * (double)B * (double)H * (double)H : 0.0);
-    c.piece = fr_grad_piece_steps(&c.poll, T, B, grad_flops);
+    fr_bwd_start(&c.run, &plan, call, T, B, grad_flops);
     /* The weight gradients as they were, when the call can be interrupted: all
      * of them when the gradient GEMMs can, else the diagonal peepholes', which
      * the loop accumulates. */
     const size_t H_ = (size_t)H, R_ = (size_t)R;
     const fr_kept kept = {
-        .save = c.poll.fn ? p[LB_SAVE] : NULL, .elem = sizeof(real), .count = c.piece < T ? 5 : 1,
+        .save = c.run.poll.fn ? p[LB_SAVE] : NULL, .elem = sizeof(real),
+        .count = c.run.piece < T ? 5 : 1,
         .arrays = {g->dW_s, g->dW_x, g->dW_v, g->db, g->dW_qv},
         .len = {cfg->peepholes ? 3 * H_ * (full ? H_ : 1) : 0, 4 * H_ * (size_t)I, 4 * H_ * R_,
                 4 * H_, (size_t)P * H_}};
     fr_keep(&kept);
-    FR_CHECK(fr_bwd_run(plan.threads, FN(lstm_backward_loop), &c, &c.poll, !c.grads_in_team,
+    FR_CHECK(fr_bwd_run(plan.threads, FN(lstm_backward_loop), &c, &c.run,
                         FN(lstm_grads_after), &kept));
     /* Initial-state gradients: dE/dy[-1] = f_chi[0], dE/ds[-1] = f_psi[0]. */
     FN(fr_add_to)(seq->dy0, p[LB_F_CHI], BR);

@@ -193,43 +193,38 @@ typedef struct {
     WMAT r, s;         /* the GEMM table: op = W_r, W_s (H, H) */
     real *p[RB_COUNT]; /* the workspace */
     fr_activation G;   /* (§9) */
-    int pack;
-    int grads_in_team;
-    int64_t piece; /* steps per piece of the gradient GEMMs */
-    fr_poll poll;
+    fr_bwd_state run;  /* the panels, where the gradient GEMMs run, their pieces, the poll */
 } FN(rnn_bwd);
 
-/* The gradient GEMMs, this member's output columns; 0 when interrupted. */
-static int FN(rnn_grads)(FN(rnn_bwd) *c, int id, int nth, fr_team *team, int uk) {
+/* A piece of the gradient GEMMs: steps [t0, t1), this member's output columns. */
+static void FN(rnn_grads_piece)(void *vc, const fr_grad_cols *k, int64_t t0, int64_t t1, int uk) {
+    const FN(rnn_bwd) *c = vc;
     const fr_rnn_config *cfg = c->cfg;
     const FN(fr_rnn_grads) *g = c->g;
     const FN(fr_rnn_backward_seq) *seq = c->seq;
-    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, PW = FR_PW(real);
+    const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H, rows = (t1 - t0) * B;
+    const int64_t i0 = k->i0, ni = k->ni, h0 = k->h0, nh = k->nh, h1 = h0 + nh;
     const real *psi_all = c->p[RB_PSI]; /* (T, B, H) */
-    int64_t i0, i1, h0, h1;
-    fr_share(&i0, &i1, I, PW, id, nth);
-    fr_share(&h0, &h1, H, PW, id, nth);
-    const int64_t ni = i1 - i0, nh = h1 - h0;
-    for (int64_t t0 = 0; t0 < T; t0 += c->piece) {
-        const int64_t t1 = T - t0 < c->piece ? T : t0 + c->piece, rows = (t1 - t0) * B;
-        const real *psi_p = psi_all + (size_t)t0 * B * H; /* (t1 - t0, B, H) */
-        if (ni > 0) /* dE/dW_x = sum_n psi[n] x[n]^T */
-            FN(fr_agemm)(uk, g->dW_x, I, psi_p, H, 1, seq->x + (size_t)t0 * B * I, I, H, i0, ni,
-                         rows);
-        if (nh > 0) { /* dE/dW_r = sum_n psi[n] r[prev]^T, dE/dW_s = sum_n psi[n] s[prev]^T */
-            FN(fr_prev_gemm)(uk, g->dW_r, H, psi_all, H, seq->r0, seq->r_seq, H, H, h0, nh, B, T,
-                             cfg->reverse, t0, t1);
-            if (cfg->state_feedback)
-                FN(fr_prev_gemm)(uk, g->dW_s, H, psi_all, H, seq->s0, seq->acts, H, H, h0, nh, B,
-                                 T, cfg->reverse, t0, t1);
-        }
-        FN(fr_sum_rows)(g->dtheta_s, psi_p, H, rows, h0, h1); /* dE/dtheta_s = sum_n psi[n] */
-        if (seq->dx && ni > 0) /* dE/dx[n] = W_x^T psi[n] */
-            FN(fr_agemm)(uk, seq->dx + (size_t)t0 * B * I, I, psi_p, H, 0, c->w->W_x, I, rows, i0,
-                         ni, H);
-        if (t1 < T && fr_piece_end(&c->poll, id, team)) return 0;
+    const real *psi_p = psi_all + (size_t)t0 * B * H; /* (t1 - t0, B, H) */
+    if (ni > 0) /* dE/dW_x = sum_n psi[n] x[n]^T */
+        FN(fr_agemm)(uk, g->dW_x, I, psi_p, H, 1, seq->x + (size_t)t0 * B * I, I, H, i0, ni,
+                     rows);
+    if (nh > 0) { /* dE/dW_r = sum_n psi[n] r[prev]^T, dE/dW_s = sum_n psi[n] s[prev]^T */
+        FN(fr_prev_gemm)(uk, g->dW_r, H, psi_all, H, seq->r0, seq->r_seq, H, H, h0, nh, B, T,
+                         cfg->reverse, t0, t1);
+        if (cfg->state_feedback)
+            FN(fr_prev_gemm)(uk, g->dW_s, H, psi_all, H, seq->s0, seq->acts, H, H, h0, nh, B,
+                             T, cfg->reverse, t0, t1);
     }
-    return 1;
+    FN(fr_sum_rows)(g->dtheta_s, psi_p, H, rows, h0, h1); /* dE/dtheta_s = sum_n psi[n] */
+    if (seq->dx && ni > 0) /* dE/dx[n] = W_x^T psi[n] */
+        FN(fr_agemm)(uk, seq->dx + (size_t)t0 * B * I, I, psi_p, H, 0, c->w->W_x, I, rows, i0,
+                     ni, H);
+}
+static int FN(rnn_grads)(FN(rnn_bwd) *c, int id, int nth, fr_team *team, int uk) {
+    const fr_rnn_config *cfg = c->cfg;
+    return fr_grads_run(&c->run, FN(rnn_grads_piece), c, cfg->T, cfg->I, cfg->H, cfg->H,
+                        FR_PW(real), id, nth, team, uk);
 }
 static int FN(rnn_grads_after)(void *c) { return FN(rnn_grads)(c, 0, 1, NULL, 0); }
 
@@ -248,7 +243,7 @@ static void FN(rnn_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
     int64_t h0, h1;
     fr_share(&h0, &h1, H, FR_PW(real), id, nth);
     const int64_t nh = h1 - h0;
-    if (c->pack && nh > 0) { /* panels of W_r, W_s as (K = H, N = H) */
+    if (c->run.pack && nh > 0) { /* panels of W_r, W_s as (K = H, N = H) */
         FN(fr_pack)(c->p[RB_WR_P] + h0 * H, c->w->W_r + h0, 0, nh, H, H);
         if (cfg->state_feedback) FN(fr_pack)(c->p[RB_WS_P] + h0 * H, c->w->W_s + h0, 0, nh, H, H);
     }
@@ -272,7 +267,7 @@ static void FN(rnn_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
                 memcpy(hold_psi + o, f_psi + o, (size_t)nh * sizeof(real));
             }
         }
-        if (fr_step_end(&c->poll, id, team)) return; /* psi[n] complete */
+        if (fr_step_end(&c->run.poll, id, team)) return; /* psi[n] complete */
         if (nh == 0) continue;
         FN(fr_wgemm)(f_chi, H, psi, H, &c->r, B, h0, nh, H, 0);
         if (cfg->state_feedback)
@@ -288,7 +283,7 @@ static void FN(rnn_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
             }
         }
     }
-    if (!c->grads_in_team) return;
+    if (!c->run.grads_in_team) return;
     fr_team_barrier(team); /* every psi[n] complete */
     FN(rnn_grads)(c, id, nth, team, 1);
 }
@@ -308,9 +303,7 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
     FR_CHECK(rnn_backward_regions(nb, cfg));
     const fr_plan plan = rnn_plan(cfg, call, sizeof(real));
 
-    FN(rnn_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .pack = plan.ukernel,
-                     .grads_in_team = plan.ukernel && plan.grads_in_team,
-                     .G = fr_rnn_warp_of(cfg)};
+    FN(rnn_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .G = fr_rnn_warp_of(cfg)};
     FR_CHECK(fr_workspace_point((void **)c.p, nb, RB_COUNT, seq->work, sizeof(real)));
     real *const *p = c.p;
     /* The final-state gradients enter as chi[T-1] += dE/dr[T-1], psi[T-1] += dE/ds[T-1]. */
@@ -321,16 +314,15 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
     memset(p[RB_HOLD_PSI], 0, BH * sizeof(real));
     c.r = (WMAT){w->W_r, H, 0, plan.ukernel ? p[RB_WR_P] : NULL, NULL};
     c.s = (WMAT){w->W_s, H, 0, plan.ukernel ? p[RB_WS_P] : NULL, NULL};
-    fr_poll_init(&c.poll, call);
-    c.piece = fr_grad_piece_steps(&c.poll, T, B,
-                                  2.0 * (double)B * (double)H * (double)(2 * I + 2 * H));
+    fr_bwd_start(&c.run, &plan, call, T, B,
+                 2.0 * (double)B * (double)H * (double)(2 * I + 2 * H));
     /* the weight gradients as they were, when the gradient GEMMs can be interrupted */
-    const fr_kept kept = {.save = c.piece < T ? p[RB_SAVE] : NULL, .elem = sizeof(real),
+    const fr_kept kept = {.save = c.run.piece < T ? p[RB_SAVE] : NULL, .elem = sizeof(real),
                           .arrays = {g->dW_x, g->dW_r, g->dtheta_s, g->dW_s}, .count = 4,
                           .len = {(size_t)(H * I), (size_t)(H * H), (size_t)H,
                                   cfg->state_feedback ? (size_t)(H * H) : 0}};
     fr_keep(&kept);
-    FR_CHECK(fr_bwd_run(plan.threads, FN(rnn_backward_loop), &c, &c.poll, !c.grads_in_team,
+    FR_CHECK(fr_bwd_run(plan.threads, FN(rnn_backward_loop), &c, &c.run,
                         FN(rnn_grads_after), &kept));
     /* dE/dr[-1] = W_r^T psi[0], dE/ds[-1] = W_s^T psi[0] */
     FN(fr_add_to)(seq->dr0, p[RB_F_CHI], BH);
