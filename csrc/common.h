@@ -264,6 +264,18 @@ static inline void fr_keep(const fr_kept *k) {
     if (k->save) fr_copy_arrays(k->save, k->arrays, k->len, k->count, k->elem, 0);
 }
 
+/* A micro-kernel path's tile shapes, one tuple (max rows, main rows, the main
+ * tile's panels, the panels of the 4-, 2- and 1-row tiles), read by field:
+ * FR_TILE(MAXR, (12, 12, 1, 2, 4, 4)) is 12. */
+#define FR_TILE(field, shape) FR_TILE_ARGS(FR_TILE_##field, shape)
+#define FR_TILE_ARGS(f, args) f args
+#define FR_TILE_MAXR(maxr, mr, mr_np, np4, np2, np1) maxr
+#define FR_TILE_MR(maxr, mr, mr_np, np4, np2, np1) mr
+#define FR_TILE_MR_NP(maxr, mr, mr_np, np4, np2, np1) mr_np
+#define FR_TILE_4_NP(maxr, mr, mr_np, np4, np2, np1) np4
+#define FR_TILE_2_NP(maxr, mr, mr_np, np4, np2, np1) np2
+#define FR_TILE_1_NP(maxr, mr, mr_np, np4, np2, np1) np1
+
 /* ---- packed-weight GEMM (ukernel.c) -------------------------------------------
  * Panels of FR_PW columns (128 bytes), contiguous along K. */
 #define FR_PW(real) ((int64_t)(128 / sizeof(real)))

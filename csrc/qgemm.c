@@ -223,16 +223,7 @@ static inline int32_t q_s8_step(int32_t acc, uint32_t a, uint32_t w) {
 #define QABCAST(p) (*(p))
 #define QSTEP(acc, a, w) q_bf16_step((acc), (a), (w))
 #define QOUT(acc, cs, sw, sa) (acc)
-#define VF float
-#define VFLOAD(p) (*(p))
-#define VFSTORE(p, v) (*(p) = (v))
-#define VFADD(a, b) ((a) + (b))
-#define QK_MAXR 4
-#define QK_MR 4
-#define QK_MR_NP 1
-#define QK_4_NP 1
-#define QK_2_NP 1
-#define QK_1_NP 1
+#define QK_SHAPE (4, 4, 1, 1, 1, 1)
 #include "qgemm_body.h"
 
 #define QSUF _s8_generic
@@ -249,16 +240,7 @@ static inline int32_t q_s8_step(int32_t acc, uint32_t a, uint32_t w) {
 #define QABCAST(p) (*(p))
 #define QSTEP(acc, a, w) q_s8_step((acc), (a), (w))
 #define QOUT(acc, cs, sw, sa) ((float)(acc) * ((sa) * q_bits_f32(*(sw))))
-#define VF float
-#define VFLOAD(p) (*(p))
-#define VFSTORE(p, v) (*(p) = (v))
-#define VFADD(a, b) ((a) + (b))
-#define QK_MAXR 4
-#define QK_MR 4
-#define QK_MR_NP 1
-#define QK_4_NP 1
-#define QK_2_NP 1
-#define QK_1_NP 1
+#define QK_SHAPE (4, 4, 1, 1, 1, 1)
 #include "qgemm_body.h"
 
 #ifdef FR_QK_X86
@@ -335,16 +317,7 @@ static inline Q_AVX512VNNI __m512 q_out_vnni16(__v16si acc, const uint32_t *cs,
 #define QABCAST(p) q_widen8(_mm256_set1_epi32((int)*(p)))
 #define QSTEP(acc, a, w) _mm256_fmadd_ps((a).hi, (w).hi, _mm256_fmadd_ps((a).lo, (w).lo, (acc)))
 #define QOUT(acc, cs, sw, sa) (acc)
-#define VF __m256
-#define VFLOAD(p) _mm256_loadu_ps(p)
-#define VFSTORE(p, v) _mm256_storeu_ps((p), (v))
-#define VFADD(a, b) _mm256_add_ps((a), (b))
-#define QK_MAXR 4
-#define QK_MR 2
-#define QK_MR_NP 1
-#define QK_4_NP 1
-#define QK_2_NP 1
-#define QK_1_NP 2
+#define QK_SHAPE (4, 2, 1, 1, 1, 2)
 #include "qgemm_body.h"
 
 /* ---- bf16, AVX-512F: 12 rows x 2 vectors ---------------------------------------- */
@@ -362,16 +335,7 @@ static inline Q_AVX512VNNI __m512 q_out_vnni16(__v16si acc, const uint32_t *cs,
 #define QABCAST(p) q_widen16(_mm512_set1_epi32((int)*(p)))
 #define QSTEP(acc, a, w) _mm512_fmadd_ps((a).hi, (w).hi, _mm512_fmadd_ps((a).lo, (w).lo, (acc)))
 #define QOUT(acc, cs, sw, sa) (acc)
-#define VF __m512
-#define VFLOAD(p) _mm512_loadu_ps(p)
-#define VFSTORE(p, v) _mm512_storeu_ps((p), (v))
-#define VFADD(a, b) _mm512_add_ps((a), (b))
-#define QK_MAXR 12
-#define QK_MR 12
-#define QK_MR_NP 1
-#define QK_4_NP 2
-#define QK_2_NP 4
-#define QK_1_NP 4
+#define QK_SHAPE (12, 12, 1, 2, 4, 4)
 #include "qgemm_body.h"
 
 /* ---- bf16, AVX512_BF16 (vdpbf16ps): 12 rows x 2 vectors ------------------------- */
@@ -389,16 +353,7 @@ static inline Q_AVX512VNNI __m512 q_out_vnni16(__v16si acc, const uint32_t *cs,
 #define QABCAST(p) _mm512_set1_epi32((int)*(p))
 #define QSTEP(acc, a, w) _mm512_dpbf16_ps((acc), (__m512bh)(a), (__m512bh)(w))
 #define QOUT(acc, cs, sw, sa) (acc)
-#define VF __m512
-#define VFLOAD(p) _mm512_loadu_ps(p)
-#define VFSTORE(p, v) _mm512_storeu_ps((p), (v))
-#define VFADD(a, b) _mm512_add_ps((a), (b))
-#define QK_MAXR 12
-#define QK_MR 12
-#define QK_MR_NP 1
-#define QK_4_NP 2
-#define QK_2_NP 4
-#define QK_1_NP 4
+#define QK_SHAPE (12, 12, 1, 2, 4, 4)
 #include "qgemm_body.h"
 
 /* ---- int8, AVX2 (vpmaddubsw on |a|, sign(w, a)): 2 rows x 4 vectors --------------- */
@@ -416,16 +371,7 @@ static inline Q_AVX512VNNI __m512 q_out_vnni16(__v16si acc, const uint32_t *cs,
 #define QABCAST(p) q_abcast_avx2(p)
 #define QSTEP(acc, a, w) q_s8_step_avx2((acc), (a), (w))
 #define QOUT(acc, cs, sw, sa) q_out_avx2((acc), (sw), (sa))
-#define VF __m256
-#define VFLOAD(p) _mm256_loadu_ps(p)
-#define VFSTORE(p, v) _mm256_storeu_ps((p), (v))
-#define VFADD(a, b) _mm256_add_ps((a), (b))
-#define QK_MAXR 4
-#define QK_MR 2
-#define QK_MR_NP 1
-#define QK_4_NP 1
-#define QK_2_NP 1
-#define QK_1_NP 2
+#define QK_SHAPE (4, 2, 1, 1, 1, 2)
 #include "qgemm_body.h"
 
 /* ---- int8, AVX-VNNI (vpdpbusd, 8 lanes): 3 rows x 4 vectors ------------------------- */
@@ -443,16 +389,7 @@ static inline Q_AVX512VNNI __m512 q_out_vnni16(__v16si acc, const uint32_t *cs,
 #define QABCAST(p) _mm256_set1_epi32((int)*(p))
 #define QSTEP(acc, a, w) ((__v8si)_mm256_dpbusd_avx_epi32((__m256i)(acc), (a), (w)))
 #define QOUT(acc, cs, sw, sa) q_out_vnni8((acc), (cs), (sw), (sa))
-#define VF __m256
-#define VFLOAD(p) _mm256_loadu_ps(p)
-#define VFSTORE(p, v) _mm256_storeu_ps((p), (v))
-#define VFADD(a, b) _mm256_add_ps((a), (b))
-#define QK_MAXR 4
-#define QK_MR 3
-#define QK_MR_NP 1
-#define QK_4_NP 1
-#define QK_2_NP 1
-#define QK_1_NP 2
+#define QK_SHAPE (4, 3, 1, 1, 1, 2)
 #include "qgemm_body.h"
 
 /* ---- int8, AVX512_VNNI (vpdpbusd, 16 lanes): 12 rows x 2 vectors ------------------- */
@@ -470,16 +407,7 @@ static inline Q_AVX512VNNI __m512 q_out_vnni16(__v16si acc, const uint32_t *cs,
 #define QABCAST(p) _mm512_set1_epi32((int)*(p))
 #define QSTEP(acc, a, w) ((__v16si)_mm512_dpbusd_epi32((__m512i)(acc), (a), (w)))
 #define QOUT(acc, cs, sw, sa) q_out_vnni16((acc), (cs), (sw), (sa))
-#define VF __m512
-#define VFLOAD(p) _mm512_loadu_ps(p)
-#define VFSTORE(p, v) _mm512_storeu_ps((p), (v))
-#define VFADD(a, b) _mm512_add_ps((a), (b))
-#define QK_MAXR 12
-#define QK_MR 12
-#define QK_MR_NP 1
-#define QK_4_NP 2
-#define QK_2_NP 4
-#define QK_1_NP 4
+#define QK_SHAPE (12, 12, 1, 2, 4, 4)
 #include "qgemm_body.h"
 #endif /* FR_QK_X86 */
 

@@ -10,14 +10,30 @@
  *   QSTEP(acc, a, w)  acc + the G products of a and w in each lane
  *   QOUT(acc, cs, sw, sa)  float32 lanes of an accumulator (int8: cs the
  *             columns' sums of W, sw their scales, sa the row's scale)
- *   VF, VFLOAD, VFSTORE, VFADD   float32 vectors of the epilogue
- *   QK_MAXR, QK_MR, QK_MR_NP, QK_4_NP, QK_2_NP, QK_1_NP   the tile shapes
+ *   QK_SHAPE  the tile shapes (FR_TILE in common.h)
+ * The epilogue's float32 vectors (VF, VFLOAD, VFSTORE, VFADD) follow VL.
  *
  *   C (M, N) (+)= A (M, K) . W (K, N)
  * A: (M, kg) words of activations (G values each), row stride lda words;
  * W: panels of FR_QPW columns, panel q at W + q ldp words, (kg, FR_QPW) words,
  * an int8 panel followed by 32 column sums and 32 scales; sa (M) row scales. */
 #define Q(name) FR_CAT(name, QSUF)
+#if VL == 16
+#define VF __m512
+#define VFLOAD(p) _mm512_loadu_ps(p)
+#define VFSTORE(p, v) _mm512_storeu_ps((p), (v))
+#define VFADD(a, b) _mm512_add_ps((a), (b))
+#elif VL == 8
+#define VF __m256
+#define VFLOAD(p) _mm256_loadu_ps(p)
+#define VFSTORE(p, v) _mm256_storeu_ps((p), (v))
+#define VFADD(a, b) _mm256_add_ps((a), (b))
+#else
+#define VF float
+#define VFLOAD(p) (*(p))
+#define VFSTORE(p, v) (*(p) = (v))
+#define VFADD(a, b) ((a) + (b))
+#endif
 
 /* MR rows x NP panels over all kg words of K: MR NP NV accumulators in
  * registers (the int parameters are constants after inlining). ncols: valid
@@ -25,7 +41,7 @@
 static inline __attribute__((always_inline)) QATTR void
 Q(tile)(float *C, int64_t ldc, const uint32_t *A, int64_t lda, const uint32_t *W, int64_t ldp,
         int64_t kg, int64_t ncols, const float *sa, int beta1, const int MR, const int NP) {
-    VACC acc[QK_MAXR][4 * NV];
+    VACC acc[FR_TILE(MAXR, QK_SHAPE)][4 * NV];
     for (int r = 0; r < MR; r++)
         for (int j = 0; j < NP * NV; j++) acc[r][j] = QZERO();
     for (int64_t g = 0; g < kg; g++) {
@@ -91,10 +107,10 @@ static QATTR void Q(gemm)(float *C, int64_t ldc, const uint32_t *A, int64_t lda,
     for (int64_t p0 = 0; p0 < n_panels; p0 += 4) {
         const int64_t p1 = p0 + 4 < n_panels ? p0 + 4 : n_panels;
         int64_t m = 0;
-        Q(panel_rows)(C, ldc, A, lda, W, ldp, sa, M, N, kg, p0, p1, beta1, &m, QK_MR, QK_MR_NP);
-        Q(panel_rows)(C, ldc, A, lda, W, ldp, sa, M, N, kg, p0, p1, beta1, &m, 4, QK_4_NP);
-        Q(panel_rows)(C, ldc, A, lda, W, ldp, sa, M, N, kg, p0, p1, beta1, &m, 2, QK_2_NP);
-        Q(panel_rows)(C, ldc, A, lda, W, ldp, sa, M, N, kg, p0, p1, beta1, &m, 1, QK_1_NP);
+        Q(panel_rows)(C, ldc, A, lda, W, ldp, sa, M, N, kg, p0, p1, beta1, &m, FR_TILE(MR, QK_SHAPE), FR_TILE(MR_NP, QK_SHAPE));
+        Q(panel_rows)(C, ldc, A, lda, W, ldp, sa, M, N, kg, p0, p1, beta1, &m, 4, FR_TILE(4_NP, QK_SHAPE));
+        Q(panel_rows)(C, ldc, A, lda, W, ldp, sa, M, N, kg, p0, p1, beta1, &m, 2, FR_TILE(2_NP, QK_SHAPE));
+        Q(panel_rows)(C, ldc, A, lda, W, ldp, sa, M, N, kg, p0, p1, beta1, &m, 1, FR_TILE(1_NP, QK_SHAPE));
     }
 }
 
@@ -129,9 +145,4 @@ static QATTR void Q(prep)(uint32_t *Aw, int64_t ldaw, float *sa, const float *A,
 #undef VFLOAD
 #undef VFSTORE
 #undef VFADD
-#undef QK_MAXR
-#undef QK_MR
-#undef QK_MR_NP
-#undef QK_4_NP
-#undef QK_2_NP
-#undef QK_1_NP
+#undef QK_SHAPE

@@ -13,19 +13,12 @@
  *   (zero past N), each panel (K, PW) contiguous; or W row-major with row
  *   stride ldw (the big GEMMs after the backward loop read activations in place). */
 #define UK(name) FR_CAT(name, UKSUF)
-#define UK_SHAPE_ARGS(f, args) f args
-#define UK_MAXR_OF(maxr, mr, mr_np, np4, np2, np1) maxr
-#define UK_MR_OF(maxr, mr, mr_np, np4, np2, np1) mr
-#define UK_MR_NP_OF(maxr, mr, mr_np, np4, np2, np1) mr_np
-#define UK_4_NP_OF(maxr, mr, mr_np, np4, np2, np1) np4
-#define UK_2_NP_OF(maxr, mr, mr_np, np4, np2, np1) np2
-#define UK_1_NP_OF(maxr, mr, mr_np, np4, np2, np1) np1
-#define UK_MAXR UK_SHAPE_ARGS(UK_MAXR_OF, UK_SHAPE)
-#define UK_MR UK_SHAPE_ARGS(UK_MR_OF, UK_SHAPE)
-#define UK_MR_NP UK_SHAPE_ARGS(UK_MR_NP_OF, UK_SHAPE)
-#define UK_4_NP UK_SHAPE_ARGS(UK_4_NP_OF, UK_SHAPE)
-#define UK_2_NP UK_SHAPE_ARGS(UK_2_NP_OF, UK_SHAPE)
-#define UK_1_NP UK_SHAPE_ARGS(UK_1_NP_OF, UK_SHAPE)
+#define UK_MAXR FR_TILE(MAXR, UK_SHAPE)
+#define UK_MR FR_TILE(MR, UK_SHAPE)
+#define UK_MR_NP FR_TILE(MR_NP, UK_SHAPE)
+#define UK_4_NP FR_TILE(4_NP, UK_SHAPE)
+#define UK_2_NP FR_TILE(2_NP, UK_SHAPE)
+#define UK_1_NP FR_TILE(1_NP, UK_SHAPE)
 
 /* MR rows x NP panels over kc steps of K: MR * NP * NV accumulators in
  * registers (every int parameter is a constant after inlining). W element
@@ -174,13 +167,6 @@ static void UK(ugemm)(real *C, int64_t ldc, const real *A, int64_t lda, int ta, 
 }
 
 #undef UK
-#undef UK_SHAPE_ARGS
-#undef UK_MAXR_OF
-#undef UK_MR_OF
-#undef UK_MR_NP_OF
-#undef UK_4_NP_OF
-#undef UK_2_NP_OF
-#undef UK_1_NP_OF
 #undef UK_MAXR
 #undef UK_MR
 #undef UK_MR_NP
