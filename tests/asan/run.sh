@@ -43,8 +43,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
+# onnx: the file-reader error tests (tests/test_errors.py) read ONNX models
 "$VENV/bin/python" -m pip install -q "numpy>=1.22" "scipy>=1.8" "pytest>=7" "hypothesis>=6" \
-    "threadpoolctl>=3" "scikit-build-core>=0.11" "cython>=3.1" "cython-cmake>=0.2" "cmake>=3.21" ninja
+    "onnx>=1.14" "threadpoolctl>=3" "scikit-build-core>=0.11" "cython>=3.1" "cython-cmake>=0.2" "cmake>=3.21" ninja
 
 echo "== ASan+UBSan build of $SRC"
 # Non-editable, into the venv; build tree kept for incremental rebuilds.
