@@ -342,8 +342,4 @@ int FN(fr_gru_backward)(const FN(fr_gru_grads) *g, const FN(fr_gru_backward_seq)
     return FR_OK;
 }
 
-#undef WMAT
-#undef FN
-#undef real
-#undef SUFFIX
-#undef EXP
+#include "cell_end.h"

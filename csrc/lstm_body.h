@@ -681,9 +681,4 @@ int FN(fr_lstm_backward)(const FN(fr_lstm_grads) *g, const FN(fr_lstm_backward_s
     return FR_OK;
 }
 
-#undef WMAT
-#undef FN
-#undef real
-#undef SUFFIX
-#undef EXP
-#undef FR_REDUCED_OK
+#include "cell_end.h"

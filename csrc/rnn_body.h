@@ -330,9 +330,4 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
     return FR_OK;
 }
 
-#undef WMAT
-#undef FN
-#undef real
-#undef SUFFIX
-#undef EXP
-#undef FR_REDUCED_OK
+#include "cell_end.h"
