@@ -48,7 +48,8 @@ cdef extern from *:
                                      (float *)work, (const float *)x, (const float *)s0,
                                      (const float *)y0};
         fr_lstm_weights_f32 p = {(const float *)w[0], (const float *)w[1], (const float *)w[2],
-                                 (const float *)w[3], (const float *)w[4], (const float *)w[5]};
+                                 (const float *)w[3], (const float *)w[4], (const float *)w[5],
+                                 w[6]};
         return fr_lstm_forward_f32(&q, &p, cfg, &call);
     #else
         if (f64)
@@ -82,7 +83,7 @@ cdef extern from *:
                                     (float *)work, (const float *)x, (const float *)s0,
                                     (const float *)r0};
         fr_rnn_weights_f32 p = {(const float *)w[0], (const float *)w[1], (const float *)w[2],
-                                (const float *)w[3]};
+                                (const float *)w[3], w[4]};
         return fr_rnn_forward_f32(&q, &p, cfg, &call);
     #else
         if (f64)
@@ -144,8 +145,9 @@ ctypedef struct stream_cell:
     char *s[2]               # (B, H) state s, two halves (unused by the GRU)
     char *o[2]               # (B, R) output fed back (v or q; r for the RNN; h for the GRU),
                              # two halves
-    const void *w[6]         # LSTM: W_x, W_v, b, W_s, W_qv, packed; RNN: W_x, W_r, theta_s,
-                             # W_s; GRU: W_x, W_h, b, b_hn
+    const void *w[7]         # LSTM: W_x, W_v, b, W_s, W_qv, packed, reduced; RNN: W_x, W_r,
+                             # theta_s, W_s, reduced; GRU: W_x, W_h, b, b_hn (reduced: the
+                             # reduced-precision panels of a quantized layer's cell)
 
 
 ctypedef struct content_check:
@@ -256,10 +258,12 @@ cdef class StreamCore:
 
     def _set_lstm_cell(self, int i, int64_t I, int64_t H, int64_t P, int peepholes,
                        bint coupled_gates, double cell_clip, double accumulation_clip,
-                       int threads, object x, object y, object s, object o, object warps=None):
+                       int threads, object x, object y, object s, object o, object warps=None,
+                       int reduced=0):
         """Cell i: sizes and options, its input x (None: the frame or the window),
         output y (None: the step's out), state halves s (2, B, H) and o (2, B, R);
-        warps: None (the defaults) or the kernel's (G_c, G_d of u, G_d of r)."""
+        warps: None (the defaults) or the kernel's (G_c, G_d of u, G_d of r); reduced:
+        FR_REDUCED_* of a quantized layer (its panels come with _set_weights)."""
         cdef stream_cell *c = &self.cells[i]
         c.kind = CELL_LSTM
         c.lc.T = 1; c.lc.B = self.batch; c.lc.I = I; c.lc.H = H; c.lc.P = P
@@ -269,19 +273,21 @@ cdef class StreamCore:
         c.lc.gate = _activation(warps[0] if warps else None)
         c.lc.cell = _activation(warps[1] if warps else None)
         c.lc.output = _activation(warps[2] if warps else None)
+        c.lc.reduced = reduced
         c.threads = threads
         fr_stream_lstm_prepare(&c.lc, threads)
         self._set_buffers(c, x, y, s, o)
 
     def _set_rnn_cell(self, int i, int64_t I, int64_t H, bint state_feedback, object x,
                       object y, object s, object o, object activation=None,
-                      double accumulation_clip=0.0):
+                      double accumulation_clip=0.0, int reduced=0):
         cdef stream_cell *c = &self.cells[i]
         c.kind = CELL_RNN
         c.rc.T = 1; c.rc.B = self.batch; c.rc.I = I; c.rc.H = H
         c.rc.state_feedback = state_feedback; c.rc.reverse = 0; c.rc.lengths = NULL
         c.rc.activation = _activation(activation)
         c.rc.accumulation_clip = accumulation_clip
+        c.rc.reduced = reduced
         c.threads = 1
         self._set_buffers(c, x, y, s, o)
 
@@ -325,11 +331,12 @@ cdef class StreamCore:
 
     def _set_weights(self, int i, object arrays):
         """Cell i's weight arrays (C-contiguous, of the stream's dtype, checked by
-        the caller): LSTM W_x, W_v, b, W_s, W_qv, packed (a PackedWeights buffer);
-        RNN W_x, W_r, theta_s, W_s; GRU W_x, W_h, b, b_hn (None: absent)."""
+        the caller): LSTM W_x, W_v, b, W_s, W_qv, packed (a PackedWeights buffer),
+        reduced (a QPackedWeights buffer); RNN W_x, W_r, theta_s, W_s, reduced
+        (an RNNQPackedWeights buffer); GRU W_x, W_h, b, b_hn (None: absent)."""
         cdef stream_cell *c = &self.cells[i]
         cdef int k
-        for k in range(6):
+        for k in range(7):
             c.w[k] = _addr(arrays[k]) if k < len(arrays) else NULL
 
     def _set_checks(self, object triples, object version, int64_t seen):

@@ -45,6 +45,11 @@ type) naming the node or argument.
 
 ONNX Runtime implements LSTM and RNN in float32 only: export float64 layers
 with dtype=np.float32 to run them there.
+
+An int8 `QuantizedLSTM` exports as ONNX Runtime's contrib operator
+com.microsoft.DynamicQuantizeLSTM (its int8 weights and scales as they are), and
+`load` reads such nodes back as an int8 QuantizedLSTM (see `export` and
+fusedrnn.interop._onnx_quantized).
 """
 from __future__ import annotations
 
@@ -54,11 +59,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .interop import _onnx_graph as _G
+from .interop import _onnx_quantized as _QO
 from .core import _activations as _acts
 from .core import _validate as V
 from .core._layer import suffix
 from .core.gru import GRU
 from .core.lstm import LSTM
+from .core.quantized import QuantizedLSTM, _Quantized
 from .core.rnn import RNN
 
 __all__ = ["export", "load", "load_nodes", "to_model", "blocking_features",
@@ -173,6 +180,9 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
         raise ValueError(f"layout must be 0 (time-major nodes) or 1 (batch-major nodes), "
                          f"got {layout!r}")
     blocked = blocking_features(layer)
+    int8 = isinstance(layer, _Quantized)
+    if int8:
+        _QO.check_export(layer, blocked, unsupported, layout, dtype)
     if blocked and unsupported == "scan" and _node_activations(layer):
         raise ValueError("the Scan subgraph warps with sigmoid and tanh only: this "
                          f"{type(layer).__name__}'s warping functions cannot be written with "
@@ -255,7 +265,10 @@ def to_model(model: Any, *, sequence_lens: bool = False, initial_state: bool = F
         g.nodes.append(helper.make_node("Identity", [src], [out_name]))
         out_infos.append(helper.make_tensor_value_info(out_name, _tensor_type(dt), shape))
     graph = helper.make_graph(g.nodes, name, inputs, out_infos, initializer=g.inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+    domains = [helper.make_opsetid("", opset)]
+    if int8:
+        domains.append(helper.make_opsetid(_QO.MS_DOMAIN, 1))
+    m = helper.make_model(graph, opset_imports=domains,
                           producer_name="fusedrnn", producer_version=_version())
     m.doc_string = repr(layer)
     props = {"fusedrnn.layer": repr(layer), "fusedrnn.batch_first": "1" if layer.batch_first else "0"}
@@ -289,23 +302,30 @@ def _node_state(g: _Graph, state: str, layout: int) -> str:
 
 def _lstm_node(g: _Graph, layer: LSTM, l: int, x: str, lens: str, h0: str,
                c0: str, layout: int) -> Tuple[str, str, str]:
+    """Layer l's LSTM node; an int8 QuantizedLSTM's is a DynamicQuantizeLSTM node."""
     H, D = layer.hidden_size, layer.num_directions
     p = layer.params
     sfx = [suffix(l, d) for d in range(D)]
-    W = np.stack([_reorder(p["W_x" + s], H, ONNX_GATE_ORDER) for s in sfx])
-    R = np.stack([_reorder(p["W_v" + s], H, ONNX_GATE_ORDER) for s in sfx])
-    B = np.stack([np.concatenate([_reorder(p["b" + s], H, ONNX_GATE_ORDER), np.zeros(4 * H)])
-                  for s in sfx])
-    ins = [x, g.const("W", W), g.const("R", R), g.const("B", B), lens, h0, c0]
+
+    def gates(name: str) -> np.ndarray:  # (D, 4H, ...) in ONNX's gate order
+        return np.stack([_reorder(p[name + s], H, ONNX_GATE_ORDER) for s in sfx])
+
+    B = np.concatenate([gates("b"), np.zeros((D, 4 * H))], axis=1)
+    P = None
     if layer.peepholes == "diagonal":
         P = np.stack([p["w_s" + s][list(ONNX_PEEPHOLE_ORDER)].reshape(-1) for s in sfx])
-        ins.append(g.const("P", P))
-    attrs: Dict[str, Any] = {}
+    attrs: Dict[str, Any] = _node_activations(layer)
     if layer.coupled_gates:
         attrs["input_forget"] = 1
     if layer.accumulation_clip is not None:
         attrs["clip"] = float(layer.accumulation_clip)
-    Y, Y_h, Y_c = _emit(g, "LSTM", layer, ins, 3, layout, **attrs, **_node_activations(layer))
+    if isinstance(layer, QuantizedLSTM):
+        ins = _QO.node_inputs(g, layer, gates, x, B, lens, h0, c0, P)
+        Y, Y_h, Y_c = _emit(g, _QO.OP, layer, ins, 3, 0, domain=_QO.MS_DOMAIN, **attrs)
+        return Y, Y_h, Y_c
+    ins = [x, g.const("W", gates("W_x")), g.const("R", gates("W_v")), g.const("B", B), lens,
+           h0, c0, "" if P is None else g.const("P", P)]
+    Y, Y_h, Y_c = _emit(g, "LSTM", layer, ins, 3, layout, **attrs)
     return Y, Y_h, Y_c
 
 
@@ -345,9 +365,10 @@ _WARP_OPTIONS = {"LSTM": ("gate_activation", "cell_activation", "output_activati
 def _node_activations(layer: Any) -> Dict[str, Any]:
     """The activations / activation_alpha / activation_beta attributes of a layer's
     nodes; none for the defaults (Sigmoid, Tanh, Tanh; Tanh)."""
-    options = _WARP_OPTIONS.get(type(layer).__name__)
-    if options is None:
+    kind = "LSTM" if isinstance(layer, LSTM) else "RNN" if isinstance(layer, RNN) else None
+    if kind is None:
         return {}
+    options = _WARP_OPTIONS[kind]
     D = layer.num_directions
     per = [_acts.per_direction(getattr(layer, k), D, k) for k in options]
     cells = [tuple(p[d] for p in per) for d in range(D)]
@@ -400,7 +421,18 @@ def export(model: Any, path: PathLike, *, sequence_lens: bool = False,
         nodes, which ONNX Runtime runs; 1: batch-major nodes that read X (B, T, I)
         directly, for runtimes that want them (ONNX Runtime refuses layout=1 nodes).
         The graph's inputs and outputs keep the layouts above either way.
-    Inference graph: dropout is not exported."""
+    Inference graph: dropout is not exported.
+
+    An int8 `fusedrnn.QuantizedLSTM` (lstm.quantize("int8")) exports as ONNX
+    Runtime's com.microsoft.DynamicQuantizeLSTM nodes (the model imports the
+    com.microsoft opset 1): W (D, I, 4H) and R (D, R, 4H) int8, the transposes of
+    the LSTM node's, with W_scale / R_scale (D, 4H) float32 (one per output unit,
+    as the layer holds them) and zero points 0; B, P, the attributes and the graph
+    as for an LSTM. `load` reads such nodes back as an int8 QuantizedLSTM, bit for
+    bit. ONNX Runtime quantizes the activations its own way, so its outputs are
+    near, not equal to, the layer's. Refused with a ValueError (export the float
+    layer instead): bf16 layers, QuantizedRNN, projection, context windows, full
+    peepholes, cell_clip, unsupported="scan", layout=1, dtype other than float32."""
     onnx = _onnx()
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file path, got {type(path).__name__}")
@@ -530,6 +562,8 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
     the node and the input or attribute otherwise)."""
     onnx = _onnx()
     op = node.op_type
+    if op == _QO.OP:
+        return _QO.node_layer(node, consts, dtype, exact_clip, _node_layer)
     where = f"{op} node {node.name!r}" if node.name else f"{op} node (unnamed)"
     ins = list(node.input) + [""] * 8
     a = {at.name: onnx.helper.get_attribute_value(at) for at in node.attribute}
@@ -720,7 +754,8 @@ def _gru_layer(where: str, lbr: int, clip: bool, W: np.ndarray, Rm: np.ndarray,
 
 
 def _recurrent_nodes(graph: Any) -> List[Any]:
-    return [n for n in graph.node if n.op_type in _GATES and n.domain in ("", "ai.onnx")]
+    return [n for n in graph.node if (n.op_type in _GATES and n.domain in ("", "ai.onnx"))
+            or (n.op_type == _QO.OP and n.domain == _QO.MS_DOMAIN)]
 
 
 def _cell_nodes(graph: Any) -> List[Any]:
@@ -735,7 +770,7 @@ def _cell_nodes(graph: Any) -> List[Any]:
 
 # the weight inputs of each node type (index in node.input: name)
 _WEIGHT_INPUTS = {"LSTM": {1: "W", 2: "R", 3: "B", 7: "P"}, "RNN": {1: "W", 2: "R", 3: "B"},
-                  "GRU": {1: "W", 2: "R", 3: "B"}}
+                  "GRU": {1: "W", 2: "R", 3: "B"}, _QO.OP: {3: "B", 7: "P"}}
 
 
 def _weight_inputs(graph: Any, inputs: Any, consts: Dict[str, Any]) -> Dict[str, np.ndarray]:
@@ -829,7 +864,7 @@ def _check_initial_states(graph: Any, nodes: List[Any], consts: Dict[str, Any],
     sources: Dict[str, set] = {}
     for l, node in enumerate(nodes):
         layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
-        slots = (5, 6) if node.op_type == "LSTM" else (5,)
+        slots = (5, 6) if node.op_type in ("LSTM", _QO.OP) else (5,)
         for i, what in zip(slots, ("initial_h", "initial_c")):
             name = node.input[i] if i < len(node.input) else ""
             if not name or name in consts:  # zero or absent (a non-zero constant is refused)
@@ -980,6 +1015,8 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
                   bidirectional=first.bidirectional, reverse=first.reverse, dtype=first.dtype,
                   batch_first=bool(batch_first), seed=0, activation=first.activation,
                   accumulation_clip=first.accumulation_clip)
+    if isinstance(first, QuantizedLSTM):
+        return _QO.stack(net, cells)
     for l, c in enumerate(cells):
         for name, arr in c.params.items():
             base, rev = (name[:-len("_reverse")], 1) if name.endswith("_reverse") else (name, 0)

@@ -6,7 +6,9 @@
     tail = stream.flush()                    # end of the sequence: what is left
 
 `layer.stream(batch, state=None)` exists for `fr.LSTM`, `fr.RNN`, `fr.GRU`,
-`fr.Linear` and a `fr.Sequential` of them (inference only; unidirectional layers). A stream
+`fr.Linear`, the quantized `fr.QuantizedLSTM` / `fr.QuantizedRNN` (their steps on
+the reduced-precision kernels) and a `fr.Sequential` of them (inference only;
+unidirectional layers). A stream
 holds its state, its output and workspace buffers and the context window of a
 look-ahead, so that a step does little more than the kernel's step. The
 outputs of a stream equal one `forward` over the whole sequence.
@@ -64,6 +66,7 @@ from .core._layer import flat, suffix
 from .core._scratch import aligned_empty
 from .core._tracked import VERSION, is_tracked
 from .core.lstm import _PEEP_CODES
+from .core.quantized import _REDUCED_CODES
 
 __all__ = ["Stream", "LinearStream", "SequentialStream"]
 
@@ -175,6 +178,8 @@ class Stream(_kernel.StreamCore):
         self.layer = layer
         self._lstm = hasattr(layer, "proj_size")
         self._gru = hasattr(layer, "linear_before_reset")
+        # a quantized layer's FR_REDUCED_* code (0: float): its cells run on the reduced panels
+        self._reduced = _REDUCED_CODES[layer.precision] if hasattr(layer, "precision") else 0
         L_past, L_future = getattr(layer, "context", (0, 0))
         self._L_past, self._L_future, self._K = L_past, L_future, L_past + 1 + L_future
         dt, I, H, R = layer.dtype, layer.input_size, layer.hidden_size, layer.output_size
@@ -197,7 +202,8 @@ class Stream(_kernel.StreamCore):
                                     layer.coupled_gates, layer.cell_clip or 0.0,
                                     layer.accumulation_clip or 0.0,
                                     self._threads(B * 4 * H * (I_l + R)),
-                                    x, y, self._s[l], self._o[l], layer._warps[0])
+                                    x, y, self._s[l], self._o[l], layer._warps[0],
+                                    self._reduced)
                 B_macs += B * 4 * H * (I_l + R) + (B * layer.proj_size * H)
             elif self._gru:
                 macs = B * 3 * H * (I_l + H)
@@ -206,7 +212,7 @@ class Stream(_kernel.StreamCore):
                 B_macs += macs
             else:
                 self._set_rnn_cell(l, I_l, H, layer.state_feedback, x, y, self._s[l], self._o[l],
-                                   layer._warps[0], layer.accumulation_clip or 0.0)
+                                   layer._warps[0], layer.accumulation_clip or 0.0, self._reduced)
                 B_macs += B * H * (I_l + H * (2 if layer.state_feedback else 1))
             self._s[l][0][...] = s0[l]
             self._o[l][0][...] = o0[l]
@@ -230,8 +236,11 @@ class Stream(_kernel.StreamCore):
     # -- weights ---------------------------------------------------------------------
     def _rebind(self) -> None:
         """Point the cells at the layer's current parameter arrays (checked), or at
-        private copies of them for a snapshot."""
+        private copies of them for a snapshot. A quantized layer's arrays are read-only
+        (no copies) and its cells get the packed reduced weights."""
         layer = self.layer
+        if self._reduced:
+            layer._checked_params()   # its read-only arrays of the stored dtypes and shapes
         params = layer.params
         seen = int(VERSION[0])   # before the copies: a write from now on is checked
         watched = []
@@ -242,15 +251,27 @@ class Stream(_kernel.StreamCore):
             arrays, tracked = {}, {}
             for name, shape in shapes.items():
                 key = name + suffix(l, 0)
-                a = V.parameter(params, key, layer.dtype, shape)
-                held = params[key]
-                if not held.flags.c_contiguous:
-                    raise ValueError(f"params[{key!r}] must be C-contiguous for a stream (a step "
-                                     "reads it in place); store np.ascontiguousarray(...) there")
-                arrays[name] = np.array(a) if self._snapshot else a
+                if self._reduced:   # checked above
+                    held = arrays[name] = params[key]
+                else:
+                    a = V.parameter(params, key, layer.dtype, shape)
+                    held = params[key]
+                    if not held.flags.c_contiguous:
+                        raise ValueError(f"params[{key!r}] must be C-contiguous for a stream (a "
+                                         "step reads it in place); store "
+                                         "np.ascontiguousarray(...) there")
+                    arrays[name] = np.array(a) if self._snapshot else a
                 tracked[name] = is_tracked(held)
                 watched.append((key, held))
-            if self._lstm:
+            if self._reduced:  # the float weights are not read, the panels are (kept alive)
+                q = layer._qpacked(layer._cell_config(1, self.batch, layer._cell_input_size(l),
+                                                      None, False), arrays)
+                self._packed[l] = None
+                arrays["(packed)"] = q
+                order = ([None, None, arrays["b"], arrays.get("w_s", arrays.get("W_s")), None,
+                          None, q.buffer] if self._lstm else
+                         [None, None, arrays["theta_s"], arrays.get("W_s"), q.buffer])
+            elif self._lstm:
                 packed = self._pack(l, arrays, tracked, checks)
                 order = [arrays["W_x"], arrays["W_v"], arrays["b"],
                          arrays.get("w_s", arrays.get("W_s")), arrays.get("W_qv"),

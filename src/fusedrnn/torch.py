@@ -41,9 +41,12 @@ from .core import _validate as V
 from .core._tracked import untrack
 from .core.gru import GRU as _FrGRU
 from .core.lstm import LSTM as _FrLSTM
+from .core.quantized import QuantizedLSTM as _FrQuantizedLSTM
+from .core.quantized import QuantizedRNN as _FrQuantizedRNN
+from .core.quantized import _Quantized
 from .core.rnn import RNN as _FrRNN
 
-__all__ = ["LSTM", "RNN", "GRU"]
+__all__ = ["LSTM", "RNN", "GRU", "QuantizedLSTM", "QuantizedRNN"]
 
 _NP_OF_TORCH: Dict[torch.dtype, "np.dtype[Any]"] = {torch.float32: np.dtype(np.float32),
                                                     torch.float64: np.dtype(np.float64)}
@@ -189,9 +192,19 @@ class _FusedModule(nn.Module):
         """A module with a copy of the configuration and weights of a fusedrnn layer."""
         if not isinstance(layer, cls._fr_class):
             raise TypeError(f"expected a fusedrnn.{cls._fr_class.__name__}, got {type(layer).__name__}")
+        if isinstance(layer, _Quantized):  # an inference-only module around it
+            return _QUANTIZED_MODULES[layer._FLOAT](layer)  # type: ignore[return-value]
         module = cls.__new__(cls)
         _FusedModule.__init__(module, layer, copy_weights=True)
         return module
+
+    def quantize(self, precision: str) -> Any:
+        """An inference-only module with the weight products in `precision` ("bf16" or
+        "int8"): `fusedrnn.torch.QuantizedLSTM` / `QuantizedRNN` of a copy of this one's
+        weights (see fusedrnn.LSTM.quantize)."""
+        from .core.quantized import quantize
+        q = quantize(self.to_fusedrnn(), precision)  # TypeError for a GRU
+        return _QUANTIZED_MODULES[q._FLOAT](q)
 
     @property
     def reverse(self) -> bool:
@@ -582,3 +595,119 @@ class GRU(_FusedModule):
     def to_torch(self) -> Any:
         """A torch.nn.GRU with the same function (linear_before_reset must be True)."""
         return self.to_fusedrnn().to_torch()
+
+
+class _QuantizedModule:
+    """What `QuantizedLSTM` and `QuantizedRNN` share: the module runs a fusedrnn
+    QuantizedLSTM / QuantizedRNN (`quantized_layer`) for inference, through the float
+    module's forward (the same arguments, states and outputs)."""
+
+    _fr_quantized: Any = None
+
+    def __init__(self, layer: Any) -> None:
+        if not isinstance(layer, self._fr_quantized):
+            raise TypeError(f"expected a fusedrnn.{self._fr_quantized.__name__} (made by "
+                            f"fusedrnn.{self._fr_class.__name__}.quantize), got "  # type: ignore[attr-defined]
+                            f"{type(layer).__name__}")
+        nn.Module.__init__(self)  # type: ignore[arg-type]
+        self._config = self._config_of(layer)  # type: ignore[attr-defined]
+        self.input_size: int = layer.input_size
+        self.hidden_size: int = layer.hidden_size
+        self.num_layers: int = layer.num_layers
+        self.bidirectional: bool = layer.bidirectional
+        self.dropout: float = 0.0
+        self.batch_first: bool = layer.batch_first
+        self.precision: str = layer.precision
+        self._names: Tuple[str, ...] = ()
+        self.quantized_layer = layer  # read-only weights: shared safely
+        self.eval()  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_fusedrnn(cls, layer: Any) -> Any:
+        """The module of a fusedrnn QuantizedLSTM / QuantizedRNN (shared: its weights
+        are read-only)."""
+        return cls(layer)
+
+    def _refuse(self, what: str) -> ValueError:
+        return ValueError(f"fusedrnn.torch.{type(self).__name__} ({self.precision}) is for "
+                          f"inference only: {what}")
+
+    def _weights(self, check: bool = True) -> Tuple[List[Tensor], torch.dtype]:
+        return [], torch.float32
+
+    @property
+    def fr_layer(self) -> Any:
+        """The fusedrnn quantized layer this module runs."""
+        return self.quantized_layer
+
+    def to_fusedrnn(self) -> Any:
+        """A copy of the fusedrnn quantized layer."""
+        import copy
+        return copy.deepcopy(self.quantized_layer)
+
+    def quantize(self, precision: str) -> Any:
+        raise self._refuse("it is quantized already; quantize the float module")
+
+    def stream(self, batch: int, state: Any = None, *, weights: str = "live") -> Any:
+        raise self._refuse("its streams are NumPy streams: use "
+                           "module.quantized_layer.stream(batch)")
+
+    def reset_parameters(self) -> None:
+        raise self._refuse("its weights are fixed; quantize a float module again instead")
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", precision={self.precision!r}"  # type: ignore[misc]
+
+    def _run(self, x: Tensor, s0: Optional[Tensor], o0: Optional[Tensor], x_past: Optional[Tensor],
+             lengths: Any, x_future: Optional[Tensor], unbatched: bool
+             ) -> Tuple[Tensor, Tensor, Tensor]:
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting() or \
+                torch.jit.is_tracing():
+            raise self._refuse("it cannot be compiled, exported or traced (its forward is a "
+                               "NumPy call, not a registered operator); call it eagerly, or "
+                               "compile / export the float module")
+        if self.training:  # type: ignore[attr-defined]
+            raise self._refuse("it is in training mode; call module.eval() (train the float "
+                               "module and quantize it again)")
+        given = [t for t in (x, s0, o0, x_past, x_future) if t is not None]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in given):
+            raise self._refuse("an input requires grad, but there is no backward; run it under "
+                               "torch.no_grad() / torch.inference_mode(), or pass detached "
+                               "tensors")
+        layer = self.quantized_layer
+        lens = self._lengths(lengths, x, unbatched)  # type: ignore[attr-defined]
+        state = None
+        if s0 is not None and o0 is not None:
+            state = layer.State(*(_as_numpy(t) for t in (s0, o0)),
+                                *(() if x_past is None else (_as_numpy(x_past),)))
+        y, st = layer.forward(_as_numpy(x), state, training=False,
+                              lengths=None if lens is None else lens.numpy(),
+                              x_future=None if x_future is None else _as_numpy(x_future))
+        return torch.from_numpy(y), torch.from_numpy(st[0]), torch.from_numpy(st[1])
+
+
+class QuantizedLSTM(_QuantizedModule, LSTM):
+    """An inference-only `fusedrnn.torch.LSTM` with its weight products in bfloat16 or int8:
+    the module of a `fusedrnn.QuantizedLSTM`, made by `fusedrnn.torch.LSTM.quantize(...)`,
+    `fusedrnn.torch.LSTM.from_fusedrnn(fr_lstm.quantize(...))` or `QuantizedLSTM(q)`.
+
+        q = frt.LSTM.from_fusedrnn(fr_lstm).quantize("int8")   # eval mode
+        with torch.inference_mode():
+            out, (h, c) = q(x, (h0, c0), lengths=lengths)       # as the float module
+
+    Its forward is `q.quantized_layer.forward` (bit for bit) on numpy views of the
+    tensors. It has no parameters and no backward: training mode, inputs that require
+    grad (with grad enabled), torch.compile, torch.export and torch.jit.trace raise
+    ValueError."""
+
+    _fr_quantized = _FrQuantizedLSTM
+
+
+class QuantizedRNN(_QuantizedModule, RNN):
+    """An inference-only `fusedrnn.torch.RNN` with W_x x[n] and W_r r[n-1] in bfloat16 or
+    int8: the module of a `fusedrnn.QuantizedRNN` (see `QuantizedLSTM`)."""
+
+    _fr_quantized = _FrQuantizedRNN
+
+
+_QUANTIZED_MODULES: Dict[Any, Any] = {_FrLSTM: QuantizedLSTM, _FrRNN: QuantizedRNN}

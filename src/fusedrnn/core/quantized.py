@@ -12,7 +12,11 @@ scales) is docs/equations.md §7, and `fusedrnn.reference` computes it in plain 
 A quantized layer stores its reduced weights as its parameters: bf16 as uint16 bit patterns,
 int8 as int8 with one float32 scale per row (output unit) under "<name>_scale"; the other
 parameters stay float32. They are read-only (the kernel packs them once), survive `fr.save` /
-`fr.load` bit for bit, and take half (bf16) or about a quarter (int8) of the float32 bytes."""
+`fr.load` bit for bit, and take half (bf16) or about a quarter (int8) of the float32 bytes.
+
+`q.stream(batch)` streams a quantized layer (fusedrnn.stream), `fusedrnn.torch.LSTM.
+from_fusedrnn(q)` runs it as a torch module for inference, and `fr.onnx.export` writes an
+int8 LSTM as ONNX Runtime's DynamicQuantizeLSTM."""
 from __future__ import annotations
 
 import re
@@ -25,7 +29,7 @@ from .. import _kernel
 from .lstm import LSTM
 from .rnn import RNN
 
-__all__ = ["PRECISIONS", "QuantizedLSTM", "QuantizedRNN", "quantize", "reduce_weight"]
+__all__ = ["PRECISIONS", "QuantizedLSTM", "QuantizedRNN", "quantize", "reduce_weight", "assemble"]
 
 PRECISIONS = ("bf16", "int8")
 _STORAGE = {"bf16": np.dtype(np.uint16), "int8": np.dtype(np.int8)}
@@ -193,14 +197,10 @@ class _Quantized:
         raise ValueError(f"this layer is already quantized ({self.precision}); quantize the "
                          "float layer instead")
 
-    def stream(self, batch: int, state: Any = None, *, weights: str = "live") -> Any:
-        raise ValueError(f"streams of {self.precision} layers are not available; stream the "
-                         "float layer, or call forward(x_chunk, state, training=False) on "
-                         "chunks with the state carried")
-
     def to_torch(self) -> Any:
         raise ValueError(f"a {self.precision} layer has no torch.nn equivalent of the same "
-                         "precision; convert the float layer")
+                         "precision; convert the float layer, or run this one as a torch module "
+                         "for inference with fusedrnn.torch.LSTM.from_fusedrnn(layer)")
 
     def to_keras(self, *args: Any, **kwargs: Any) -> Any:
         raise ValueError(f"a {self.precision} layer has no Keras equivalent; convert the "
@@ -284,13 +284,17 @@ class QuantizedLSTM(_Quantized, LSTM):
                                   _threads.kernel_threads(), _REDUCED_CODES[self.precision],
                                   warps=self._warps[1 if self.bidirectional and reverse else 0])
 
+    def _qpacked(self, cfg: Any, p: Dict[str, np.ndarray]) -> "_kernel.QPackedWeights":
+        """One cell's reduced weights `p` packed for the kernel (made once per cell)."""
+        return self._packed_cell(p, lambda: _kernel.QPackedWeights(
+            cfg, W_x=p["W_x"], W_v=p["W_v"], W_qv=p.get("W_qv"), W_x_scale=p.get("W_x_scale"),
+            W_v_scale=p.get("W_v_scale"), W_qv_scale=p.get("W_qv_scale")))
+
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
                         s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
         from ._layer import flat
-        packed = self._packed_cell(p, lambda: _kernel.QPackedWeights(
-            cfg, W_x=p["W_x"], W_v=p["W_v"], W_qv=p.get("W_qv"), W_x_scale=p.get("W_x_scale"),
-            W_v_scale=p.get("W_v_scale"), W_qv_scale=p.get("W_qv_scale")))
+        packed = self._qpacked(cfg, p)
         _kernel.lstm_forward_reduced(cfg, packed, y_seq=flat(y), s_T=flat(s_T), y_T=flat(o_T),
                                      work=work, x=flat(x), s0=flat(s0), y0=flat(o0),
                                      b=flat(p["b"]), W_s=flat(p.get("w_s", p.get("W_s"))))
@@ -331,13 +335,17 @@ class QuantizedRNN(_Quantized, RNN):
                                  accumulation_clip=self.accumulation_clip or 0.0,
                                  reduced=_REDUCED_CODES[self.precision])
 
+    def _qpacked(self, cfg: Any, p: Dict[str, np.ndarray]) -> "_kernel.RNNQPackedWeights":
+        """One cell's reduced weights `p` packed for the kernel (made once per cell)."""
+        return self._packed_cell(p, lambda: _kernel.RNNQPackedWeights(
+            cfg, W_x=p["W_x"], W_r=p["W_r"], W_x_scale=p.get("W_x_scale"),
+            W_r_scale=p.get("W_r_scale")))
+
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
                         s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
         from ._layer import flat
-        packed = self._packed_cell(p, lambda: _kernel.RNNQPackedWeights(
-            cfg, W_x=p["W_x"], W_r=p["W_r"], W_x_scale=p.get("W_x_scale"),
-            W_r_scale=p.get("W_r_scale")))
+        packed = self._qpacked(cfg, p)
         _kernel.rnn_forward_reduced(cfg, packed, r_seq=flat(y), s_T=flat(s_T), r_T=flat(o_T),
                                     work=work, x=flat(x), s0=flat(s0), r0=flat(o0),
                                     theta_s=flat(p["theta_s"]), W_s=flat(p.get("W_s")))
@@ -361,21 +369,33 @@ def quantize(model: Any, precision: str) -> Any:
     if cls is None:
         raise TypeError(f"quantize takes an fr.LSTM, an fr.RNN or an fr.Sequential of them "
                         f"and Linear layers, got {type(model).__name__}")
-    cfg = _config(model)
+    params: Dict[str, np.ndarray] = {}
+    for k, p in model.params.items():
+        if _split_key(k)[0] in cls._REDUCED:
+            params.update((_with_suffix(k, sfx), a)
+                          for sfx, a in reduce_weight(p, precision).items())
+        else:
+            params[k] = p
+    return assemble(model, precision, params)
+
+def assemble(template: Any, precision: str, params: Dict[str, np.ndarray]) -> Any:
+    """The quantized layer of `template`'s configuration (an fr.LSTM or fr.RNN) whose
+    stored parameters are `params` (every key of the quantized layer: the reduced
+    weights as uint16 bf16 bits or int8, "<name>_scale" rows, the rest float32), copied
+    and made read-only. ValueError naming a key that is missing or of another shape."""
+    cls = _QUANTIZED[type(template)]
+    cfg = _config(template)
     cfg["dtype"] = np.float32
     q = cls(**cfg, precision=precision)
     dtypes = q._param_dtypes()
-    for k, p in model.params.items():
-        if dtypes[k] == np.float32:
-            q.params[k].flags.writeable = True
-            q.params[k][...] = p
-            q.params[k].flags.writeable = False
-            continue
-        for sfx, a in reduce_weight(p, precision).items():
-            key = _with_suffix(k, sfx)
-            q.params[key].flags.writeable = True
-            q.params[key][...] = a
-            q.params[key].flags.writeable = False
+    for key, dst in q.params.items():
+        src = params.get(key)
+        if src is None or np.shape(src) != dst.shape:
+            raise ValueError(f"params[{key!r}] must be given with shape {dst.shape}, got "
+                             f"{'nothing' if src is None else np.shape(src)}")
+        dst.flags.writeable = True
+        dst[...] = np.asarray(src).astype(dtypes[key], copy=False)
+        dst.flags.writeable = False
     return q
 
 

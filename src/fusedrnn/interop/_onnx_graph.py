@@ -283,6 +283,9 @@ def check_lengths(graph: Any, nodes: List[Any]) -> None:
 
 
 def weight_type(node: Any, consts: Dict[str, Any]) -> Optional[np.dtype]:
+    """The node's float type T (its W's type; float32 for DynamicQuantizeLSTM)."""
+    if node.op_type == "DynamicQuantizeLSTM":
+        return np.dtype(np.float32)
     value = consts.get(node.input[1]) if len(node.input) > 1 else None
     if value is None:
         return None
