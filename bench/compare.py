@@ -23,7 +23,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import streaming  # noqa: E402
-from cases import COMPETITOR_LABEL, MODES, VARIANT_LABEL, Case  # noqa: E402
+from cases import COMPETITOR_LABEL, MODES, Case  # noqa: E402
 
 THRESHOLD = 0.03
 BUILD = ("fusedrnn", "frtorch")  # the columns that time the fusedrnn installation
@@ -40,7 +40,8 @@ def _noise(timing: Mapping) -> Optional[float]:
 def measurements(blob: Mapping) -> Dict[Key, dict]:
     """Every median of a run: (case, threads, mode, competitor) -> median (s), noise, labels;
     in the streaming section the mode is the measurement (stream, forward, ...)."""
-    cases = {c["name"]: Case(*(c[f] for f in ("size", "variant", "T", "B", "I", "H")))
+    cases = {c["name"]: Case(*(c[f] for f in ("size", "variant", "T", "B", "I", "H")),
+                             cell=c.get("cell", "lstm"))
              for c in blob["cases"]}
     out: Dict[Key, dict] = {}
     for row in blob["rows"]:
@@ -52,7 +53,7 @@ def measurements(blob: Mapping) -> Dict[Key, dict]:
             timing = r.get("timings", {}).get(row["mode"], {})
             out[(row["case"], row["threads"], row["mode"], comp)] = {
                 "median": med, "noise": _noise(timing) if timing else None,
-                "label": f"{row['size']} {VARIANT_LABEL.get(row['variant'], row['variant'])}",
+                "label": case.label(),
                 "dims": row["dims"] + ("" if row["dtype"] == "float32" else " f64"),
                 "mode": MODES.get(row["mode"], row["mode"])}
     section = blob.get("streaming", {})

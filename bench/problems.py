@@ -45,6 +45,36 @@ def onnx_lstm_model(params: Mapping[str, np.ndarray], T: int, B: int, I: int, H:
     return model.SerializeToString()
 
 
+def onnx_gru_model(params: Mapping[str, np.ndarray], T: int, B: int, I: int, H: int) -> bytes:
+    """One ONNX GRU node (opset 14, linear_before_reset=1), weights as initializers, X the only
+    input, Y the output. ONNX's gate order is (z, r, h), ours (r, z, n); its B is [Wb; Rb], and
+    our b holds both biases of r and z, b_hn the recurrent bias of n."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def zrn(m: np.ndarray) -> np.ndarray:
+        return np.concatenate([m[k * H:(k + 1) * H] for k in (1, 0, 2)])
+
+    rb = np.concatenate([np.zeros(2 * H), params["b_hn"]])
+    inits = {"W": zrn(params["W_x"])[None].astype(np.float32),
+             "R": zrn(params["W_h"])[None].astype(np.float32),
+             "B": np.concatenate([zrn(params["b"]), rb])[None].astype(np.float32)}
+    node = helper.make_node("GRU", ["X", "W", "R", "B"], ["Y"], hidden_size=H,
+                            direction="forward", linear_before_reset=1)
+    graph = helper.make_graph(
+        [node], "gru", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(v, n) for n, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    return model.SerializeToString()
+
+
+def onnx_model(case: Case, params: Mapping[str, np.ndarray]) -> bytes:
+    """The case's ONNX model for ONNX Runtime: an LSTM or a GRU node."""
+    if case.cell == "gru":
+        return onnx_gru_model(params, case.T, case.B, case.I, case.H)
+    return onnx_lstm_model(params, case.T, case.B, case.I, case.H, case.peepholes)
+
+
 def ort_session(model: bytes, threads: int):
     import onnxruntime as ort
     so = ort.SessionOptions()
@@ -57,20 +87,29 @@ def ort_session(model: bytes, threads: int):
 
 def make_fr(case: Case, params: Optional[Mapping[str, np.ndarray]] = None):
     import fusedrnn as fr
-    layer = fr.LSTM(case.I, case.H, peepholes="diagonal" if case.peepholes else False,
-                    proj_size=case.P, num_layers=case.layers, bidirectional=case.D == 2,
-                    dtype=np.dtype(case.dtype), seed=SEED)
+    if case.cell == "gru":
+        layer = fr.GRU(case.I, case.H, num_layers=case.layers, bidirectional=case.D == 2,
+                       dtype=np.dtype(case.dtype), seed=SEED)
+    else:
+        layer = fr.LSTM(case.I, case.H, peepholes="diagonal" if case.peepholes else False,
+                        proj_size=case.P, num_layers=case.layers, bidirectional=case.D == 2,
+                        dtype=np.dtype(case.dtype), seed=SEED)
     for k, v in (params or {}).items():
         layer.params[k][...] = v
     return layer
 
 
 def make_torch(case: Case, state: Optional[Mapping[str, np.ndarray]] = None):
-    """torch.nn.LSTM for the case (plain for the peephole case: torch has none)."""
+    """torch.nn.LSTM for the case (plain for the peephole case: torch has none), or
+    torch.nn.GRU."""
     import torch
     torch.manual_seed(SEED)
-    m = torch.nn.LSTM(case.I, case.H, num_layers=case.layers, bidirectional=case.D == 2,
-                      proj_size=case.P, dtype=getattr(torch, case.dtype))
+    if case.cell == "gru":
+        m = torch.nn.GRU(case.I, case.H, num_layers=case.layers, bidirectional=case.D == 2,
+                         dtype=getattr(torch, case.dtype))
+    else:
+        m = torch.nn.LSTM(case.I, case.H, num_layers=case.layers, bidirectional=case.D == 2,
+                          proj_size=case.P, dtype=getattr(torch, case.dtype))
     if state is not None:
         m.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
     return m
@@ -109,7 +148,7 @@ def check_case(case: Case, threads: int, tol: float) -> Tuple[Dict[str, float], 
     if case.peepholes:
         layer = make_fr(case)              # random peepholes (seeded); torch is plain
     else:
-        layer = fr.LSTM.from_torch(module)
+        layer = (fr.GRU if case.cell == "gru" else fr.LSTM).from_torch(module)
     diffs: Dict[str, float] = {}
     with threadpool_limits(threads, "blas"):
         y_inf, _ = layer.forward(x, training=False)
@@ -127,7 +166,9 @@ def check_case(case: Case, threads: int, tol: float) -> Tuple[Dict[str, float], 
             yt.backward(torch.from_numpy(dy))
             diffs["torch: y training (abs)"] = maxabs(y_tr, yt.detach().numpy())
             diffs["torch: dx (rel)"] = rel(dx, xt.grad.numpy())
-            names = {"W_x": "weight_ih", "W_v": "weight_hh", "b": "bias_ih", "W_qv": "weight_hr"}
+            # the GRU's b: bias_ih's gradient (b_r, b_z hold both biases, b_n the input's)
+            names = {"W_x": "weight_ih", "W_v": "weight_hh", "W_h": "weight_hh", "b": "bias_ih",
+                     "W_qv": "weight_hr"}
             worst = 0.0
             for l, d, _ in case.cells():
                 for ours, theirs in names.items():
@@ -137,12 +178,19 @@ def check_case(case: Case, threads: int, tol: float) -> Tuple[Dict[str, float], 
                         worst = max(worst, rel(layer.grads[key], g.numpy()))
             diffs["torch: weight gradients (max rel)"] = worst
         if case.runs("ort"):
-            sess = ort_session(onnx_lstm_model(layer.params, case.T, case.B, case.I, case.H,
-                                               case.peepholes), threads)
+            sess = ort_session(onnx_model(case, layer.params), threads)
             Y = sess.run(["Y"], {"X": x})[0]
             del sess
             diffs["ORT: y inference (abs)"] = maxabs(y_inf, Y[:, 0])
-        if case.layers == 1 and case.D == 1 and not case.P and (case.runs("oracle") or case.peepholes):
+        if case.cell == "gru" and case.size == "small" and case.layers == 1 and case.D == 1:
+            from fusedrnn import reference as ref
+            params = {k: v.copy() for k, v in layer.params.items()}
+            y_r, _, cache = ref.gru_forward(x, params, None)
+            dx_r, _, g_r = ref.gru_backward(dy, None, cache)
+            diffs["oracle: y (abs)"] = maxabs(y_tr, y_r)
+            diffs["oracle: dx (rel)"] = rel(dx, dx_r)
+            diffs["oracle: weight gradients (max rel)"] = max(rel(layer.grads[k], g_r[k]) for k in g_r)
+        elif case.layers == 1 and case.D == 1 and not case.P and (case.runs("oracle") or case.peepholes):
             from fusedrnn import reference as ref
             params = {k: v.copy() for k, v in layer.params.items()}
             y_r, _, _, cache = ref.lstm_forward(x, params, None, None)
@@ -168,18 +216,25 @@ def params_of(problem: Mapping[str, np.ndarray], prefix: str) -> Dict[str, np.nd
 
 
 # ============================================================================ memory
+def _kernel_sizes(case: Case, T: int, I: int) -> Tuple[int, int, int, int]:
+    """The kernel's element counts of one cell (acts, train, inference, backward workspace)."""
+    from fusedrnn import _kernel
+    if case.cell == "gru":
+        return _kernel.GRUConfig(T, case.B, I, case.H, True).sizes()
+    return _kernel.LSTMConfig(T, case.B, I, case.H, case.P, 1 if case.peepholes else 0).sizes()
+
+
 def memory_report(case: Case) -> dict:
     """Training: what fusedrnn stores for the backward (the kernel's activation store plus the
     outputs y, every cell) against the minimum the equations need (per step and row: the
-    gates 4H and the state H, plus v (H) with projection). Inference: the kernel workspace
-    against B*H, and whether it grows with T."""
-    from fusedrnn import _kernel
+    gates 4H and the state H, plus v (H) with projection; the GRU's r, z, n and
+    W_hn h[n-1] + b_hn (4H) and h (H)). Inference: the kernel workspace against B*H, and
+    whether it grows with T."""
     it = np.dtype(case.dtype).itemsize
-    peep = 1 if case.peepholes else 0
     acts = outs = minimum = work = work10 = 0
     for _, _, I in case.cells():
-        a, _, wi, _ = _kernel.LSTMConfig(case.T, case.B, I, case.H, case.P, peep).sizes()
-        wi10 = _kernel.LSTMConfig(100000, case.B, I, case.H, case.P, peep).sizes()[2]
+        a, _, wi, _ = _kernel_sizes(case, case.T, I)
+        wi10 = _kernel_sizes(case, 100000, I)[2]
         acts += a
         outs += case.T * case.B * case.R
         minimum += case.T * case.B * (5 * case.H + (case.H if case.P else 0))

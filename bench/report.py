@@ -11,7 +11,7 @@ import statistics
 import subprocess
 from typing import Any, Dict, List, Mapping, Optional
 
-from cases import COMPETITOR_LABEL, COMPETITORS, MODES, VARIANT_LABEL, Case, targets_of
+from cases import COMPETITOR_LABEL, COMPETITORS, MODES, Case, case_label, targets_of
 from timing import BUSY_BACKGROUND
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -124,10 +124,45 @@ def build_rows(cases: List[Case], threads_list: List[int], results: Mapping[str,
                 fr_r = results.get(f"{case.job_key('fusedrnn')}|t{threads}") or {}
                 packed = fr_r.get("packed_max_rows")
                 rows.append({"packed": bool(packed) and case.B <= packed,
-                             "case": case.name, "size": case.size, "variant": case.variant,
+                             "case": case.name, "cell": case.cell, "size": case.size,
+                             "variant": case.variant,
                              "dims": case.dims(), "dtype": case.dtype, "threads": threads,
                              "mode": mode, "median_s": med, "ratios": ratios, "targets": checks})
     return rows
+
+
+def _table(rows: List[dict]) -> List[str]:
+    """The Markdown table of `rows` and the count of targets met under it."""
+    head = ["case", "dims", "mode", "thr", "fusedrnn ms", "torch ms", "ORT ms", "oracle ms",
+            "floor ms", "torch/fr", "ORT/fr", "oracle/fr", "fr/floor", "target", "met"]
+    L = ["| " + " | ".join(head) + " |",
+         "| " + " | ".join(["---"] * 4 + ["---:"] * 9 + ["---", "---"]) + " |"]
+    met = total = 0
+
+    def rt(x):
+        return "—" if x is None else f"{x:.2f}"
+
+    for r in rows:
+        m = r["median_s"]
+        ra = r["ratios"]
+        tg = "; ".join(c["target"] for c in r["targets"]) or ""
+        marks = []
+        for c in r["targets"]:
+            total += 1
+            if c["met"]:
+                met += 1
+            marks.append("n/a" if c["met"] is None else "yes" if c["met"] else "**NO**")
+        L.append("| " + " | ".join([
+            case_label(r["size"], r["variant"], r.get("cell", "lstm")),
+            r["dims"] + ("" if r["dtype"] == "float32" else " f64"),
+            MODES[r["mode"]], str(r["threads"]),
+            fmt_ms(m["fusedrnn"]), fmt_ms(m["torch"]), fmt_ms(m["ort"]), fmt_ms(m["oracle"]),
+            fmt_ms(m["floor"]), rt(ra["torch"]), rt(ra["ort"]), rt(ra["oracle"]),
+            rt(ra["floor"]) + (" (p)" if r.get("packed") and ra["floor"] is not None else ""),
+            tg, " / ".join(marks)]) + " |")
+    L.append("")
+    L.append(f"**Targets met: {met} of {total}.**")
+    return L
 
 
 def markdown(info: dict, settings: dict, rows: List[dict], memory: Mapping[str, dict],
@@ -162,35 +197,19 @@ def markdown(info: dict, settings: dict, rows: List[dict], memory: Mapping[str, 
     L.append("")
     if not rows:  # only the streaming section ran
         return "\n".join(L)
-    head = ["case", "dims", "mode", "thr", "fusedrnn ms", "torch ms", "ORT ms", "oracle ms",
-            "floor ms", "torch/fr", "ORT/fr", "oracle/fr", "fr/floor", "target", "met"]
-    L.append("| " + " | ".join(head) + " |")
-    L.append("| " + " | ".join(["---"] * 4 + ["---:"] * 9 + ["---", "---"]) + " |")
-    met = total = 0
-
-    def rt(x):
-        return "—" if x is None else f"{x:.2f}"
-
-    for r in rows:
-        m = r["median_s"]
-        ra = r["ratios"]
-        tg = "; ".join(c["target"] for c in r["targets"]) or ""
-        marks = []
-        for c in r["targets"]:
-            total += 1
-            if c["met"]:
-                met += 1
-            marks.append("n/a" if c["met"] is None else "yes" if c["met"] else "**NO**")
-        variant = VARIANT_LABEL[r["variant"]]
-        L.append("| " + " | ".join([
-            f"{r['size']} {variant}", r["dims"] + ("" if r["dtype"] == "float32" else " f64"),
-            MODES[r["mode"]], str(r["threads"]),
-            fmt_ms(m["fusedrnn"]), fmt_ms(m["torch"]), fmt_ms(m["ort"]), fmt_ms(m["oracle"]),
-            fmt_ms(m["floor"]), rt(ra["torch"]), rt(ra["ort"]), rt(ra["oracle"]),
-            rt(ra["floor"]) + (" (p)" if r.get("packed") and ra["floor"] is not None else ""),
-            tg, " / ".join(marks)]) + " |")
-    L.append("")
-    L.append(f"**Targets met: {met} of {total}.**")
+    lstm = [r for r in rows if r.get("cell", "lstm") == "lstm"]
+    gru = [r for r in rows if r.get("cell") == "gru"]
+    if lstm:
+        L += _table(lstm)
+    if gru:
+        L.append("")
+        L.append("## GRU")
+        L.append("")
+        L.append("`fr.GRU` (linear_before_reset=True, mapped with `fr.GRU.from_torch`) against "
+                 "`torch.nn.GRU` and ONNX Runtime's GRU node (linear_before_reset=1); the floor "
+                 "is the GRU's GEMMs (3H gate columns).")
+        L.append("")
+        L += _table(gru)
     if any(r.get("packed") for r in rows):
         L.append("")
         L.append("(p): at this batch size and thread count fusedrnn runs its per-step recurrent "
@@ -218,7 +237,8 @@ def markdown(info: dict, settings: dict, rows: List[dict], memory: Mapping[str, 
     L.append("## Memory (fusedrnn, per call, all cells)")
     L.append("")
     L.append("Training: bytes kept for the backward = the kernel's activation store + the outputs y; "
-             "minimum = gates (4H) + state (H) per step and row (+ v (H) with projection). "
+             "minimum = gates (4H) + state (H) per step and row (+ v (H) with projection; the GRU: "
+             "r, z, n and W_hn h[n-1] + b_hn, and h). "
              "Inference: the kernel workspace, against B·H (summed over cells), and its size for "
              "T = 100000 (it is bounded in T: the input GEMM runs in chunks of about 256 rows).")
     L.append("")
@@ -227,7 +247,7 @@ def markdown(info: dict, settings: dict, rows: List[dict], memory: Mapping[str, 
     L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, mem in memory.items():
         case = next(c for c in settings["_cases"] if c.name == name)
-        L.append(f"| {case.size} {VARIANT_LABEL[case.variant]} | {case.dims()} | "
+        L.append(f"| {case.label()} | {case.dims()} | "
                  f"{mem['train_stored_bytes'] / 2**20:.2f} | {mem['train_min_bytes'] / 2**20:.2f} | "
                  f"{mem['train_ratio']:.2f} | {mem['infer_workspace_bytes'] / 2**10:.1f} | "
                  f"{mem['infer_ratio_to_BH']:.1f} | "
@@ -260,7 +280,7 @@ def plot(rows: List[dict], path: str, threads_list: List[int]) -> None:
     labels = {"small": "small\nB=1 H=128", "sweep B=1": "B=1", "sweep B=4": "B=4",
               "sweep B=16": "B=16", "medium": "medium\nB=32", "sweep B=64": "B=64",
               "large": "large\nB=64 H=1024"}
-    plain = [r for r in rows if r["variant"] == "plain"]
+    plain = [r for r in rows if r["variant"] == "plain" and r.get("cell", "lstm") == "lstm"]
     sizes = [s for s in order if any(r["size"] == s for r in plain)]
     if not sizes:
         return

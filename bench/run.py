@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """fusedrnn benchmark suite: fr.LSTM against torch.nn.LSTM, ONNX Runtime's LSTM
-operator, the NumPy oracle and the GEMM floor, over sizes, variants and thread counts, and the
-per-frame latency of streaming.
+operator, the NumPy oracle and the GEMM floor, over sizes, variants and thread counts, fr.GRU
+against torch.nn.GRU and ONNX Runtime's GRU, and the per-frame latency of streaming.
 
-    python bench/run.py              # everything, ~15 min on a 2-core machine
+    python bench/run.py              # everything, ~20 min on a 2-core machine
     python bench/run.py --quick      # smoke subset, a few minutes
     python bench/run.py --cases medium --threads 2 --budget 3   # a slice of the matrix
+    python bench/run.py --cases gru                             # the GRU rows only
     python bench/run.py --cases streaming                       # the streaming section only
     python bench/run.py --baseline ../before/.venv/bin/python   # another installation too, interleaved
     python bench/run.py --reduced    # the reduced-precision section (bf16, int8) only
@@ -72,7 +73,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    "medium plain, short time budgets")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p.add_argument("--cases", metavar="REGEX", help="only the cases whose name matches: 'size / variant' (small / plain, "
-                   "sweep B=16 / plain, ...) or 'streaming / H=128 B=1'")
+                   "sweep B=16 / plain, ...), 'gru size / variant' (gru medium / float64) or "
+                   "'streaming / H=128 B=1'")
     p.add_argument("--budget", type=float, help="seconds of timed calls per measurement "
                    "(default 3; --quick 0.1)")
     p.add_argument("--rounds", type=int, help="the competitors of a case take turns this many "
@@ -321,7 +323,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     max_rep = args.max_rep or (30 if quick else 200)
     tag = args.tag or ("quick" if quick else "latest")
     matrix = QUICK_MATRIX if quick else FULL_MATRIX
-    cases = [make_case(s, v) for s, v in matrix]
+    cases = [make_case(*m) for m in matrix]
     if args.cases:
         cases = [c for c in cases if re.search(args.cases, c.name)]
     scases = streaming.cases(quick, args.frames, args.memory_frames, args.cases)

@@ -17,7 +17,7 @@ import numpy as np
 
 from build import blas_threads, fr_threads, kernel_id
 from cases import MODES, Case
-from problems import make_fr, make_torch, maxabs, onnx_lstm_model, ort_session, params_of
+from problems import make_fr, make_torch, maxabs, onnx_model, ort_session, params_of
 import reduced
 import streaming
 from timing import cpu_busy_seconds, measure, _own_cpu
@@ -78,8 +78,7 @@ def work_torch(case: Case, threads: int, problem, timer) -> dict:
 
 def work_ort(case: Case, threads: int, problem, timer) -> dict:
     import onnxruntime as ort
-    model = onnx_lstm_model(params_of(problem, "fusedrnn"), case.T, case.B, case.I, case.H,
-                            case.peepholes)
+    model = onnx_model(case, params_of(problem, "fusedrnn"))
     sess = ort_session(model, threads)
     feed = {"X": problem["x"]}
     try:
@@ -111,14 +110,15 @@ def work_oracle(case: Case, threads: int, problem, timer) -> dict:
 
 def floor_calls(case: Case, train: bool):
     """The GEMMs of the case, alone, as (C, A, B, tA, tB, M, N, K, beta) on flat buffers:
-    per cell the input GEMM (TB x I x 4H), T recurrent GEMMs (B x R x 4H), with projection
-    T projection GEMMs (B x H x P); training adds T recurrent backward GEMMs (B x 4H x R)
-    (with projection T more (B x P x H)), dW_x (4H x TB x I), dW_v (4H x TB x R), dx
-    (TB x 4H x I) (and dW_qv (P x TB x H))."""
+    per cell the input GEMM (TB x I x G), T recurrent GEMMs (B x R x G), with projection
+    T projection GEMMs (B x H x P); training adds T recurrent backward GEMMs (B x G x R)
+    (with projection T more (B x P x H)), dW_x (G x TB x I), dW_v (G x TB x R), dx
+    (TB x G x I) (and dW_qv (P x TB x H)). G = 4H for the LSTM, 3H for the GRU (whose
+    recurrent products are W_h h[n-1], and R = H)."""
     dt = np.dtype(case.dtype)
     rng = np.random.default_rng(1)
     T, B, H, P, R = case.T, case.B, case.H, case.P, case.R
-    G, TB = 4 * H, case.T * case.B
+    G, TB = case.gates * H, case.T * case.B
 
     def buf(n):
         return rng.standard_normal(n).astype(dt)

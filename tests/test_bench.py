@@ -1,5 +1,5 @@
 """The benchmark scripts run: a one-case slice of bench/run.py (with a second installation
-timed beside it) and bench/bench_lstm.py end to end (worker processes, the check before timing,
+timed beside it), its GRU row and bench/bench_lstm.py end to end (worker processes, the check before timing,
 the JSON and Markdown outputs); the check refuses to time competitors that disagree; compare.py
 flags the rows that got slower. Nothing here asserts a speed."""
 from __future__ import annotations
@@ -132,19 +132,54 @@ def test_bench_lstm(tmp_path):
         assert all(t["n"] == 2 and t["warmup"] == 0 for t in timings.values())
 
 
-def test_bench_gru(tmp_path):
-    out = tmp_path / "gru.md"
-    proc = run_script("bench/bench_gru.py", "--quick", "--threads", "1", "--out", str(out))
-    table = out.read_text()
-    assert table in proc.stdout
-    rows = [line for line in table.splitlines() if line.startswith("| small") or
-            line.startswith("| float64")]
-    assert len(rows) == 4  # two cases x (inference, train)
-    for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert float(cells[2]) > 0 and float(cells[3]) > 0 and cells[5].endswith("x")
-    ort_cells = [row.split("|")[5].strip() for row in rows]
-    assert ort_cells == [ort_cells[0], "-", "-", "-"] and float(ort_cells[0]) > 0  # float32 inference
+def test_gru_rows(tmp_path):
+    """The GRU's small row of the matrix: fr.GRU, torch.nn.GRU, ORT's GRU node and the GEMM
+    floor, each checked before timing (ORT's node is built from the weights independently of
+    fr.onnx, with the oracle too), measured in rounds, and the GRU's own table and targets."""
+    run_script("bench/run.py", "--quick", "--cases", "^gru small / plain$", "--threads", "1",
+               "--budget", "0.01", "--rounds", "2", "--min-rep", "2", "--max-rep", "3",
+               "--no-progress", "--out", str(tmp_path), "--tag", "gru")
+    blob = json.loads((tmp_path / "gru.json").read_text())
+    assert [(c["name"], c["cell"]) for c in blob["cases"]] == [("gru small / plain", "gru")]
+    checks = blob["checks"]["gru small / plain"]
+    for name in ("torch: y inference", "torch: dx", "torch: weight gradients", "ORT: y inference",
+                 "oracle: y", "oracle: weight gradients"):
+        assert any(k.startswith(name) for k in checks), (name, checks)
+    assert all(0 <= v <= TOL for v in checks.values()), checks
+    assert [(r["mode"], r["cell"]) for r in blob["rows"]] == [("inference", "gru"), ("train", "gru")]
+    for row in blob["rows"]:
+        measured = {c for c, t in row["median_s"].items() if t is not None}
+        assert measured == ({"fusedrnn", "torch", "floor", "ort"} if row["mode"] == "inference"
+                            else {"fusedrnn", "torch", "floor"})
+        targets = {c["target"] for c in row["targets"]}
+        assert targets == ({"torch >= 1.3x", "ORT >= 1x"} if row["mode"] == "inference"
+                           else {"torch >= 1.5x"})
+        assert all(c["met"] == (c["ratio"] >= float(c["target"].split(">= ")[1][:-1]))
+                   for c in row["targets"])
+    keys = sorted(blob["results"])
+    assert all("|gru:100,1,64,128,0|" in k for k in keys) and len(keys) == 4
+    floor = next(r for k, r in blob["results"].items() if k.startswith("floor|"))
+    assert floor["gemm_calls"] == {"inference": 101, "train": 204}
+    memory = blob["memory"]["gru small / plain"]
+    assert memory["train_acts_bytes"] == 100 * 1 * 4 * 128 * 4   # (T, B, 4H) float32
+    assert memory["train_min_bytes"] == 100 * 1 * 5 * 128 * 4
+    md = (tmp_path / "gru.md").read_text()
+    assert "## GRU" in md and "| GRU small plain | T=100 B=1 I=64 H=128 | inference | 1 |" in md
+    assert "| small plain |" not in md
+
+
+def test_gru_case_names():
+    """--cases selects the GRU rows by name; the LSTM's result keys are unchanged."""
+    cases = bench_module("cases")
+    names = [cases.make_case(*m).name for m in cases.FULL_MATRIX]
+    assert [n for n in names if n.startswith("gru ")] == [
+        "gru small / plain", "gru medium / plain", "gru medium / float64", "gru large / plain"]
+    lstm = cases.make_case("small", "plain")
+    assert lstm.job_key("fusedrnn") == "fusedrnn|100,1,64,128,0|float32|L1D1|peep=0"
+    gru = cases.make_case("medium", "float64", "gru")
+    assert gru.gates == 3 and gru.dtype == "float64" and not gru.runs("ort")
+    assert [t.bound for m in cases.MODES for t in cases.targets_of(gru, m)] == [1.3, 1.3]
+    assert cases.targets_of(cases.make_case("medium", "float64"), "train")[0].bound == 1.4
 
 
 def test_check_refuses_disagreeing_competitors(monkeypatch):
