@@ -29,6 +29,8 @@ OPTIONS = {
     "coupled+clip": dict(peepholes="diagonal", coupled_gates=True, accumulation_clip=1.5),
     "reverse": dict(peepholes=None, reverse=True),
     "batch_first": dict(peepholes=None, batch_first=True, num_layers=2),
+    "activations": dict(peepholes=None, bidirectional=True, cell_activation="softsign",
+                        gate_activation=["sigmoid", ("hard_sigmoid", 0.25, 0.5)]),
 }
 
 
@@ -120,7 +122,7 @@ def test_file_weights_dequantize_to_ours_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("option", ["peepholes", "stack", "coupled+clip", "reverse",
-                                    "batch_first"])
+                                    "batch_first", "activations"])
 def test_round_trip_is_bit_for_bit(option, tmp_path):
     q = fr.LSTM(6, 8, seed=5, **OPTIONS[option]).quantize("int8")
     path = tmp_path / "q.onnx"
