@@ -27,7 +27,9 @@ itself and a centred moving average (its width chosen on the training part).
 
 Writes examples/figures/timeseries_lookahead.png and the error table
 examples/figures/timeseries_lookahead.md (or --out DIR; --quick runs write to a new
-temporary directory unless --out is given).
+temporary directory unless --out is given). The table file also holds both trained models'
+held-out RMSE in reduced precision (`model.quantize("bf16")` / `model.quantize("int8")`,
+inference only) next to float32, with the difference relative to float32.
 
 The kernels run with one BLAS thread (fr.set_num_threads(1), --threads): at
 these sizes (B = 32, H = 64) a GEMM is a few microseconds of work, and a second
@@ -205,6 +207,32 @@ def table(results: Dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+PRECISIONS = ("float32", "bf16", "int8")
+
+
+def precision_rmse(model: fr.Sequential, data: Dict[str, Any]) -> Dict[str, float]:
+    """Held-out RMSE of a trained model in float32 and with its LSTM weight products in
+    bf16 and int8 (`model.quantize`; the Linear read-out stays float32)."""
+    return {precision: rmse(predict(model if precision == "float32"
+                                    else model.quantize(precision), data["y_test"]),
+                            data["x_test"])
+            for precision in PRECISIONS}
+
+
+def precision_table(results: Dict[str, Any]) -> str:
+    """The held-out RMSE of each model per precision in Markdown, with the difference of
+    bf16 and int8 relative to float32."""
+    lines = ["| model | float32 RMSE | bf16 RMSE | bf16 vs float32 | int8 RMSE | int8 vs float32 |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for kind in KINDS:
+        r = results["precision"][kind]
+        cells = [f"{r['float32']:.4f}"]
+        for precision in PRECISIONS[1:]:
+            cells += [f"{r[precision]:.4f}", f"{r[precision] / r['float32'] - 1:+.3%}"]
+        lines.append(f"| {LABELS[kind]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(results: Dict[str, Any], data: Dict[str, Any], args: argparse.Namespace,
          path: str) -> None:
     import matplotlib
@@ -310,7 +338,7 @@ def run(args: argparse.Namespace, epochs: int, length: int) -> Dict[str, Any]:
           f"epochs), held-out {len(data['x_test'])} steps; noise σ = {args.noise}")
 
     results: Dict[str, Any] = {"rmse": {}, "pred": {}, "history": {}, "curve": {},
-                               "params": {}, "seconds": {}}
+                               "params": {}, "seconds": {}, "precision": {}}
     x_test, y_test = data["x_test"], data["y_test"]
     results["rmse"]["noisy"] = rmse(y_test, x_test)
     x_flat = data["x_train"][:, :, 0].T.ravel()                  # the training part, in order
@@ -327,13 +355,15 @@ def run(args: argparse.Namespace, epochs: int, length: int) -> Dict[str, Any]:
         results["params"][kind] = sum(p.size for p in model.params.values())
         results["seconds"][kind] = secs
         results[f"model_{kind}"] = model
+        results["precision"][kind] = precision_rmse(model, data)
         print(f"{kind:9s}  {model[0]!r}\n           training MSE "
               f"{np.mean(history.loss[:n_windows]):.4f}"
               f" -> {np.mean(history.loss[-n_windows:]):.4f}, held-out RMSE "
               f"{results['rmse'][kind]:.4f}   ({secs:.1f} s)", flush=True)
 
     md = table(results, args)
-    print("\n" + md + "\n")
+    md_precision = precision_table(results)
+    print("\n" + md + "\n\n" + md_precision + "\n")
     os.makedirs(args.out, exist_ok=True)
     table_path = os.path.join(args.out, "timeseries_lookahead.md")
     cmd = "python examples/timeseries_lookahead.py" + (" --quick" if args.quick else "")
@@ -343,7 +373,11 @@ def run(args: argparse.Namespace, epochs: int, length: int) -> Dict[str, Any]:
                 f"{args.noise} of the signal's std, {epochs} epochs x {n_windows} tbptt windows "
                 f"of {args.window} steps x {B} streams, Adam lr {args.lr} (cosine), clip "
                 f"{args.clip}. Held-out: the last {len(x_test)} steps with their own noise.\n\n"
-                f"{md}\n")
+                f"{md}\n\n"
+                f"## In reduced precision\n\n"
+                f"The trained models quantized for inference (`model.quantize(\"bf16\")`, "
+                f"`model.quantize(\"int8\")`: the LSTM's weight products reduced, the read-out "
+                f"float32), on the same held-out steps.\n\n{md_precision}\n")
     fig_path = os.path.join(args.out, "timeseries_lookahead.png")
     plot(results, data, args, fig_path)
     results["figure"], results["table"], results["markdown"] = fig_path, table_path, md

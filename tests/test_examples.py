@@ -118,6 +118,16 @@ def test_char_lm_quick(tmp_path):
         assert len(s) > 200 and set(s) <= set(res["vocab"].chars)
     meta = fr.load_checkpoint(ck).metadata
     assert meta["vocabulary"] == res["vocab"].chars
+    # the trained model in reduced precision: validation bits per character within 0.5% (bf16)
+    # and 2% (int8) of float32's, and really computed in reduced precision (not equal)
+    bpc = res["bpc"]
+    assert bpc["float32"] == pytest.approx(res["val"][-1] / np.log(2), rel=1e-6)
+    for precision, bound in (("bf16", 0.005), ("int8", 0.02)):
+        assert bpc[precision] != bpc["float32"], precision
+        assert abs(bpc[precision] / bpc["float32"] - 1) <= bound, (precision, bpc)
+    table = (tmp_path / "char_lm_precision.md").read_text(encoding="utf-8")
+    for precision in ("float32", "bf16", "int8"):
+        assert f"| {precision} | {bpc[precision]:.4f} |" in table
 
 
 def test_timeseries_lookahead_quick(tmp_path):
@@ -134,6 +144,15 @@ def test_timeseries_lookahead_quick(tmp_path):
     table = (tmp_path / "timeseries_lookahead.md").read_text(encoding="utf-8")
     for label in ts.LABELS.values():
         assert label in table
+    # both trained models in reduced precision: held-out RMSE within 1% (bf16) and 3% (int8)
+    # of float32's, and really computed in reduced precision (not equal)
+    for kind in ts.KINDS:
+        r = res["precision"][kind]
+        assert r["float32"] == res["rmse"][kind], kind
+        for precision, bound in (("bf16", 0.01), ("int8", 0.03)):
+            assert r[precision] != r["float32"], (kind, precision)
+            assert abs(r[precision] / r["float32"] - 1) <= bound, (kind, precision, r)
+        assert f"| {ts.LABELS[kind]} | {r['float32']:.4f} | {r['bf16']:.4f} |" in table
 
 
 def _tree_state(folder):
