@@ -392,6 +392,15 @@ cdef inline void _need(Py_ssize_t have, size_t want, str name) except *:
         raise ValueError(f"internal: buffer {name} has {have} elements, kernel needs {want}")
 
 
+cdef inline void _need_work(real[::1] work, size_t n_work) except *:
+    """The workspace the kernel asked for (n_work elements; none needed when 0): given, and
+    large enough."""
+    if n_work:
+        if work is None:
+            raise ValueError("internal: workspace missing")
+        _need(work.shape[0], n_work, "work")
+
+
 cdef inline real *_ptr(real[::1] a) noexcept nogil:
     return NULL if a is None or a.shape[0] == 0 else &a[0]
 
@@ -679,10 +688,7 @@ def lstm_forward(LSTMConfig c, *, real[::1] y_seq, real[::1] s_T, real[::1] y_T,
     _check_weights(c, W_x.shape[0], W_v.shape[0], b.shape[0], _len(W_s), _len(W_qv))
     if training:
         _need(acts.shape[0], n_acts, "acts")
-    if n_work:
-        if work is None:
-            raise ValueError("internal: workspace missing")
-        _need(work.shape[0], n_work, "work")
+    _need_work(work, n_work)
     if packed is not None:
         if (packed.I, packed.H, packed.P) != (I, H, c.cfg.P):
             raise ValueError(f"packed: made for I, H, P = {packed.I}, {packed.H}, {packed.P}, "
@@ -785,10 +791,7 @@ def lstm_forward_reduced(LSTMConfig c, QPackedWeights reduced, *, float[::1] y_s
         if W_s is None:
             raise ValueError("internal: peephole weights missing")
         _need(W_s.shape[0], <size_t>(3 * H * (H if c.cfg.peepholes == 2 else 1)), "W_s")
-    if n_work:
-        if work is None:
-            raise ValueError("internal: workspace missing")
-        _need(work.shape[0], n_work, "work")
+    _need_work(work, n_work)
     cdef uintptr_t qp = reduced.buffer.ctypes.data
     cdef fr_lstm_forward_seq_f32 s32
     cdef fr_lstm_weights_f32 w32
@@ -824,7 +827,7 @@ def lstm_backward(LSTMConfig c, *, real[::1] dW_x, real[::1] dW_v, real[::1] db,
         _need(dy0.shape[0], <size_t>(B * R), "dy0")
     _check_weights(c, dW_x.shape[0], dW_v.shape[0], db.shape[0], _len(dW_s), _len(dW_qv))
     _check_weights(c, W_x.shape[0], W_v.shape[0], 4 * H, _len(W_s), _len(W_qv))
-    _need(work.shape[0], n_work, "work"); _need(acts.shape[0], n_acts, "acts")
+    _need_work(work, n_work); _need(acts.shape[0], n_acts, "acts")
     _need(x.shape[0], <size_t>(T * B * I), "x"); _need(y_seq.shape[0], <size_t>(T * B * R), "y_seq")
     _need(s0.shape[0], <size_t>(B * H), "s0"); _need(y0.shape[0], <size_t>(B * R), "y0")
     if dy_seq is not None:
@@ -926,10 +929,7 @@ def rnn_forward(RNNConfig c, *, real[::1] r_seq, real[::1] s_T, real[::1] r_T, r
     _need(theta_s.shape[0], <size_t>H, "theta_s")
     if training:
         _need(acts.shape[0], n_acts, "acts")
-    if n_work:
-        if work is None:
-            raise ValueError("internal: workspace missing")
-        _need(work.shape[0], n_work, "work")
+    _need_work(work, n_work)
     if c.cfg.state_feedback:
         if W_s is None:
             raise ValueError("internal: W_s missing")
@@ -1003,10 +1003,7 @@ def rnn_forward_reduced(RNNConfig c, RNNQPackedWeights reduced, *, float[::1] r_
         if W_s is None:
             raise ValueError("internal: W_s missing")
         _need(W_s.shape[0], <size_t>(H * H), "W_s")
-    if n_work:
-        if work is None:
-            raise ValueError("internal: workspace missing")
-        _need(work.shape[0], n_work, "work")
+    _need_work(work, n_work)
     cdef uintptr_t qp = reduced.buffer.ctypes.data
     cdef fr_rnn_forward_seq_f32 s32
     cdef fr_rnn_weights_f32 w32
@@ -1041,7 +1038,7 @@ def rnn_backward(RNNConfig c, *, real[::1] dW_x, real[::1] dW_r, real[::1] dthet
         _need(dr0.shape[0], BH, "dr0")
     _need(dW_x.shape[0], <size_t>(H * I), "dW_x")
     _need(dW_r.shape[0], <size_t>(H * H), "dW_r"); _need(dtheta_s.shape[0], <size_t>H, "dtheta_s")
-    _need(work.shape[0], n_work, "work"); _need(x.shape[0], <size_t>(T * B * I), "x")
+    _need_work(work, n_work); _need(x.shape[0], <size_t>(T * B * I), "x")
     _need(r_seq.shape[0], TBH, "r_seq"); _need(s0.shape[0], BH, "s0"); _need(r0.shape[0], BH, "r0")
     _need(W_x.shape[0], <size_t>(H * I), "W_x"); _need(W_r.shape[0], <size_t>(H * H), "W_r")
     if dr_seq is not None:
