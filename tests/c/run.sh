@@ -14,24 +14,39 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="$ROOT/build/ctest"
 CC="${CC:-gcc}"
 CFLAGS=(-std=c11 -O1 -g -Wall -Wextra -Werror)
-# the kernel (every tests/c/test_<name>.c but test_qgemm links it all)
-KSRCS=("$ROOT/csrc/gemm.c" "$ROOT/csrc/gru.c" "$ROOT/csrc/lstm.c" "$ROOT/csrc/rnn.c"
-       "$ROOT/csrc/plan.c" "$ROOT/csrc/qgemm.c" "$ROOT/csrc/team.c" "$ROOT/csrc/ukernel.c")
+# the kernel (every tests/c/test_<name>.c but test_qgemm links it all), the slowest to
+# compile first (ukernel.c takes longest: the build's critical path)
+KSRCS=("$ROOT/csrc/ukernel.c" "$ROOT/csrc/qgemm.c" "$ROOT/csrc/lstm.c" "$ROOT/csrc/rnn.c"
+       "$ROOT/csrc/gru.c" "$ROOT/csrc/gemm.c" "$ROOT/csrc/team.c" "$ROOT/csrc/plan.c")
 TESTS=(kernel reduced qgemm)  # test_kernel.c, test_reduced.c (reduced-precision forwards), test_qgemm.c
 mkdir -p "$OUT"
 
-build() { # build <suffix> [extra flags...]: $OUT/test_<name><suffix> for each test (in parallel)
+build() { # build <suffix> [extra flags...]: $OUT/test_<name><suffix> for each test
+    # Each source is compiled once per flavour into $OUT/obj<suffix>/ (the kernel's objects
+    # are shared by the tests that link it), $(nproc) compilers at a time, then linked.
     local sfx="$1"
     shift
-    local pids=()
-    for t in "${TESTS[@]}"; do
-        local srcs=("${KSRCS[@]}")
-        [ "$t" = qgemm ] && srcs=("$ROOT/csrc/qgemm.c")
-        "$CC" "${CFLAGS[@]}" "$@" -pthread -I"$ROOT/csrc" "$ROOT/tests/c/test_$t.c" "${srcs[@]}" \
-            -lm -o "$OUT/test_$t$sfx" &
+    local obj="$OUT/obj$sfx" jobs
+    jobs="$(nproc 2>/dev/null || echo 2)"
+    mkdir -p "$obj"
+    local srcs=("${KSRCS[@]}")
+    for t in "${TESTS[@]}"; do srcs+=("$ROOT/tests/c/test_$t.c"); done
+    local pids=() src running=0
+    for src in "${srcs[@]}"; do
+        if [ "$running" -ge "$jobs" ]; then wait -n; running=$((running - 1)); fi
+        "$CC" "${CFLAGS[@]}" "$@" -pthread -I"$ROOT/csrc" -c "$src" -o "$obj/$(basename "$src" .c).o" &
         pids+=($!)
+        running=$((running + 1))
     done
-    for p in "${pids[@]}"; do wait "$p"; done
+    # wait on each compiler by pid: a failed compile fails the build (set -e)
+    for p in "${pids[@]}"; do wait "$p" || return 1; done
+    local kobjs=() k
+    for k in "${KSRCS[@]}"; do kobjs+=("$obj/$(basename "$k" .c).o"); done
+    for t in "${TESTS[@]}"; do
+        local objs=("${kobjs[@]}")
+        [ "$t" = qgemm ] && objs=("$obj/qgemm.o")
+        "$CC" "${CFLAGS[@]}" "$@" -pthread "$obj/test_$t.o" "${objs[@]}" -lm -o "$OUT/test_$t$sfx"
+    done
 }
 plain_built=0
 
