@@ -963,7 +963,11 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
     inputs rather than initializers, e.g. inputs={"W": W, "R": R} (ONNX's own node
     tests are written so); other graph inputs (X, sequence_lens, initial_h,
     initial_c) are refused here: pass them to forward(). A malformed model raises
-    ValueError naming the node and what was expected."""
+    ValueError naming the node and what was expected.
+    ONNX Runtime's com.microsoft.DynamicQuantizeLSTM nodes (fusedrnn's int8 export, or
+    onnxruntime.quantization.quantize_dynamic's) load as an int8 fusedrnn.QuantizedLSTM
+    holding the file's weights: W and R int8 in [-127, 127] with zero points 0 and
+    per-column or per-direction scales (uint8 or asymmetric weights are refused)."""
     dt = _dtype_arg(dtype)
     if batch_first is not None and not isinstance(batch_first, (bool, np.bool_)):
         raise TypeError(f"batch_first must be a bool or None, got {batch_first!r}")
