@@ -127,6 +127,9 @@ def test_torch_module_runs_the_quantized_lstm_bit_for_bit(precision):
         out2, _ = frt.LSTM.from_torch(ref).quantize(precision)(x[1], (h0[:, 1], c0[:, 1]))
     np.testing.assert_array_equal(out2.numpy(), q.forward(x[1:2].numpy(), fr.LSTMState(
         c0[:, 1:2].numpy(), h0[:, 1:2].numpy()))[0][0])          # unbatched input
+    if precision == "int8":   # the module exports as its layer does
+        back = fr.onnx.load(fr.onnx.to_model(m))
+        assert all(np.array_equal(back.params[k], p) for k, p in q.params.items())
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
