@@ -18,7 +18,8 @@ typedef struct {
     int64_t packed_max_rows;
     /* ... and sequences of at least this many steps: a call packs the weights
      * once, which a few steps do not repay (T = 1, B = 1, H = 128: 42 us on the
-     * BLAS, 63 us packed; even at T = 10); with prepacked weights any T */
+     * BLAS, 63 us packed; even at T = 10); with prepacked weights any T, but
+     * on one thread below it (waking a team for a few steps does not repay) */
     int64_t team_min_steps;
     /* a thread only for at least this many flops of recurrent GEMM per step
      * (below that a barrier per step costs more than it saves; tests use 0), or

@@ -18,7 +18,9 @@ Settings (all ints):
     packed_max_rows    batches up to this many rows run on the packed micro-kernel
                        (0: always the BLAS); default 2**30
     team_min_steps     ... and sequences of at least this many steps (packing the
-                       weights once per call is not repaid by fewer); default 8
+                       weights once per call is not repaid by fewer; calls with
+                       prepacked weights run any length, fewer steps on one
+                       thread); default 8
     min_step_flops     a thread only for at least this many recurrent flops per
     min_step_bytes     step, or this many bytes of recurrent weights; 200000, 65536
     grad_rows          the backward's gradient GEMMs on the micro-kernel up to T*B

@@ -96,7 +96,9 @@ if hasattr(os, "register_at_fork"):
 # multiply-adds) 101 us vs 1298 us; H = 512 B = 32 (3.6e7) 2.7 ms vs 4.1 ms; H = 1024
 # B = 16 (7.0e7) 6.4 ms vs 9.5 ms; H = 1024 B = 64 (2.8e8) 24.6 ms vs 27.3 ms; H = 2048
 # B = 16 (2.7e8) 26.7 ms vs 31.0 ms: the caller's thread was faster at every size, so
-# the team starts above the largest step measured.
+# the team starts above the largest step measured. (The kernel's plan adds its own rule:
+# a call of fewer than `team_min_steps` steps, a stream step included, runs on one thread
+# unless that setting is lowered; see fusedrnn._tuning.)
 TEAM_MIN_MACS = 500_000_000
 
 

@@ -94,6 +94,7 @@ static fr_call threads_call(int n) {
     t.threads = n;
     t.min_step_flops = 0; // a thread for every panel of units
     t.min_step_bytes = 0;
+    t.team_min_steps = 1; // a team at any T
     fr_tuning_set(&t);
     fr_call call = {.max_threads = n};
     return call;
