@@ -325,13 +325,18 @@ typedef struct {
     int linear_before_reset; /* 1: (8.3), 0: (8.4) */
     int reverse;             /* visit the steps T-1 .. 0 */
     const int64_t *lengths;  /* (B) valid steps per row in [0, T], or NULL */
+    int reduced;             /* FR_REDUCED_*: inference with W_x x[n], W_h* h[n-1] (and
+                                W_hn c[n]) in bf16 or int8 (float32 only), those weights in
+                                w->reduced */
 } fr_gru_config;
 
 #define FR_GRU_WEIGHTS_FIELDS(real)                                                \
     const real *W_x;  /* (3H, I) [W_xr; W_xz; W_xn] */                             \
     const real *W_h;  /* (3H, H) [W_hr; W_hz; W_hn] */                             \
     const real *b;    /* (3H) [b_r; b_z; b_n] */                                   \
-    const real *b_hn; /* (H) with linear_before_reset, else NULL */
+    const real *b_hn; /* (H) with linear_before_reset, else NULL */              \
+    const void *reduced; /* cfg->reduced: (fr_gru_qpacked_size bytes) from fr_gru_qpack; \
+                            W_x, W_h are then not read */
 typedef struct { FR_GRU_WEIGHTS_FIELDS(float) } fr_gru_weights_f32;
 typedef struct { FR_GRU_WEIGHTS_FIELDS(double) } fr_gru_weights_f64;
 
@@ -370,6 +375,15 @@ typedef struct { FR_GRU_BACKWARD_SEQ_FIELDS(double) } fr_gru_backward_seq_f64;
 int fr_gru_acts_size(size_t *n_elems, const fr_gru_config *cfg);
 int fr_gru_workspace_size(size_t *n_elems, const fr_gru_config *cfg, int training);
 int fr_gru_backward_workspace_size(size_t *n_elems, const fr_gru_config *cfg);
+
+/* Bytes of a cell's reduced-precision weights (cfg->reduced set). */
+int fr_gru_qpacked_size(size_t *bytes, const fr_gru_config *cfg);
+/* Pack them (for weights.reduced; the buffer 4-byte aligned, 64 is best): W_x (3H, I)
+ * and W_h (3H, H) as bf16 bits (uint16), or int8 with one float32 scale per row
+ * (W_x_scale (3H), W_h_scale (3H); NULL for bf16). FR_EINVAL for an int8 weight of
+ * -128. The biases stay float32 and come from weights.b, weights.b_hn. */
+int fr_gru_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_h,
+                 const float *W_h_scale, const fr_gru_config *cfg);
 
 int fr_gru_forward_f32(const fr_gru_forward_seq_f32 *seq, const fr_gru_weights_f32 *w,
                        const fr_gru_config *cfg, const fr_call *call);

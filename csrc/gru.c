@@ -1,11 +1,17 @@
 /* The GRU (§8), both formulations: one body, two precisions. This file
  * validates configurations and lays out the buffers; the math is in gru_body.h. */
 #include "common.h"
+#include "qgemm.h"
 
 static int gru_check_config(const fr_gru_config *cfg) {
     if (cfg == NULL) return FR_ENULL;
     if (cfg->linear_before_reset != 0 && cfg->linear_before_reset != 1) return FR_EINVAL;
-    return fr_check_sequence(cfg->T, cfg->B, cfg->I, cfg->H, 4, cfg->reverse, cfg->lengths);
+    if (cfg->reduced < FR_REDUCED_NONE || cfg->reduced > FR_REDUCED_INT8) return FR_EINVAL;
+    FR_CHECK(fr_check_sequence(cfg->T, cfg->B, cfg->I, cfg->H, 4, cfg->reverse, cfg->lengths));
+    if (cfg->reduced == FR_REDUCED_INT8 &&
+        (cfg->I > FR_S8_MAX_K || cfg->H > FR_S8_MAX_K)) /* int32 sums of K products */
+        return FR_EOVERFLOW;
+    return FR_OK;
 }
 
 /* ---- the buffers: one region table each (see lstm.c) --------------------------
@@ -15,7 +21,10 @@ static int gru_check_config(const fr_gru_config *cfg) {
  *   backward [alpha_r | alpha_z | gamma | alpha_n]
  * so that the rows the per-step recurrent GEMMs read are contiguous: c for
  * W_hn c[n] (8.4), [alpha_r, alpha_z, gamma] for (8.12). */
-enum { GF_CHUNK, GF_REC, GF_WX_P, GF_WH_P, GF_COUNT }; /* forward workspace */
+/* forward workspace; GF_QX, GF_QR: the activations of the reduced x-side and
+ * recurrent GEMMs, rounded or quantised (qgemm.h) */
+enum { GF_CHUNK, GF_REC, GF_WX_P, GF_WH_P, GF_QX, GF_QR, GF_COUNT };
+enum { GQ_WX, GQ_WH, GQ_COUNT }; /* reduced-precision weights (bytes) */
 enum { GB_DA, GB_F_CHI, GB_RHO, GB_ZEROS, GB_WH_P, GB_WN_P, GB_SAVE, GB_COUNT }; /* backward */
 
 static int gru_acts_elems(size_t *n, const fr_gru_config *cfg) {
@@ -24,16 +33,30 @@ static int gru_acts_elems(size_t *n, const fr_gru_config *cfg) {
 }
 
 /* An inference chunk (Tc, B, 4H) in place of the store, the recurrent products
- * (B, 3H), the micro-kernel's per-gate panels of W_x^T and W_h^T. */
+ * (B, 3H), the micro-kernel's per-gate panels of W_x^T and W_h^T (reduced
+ * precision: none, and the reduced GEMMs' activations, bytes in floats; the
+ * recurrent ones, h[n-1] or c[n], are B rows of K = H). */
 static int gru_forward_regions(size_t n[GF_COUNT], const fr_gru_config *cfg, int training) {
     const size_t B = (size_t)cfg->B, H = (size_t)cfg->H, H32 = fr_pad32(cfg->H);
     memset(n, 0, GF_COUNT * sizeof n[0]);
     if (!training)
         FR_CHECK(fr_mul3(&n[GF_CHUNK], (size_t)fr_inference_chunk(cfg->T, cfg->B), B, 4 * H));
     FR_CHECK(fr_mul(&n[GF_REC], B, 3 * H));
+    if (cfg->reduced && !training)
+        return fr_qcall_floats(&n[GF_QX], &n[GF_QR], cfg->reduced,
+                               fr_inference_chunk(cfg->T, cfg->B) * cfg->B, cfg->I, cfg->B, cfg->H);
     FR_CHECK(fr_mul3(&n[GF_WX_P], 3, H32, (size_t)cfg->I));
     FR_CHECK(fr_mul3(&n[GF_WH_P], 3, H32, H));
     return FR_OK;
+}
+
+/* Bytes of the reduced panels of W_x* ^T and W_h* ^T per gate (r, z, n: 3 x
+ * ceil(H / 32) panels of K = I, then of K = H), each a multiple of 128 bytes. */
+static int gru_qpacked_regions(size_t n[GQ_COUNT], const fr_gru_config *cfg) {
+    FR_CHECK(fr_qpacked_bytes(&n[GQ_WX], cfg->reduced, cfg->H, cfg->I));
+    FR_CHECK(fr_qpacked_bytes(&n[GQ_WH], cfg->reduced, cfg->H, cfg->H));
+    FR_CHECK(fr_mul(&n[GQ_WX], n[GQ_WX], 3));
+    return fr_mul(&n[GQ_WH], n[GQ_WH], 3);
 }
 
 /* The alphas (T, B, 4H) of every step, the carry f_chi and rho = W_hn^T alpha_n
@@ -58,7 +81,7 @@ static int gru_backward_regions(size_t n[GB_COUNT], const fr_gru_config *cfg) {
 static fr_plan gru_plan(const fr_gru_config *cfg, const fr_call *call, size_t elem) {
     const fr_plan_input in = {.T = cfg->T, .B = cfg->B, .units = cfg->H, .rec_cols = 3 * cfg->H,
                               .rec_depth = cfg->H, .elem = elem, .ukernel_ok = 1,
-                              .prepacked = 0};
+                              .prepacked = cfg->reduced != 0};
     return fr_plan_cell(&in, call);
 }
 
@@ -84,12 +107,37 @@ int fr_gru_backward_workspace_size(size_t *n_elems, const fr_gru_config *cfg) {
     return fr_regions_total(n_elems, n, GB_COUNT, 1);
 }
 
+int fr_gru_qpacked_size(size_t *bytes, const fr_gru_config *cfg) {
+    if (bytes == NULL) return FR_ENULL;
+    FR_CHECK(gru_check_config(cfg));
+    if (!cfg->reduced) return FR_EINVAL;
+    size_t n[GQ_COUNT];
+    FR_CHECK(gru_qpacked_regions(n, cfg));
+    return fr_add(bytes, n[GQ_WX], n[GQ_WH]);
+}
+
+int fr_gru_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_h,
+                 const float *W_h_scale, const fr_gru_config *cfg) {
+    FR_CHECK(gru_check_config(cfg));
+    if (!cfg->reduced) return FR_EINVAL;
+    if (!packed || !W_x || !W_h) return FR_ENULL;
+    if (cfg->reduced == FR_REDUCED_INT8 && (!W_x_scale || !W_h_scale)) return FR_ENULL;
+    if ((uintptr_t)packed % 4 != 0) return FR_EINVAL;
+    size_t n[GQ_COUNT];
+    FR_CHECK(gru_qpacked_regions(n, cfg));
+    FR_CHECK(fr_qpack_gates(packed, cfg->reduced, W_x, W_x_scale, cfg->H, cfg->I, 3));
+    return fr_qpack_gates((char *)packed + n[GQ_WX], cfg->reduced, W_h, W_h_scale, cfg->H,
+                          cfg->H, 3);
+}
+
 #define real float
 #define SUFFIX _f32
 #define EXP fr_exp_f32
+#define FR_REDUCED_OK 1 /* the reduced-precision GEMMs compute in float32 */
 #include "gru_body.h"
 
 #define real double
 #define SUFFIX _f64
 #define EXP fr_exp_f64
+#define FR_REDUCED_OK 0
 #include "gru_body.h"

@@ -67,6 +67,8 @@ typedef struct {
     real *p[GF_COUNT]; /* the workspace */
     int pack;          /* the members pack their panels first */
     int64_t Tc;        /* steps per x-side GEMM */
+    fr_qcall qc;       /* reduced precision (x.qpacked, h.qpacked set) */
+    const void *q_hn;  /* reduced: the panels of W_hn^T (the n gate of h.qpacked) */
     fr_poll poll;
 } FN(gru_fwd);
 
@@ -83,7 +85,7 @@ static void FN(gru_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
     int64_t h0, h1;
     fr_share(&h0, &h1, H, FR_PW(real), id, nth);
     const int64_t nh = h1 - h0;
-    if (c->pack) {
+    if (c->pack) { /* (not in reduced precision: no float GEMMs) */
         FN(fr_pack_gates)(c->p[GF_WX_P], c->w->W_x, 3, H, I, h0, nh);
         FN(fr_pack_gates)(c->p[GF_WH_P], c->w->W_h, 3, H, H, h0, nh);
     }
@@ -92,8 +94,12 @@ static void FN(gru_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
         const int64_t lo = cfg->reverse ? T - k0 - tc : k0; /* steps [lo, lo + tc) */
         real *g_lo = seq->acts ? seq->acts + (size_t)lo * BG : c->p[GF_CHUNK]; /* (tc, B, 4H) */
         /* x-side accumulations W_x* x[n] of tc steps, this member's units */
-        FN(fr_gates_gemm)(g_lo, G, seq->x + (size_t)lo * B * I, I, &c->x, tc * B, I, H, 0, 3, h0,
-                          nh, 0);
+        if (c->x.qpacked) /* reduced (§7): every member rounds its rows, meets the others */
+            fr_qgemm_cols_if(FR_REDUCED_OK, g_lo, G, seq->x + (size_t)lo * B * I, I, c->x.qpacked,
+                             &c->qc, c->qc.qx, tc * B, I, h0, nh, 3, H, H, 0, id, nth, team);
+        else
+            FN(fr_gates_gemm)(g_lo, G, seq->x + (size_t)lo * B * I, I, &c->x, tc * B, I, H, 0, 3,
+                              h0, nh, 0);
         for (int64_t k = k0; k < k0 + tc; k++) {
             const int64_t n = cfg->reverse ? T - 1 - k : k;
             const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
@@ -102,7 +108,12 @@ static void FN(gru_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
             real *h_n = seq->h_seq + (size_t)n * BH;                               /* (B, H) */
             /* W_h* h[n-1]: the three gates at once, or without linear_before_reset
              * r and z first and W_hn c[n] after the gates */
-            FN(fr_gates_gemm)(rec, 3 * H, h_prev, H, &c->h, B, H, H, 0, lbr ? 3 : 2, h0, nh, 0);
+            if (c->h.qpacked)
+                fr_qgemm_cols_if(FR_REDUCED_OK, rec, 3 * H, h_prev, H, c->h.qpacked, &c->qc,
+                                 c->qc.qr, B, H, h0, nh, lbr ? 3 : 2, H, H, 0, id, nth, team);
+            else
+                FN(fr_gates_gemm)(rec, 3 * H, h_prev, H, &c->h, B, H, H, 0, lbr ? 3 : 2, h0, nh,
+                                  0);
             for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
                 const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
                 if (fr_active(cfg->lengths, bi, n))
@@ -113,7 +124,11 @@ static void FN(gru_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
             }
             if (!lbr) {
                 fr_team_barrier(team); /* c[n] complete */
-                FN(fr_gates_gemm)(rec, 3 * H, g + 3 * H, G, &c->h, B, H, H, 2, 1, h0, nh, 0);
+                if (c->q_hn) /* c[n] rounded or quantised per row too (§7) */
+                    fr_qgemm_cols_if(FR_REDUCED_OK, rec + 2 * H, 3 * H, g + 3 * H, G, c->q_hn,
+                                     &c->qc, c->qc.qr, B, H, h0, nh, 1, H, H, 0, id, nth, team);
+                else
+                    FN(fr_gates_gemm)(rec, 3 * H, g + 3 * H, G, &c->h, B, H, H, 2, 1, h0, nh, 0);
             }
             for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
                 const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
@@ -133,19 +148,34 @@ int FN(fr_gru_forward)(const FN(fr_gru_forward_seq) *seq, const FN(fr_gru_weight
                        const fr_gru_config *cfg, const fr_call *call) {
     FR_CHECK(gru_check_config(cfg));
     if (!seq || !w) return FR_ENULL;
-    if (!seq->h_seq || !seq->h_T || !seq->x || !seq->h0 || !w->W_x || !w->W_h || !w->b ||
+    if (!seq->h_seq || !seq->h_T || !seq->x || !seq->h0 || !w->b ||
         (cfg->linear_before_reset && !w->b_hn))
         return FR_ENULL;
+    /* the float W_x, W_h (reduced precision: from w->reduced) */
+    if (!cfg->reduced && (!w->W_x || !w->W_h)) return FR_ENULL;
     const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H;
     const int training = seq->acts != NULL;
+    /* reduced precision: inference in float32, the weights from fr_gru_qpack */
+    if (cfg->reduced && (!FR_REDUCED_OK || training)) return FR_EINVAL;
+    if (cfg->reduced && !w->reduced) return FR_ENULL;
     size_t nf[GF_COUNT];
     FR_CHECK(gru_forward_regions(nf, cfg, training));
     const fr_plan plan = gru_plan(cfg, call, sizeof(real));
+    const int uk = plan.ukernel && !cfg->reduced; /* float panels */
 
-    FN(gru_fwd) c = {.cfg = cfg, .seq = seq, .w = w, .pack = plan.ukernel};
+    FN(gru_fwd) c = {.cfg = cfg, .seq = seq, .w = w, .pack = uk};
     FR_CHECK(fr_workspace_point((void **)c.p, nf, GF_COUNT, seq->work, sizeof(real)));
-    c.x = (WMAT){.W = w->W_x, .ld = I, .trans = 1, .packed = plan.ukernel ? c.p[GF_WX_P] : NULL};
-    c.h = (WMAT){.W = w->W_h, .ld = H, .trans = 1, .packed = plan.ukernel ? c.p[GF_WH_P] : NULL};
+    c.x = (WMAT){.W = w->W_x, .ld = I, .trans = 1, .packed = uk ? c.p[GF_WX_P] : NULL};
+    c.h = (WMAT){.W = w->W_h, .ld = H, .trans = 1, .packed = uk ? c.p[GF_WH_P] : NULL};
+    if (cfg->reduced) { /* the reduced panels (fr_gru_qpack's layout) and their activations */
+        size_t nq[GQ_COUNT];
+        FR_CHECK(gru_qpacked_regions(nq, cfg));
+        c.x.qpacked = w->reduced;
+        c.h.qpacked = (const char *)w->reduced + nq[GQ_WX];
+        c.q_hn = (const char *)c.h.qpacked + 2 * (nq[GQ_WH] / 3);
+        c.qc = (fr_qcall){cfg->reduced, FR_REDUCED_OK ? fr_qget_isa(cfg->reduced) : 0,
+                          c.p[GF_QX], c.p[GF_QR]};
+    }
     fr_poll_init(&c.poll, call);
     c.Tc = fr_input_steps(&c.poll, T, B, training, 6.0 * (double)B * (double)H * (double)I);
     FR_CHECK(fr_fwd_run(plan.threads, FN(gru_forward_loop), &c, &c.poll));

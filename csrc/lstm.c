@@ -89,9 +89,6 @@ static int lstm_qpacked_regions(size_t n[LQ_COUNT], const fr_lstm_config *cfg) {
     return FR_OK;
 }
 
-/* Floats holding b bytes. */
-static size_t lstm_floats(size_t b) { return (b + sizeof(float) - 1) / sizeof(float); }
-
 static int lstm_forward_regions(size_t n[LF_COUNT], const fr_lstm_config *cfg, int training) {
     const size_t B = (size_t)cfg->B, H = (size_t)cfg->H;
     size_t BH, B4H;
@@ -107,12 +104,8 @@ static int lstm_forward_regions(size_t n[LF_COUNT], const fr_lstm_config *cfg, i
     if (lstm_ukernel_ok(cfg) && !cfg->reduced) FR_CHECK(lstm_packed_total(&n[LF_PACKED], cfg));
     if (cfg->reduced && !training) {
         const int64_t K = cfg->P ? (cfg->P > cfg->H ? cfg->P : cfg->H) : cfg->H; /* R, H */
-        size_t bx, br;
-        FR_CHECK(fr_qgemm_workspace_bytes(&bx, cfg->reduced,
-                                          fr_inference_chunk(cfg->T, cfg->B) * cfg->B, cfg->I));
-        FR_CHECK(fr_qgemm_workspace_bytes(&br, cfg->reduced, cfg->B, K));
-        n[LF_QX] = lstm_floats(bx);
-        n[LF_QR] = lstm_floats(br);
+        FR_CHECK(fr_qcall_floats(&n[LF_QX], &n[LF_QR], cfg->reduced,
+                                 fr_inference_chunk(cfg->T, cfg->B) * cfg->B, cfg->I, cfg->B, K));
     }
     return FR_OK;
 }

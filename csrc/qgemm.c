@@ -516,6 +516,16 @@ int fr_qgemm_workspace_bytes(size_t *bytes, int type, int64_t M, int64_t K) {
     return FR_OK;
 }
 
+int fr_qcall_floats(size_t *qx, size_t *qr, int type, int64_t rows_x, int64_t I, int64_t B,
+                    int64_t K_r) {
+    size_t bx, br;
+    FR_CHECK(fr_qgemm_workspace_bytes(&bx, type, rows_x, I));
+    FR_CHECK(fr_qgemm_workspace_bytes(&br, type, B, K_r));
+    *qx = (bx + sizeof(float) - 1) / sizeof(float);
+    *qr = (br + sizeof(float) - 1) / sizeof(float);
+    return FR_OK;
+}
+
 int fr_qpack_gates(void *dst, int type, const void *W, const float *scale, int64_t H, int64_t K,
                    int gates) {
     size_t per;

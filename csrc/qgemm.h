@@ -88,6 +88,11 @@ int fr_qpack_gates(void *dst, int type, const void *W, const float *scale, int64
 size_t fr_qpanel_bytes(int type, int64_t K); /* K already checked by fr_qpacked_bytes */
 /* Scratch of fr_qgemm for M rows of A (the rounded or quantised activations). */
 int fr_qgemm_workspace_bytes(size_t *bytes, int type, int64_t M, int64_t K);
+/* A cell's two shared activation buffers of its reduced GEMMs (fr_qcall.qx, .qr
+ * in common.h), in floats: an inference chunk of input rows (rows_x rows of K = I)
+ * and one step's recurrent rows (B rows of K = K_r, the widest recurrent input). */
+int fr_qcall_floats(size_t *qx, size_t *qr, int type, int64_t rows_x, int64_t I, int64_t B,
+                    int64_t K_r);
 
 /* C (M, N) (+ C when beta1) = A . W over packed Wp of the type; A (M, K) with
  * row stride lda, C row stride ldc; work of fr_qgemm_workspace_bytes. */

@@ -47,13 +47,10 @@ static int rnn_forward_regions(size_t n[RF_COUNT], const fr_rnn_config *cfg, int
     FR_CHECK(fr_mul(&n[RF_WR_P], H32, H));
     n[RF_WS_P] = cfg->state_feedback ? n[RF_WR_P] : 0;
     if (cfg->reduced && !training) {
-        size_t bx, br;
-        FR_CHECK(fr_qgemm_workspace_bytes(&bx, cfg->reduced,
-                                          fr_inference_chunk(cfg->T, cfg->B) * cfg->B, cfg->I));
-        FR_CHECK(fr_qgemm_workspace_bytes(&br, cfg->reduced, cfg->B, cfg->H));
         n[RF_WX_P] = n[RF_WR_P] = 0;
-        n[RF_QX] = (bx + sizeof(float) - 1) / sizeof(float);
-        n[RF_QR] = (br + sizeof(float) - 1) / sizeof(float);
+        FR_CHECK(fr_qcall_floats(&n[RF_QX], &n[RF_QR], cfg->reduced,
+                                 fr_inference_chunk(cfg->T, cfg->B) * cfg->B, cfg->I, cfg->B,
+                                 cfg->H));
     }
     return FR_OK;
 }

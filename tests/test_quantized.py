@@ -420,3 +420,199 @@ def test_rnn_sequential_and_errors():
         stream = layer.stream(2)
         np.testing.assert_array_equal(np.stack([stream.step(f) for f in inp]),
                                       layer.forward(inp)[0])
+
+
+# ---- the GRU: W_x x[n], W_h* h[n-1] (and W_hn (r ⊙ h[n-1])) reduced --------------------
+def _gru_oracle(q, x, lengths=None, state=None):
+    """reference.gru_network_forward (reverse: gru_forward per layer) on q's parameters."""
+    layers = [{name: q.params[name + suffix(l, d)]
+               for name in q._cell_param_shapes(q._cell_input_size(l))}
+              for l in range(q.num_layers) for d in range(q.num_directions)]
+    xt = np.swapaxes(x, 0, 1) if q.batch_first else x
+    h0 = None if state is None else state.h
+    prec = _oracle_precision(q)
+    if q.reverse:
+        inp, h_T = xt, []
+        for l in range(q.num_layers):
+            inp, h, _ = ref.gru_forward(inp, layers[l], None if h0 is None else h0[l],
+                                        linear_before_reset=q.linear_before_reset,
+                                        lengths=lengths, reverse=True, precision=prec)
+            h_T.append(h)
+        y, h_T = inp, np.stack(h_T)
+    else:
+        y, h_T, _ = ref.gru_network_forward(xt, layers, h0,
+                                            linear_before_reset=q.linear_before_reset,
+                                            bidirectional=q.bidirectional, lengths=lengths,
+                                            precision=prec)
+    return (np.swapaxes(y, 0, 1) if q.batch_first else y), h_T
+
+
+GRU_OPTIONS = {
+    "linear-before-reset": dict(),
+    "reset-first": dict(linear_before_reset=False),
+    "stack-bidirectional": dict(num_layers=2, bidirectional=True),
+    "stack-bidirectional-reset-first": dict(num_layers=2, bidirectional=True,
+                                            linear_before_reset=False),
+    "reverse": dict(reverse=True, num_layers=2, linear_before_reset=False),
+    "batch-first": dict(batch_first=True),
+}
+
+
+@pytest.mark.parametrize("option", list(GRU_OPTIONS))
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_gru_every_option_matches_the_oracle_and_stays_near_float(precision, option):
+    rng = np.random.default_rng(list(GRU_OPTIONS).index(option) + 40)
+    gru = fr.GRU(6, 12, seed=3, **GRU_OPTIONS[option])
+    q = gru.quantize(precision)
+    assert isinstance(q, fr.QuantizedGRU) and q.precision == precision
+    assert q.linear_before_reset == gru.linear_before_reset
+    T, B = 9, 4
+    x = rng.uniform(-1.5, 1.5, (B, T, 6) if gru.batch_first else (T, B, 6)).astype(np.float32)
+    lens = np.array([9, 0, 4, 7])
+    st0 = gru.State(rng.uniform(-0.5, 0.5, (q.num_layers * q.num_directions, B, 12))
+                    .astype(np.float32))
+    y, st = q.forward(x, st0, training=False, lengths=lens)
+    y_r, h_r = _gru_oracle(q, x, lens, st0)
+    y_f, st_f = gru.forward(x, st0, training=False, lengths=lens)
+    assert_matches_oracle(y, y_r, y_f)
+    assert_matches_oracle(st.h, h_r, st_f.h)
+    err = max(np.abs(y - y_f).max(), np.abs(st.h - st_f.h).max())
+    assert 1e-5 < err < BOUND_FLOAT[precision], err
+    # the row of length 0 holds its initial state
+    np.testing.assert_array_equal(st.h[0, 1], st0.h[0, 1])
+
+
+@pytest.mark.parametrize("linear_before_reset", [True, False])
+@pytest.mark.parametrize("precision, isa", _paths())
+def test_gru_each_isa_path_matches_the_oracle(precision, isa, linear_before_reset, isa_forced):
+    """Step by step: the oracle's step n from the kernel's own h[n-1] (so a rounding flip
+    of one step, see assert_matches_oracle, does not carry into the later ones), and the
+    whole sequence against the oracle's within a quarter of float32's distance."""
+    isa_forced(precision, isa)
+    rng = np.random.default_rng(isa + 30)
+    gru = fr.GRU(37, 40, linear_before_reset=linear_before_reset, seed=5)  # K, H off the grid
+    q = gru.quantize(precision)
+    T, B = 8, 13
+    x = rng.uniform(-1, 1, (T, B, 37)).astype(np.float32)
+    h0 = rng.uniform(-0.5, 0.5, (1, B, 40)).astype(np.float32)
+    y, st = q.forward(x, gru.State(h0), training=False)
+    p = {name: q.params[name] for name in q._cell_param_shapes(37)}
+    h_prev = np.concatenate([h0, y[:-1]])
+    y_steps = np.concatenate([ref.gru_forward(x[n:n + 1], p, h_prev[n], precision=
+                                              _oracle_precision(q),
+                                              linear_before_reset=linear_before_reset)[0]
+                              for n in range(T)])
+    y_f, st_f = gru.forward(x, gru.State(h0), training=False)
+    assert_matches_oracle(y, y_steps, y_f)
+    y_r, h_r = _gru_oracle(q, x, state=gru.State(h0))
+    assert np.abs(y - y_r).max() <= 0.25 * np.abs(y_f - y_r).max()
+    np.testing.assert_array_equal(st.h[0], y[-1])
+
+
+@pytest.mark.parametrize("linear_before_reset", [True, False])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_gru_threads_give_the_same_numbers(precision, linear_before_reset):
+    rng = np.random.default_rng(27)
+    q = fr.GRU(20, 70, linear_before_reset=linear_before_reset, seed=2).quantize(precision)
+    x = rng.uniform(-1, 1, (12, 5, 20)).astype(np.float32)          # 3 panels of units
+    outs = []
+    for n in (1, 2, 3):
+        with _tuning.override(num_threads=n, min_step_flops=0, min_step_bytes=0):
+            outs.append(q.forward(x, training=False))
+    for y, st in outs[1:]:
+        np.testing.assert_array_equal(y, outs[0][0])
+        np.testing.assert_array_equal(st.h, outs[0][1].h)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_gru_state_carry_stored_weights_save_and_load(precision, tmp_path):
+    rng = np.random.default_rng(28)
+    gru = fr.GRU(5, 9, num_layers=2, bidirectional=True, linear_before_reset=False, seed=4)
+    q = gru.quantize(precision)
+    for k in gru.params:                                   # what is stored, and how
+        name = k.split("_l")[0].replace("_reverse", "")
+        if name in ("W_x", "W_h"):
+            if precision == "int8":
+                w_q, w_s = ref.quantize_int8(gru.params[k])
+                np.testing.assert_array_equal(q.params[k], w_q)
+                np.testing.assert_array_equal(q.params[name + "_scale" + k[len(name):]], w_s)
+                reduced = q.params[k].nbytes + q.params[name + "_scale" + k[len(name):]].nbytes
+                assert reduced < 0.5 * gru.params[k].nbytes
+            else:
+                np.testing.assert_array_equal(q.params[k], ref.bf16_bits(gru.params[k]))
+                assert q.params[k].nbytes == gru.params[k].nbytes // 2
+        else:                                              # b stays float32
+            assert q.params[k].dtype == np.float32
+            np.testing.assert_array_equal(q.params[k], gru.params[k])
+    x = rng.uniform(-1, 1, (11, 2, 5)).astype(np.float32)
+    y, _ = q.forward(x, training=False)
+    qu = fr.GRU(5, 9, num_layers=2, seed=4).quantize(precision)          # one direction
+    yu, st = qu.forward(x, training=False)
+    y1, st1 = qu.forward(x[:4], training=False)
+    y2, st2 = qu.forward(x[4:], st1, training=False)
+    np.testing.assert_array_equal(np.concatenate([y1, y2]), yu)
+    np.testing.assert_array_equal(st2.h, st.h)
+    fr.save(tmp_path / "g.npz", q)
+    back = fr.load(tmp_path / "g.npz")
+    assert type(back) is fr.QuantizedGRU and back.precision == precision
+    assert back.linear_before_reset is False
+    assert set(back.params) == set(q.params)
+    for k, p in q.params.items():
+        assert back.params[k].dtype == p.dtype and not back.params[k].flags.writeable
+        np.testing.assert_array_equal(back.params[k], p)
+    np.testing.assert_array_equal(back.forward(x, training=False)[0], y)
+    # the float layer of the reduced values is what the reduced products approximate
+    deq = q.dequantized()
+    assert type(deq) is fr.GRU and deq.linear_before_reset is False
+    assert np.abs(deq.forward(x, training=False)[0] - y).max() < BOUND_FLOAT[precision]
+
+
+def test_gru_sequential_and_errors():
+    rng = np.random.default_rng(29)
+    model = fr.Sequential(fr.GRU(4, 8, seed=1), fr.LSTM(8, 6, seed=2), fr.Linear(6, 3, seed=3))
+    q = model.quantize("int8")
+    assert [type(l).__name__ for l in q.layers] == ["QuantizedGRU", "QuantizedLSTM", "Linear"]
+    x = rng.uniform(-1, 1, (7, 2, 4)).astype(np.float32)
+    y, _ = q.forward(x, training=False)
+    h, _ = q.layers[0].forward(x, training=False)
+    h, _ = q.layers[1].forward(h, training=False)
+    np.testing.assert_array_equal(y, q.layers[2].forward(h, training=False))
+    assert np.abs(y - model.forward(x, training=False)[0]).max() < BOUND_FLOAT["int8"]
+    g = q.layers[0]
+    with pytest.raises(ValueError, match="inference only"):
+        g.forward(x, training=True)
+    with pytest.raises(ValueError, match="inference only"):
+        g.backward()
+    with pytest.raises(ValueError, match="read-only"):
+        g.params["W_h"][0, 0] = 1
+    with pytest.raises(ValueError, match="read-only"):
+        g.params["b_hn"][0] = 1
+    with pytest.raises(ValueError, match="already quantized"):
+        g.quantize("bf16")
+    with pytest.raises(ValueError, match="precision must be 'bf16' or 'int8'"):
+        fr.GRU(3, 4).quantize("fp8")
+    with pytest.raises(TypeError, match="float32"):
+        fr.QuantizedGRU(3, 4, precision="bf16", dtype=np.float64)
+    with pytest.raises(ValueError, match="streams of int8 GRU layers.*state carried"):
+        g.stream(2)
+    with pytest.raises(ValueError, match="no torch.nn equivalent"):
+        g.to_torch()
+    with pytest.raises(ValueError, match="for inference only"):
+        q.forward(x)                                                    # training=True
+    g2 = fr.GRU(3, 4, seed=0).quantize("bf16")
+    g2.params["W_x"] = np.zeros((12, 3), np.uint16)                     # replaced: refused
+    with pytest.raises(ValueError, match="cannot be replaced"):
+        g2.forward(np.zeros((2, 1, 3), np.float32), training=False)
+    with pytest.raises(ValueError, match="inference only: no backward"):
+        gru = fr.GRU(3, 4, seed=0).quantize("int8")
+        p = {k: gru.params[k] for k in gru.params}
+        _, _, cache = ref.gru_forward(np.zeros((2, 1, 3), np.float32), p, precision="int8")
+        ref.gru_backward(np.zeros((2, 1, 4), np.float32), None, cache)
+
+
+def test_gru_onnx_export_is_refused_by_name(tmp_path):
+    pytest.importorskip("onnx")
+    for precision in PRECISIONS:
+        q = fr.GRU(3, 4, seed=0).quantize(precision)
+        with pytest.raises(ValueError, match="no quantized GRU operator.*QuantizedGRU"):
+            fr.onnx.export(q, tmp_path / "g.onnx")

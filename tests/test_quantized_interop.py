@@ -177,5 +177,7 @@ def test_torch_module_refuses_training_gradients_compile_export():
         m.stream(1)
     with pytest.raises(TypeError, match="QuantizedLSTM"):
         frt.QuantizedLSTM(fr.LSTM(3, 4))
-    with pytest.raises(TypeError, match="quantize takes"):
+    with pytest.raises(TypeError, match="no module for a QuantizedGRU"):
         frt.GRU(3, 4).quantize("int8")
+    with pytest.raises(TypeError, match="no module for a QuantizedGRU"):
+        frt.GRU.from_fusedrnn(fr.GRU(3, 4).quantize("bf16"))

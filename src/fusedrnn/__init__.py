@@ -31,7 +31,7 @@ from .nn.optim import clip_grad_norm
 from .nn import checkpoint, losses, optim, train
 from .nn.checkpoint import load, load_checkpoint, save
 from .core import quantized
-from .core.quantized import QuantizedLSTM, QuantizedRNN
+from .core.quantized import QuantizedGRU, QuantizedLSTM, QuantizedRNN
 
 import sys as _sys
 
@@ -43,7 +43,7 @@ _sys.modules[f"{__name__}.quantized"] = quantized   # likewise fusedrnn.core.qua
 
 __all__ += ["Linear", "Sequential", "mse_loss", "cross_entropy", "clip_grad_norm", "optim",
             "train", "save", "load", "load_checkpoint", "quantized", "QuantizedLSTM",
-            "QuantizedRNN"]
+            "QuantizedRNN", "QuantizedGRU"]
 
 # Ecosystem: ONNX export/import, the version from the package metadata, and
 # fusedrnn.torch (torch.nn.Modules) imported on first use of `fr.torch` only,

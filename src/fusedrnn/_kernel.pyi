@@ -105,9 +105,20 @@ def rnn_backward(c: RNNConfig, *, dW_x: _Buf, dW_r: _Buf, dtheta_s: _Buf, dW_s: 
 
 class GRUConfig:
     def __init__(self, T: int, B: int, I: int, H: int, linear_before_reset: bool = ...,
-                 reverse: bool = ..., lengths: _Lengths = ..., threads: int = ...) -> None: ...
+                 reverse: bool = ..., lengths: _Lengths = ..., threads: int = ...,
+                 reduced: int = ...) -> None: ...
     def sizes(self) -> Tuple[int, int, int, int]: ...
 
+class GRUQPackedWeights:
+    buffer: npt.NDArray[Any]
+    I: int
+    H: int
+    reduced: int
+    def __init__(self, c: GRUConfig, *, W_x: _Buf, W_h: _Buf, W_x_scale: _OptBuf = ...,
+                 W_h_scale: _OptBuf = ...) -> None: ...
+
+def gru_forward_reduced(c: GRUConfig, reduced: GRUQPackedWeights, *, h_seq: _Buf, h_T: _Buf,
+                        work: _OptBuf, x: _Buf, h0: _Buf, b: _Buf, b_hn: _OptBuf) -> None: ...
 def gru_forward(c: GRUConfig, *, h_seq: _Buf, h_T: _Buf, acts: _OptBuf, work: _OptBuf,
                 x: _Buf, h0: _Buf, W_x: _Buf, W_h: _Buf, b: _Buf, b_hn: _OptBuf) -> None: ...
 def gru_backward(c: GRUConfig, *, dW_x: _Buf, dW_h: _Buf, db: _Buf, db_hn: _OptBuf,

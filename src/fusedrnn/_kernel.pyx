@@ -237,11 +237,13 @@ cdef extern from "fusedrnn.h" nogil:
         int64_t T, B, I, H
         int linear_before_reset, reverse
         const int64_t *lengths
+        int reduced
     ctypedef struct fr_gru_weights_f32:
         const float *W_x
         const float *W_h
         const float *b
         const float *b_hn
+        const void *reduced
     ctypedef struct fr_gru_grads_f32:
         float *dW_x
         float *dW_h
@@ -269,6 +271,7 @@ cdef extern from "fusedrnn.h" nogil:
         const double *W_h
         const double *b
         const double *b_hn
+        const void *reduced
     ctypedef struct fr_gru_grads_f64:
         double *dW_x
         double *dW_h
@@ -294,6 +297,9 @@ cdef extern from "fusedrnn.h" nogil:
     int fr_gru_acts_size(size_t *n, const fr_gru_config *cfg)
     int fr_gru_workspace_size(size_t *n, const fr_gru_config *cfg, int training)
     int fr_gru_backward_workspace_size(size_t *n, const fr_gru_config *cfg)
+    int fr_gru_qpacked_size(size_t *nbytes, const fr_gru_config *cfg)
+    int fr_gru_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_h,
+                     const float *W_h_scale, const fr_gru_config *cfg)
     int fr_gru_forward_f32(const fr_gru_forward_seq_f32 *seq, const fr_gru_weights_f32 *w,
                            const fr_gru_config *cfg, const fr_call *call)
     int fr_gru_backward_f32(const fr_gru_grads_f32 *g, const fr_gru_backward_seq_f32 *seq,
@@ -1090,14 +1096,17 @@ def rnn_backward(RNNConfig c, *, real[::1] dW_x, real[::1] dW_r, real[::1] dthet
 
 cdef class GRUConfig:
     """One GRU layer-direction call: sizes and options (see fr_gru_config).
-    threads: at most this many threads for the call (0: the process setting)."""
+    threads: at most this many threads for the call (0: the process setting);
+    reduced: 1 bf16, 2 int8 (inference with the reduced weights, `GRUQPackedWeights`)."""
     cdef fr_gru_config cfg
     cdef fr_call call
     cdef const int64_t[::1] _lengths
 
     def __init__(self, int64_t T, int64_t B, int64_t I, int64_t H, bint linear_before_reset=True,
-                 bint reverse=False, const int64_t[::1] lengths=None, int threads=0):
+                 bint reverse=False, const int64_t[::1] lengths=None, int threads=0,
+                 int reduced=0):
         self.cfg.T = T; self.cfg.B = B; self.cfg.I = I; self.cfg.H = H
+        self.cfg.reduced = reduced
         self.cfg.linear_before_reset = linear_before_reset; self.cfg.reverse = reverse
         self.cfg.lengths = _lengths_of(lengths, B)
         self._lengths = lengths
@@ -1153,13 +1162,69 @@ def gru_forward(GRUConfig c, *, real[::1] h_seq, real[::1] h_T, real[::1] acts, 
         if real is float:
             s32 = fr_gru_forward_seq_f32(h_seq=&h_seq[0], h_T=&h_T[0], acts=_ptr(acts),
                                          work=&work[0], x=&x[0], h0=&h0[0])
-            w32 = fr_gru_weights_f32(W_x=&W_x[0], W_h=&W_h[0], b=&b[0], b_hn=_cptr(b_hn))
+            w32 = fr_gru_weights_f32(W_x=&W_x[0], W_h=&W_h[0], b=&b[0], b_hn=_cptr(b_hn),
+                                     reduced=NULL)
             status = fr_gru_forward_f32(&s32, &w32, &c.cfg, &c.call)
         else:
             s64 = fr_gru_forward_seq_f64(h_seq=&h_seq[0], h_T=&h_T[0], acts=_ptr(acts),
                                          work=&work[0], x=&x[0], h0=&h0[0])
-            w64 = fr_gru_weights_f64(W_x=&W_x[0], W_h=&W_h[0], b=&b[0], b_hn=_cptr(b_hn))
+            w64 = fr_gru_weights_f64(W_x=&W_x[0], W_h=&W_h[0], b=&b[0], b_hn=_cptr(b_hn),
+                                     reduced=NULL)
             status = fr_gru_forward_f64(&s64, &w64, &c.cfg, &c.call)
+    _check(status, "GRU forward")
+
+
+cdef class GRUQPackedWeights:
+    """A cell's reduced-precision weights W_x (3H, I), W_h (3H, H) (bf16 bits, or int8 with
+    float32 row scales W_x_scale, W_h_scale (3H,)) packed for `gru_forward_reduced`, for
+    the I, H and precision of `c` (c.reduced: 1 bf16, 2 int8)."""
+    cdef readonly object buffer  # uint8, 64-byte aligned
+    cdef readonly int64_t I, H
+    cdef readonly int reduced
+
+    def __init__(self, GRUConfig c, *, W_x, W_h, W_x_scale=None, W_h_scale=None):
+        cdef size_t n = 0
+        cdef int status
+        _check(fr_gru_qpacked_size(&n, &c.cfg), "GRUQPackedWeights")
+        self.I, self.H, self.reduced = c.cfg.I, c.cfg.H, c.cfg.reduced
+        _check_reduced(c.cfg.reduced, (("W_x", W_x, W_x_scale, 3 * c.cfg.H, c.cfg.I),
+                                       ("W_h", W_h, W_h_scale, 3 * c.cfg.H, c.cfg.H)))
+        self.buffer = _aligned_bytes(n)
+        cdef uintptr_t dst = self.buffer.ctypes.data
+        cdef uintptr_t px = W_x.ctypes.data, ph = W_h.ctypes.data
+        cdef uintptr_t sx = 0 if W_x_scale is None else W_x_scale.ctypes.data
+        cdef uintptr_t sh = 0 if W_h_scale is None else W_h_scale.ctypes.data
+        with nogil:
+            status = fr_gru_qpack(<void *>dst, <const void *>px, <const float *>sx,
+                                  <const void *>ph, <const float *>sh, &c.cfg)
+        _check(status, "GRUQPackedWeights")
+
+
+def gru_forward_reduced(GRUConfig c, GRUQPackedWeights reduced, *, float[::1] h_seq,
+                        float[::1] h_T, float[::1] work, const float[::1] x,
+                        const float[::1] h0, const float[::1] b, const float[::1] b_hn):
+    """fr_gru_forward_f32 (inference) with W_x x[n], W_h* h[n-1] (and W_hn c[n]) in reduced
+    precision from `reduced`; b and b_hn float32."""
+    cdef size_t n_work = 0
+    cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H
+    cdef int status
+    if not c.cfg.reduced or (reduced.I, reduced.H, reduced.reduced) != (I, H, c.cfg.reduced):
+        raise ValueError("internal: the reduced weights were packed for another configuration")
+    _check(fr_gru_workspace_size(&n_work, &c.cfg, 0), "GRU forward")
+    _have(h_seq, <size_t>(T * B * H), "h_seq"); _have(h_T, <size_t>(B * H), "h_T")
+    _have(x, <size_t>(T * B * I), "x"); _have(h0, <size_t>(B * H), "h0")
+    _have(b, <size_t>(3 * H), "b"); _have(work, n_work, "work")
+    if c.cfg.linear_before_reset:
+        _have(b_hn, <size_t>H, "b_hn")
+    cdef uintptr_t qp = reduced.buffer.ctypes.data
+    cdef fr_gru_forward_seq_f32 s32
+    cdef fr_gru_weights_f32 w32
+    with nogil:
+        s32 = fr_gru_forward_seq_f32(h_seq=&h_seq[0], h_T=&h_T[0], acts=NULL, work=&work[0],
+                                     x=&x[0], h0=&h0[0])
+        w32 = fr_gru_weights_f32(W_x=NULL, W_h=NULL, b=&b[0], b_hn=_cptr(b_hn),
+                                 reduced=<const void *>qp)
+        status = fr_gru_forward_f32(&s32, &w32, &c.cfg, &c.call)
     _check(status, "GRU forward")
 
 
@@ -1195,14 +1260,16 @@ def gru_backward(GRUConfig c, *, real[::1] dW_x, real[::1] dW_h, real[::1] db, r
             s32 = fr_gru_backward_seq_f32(dx=_ptr(dx), dh0=_ptr(dh0), work=&work[0],
                                           dh_seq=_cptr(dh_seq), dh_T=_cptr(dh_T), acts=&acts[0],
                                           x=&x[0], h_seq=&h_seq[0], h0=&h0[0])
-            w32 = fr_gru_weights_f32(W_x=&W_x[0], W_h=&W_h[0], b=NULL, b_hn=NULL)
+            w32 = fr_gru_weights_f32(W_x=&W_x[0], W_h=&W_h[0], b=NULL, b_hn=NULL,
+                                     reduced=NULL)
             status = fr_gru_backward_f32(&g32, &s32, &w32, &c.cfg, &c.call)
         else:
             g64 = fr_gru_grads_f64(dW_x=&dW_x[0], dW_h=&dW_h[0], db=&db[0], db_hn=_ptr(db_hn))
             s64 = fr_gru_backward_seq_f64(dx=_ptr(dx), dh0=_ptr(dh0), work=&work[0],
                                           dh_seq=_cptr(dh_seq), dh_T=_cptr(dh_T), acts=&acts[0],
                                           x=&x[0], h_seq=&h_seq[0], h0=&h0[0])
-            w64 = fr_gru_weights_f64(W_x=&W_x[0], W_h=&W_h[0], b=NULL, b_hn=NULL)
+            w64 = fr_gru_weights_f64(W_x=&W_x[0], W_h=&W_h[0], b=NULL, b_hn=NULL,
+                                     reduced=NULL)
             status = fr_gru_backward_f64(&g64, &s64, &w64, &c.cfg, &c.call)
     _check(status, "GRU backward")
 

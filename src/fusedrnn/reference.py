@@ -75,6 +75,7 @@ ACTIVATION_OPTIONS = ("gate_activation", "cell_activation", "output_activation",
 # patterns) or int8 (with float32 scales per row under name + "_scale").
 REDUCED_LSTM = ("W_x", "W_v", "W_qv")
 REDUCED_RNN = ("W_x", "W_r")
+REDUCED_GRU = ("W_x", "W_h")
 # "bf16_pairs": bf16 with each pair of products (k = 2j, 2j + 1) added odd one first, as
 # the vdpbf16ps instruction does; "bf16" adds them in k order.
 PRECISIONS = ("bf16", "bf16_pairs", "int8")
@@ -186,13 +187,15 @@ def _reduced(precision: Optional[str], dt, params: Params, names: Sequence[str])
     return present
 
 
-def _product(A: np.ndarray, p: Params, name: str, precision: Optional[str]) -> np.ndarray:
-    """A (M, K) @ W.T for the weight W = p[name] (N, K), in float or reduced precision (§7)."""
+def _product(A: np.ndarray, p: Params, name: str, precision: Optional[str],
+             rows: slice = slice(None)) -> np.ndarray:
+    """A (M, K) @ W.T for the weight W = p[name][rows] (N, K), in float or reduced precision
+    (§7; int8 with the scales of those rows)."""
     if precision is None:
-        return A @ p[name].T
+        return A @ p[name][rows].T
     if precision == "int8":
-        return matmul_int8(A, p[name], p[name + "_scale"])
-    return matmul_bf16(A, p[name], pairs=precision == "bf16_pairs")
+        return matmul_int8(A, p[name][rows], p[name + "_scale"][rows])
+    return matmul_bf16(A, p[name][rows], pairs=precision == "bf16_pairs")
 
 
 def _state(z: Optional[np.ndarray], B: int, H: int, dtype) -> np.ndarray:
@@ -674,19 +677,25 @@ def split_gru_params(params: Params) -> Dict[str, np.ndarray]:
 
 def gru_forward(x: np.ndarray, params: Params, h0: Optional[np.ndarray] = None, *,
                 linear_before_reset: bool = True, lengths: Optional[np.ndarray] = None,
-                reverse: bool = False) -> Tuple[np.ndarray, np.ndarray, dict]:
+                reverse: bool = False, precision: Optional[str] = None
+                ) -> Tuple[np.ndarray, np.ndarray, dict]:
     """The GRU over one window, one layer, one direction.
 
     x (T, B, I); h0 (B, H) = h[-1] (None = zeros).  params: "W_x" (3H, I), "W_h" (3H, H),
     "b" (3H,), gates in the order (r, z, n), and "b_hn" (H,) exactly when
     linear_before_reset (then the reset gate multiplies W_hn h[n-1] + b_hn, as in torch and
     Keras' reset_after; otherwise it multiplies h[n-1] before W_hn, as in ONNX's default).
-    lengths / reverse as for `lstm_forward`.
+    lengths / reverse as for `lstm_forward`.  precision "bf16" / "int8" (inference, float32
+    x; params "W_x", "W_h" as bf16 bits or int8 with "W_x_scale", "W_h_scale" (3H,)):
+    W_x x[n] and W_h* h[n-1] in reduced precision (§7), each product whole; without
+    linear_before_reset W_hn (g_r ⊙ h[n-1]) too, its activation rounded or quantised per
+    row like the others.
     Returns (h_seq (T, B, H), h_T (B, H), cache).
     """
     x = np.asarray(x)
     dt = x.dtype
-    p = _cast(params, dt)
+    _reduced(precision, dt, params, REDUCED_GRU)
+    p = _cast(params, dt, REDUCED_GRU if precision else ())
     T, B, I = x.shape
     H = p["W_h"].shape[1]
     lbr = bool(linear_before_reset)
@@ -698,6 +707,7 @@ def gru_forward(x: np.ndarray, params: Params, h0: Optional[np.ndarray] = None, 
     P = split_gru_params(p)
     lens = _lengths(lengths, T, B)
     order = _visit_order(lens, T, bool(reverse))
+    r_, z_, n_ = slice(0, H), slice(H, 2 * H), slice(2 * H, 3 * H)
 
     h = np.empty((T + 1, B, H), dt)        # h[k + 1] = state after visit k (frozen on padding)
     h[0] = _state(h0, B, H, dt)
@@ -708,23 +718,28 @@ def gru_forward(x: np.ndarray, params: Params, h0: Optional[np.ndarray] = None, 
     for k in range(T):
         h_prev = h[k]
         x_k = _gather(x, order[k])
-        g_r[k] = _sigmoid(x_k @ P["W_xr"].T + h_prev @ P["W_hr"].T + P["b_r"])   # (8.1)
-        g_z[k] = _sigmoid(x_k @ P["W_xz"].T + h_prev @ P["W_hz"].T + P["b_z"])   # (8.2)
+        if precision is None:
+            zx, zh = x_k @ p["W_x"].T, h_prev @ p["W_h"].T          # (B, 3H) each
+        else:                                   # reduced (§7): W_x* x[n], W_h* h[n-1] whole
+            zx, zh = _product(x_k, p, "W_x", precision), _product(h_prev, p, "W_h", precision)
+        # (the sums in the kernel's order, so that reduced precision rounds the same values)
+        g_r[k] = _sigmoid(zx[:, r_] + (zh[:, r_] + P["b_r"]))                     # (8.1)
+        g_z[k] = _sigmoid(zx[:, z_] + (zh[:, z_] + P["b_z"]))                     # (8.2)
         if lbr:
-            c[k] = h_prev @ P["W_hn"].T + P["b_hn"]
-            a_n = x_k @ P["W_xn"].T + P["b_n"] + g_r[k] * c[k]                    # (8.3)
+            c[k] = zh[:, n_] + P["b_hn"]
+            a_n = zx[:, n_] + (P["b_n"] + g_r[k] * c[k])                          # (8.3)
         else:
             c[k] = g_r[k] * h_prev
-            a_n = x_k @ P["W_xn"].T + c[k] @ P["W_hn"].T + P["b_n"]              # (8.4)
+            a_n = zx[:, n_] + (P["b_n"] + _product(c[k], p, "W_h", precision, n_))  # (8.4)
         u[k] = np.tanh(a_n)                                                       # (8.5)
-        h_n = (1 - g_z[k]) * u[k] + g_z[k] * h_prev                               # (8.6)
+        h_n = u[k] + g_z[k] * (h_prev - u[k])             # (8.6) (1 - z) u + z h[n-1]
 
         m = _row_mask(order[k], dt) != 0                          # padding rows keep their state
         h[k + 1] = np.where(m, h_n, h_prev)
         _scatter(h_seq, order[k], h_n)
 
     cache = dict(x=x, params=p, h=h, g_r=g_r, g_z=g_z, u=u, c=c, order=order, lengths=lens,
-                 linear_before_reset=lbr, H=H, R=H)
+                 linear_before_reset=lbr, H=H, R=H, precision=precision)
     return h_seq, h[T].copy(), cache
 
 
@@ -736,6 +751,8 @@ def gru_backward(dh_seq: np.ndarray, dh_T: Optional[np.ndarray],
     dE/d(final h) (None = zeros).  Returns (dx (T, B, I), dh0 (B, H), grads) with grads keyed
     and shaped like params.
     """
+    if cache.get("precision"):
+        raise ValueError("reduced precision (precision=...) is for inference only: no backward")
     x, p, h, order = cache["x"], cache["params"], cache["h"], cache["order"]
     g_r, g_z, u, c = cache["g_r"], cache["g_z"], cache["u"], cache["c"]
     lbr = cache["linear_before_reset"]
@@ -922,10 +939,11 @@ def rnn_network_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: O
     return _network_backward(rnn_backward, dr_seq, ds_T, dr_T, cache)
 
 
-def _gru_cell_forward(x, params, h0, _unused, *, lengths, reverse, linear_before_reset):
+def _gru_cell_forward(x, params, h0, _unused, *, lengths, reverse, linear_before_reset,
+                      precision=None):
     """`gru_forward` in the (y, state, output, cache) form the network composition takes."""
     h_seq, h_T, cache = gru_forward(x, params, h0, linear_before_reset=linear_before_reset,
-                                    lengths=lengths, reverse=reverse)
+                                    lengths=lengths, reverse=reverse, precision=precision)
     return h_seq, h_T, h_T, cache
 
 
@@ -937,12 +955,14 @@ def _gru_cell_backward(dh_seq, dh_T, _unused, cache):
 def gru_network_forward(x: np.ndarray, layers: Sequence[Params], h0: Optional[np.ndarray] = None,
                         *, linear_before_reset: bool = True, bidirectional: bool = False,
                         lengths: Optional[np.ndarray] = None,
-                        dropout_masks: Optional[Sequence[np.ndarray]] = None
+                        dropout_masks: Optional[Sequence[np.ndarray]] = None,
+                        precision: Optional[str] = None
                         ) -> Tuple[np.ndarray, np.ndarray, dict]:
     """A stacked (and optionally bidirectional) GRU as a composition of `gru_forward`;
-    layout as `lstm_network_forward` (R = H), h0 (L*D, B, H) (None = zeros).
+    layout as `lstm_network_forward` (R = H), h0 (L*D, B, H) (None = zeros); precision
+    goes to every cell.
     Returns (h (T, B, D*H), h_T (L*D, B, H), cache)."""
-    opts = dict(linear_before_reset=linear_before_reset)
+    opts = dict(linear_before_reset=linear_before_reset, precision=precision)
     y, h_T, _, cache = _network_forward(_gru_cell_forward, x, layers, h0, None, bidirectional,
                                         lengths, dropout_masks, opts, opts)
     return y, h_T, cache

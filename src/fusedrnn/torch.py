@@ -193,7 +193,7 @@ class _FusedModule(nn.Module):
         if not isinstance(layer, cls._fr_class):
             raise TypeError(f"expected a fusedrnn.{cls._fr_class.__name__}, got {type(layer).__name__}")
         if isinstance(layer, _Quantized):  # an inference-only module around it
-            return _QUANTIZED_MODULES[layer._FLOAT](layer)  # type: ignore[return-value]
+            return _quantized_module(layer)  # type: ignore[return-value]
         module = cls.__new__(cls)
         _FusedModule.__init__(module, layer, copy_weights=True)
         return module
@@ -203,8 +203,7 @@ class _FusedModule(nn.Module):
         "int8"): `fusedrnn.torch.QuantizedLSTM` / `QuantizedRNN` of a copy of this one's
         weights (see fusedrnn.LSTM.quantize)."""
         from .core.quantized import quantize
-        q = quantize(self.to_fusedrnn(), precision)  # TypeError for a GRU
-        return _QUANTIZED_MODULES[q._FLOAT](q)
+        return _quantized_module(quantize(self.to_fusedrnn(), precision))
 
     @property
     def reverse(self) -> bool:
@@ -711,3 +710,13 @@ class QuantizedRNN(_QuantizedModule, RNN):
 
 
 _QUANTIZED_MODULES: Dict[Any, Any] = {_FrLSTM: QuantizedLSTM, _FrRNN: QuantizedRNN}
+
+
+def _quantized_module(q: Any) -> Any:
+    """The inference-only module around a quantized fusedrnn layer; TypeError for a
+    quantized GRU, which has none (run the fusedrnn.QuantizedGRU itself)."""
+    cls = _QUANTIZED_MODULES.get(q._FLOAT)
+    if cls is None:
+        raise TypeError(f"fusedrnn.torch has no module for a {type(q).__name__}: run the "
+                        f"fusedrnn layer itself (q.forward(x, training=False))")
+    return cls(q)

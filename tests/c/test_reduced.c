@@ -217,10 +217,63 @@ static int rnn_run(const rnn_case *c, int reduced, const fr_call *call, float *o
     return st;
 }
 
+// ---- the GRU -------------------------------------------------------------------
+typedef struct {
+    fr_gru_config cfg;
+    float *x, *h0, *b, *b_hn;
+    rweight wx, wh;
+    void *packed;
+} gru_case;
+
+static gru_case gru_make(int type, int64_t T, int64_t B, int64_t I, int64_t H, int lbr,
+                         int reverse, const int64_t *lengths) {
+    gru_case c = {.cfg = {.T = T, .B = B, .I = I, .H = H, .linear_before_reset = lbr,
+                          .reverse = reverse, .lengths = lengths, .reduced = type}};
+    float *W_x = randv((size_t)(3 * H * I), -0.3f, 0.3f); // (3H, I)
+    float *W_h = randv((size_t)(3 * H * H), -0.2f, 0.2f); // (3H, H)
+    c.wx = reduce(W_x, 3 * H, I, type);
+    c.wh = reduce(W_h, 3 * H, H, type);
+    free(W_x), free(W_h);
+    c.x = randv((size_t)(T * B * I), -1.f, 1.f);           // (T, B, I)
+    c.h0 = randv((size_t)(B * H), -0.5f, 0.5f);            // (B, H)
+    c.b = randv((size_t)(3 * H), -0.2f, 0.2f);             // (3H)
+    c.b_hn = lbr ? randv((size_t)H, -0.2f, 0.2f) : NULL;   // (H)
+    size_t bytes = 0;
+    CHECK(fr_gru_qpacked_size(&bytes, &c.cfg) == FR_OK && bytes > 0, "fr_gru_qpacked_size");
+    c.packed = aligned_bytes(bytes);
+    CHECK(fr_gru_qpack(c.packed, c.wx.q, c.wx.scale, c.wh.q, c.wh.scale, &c.cfg) == FR_OK,
+          "fr_gru_qpack");
+    return c;
+}
+static void gru_free(gru_case *c) {
+    free(c->x), free(c->h0), free(c->b), free(c->b_hn), free(c->packed);
+    rfree(&c->wx), rfree(&c->wh);
+}
+
+// h (T, B, H) then h_T (B, H) into out.
+static int gru_run(const gru_case *c, int reduced, const fr_call *call, float *out) {
+    fr_gru_config cfg = c->cfg;
+    if (!reduced) cfg.reduced = 0;
+    const int64_t T = cfg.T, B = cfg.B, H = cfg.H;
+    size_t n_work = 0;
+    int st = fr_gru_workspace_size(&n_work, &cfg, 0);
+    if (st != FR_OK) return st;
+    float *work = malloc((n_work ? n_work : 1) * sizeof(float));
+    fr_gru_forward_seq_f32 seq = {.h_seq = out, .h_T = out + T * B * H, .work = work,
+                                  .x = c->x, .h0 = c->h0};
+    fr_gru_weights_f32 w = {.b = c->b, .b_hn = c->b_hn};
+    if (reduced) w.reduced = c->packed;
+    else w.W_x = c->wx.deq, w.W_h = c->wh.deq;
+    st = fr_gru_forward_f32(&seq, &w, &cfg, call);
+    free(work);
+    return st;
+}
+
 // ---- one case on every path ------------------------------------------------------
 typedef int (*run_fn)(const void *c, int reduced, const fr_call *call, float *out);
 static int lstm_run_v(const void *c, int r, const fr_call *k, float *o) { return lstm_run(c, r, k, o); }
 static int rnn_run_v(const void *c, int r, const fr_call *k, float *o) { return rnn_run(c, r, k, o); }
+static int gru_run_v(const void *c, int r, const fr_call *k, float *o) { return gru_run(c, r, k, o); }
 
 // The activations rounded to bf16 (relative 2^-9) or quantised to int8 (half a step of
 // max|row| / 127) move each sum by at most that share of sum |w a|; over a few steps of
@@ -295,6 +348,14 @@ static void test_lstm_cases(void) {
             check_case(name, type, &c, rnn_run_v, (size_t)(7 * 5 * 70 + 5 * 70), bound);
             rnn_free(&c);
         }
+        for (int lbr = 0; lbr <= 1; lbr++) {
+            gru_case c = gru_make(type, 7, 5, 37, 70, lbr, !lbr, lens);
+            char name[96];
+            snprintf(name, sizeof name, "%s gru%s, lengths", tn[type],
+                     lbr ? " linear_before_reset" : " reset first, reverse");
+            check_case(name, type, &c, gru_run_v, (size_t)(7 * 5 * 70 + 5 * 70), bound);
+            gru_free(&c);
+        }
     }
 }
 
@@ -349,6 +410,26 @@ static void test_errors(void) {
     rs.acts = acts;
     CHECK(fr_rnn_forward_f32(&rs, &rw, &r.cfg, &one) == FR_EINVAL, "rnn reduced training call");
     rnn_free(&r);
+
+    gru_case g = gru_make(FR_QT_INT8, 3, 2, 5, 4, 0, 0, NULL);
+    fr_gru_config gb = g.cfg;
+    gb.reduced = 3;
+    CHECK(fr_gru_qpacked_size(&n, &gb) == FR_EINVAL, "gru reduced = 3");
+    CHECK(fr_gru_qpack(g.packed, g.wx.q, NULL, g.wh.q, g.wh.scale, &g.cfg) == FR_ENULL,
+          "gru int8 without scales");
+    gb = g.cfg;
+    gb.I = FR_S8_MAX_K + 1;
+    CHECK(fr_gru_qpacked_size(&n, &gb) == FR_EOVERFLOW, "gru int8 K beyond FR_S8_MAX_K");
+    fr_gru_forward_seq_f32 gs = {.h_seq = out, .h_T = y_T, .work = work, .x = g.x, .h0 = g.h0};
+    fr_gru_weights_f32 gw = {.b = g.b};
+    CHECK(fr_gru_forward_f32(&gs, &gw, &g.cfg, &one) == FR_ENULL, "gru no reduced weights");
+    gw.reduced = g.packed;
+    gs.acts = acts;
+    CHECK(fr_gru_forward_f32(&gs, &gw, &g.cfg, &one) == FR_EINVAL, "gru reduced training call");
+    fr_gru_forward_seq_f64 g64 = {.h_seq = d, .h_T = d, .work = d, .x = d, .h0 = d};
+    fr_gru_weights_f64 gw64 = {.b = d, .reduced = g.packed};
+    CHECK(fr_gru_forward_f64(&g64, &gw64, &g.cfg, &one) == FR_EINVAL, "gru reduced float64");
+    gru_free(&g);
 }
 
 int main(void) {

@@ -78,7 +78,12 @@ class GRU(RecurrentLayer):
     def _cell_config(self, T: int, B: int, in_size: int, lengths: Optional[np.ndarray],
                      reverse: bool) -> "_kernel.GRUConfig":
         return _kernel.GRUConfig(T, B, in_size, self.hidden_size, self.linear_before_reset,
-                                 reverse, lengths, _threads.kernel_threads())
+                                 reverse, lengths, _threads.kernel_threads(),
+                                 reduced=self._reduced_code())
+
+    def _reduced_code(self) -> int:
+        """The kernel's reduced-precision code: 0 (float), fr.QuantizedGRU's 1 bf16, 2 int8."""
+        return 0
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,

@@ -4,7 +4,8 @@
     y, state = q.forward(x, training=False)    # as lstm.forward(x, training=False)
 
 The weight products of every step (W_x X[n], W_v v[n-1], W_qv v[n]; the RNN's W_x x[n] and
-W_r r[n-1]) run in bfloat16 or int8 on the CPU's fastest instructions for them; the states,
+W_r r[n-1]; the GRU's W_x x[n], W_h* h[n-1] and, without linear_before_reset,
+W_hn (r[n] ⊙ h[n-1])) run in bfloat16 or int8 on the CPU's fastest instructions for them; the states,
 biases, peepholes, the sums and the outputs stay float32. The scheme (rounding, the int8
 scales) is docs/equations.md §7, and `fusedrnn.reference` computes it in plain NumPy
 (`precision=` of its cells).
@@ -14,7 +15,7 @@ int8 as int8 with one float32 scale per row (output unit) under "<name>_scale"; 
 parameters stay float32. They are read-only (the kernel packs them once), survive `fr.save` /
 `fr.load` bit for bit, and take half (bf16) or about a quarter (int8) of the float32 bytes.
 
-`q.stream(batch)` streams a quantized layer (fusedrnn.stream), `fusedrnn.torch.LSTM.
+`q.stream(batch)` streams a quantized LSTM or RNN (fusedrnn.stream), `fusedrnn.torch.LSTM.
 from_fusedrnn(q)` runs it as a torch module for inference, and `fr.onnx.export` writes an
 int8 LSTM as ONNX Runtime's DynamicQuantizeLSTM."""
 from __future__ import annotations
@@ -26,10 +27,12 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from .. import _kernel
+from .gru import GRU
 from .lstm import LSTM
 from .rnn import RNN
 
-__all__ = ["PRECISIONS", "QuantizedLSTM", "QuantizedRNN", "quantize", "reduce_weight", "assemble"]
+__all__ = ["PRECISIONS", "QuantizedGRU", "QuantizedLSTM", "QuantizedRNN", "quantize",
+           "reduce_weight", "assemble"]
 
 PRECISIONS = ("bf16", "int8")
 _STORAGE = {"bf16": np.dtype(np.uint16), "int8": np.dtype(np.int8)}
@@ -70,7 +73,7 @@ def reduce_weight(W: np.ndarray, precision: str) -> Dict[str, np.ndarray]:
 
 
 class _Quantized:
-    """What the quantized LSTM and RNN share. A subclass names the reduced weights of a
+    """What the quantized LSTM, RNN and GRU share. A subclass names the reduced weights of a
     cell (`_REDUCED`) and its float class (`_FLOAT`)."""
 
     _REDUCED: Tuple[str, ...] = ()
@@ -351,12 +354,67 @@ class QuantizedRNN(_Quantized, RNN):
                                     theta_s=flat(p["theta_s"]), W_s=flat(p.get("W_s")))
 
 
-_QUANTIZED = {LSTM: QuantizedLSTM, RNN: QuantizedRNN}
+class QuantizedGRU(_Quantized, GRU):
+    """An inference-only `fr.GRU` with its weight products in bfloat16 or int8 (made by
+    `GRU.quantize`): W_x x[n] and W_h* h[n-1] of the three gates, and without
+    linear_before_reset W_hn (r[n] ⊙ h[n-1]), whose activation r[n] ⊙ h[n-1] is rounded or
+    quantized per row at every step too (docs/equations.md §7); the biases, the gates and
+    h stay float32. Both formulations, stacks, bidirectional, reverse and lengths compute
+    as in the float layer.
+
+    `params`: "W_x", "W_h" (+ suffixes) as uint16 bf16 bits or int8 (with "W_x_scale",
+    "W_h_scale" (3H,) float32), "b" and "b_hn" float32."""
+
+    _REDUCED = ("W_x", "W_h")
+    _FLOAT = GRU
+    _CONFIG = GRU._CONFIG | {"precision"}
+
+    def __init__(self, input_size: int, hidden_size: int, *, precision: str,
+                 dtype: Any = np.float32, **options: Any) -> None:
+        """As fr.GRU(input_size, hidden_size, **options), float32 only, with `precision`."""
+        self._setup_precision(precision, dtype)
+        super().__init__(input_size, hidden_size, dtype=dtype, **options)
+        self._finish_params()
+
+    def __repr__(self) -> str:
+        return "Quantized" + super().__repr__()[:-1] + f", precision={self.precision!r})"
+
+    def config(self) -> Dict[str, Any]:
+        """The constructor arguments (what a checkpoint stores): fr.GRU's and `precision`."""
+        from ..nn.checkpoint import constructor_args
+        return {**constructor_args(self, GRU), "precision": self.precision}
+
+    def _reduced_code(self) -> int:
+        return _REDUCED_CODES[self.precision]
+
+    def stream(self, batch: int, state: Any = None, *, weights: str = "live") -> Any:
+        raise ValueError(f"streams of {self.precision} GRU layers are not available; call "
+                         "forward(x_chunk, state, training=False) on chunks with the state "
+                         "carried, or stream the float layer")
+
+    def _qpacked(self, cfg: Any, p: Dict[str, np.ndarray]) -> "_kernel.GRUQPackedWeights":
+        """One cell's reduced weights `p` packed for the kernel (made once per cell)."""
+        return self._packed_cell(p, lambda: _kernel.GRUQPackedWeights(
+            cfg, W_x=p["W_x"], W_h=p["W_h"], W_x_scale=p.get("W_x_scale"),
+            W_h_scale=p.get("W_h_scale")))
+
+    def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
+                        acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
+                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
+        from ._layer import flat
+        packed = self._qpacked(cfg, p)
+        _kernel.gru_forward_reduced(cfg, packed, h_seq=flat(y), h_T=flat(o_T), work=work,
+                                    x=flat(x), h0=flat(o0), b=flat(p["b"]),
+                                    b_hn=flat(p.get("b_hn")))
+
+
+_QUANTIZED = {LSTM: QuantizedLSTM, RNN: QuantizedRNN, GRU: QuantizedGRU}
 
 
 def quantize(model: Any, precision: str) -> Any:
-    """An inference-only copy of `model` (fr.LSTM, fr.RNN, or fr.Sequential of them and
-    fr.Linear, whose Linear layers stay float32) with its weight products in `precision`."""
+    """An inference-only copy of `model` (fr.LSTM, fr.RNN, fr.GRU, or fr.Sequential of them
+    and fr.Linear, whose Linear layers stay float32) with its weight products in
+    `precision`."""
     from .linear import Linear
     from .sequential import Sequential
     check_precision(precision)
@@ -367,8 +425,8 @@ def quantize(model: Any, precision: str) -> Any:
         return model.quantize(precision)
     cls = _QUANTIZED.get(type(model))
     if cls is None:
-        raise TypeError(f"quantize takes an fr.LSTM, an fr.RNN or an fr.Sequential of them "
-                        f"and Linear layers, got {type(model).__name__}")
+        raise TypeError(f"quantize takes an fr.LSTM, an fr.RNN, an fr.GRU or an fr.Sequential "
+                        f"of them and Linear layers, got {type(model).__name__}")
     params: Dict[str, np.ndarray] = {}
     for k, p in model.params.items():
         if _split_key(k)[0] in cls._REDUCED:
@@ -378,8 +436,9 @@ def quantize(model: Any, precision: str) -> Any:
             params[k] = p
     return assemble(model, precision, params)
 
+
 def assemble(template: Any, precision: str, params: Dict[str, np.ndarray]) -> Any:
-    """The quantized layer of `template`'s configuration (an fr.LSTM or fr.RNN) whose
+    """The quantized layer of `template`'s configuration (an fr.LSTM, fr.RNN or fr.GRU) whose
     stored parameters are `params` (every key of the quantized layer: the reduced
     weights as uint16 bf16 bits or int8, "<name>_scale" rows, the rest float32), copied
     and made read-only. ValueError naming a key that is missing or of another shape."""

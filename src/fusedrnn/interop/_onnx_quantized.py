@@ -20,7 +20,7 @@ import numpy as np
 
 from ..core import _validate as V
 from ..core._layer import suffix
-from ..core.quantized import QuantizedLSTM, QuantizedRNN, _split_key, assemble
+from ..core.quantized import QuantizedGRU, QuantizedLSTM, QuantizedRNN, _split_key, assemble
 from ._onnx_graph import node_name, tensor_array
 
 MS_DOMAIN = "com.microsoft"
@@ -34,10 +34,11 @@ def check_export(layer: Any, blocked: List[str], unsupported: str, layout: int,
                  dtype: Any) -> None:
     """ValueError naming what a quantized layer has that DynamicQuantizeLSTM cannot
     express, and the alternative."""
-    if isinstance(layer, QuantizedRNN):
-        raise ValueError("ONNX has no quantized RNN operator (ONNX Runtime's "
-                         f"DynamicQuantizeLSTM is an LSTM): a QuantizedRNN ({layer.precision}) "
-                         f"cannot be exported; {_FLOAT_ALTERNATIVE}")
+    if isinstance(layer, (QuantizedRNN, QuantizedGRU)):
+        kind = type(layer).__name__
+        raise ValueError(f"ONNX has no quantized {kind[len('Quantized'):]} operator (ONNX "
+                         f"Runtime's DynamicQuantizeLSTM is an LSTM): a {kind} "
+                         f"({layer.precision}) cannot be exported; {_FLOAT_ALTERNATIVE}")
     if layer.precision != "int8":
         raise ValueError(f"ONNX has no {layer.precision} LSTM operator (DynamicQuantizeLSTM "
                          f"takes int8 weights): a {layer.precision} QuantizedLSTM cannot be "

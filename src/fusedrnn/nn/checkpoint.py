@@ -69,14 +69,14 @@ def register_layer(cls: Type[Any], name: Optional[str] = None) -> Type[Any]:
 
 
 def _builtin_layers() -> None:
-    """Register LSTM, RNN, GRU, Linear and the quantized LSTM and RNN (once; imported late
-    to avoid an import cycle)."""
+    """Register LSTM, RNN, GRU, Linear and the quantized LSTM, RNN and GRU (once; imported
+    late to avoid an import cycle)."""
     from ..core.gru import GRU
     from ..core.linear import Linear
     from ..core.lstm import LSTM
-    from ..core.quantized import QuantizedLSTM, QuantizedRNN
+    from ..core.quantized import QuantizedGRU, QuantizedLSTM, QuantizedRNN
     from ..core.rnn import RNN
-    for cls in (LSTM, RNN, GRU, Linear, QuantizedLSTM, QuantizedRNN):
+    for cls in (LSTM, RNN, GRU, Linear, QuantizedLSTM, QuantizedRNN, QuantizedGRU):
         _LAYERS.setdefault(cls.__name__, cls)
 
 
@@ -111,6 +111,21 @@ def _from_json(value: Any) -> Any:
     return value
 
 
+def constructor_args(model: Any, cls: Optional[type] = None) -> Dict[str, Any]:
+    """The named arguments of `cls.__init__` (default: the model's class), read from the
+    model's attributes of the same names."""
+    cls = type(model) if cls is None else cls
+    cfg = {}
+    for pname, prm in inspect.signature(cls.__init__).parameters.items():
+        if pname in _SKIP_ARGS or prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD):
+            continue
+        if not hasattr(model, pname):
+            raise TypeError(f"cannot save a {type(model).__name__}: its constructor argument "
+                            f"{pname!r} is not kept as an attribute of the same name")
+        cfg[pname] = getattr(model, pname)
+    return cfg
+
+
 def model_config(model: Any) -> Dict[str, Any]:
     """The JSON-able configuration tree of a layer or a Sequential."""
     from ..core.sequential import Sequential
@@ -121,17 +136,8 @@ def model_config(model: Any) -> Dict[str, Any]:
     if _LAYERS.get(name) is not type(model):
         raise TypeError(f"cannot save a {name}: not a registered layer type "
                         f"(known: {sorted(_LAYERS)}; see fusedrnn.checkpoint.register_layer)")
-    if callable(getattr(model, "config", None)):
-        cfg = dict(model.config())
-    else:
-        cfg = {}
-        for pname, prm in inspect.signature(type(model).__init__).parameters.items():
-            if pname in _SKIP_ARGS or prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD):
-                continue
-            if not hasattr(model, pname):
-                raise TypeError(f"cannot save a {name}: its constructor argument {pname!r} is "
-                                "not kept as an attribute of the same name")
-            cfg[pname] = getattr(model, pname)
+    cfg = dict(model.config()) if callable(getattr(model, "config", None)) \
+        else constructor_args(model)
     tree = {"type": name, "config": {k: _jsonable(v, f"{name}.{k}") for k, v in cfg.items()}}
     rng = getattr(model, "_dropout_rng", None)  # the layers' dropout stream, so training resumes exactly
     if isinstance(rng, np.random.Generator):
