@@ -89,6 +89,21 @@ static inline int fr_rnn_general(const fr_rnn_config *cfg) {
     return fr_rnn_warp_of(cfg).kind != FR_ACT_TANH || cfg->accumulation_clip > 0;
 }
 
+/* The GRU's f and g, defaults resolved; keep: the clip or not sigmoid, tanh, so
+ * the store keeps the accumulations a_r, a_z, a_n and the backward recomputes the
+ * gates and their derivatives from them. */
+typedef struct {
+    fr_activation gate, cell;
+    int keep;
+} fr_gru_warps;
+static inline fr_gru_warps fr_gru_warps_of(const fr_gru_config *cfg) {
+    fr_gru_warps w = {fr_activation_or(cfg->gate, FR_ACT_SIGMOID),
+                      fr_activation_or(cfg->cell, FR_ACT_TANH), 0};
+    w.keep = cfg->accumulation_clip > 0 || w.gate.kind != FR_ACT_SIGMOID ||
+             w.cell.kind != FR_ACT_TANH;
+    return w;
+}
+
 /* Row b is active at step n: not past its length (lengths NULL: all T steps). */
 static inline int fr_active(const int64_t *lengths, int64_t b, int64_t n) {
     return lengths == NULL || n < lengths[b];

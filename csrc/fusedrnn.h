@@ -69,10 +69,11 @@ typedef struct {
 } fr_call;
 
 /* ---- warping functions (§9) ----------------------------------------------------
- * G_c and G_d of the LSTM, G of the RNN: the activations ONNX defines for its
- * recurrent operators, with their parameters alpha and beta (unused ones are
- * ignored). FR_ACT_DEFAULT (0, what a zeroed configuration holds) is the cell's
- * own choice: sigmoid for the LSTM's gates, tanh everywhere else. */
+ * G_c and G_d of the LSTM, G of the RNN, f and g of the GRU: the activations
+ * ONNX defines for its recurrent operators, with their parameters alpha and beta
+ * (unused ones are ignored). FR_ACT_DEFAULT (0, what a zeroed configuration
+ * holds) is the cell's own choice: sigmoid for the gates of the LSTM and the
+ * GRU, tanh everywhere else. */
 enum {
     FR_ACT_DEFAULT = 0,
     FR_ACT_SIGMOID,          /* 1 / (1 + e^-a) */
@@ -328,6 +329,10 @@ typedef struct {
     int reduced;             /* FR_REDUCED_*: inference with W_x x[n], W_h* h[n-1] (and
                                 W_hn c[n]) in bf16 or int8 (float32 only), those weights in
                                 w->reduced */
+    double accumulation_clip; /* > 0: a_r, a_z, a_n clipped to [-c, c] before warping
+                                 (ONNX's clip, §9); 0: off */
+    fr_activation gate;       /* f of g_r, g_z (ONNX f), default sigmoid */
+    fr_activation cell;       /* g of the candidate u (ONNX g), default tanh */
 } fr_gru_config;
 
 #define FR_GRU_WEIGHTS_FIELDS(real)                                                \
@@ -371,7 +376,9 @@ typedef struct { FR_GRU_FORWARD_SEQ_FIELDS(double) } fr_gru_forward_seq_f64;
 typedef struct { FR_GRU_BACKWARD_SEQ_FIELDS(float) } fr_gru_backward_seq_f32;
 typedef struct { FR_GRU_BACKWARD_SEQ_FIELDS(double) } fr_gru_backward_seq_f64;
 
-/* Activation store: (T, B, 4H) per row [g_r | g_z | u | c] (c[n] of (8.3) or (8.4)). */
+/* Activation store: (T, B, 4H) per row [g_r | g_z | u | c] (c[n] of (8.3) or (8.4));
+ * with the clip or a warping function other than the default, [a_r | a_z | a_n | c]
+ * (the accumulations before the clip, whose derivatives the backward takes). */
 int fr_gru_acts_size(size_t *n_elems, const fr_gru_config *cfg);
 int fr_gru_workspace_size(size_t *n_elems, const fr_gru_config *cfg, int training);
 int fr_gru_backward_workspace_size(size_t *n_elems, const fr_gru_config *cfg);

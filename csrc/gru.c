@@ -7,6 +7,10 @@ static int gru_check_config(const fr_gru_config *cfg) {
     if (cfg == NULL) return FR_ENULL;
     if (cfg->linear_before_reset != 0 && cfg->linear_before_reset != 1) return FR_EINVAL;
     if (cfg->reduced < FR_REDUCED_NONE || cfg->reduced > FR_REDUCED_INT8) return FR_EINVAL;
+    /* the clip: 0 is off; negative or NaN is invalid */
+    if (!(cfg->accumulation_clip >= 0) || !fr_activation_ok(&cfg->gate) ||
+        !fr_activation_ok(&cfg->cell))
+        return FR_EINVAL;
     FR_CHECK(fr_check_sequence(cfg->T, cfg->B, cfg->I, cfg->H, 4, cfg->reverse, cfg->lengths));
     if (cfg->reduced == FR_REDUCED_INT8 &&
         (cfg->I > FR_S8_MAX_K || cfg->H > FR_S8_MAX_K)) /* int32 sums of K products */
@@ -17,15 +21,17 @@ static int gru_check_config(const fr_gru_config *cfg) {
 /* ---- the buffers: one region table each (see lstm.c) --------------------------
  * A row of the activation store, of an inference chunk and of the backward's
  * alphas has four H-wide blocks:
- *   forward  [g_r | g_z | u | c]          (first the x-side accumulations a_r, a_z, a_n)
+ *   forward  [g_r | g_z | u | c]          (first the x-side accumulations a_r, a_z, a_n;
+ *            [a_r | a_z | a_n | c] in the store when fr_gru_warps_of(cfg).keep)
  *   backward [alpha_r | alpha_z | gamma | alpha_n]
  * so that the rows the per-step recurrent GEMMs read are contiguous: c for
  * W_hn c[n] (8.4), [alpha_r, alpha_z, gamma] for (8.12). */
 /* forward workspace; GF_QX, GF_QR: the activations of the reduced x-side and
- * recurrent GEMMs, rounded or quantised (qgemm.h) */
-enum { GF_CHUNK, GF_REC, GF_WX_P, GF_WH_P, GF_QX, GF_QR, GF_COUNT };
+ * recurrent GEMMs, rounded or quantised (qgemm.h); GF_GW: a step's warped gates */
+enum { GF_CHUNK, GF_REC, GF_WX_P, GF_WH_P, GF_QX, GF_QR, GF_GW, GF_COUNT };
 enum { GQ_WX, GQ_WH, GQ_COUNT }; /* reduced-precision weights (bytes) */
-enum { GB_DA, GB_F_CHI, GB_RHO, GB_ZEROS, GB_WH_P, GB_WN_P, GB_SAVE, GB_COUNT }; /* backward */
+enum { GB_DA, GB_F_CHI, GB_RHO, GB_ZEROS, GB_WH_P, GB_WN_P, GB_SAVE, GB_GW, GB_D,
+       GB_COUNT }; /* backward */
 
 static int gru_acts_elems(size_t *n, const fr_gru_config *cfg) {
     FR_CHECK(fr_mul3(n, (size_t)cfg->T, (size_t)cfg->B, 4 * (size_t)cfg->H)); /* (T, B, 4H) */
@@ -35,7 +41,8 @@ static int gru_acts_elems(size_t *n, const fr_gru_config *cfg) {
 /* An inference chunk (Tc, B, 4H) in place of the store, the recurrent products
  * (B, 3H), the micro-kernel's per-gate panels of W_x^T and W_h^T (reduced
  * precision: none, and the reduced GEMMs' activations, bytes in floats; the
- * recurrent ones, h[n-1] or c[n], are B rows of K = H). */
+ * recurrent ones, h[n-1] or c[n], are B rows of K = H), and when the store
+ * keeps the accumulations the step's warped gates (B, 4H) [g_r|g_z|u|.]. */
 static int gru_forward_regions(size_t n[GF_COUNT], const fr_gru_config *cfg, int training) {
     const size_t B = (size_t)cfg->B, H = (size_t)cfg->H, H32 = fr_pad32(cfg->H);
     memset(n, 0, GF_COUNT * sizeof n[0]);
@@ -47,6 +54,7 @@ static int gru_forward_regions(size_t n[GF_COUNT], const fr_gru_config *cfg, int
                                fr_inference_chunk(cfg->T, cfg->B) * cfg->B, cfg->I, cfg->B, cfg->H);
     FR_CHECK(fr_mul3(&n[GF_WX_P], 3, H32, (size_t)cfg->I));
     FR_CHECK(fr_mul3(&n[GF_WH_P], 3, H32, H));
+    if (training && fr_gru_warps_of(cfg).keep) FR_CHECK(fr_mul(&n[GF_GW], B, 4 * H));
     return FR_OK;
 }
 
@@ -61,8 +69,10 @@ static int gru_qpacked_regions(size_t n[GQ_COUNT], const fr_gru_config *cfg) {
 
 /* The alphas (T, B, 4H) of every step, the carry f_chi and rho = W_hn^T alpha_n
  * (B, H), zeros for an absent dh, the panels of the backward's recurrent
- * GEMMs (K = 3H, or 2H and H without linear_before_reset; N = H), and the
- * weight gradients as they were (restored when a call is interrupted). */
+ * GEMMs (K = 3H, or 2H and H without linear_before_reset; N = H), the
+ * weight gradients as they were (restored when a call is interrupted), and
+ * when the store keeps the accumulations a step's recomputed gates and their
+ * derivatives (B, 4H) each, [g_r|g_z|u|.] and [f'|f'|g'|.]. */
 static int gru_backward_regions(size_t n[GB_COUNT], const fr_gru_config *cfg) {
     const size_t T = (size_t)cfg->T, B = (size_t)cfg->B, H = (size_t)cfg->H;
     const size_t I = (size_t)cfg->I, H32 = fr_pad32(cfg->H);
@@ -75,6 +85,11 @@ static int gru_backward_regions(size_t n[GB_COUNT], const fr_gru_config *cfg) {
     FR_CHECK(fr_mul(&n[GB_WN_P], H32, lbr ? 0 : H));
     FR_CHECK(fr_mul(&n[GB_SAVE], 3 * H, I + H + 1));
     FR_CHECK(fr_add(&n[GB_SAVE], n[GB_SAVE], lbr ? H : 0));
+    n[GB_GW] = n[GB_D] = 0;
+    if (fr_gru_warps_of(cfg).keep) {
+        FR_CHECK(fr_mul(&n[GB_GW], B, 4 * H));
+        n[GB_D] = n[GB_GW];
+    }
     return FR_OK;
 }
 

@@ -13,45 +13,49 @@
 
 /* ---- forward ------------------------------------------------------------------ */
 
-/* (8.1), (8.2): g_r, g_z from the x-side accumulations in g, the recurrent
- * products rec and the bias; without linear_before_reset (hp given) also
- * c[n] = g_r h[n-1] of (8.4), which W_hn multiplies next. */
+/* (8.1), (8.2): the accumulations a_r, a_z (in g: the x-side products, plus the
+ * recurrent products rec and the bias) and the gates g_r = f(clip(a_r)), g_z
+ * into gw; without linear_before_reset (hp given) also c[n] = g_r h[n-1] of
+ * (8.4), which W_hn multiplies next. gw is g (warped in place) unless the
+ * store keeps the accumulations (§9). */
 FR_TARGET_CLONES
-static void FN(gru_row_gates)(real *g,                 /* (4, H) a_r|a_z|a_n|c -> g_r|g_z|.|c */
+static void FN(gru_row_gates)(real *g,                 /* (4, H) a_r|a_z|a_n|c */
+                              real *gw,                /* (4, H) g_r|g_z|.|. (may be g) */
                               const real *restrict rec, /* (3, H) W_h* h[n-1] */
                               const real *restrict b,   /* (3, H) */
                               const real *restrict hp,  /* (n) h[n-1], or NULL */
-                              int64_t H, int64_t n) {
+                              const fr_gru_warps *wp, real c_acc, int64_t H, int64_t n) {
     for (int q = 0; q < 2; q++)
         for (int64_t j = 0; j < n; j++) g[q * H + j] += rec[q * H + j] + b[q * H + j];
-    FN(vsigmoid)(g, g, n);
-    FN(vsigmoid)(g + H, g + H, n);
+    FN(vwarp_clipped)(&wp->gate, gw, g, c_acc, n);
+    FN(vwarp_clipped)(&wp->gate, gw + H, g + H, c_acc, n);
     if (hp)
-        for (int64_t j = 0; j < n; j++) g[3 * H + j] = g[j] * hp[j];
+        for (int64_t j = 0; j < n; j++) g[3 * H + j] = gw[j] * hp[j];
 }
 
-/* (8.3) or (8.4), then (8.5), (8.6). With linear_before_reset (b_hn given)
- * c[n] = W_hn h[n-1] + b_hn is formed here from rec's n block; otherwise that
- * block already is W_hn c[n]. */
+/* (8.3) or (8.4), then (8.5) u = g(clip(a_n)) into gw and (8.6). With
+ * linear_before_reset c[n] = W_hn h[n-1] + b_hn is formed here from rec's n
+ * block; otherwise that block already is W_hn c[n]. */
 FR_TARGET_CLONES
-static void FN(gru_row_update)(real *g,                  /* (4, H) g_r|g_z|a_n|c -> .|.|u|c */
+static void FN(gru_row_update)(real *g,                  /* (4, H) .|.|a_n|c */
+                               real *gw,                 /* (4, H) g_r|g_z|u|. (may be g) */
                                real *restrict h,         /* (n) h[n] out */
                                const real *restrict rec, /* (3, H) */
                                const real *restrict b,   /* (3, H) */
                                const real *restrict b_hn, /* (n), or NULL */
                                const real *restrict hp,  /* (n) h[n-1] */
-                               int64_t H, int64_t n) {
-    real *restrict u = g + 2 * H, *restrict c = g + 3 * H;
-    const real *restrict g_r = g, *restrict g_z = g + H;
+                               const fr_gru_warps *wp, real c_acc, int64_t H, int64_t n) {
+    real *a_n = g + 2 * H, *c = g + 3 * H, *u = gw + 2 * H;
+    const real *g_r = gw, *g_z = gw + H;
     if (b_hn) {
         for (int64_t j = 0; j < n; j++) {
             c[j] = rec[2 * H + j] + b_hn[j];
-            u[j] += b[2 * H + j] + g_r[j] * c[j];
+            a_n[j] += b[2 * H + j] + g_r[j] * c[j];
         }
     } else {
-        for (int64_t j = 0; j < n; j++) u[j] += b[2 * H + j] + rec[2 * H + j];
+        for (int64_t j = 0; j < n; j++) a_n[j] += b[2 * H + j] + rec[2 * H + j];
     }
-    FN(vtanh)(u, u, n);
+    FN(vwarp_clipped)(&wp->cell, u, a_n, c_acc, n);
     for (int64_t j = 0; j < n; j++) h[j] = u[j] + g_z[j] * (hp[j] - u[j]); /* (1-z) u + z h */
 }
 
@@ -65,6 +69,7 @@ typedef struct {
     const FN(fr_gru_weights) *w;
     WMAT x, h;         /* the GEMM table: op = W_x^T (I, 3H), W_h^T (H, 3H) */
     real *p[GF_COUNT]; /* the workspace */
+    fr_gru_warps wp;   /* f, g (§9) */
     int pack;          /* the members pack their panels first */
     int64_t Tc;        /* steps per x-side GEMM */
     fr_qcall qc;       /* reduced precision (x.qpacked, h.qpacked set) */
@@ -82,6 +87,9 @@ static void FN(gru_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
     const real *bias = c->w->b;                       /* (3H) */
     const real *b_hn = lbr ? c->w->b_hn : NULL;       /* (H) */
     real *rec = c->p[GF_REC];                         /* (B, 3H) */
+    const fr_gru_warps *wp = &c->wp;
+    const real c_acc = (real)cfg->accumulation_clip;
+    real *gw_step = c->p[GF_GW]; /* (B, 4H) the gates when the store keeps a_*, else NULL */
     int64_t h0, h1;
     fr_share(&h0, &h1, H, FR_PW(real), id, nth);
     const int64_t nh = h1 - h0;
@@ -106,6 +114,7 @@ static void FN(gru_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
             real *g = g_lo + (size_t)(n - lo) * BG;                                /* (B, 4H) */
             const real *h_prev = k == 0 ? seq->h0 : seq->h_seq + (size_t)n_prev * BH; /* (B, H) */
             real *h_n = seq->h_seq + (size_t)n * BH;                               /* (B, H) */
+            real *gw = gw_step ? gw_step : g;                                      /* (B, 4H) */
             /* W_h* h[n-1]: the three gates at once, or without linear_before_reset
              * r and z first and W_hn c[n] after the gates */
             if (c->h.qpacked)
@@ -117,8 +126,8 @@ static void FN(gru_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
             for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
                 const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
                 if (fr_active(cfg->lengths, bi, n))
-                    FN(gru_row_gates)(g + og, rec + (size_t)bi * 3 * H + h0, bias + h0,
-                                      lbr ? NULL : h_prev + o, H, nh);
+                    FN(gru_row_gates)(g + og, gw + og, rec + (size_t)bi * 3 * H + h0,
+                                      bias + h0, lbr ? NULL : h_prev + o, wp, c_acc, H, nh);
                 else /* padding: c (read by the gradient GEMMs) stays finite */
                     memset(g + og + 3 * H, 0, (size_t)nh * sizeof(real));
             }
@@ -133,8 +142,9 @@ static void FN(gru_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
             for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
                 const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
                 if (fr_active(cfg->lengths, bi, n))
-                    FN(gru_row_update)(g + og, h_n + o, rec + (size_t)bi * 3 * H + h0, bias + h0,
-                                       b_hn ? b_hn + h0 : NULL, h_prev + o, H, nh);
+                    FN(gru_row_update)(g + og, gw + og, h_n + o, rec + (size_t)bi * 3 * H + h0,
+                                       bias + h0, b_hn ? b_hn + h0 : NULL, h_prev + o, wp,
+                                       c_acc, H, nh);
                 else /* padding holds the state */
                     memcpy(h_n + o, h_prev + o, (size_t)nh * sizeof(real));
             }
@@ -163,7 +173,7 @@ int FN(fr_gru_forward)(const FN(fr_gru_forward_seq) *seq, const FN(fr_gru_weight
     const fr_plan plan = gru_plan(cfg, call, sizeof(real));
     const int uk = plan.ukernel && !cfg->reduced; /* float panels */
 
-    FN(gru_fwd) c = {.cfg = cfg, .seq = seq, .w = w, .pack = uk};
+    FN(gru_fwd) c = {.cfg = cfg, .seq = seq, .w = w, .wp = fr_gru_warps_of(cfg), .pack = uk};
     FR_CHECK(fr_workspace_point((void **)c.p, nf, GF_COUNT, seq->work, sizeof(real)));
     c.x = (WMAT){.W = w->W_x, .ld = I, .trans = 1, .packed = uk ? c.p[GF_WX_P] : NULL};
     c.h = (WMAT){.W = w->W_h, .ld = H, .trans = 1, .packed = uk ? c.p[GF_WH_P] : NULL};
@@ -188,37 +198,76 @@ int FN(fr_gru_forward)(const FN(fr_gru_forward_seq) *seq, const FN(fr_gru_weight
 
 /* (8.7)-(8.9) for n units of one active row, with linear_before_reset also
  * (8.10), (8.11); f_chi (in: f_chi[n+1]) becomes g_z chi[n], the part of
- * f_chi[n] that needs no GEMM. */
-FR_TARGET_CLONES
-static void FN(gru_row_backward)(real *restrict da,       /* (4, H) alpha_r|alpha_z|gamma|alpha_n */
-                                 real *restrict f_chi,    /* (n) */
-                                 const real *restrict dh, /* (n) dE/dh[n] from above */
-                                 const real *restrict g,  /* (4, H) g_r|g_z|u|c */
-                                 const real *restrict hp, /* (n) h[n-1] */
-                                 int lbr, int64_t H, int64_t n) {
+ * f_chi[n] that needs no GEMM. d: the gates' derivatives f'(a_r), f'(a_z),
+ * g'(a_n) (times the clip's), or NULL for sigmoid's and tanh's from the gates. */
+FR_ALWAYS_INLINE void FN(gru_row_backward_body)(
+    real *restrict da,       /* (4, H) alpha_r|alpha_z|gamma|alpha_n */
+    real *restrict f_chi,    /* (n) */
+    const real *restrict dh, /* (n) dE/dh[n] from above */
+    const real *restrict g,  /* (3, H) g_r|g_z|u */
+    const real *restrict c,  /* (n) c[n] */
+    const real *restrict d,  /* (3, H) or NULL */
+    const real *restrict hp, /* (n) h[n-1] */
+    int lbr, int64_t H, int64_t n) {
     for (int64_t j = 0; j < n; j++) {
-        const real g_r = g[j], g_z = g[H + j], u = g[2 * H + j], c = g[3 * H + j];
+        const real g_r = g[j], g_z = g[H + j], u = g[2 * H + j];
+        const real d_r = d ? d[j] : g_r * (1 - g_r), d_z = d ? d[H + j] : g_z * (1 - g_z);
+        const real d_n = d ? d[2 * H + j] : 1 - u * u;
         const real chi = dh[j] + f_chi[j];
-        const real alpha_n = chi * (1 - g_z) * (1 - u * u);
-        da[H + j] = chi * (hp[j] - u) * g_z * (1 - g_z);
+        const real alpha_n = chi * (1 - g_z) * d_n;
+        da[H + j] = chi * (hp[j] - u) * d_z;
         da[2 * H + j] = lbr ? alpha_n * g_r : alpha_n;            /* gamma */
         da[3 * H + j] = alpha_n;
-        da[j] = lbr ? alpha_n * c * g_r * (1 - g_r) : 0;          /* else (8.14) later */
+        da[j] = lbr ? alpha_n * c[j] * d_r : 0;                   /* else (8.14) later */
         f_chi[j] = g_z * chi;
     }
 }
 
 /* Without linear_before_reset, given rho = W_hn^T alpha_n (8.13): alpha_r
- * (8.14) and the g_r rho term of (8.15). */
+ * (8.14) and the g_r rho term of (8.15); d_r: f'(a_r), or NULL for sigmoid's. */
+FR_ALWAYS_INLINE void FN(gru_row_backward_reset_body)(real *restrict da, real *restrict f_chi,
+                                                      const real *restrict rho,
+                                                      const real *restrict g,
+                                                      const real *restrict d_r,
+                                                      const real *restrict hp, int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
+        const real g_r = g[j];
+        da[j] = rho[j] * hp[j] * (d_r ? d_r[j] : g_r * (1 - g_r));
+        f_chi[j] += g_r * rho[j];
+    }
+}
+
+/* The row passes, each specialised for sigmoid and tanh (d NULL) and for the
+ * gates recomputed from the kept accumulations. */
+#define FR_GRU_ROW_BACKWARD_ARGS                                                         \
+    real *restrict da, real *restrict f_chi, const real *restrict dh, const real *restrict g, \
+        const real *restrict c, const real *restrict hp, int lbr, int64_t H, int64_t n
+FR_TARGET_CLONES
+static void FN(gru_row_backward)(FR_GRU_ROW_BACKWARD_ARGS) {
+    FN(gru_row_backward_body)(da, f_chi, dh, g, c, NULL, hp, lbr, H, n);
+}
+FR_TARGET_CLONES
+static void FN(gru_row_backward_kept)(FR_GRU_ROW_BACKWARD_ARGS, const real *restrict d) {
+    FN(gru_row_backward_body)(da, f_chi, dh, g, c, d, hp, lbr, H, n);
+}
+#undef FR_GRU_ROW_BACKWARD_ARGS
 FR_TARGET_CLONES
 static void FN(gru_row_backward_reset)(real *restrict da, real *restrict f_chi,
                                        const real *restrict rho, const real *restrict g,
-                                       const real *restrict hp, int64_t n) {
-    for (int64_t j = 0; j < n; j++) {
-        const real g_r = g[j];
-        da[j] = rho[j] * hp[j] * g_r * (1 - g_r);
-        f_chi[j] += g_r * rho[j];
-    }
+                                       const real *restrict d_r, const real *restrict hp,
+                                       int64_t n) {
+    if (d_r) FN(gru_row_backward_reset_body)(da, f_chi, rho, g, d_r, hp, n);
+    else FN(gru_row_backward_reset_body)(da, f_chi, rho, g, NULL, hp, n);
+}
+
+/* The gates of one row and their derivatives (times the clip's, c = inf: no
+ * clip) from the kept accumulations a_r, a_z, a_n (§9). */
+FR_TARGET_CLONES
+static void FN(gru_row_regate)(real *restrict gw, real *restrict d, const real *restrict a,
+                               const fr_gru_warps *wp, real c_acc, int64_t H, int64_t n) {
+    for (int q = 0; q < 3; q++)
+        FN(vwarp_regate)(q == 2 ? &wp->cell : &wp->gate, gw + q * H, d + q * H, a + q * H,
+                         c_acc, n);
 }
 
 /* Member id owns units [h0, h1): the row passes of its units, then (the
@@ -233,6 +282,7 @@ typedef struct {
     const FN(fr_gru_weights) *w;
     WMAT h, hn;        /* the GEMM table: op = W_h (3H, H) ([W_hr; W_hz] (2H, H)), W_hn (H, H) */
     real *p[GB_COUNT]; /* the workspace */
+    fr_gru_warps wp;   /* f, g (§9) */
     fr_bwd_state run;  /* the panels, where the gradient GEMMs run, their pieces, the poll */
 } FN(gru_bwd);
 
@@ -293,6 +343,9 @@ static void FN(gru_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
     real *dA = c->p[GB_DA];                              /* (T, B, 4H) */
     real *f_chi = c->p[GB_F_CHI], *rho = c->p[GB_RHO];   /* (B, H) */
     const real *zeros = c->p[GB_ZEROS];                  /* (B, H) */
+    /* the store keeps a_*: a step's gates and their derivatives, recomputed */
+    real *gw_step = c->p[GB_GW], *d_step = c->p[GB_D];   /* (B, 4H) each, or NULL */
+    const real c_acc = cfg->accumulation_clip > 0 ? (real)cfg->accumulation_clip : (real)INFINITY;
     int64_t h0, h1;
     fr_share(&h0, &h1, H, FR_PW(real), id, nth);
     const int64_t nh = h1 - h0;
@@ -307,12 +360,17 @@ static void FN(gru_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
         const real *h_prev = k == 0 ? seq->h0 : seq->h_seq + (size_t)n_prev * BH; /* (B, H) */
         const real *dh_n = seq->dh_seq ? seq->dh_seq + (size_t)n * BH : zeros;    /* (B, H) */
         real *dA_n = dA + (size_t)n * BG;                                        /* (B, 4H) */
+        const real *gv = gw_step ? gw_step : g_n;                 /* (B, 4H) g_r|g_z|u|. */
         for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
             const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
-            if (fr_active(cfg->lengths, bi, n))
-                FN(gru_row_backward)(dA_n + og, f_chi + o, dh_n + o, g_n + og, h_prev + o, lbr, H,
-                                     nh);
-            else /* padding: no contribution; f_chi passes through */
+            if (fr_active(cfg->lengths, bi, n) && gw_step) {
+                FN(gru_row_regate)(gw_step + og, d_step + og, g_n + og, &c->wp, c_acc, H, nh);
+                FN(gru_row_backward_kept)(dA_n + og, f_chi + o, dh_n + o, gv + og,
+                                          g_n + og + 3 * H, h_prev + o, lbr, H, nh, d_step + og);
+            } else if (fr_active(cfg->lengths, bi, n)) {
+                FN(gru_row_backward)(dA_n + og, f_chi + o, dh_n + o, gv + og, g_n + og + 3 * H,
+                                     h_prev + o, lbr, H, nh);
+            } else /* padding: no contribution; f_chi passes through */
                 for (int q = 0; q < 4; q++) memset(dA_n + og + q * H, 0, (size_t)nh * sizeof(real));
         }
         /* alpha_n[n] (with linear_before_reset all alphas) complete */
@@ -322,8 +380,8 @@ static void FN(gru_backward_loop)(void *vctx, int id, int nth, fr_team *team) {
             for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
                 const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
                 if (fr_active(cfg->lengths, bi, n))
-                    FN(gru_row_backward_reset)(dA_n + og, f_chi + o, rho + o, g_n + og,
-                                               h_prev + o, nh);
+                    FN(gru_row_backward_reset)(dA_n + og, f_chi + o, rho + o, gv + og,
+                                               d_step ? d_step + og : NULL, h_prev + o, nh);
             }
             fr_team_barrier(team); /* alpha_r[n] complete */
         }
@@ -348,7 +406,7 @@ int FN(fr_gru_backward)(const FN(fr_gru_grads) *g, const FN(fr_gru_backward_seq)
     FR_CHECK(gru_backward_regions(nb, cfg));
     const fr_plan plan = gru_plan(cfg, call, sizeof(real));
 
-    FN(gru_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w};
+    FN(gru_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .wp = fr_gru_warps_of(cfg)};
     FR_CHECK(fr_workspace_point((void **)c.p, nb, GB_COUNT, seq->work, sizeof(real)));
     real *const *p = c.p;
     /* f_chi[T] = dE/d(final h) from a later window */

@@ -14,8 +14,6 @@
 #include "warp_body.h"
 #include "cell_body.h"
 
-static inline real FN(clip)(real a, real c) { return a > c ? c : (a < -c ? -c : a); }
-
 /* ---- forward ------------------------------------------------------------------
  * The element-wise passes work on n hidden units of one row (a thread's share;
  * n = H for a whole row). Gate blocks of a row are H apart: a[g H + j] is unit

@@ -8,8 +8,6 @@
 #include "warp_body.h"
 #include "cell_body.h"
 
-static inline real FN(clip)(real a, real c) { return a > c ? c : (a < -c ? -c : a); }
-
 /* s[n] = accumulations + theta_s, r[n] = G(clip(s[n], -c, c)) (1.2), (1.9) for n
  * units of one row (c_acc = 0: no clip). */
 FR_TARGET_CLONES
@@ -17,12 +15,7 @@ static void FN(rnn_row_forward)(real *s, real *restrict r, const real *a,
                                 const real *restrict theta_s, const fr_activation *G,
                                 real c_acc, int64_t n) {
     for (int64_t j = 0; j < n; j++) s[j] = a[j] + theta_s[j]; /* (s and a may alias) */
-    if (c_acc > 0) {
-        for (int64_t j = 0; j < n; j++) r[j] = FN(clip)(s[j], c_acc);
-        FN(vwarp)(G, r, r, n);
-    } else {
-        FN(vwarp)(G, r, s, n);
-    }
+    FN(vwarp_clipped)(G, r, s, c_acc, n);
 }
 
 /* psi[n] = G'(s[n]) chi[n] + W_s^T psi[n+1], chi[n] = dy/dr[n] + W_r^T psi[n+1];

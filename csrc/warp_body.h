@@ -11,6 +11,8 @@ FR_ALWAYS_INLINE void FN(vtanh)(real *y, const real *a, int64_t n) {
 static inline real FN(tanh1)(real a) { return (real)1 - (real)2 / ((real)1 + EXP(2 * a)); }
 static inline real FN(sigmoid1)(real a) { return (real)1 / ((real)1 + EXP(-a)); }
 static inline real FN(abs1)(real a) { return a < 0 ? -a : a; }
+/* clip(a, -c, c) (§3c) */
+static inline real FN(clip)(real a, real c) { return a > c ? c : (a < -c ? -c : a); }
 /* log(1 + u) for u in [0, 1]: 2 atanh(s), s = u / (2 + u) in [0, 1/3], by its
  * series to s^35 (the next term is below 2e-19 of the sum). */
 static inline real FN(log1p_unit)(real u) {
@@ -125,4 +127,27 @@ static void FN(vwarp_grad_mul)(real *restrict d, const real *restrict a, int64_t
         for (int64_t i = 0; i < n; i++) d[i] *= FN(sigmoid1)(a[i]);
         break;
     }
+}
+
+/* y = G(clip(a, -c, c)), c = 0: no clip (y may alias a): a gate with ONNX's clip. */
+FR_ALWAYS_INLINE void FN(vwarp_clipped)(const fr_activation *f, real *y, const real *a, real c,
+                                        int64_t n) {
+    if (c > 0) {
+        for (int64_t i = 0; i < n; i++) y[i] = FN(clip)(a[i], c);
+        FN(vwarp)(f, y, y, n);
+    } else {
+        FN(vwarp)(f, y, a, n);
+    }
+}
+
+/* For a backward that kept the accumulations a: y = G(clip(a, -c, c)) and its
+ * whole derivative d = dy/da = G'(clip(a)) 1{|a| <= c} (c = inf: no clip). */
+FR_ALWAYS_INLINE void FN(vwarp_regate)(const fr_activation *f, real *restrict y, real *restrict d,
+                                       const real *restrict a, real c, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        d[i] = (real)((a[i] <= c) & (a[i] >= -c)); /* no branch */
+        y[i] = FN(clip)(a[i], c);
+    }
+    FN(vwarp_grad_mul)(d, y, n, f);
+    FN(vwarp)(f, y, y, n);
 }

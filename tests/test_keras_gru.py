@@ -168,9 +168,38 @@ def test_to_keras_round_trip(lbr, opts):
         assert_close(st.h[d], outs[1 + d].detach().numpy(), tol, "h")
 
 
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("name", ["relu", "hard_sigmoid", "linear", "elu", "softsign",
+                                  "softplus", "tanh", "sigmoid"])
+def test_activations_map_both_ways(name, reset_after):
+    """keras.layers.GRU(activation=name) and (recurrent_activation=name) against Keras
+    on the torch backend, both ways; the function must be the one mapped."""
+    x = np.random.default_rng(5).standard_normal((2, 6, I)).astype(np.float32)
+    for kw, ours in ((dict(activation=name), "cell_activation"),
+                     (dict(recurrent_activation=name), "gate_activation")):
+        kl = keras.layers.GRU(H, return_sequences=True, reset_after=reset_after, **kw)
+        kl.build((None, None, I))
+        want = keras.ops.convert_to_numpy(kl(x))
+        g = fr.GRU.from_keras(kl)
+        default = "tanh" if ours == "cell_activation" else "sigmoid"
+        assert getattr(g, ours) != default or name == default
+        y, _ = g.forward(x, training=False)
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+        back = g.to_keras(return_state=False)
+        assert back.get_config()[next(iter(kw))] == name
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(back(x)), want, rtol=1e-5,
+                                   atol=1e-6)
+
+
 def test_refusals():
-    with pytest.raises(ValueError, match="recurrent_activation='hard_sigmoid'"):
-        fr.GRU.from_keras(_keras_gru(True, recurrent_activation="hard_sigmoid"))
+    with pytest.raises(ValueError, match="recurrent_activation='gelu'"):
+        fr.GRU.from_keras(_keras_gru(True, recurrent_activation="gelu"))
+    with pytest.raises(ValueError, match="no accumulation_clip"):
+        fr.GRU(I, H, accumulation_clip=1.0).to_keras()
+    with pytest.raises(ValueError, match="the same for both directions"):
+        fr.GRU(I, H, bidirectional=True, cell_activation=["tanh", "relu"]).to_keras()
+    with pytest.raises(ValueError, match="activation for cell_activation=\\('leakyrelu', 0.1\\)"):
+        fr.GRU(I, H, cell_activation=("leaky_relu", 0.1)).to_keras()
     with pytest.raises(ValueError, match="recurrent_dropout"):
         fr.GRU.from_keras(_keras_gru(True, recurrent_dropout=0.2))
     with pytest.raises(TypeError, match="expected a keras.layers.GRU"):

@@ -189,6 +189,14 @@ SUPPORTED = {
                                                    activation_beta=[0.4])),
     "bidirectional-rnn-leakyrelu": ("test_simple_rnn_bidirectional",
                                     dict(activations=["Tanh", "LeakyRelu"], clip=1.5)),
+    "gru-clip": ("test_gru_defaults", dict(clip=0.3)),
+    "gru-hardsigmoid": ("test_gru_reverse", dict(activations=["HardSigmoid", "Tanh"])),
+    "gru-f-g": ("test_gru_with_initial_bias", dict(activations=["Softsign", "ScaledTanh"],
+                                                   activation_alpha=[1.5],
+                                                   activation_beta=[0.7], clip=0.4)),
+    "bidirectional-gru": ("test_gru_bidirectional",
+                          dict(activations=["Sigmoid", "Relu", "LeakyRelu", "Elu"],
+                               activation_alpha=[0.2, 0.9])),
 }
 
 
@@ -230,9 +238,13 @@ UNSUPPORTED = {
                                 "activation_alpha / activation_beta hold more values"),
     "rnn-unknown": (("test_simple_rnn_defaults", dict(activations=["Gelu"])),
                     "unknown activation 'Gelu'"),
-    "gru-clip": (("test_gru_defaults", dict(clip=2.0)), "clip has no fusedrnn.GRU equivalent"),
-    "gru-hardsigmoid": (("test_gru_reverse", dict(activations=["HardSigmoid", "Tanh"])),
-                        r"activations \['HardSigmoid', 'Tanh'\] differ"),
+    "gru-functions-short": (("test_gru_defaults", dict(activations=["Sigmoid"])),
+                            "activations lists 1 functions, the GRU takes 2"),
+    "gru-unknown": (("test_gru_reverse", dict(activations=["Sigmoid", "Gelu"])),
+                    "unknown activation 'Gelu'"),
+    "gru-thresholdedrelu-no-alpha": (("test_gru_defaults",
+                                      dict(activations=["Sigmoid", "ThresholdedRelu"])),
+                                     "ThresholdedRelu has no activation_alpha value left"),
     "gru-linear_before_reset-2": (("test_gru_defaults", dict(linear_before_reset=2)),
                                   "linear_before_reset must be 0 or 1, got 2"),
 }

@@ -216,8 +216,15 @@ def test_warping_functions_and_rnn_clip_export_and_load_back():
                       cell_activation=["softsign", ("scaled_tanh", 1.5, 0.5)],
                       output_activation=[("elu", 0.5), "tanh"]),
               fr.RNN(3, 4, num_layers=2, seed=2, activation=("leaky_relu", 0.2),
-                     accumulation_clip=0.7)]
+                     accumulation_clip=0.7),
+              fr.GRU(3, 4, num_layers=2, bidirectional=True, seed=3, accumulation_clip=0.8,
+                     gate_activation=[("hard_sigmoid", 0.25, 0.5), "softsign"],
+                     cell_activation=["relu", ("scaled_tanh", 1.5, 0.5)]),
+              fr.GRU(3, 4, linear_before_reset=False, reverse=True, seed=4,
+                     gate_activation=("leaky_relu", 0.1), cell_activation="softplus")]
     for layer in layers:
+        for v in (layer.params.values() if isinstance(layer, fr.GRU) else ()):
+            v *= 2.0  # larger weights than the default init: the GRU's clip acts
         m = fr.onnx.to_model(layer)
         sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
         y_ort = sess.run(None, {"X": x})[0]
@@ -227,6 +234,13 @@ def test_warping_functions_and_rnn_clip_export_and_load_back():
         for k in ("gate_activation", "cell_activation", "output_activation", "activation",
                   "accumulation_clip"):
             assert getattr(back, k, None) == getattr(layer, k, None) or k.endswith("activation"), k
+        if isinstance(layer, fr.GRU):  # alpha / beta are float32 attributes
+            f32 = lambda v: (tuple(f32(e) for e in v) if isinstance(v, tuple)
+                             else float(np.float32(v)) if isinstance(v, float) else v)
+            assert (back.gate_activation, back.cell_activation, back.accumulation_clip,
+                    back.linear_before_reset, back.reverse) == (
+                f32(layer.gate_activation), f32(layer.cell_activation), layer.accumulation_clip,
+                layer.linear_before_reset, layer.reverse)
         np.testing.assert_allclose(back.forward(x, training=False)[0], y, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="Scan subgraph warps with sigmoid and tanh only"):
         fr.onnx.to_model(fr.LSTM(3, 4, None, proj_size=2, cell_activation="relu"),

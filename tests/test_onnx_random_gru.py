@@ -3,9 +3,9 @@ test_onnx_random_nodes.py for the GRU, reusing its model builder and runner).
 
 Every attribute and optional input is drawn: direction, layout, linear_before_reset
 (absent, 0 or 1), hidden sizes 1-33, clip, bias, sequence_lens, initial state,
-activations (per direction), weights as initializers or as graph inputs. A node
-that `supported` accepts must load and match ONNX Runtime's Y and Y_h; any other
-must be refused with a ValueError naming the attribute."""
+activations with alpha/beta (per direction), weights as initializers or as graph
+inputs. A node that `supported` accepts must load and match ONNX Runtime's Y and
+Y_h; any other must be refused with a ValueError naming the attribute."""
 import numpy as np
 import pytest
 
@@ -14,23 +14,12 @@ import fusedrnn as fr
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import helper as h  # noqa: E402
-from test_onnx_random_nodes import ACTIVATIONS, _model, _ort_outputs  # noqa: E402
+from test_onnx_random_nodes import (ACTIVATIONS, _attr, _draw_activations, _model,  # noqa: E402
+                                    _ort_outputs, supported)
 
 N_NODES = 120
 SEED = 20261204
 DEFAULTS = ["sigmoid", "tanh"]
-
-
-def supported(node):
-    """None if fusedrnn computes `node`, else the attribute its refusal must name."""
-    attrs = {a.name: h.get_attribute_value(a) for a in node.attribute}
-    D = 2 if attrs.get("direction") == b"bidirectional" else 1
-    acts = attrs.get("activations")
-    if acts is not None and [a.decode().lower() for a in acts] != DEFAULTS * D:
-        return "activations"
-    if "clip" in attrs:
-        return "clip"
-    return None
 
 
 def _draw(rng, k):
@@ -58,14 +47,12 @@ def _draw(rng, k):
     if rng.random() < 0.5:
         values["initial_h"] = (rng.standard_normal((B, D, H) if layout else (D, B, H))
                                .astype(np.float32) * 0.5)
-    if rng.random() < 0.1:
+    if rng.random() < 0.2:
         attrs["clip"] = float(rng.uniform(0.3, 3.0))
     r = rng.random()
-    if r < 0.15:  # other activations
-        names = [list(ACTIVATIONS)[i] for i in rng.integers(len(ACTIVATIONS), size=2 * D)]
-        if [n.lower() for n in names] != DEFAULTS * D:
-            attrs["activations"] = names
-    elif r < 0.3:  # the defaults written out
+    if r < 0.35:  # other activations, with their alpha / beta in order
+        attrs.update(_draw_activations(rng, 2 * D))
+    elif r < 0.45:  # the defaults written out
         attrs["activations"] = [n.capitalize() for n in DEFAULTS * D]
     slots = ["X", "W", "R", "B", "sequence_lens", "initial_h"]
     names = [s if s in values else "" for s in slots]
@@ -98,9 +85,11 @@ def test_the_draw_covers_every_attribute():
     assert count(lambda a, c: a.get("linear_before_reset") == 1) >= 35
     assert count(lambda a, c: a.get("linear_before_reset", 0) == 0) >= 35
     assert count(lambda a, c: a.get("layout") == 1) >= 40
-    assert count(lambda a, c: "clip" in a) >= 5
-    assert count(lambda a, c: "activations" in a and supported(c[0]) is None) >= 8
-    assert count(lambda a, c: "activations" in a and supported(c[0]) == "activations") >= 8
+    assert count(lambda a, c: "clip" in a and supported(c[0]) is None) >= 15
+    assert count(lambda a, c: "activations" in a and supported(c[0]) is None) >= 30
+    assert count(lambda a, c: "activations" in a and supported(c[0]) == "activations") >= 3
+    used = {x.decode() for a in attrs for x in a.get("activations", [])}
+    assert set(ACTIVATIONS) <= used
     assert count(lambda a, c: "sequence_lens" in c[1]) >= 30
     assert count(lambda a, c: "initial_h" in c[1]) >= 40
     assert count(lambda a, c: c[3]) >= 20
@@ -127,4 +116,8 @@ def test_random_gru_node_matches_onnxruntime(k):
     want = _ort_outputs(node, values, (T, B, D, H), layout)
     got = _fr_outputs(layer, values, sizes)
     for name, g, w in zip(node.output, got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-6, err_msg=f"node {k} {name}")
+        # ONNX Runtime's Softplus overflows to inf (see test_onnx_random_nodes.py)
+        over = np.isinf(w) & (b"Softplus" in _attr(node, "activations"))
+        assert np.all(np.isfinite(g[over])), f"node {k} {name}"
+        np.testing.assert_allclose(g[~over], w[~over], rtol=1e-4, atol=2e-6,
+                                   err_msg=f"node {k} {name}")

@@ -88,19 +88,7 @@ def _draw(rng, k):
         attrs["clip"] = float(rng.uniform(0.3, 3.0))
     r = rng.random()
     if r < 0.3:  # non-default activations, with their alpha / beta in order
-        names = [list(ACTIVATIONS)[i] for i in rng.integers(len(ACTIVATIONS), size=len(DEFAULTS[op]) * D)]
-        alphas, betas = [], []
-        for name in names:
-            a, b = ACTIVATIONS[name]
-            if a is not None and rng.random() < 0.8:  # else the operator's default
-                alphas.append(float(rng.uniform(*a)))
-            if b is not None and rng.random() < 0.8:
-                betas.append(float(rng.uniform(*b)))
-        attrs["activations"] = names
-        if alphas and len(alphas) == sum(ACTIVATIONS[n][0] is not None for n in names):
-            attrs["activation_alpha"] = alphas
-        if betas and len(betas) == sum(ACTIVATIONS[n][1] is not None for n in names):
-            attrs["activation_beta"] = betas
+        attrs.update(_draw_activations(rng, len(DEFAULTS[op]) * D))
     elif r < 0.4:  # the defaults written out (ONNX Runtime's RNN takes only the capitalised names)
         spell = [str.capitalize] + ([str.lower, str.upper] if op == "LSTM" else [])
         attrs["activations"] = [spell[rng.integers(len(spell))](n) for n in DEFAULTS[op] * D]
@@ -113,6 +101,25 @@ def _draw(rng, k):
     as_inputs = bool(rng.random() < 0.3)  # weights as graph inputs (inputs=) or initializers
     weights = [n for n in ("W", "R", "B", "P") if n in values]
     return node, values, weights, as_inputs, (T, B, D, H, layout)
+
+
+def _draw_activations(rng, count):
+    """The activations / activation_alpha / activation_beta attributes of `count`
+    random functions, their parameters in order (each left to its default 1 time in 5)."""
+    names = [list(ACTIVATIONS)[i] for i in rng.integers(len(ACTIVATIONS), size=count)]
+    alphas, betas = [], []
+    for name in names:
+        a, b = ACTIVATIONS[name]
+        if a is not None and rng.random() < 0.8:  # else the operator's default
+            alphas.append(float(rng.uniform(*a)))
+        if b is not None and rng.random() < 0.8:
+            betas.append(float(rng.uniform(*b)))
+    attrs = {"activations": names}
+    if alphas and len(alphas) == sum(ACTIVATIONS[n][0] is not None for n in names):
+        attrs["activation_alpha"] = alphas
+    if betas and len(betas) == sum(ACTIVATIONS[n][1] is not None for n in names):
+        attrs["activation_beta"] = betas
+    return attrs
 
 
 def _model(node, values, graph_inputs, inits, outs_shapes):

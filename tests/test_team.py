@@ -16,6 +16,10 @@ OPTS = [  # (layer class, options)
     (fr.LSTM, dict(peepholes=False, proj_size=7, num_layers=2, bidirectional=True)),
     (fr.GRU, dict(linear_before_reset=True, num_layers=2)),
     (fr.GRU, dict(linear_before_reset=False, bidirectional=True)),
+    (fr.GRU, dict(linear_before_reset=False, gate_activation=("hard_sigmoid", 0.3, 0.5),
+                  cell_activation="softsign", accumulation_clip=1.5)),
+    (fr.GRU, dict(linear_before_reset=True, cell_activation=("scaled_tanh", 1.3, 0.7),
+                  accumulation_clip=2.0, bidirectional=True)),
 ]
 
 

@@ -59,12 +59,17 @@ def _check_vs_oracle(layer, options, lengths=LENGTHS, T=5, B=4):
     for a, b, what in [(y, y_r, "y"), (st[0], s_r, "s_T"), (st[1], o_r, "o_T"), (dx, dx_r, "dx"),
                        (dst[0], ds0_r, "ds0"), (dst[1], do0_r, "do0")]:
         assert_close(a, b, tol, what)
+    assert_cell_grads(layer, grads_r, tol)
+    return y_r
+
+
+def assert_cell_grads(layer, grads_r, tol):
+    """The layer's gradients against the oracle's list of per-cell gradient dicts."""
     D = layer.num_directions
     for i, g_r in enumerate(grads_r):
         l, d = divmod(i, D)
         for name, g in g_r.items():
             assert_close(layer.grads[name + suffix(l, d)], g, tol, f"grad {name}{suffix(l, d)}")
-    return y_r
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])

@@ -106,7 +106,8 @@ def rnn_backward(c: RNNConfig, *, dW_x: _Buf, dW_r: _Buf, dtheta_s: _Buf, dW_s: 
 class GRUConfig:
     def __init__(self, T: int, B: int, I: int, H: int, linear_before_reset: bool = ...,
                  reverse: bool = ..., lengths: _Lengths = ..., threads: int = ...,
-                 reduced: int = ...) -> None: ...
+                 reduced: int = ..., warps: Optional[Tuple[_Warp, _Warp]] = ...,
+                 accumulation_clip: float = ...) -> None: ...
     def sizes(self) -> Tuple[int, int, int, int]: ...
 
 class GRUQPackedWeights:

@@ -238,6 +238,8 @@ cdef extern from "fusedrnn.h" nogil:
         int linear_before_reset, reverse
         const int64_t *lengths
         int reduced
+        double accumulation_clip
+        fr_activation gate, cell
     ctypedef struct fr_gru_weights_f32:
         const float *W_x
         const float *W_h
@@ -1104,10 +1106,14 @@ cdef class GRUConfig:
 
     def __init__(self, int64_t T, int64_t B, int64_t I, int64_t H, bint linear_before_reset=True,
                  bint reverse=False, const int64_t[::1] lengths=None, int threads=0,
-                 int reduced=0):
+                 int reduced=0, warps=None, double accumulation_clip=0.0):
         self.cfg.T = T; self.cfg.B = B; self.cfg.I = I; self.cfg.H = H
         self.cfg.reduced = reduced
         self.cfg.linear_before_reset = linear_before_reset; self.cfg.reverse = reverse
+        # warps: None (sigmoid, tanh) or two (kind, alpha, beta): f, g; the clip: c > 0 or 0 (off)
+        self.cfg.gate = _activation(warps[0] if warps else None)
+        self.cfg.cell = _activation(warps[1] if warps else None)
+        self.cfg.accumulation_clip = accumulation_clip
         self.cfg.lengths = _lengths_of(lengths, B)
         self._lengths = lengths
         _call_init(&self.call, _threads_arg(threads))

@@ -292,12 +292,17 @@ cdef class StreamCore:
         self._set_buffers(c, x, y, s, o)
 
     def _set_gru_cell(self, int i, int64_t I, int64_t H, bint linear_before_reset, int threads,
-                      object x, object y, object s, object o):
-        """Cell i of a GRU: h lives in the o halves (B, H)."""
+                      object x, object y, object s, object o, warps=None,
+                      double accumulation_clip=0.0):
+        """Cell i of a GRU: h lives in the o halves (B, H); warps: None (sigmoid,
+        tanh) or two (kind, alpha, beta), f and g."""
         cdef stream_cell *c = &self.cells[i]
         c.kind = CELL_GRU
         c.gc.T = 1; c.gc.B = self.batch; c.gc.I = I; c.gc.H = H
         c.gc.linear_before_reset = linear_before_reset; c.gc.reverse = 0; c.gc.lengths = NULL
+        c.gc.gate = _activation(warps[0] if warps else None)
+        c.gc.cell = _activation(warps[1] if warps else None)
+        c.gc.accumulation_clip = accumulation_clip
         c.threads = threads
         self._set_buffers(c, x, y, s, o)
 

@@ -19,9 +19,10 @@ Y (B, T, D, H), states (B, D, H)); the graph's inputs and outputs stay as above.
 ONNX Runtime runs only layout=0 nodes, hence the default.
 
 What maps onto the ONNX nodes: diagonal peepholes (`P`), coupled gates
-(`input_forget=1`), accumulation_clip (`clip`), bidirectional, reverse
-(`direction="reverse"`), variable
-lengths, stacks, and for the RNN the torch-like cell (state_feedback=False).
+(`input_forget=1`), accumulation_clip (`clip`), the warping functions
+(`activations`, `activation_alpha`, `activation_beta`; per direction), bidirectional,
+reverse (`direction="reverse"`), variable lengths, stacks, and for the RNN the
+torch-like cell (state_feedback=False).
 Gates are reordered from fusedrnn's (cu, cs, du, cr) = (i, f, g, o) to ONNX's
 (i, o, f, c), peepholes from (cu, cs, cr) = (i, f, o) to ONNX's (i, o, f), and
 fusedrnn's single bias b becomes B = [b; 0]. A GRU's gates are reordered from
@@ -357,22 +358,26 @@ def _rnn_node(g: _Graph, layer: RNN, l: int, x: str, lens: str, h0: str,
     return Y, Y_h
 
 
-# the warping-function options of a layer, in ONNX's order per direction (LSTM: f, g, h)
+# the warping-function options of a layer, in ONNX's order per direction (LSTM: f, g, h;
+# GRU: f, g), and their defaults
 _WARP_OPTIONS = {"LSTM": ("gate_activation", "cell_activation", "output_activation"),
-                 "RNN": ("activation",)}
+                 "RNN": ("activation",), "GRU": ("gate_activation", "cell_activation")}
+_WARP_DEFAULTS = {"LSTM": (_acts.SIGMOID, _acts.TANH, _acts.TANH), "RNN": (_acts.TANH,),
+                  "GRU": (_acts.SIGMOID, _acts.TANH)}
 
 
 def _node_activations(layer: Any) -> Dict[str, Any]:
     """The activations / activation_alpha / activation_beta attributes of a layer's
-    nodes; none for the defaults (Sigmoid, Tanh, Tanh; Tanh)."""
-    kind = "LSTM" if isinstance(layer, LSTM) else "RNN" if isinstance(layer, RNN) else None
+    nodes; none for the defaults (LSTM Sigmoid, Tanh, Tanh; RNN Tanh; GRU Sigmoid, Tanh)."""
+    kind = ("LSTM" if isinstance(layer, LSTM) else "RNN" if isinstance(layer, RNN)
+            else "GRU" if isinstance(layer, GRU) else None)
     if kind is None:
         return {}
     options = _WARP_OPTIONS[kind]
     D = layer.num_directions
     per = [_acts.per_direction(getattr(layer, k), D, k) for k in options]
     cells = [tuple(p[d] for p in per) for d in range(D)]
-    default = (_acts.SIGMOID, _acts.TANH, _acts.TANH) if len(options) == 3 else (_acts.TANH,)
+    default = _WARP_DEFAULTS[kind]
     if all(c == default for c in cells):
         return {}
     names, alphas, betas = _acts.onnx_attributes(cells)
@@ -397,8 +402,11 @@ def _gru_node(g: _Graph, layer: GRU, l: int, x: str, lens: str, h0: str,
                                   p["b_hn" + s] if layer.linear_before_reset else np.zeros(H)])
                   for s in sfx])
     ins = [x, g.const("W", W), g.const("R", R), g.const("B", B), lens, h0]
+    attrs: Dict[str, Any] = _node_activations(layer)
+    if layer.accumulation_clip is not None:
+        attrs["clip"] = float(layer.accumulation_clip)
     Y, Y_h = _emit(g, "GRU", layer, ins, 2, layout,
-                   linear_before_reset=int(layer.linear_before_reset))
+                   linear_before_reset=int(layer.linear_before_reset), **attrs)
     return Y, Y_h
 
 
@@ -616,21 +624,16 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
     if acts is not None:
         acts = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in acts]
         want = _ACTIVATIONS[op] * D
-        if op == "GRU":
-            if [str(x).lower() for x in acts] != want:
-                raise ValueError(f"{where}: activations {acts} differ from the GRU's warping "
-                                 f"functions {[x.capitalize() for x in want]}")
-        else:
-            if len(acts) != len(want):
-                raise ValueError(f"{where}: activations lists {len(acts)} functions, the "
-                                 f"{'bidirectional ' if D == 2 else ''}{op} takes "
-                                 f"{len(want)} ({len(want) // D} per direction)")
-            funcs = _acts.from_onnx(acts, a.get("activation_alpha"), a.get("activation_beta"),
-                                    where)
-            k = len(want) // D
-            for i, option in enumerate(_WARP_OPTIONS[op]):
-                specs = [_acts.spec(funcs[d * k + i]) for d in range(D)]
-                warp_options[option] = specs[0] if D == 1 else specs
+        if len(acts) != len(want):
+            raise ValueError(f"{where}: activations lists {len(acts)} functions, the "
+                             f"{'bidirectional ' if D == 2 else ''}{op} takes "
+                             f"{len(want)} ({len(want) // D} per direction)")
+        funcs = _acts.from_onnx(acts, a.get("activation_alpha"), a.get("activation_beta"),
+                                where)
+        k = len(want) // D
+        for i, option in enumerate(_WARP_OPTIONS[op]):
+            specs = [_acts.spec(funcs[d * k + i]) for d in range(D)]
+            warp_options[option] = specs[0] if D == 1 else specs
     elif "activation_alpha" in a or "activation_beta" in a:
         raise ValueError(f"{where}: activation_alpha / activation_beta without activations")
     G = _GATES[op]
@@ -709,8 +712,9 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
                 if P is not None:
                     layer.params["w_s" + s][...] = P[d].reshape(3, H)[list(_INV_PEEPHOLE_ORDER)]
         elif op == "GRU":
-            layer = _gru_layer(where, attr("linear_before_reset", int, 0), "clip" in a, W, Rm,
-                               Bm, D, reverse, batch_first, dt)
+            layer = _gru_layer(where, attr("linear_before_reset", int, 0), W, Rm, Bm, D,
+                               reverse, batch_first, dt, accumulation_clip=_clip(),
+                               **warp_options)
         else:
             layer = RNN(I, H, bidirectional=D == 2, reverse=reverse, batch_first=batch_first,
                         dtype=dt, seed=0, accumulation_clip=_clip(), **warp_options)
@@ -726,19 +730,18 @@ def _node_layer(node: Any, consts: Dict[str, Any], dtype: Optional[np.dtype],
     return layer
 
 
-def _gru_layer(where: str, lbr: int, clip: bool, W: np.ndarray, Rm: np.ndarray,
+def _gru_layer(where: str, lbr: int, W: np.ndarray, Rm: np.ndarray,
                Bm: Optional[np.ndarray], D: int, reverse: bool, batch_first: bool,
-               dt: Any) -> GRU:
+               dt: Any, **options: Any) -> GRU:
     """A one-layer fr.GRU from a GRU node's weights: gates from ONNX's (z, r, h);
     B = [W_b; R_b]: b = W_b + R_b in the z, r rows; the h rows give b_n = W_bh and
-    b_hn = R_bh with linear_before_reset, else b_n = W_bh + R_bh."""
+    b_hn = R_bh with linear_before_reset, else b_n = W_bh + R_bh. options: the
+    clip and the warping functions."""
     if lbr not in (0, 1):
         raise ValueError(f"{where}: linear_before_reset must be 0 or 1, got {lbr}")
-    if clip:
-        raise ValueError(f"{where}: clip has no fusedrnn.GRU equivalent")
     I, H = int(W.shape[2]), int(Rm.shape[2])
     layer = GRU(I, H, linear_before_reset=bool(lbr), bidirectional=D == 2, reverse=reverse,
-                batch_first=batch_first, dtype=dt, seed=0)
+                batch_first=batch_first, dtype=dt, seed=0, **options)
     for d in range(D):
         s = suffix(0, d)
         layer.params["W_x" + s][...] = _reorder(W[d], H, ONNX_GRU_GATE_ORDER)
@@ -835,7 +838,9 @@ def _same_cell(a: Any, b: Any) -> bool:
             b.peepholes, b.coupled_gates, b.accumulation_clip, b.gate_activation,
             b.cell_activation, b.output_activation)
     if isinstance(a, GRU):
-        return a.linear_before_reset == b.linear_before_reset
+        return (a.linear_before_reset, a.accumulation_clip, a.gate_activation,
+                a.cell_activation) == (b.linear_before_reset, b.accumulation_clip,
+                                       b.gate_activation, b.cell_activation)
     return (a.activation, a.accumulation_clip) == (b.activation, b.accumulation_clip)
 
 
@@ -1013,7 +1018,9 @@ def load(path: Any, dtype: Any = None, batch_first: Optional[bool] = None,
         net = GRU(first.input_size, first.hidden_size,
                   linear_before_reset=first.linear_before_reset, num_layers=L,
                   bidirectional=first.bidirectional, reverse=first.reverse, dtype=first.dtype,
-                  batch_first=bool(batch_first), seed=0)
+                  batch_first=bool(batch_first), seed=0, gate_activation=first.gate_activation,
+                  cell_activation=first.cell_activation,
+                  accumulation_clip=first.accumulation_clip)
     else:
         net = RNN(first.input_size, first.hidden_size, num_layers=L,
                   bidirectional=first.bidirectional, reverse=first.reverse, dtype=first.dtype,

@@ -44,7 +44,7 @@ Conventions
   the update and state gate peepholes see s[n-1].  The warping functions default to
   G_c = sigmoid, G_d = tanh (for u and for r), G = tanh, and may be any of `warp`'s
   (options gate_activation, cell_activation, output_activation; activation for the RNN;
-  docs/equations.md §9).
+  gate_activation, cell_activation for the GRU's f and g; docs/equations.md §9).
 * Variable lengths and direction: row b has lengths[b] valid steps (default T).
   The cell visits them in the order n = 0..lengths[b]-1 (forward) or
   n = lengths[b]-1..0 (reverse=True); visit step k of row b is time index
@@ -70,6 +70,7 @@ PEEPHOLE_GATES = ("cu", "cs", "cr")
 LSTM_CELL_OPTIONS = ("coupled_gates", "cell_clip", "accumulation_clip", "context", "precision",
                      "gate_activation", "cell_activation", "output_activation")
 RNN_CELL_OPTIONS = ("activation", "accumulation_clip")
+GRU_CELL_OPTIONS = ("gate_activation", "cell_activation", "accumulation_clip")
 ACTIVATION_OPTIONS = ("gate_activation", "cell_activation", "output_activation", "activation")
 # Reduced precision (§7): the weights of these products are stored in bf16 (uint16 bit
 # patterns) or int8 (with float32 scales per row under name + "_scale").
@@ -88,7 +89,7 @@ def _sigmoid(a: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# Warping functions (docs/equations.md §9): G (RNN), G_c and G_d (LSTM)
+# Warping functions (docs/equations.md §9): G (RNN), G_c and G_d (LSTM), f and g (GRU)
 # ----------------------------------------------------------------------------------------------
 
 def warp(act: Any, a: np.ndarray) -> np.ndarray:
@@ -677,7 +678,9 @@ def split_gru_params(params: Params) -> Dict[str, np.ndarray]:
 
 def gru_forward(x: np.ndarray, params: Params, h0: Optional[np.ndarray] = None, *,
                 linear_before_reset: bool = True, lengths: Optional[np.ndarray] = None,
-                reverse: bool = False, precision: Optional[str] = None
+                reverse: bool = False, precision: Optional[str] = None,
+                gate_activation: Any = "sigmoid", cell_activation: Any = "tanh",
+                accumulation_clip: Optional[float] = None
                 ) -> Tuple[np.ndarray, np.ndarray, dict]:
     """The GRU over one window, one layer, one direction.
 
@@ -689,7 +692,10 @@ def gru_forward(x: np.ndarray, params: Params, h0: Optional[np.ndarray] = None, 
     x; params "W_x", "W_h" as bf16 bits or int8 with "W_x_scale", "W_h_scale" (3H,)):
     W_x x[n] and W_h* h[n-1] in reduced precision (§7), each product whole; without
     linear_before_reset W_hn (g_r ⊙ h[n-1]) too, its activation rounded or quantised per
-    row like the others.
+    row like the others.  gate_activation: f of g_r, g_z (default sigmoid),
+    cell_activation: g of u (default tanh), each a name or (name, alpha[, beta]) (see
+    `warp`, §9); accumulation_clip: c, every a_* clipped to [-c, c] before warping (None:
+    no clip; ONNX's clip).
     Returns (h_seq (T, B, H), h_T (B, H), cache).
     """
     x = np.asarray(x)
@@ -709,9 +715,13 @@ def gru_forward(x: np.ndarray, params: Params, h0: Optional[np.ndarray] = None, 
     order = _visit_order(lens, T, bool(reverse))
     r_, z_, n_ = slice(0, H), slice(H, 2 * H), slice(2 * H, 3 * H)
 
+    f_gate, g_cell = activation(gate_activation), activation(cell_activation)
+    c_acc = None if accumulation_clip is None else float(accumulation_clip)
+
     h = np.empty((T + 1, B, H), dt)        # h[k + 1] = state after visit k (frozen on padding)
     h[0] = _state(h0, B, H, dt)
     g_r, g_z, u = (np.empty((T, B, H), dt) for _ in range(3))
+    a = {n: np.empty((T, B, H), dt) for n in GRU_GATES}   # the accumulations a_r, a_z, a_n
     c = np.empty((T, B, H), dt)            # W_hn h[n-1] + b_hn, or g_r h[n-1] (what W_hn multiplies)
     h_seq = np.zeros((T, B, H), dt)
 
@@ -723,23 +733,26 @@ def gru_forward(x: np.ndarray, params: Params, h0: Optional[np.ndarray] = None, 
         else:                                   # reduced (§7): W_x* x[n], W_h* h[n-1] whole
             zx, zh = _product(x_k, p, "W_x", precision), _product(h_prev, p, "W_h", precision)
         # (the sums in the kernel's order, so that reduced precision rounds the same values)
-        g_r[k] = _sigmoid(zx[:, r_] + (zh[:, r_] + P["b_r"]))                     # (8.1)
-        g_z[k] = _sigmoid(zx[:, z_] + (zh[:, z_] + P["b_z"]))                     # (8.2)
+        a["r"][k] = zx[:, r_] + (zh[:, r_] + P["b_r"])
+        a["z"][k] = zx[:, z_] + (zh[:, z_] + P["b_z"])
+        g_r[k] = warp(f_gate, _clip(a["r"][k], c_acc))                             # (8.1)
+        g_z[k] = warp(f_gate, _clip(a["z"][k], c_acc))                             # (8.2)
         if lbr:
             c[k] = zh[:, n_] + P["b_hn"]
-            a_n = zx[:, n_] + (P["b_n"] + g_r[k] * c[k])                          # (8.3)
+            a["n"][k] = zx[:, n_] + (P["b_n"] + g_r[k] * c[k])                     # (8.3)
         else:
             c[k] = g_r[k] * h_prev
-            a_n = zx[:, n_] + (P["b_n"] + _product(c[k], p, "W_h", precision, n_))  # (8.4)
-        u[k] = np.tanh(a_n)                                                       # (8.5)
+            a["n"][k] = zx[:, n_] + (P["b_n"] + _product(c[k], p, "W_h", precision, n_))  # (8.4)
+        u[k] = warp(g_cell, _clip(a["n"][k], c_acc))                               # (8.5)
         h_n = u[k] + g_z[k] * (h_prev - u[k])             # (8.6) (1 - z) u + z h[n-1]
 
         m = _row_mask(order[k], dt) != 0                          # padding rows keep their state
         h[k + 1] = np.where(m, h_n, h_prev)
         _scatter(h_seq, order[k], h_n)
 
-    cache = dict(x=x, params=p, h=h, g_r=g_r, g_z=g_z, u=u, c=c, order=order, lengths=lens,
-                 linear_before_reset=lbr, H=H, R=H, precision=precision)
+    cache = dict(x=x, params=p, h=h, g_r=g_r, g_z=g_z, u=u, c=c, a=a, order=order, lengths=lens,
+                 linear_before_reset=lbr, H=H, R=H, precision=precision,
+                 activations=(f_gate, g_cell), accumulation_clip=c_acc)
     return h_seq, h[T].copy(), cache
 
 
@@ -754,8 +767,9 @@ def gru_backward(dh_seq: np.ndarray, dh_T: Optional[np.ndarray],
     if cache.get("precision"):
         raise ValueError("reduced precision (precision=...) is for inference only: no backward")
     x, p, h, order = cache["x"], cache["params"], cache["h"], cache["order"]
-    g_r, g_z, u, c = cache["g_r"], cache["g_z"], cache["u"], cache["c"]
+    g_r, g_z, u, c, a = cache["g_r"], cache["g_z"], cache["u"], cache["c"], cache["a"]
     lbr = cache["linear_before_reset"]
+    (f_gate, g_cell), c_acc = cache["activations"], cache["accumulation_clip"]
     dt = x.dtype
     T, B, _ = x.shape
     H = cache["H"]
@@ -771,16 +785,20 @@ def gru_backward(dh_seq: np.ndarray, dh_T: Optional[np.ndarray],
         m = _row_mask(order[k], dt)
         x_k, h_prev = _gather(x, order[k]), h[k]
         chi = (_gather(dh_seq, order[k]) + f_chi) * m                      # (8.7) (0 on padding)
-        alpha_z = chi * (h_prev - u[k]) * g_z[k] * (1 - g_z[k])            # (8.8)
-        alpha_n = chi * (1 - g_z[k]) * (1 - u[k] ** 2)                     # (8.9)
+        # the gates' derivatives f'(a_r), f'(a_z), g'(a_n) at the clipped accumulations,
+        # zero where the clip acts (sigma' and tanh' by default; §9)
+        dG = {n: warp_grad(g_cell if n == "n" else f_gate, _clip(a[n][k], c_acc))
+              * _clip_grad(a[n][k], c_acc) for n in GRU_GATES}
+        alpha_z = chi * (h_prev - u[k]) * dG["z"]                          # (8.8)
+        alpha_n = chi * (1 - g_z[k]) * dG["n"]                             # (8.9)
         if lbr:
             gamma = alpha_n * g_r[k]                        # (8.10) dE/d(W_hn h[n-1] + b_hn)
-            alpha_r = alpha_n * c[k] * g_r[k] * (1 - g_r[k])               # (8.11)
+            alpha_r = alpha_n * c[k] * dG["r"]                             # (8.11)
             f_rh = 0
         else:
             gamma = alpha_n                                 # what W_hn multiplies is g_r h[n-1]
             rho = alpha_n @ P["W_hn"]                                      # (8.13)
-            alpha_r = rho * h_prev * g_r[k] * (1 - g_r[k])                 # (8.14)
+            alpha_r = rho * h_prev * dG["r"]                               # (8.14)
             f_rh = rho * g_r[k]
         # (8.12) / (8.15): what flows to the previous visit; padding rows pass theirs through
         f_chi = (chi * g_z[k] + alpha_r @ P["W_hr"] + alpha_z @ P["W_hz"] + f_rh
@@ -939,11 +957,9 @@ def rnn_network_backward(dr_seq: np.ndarray, ds_T: Optional[np.ndarray], dr_T: O
     return _network_backward(rnn_backward, dr_seq, ds_T, dr_T, cache)
 
 
-def _gru_cell_forward(x, params, h0, _unused, *, lengths, reverse, linear_before_reset,
-                      precision=None):
+def _gru_cell_forward(x, params, h0, _unused, *, lengths, reverse, **options):
     """`gru_forward` in the (y, state, output, cache) form the network composition takes."""
-    h_seq, h_T, cache = gru_forward(x, params, h0, linear_before_reset=linear_before_reset,
-                                    lengths=lengths, reverse=reverse, precision=precision)
+    h_seq, h_T, cache = gru_forward(x, params, h0, lengths=lengths, reverse=reverse, **options)
     return h_seq, h_T, h_T, cache
 
 
@@ -956,13 +972,17 @@ def gru_network_forward(x: np.ndarray, layers: Sequence[Params], h0: Optional[np
                         *, linear_before_reset: bool = True, bidirectional: bool = False,
                         lengths: Optional[np.ndarray] = None,
                         dropout_masks: Optional[Sequence[np.ndarray]] = None,
-                        precision: Optional[str] = None
+                        precision: Optional[str] = None, **cell_options
                         ) -> Tuple[np.ndarray, np.ndarray, dict]:
     """A stacked (and optionally bidirectional) GRU as a composition of `gru_forward`;
     layout as `lstm_network_forward` (R = H), h0 (L*D, B, H) (None = zeros); precision
-    goes to every cell.
+    and cell_options (gate_activation, cell_activation, accumulation_clip) go to every
+    cell; an activation may be a list of D, one per direction.
     Returns (h (T, B, D*H), h_T (L*D, B, H), cache)."""
-    opts = dict(linear_before_reset=linear_before_reset, precision=precision)
+    unknown = set(cell_options) - set(GRU_CELL_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown GRU cell options {sorted(unknown)}")
+    opts = dict(cell_options, linear_before_reset=linear_before_reset, precision=precision)
     y, h_T, _, cache = _network_forward(_gru_cell_forward, x, layers, h0, None, bidirectional,
                                         lengths, dropout_masks, opts, opts)
     return y, h_T, cache

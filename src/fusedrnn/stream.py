@@ -210,7 +210,8 @@ class Stream(_kernel.StreamCore):
             elif self._gru:
                 macs = B * 3 * H * (I_l + H)
                 self._set_gru_cell(l, I_l, H, layer.linear_before_reset, self._threads(macs),
-                                   x, y, self._s[l], self._o[l])
+                                   x, y, self._s[l], self._o[l], layer._warps[0],
+                                   layer.accumulation_clip or 0.0)
                 B_macs += macs
             else:
                 self._set_rnn_cell(l, I_l, H, layer.state_feedback, x, y, self._s[l], self._o[l],

@@ -544,23 +544,28 @@ class GRU(_FusedModule):
     x: (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence;
     h0: (L*D, B, H) or None for zeros. lengths: B integers (padding steps give output
     0 and hold the state, as packed sequences do). linear_before_reset=True is
-    torch.nn.GRU's formulation, False the original one (ONNX's default). Parameters
-    per cell: W_x (3H, I), W_h (3H, H), b (3H,), b_hn (H,) (linear_before_reset
-    only), gate order (r, z, n)."""
+    torch.nn.GRU's formulation, False the original one (ONNX's default).
+    gate_activation, cell_activation and accumulation_clip are as for
+    `fusedrnn.GRU` (torch.nn.GRU has only sigmoid and tanh, without a clip).
+    Parameters per cell: W_x (3H, I), W_h (3H, H), b (3H,), b_hn (H,)
+    (linear_before_reset only), gate order (r, z, n)."""
 
     _fr_class = _FrGRU
 
     def __init__(self, input_size: int, hidden_size: int, *, linear_before_reset: bool = True,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
                  dtype: Any = np.float32, batch_first: bool = False, reverse: bool = False,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, gate_activation: Any = "sigmoid",
+                 cell_activation: Any = "tanh",
+                 accumulation_clip: Optional[float] = None) -> None:
         layer = _FrGRU(input_size, hidden_size, linear_before_reset=linear_before_reset,
                        num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
                        dtype=_np_dtype(dtype), batch_first=batch_first, reverse=reverse,
-                       seed=_seed(seed))
+                       seed=_seed(seed), gate_activation=gate_activation,
+                       cell_activation=cell_activation, accumulation_clip=accumulation_clip)
         super().__init__(layer)
 
-    _OPTIONS = ("linear_before_reset",)
+    _OPTIONS = ("linear_before_reset", "gate_activation", "cell_activation", "accumulation_clip")
 
     @property
     def linear_before_reset(self) -> bool:
@@ -570,6 +575,10 @@ class GRU(_FusedModule):
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.linear_before_reset:
             s += ", linear_before_reset=False"
+        for k, default in (("gate_activation", "sigmoid"), ("cell_activation", "tanh"),
+                           ("accumulation_clip", None)):
+            if self._config[k] != default:
+                s += f", {k}={self._config[k]!r}"
         return s + self._repr_tail()
 
     def forward(self, input: Any, hx: Optional[Tensor] = None, *,
@@ -592,7 +601,8 @@ class GRU(_FusedModule):
         return cls.from_fusedrnn(_FrGRU.from_torch(module))
 
     def to_torch(self) -> Any:
-        """A torch.nn.GRU with the same function (linear_before_reset must be True)."""
+        """A torch.nn.GRU with the same function (linear_before_reset must be True;
+        refused for options torch lacks)."""
         return self.to_fusedrnn().to_torch()
 
 

@@ -114,7 +114,8 @@ typedef struct {
 // The non-default warping functions of spec.warp = 1 (smooth ones, so that the
 // central differences see no kink): LSTM G_c = softplus, G_d of u = softsign,
 // G_d of r = elu(0.7), with the accumulation clip; RNN G = scaled_tanh(1.2, 0.7)
-// with the accumulation clip (1.9).
+// with the accumulation clip (1.9); GRU f = softsign, g = scaled_tanh(1.1, 0.8)
+// with the clip (§8).
 static void set_lstm_warps(fr_lstm_config *c) {
     c->gate = (fr_activation){FR_ACT_SOFTPLUS, 0, 0};
     c->cell = (fr_activation){FR_ACT_SOFTSIGN, 0, 0};
@@ -124,6 +125,11 @@ static void set_lstm_warps(fr_lstm_config *c) {
 static void set_rnn_warps(fr_rnn_config *c) {
     c->activation = (fr_activation){FR_ACT_SCALED_TANH, 1.2, 0.7};
     c->accumulation_clip = 0.9;
+}
+static void set_gru_warps(fr_gru_config *c) {
+    c->gate = (fr_activation){FR_ACT_SOFTSIGN, 0, 0};
+    c->cell = (fr_activation){FR_ACT_SCALED_TANH, 1.1, 0.8};
+    c->accumulation_clip = 1.1;
 }
 
 typedef struct {
@@ -180,6 +186,7 @@ static int model_init(model *m, const spec *sp) {
         fr_gru_config *c = &m->gc;
         c->T = T; c->B = B; c->I = I; c->H = H;
         c->linear_before_reset = sp->opt; c->reverse = sp->reverse; c->lengths = sp->lengths;
+        if (sp->warp) set_gru_warps(c);
         if ((rc = fr_gru_acts_size(&m->n_acts, c)) != FR_OK) return rc;
         if ((rc = fr_gru_workspace_size(&train, c, 1)) != FR_OK) return rc;
         if ((rc = fr_gru_workspace_size(&infer, c, 0)) != FR_OK) return rc;
@@ -1011,6 +1018,12 @@ static void test_sizes_gru(void) {
     c = ok_cfg; c.linear_before_reset = 2; expect_gru_sizes(&c, FR_EINVAL, __LINE__);
     c = ok_cfg; c.reverse = -1; expect_gru_sizes(&c, FR_EINVAL, __LINE__);
     c = ok_cfg; c.lengths = bad_len; expect_gru_sizes(&c, FR_EINVAL, __LINE__);
+    // warping functions and the clip: an unknown kind, a non-finite parameter, c < 0 or NaN
+    c = ok_cfg; c.gate.kind = FR_ACT_COUNT; expect_gru_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.cell = (fr_activation){FR_ACT_ELU, NAN, 0};
+    expect_gru_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.accumulation_clip = -1; expect_gru_sizes(&c, FR_EINVAL, __LINE__);
+    c = ok_cfg; c.accumulation_clip = NAN; expect_gru_sizes(&c, FR_EINVAL, __LINE__);
     c = ok_cfg; c.T = big; c.B = big; expect_gru_sizes(&c, FR_EOVERFLOW, __LINE__);
     c = ok_cfg; c.H = (int64_t)1 << 30; expect_gru_sizes(&c, FR_EOVERFLOW, __LINE__);
     c = ok_cfg; c.T = (int64_t)1 << 31; c.B = 2; expect_gru_sizes(&c, FR_EOVERFLOW, __LINE__);
@@ -1068,8 +1081,8 @@ static void test_sizes_gru(void) {
         EXPECT(fr_gru_backward_f64(&g2, &s2, &fw, &c0, NULL), FR_OK);
     }
     bufs_free(&b);
-    report(size_ok, "sizes   gru:  EINVAL (T/B/I/H <= 0, options, lengths > T), EOVERFLOW (3 "
-                    "configs), ENULL (cfg, 9 forward + 10 backward pointers), optional NULLs ok%s",
+    report(size_ok, "sizes   gru:  EINVAL (T/B/I/H <= 0, options, lengths > T, warping, clip), "
+                    "EOVERFLOW (3 configs), ENULL (cfg, 9 forward + 10 backward pointers), optional NULLs ok%s",
            size_fail);
 }
 
@@ -1147,6 +1160,10 @@ int main(void) {
         {.lstm = 0, .T = 4, .B = 3, .I = 5, .H = 4, .opt = 1, .reverse = 1, .warp = 1},
         {.lstm = 0, .T = 4, .B = 3, .I = 5, .H = 34, .opt = 0, .packed = 1, .threads = 2,
          .warp = 1},
+        {.gru = 1, .T = 4, .B = 3, .I = 5, .H = 4, .opt = 1, .lengths = len3, .warp = 1},
+        {.gru = 1, .T = 4, .B = 3, .I = 5, .H = 4, .opt = 0, .reverse = 1, .warp = 1},
+        {.gru = 1, .T = 4, .B = 3, .I = 5, .H = 34, .opt = 0, .lengths = len3, .packed = 1,
+         .threads = 2, .warp = 1},
     };
     const size_t n_small = sizeof small / sizeof small[0];
     for (size_t i = 0; i < n_small; i++) test_fd(&small[i]);

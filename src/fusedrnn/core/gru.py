@@ -7,6 +7,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 import numpy as np
 
 from .. import _kernel
+from . import _activations as _acts
 from . import _threads
 from . import _validate as V
 from ._layer import CellTape, RecurrentLayer, flat, suffix
@@ -33,6 +34,16 @@ class GRU(RecurrentLayer):
             u[n] = tanh(W_xn x[n] + W_hn (r[n] ⊙ h[n-1]) + b_n)
         h[n] = (1 - z[n]) ⊙ u[n] + z[n] ⊙ h[n-1]
 
+    gate_activation: the warping function of the r and z gates (σ above, default
+    "sigmoid"; ONNX's f); cell_activation: that of the candidate u (tanh above,
+    default "tanh"; ONNX's g). Each is a name or a tuple (name, alpha[, beta]) of
+    ONNX's activations: "sigmoid", "tanh", "relu", ("hard_sigmoid", a, b),
+    ("affine", a, b), ("leaky_relu", a), ("thresholded_relu", a), ("scaled_tanh",
+    a, b), ("elu", a), "softsign", "softplus" (docs/equations.md §9); a
+    bidirectional layer takes a list of two for one per direction (forward
+    first). accumulation_clip: c, the accumulations of r, z and u are clipped to
+    [-c, c] before warping (ONNX's clip); None (default): no clip.
+
     `params`, per cell (suffix "", "_reverse", "_l1", ...):
         "W_x" (3H, I_l) = [W_xr; W_xz; W_xn]   (PyTorch's weight_ih)
         "W_h" (3H, H)   = [W_hr; W_hz; W_hn]   (PyTorch's weight_hh)
@@ -45,14 +56,24 @@ class GRU(RecurrentLayer):
 
     State = GRUState
     _STATE_CHANNELS = ("o",)  # h is the output fed back; there is no separate state
-    _CONFIG = RecurrentLayer._CONFIG | {"linear_before_reset"}
+    _CONFIG = RecurrentLayer._CONFIG | {"linear_before_reset", "gate_activation",
+                                         "cell_activation", "accumulation_clip"}
     _STATE_HINT = "h is the state and the output fed back, as torch.nn.GRU's h: fr.GRU.State(h=h0)"
 
     def __init__(self, input_size: int, hidden_size: int, *, linear_before_reset: bool = True,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
                  dtype: Any = np.float32, batch_first: bool = False, reverse: bool = False,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, gate_activation: Any = "sigmoid",
+                 cell_activation: Any = "tanh",
+                 accumulation_clip: Optional[float] = None) -> None:
         self.linear_before_reset = V.flag(linear_before_reset, "linear_before_reset")
+        D = 2 if bidirectional is True else 1
+        self.gate_activation, f = _acts.layer_option(gate_activation, D, "gate_activation")
+        self.cell_activation, g = _acts.layer_option(cell_activation, D, "cell_activation")
+        # per direction: None for the default (sigmoid, tanh), else the kernel's pairs
+        self._warps = tuple(None if (f[d], g[d]) == (_acts.SIGMOID, _acts.TANH)
+                            else (_acts.kernel(f[d]), _acts.kernel(g[d])) for d in range(D))
+        self.accumulation_clip = V.optional_positive(accumulation_clip, "accumulation_clip")
         super().__init__(input_size, hidden_size, num_layers=num_layers,
                          bidirectional=bidirectional, dropout=dropout, dtype=dtype,
                          batch_first=batch_first, reverse=reverse, seed=seed)
@@ -60,7 +81,9 @@ class GRU(RecurrentLayer):
     def __repr__(self) -> str:
         opts = [f"linear_before_reset={self.linear_before_reset}"]
         for name, default in (("num_layers", 1), ("bidirectional", False), ("dropout", 0.0),
-                              ("batch_first", False), ("reverse", False)):
+                              ("batch_first", False), ("reverse", False),
+                              ("gate_activation", "sigmoid"), ("cell_activation", "tanh"),
+                              ("accumulation_clip", None)):
             if getattr(self, name) != default:
                 opts.append(f"{name}={getattr(self, name)!r}")
         return (f"GRU(input_size={self.input_size}, hidden_size={self.hidden_size}, "
@@ -79,7 +102,9 @@ class GRU(RecurrentLayer):
                      reverse: bool) -> "_kernel.GRUConfig":
         return _kernel.GRUConfig(T, B, in_size, self.hidden_size, self.linear_before_reset,
                                  reverse, lengths, _threads.kernel_threads(),
-                                 reduced=self._reduced_code())
+                                 reduced=self._reduced_code(),
+                                 warps=self._warps[1 if self.bidirectional and reverse else 0],
+                                 accumulation_clip=self.accumulation_clip or 0.0)
 
     def _reduced_code(self) -> int:
         """The kernel's reduced-precision code: 0 (float), fr.QuantizedGRU's 1 bf16, 2 int8."""
@@ -123,7 +148,7 @@ class GRU(RecurrentLayer):
 
     def to_torch(self) -> Any:
         """A `torch.nn.GRU` computing the same function (linear_before_reset must be
-        True: torch has only that formulation)."""
+        True: torch has only that formulation; and sigmoid, tanh without a clip)."""
         from ..interop._torch import gru_to_torch
         return gru_to_torch(self)
 
@@ -131,8 +156,9 @@ class GRU(RecurrentLayer):
     @classmethod
     def from_keras(cls, layer: Any) -> "GRU":
         """A batch_first GRU with the exact weights of a built Keras 3
-        `keras.layers.GRU` (activation="tanh", recurrent_activation="sigmoid"), or
-        of a `keras.layers.Bidirectional` of one: reset_after=True (Keras' default)
+        `keras.layers.GRU`, or of a `keras.layers.Bidirectional` of one:
+        recurrent_activation -> gate_activation, activation -> cell_activation (the
+        Keras names `fr.LSTM.from_keras` maps); reset_after=True (Keras' default)
         is linear_before_reset=True, reset_after=False is False; the gates are
         reordered from Keras' (z, r, h); go_backwards -> reverse=True (see
         `fr.LSTM.from_keras` for what is refused and the output order)."""

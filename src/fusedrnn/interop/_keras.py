@@ -26,7 +26,9 @@ Two conventions differ, and only in the returned sequence, never in the states:
 
 Only the function is mapped: Keras' initializers, regularizers and constraints
 (training settings) are not carried over. What fusedrnn cannot compute is refused
-by name: activations other than tanh / sigmoid, input and recurrent dropout,
+by name: activations other than Keras' tanh, sigmoid, relu, hard_sigmoid, linear,
+elu, softsign and softplus (activation and recurrent_activation map to the
+warping functions, docs/equations.md §9), input and recurrent dropout,
 merge modes other than "concat", float16 / mixed precision.
 
 Only get_weights / set_weights (NumPy) are used, so any Keras backend works.
@@ -39,10 +41,6 @@ import numpy as np
 
 from ..core._layer import suffix
 
-# the warping functions fusedrnn computes, by Keras name
-_LSTM_ACTIVATIONS = {"activation": "tanh", "recurrent_activation": "sigmoid"}
-_RNN_ACTIVATIONS = {"activation": "tanh"}
-_GRU_ACTIVATIONS = _LSTM_ACTIVATIONS
 # Keras' activations by name, as fusedrnn's warping functions (docs/equations.md §9); Keras 3's
 # hard_sigmoid is relu6(x + 3) / 6 = clip(x / 6 + 1/2, 0, 1)
 _KERAS_WARPS = {"tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu",
@@ -52,6 +50,7 @@ _KERAS_WARPS = {"tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu",
 _LSTM_WARPS = {"activation": ("cell_activation", "output_activation"),
                "recurrent_activation": ("gate_activation",)}
 _RNN_WARPS = {"activation": ("activation",)}
+_GRU_WARPS = {"activation": ("cell_activation",), "recurrent_activation": ("gate_activation",)}
 _GRU_ORDER = (1, 0, 2)  # Keras' (z, r, h) from fusedrnn's (r, z, n), and back
 
 
@@ -304,11 +303,14 @@ def _gru_weights(layer: Any, s: str, names: Tuple[str, str, str]) -> List[np.nda
 
 
 def gru_from_keras(cls: Any, layer: Any) -> Any:
-    return _from_keras(cls, layer, "GRU", _GRU_ACTIVATIONS, ("W_x", "W_h", "b"), _gru_params,
-                       {"reset_after": "linear_before_reset"})
+    return _from_keras(cls, layer, "GRU", {}, ("W_x", "W_h", "b"), _gru_params,
+                       {"reset_after": "linear_before_reset"}, warps=_GRU_WARPS)
 
 
 def gru_to_keras(layer: Any, return_sequences: bool, return_state: bool,
                  name: Optional[str]) -> Any:
-    return _to_keras(layer, "GRU", [], ("W_x", "W_h", "b"), return_sequences, return_state,
-                     name, _gru_weights, reset_after=layer.linear_before_reset)
+    blocked = ["accumulation_clip"] if layer.accumulation_clip is not None else []
+    warps, more = _warps_to_keras(layer, "GRU", _GRU_WARPS)
+    return _to_keras(layer, "GRU", blocked + more, ("W_x", "W_h", "b"), return_sequences,
+                     return_state, name, _gru_weights, reset_after=layer.linear_before_reset,
+                     **warps)

@@ -185,7 +185,11 @@ def gru_from_torch(cls: Any, module: Any) -> Any:
 def gru_to_torch(layer: Any) -> Any:
     _refuse("GRU", (("linear_before_reset=False (r applied to h before W_hn)",
                      not layer.linear_before_reset),
-                    ("reverse (a backwards-only layer)", layer.reverse)))
+                    ("reverse (a backwards-only layer)", layer.reverse),
+                    ("accumulation_clip", layer.accumulation_clip is not None),
+                    (f"warping functions other than sigmoid and tanh (gate_activation="
+                     f"{layer.gate_activation!r}, cell_activation={layer.cell_activation!r})",
+                     (layer.gate_activation, layer.cell_activation) != ("sigmoid", "tanh"))))
     layer._checked_params()  # names a missing, wrong-shaped or wrong-dtype entry
     torch = _torch()
     module = torch.nn.GRU(layer.input_size, layer.hidden_size, num_layers=layer.num_layers,
