@@ -274,3 +274,24 @@ def test_torch_module_and_to_torch():
         fr.GRU(3, 4, cell_activation="relu").to_torch()
     with pytest.raises(ValueError, match="torch.nn.GRU has no accumulation_clip"):
         mod.to_torch()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("lbr", LBR, ids=LBR_IDS)
+def test_quantized_gru_keeps_the_warping(lbr, precision):
+    """A quantized GRU computes its float layer's f, g and clip: against the reduced
+    oracle (reference.gru_network_forward with precision and the same functions)."""
+    opts = dict(gate_activation=("hard_sigmoid", 0.25, 0.5), cell_activation="softsign",
+                accumulation_clip=1.0)
+    layer = fr.GRU(3, 5, linear_before_reset=lbr, seed=4, **opts)
+    q = layer.quantize(precision)
+    assert (q.gate_activation, q.cell_activation, q.accumulation_clip) == (
+        layer.gate_activation, layer.cell_activation, layer.accumulation_clip)
+    x = np.random.default_rng(0).standard_normal((6, 2, 3)).astype(np.float32)
+    y_q, _ = q.forward(x)
+    cells = [{k: q.params[k] for k in q.params}]
+    y_r, _, _ = reference.gru_network_forward(x, cells, linear_before_reset=lbr,
+                                              precision=precision, **opts)
+    np.testing.assert_allclose(y_q, y_r, rtol=1e-5, atol=1e-5)
+    y_d, _ = fr.GRU(3, 5, linear_before_reset=lbr, seed=4).quantize(precision).forward(x)
+    assert np.abs(y_q - y_d).max() > 0.05          # not the default functions
