@@ -135,14 +135,10 @@ int fr_gru_qpack(void *packed, const void *W_x, const float *W_x_scale, const vo
                  const float *W_h_scale, const fr_gru_config *cfg) {
     FR_CHECK(gru_check_config(cfg));
     if (!cfg->reduced) return FR_EINVAL;
-    if (!packed || !W_x || !W_h) return FR_ENULL;
-    if (cfg->reduced == FR_REDUCED_INT8 && (!W_x_scale || !W_h_scale)) return FR_ENULL;
-    if ((uintptr_t)packed % 4 != 0) return FR_EINVAL;
     size_t n[GQ_COUNT];
     FR_CHECK(gru_qpacked_regions(n, cfg));
-    FR_CHECK(fr_qpack_gates(packed, cfg->reduced, W_x, W_x_scale, cfg->H, cfg->I, 3));
-    return fr_qpack_gates((char *)packed + n[GQ_WX], cfg->reduced, W_h, W_h_scale, cfg->H,
-                          cfg->H, 3);
+    return fr_qpack_cell(packed, cfg->reduced, W_x, W_x_scale, W_h, W_h_scale, cfg->H, cfg->I,
+                         cfg->H, 3, n[GQ_WX]);
 }
 
 #define real float

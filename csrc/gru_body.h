@@ -102,12 +102,8 @@ static void FN(gru_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
         const int64_t lo = cfg->reverse ? T - k0 - tc : k0; /* steps [lo, lo + tc) */
         real *g_lo = seq->acts ? seq->acts + (size_t)lo * BG : c->p[GF_CHUNK]; /* (tc, B, 4H) */
         /* x-side accumulations W_x* x[n] of tc steps, this member's units */
-        if (c->x.qpacked) /* reduced (§7): every member rounds its rows, meets the others */
-            fr_qgemm_cols_if(FR_REDUCED_OK, g_lo, G, seq->x + (size_t)lo * B * I, I, c->x.qpacked,
-                             &c->qc, c->qc.qx, tc * B, I, h0, nh, 3, H, H, 0, id, nth, team);
-        else
-            FN(fr_gates_gemm)(g_lo, G, seq->x + (size_t)lo * B * I, I, &c->x, tc * B, I, H, 0, 3,
-                              h0, nh, 0);
+        FN(fr_gates_product)(g_lo, G, seq->x + (size_t)lo * B * I, I, &c->x, &c->qc, c->qc.qx,
+                             tc * B, I, H, 3, h0, nh, 0, id, nth, team);
         for (int64_t k = k0; k < k0 + tc; k++) {
             const int64_t n = cfg->reverse ? T - 1 - k : k;
             const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
@@ -117,12 +113,8 @@ static void FN(gru_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
             real *gw = gw_step ? gw_step : g;                                      /* (B, 4H) */
             /* W_h* h[n-1]: the three gates at once, or without linear_before_reset
              * r and z first and W_hn c[n] after the gates */
-            if (c->h.qpacked)
-                fr_qgemm_cols_if(FR_REDUCED_OK, rec, 3 * H, h_prev, H, c->h.qpacked, &c->qc,
-                                 c->qc.qr, B, H, h0, nh, lbr ? 3 : 2, H, H, 0, id, nth, team);
-            else
-                FN(fr_gates_gemm)(rec, 3 * H, h_prev, H, &c->h, B, H, H, 0, lbr ? 3 : 2, h0, nh,
-                                  0);
+            FN(fr_gates_product)(rec, 3 * H, h_prev, H, &c->h, &c->qc, c->qc.qr, B, H, H,
+                                 lbr ? 3 : 2, h0, nh, 0, id, nth, team);
             for (int64_t bi = 0; nh > 0 && bi < B; bi++) {
                 const size_t o = (size_t)bi * H + h0, og = (size_t)bi * G + h0;
                 if (fr_active(cfg->lengths, bi, n))

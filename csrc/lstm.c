@@ -194,19 +194,15 @@ int fr_lstm_qpack(void *packed, const void *W_x, const float *W_x_scale, const v
                   const fr_lstm_config *cfg) {
     FR_CHECK(lstm_check_config(cfg));
     if (!cfg->reduced) return FR_EINVAL;
-    const int int8 = cfg->reduced == FR_REDUCED_INT8;
-    if (!packed || !W_x || !W_v || (cfg->P && !W_qv)) return FR_ENULL;
-    if (int8 && (!W_x_scale || !W_v_scale || (cfg->P && !W_qv_scale))) return FR_ENULL;
-    if ((uintptr_t)packed % 4 != 0) return FR_EINVAL;
     const int64_t H = cfg->H, P = cfg->P, R = P ? P : H;
+    if (P && (!W_qv || (cfg->reduced == FR_REDUCED_INT8 && !W_qv_scale))) return FR_ENULL;
     size_t n[LQ_COUNT];
     FR_CHECK(lstm_qpacked_regions(n, cfg));
-    char *base = packed;
-    FR_CHECK(fr_qpack_gates(base, cfg->reduced, W_x, W_x_scale, H, cfg->I, 4));
-    FR_CHECK(fr_qpack_gates(base + n[LQ_WX], cfg->reduced, W_v, W_v_scale, H, R, 4));
-    if (P)
-        FR_CHECK(fr_qpack_gates(base + n[LQ_WX] + n[LQ_WV], cfg->reduced, W_qv, W_qv_scale, P,
-                                  H, 1));
+    FR_CHECK(fr_qpack_cell(packed, cfg->reduced, W_x, W_x_scale, W_v, W_v_scale, H, cfg->I, R, 4,
+                           n[LQ_WX]));
+    if (P) /* W_qv (P, H) after W_x and W_v */
+        FR_CHECK(fr_qpack_gates((char *)packed + n[LQ_WX] + n[LQ_WV], cfg->reduced, W_qv,
+                                W_qv_scale, P, H, 1));
     return FR_OK;
 }
 

@@ -286,12 +286,8 @@ static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
         const int64_t lo = cfg->reverse ? T - k0 - tc : k0; /* steps [lo, lo + tc) */
         real *g_lo = training ? gates_all + (size_t)lo * B4H : chunk; /* (tc, B, 4H) */
         /* x-side accumulations of tc steps, this member's columns: W_x* x[n] */
-        if (gm->x.qpacked)
-            fr_qgemm_cols_if(FR_REDUCED_OK, g_lo, G, seq->x + (size_t)lo * B * I, I, gm->x.qpacked,
-                             &c->qc, c->qc.qx, tc * B, I, h0, nh, 4, H, H, 0, id, nth, team);
-        else
-            FN(fr_gates_gemm)(g_lo, G, seq->x + (size_t)lo * B * I, I, &gm->x, tc * B, I, H, 0, 4,
-                              h0, nh, 0);
+        FN(fr_gates_product)(g_lo, G, seq->x + (size_t)lo * B * I, I, &gm->x, &c->qc, c->qc.qx,
+                             tc * B, I, H, 4, h0, nh, 0, id, nth, team);
         for (int64_t k = k0; k < k0 + tc; k++) {
             const int64_t n = cfg->reverse ? T - 1 - k : k;
             const int64_t n_prev = cfg->reverse ? n + 1 : n - 1;
@@ -306,11 +302,8 @@ static void FN(lstm_forward_loop)(void *vctx, int id, int nth, fr_team *team) {
             real *v_n = !P ? y_n : training ? v_all + (size_t)n * BH : v_blk;  /* (B, H) */
 
             /* recurrent accumulations: + W_v* v[n-1] (W_q* q[n-1]) */
-            if (gm->v.qpacked)
-                fr_qgemm_cols_if(FR_REDUCED_OK, g, G, y_prev, R, gm->v.qpacked, &c->qc, c->qc.qr, B,
-                                 R, h0, nh, 4, H, H, 1, id, nth, team);
-            else
-                FN(fr_gates_gemm)(g, G, y_prev, R, &gm->v, B, R, H, 0, 4, h0, nh, 1);
+            FN(fr_gates_product)(g, G, y_prev, R, &gm->v, &c->qc, c->qc.qr, B, R, H, 4, h0, nh, 1,
+                                 id, nth, team);
             if (full) /* + W_scu s[n-1], W_scs s[n-1] (the provider: one member) */
                 FN(fr_wgemm)(g, G, s_prev, H, &gm->s_cs, B, 0, 2 * H, H, 1);
             for (int64_t bi = 0; nh > 0 && bi < B; bi++) {

@@ -541,6 +541,16 @@ int fr_qpack_gates(void *dst, int type, const void *W, const float *scale, int64
     return FR_OK;
 }
 
+int fr_qpack_cell(void *dst, int type, const void *W_x, const float *W_x_scale, const void *W_h,
+                  const float *W_h_scale, int64_t H, int64_t I, int64_t K_h, int gates,
+                  size_t wx_bytes) {
+    if (!dst || !W_x || !W_h) return FR_ENULL;
+    if (type == FR_QT_INT8 && (!W_x_scale || !W_h_scale)) return FR_ENULL;
+    if ((uintptr_t)dst % 4 != 0) return FR_EINVAL;
+    FR_CHECK(fr_qpack_gates(dst, type, W_x, W_x_scale, H, I, gates));
+    return fr_qpack_gates((char *)dst + wx_bytes, type, W_h, W_h_scale, H, K_h, gates);
+}
+
 /* The workspace's regions for M rows: the row scales (M), the words (M, ldaw). */
 static void q_work_regions(float **sa, uint32_t **Aw, void *work, int64_t M) {
     *sa = fr_align64(work);

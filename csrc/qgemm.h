@@ -85,6 +85,12 @@ int fr_qpacked_bytes(size_t *bytes, int type, int64_t N, int64_t K);
  * after gate, fr_qpacked_bytes(type, H, K) bytes each. */
 int fr_qpack_gates(void *dst, int type, const void *W, const float *scale, int64_t H, int64_t K,
                    int gates);
+/* A cell's input and recurrent weights one after the other: W_x (gates H, I) at
+ * dst, W_h (gates H, K_h) at dst + wx_bytes (fr_qpack_gates each; the scales for
+ * int8 only). FR_ENULL for a missing weight or scale, FR_EINVAL for an unaligned dst. */
+int fr_qpack_cell(void *dst, int type, const void *W_x, const float *W_x_scale, const void *W_h,
+                  const float *W_h_scale, int64_t H, int64_t I, int64_t K_h, int gates,
+                  size_t wx_bytes);
 size_t fr_qpanel_bytes(int type, int64_t K); /* K already checked by fr_qpacked_bytes */
 /* Scratch of fr_qgemm for M rows of A (the rounded or quantised activations). */
 int fr_qgemm_workspace_bytes(size_t *bytes, int type, int64_t M, int64_t K);

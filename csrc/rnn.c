@@ -122,14 +122,10 @@ int fr_rnn_qpack(void *packed, const void *W_x, const float *W_x_scale, const vo
                  const float *W_r_scale, const fr_rnn_config *cfg) {
     FR_CHECK(rnn_check_config(cfg));
     if (!cfg->reduced) return FR_EINVAL;
-    if (!packed || !W_x || !W_r) return FR_ENULL;
-    if (cfg->reduced == FR_REDUCED_INT8 && (!W_x_scale || !W_r_scale)) return FR_ENULL;
-    if ((uintptr_t)packed % 4 != 0) return FR_EINVAL;
     size_t n[RQ_COUNT];
     FR_CHECK(rnn_qpacked_regions(n, cfg));
-    FR_CHECK(fr_qpack_gates(packed, cfg->reduced, W_x, W_x_scale, cfg->H, cfg->I, 1));
-    return fr_qpack_gates((char *)packed + n[RQ_WX], cfg->reduced, W_r, W_r_scale, cfg->H,
-                          cfg->H, 1);
+    return fr_qpack_cell(packed, cfg->reduced, W_x, W_x_scale, W_r, W_r_scale, cfg->H, cfg->I,
+                         cfg->H, 1, n[RQ_WX]);
 }
 
 #define real float
