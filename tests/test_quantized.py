@@ -593,8 +593,8 @@ def test_gru_sequential_and_errors():
         fr.GRU(3, 4).quantize("fp8")
     with pytest.raises(TypeError, match="float32"):
         fr.QuantizedGRU(3, 4, precision="bf16", dtype=np.float64)
-    with pytest.raises(ValueError, match="streams of int8 GRU layers.*state carried"):
-        g.stream(2)
+    with pytest.raises(ValueError, match="bidirectional"):
+        fr.GRU(3, 4, bidirectional=True).quantize("int8").stream(1)
     with pytest.raises(ValueError, match="no torch.nn equivalent"):
         g.to_torch()
     with pytest.raises(ValueError, match="for inference only"):

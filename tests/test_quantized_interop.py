@@ -1,6 +1,6 @@
-"""Quantized layers outside forward: their streams (each step bit for bit as q.forward over the
+"""Quantized layers outside forward: their streams (LSTM, RNN, GRU; each step bit for bit as q.forward over the
 same frames, chunked == whole, near the reduced-precision oracle) and the fusedrnn.torch modules
-that run them for inference (bit for bit as q.forward; near torch.nn.LSTM / RNN in float32;
+that run them for inference (bit for bit as q.forward; near torch.nn.LSTM / RNN / GRU in float32;
 training, gradients, compile and export refused)."""
 import numpy as np
 import pytest
@@ -75,6 +75,36 @@ def test_rnn_and_sequential_streams_equal_forward(precision, state_feedback):
                           fr.Linear(5, 2, seed=3)).quantize(precision)
     stream = model.stream(3)
     np.testing.assert_array_equal(np.stack([stream.step(f) for f in x]),
+                                  model.forward(x, training=False)[0])
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("linear_before_reset", [True, False])
+def test_gru_stream_equals_forward(precision, linear_before_reset):
+    g = fr.GRU(5, 6, num_layers=2, linear_before_reset=linear_before_reset,
+               seed=11).quantize(precision)
+    x = _frames(g, 10, 3, seed=5)
+    h0 = np.random.default_rng(6).uniform(-1, 1, (2, 3, 6)).astype(np.float32)
+    state = fr.GRU.State(h=h0)
+    y, st = g.forward(x, state, training=False)
+    s = g.stream(3, state=state)
+    np.testing.assert_array_equal(_by_steps(s, x, False), y)
+    np.testing.assert_array_equal(s.state.h, st.h)
+    chunked = g.stream(3, state=state)            # chunks (step_many) == whole
+    np.testing.assert_array_equal(
+        np.concatenate([chunked.step_many(np.ascontiguousarray(c))
+                        for c in np.array_split(x, [3, 7])]), y)
+    # the stream runs the reduced kernels, not the float layer's
+    y32, _ = g.dequantized().forward(x, state, training=False)
+    assert not np.array_equal(y, y32)
+    assert np.abs(y - y32).max() < BOUND_FLOAT[precision]
+    s.reset(rows=[0])                               # row 0 anew from zeros, the others go on
+    got = np.stack([s.step(np.ascontiguousarray(f)) for f in x[:4]])
+    np.testing.assert_array_equal(got[:, 0], g.forward(x[:4, :1], training=False)[0][:, 0])
+    model = fr.Sequential(fr.GRU(5, 6, seed=1), fr.LSTM(6, 4, seed=2),
+                          fr.Linear(4, 2, seed=3)).quantize(precision)
+    stream = model.stream(3)
+    np.testing.assert_array_equal(np.stack([stream.step(np.ascontiguousarray(f)) for f in x]),
                                   model.forward(x, training=False)[0])
 
 
@@ -153,6 +183,43 @@ def test_torch_module_runs_the_quantized_rnn(precision):
     np.testing.assert_array_equal(out.numpy(), sf.quantized_layer.forward(x.numpy())[0])
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_torch_module_runs_the_quantized_gru(precision):
+    torch.manual_seed(2)
+    ref = torch.nn.GRU(4, 5, num_layers=2, bidirectional=True, batch_first=True)
+    q = fr.GRU.from_torch(ref).quantize(precision)
+    m = frt.GRU.from_fusedrnn(q)
+    assert isinstance(m, frt.QuantizedGRU) and not m.training
+    assert list(m.parameters()) == []
+    x, h0 = torch.randn(3, 7, 4), torch.randn(4, 3, 5)
+    lengths = [7, 2, 5]
+    with torch.inference_mode():
+        out, h = m(x, h0, lengths=lengths)
+        out_zero, h_zero = m(x)                               # h0 = zeros
+    y, st = q.forward(x.numpy(), fr.GRU.State(h=h0.numpy()), lengths=lengths)
+    np.testing.assert_array_equal(out.numpy(), y)
+    np.testing.assert_array_equal(h.numpy(), st.h)
+    y0, st0 = q.forward(x.numpy())
+    np.testing.assert_array_equal(out_zero.numpy(), y0)
+    np.testing.assert_array_equal(h_zero.numpy(), st0.h)
+    with torch.no_grad():   # near torch's float32 GRU (padded steps: zero outputs in both)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                         enforce_sorted=False)
+        want, h_want = ref(packed, h0)
+        want, _ = torch.nn.utils.rnn.pad_packed_sequence(want, batch_first=True, total_length=7)
+        assert 0 < float((out - want).abs().max()) <= BOUND_FLOAT[precision]
+        assert float((h - h_want).abs().max()) <= BOUND_FLOAT[precision]
+        out1, h1 = frt.GRU.from_torch(ref).quantize(precision)(x[1], h0[:, 1])  # unbatched
+    y1, st1 = q.forward(x[1:2].numpy(), fr.GRU.State(h=h0[:, 1:2].numpy()))
+    np.testing.assert_array_equal(out1.numpy(), y1[0])
+    np.testing.assert_array_equal(h1.numpy(), st1.h[:, 0])
+    orig = frt.GRU(4, 3, linear_before_reset=False, seed=3).quantize(precision)
+    with torch.no_grad():
+        out, h = orig(x[:, :4].transpose(0, 1).contiguous())
+    np.testing.assert_array_equal(
+        out.numpy(), orig.quantized_layer.forward(x[:, :4].transpose(0, 1).numpy())[0])
+
+
 def test_torch_module_refuses_training_gradients_compile_export():
     m = frt.LSTM(3, 4, seed=0).quantize("int8")
     x = torch.randn(5, 2, 3)
@@ -177,7 +244,12 @@ def test_torch_module_refuses_training_gradients_compile_export():
         m.stream(1)
     with pytest.raises(TypeError, match="QuantizedLSTM"):
         frt.QuantizedLSTM(fr.LSTM(3, 4))
-    with pytest.raises(TypeError, match="no module for a QuantizedGRU"):
-        frt.GRU(3, 4).quantize("int8")
-    with pytest.raises(TypeError, match="no module for a QuantizedGRU"):
-        frt.GRU.from_fusedrnn(fr.GRU(3, 4).quantize("bf16"))
+    with pytest.raises(TypeError, match="QuantizedGRU"):
+        frt.QuantizedGRU(fr.GRU(3, 4))
+    g = frt.GRU(3, 4, seed=0).quantize("int8")
+    g.train()
+    with pytest.raises(ValueError, match="inference only.*module.eval"):
+        g(x)
+    g.eval()
+    with pytest.raises(ValueError, match="requires grad.*no_grad"):
+        g(x.clone().requires_grad_())

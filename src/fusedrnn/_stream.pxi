@@ -114,7 +114,7 @@ cdef extern from *:
         fr_gru_forward_seq_f32 q = {(float *)h_seq, (float *)h_T, NULL, (float *)work,
                                     (const float *)x, (const float *)h0};
         fr_gru_weights_f32 p = {(const float *)w[0], (const float *)w[1], (const float *)w[2],
-                                (const float *)w[3]};
+                                (const float *)w[3], w[4]};
         return fr_gru_forward_f32(&q, &p, cfg, &call);
     }
     #endif
@@ -146,7 +146,7 @@ ctypedef struct stream_cell:
     char *o[2]               # (B, R) output fed back (v or q; r for the RNN; h for the GRU),
                              # two halves
     const void *w[7]         # LSTM: W_x, W_v, b, W_s, W_qv, packed, reduced; RNN: W_x, W_r,
-                             # theta_s, W_s, reduced; GRU: W_x, W_h, b, b_hn (reduced: the
+                             # theta_s, W_s, reduced; GRU: W_x, W_h, b, b_hn, reduced (the
                              # reduced-precision panels of a quantized layer's cell)
 
 
@@ -293,9 +293,10 @@ cdef class StreamCore:
 
     def _set_gru_cell(self, int i, int64_t I, int64_t H, bint linear_before_reset, int threads,
                       object x, object y, object s, object o, warps=None,
-                      double accumulation_clip=0.0):
+                      double accumulation_clip=0.0, int reduced=0):
         """Cell i of a GRU: h lives in the o halves (B, H); warps: None (sigmoid,
-        tanh) or two (kind, alpha, beta), f and g."""
+        tanh) or two (kind, alpha, beta), f and g; reduced: FR_REDUCED_* of a quantized
+        layer (its panels come with _set_weights)."""
         cdef stream_cell *c = &self.cells[i]
         c.kind = CELL_GRU
         c.gc.T = 1; c.gc.B = self.batch; c.gc.I = I; c.gc.H = H
@@ -303,6 +304,7 @@ cdef class StreamCore:
         c.gc.gate = _activation(warps[0] if warps else None)
         c.gc.cell = _activation(warps[1] if warps else None)
         c.gc.accumulation_clip = accumulation_clip
+        c.gc.reduced = reduced
         c.threads = threads
         self._set_buffers(c, x, y, s, o)
 
@@ -338,7 +340,8 @@ cdef class StreamCore:
         """Cell i's weight arrays (C-contiguous, of the stream's dtype, checked by
         the caller): LSTM W_x, W_v, b, W_s, W_qv, packed (a PackedWeights buffer),
         reduced (a QPackedWeights buffer); RNN W_x, W_r, theta_s, W_s, reduced
-        (an RNNQPackedWeights buffer); GRU W_x, W_h, b, b_hn (None: absent)."""
+        (an RNNQPackedWeights buffer); GRU W_x, W_h, b, b_hn, reduced (a GRUQPackedWeights
+        buffer) (None: absent)."""
         cdef stream_cell *c = &self.cells[i]
         cdef int k
         for k in range(7):

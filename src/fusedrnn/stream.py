@@ -6,7 +6,7 @@
     tail = stream.flush()                    # end of the sequence: what is left
 
 `layer.stream(batch, state=None)` exists for `fr.LSTM`, `fr.RNN`, `fr.GRU`,
-`fr.Linear`, the quantized `fr.QuantizedLSTM` / `fr.QuantizedRNN` (their steps on
+`fr.Linear`, the quantized `fr.QuantizedLSTM` / `fr.QuantizedRNN` / `fr.QuantizedGRU` (their steps on
 the reduced-precision kernels) and a `fr.Sequential` of them (inference only;
 unidirectional layers). A stream
 holds its state, its output and workspace buffers and the context window of a
@@ -211,7 +211,7 @@ class Stream(_kernel.StreamCore):
                 macs = B * 3 * H * (I_l + H)
                 self._set_gru_cell(l, I_l, H, layer.linear_before_reset, self._threads(macs),
                                    x, y, self._s[l], self._o[l], layer._warps[0],
-                                   layer.accumulation_clip or 0.0)
+                                   layer.accumulation_clip or 0.0, self._reduced)
                 B_macs += macs
             else:
                 self._set_rnn_cell(l, I_l, H, layer.state_feedback, x, y, self._s[l], self._o[l],
@@ -273,6 +273,7 @@ class Stream(_kernel.StreamCore):
                 arrays["(packed)"] = q
                 order = ([None, None, arrays["b"], arrays.get("w_s", arrays.get("W_s")), None,
                           None, q.buffer] if self._lstm else
+                         [None, None, arrays["b"], arrays.get("b_hn"), q.buffer] if self._gru else
                          [None, None, arrays["theta_s"], arrays.get("W_s"), q.buffer])
             elif self._lstm:
                 packed = self._pack(l, arrays, tracked, checks)

@@ -41,12 +41,13 @@ from .core import _validate as V
 from .core._tracked import untrack
 from .core.gru import GRU as _FrGRU
 from .core.lstm import LSTM as _FrLSTM
+from .core.quantized import QuantizedGRU as _FrQuantizedGRU
 from .core.quantized import QuantizedLSTM as _FrQuantizedLSTM
 from .core.quantized import QuantizedRNN as _FrQuantizedRNN
 from .core.quantized import _Quantized
 from .core.rnn import RNN as _FrRNN
 
-__all__ = ["LSTM", "RNN", "GRU", "QuantizedLSTM", "QuantizedRNN"]
+__all__ = ["LSTM", "RNN", "GRU", "QuantizedLSTM", "QuantizedRNN", "QuantizedGRU"]
 
 _NP_OF_TORCH: Dict[torch.dtype, "np.dtype[Any]"] = {torch.float32: np.dtype(np.float32),
                                                     torch.float64: np.dtype(np.float64)}
@@ -200,8 +201,8 @@ class _FusedModule(nn.Module):
 
     def quantize(self, precision: str) -> Any:
         """An inference-only module with the weight products in `precision` ("bf16" or
-        "int8"): `fusedrnn.torch.QuantizedLSTM` / `QuantizedRNN` of a copy of this one's
-        weights (see fusedrnn.LSTM.quantize)."""
+        "int8"): `fusedrnn.torch.QuantizedLSTM` / `QuantizedRNN` / `QuantizedGRU` of a copy
+        of this one's weights (see fusedrnn.LSTM.quantize)."""
         from .core.quantized import quantize
         return _quantized_module(quantize(self.to_fusedrnn(), precision))
 
@@ -607,9 +608,9 @@ class GRU(_FusedModule):
 
 
 class _QuantizedModule:
-    """What `QuantizedLSTM` and `QuantizedRNN` share: the module runs a fusedrnn
-    QuantizedLSTM / QuantizedRNN (`quantized_layer`) for inference, through the float
-    module's forward (the same arguments, states and outputs)."""
+    """What `QuantizedLSTM`, `QuantizedRNN` and `QuantizedGRU` share: the module runs a
+    fusedrnn QuantizedLSTM / QuantizedRNN / QuantizedGRU (`quantized_layer`) for inference,
+    through the float module's forward (the same arguments, states and outputs)."""
 
     _fr_quantized: Any = None
 
@@ -633,8 +634,8 @@ class _QuantizedModule:
 
     @classmethod
     def from_fusedrnn(cls, layer: Any) -> Any:
-        """The module of a fusedrnn QuantizedLSTM / QuantizedRNN (shared: its weights
-        are read-only)."""
+        """The module of a fusedrnn QuantizedLSTM / QuantizedRNN / QuantizedGRU (shared:
+        its weights are read-only)."""
         return cls(layer)
 
     def _refuse(self, what: str) -> ValueError:
@@ -685,13 +686,16 @@ class _QuantizedModule:
                                "tensors")
         layer = self.quantized_layer
         lens = self._lengths(lengths, x, unbatched)  # type: ignore[attr-defined]
+        gru = isinstance(layer, _FrGRU)  # its state is h alone (the o channel)
         state = None
-        if s0 is not None and o0 is not None:
-            state = layer.State(*(_as_numpy(t) for t in (s0, o0)),
+        if o0 is not None and (gru or s0 is not None):
+            state = layer.State(*(_as_numpy(t) for t in ((o0,) if gru else (s0, o0))),
                                 *(() if x_past is None else (_as_numpy(x_past),)))
         y, st = layer.forward(_as_numpy(x), state, training=False,
                               lengths=None if lens is None else lens.numpy(),
                               x_future=None if x_future is None else _as_numpy(x_future))
+        if gru:
+            return torch.from_numpy(y), None, torch.from_numpy(st.h)  # type: ignore[return-value]
         return torch.from_numpy(y), torch.from_numpy(st[0]), torch.from_numpy(st[1])
 
 
@@ -719,12 +723,20 @@ class QuantizedRNN(_QuantizedModule, RNN):
     _fr_quantized = _FrQuantizedRNN
 
 
-_QUANTIZED_MODULES: Dict[Any, Any] = {_FrLSTM: QuantizedLSTM, _FrRNN: QuantizedRNN}
+class QuantizedGRU(_QuantizedModule, GRU):
+    """An inference-only `fusedrnn.torch.GRU` with W_x x[n] and W_h* h[n-1] (and, with
+    linear_before_reset=False, W_hn (r[n] * h[n-1])) in bfloat16 or int8: the module of a
+    `fusedrnn.QuantizedGRU` (see `QuantizedLSTM`); `out, h = q(x, h0, lengths=...)`."""
+
+    _fr_quantized = _FrQuantizedGRU
+
+
+_QUANTIZED_MODULES: Dict[Any, Any] = {_FrLSTM: QuantizedLSTM, _FrRNN: QuantizedRNN,
+                                      _FrGRU: QuantizedGRU}
 
 
 def _quantized_module(q: Any) -> Any:
-    """The inference-only module around a quantized fusedrnn layer; TypeError for a
-    quantized GRU, which has none (run the fusedrnn.QuantizedGRU itself)."""
+    """The inference-only module around a quantized fusedrnn layer."""
     cls = _QUANTIZED_MODULES.get(q._FLOAT)
     if cls is None:
         raise TypeError(f"fusedrnn.torch has no module for a {type(q).__name__}: run the "

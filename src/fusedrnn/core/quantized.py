@@ -387,11 +387,6 @@ class QuantizedGRU(_Quantized, GRU):
     def _reduced_code(self) -> int:
         return _REDUCED_CODES[self.precision]
 
-    def stream(self, batch: int, state: Any = None, *, weights: str = "live") -> Any:
-        raise ValueError(f"streams of {self.precision} GRU layers are not available; call "
-                         "forward(x_chunk, state, training=False) on chunks with the state "
-                         "carried, or stream the float layer")
-
     def _qpacked(self, cfg: Any, p: Dict[str, np.ndarray]) -> "_kernel.GRUQPackedWeights":
         """One cell's reduced weights `p` packed for the kernel (made once per cell)."""
         return self._packed_cell(p, lambda: _kernel.GRUQPackedWeights(
