@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """CPU-time profile of one-thread inference at a small size (default T=100, B=1, I=64, H=128):
 fr.GRU and fr.LSTM against torch.nn.GRU / torch.nn.LSTM and ONNX Runtime's GRU / LSTM node,
-all in this one process, taking turns call by call, timed with time.process_time (CPU time,
+and the int8 LSTM (`lstm.quantize("int8")`) against ONNX Runtime's int8 LSTM (the exported
+model through `quantize_dynamic`, a DynamicQuantizeLSTM node, as bench/reduced.py), all in
+this one process, taking turns call by call, timed with time.process_time (CPU time,
 which a shared host inflates far less than wall time), plus fusedrnn's breakdown: the kernel
 call alone on preallocated buffers, at T and at T = 1 (the fixed cost of a call, the rest
 divided by T - 1 is the cost of a step).
@@ -82,7 +84,24 @@ def calls(T: int, B: int, I: int, H: int) -> Dict[str, Callable[[], object]]:
             else:
                 kcall = layer_kernel_call(layer, xs, steps, B, H)
             out[f"kernel {cell} T={steps}"] = kcall
+        if cell == "lstm":
+            out.update(int8_calls(case, layer, x))
     return out
+
+
+def int8_calls(case: Case, layer, x: np.ndarray) -> Dict[str, Callable[[], object]]:
+    """The int8 LSTM rows: fusedrnn's quantized layer and ORT's DynamicQuantizeLSTM of the
+    same float weights (each checked near the float layer)."""
+    import tempfile
+    from reduced import ort_int8_model
+    q = layer.quantize("int8")
+    y_f, _ = layer.forward(x, training=False)
+    assert np.max(np.abs(q.forward(x, training=False)[0] - y_f)) < 5e-2
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = ort_session(ort_int8_model(onnx_model(case, layer.params), tmp), 1)
+    assert np.max(np.abs(sess.run(["Y"], {"X": x})[0][:, 0] - y_f)) < 5e-2
+    return {"fusedrnn int8": lambda: q.forward(x, training=False),
+            "ORT int8": lambda: sess.run(["Y"], {"X": x})}
 
 
 def layer_kernel_call(layer, xs: np.ndarray, steps: int, B: int, H: int) -> Callable[[], object]:

@@ -341,7 +341,10 @@ typedef struct {
     const real *b;    /* (3H) [b_r; b_z; b_n] */                                   \
     const real *b_hn; /* (H) with linear_before_reset, else NULL */              \
     const void *reduced; /* cfg->reduced: (fr_gru_qpacked_size bytes) from fr_gru_qpack; \
-                            W_x, W_h are then not read */
+                            W_x, W_h are then not read */                        \
+    const real *packed;  /* float: (fr_gru_packed_size) from fr_gru_pack_* for this I, \
+                            H (the forward then packs nothing and runs on the     \
+                            micro-kernel), or NULL; the backward ignores it */
 typedef struct { FR_GRU_WEIGHTS_FIELDS(float) } fr_gru_weights_f32;
 typedef struct { FR_GRU_WEIGHTS_FIELDS(double) } fr_gru_weights_f64;
 
@@ -391,6 +394,13 @@ int fr_gru_qpacked_size(size_t *bytes, const fr_gru_config *cfg);
  * -128. The biases stay float32 and come from weights.b, weights.b_hn. */
 int fr_gru_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_h,
                  const float *W_h_scale, const fr_gru_config *cfg);
+
+/* Elements of a cell's packed float forward weights (depend on I, H only). */
+int fr_gru_packed_size(size_t *n_elems, const fr_gru_config *cfg);
+/* Pack a cell's forward weights W_x, W_h once (w->packed, w->reduced and the
+ * biases are ignored), for forwards that pass the result as weights.packed. */
+int fr_gru_pack_f32(float *packed, const fr_gru_weights_f32 *w, const fr_gru_config *cfg);
+int fr_gru_pack_f64(double *packed, const fr_gru_weights_f64 *w, const fr_gru_config *cfg);
 
 int fr_gru_forward_f32(const fr_gru_forward_seq_f32 *seq, const fr_gru_weights_f32 *w,
                        const fr_gru_config *cfg, const fr_call *call);

@@ -30,6 +30,7 @@ static int gru_check_config(const fr_gru_config *cfg) {
  * recurrent GEMMs, rounded or quantised (qgemm.h); GF_GW: a step's warped gates */
 enum { GF_CHUNK, GF_REC, GF_WX_P, GF_WH_P, GF_QX, GF_QR, GF_GW, GF_COUNT };
 enum { GQ_WX, GQ_WH, GQ_COUNT }; /* reduced-precision weights (bytes) */
+enum { GP_WX, GP_WH, GP_COUNT }; /* packed float forward weights (fr_gru_pack_*) */
 enum { GB_DA, GB_F_CHI, GB_RHO, GB_ZEROS, GB_WH_P, GB_WN_P, GB_SAVE, GB_GW, GB_D,
        GB_COUNT }; /* backward */
 
@@ -56,6 +57,13 @@ static int gru_forward_regions(size_t n[GF_COUNT], const fr_gru_config *cfg, int
     FR_CHECK(fr_mul3(&n[GF_WH_P], 3, H32, H));
     if (training && fr_gru_warps_of(cfg).keep) FR_CHECK(fr_mul(&n[GF_GW], B, 4 * H));
     return FR_OK;
+}
+
+/* The micro-kernel's per-gate panels of W_x^T and W_h^T (3 x (H_pad, K)), the
+ * layout the forward packs into GF_WX_P, GF_WH_P. */
+static int gru_packed_regions(size_t n[GP_COUNT], const fr_gru_config *cfg) {
+    FR_CHECK(fr_mul3(&n[GP_WX], 3, fr_pad32(cfg->H), (size_t)cfg->I));
+    return fr_mul3(&n[GP_WH], 3, fr_pad32(cfg->H), (size_t)cfg->H);
 }
 
 /* Bytes of the reduced panels of W_x* ^T and W_h* ^T per gate (r, z, n: 3 x
@@ -93,10 +101,11 @@ static int gru_backward_regions(size_t n[GB_COUNT], const fr_gru_config *cfg) {
     return FR_OK;
 }
 
-static fr_plan gru_plan(const fr_gru_config *cfg, const fr_call *call, size_t elem) {
+static fr_plan gru_plan(const fr_gru_config *cfg, const fr_call *call, size_t elem,
+                        int prepacked) {
     const fr_plan_input in = {.T = cfg->T, .B = cfg->B, .units = cfg->H, .rec_cols = 3 * cfg->H,
                               .rec_depth = cfg->H, .elem = elem, .ukernel_ok = 1,
-                              .prepacked = cfg->reduced != 0};
+                              .prepacked = prepacked || cfg->reduced != 0};
     return fr_plan_cell(&in, call);
 }
 
@@ -120,6 +129,14 @@ int fr_gru_backward_workspace_size(size_t *n_elems, const fr_gru_config *cfg) {
     size_t n[GB_COUNT];
     FR_CHECK(gru_backward_regions(n, cfg));
     return fr_regions_total(n_elems, n, GB_COUNT, 1);
+}
+
+int fr_gru_packed_size(size_t *n_elems, const fr_gru_config *cfg) {
+    if (n_elems == NULL) return FR_ENULL;
+    FR_CHECK(gru_check_config(cfg));
+    size_t n[GP_COUNT];
+    FR_CHECK(gru_packed_regions(n, cfg));
+    return fr_regions_total(n_elems, n, GP_COUNT, 1);
 }
 
 int fr_gru_qpacked_size(size_t *bytes, const fr_gru_config *cfg) {

@@ -160,15 +160,23 @@ int FN(fr_gru_forward)(const FN(fr_gru_forward_seq) *seq, const FN(fr_gru_weight
     /* reduced precision: inference in float32, the weights from fr_gru_qpack */
     if (cfg->reduced && (!FR_REDUCED_OK || training)) return FR_EINVAL;
     if (cfg->reduced && !w->reduced) return FR_ENULL;
+    if (cfg->reduced && w->packed) return FR_EINVAL; /* float panels: not with reduced ones */
     size_t nf[GF_COUNT];
     FR_CHECK(gru_forward_regions(nf, cfg, training));
-    const fr_plan plan = gru_plan(cfg, call, sizeof(real));
+    const fr_plan plan = gru_plan(cfg, call, sizeof(real), w->packed != NULL);
     const int uk = plan.ukernel && !cfg->reduced; /* float panels */
 
-    FN(gru_fwd) c = {.cfg = cfg, .seq = seq, .w = w, .wp = fr_gru_warps_of(cfg), .pack = uk};
+    FN(gru_fwd) c = {.cfg = cfg, .seq = seq, .w = w, .wp = fr_gru_warps_of(cfg),
+                     .pack = uk && !w->packed};
     FR_CHECK(fr_workspace_point((void **)c.p, nf, GF_COUNT, seq->work, sizeof(real)));
-    c.x = (WMAT){.W = w->W_x, .ld = I, .trans = 1, .packed = uk ? c.p[GF_WX_P] : NULL};
-    c.h = (WMAT){.W = w->W_h, .ld = H, .trans = 1, .packed = uk ? c.p[GF_WH_P] : NULL};
+    real *pk[GP_COUNT] = {c.p[GF_WX_P], c.p[GF_WH_P]}; /* the panels: packed here, or given */
+    if (w->packed) {
+        size_t np[GP_COUNT];
+        FR_CHECK(gru_packed_regions(np, cfg));
+        fr_regions_point((void **)pk, np, GP_COUNT, (void *)w->packed, sizeof(real), 1);
+    }
+    c.x = (WMAT){.W = w->W_x, .ld = I, .trans = 1, .packed = uk ? pk[GP_WX] : NULL};
+    c.h = (WMAT){.W = w->W_h, .ld = H, .trans = 1, .packed = uk ? pk[GP_WH] : NULL};
     if (cfg->reduced) { /* the reduced panels (fr_gru_qpack's layout) and their activations */
         size_t nq[GQ_COUNT];
         FR_CHECK(gru_qpacked_regions(nq, cfg));
@@ -183,6 +191,19 @@ int FN(fr_gru_forward)(const FN(fr_gru_forward_seq) *seq, const FN(fr_gru_weight
     FR_CHECK(fr_fwd_run(plan.threads, FN(gru_forward_loop), &c, &c.poll));
     const int64_t n_last = cfg->reverse ? 0 : T - 1;
     memcpy(seq->h_T, seq->h_seq + (size_t)n_last * B * H, (size_t)(B * H) * sizeof(real));
+    return FR_OK;
+}
+
+int FN(fr_gru_pack)(real *packed, const FN(fr_gru_weights) *w, const fr_gru_config *cfg) {
+    FR_CHECK(gru_check_config(cfg));
+    if (!packed || !w || !w->W_x || !w->W_h) return FR_ENULL;
+    if (cfg->reduced) return FR_EINVAL;
+    size_t np[GP_COUNT];
+    real *pk[GP_COUNT];
+    FR_CHECK(gru_packed_regions(np, cfg));
+    fr_regions_point((void **)pk, np, GP_COUNT, packed, sizeof(real), 1);
+    FN(fr_pack_gates)(pk[GP_WX], w->W_x, 3, cfg->H, cfg->I, 0, cfg->H);
+    FN(fr_pack_gates)(pk[GP_WH], w->W_h, 3, cfg->H, cfg->H, 0, cfg->H);
     return FR_OK;
 }
 
@@ -396,7 +417,7 @@ int FN(fr_gru_backward)(const FN(fr_gru_grads) *g, const FN(fr_gru_backward_seq)
     const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H;
     size_t nb[GB_COUNT];
     FR_CHECK(gru_backward_regions(nb, cfg));
-    const fr_plan plan = gru_plan(cfg, call, sizeof(real));
+    const fr_plan plan = gru_plan(cfg, call, sizeof(real), 0);
 
     FN(gru_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .wp = fr_gru_warps_of(cfg)};
     FR_CHECK(fr_workspace_point((void **)c.p, nb, GB_COUNT, seq->work, sizeof(real)));

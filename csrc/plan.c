@@ -37,12 +37,21 @@ int fr_tuning_set(const fr_tuning *t) {
     return FR_OK;
 }
 
+static int plan_packs(const fr_tuning *t, int64_t T, int64_t B) {
+    return B <= t->packed_max_rows && T >= t->team_min_steps;
+}
+
+int fr_plan_packs(int64_t T, int64_t B) {
+    fr_tuning t;
+    fr_tuning_get(&t);
+    return plan_packs(&t, T, B);
+}
+
 fr_plan fr_plan_cell(const fr_plan_input *in, const fr_call *call) {
     fr_tuning t;
     fr_tuning_get(&t);
     fr_plan p = {.ukernel = 0, .threads = 1, .grads_in_team = 0};
-    p.ukernel = in->ukernel_ok &&
-                (in->prepacked || (in->B <= t.packed_max_rows && in->T >= t.team_min_steps));
+    p.ukernel = in->ukernel_ok && (in->prepacked || plan_packs(&t, in->T, in->B));
     if (!p.ukernel) return p;
     int64_t n = call && call->max_threads > 0 ? call->max_threads : t.threads;
     if (n > FR_MAX_THREADS) n = FR_MAX_THREADS;

@@ -62,5 +62,9 @@ typedef struct {
 } fr_plan;
 
 fr_plan fr_plan_cell(const fr_plan_input *in, const fr_call *call);
+/* Whether a call of T steps and B rows without packed weights runs on the
+ * micro-kernel (and packs its weights) when its options allow that path: the
+ * rule fr_plan_cell applies, for callers that keep packed weights between calls. */
+int fr_plan_packs(int64_t T, int64_t B);
 
 #endif

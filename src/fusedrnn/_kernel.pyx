@@ -10,6 +10,8 @@ A long call stays interruptible: the kernel asks `_interrupt` about every 50 ms
 KeyboardInterrupt), and the binding raises that exception; the weight
 gradients are then as they were before the call."""
 from libc.stdint cimport int64_t, uintptr_t
+from libc.string cimport memset
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_ANY_CONTIGUOUS
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_GetName
 from cpython.exc cimport PyErr_Occurred
 
@@ -246,6 +248,7 @@ cdef extern from "fusedrnn.h" nogil:
         const float *b
         const float *b_hn
         const void *reduced
+        const float *packed
     ctypedef struct fr_gru_grads_f32:
         float *dW_x
         float *dW_h
@@ -274,6 +277,7 @@ cdef extern from "fusedrnn.h" nogil:
         const double *b
         const double *b_hn
         const void *reduced
+        const double *packed
     ctypedef struct fr_gru_grads_f64:
         double *dW_x
         double *dW_h
@@ -299,6 +303,9 @@ cdef extern from "fusedrnn.h" nogil:
     int fr_gru_acts_size(size_t *n, const fr_gru_config *cfg)
     int fr_gru_workspace_size(size_t *n, const fr_gru_config *cfg, int training)
     int fr_gru_backward_workspace_size(size_t *n, const fr_gru_config *cfg)
+    int fr_gru_packed_size(size_t *n, const fr_gru_config *cfg)
+    int fr_gru_pack_f32(float *packed, const fr_gru_weights_f32 *w, const fr_gru_config *cfg)
+    int fr_gru_pack_f64(double *packed, const fr_gru_weights_f64 *w, const fr_gru_config *cfg)
     int fr_gru_qpacked_size(size_t *nbytes, const fr_gru_config *cfg)
     int fr_gru_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_h,
                      const float *W_h_scale, const fr_gru_config *cfg)
@@ -319,6 +326,7 @@ cdef extern from "plan.h" nogil:
         int64_t grad_rows
     void fr_tuning_get(fr_tuning *t)
     int fr_tuning_set(const fr_tuning *t)
+    int fr_plan_packs(int64_t T, int64_t B)
 
 cdef extern from "common.h" nogil:
     int fr_best_isa()
@@ -1148,12 +1156,85 @@ cdef _gru_check(GRUConfig c, object x, object h0, object h_seq, object W_x, obje
         _need(acts.shape[0], n_acts, "acts")
 
 
+def data_address(object a) -> int:
+    """The address of a contiguous array's first byte (what `a.ctypes.data` gives, in a
+    tenth of its time)."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(a, &view, PyBUF_ANY_CONTIGUOUS)
+    cdef uintptr_t p = <uintptr_t>view.buf
+    PyBuffer_Release(&view)
+    return p
+
+
+def packs_weights(int64_t T, int64_t B) -> bool:
+    """Whether a call of T steps and B rows packs its weights for the micro-kernel
+    (when its options allow that path): with packed weights given it would run on
+    the same path, so passing them changes no result."""
+    return fr_plan_packs(T, B) != 0
+
+
+cdef class GRUPackedWeights:
+    """A GRU cell's float forward weights W_x (3H, I), W_h (3H, H) packed once for the
+    micro-kernel: `gru_forward(..., packed=pw)` then packs nothing (and runs on the
+    micro-kernel whatever T). Made for the I, H and dtype of `c`; a copy, so pack
+    again after the weights change."""
+    cdef readonly object buffer  # the packed panels, 64-byte aligned inside
+    cdef readonly int64_t I, H
+    cdef readonly object dtype
+
+    def __init__(self, GRUConfig c, *, W_x, W_h):
+        cdef size_t n = 0
+        cdef int status
+        if c.cfg.reduced:
+            raise ValueError("GRUPackedWeights: float weights (the reduced ones are "
+                             "GRUQPackedWeights)")
+        _check(fr_gru_packed_size(&n, &c.cfg), "GRUPackedWeights")
+        _have(W_x, <size_t>(3 * c.cfg.H * c.cfg.I), "W_x")
+        _have(W_h, <size_t>(3 * c.cfg.H * c.cfg.H), "W_h")
+        self.dtype = np.dtype(W_x.dtype)
+        self.I, self.H = c.cfg.I, c.cfg.H
+        self.buffer = np.empty(n, self.dtype)
+        if self.dtype == np.float32:
+            status = _gru_pack[float](self.buffer, W_x, W_h, &c.cfg)
+        elif self.dtype == np.float64:
+            status = _gru_pack[double](self.buffer, W_x, W_h, &c.cfg)
+        else:
+            raise TypeError(f"GRUPackedWeights: W_x must be float32 or float64, got {self.dtype}")
+        _check(status, "GRUPackedWeights")
+
+
+cdef int _gru_pack(real[::1] buf, const real[::1] W_x, const real[::1] W_h,
+                   const fr_gru_config *cfg) except? -9:
+    """fr_gru_pack_* of W_x, W_h into buf (the other weights are not read)."""
+    cdef fr_gru_weights_f32 w32
+    cdef fr_gru_weights_f64 w64
+    cdef int status
+    if real is float:
+        memset(&w32, 0, sizeof(w32))
+        w32.W_x, w32.W_h = &W_x[0], &W_h[0]
+        with nogil:
+            status = fr_gru_pack_f32(&buf[0], &w32, cfg)
+    else:
+        memset(&w64, 0, sizeof(w64))
+        w64.W_x, w64.W_h = &W_x[0], &W_h[0]
+        with nogil:
+            status = fr_gru_pack_f64(&buf[0], &w64, cfg)
+    return status
+
+
 def gru_forward(GRUConfig c, *, real[::1] h_seq, real[::1] h_T, real[::1] acts, real[::1] work,
                 const real[::1] x, const real[::1] h0, const real[::1] W_x, const real[::1] W_h,
-                const real[::1] b, const real[::1] b_hn):
-    """fr_gru_forward on flat buffers; acts=None selects inference."""
+                const real[::1] b, const real[::1] b_hn, GRUPackedWeights packed=None):
+    """fr_gru_forward on flat buffers; acts=None selects inference. packed: the cell's
+    GRUPackedWeights (then nothing is packed in the call)."""
     cdef size_t n_work = 0
     cdef int status
+    cdef real[::1] pk = None
+    if packed is not None:
+        if (packed.I, packed.H) != (c.cfg.I, c.cfg.H):
+            raise ValueError(f"packed: made for I, H = {packed.I}, {packed.H}, the call has "
+                             f"{c.cfg.I}, {c.cfg.H}")
+        pk = packed.buffer  # a dtype other than the call's fails here (TypeError)
     _check(fr_gru_workspace_size(&n_work, &c.cfg, acts is not None), "GRU forward")
     _gru_check(c, x, h0, h_seq, W_x, W_h, acts)
     _have(h_T, <size_t>(c.cfg.B * c.cfg.H), "h_T"); _have(b, <size_t>(3 * c.cfg.H), "b")
@@ -1169,13 +1250,13 @@ def gru_forward(GRUConfig c, *, real[::1] h_seq, real[::1] h_T, real[::1] acts, 
             s32 = fr_gru_forward_seq_f32(h_seq=&h_seq[0], h_T=&h_T[0], acts=_ptr(acts),
                                          work=&work[0], x=&x[0], h0=&h0[0])
             w32 = fr_gru_weights_f32(W_x=&W_x[0], W_h=&W_h[0], b=&b[0], b_hn=_cptr(b_hn),
-                                     reduced=NULL)
+                                     reduced=NULL, packed=_cptr(pk))
             status = fr_gru_forward_f32(&s32, &w32, &c.cfg, &c.call)
         else:
             s64 = fr_gru_forward_seq_f64(h_seq=&h_seq[0], h_T=&h_T[0], acts=_ptr(acts),
                                          work=&work[0], x=&x[0], h0=&h0[0])
             w64 = fr_gru_weights_f64(W_x=&W_x[0], W_h=&W_h[0], b=&b[0], b_hn=_cptr(b_hn),
-                                     reduced=NULL)
+                                     reduced=NULL, packed=_cptr(pk))
             status = fr_gru_forward_f64(&s64, &w64, &c.cfg, &c.call)
     _check(status, "GRU forward")
 
@@ -1229,7 +1310,7 @@ def gru_forward_reduced(GRUConfig c, GRUQPackedWeights reduced, *, float[::1] h_
         s32 = fr_gru_forward_seq_f32(h_seq=&h_seq[0], h_T=&h_T[0], acts=NULL, work=&work[0],
                                      x=&x[0], h0=&h0[0])
         w32 = fr_gru_weights_f32(W_x=NULL, W_h=NULL, b=&b[0], b_hn=_cptr(b_hn),
-                                 reduced=<const void *>qp)
+                                 reduced=<const void *>qp, packed=NULL)
         status = fr_gru_forward_f32(&s32, &w32, &c.cfg, &c.call)
     _check(status, "GRU forward")
 
@@ -1267,7 +1348,7 @@ def gru_backward(GRUConfig c, *, real[::1] dW_x, real[::1] dW_h, real[::1] db, r
                                           dh_seq=_cptr(dh_seq), dh_T=_cptr(dh_T), acts=&acts[0],
                                           x=&x[0], h_seq=&h_seq[0], h0=&h0[0])
             w32 = fr_gru_weights_f32(W_x=&W_x[0], W_h=&W_h[0], b=NULL, b_hn=NULL,
-                                     reduced=NULL)
+                                     reduced=NULL, packed=NULL)
             status = fr_gru_backward_f32(&g32, &s32, &w32, &c.cfg, &c.call)
         else:
             g64 = fr_gru_grads_f64(dW_x=&dW_x[0], dW_h=&dW_h[0], db=&db[0], db_hn=_ptr(db_hn))
@@ -1275,7 +1356,7 @@ def gru_backward(GRUConfig c, *, real[::1] dW_x, real[::1] dW_h, real[::1] db, r
                                           dh_seq=_cptr(dh_seq), dh_T=_cptr(dh_T), acts=&acts[0],
                                           x=&x[0], h_seq=&h_seq[0], h0=&h0[0])
             w64 = fr_gru_weights_f64(W_x=&W_x[0], W_h=&W_h[0], b=NULL, b_hn=NULL,
-                                     reduced=NULL)
+                                     reduced=NULL, packed=NULL)
             status = fr_gru_backward_f64(&g64, &s64, &w64, &c.cfg, &c.call)
     _check(status, "GRU backward")
 

@@ -306,7 +306,7 @@ static fr_call plan_for(const model *m) {
 #define RNN_WEIGHTS(th) {SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), NULL}
 #define RNN_GRADS(g) {SEG(g, S_WX), SEG(g, S_WV), SEG(g, S_B), SEG(g, S_WS)}
 // the GRU's: W_x, W_h, b, b_hn in the segments of W_x, W_v, b, W_s
-#define GRU_WEIGHTS(th) {SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), NULL}
+#define GRU_WEIGHTS(th) {SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), NULL, NULL}
 #define GRU_GRADS(g) RNN_GRADS(g)
 
 static int forward_f64(const model *m, double *y, double *sT, double *oT, double *acts,

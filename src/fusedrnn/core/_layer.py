@@ -16,9 +16,9 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 from . import _threads
-from .. import _tuning
+from .. import _kernel, _tuning
 from ._scratch import ALIGN, ScratchPool, aligned_empty
-from ._tracked import track_all
+from ._tracked import VERSION, is_tracked, track_all
 from . import _validate as V
 
 # Far beyond any trained stack; bounds the per-layer Python bookkeeping.
@@ -30,6 +30,12 @@ TAPE_HEADER = ("format", "steps", "batch", "has_lengths", "has_masks", "input_si
                "hidden_size", "output_size", "num_layers", "num_directions")
 TAPE_FORMAT = 0x46524E01
 _SPLIT = 2**20
+# An inference call of at most this many rows (steps x batch) on the micro-kernel keeps its
+# cells' packed weights for the next call (the pack costs about one pass over the weights,
+# the call T x B of them: a few per cent of a call at T B = 100, nothing measurable beyond).
+PACKED_MAX_ROWS = 4096
+# Kernel configurations kept per layer (one per call size seen, the oldest dropped).
+MAX_CONFIGS = 16
 
 
 def flat(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -118,6 +124,21 @@ class ReadOnlyConfig:
             if name not in self._CONFIG:
                 raise AttributeError(f"{name!r} is not a configuration attribute")
             object.__setattr__(self, name, value)
+        self.__dict__.pop("_fixed", None)  # what followed from the old configuration
+
+    def _fixed_once(self, name: str, make: Any) -> Any:
+        """make(), computed once and kept while the configuration is read-only (what
+        follows from it alone: the parameters' names and shapes); computed afresh
+        before the constructor has ended."""
+        if not self.__dict__.get("_configured", False):
+            return make()
+        fixed = self.__dict__.get("_fixed")
+        if fixed is None:
+            fixed = {}
+            object.__setattr__(self, "_fixed", fixed)
+        if name not in fixed:
+            fixed[name] = make()
+        return fixed[name]
 
 
 class RecurrentLayer(ReadOnlyConfig):
@@ -144,6 +165,9 @@ class RecurrentLayer(ReadOnlyConfig):
                          "num_directions"})
     # How the State's fields map to torch's order (the error for a plain tuple says it).
     _STATE_HINT = ""
+    # The weights of a cell the kernel packs for its micro-kernel, when the cell can take
+    # them packed (`_pack_weights`); none: every call packs its own.
+    _PACKED: Tuple[str, ...] = ()
 
     def __init__(self, input_size: int, hidden_size: int, *, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, dtype: Any = np.float32,
@@ -207,9 +231,20 @@ class RecurrentLayer(ReadOnlyConfig):
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
-                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
-        """One cell's kernel forward on the buffers `_cell_forward` allocated."""
+                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray],
+                        packed: Any = None) -> None:
+        """One cell's kernel forward on the buffers `_cell_forward` allocated; packed: the
+        cell's weights from `_pack_weights` (then the call packs nothing), or None."""
         raise NotImplementedError
+
+    def _pack_weights(self, cfg: Any, p: Dict[str, np.ndarray]) -> Any:
+        """The kernel's packed forward weights of one cell (names `_PACKED`) for cfg."""
+        raise NotImplementedError
+
+    def _packed_names(self) -> Tuple[str, ...]:
+        """The names of `_PACKED` this layer's cells have; () when they take no packed
+        weights (the options keep them off the micro-kernel)."""
+        return self._PACKED
 
     def _kernel_backward(self, cfg: Any, tape: CellTape, g: Dict[str, np.ndarray], work: np.ndarray,
                          dx: np.ndarray, ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
@@ -221,14 +256,16 @@ class RecurrentLayer(ReadOnlyConfig):
     def _cell_forward(self, p: Dict[str, np.ndarray], x: np.ndarray, s0: np.ndarray,
                       o0: np.ndarray, lengths: Optional[np.ndarray], reverse: bool,
                       training: bool, y: Optional[np.ndarray] = None,
-                      acts: Optional[np.ndarray] = None
+                      acts: Optional[np.ndarray] = None, held: Any = None
                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[CellTape]]:
         """Run one cell over x (T, B, I_l): outputs (T, B, R), final s (B, H) and
         output (B, R), and the tape a training forward keeps. y (T, B, R) and acts
-        (the activation store) may be given (regions of a flat tape)."""
+        (the activation store) may be given (regions of a flat tape). held: (cell
+        index, the `params` arrays p's packed weights come from) for an inference
+        call that may use the kept packed weights, else None."""
         T, B, I_l = x.shape
-        cfg = self._cell_config(T, B, I_l, lengths, reverse)
-        n_acts, n_train, n_infer, _ = cfg.sizes()
+        cfg, (n_acts, n_train, n_infer, _) = self._config_of(T, B, I_l, lengths, reverse)
+        packed = None if held is None else self._kept_pack(held[0], held[1], cfg, p)
         if y is None:
             y = aligned_empty(T * B * self.output_size, self.dtype).reshape(T, B, self.output_size)
         s_T = np.empty((B, self.hidden_size), self.dtype)
@@ -240,11 +277,49 @@ class RecurrentLayer(ReadOnlyConfig):
                                f"elements, the kernel needs {n_acts}")
         work = self._scratch.take(n_train if training else n_infer)
         try:
-            self._kernel_forward(cfg, y, s_T, o_T, acts, work, x, s0, o0, p)
+            self._kernel_forward(cfg, y, s_T, o_T, acts, work, x, s0, o0, p, packed)
         finally:
             self._scratch.give(work)
         tape = CellTape(x, y, s0, o0, acts, p, cfg) if acts is not None else None
         return y, s_T, o_T, tape
+
+    def _config_of(self, T: int, B: int, I_l: int, lengths: Optional[np.ndarray],
+                   reverse: bool) -> Tuple[Any, Tuple[int, int, int, int]]:
+        """`_cell_config(...)` and its `sizes()`; without lengths kept for the next calls
+        of these sizes (a config is read-only; its thread cap is part of the key)."""
+        if lengths is not None:
+            cfg = self._cell_config(T, B, I_l, lengths, reverse)
+            return cfg, cfg.sizes()
+        key = (T, B, I_l, reverse, _threads.kernel_threads())
+        hit = self._configs.get(key)
+        if hit is None:
+            cfg = self._cell_config(T, B, I_l, None, reverse)
+            hit = (cfg, cfg.sizes())
+            if len(self._configs) >= MAX_CONFIGS:
+                self._configs.clear()
+            self._configs[key] = hit
+        return hit
+
+    def _kept_pack(self, i: int, held: Tuple[np.ndarray, ...], cfg: Any,
+                   p: Dict[str, np.ndarray]) -> Any:
+        """Cell i's packed weights, kept from an earlier call while the tracking proves
+        its arrays unchanged: the same objects in `params` (`held`), every one
+        write-tracked, and no tracked write since the pack (`VERSION`); packed again
+        otherwise. None (the call packs for itself) while a tracked write is under way
+        or when an array is not tracked. Several threads may pack at once: each
+        stores a complete entry, any of them valid."""
+        version = int(VERSION[0])
+        hit = self._packs.get(i)
+        tracked = all(is_tracked(a) for a in held)
+        if (hit is not None and tracked and hit[0] == version and len(hit[1]) == len(held)
+                and all(a is b for a, b in zip(hit[1], held))):
+            return hit[2]
+        if not tracked or version % 2:  # an untracked array, or a write in progress
+            self._packs.pop(i, None)
+            return None
+        packed = self._pack_weights(cfg, p)
+        self._packs[i] = (version, held, packed)
+        return packed
 
     def _cell_backward(self, tape: CellTape, g: Dict[str, np.ndarray], dx: np.ndarray,
                        ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
@@ -277,11 +352,15 @@ class RecurrentLayer(ReadOnlyConfig):
         self._local = threading.local()  # .tape: this thread's last training forward
         self._grad_lock = _threads.lock()
         self._scratch = ScratchPool(self.dtype)  # kernel workspaces kept between calls
+        # cell index -> (VERSION, the params arrays, their packed weights) of the last pack
+        self._packs: Dict[int, Tuple[int, Tuple[np.ndarray, ...], Any]] = {}
+        self._configs: Dict[Tuple[Any, ...], Any] = {}  # _config_of's
 
     def __getstate__(self) -> dict:
         # copies and pickles carry configuration and parameters, not activations
         state = self.__dict__.copy()
-        del state["_local"], state["_grad_lock"], state["_scratch"]
+        for k in ("_local", "_grad_lock", "_scratch", "_packs", "_configs"):
+            del state[k]
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -342,11 +421,21 @@ class RecurrentLayer(ReadOnlyConfig):
         training=True stores the activations the backward needs; the returned y
         is then read-only when it is the kernel's own buffer (copy it to modify
         it). training=False stores nothing and forbids backward until the next
-        training forward."""
-        self._tape = None
+        training forward.
+
+        Memory: an inference call (training=False) of up to 4096 rows (steps x
+        batch) that runs on the packed micro-kernel keeps its weights packed for
+        the next such call, one extra copy of each cell's W_x and recurrent weights
+        (the LSTM's W_v, W_qv; the GRU's W_h) held by the layer, about as many bytes
+        as those weights. It is made again whenever a parameter may have changed (a
+        write into `params`, a new array stored there, an optimiser step, loaded
+        values); a parameter array the layer cannot track (e.g. a plain array stored
+        with `params[k] = w`) is packed in every call, as before."""
+        local = self._local  # this thread's tape (`_tape`)
+        local.tape = None
         y, st, tape = self._forward(x, state, lengths, x_future, None, training,
                                     self._dropout_rng if training else None, None)
-        self._tape = tape
+        local.tape = tape
         return y, st
 
     def _forward(self, x: Any, state: Any, lengths: Any, x_future: Any,
@@ -362,6 +451,14 @@ class RecurrentLayer(ReadOnlyConfig):
         lens = V.lengths(lengths, B, T)
         s0_all, o0_all, carried = self._state_in(state, B)
         xf = self._future_in(x_future, B, state is not None, T)
+        # an inference call on the micro-kernel keeps the packed weights of `params`
+        names = ()
+        if not training and params is None and T * B <= PACKED_MAX_ROWS:
+            names = self._packed_names()
+            if names and _kernel.packs_weights(T, B):
+                params = dict(self.params)  # one snapshot: the checks and the pack see it
+            else:
+                names = ()
         p = self._checked_params(params)
         buf = None
         if flat_tape is not None:
@@ -394,10 +491,13 @@ class RecurrentLayer(ReadOnlyConfig):
             def run_forward(d: int, l: int = l, inp: np.ndarray = inp):
                 i = l * self.num_directions + d
                 sfx = suffix(l, d)
+                held = None
+                if names:
+                    held = (i, tuple(params[n + sfx] for n in names if n + sfx in params))
                 return self._cell_forward(self._cell_dict(p, l, d), inp, s0_all[i], o0_all[i],
                                           lens, bool(d) or self.reverse, training,
                                           None if buf is None else buf["y" + sfx],
-                                          None if buf is None else buf["acts" + sfx])
+                                          None if buf is None else buf["acts" + sfx], held)
 
             results = self._each_direction(run_forward, B)
             for d, (_, s_i, o_i, tape) in enumerate(results):
@@ -639,8 +739,10 @@ class RecurrentLayer(ReadOnlyConfig):
 
     def _cell_dict(self, store: Dict[str, np.ndarray], l: int, d: int) -> Dict[str, np.ndarray]:
         """One cell's entries of `params` or `grads`, under their base names."""
-        sfx = suffix(l, d)
-        return {name: store[name + sfx] for name in self._cell_param_shapes(self._cell_input_size(l))}
+        keys = self._fixed_once("cell_keys", lambda: [
+            [(name, name + suffix(l, d)) for name in self._cell_param_shapes(self._cell_input_size(l))]
+            for l in range(self.num_layers) for d in range(self.num_directions)])
+        return {name: store[key] for name, key in keys[l * self.num_directions + d]}
 
     def _paper_views(self, store: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """`store` under the names of docs/equations.md (a cell whose storage names
@@ -726,9 +828,11 @@ class RecurrentLayer(ReadOnlyConfig):
         """The checked channels s0, o0 of `state` (zeros for None) and what the cell
         carries in besides them (None here; an LSTM's x_past)."""
         LD = self.num_layers * self.num_directions
-        if state is not None:
-            self._check_state_type(state, "state")
-        parts = self._channels(() if state is None else state, LD, B)
+        if state is None:  # zeros for both channels
+            return (np.zeros((LD, B, self.hidden_size), self.dtype),
+                    np.zeros((LD, B, self.output_size), self.dtype), None)
+        self._check_state_type(state, "state")
+        parts = self._channels(state, LD, B)
         s0, o0 = (np.zeros(shp, self.dtype) if n is None
                   else V.private_copy(V.state_part(a, f"state.{n}", self.dtype, shp), a)
                   for n, a, shp in parts)
@@ -750,14 +854,15 @@ class RecurrentLayer(ReadOnlyConfig):
     def _checked_params(self, store: Optional[Dict[str, np.ndarray]] = None
                         ) -> Dict[str, np.ndarray]:
         store = self.params if store is None else store
-        return {k: V.parameter(store, k, self.dtype, shape)
-                for k, shape in self._param_shapes().items()}
+        dtype = self.dtype
+        return {k: V.parameter(store, k, dtype, shape)
+                for k, shape in self._fixed_once("shapes", self._param_shapes).items()}
 
     def _checked_grads(self, store: Optional[Dict[str, np.ndarray]] = None
                        ) -> Dict[str, np.ndarray]:
         store = self.grads if store is None else store
         grads = {k: V.parameter(store, k, self.dtype, shape, store="grads")
-                 for k, shape in self._param_shapes().items()}
+                 for k, shape in self._fixed_once("shapes", self._param_shapes).items()}
         for k, g in grads.items():
             if g is not store[k] or not g.flags.writeable:
                 raise ValueError(f"grads[{k!r}] must be a writeable C-contiguous array "

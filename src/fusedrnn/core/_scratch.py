@@ -19,6 +19,7 @@ from typing import List
 
 import numpy as np
 
+from .. import _kernel
 from . import _threads
 
 # Released buffers kept per layer: two cells (the directions of a layer) run at
@@ -37,7 +38,7 @@ def aligned_empty(n: int, dtype: np.dtype) -> np.ndarray:
 
 def _aligned_view(raw: np.ndarray) -> np.ndarray:
     """raw from its first ALIGN-byte boundary on."""
-    off = (-raw.ctypes.data % ALIGN) // raw.dtype.itemsize
+    off = (-_kernel.data_address(raw) % ALIGN) // raw.dtype.itemsize
     return raw[off:]
 
 
@@ -47,15 +48,20 @@ class ScratchPool:
 
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
-        self._kept: List[np.ndarray] = []
+        self._kept: List[np.ndarray] = []     # the buffers
+        self._views: List[np.ndarray] = []    # their aligned views, in the same order
         self._lock = _threads.lock()
 
     def take(self, n: int) -> np.ndarray:
         with self._lock:
-            fits = [i for i, b in enumerate(self._kept) if _aligned_view(b).shape[0] >= n]
-            if fits:  # the smallest that fits
-                best = min(fits, key=lambda i: self._kept[i].shape[0])
-                return _aligned_view(self._kept.pop(best))[:n]
+            views = self._views
+            best = -1
+            for i, v in enumerate(views):  # the smallest that fits
+                if v.shape[0] >= n and (best < 0 or v.shape[0] < views[best].shape[0]):
+                    best = i
+            if best >= 0:
+                del self._kept[best]
+                return views.pop(best)[:n]
         return aligned_empty(n, self.dtype)
 
     def give(self, buf: np.ndarray) -> None:
@@ -64,5 +70,7 @@ class ScratchPool:
             return
         with self._lock:
             self._kept.append(base)
+            self._views.append(_aligned_view(base))
             if len(self._kept) > MAX_KEPT:  # drop the smallest
-                del self._kept[min(range(len(self._kept)), key=lambda i: self._kept[i].shape[0])]
+                i = min(range(len(self._kept)), key=lambda i: self._kept[i].shape[0])
+                del self._kept[i], self._views[i]

@@ -112,10 +112,16 @@ class GRU(RecurrentLayer):
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
-                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
+                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray],
+                        packed: Any = None) -> None:
         _kernel.gru_forward(cfg, h_seq=flat(y), h_T=flat(o_T), acts=acts, work=work, x=flat(x),
                             h0=flat(o0), W_x=flat(p["W_x"]), W_h=flat(p["W_h"]), b=flat(p["b"]),
-                            b_hn=flat(p.get("b_hn")))
+                            b_hn=flat(p.get("b_hn")), packed=packed)
+
+    _PACKED = ("W_x", "W_h")
+
+    def _pack_weights(self, cfg: Any, p: Dict[str, np.ndarray]) -> Any:
+        return _kernel.GRUPackedWeights(cfg, W_x=flat(p["W_x"]), W_h=flat(p["W_h"]))
 
     def _kernel_backward(self, cfg: Any, tape: CellTape, g: Dict[str, np.ndarray], work: np.ndarray,
                          dx: np.ndarray, ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],

@@ -191,11 +191,23 @@ class LSTM(RecurrentLayer):
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
-                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
+                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray],
+                        packed: Any = None) -> None:
         _kernel.lstm_forward(cfg, y_seq=flat(y), s_T=flat(s_T), y_T=flat(o_T), acts=acts,
                              work=work, x=flat(x), s0=flat(s0), y0=flat(o0), W_x=flat(p["W_x"]),
                              W_v=flat(p["W_v"]), b=flat(p["b"]),
-                             W_s=flat(p.get("w_s", p.get("W_s"))), W_qv=flat(p.get("W_qv")))
+                             W_s=flat(p.get("w_s", p.get("W_s"))), W_qv=flat(p.get("W_qv")),
+                             packed=packed)
+
+    _PACKED = ("W_x", "W_v", "W_qv")
+
+    def _packed_names(self) -> Tuple[str, ...]:
+        # full peepholes put a GEMM between the row passes: never on the micro-kernel
+        return () if self.peepholes == "full" else self._PACKED
+
+    def _pack_weights(self, cfg: Any, p: Dict[str, np.ndarray]) -> Any:
+        return _kernel.PackedWeights(cfg, W_x=flat(p["W_x"]), W_v=flat(p["W_v"]),
+                                     W_qv=flat(p.get("W_qv")))
 
     def _kernel_backward(self, cfg: Any, tape: CellTape, g: Dict[str, np.ndarray], work: np.ndarray,
                          dx: np.ndarray, ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],

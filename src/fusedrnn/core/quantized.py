@@ -27,8 +27,10 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from .. import _kernel
+from . import _threads
+from ._layer import flat
 from .gru import GRU
-from .lstm import LSTM
+from .lstm import _PEEP_CODES, LSTM
 from .rnn import RNN
 
 __all__ = ["PRECISIONS", "QuantizedGRU", "QuantizedLSTM", "QuantizedRNN", "quantize",
@@ -78,6 +80,7 @@ class _Quantized:
 
     _REDUCED: Tuple[str, ...] = ()
     _FLOAT: type = object
+    _PACKED: Tuple[str, ...] = ()  # the reduced panels are kept by `_packed_cell`
     precision: str
 
     def _setup_precision(self, precision: Any, dtype: Any) -> None:
@@ -139,20 +142,26 @@ class _Quantized:
     def _param_dtypes(self) -> Dict[str, np.dtype]:
         return self._param_dtypes_for(self._param_shapes())  # type: ignore[attr-defined]
 
+    def _fixed_layout(self) -> Any:
+        """(key, shape, dtype) of every parameter, computed once (the configuration is
+        read-only)."""
+        return self._fixed_once("layout", lambda: [  # type: ignore[attr-defined]
+            (k, shape, self._param_dtypes()[k]) for k, shape in self._param_shapes().items()])
+
     def _checked_params(self, store: Optional[Dict[str, np.ndarray]] = None
                         ) -> Dict[str, np.ndarray]:
         if store is not None and store is not self.params:
             raise ValueError(f"a {self.precision} layer runs on its own parameters only")
-        dtypes = self._param_dtypes()
-        for k, shape in self._param_shapes().items():  # type: ignore[attr-defined]
-            a = self.params.get(k)
+        params = self.params
+        for k, shape, dtype in self._fixed_layout():
+            a = params.get(k)
             # read-only: the kernel packs the weights once, so they must not change
-            if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtypes[k] \
+            if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype \
                     or a.flags.writeable or not a.flags.c_contiguous:
-                raise ValueError(f"params[{k!r}] must be the layer's read-only {dtypes[k]}"
+                raise ValueError(f"params[{k!r}] must be the layer's read-only {dtype}"
                                  f"{shape} array; a quantized layer's parameters cannot be "
                                  "replaced or changed (quantize the float layer again instead)")
-        return self.params
+        return params
 
     @property
     def nbytes(self) -> int:
@@ -279,8 +288,6 @@ class QuantizedLSTM(_Quantized, LSTM):
 
     def _cell_config(self, T: int, B: int, in_size: int, lengths: Optional[np.ndarray],
                      reverse: bool) -> "_kernel.LSTMConfig":
-        from . import _threads
-        from .lstm import _PEEP_CODES
         return _kernel.LSTMConfig(T, B, in_size, self.hidden_size, self.proj_size,
                                   _PEEP_CODES[self.peepholes], self.coupled_gates, reverse,
                                   self.cell_clip or 0.0, self.accumulation_clip or 0.0, lengths,
@@ -295,8 +302,8 @@ class QuantizedLSTM(_Quantized, LSTM):
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
-                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
-        from ._layer import flat
+                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray],
+                        packed: Any = None) -> None:
         packed = self._qpacked(cfg, p)
         _kernel.lstm_forward_reduced(cfg, packed, y_seq=flat(y), s_T=flat(s_T), y_T=flat(o_T),
                                      work=work, x=flat(x), s0=flat(s0), y0=flat(o0),
@@ -331,7 +338,6 @@ class QuantizedRNN(_Quantized, RNN):
 
     def _cell_config(self, T: int, B: int, in_size: int, lengths: Optional[np.ndarray],
                      reverse: bool) -> "_kernel.RNNConfig":
-        from . import _threads
         return _kernel.RNNConfig(T, B, in_size, self.hidden_size, self.state_feedback, reverse,
                                  lengths, _threads.kernel_threads(),
                                  activation=self._warps[1 if self.bidirectional and reverse else 0],
@@ -346,8 +352,8 @@ class QuantizedRNN(_Quantized, RNN):
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
-                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
-        from ._layer import flat
+                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray],
+                        packed: Any = None) -> None:
         packed = self._qpacked(cfg, p)
         _kernel.rnn_forward_reduced(cfg, packed, r_seq=flat(y), s_T=flat(s_T), r_T=flat(o_T),
                                     work=work, x=flat(x), s0=flat(s0), r0=flat(o0),
@@ -395,8 +401,8 @@ class QuantizedGRU(_Quantized, GRU):
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
-                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
-        from ._layer import flat
+                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray],
+                        packed: Any = None) -> None:
         packed = self._qpacked(cfg, p)
         _kernel.gru_forward_reduced(cfg, packed, h_seq=flat(y), h_T=flat(o_T), work=work,
                                     x=flat(x), h0=flat(o0), b=flat(p["b"]),

@@ -88,7 +88,8 @@ class RNN(RecurrentLayer):
 
     def _kernel_forward(self, cfg: Any, y: np.ndarray, s_T: np.ndarray, o_T: np.ndarray,
                         acts: Optional[np.ndarray], work: np.ndarray, x: np.ndarray,
-                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray]) -> None:
+                        s0: np.ndarray, o0: np.ndarray, p: Dict[str, np.ndarray],
+                        packed: Any = None) -> None:
         _kernel.rnn_forward(cfg, r_seq=flat(y), s_T=flat(s_T), r_T=flat(o_T), acts=acts,
                             work=work, x=flat(x), s0=flat(s0), r0=flat(o0), W_x=flat(p["W_x"]),
                             W_r=flat(p["W_r"]), theta_s=flat(p["theta_s"]),
