@@ -249,7 +249,10 @@ typedef struct {
     const real *theta_s; /* (H) */                                                 \
     const real *W_s;     /* (H, H), or NULL without state feedback */          \
     const void *reduced; /* cfg->reduced: (fr_rnn_qpacked_size bytes) from fr_rnn_qpack; \
-                            W_x, W_r are then not read */
+                            W_x, W_r are then not read */                        \
+    const real *packed;  /* float: (fr_rnn_packed_size) from fr_rnn_pack_* for this I, \
+                            H (the forward then packs nothing and runs on the     \
+                            micro-kernel), or NULL; the backward ignores it */
 typedef struct { FR_RNN_WEIGHTS_FIELDS(float) } fr_rnn_weights_f32;
 typedef struct { FR_RNN_WEIGHTS_FIELDS(double) } fr_rnn_weights_f64;
 
@@ -296,6 +299,14 @@ int fr_rnn_workspace_size(size_t *n_elems, const fr_rnn_config *cfg, int trainin
 int fr_rnn_backward_workspace_size(size_t *n_elems, const fr_rnn_config *cfg);
 
 /* Bytes of a cell's reduced-precision weights (cfg->reduced set). */
+/* Elements of a cell's packed float forward weights (depend on I, H, state_feedback). */
+int fr_rnn_packed_size(size_t *n_elems, const fr_rnn_config *cfg);
+/* Pack a cell's forward weights W_x, W_r (and W_s with state feedback) once
+ * (w->packed, w->reduced and theta_s are ignored), for forwards that pass the
+ * result as weights.packed. */
+int fr_rnn_pack_f32(float *packed, const fr_rnn_weights_f32 *w, const fr_rnn_config *cfg);
+int fr_rnn_pack_f64(double *packed, const fr_rnn_weights_f64 *w, const fr_rnn_config *cfg);
+
 int fr_rnn_qpacked_size(size_t *bytes, const fr_rnn_config *cfg);
 /* Pack them (for weights.reduced; the buffer 4-byte aligned, 64 is best): W_x (H, I)
  * and W_r (H, H) as bf16 bits (uint16), or int8 with one float32 scale per row

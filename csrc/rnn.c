@@ -20,6 +20,7 @@ static int rnn_check_config(const fr_rnn_config *cfg) {
  * recurrent GEMMs, rounded or quantised (qgemm.h) */
 enum { RF_CHUNK, RF_S_RING, RF_WX_P, RF_WR_P, RF_WS_P, RF_QX, RF_QR, RF_COUNT };
 enum { RQ_WX, RQ_WR, RQ_COUNT }; /* reduced-precision weights (bytes) */
+enum { RP_WX, RP_WR, RP_WS, RP_COUNT }; /* packed float forward weights (fr_rnn_pack_*) */
 enum { RB_PSI, RB_F_CHI, RB_F_PSI, RB_HOLD_CHI, RB_HOLD_PSI, RB_DG_ROW, RB_CS_ROW, RB_WR_P,
        RB_WS_P, RB_SAVE, RB_COUNT };                                                  /* backward workspace */
 
@@ -55,6 +56,15 @@ static int rnn_forward_regions(size_t n[RF_COUNT], const fr_rnn_config *cfg, int
     return FR_OK;
 }
 
+/* The micro-kernel's panels of W_x^T, W_r^T (and W_s^T), the layout the forward
+ * packs into RF_WX_P, RF_WR_P, RF_WS_P. */
+static int rnn_packed_regions(size_t n[RP_COUNT], const fr_rnn_config *cfg) {
+    FR_CHECK(fr_mul(&n[RP_WX], fr_pad32(cfg->H), (size_t)cfg->I));
+    FR_CHECK(fr_mul(&n[RP_WR], fr_pad32(cfg->H), (size_t)cfg->H));
+    n[RP_WS] = cfg->state_feedback ? n[RP_WR] : 0;
+    return FR_OK;
+}
+
 /* Bytes of the reduced panels of W_x^T (ceil(H / 32) panels of K = I) and W_r^T
  * (K = H), each a multiple of 128 bytes. */
 static int rnn_qpacked_regions(size_t n[RQ_COUNT], const fr_rnn_config *cfg) {
@@ -80,10 +90,11 @@ static int rnn_backward_regions(size_t n[RB_COUNT], const fr_rnn_config *cfg) {
     return FR_OK;
 }
 
-static fr_plan rnn_plan(const fr_rnn_config *cfg, const fr_call *call, size_t elem) {
+static fr_plan rnn_plan(const fr_rnn_config *cfg, const fr_call *call, size_t elem,
+                        int prepacked) {
     const fr_plan_input in = {.T = cfg->T, .B = cfg->B, .units = cfg->H, .rec_cols = cfg->H,
                               .rec_depth = cfg->H * (cfg->state_feedback ? 2 : 1), .elem = elem,
-                              .ukernel_ok = 1, .prepacked = cfg->reduced != 0};
+                              .ukernel_ok = 1, .prepacked = prepacked || cfg->reduced != 0};
     return fr_plan_cell(&in, call);
 }
 
@@ -107,6 +118,14 @@ int fr_rnn_backward_workspace_size(size_t *n_elems, const fr_rnn_config *cfg) {
     size_t n[RB_COUNT];
     FR_CHECK(rnn_backward_regions(n, cfg));
     return fr_regions_total(n_elems, n, RB_COUNT, 1);
+}
+
+int fr_rnn_packed_size(size_t *n_elems, const fr_rnn_config *cfg) {
+    if (n_elems == NULL) return FR_ENULL;
+    FR_CHECK(rnn_check_config(cfg));
+    size_t n[RP_COUNT];
+    FR_CHECK(rnn_packed_regions(n, cfg));
+    return fr_regions_total(n_elems, n, RP_COUNT, 1);
 }
 
 int fr_rnn_qpacked_size(size_t *bytes, const fr_rnn_config *cfg) {

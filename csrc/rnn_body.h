@@ -141,15 +141,23 @@ int FN(fr_rnn_forward)(const FN(fr_rnn_forward_seq) *seq, const FN(fr_rnn_weight
     /* reduced precision: inference in float32, the weights from fr_rnn_qpack */
     if (cfg->reduced && (!FR_REDUCED_OK || training)) return FR_EINVAL;
     if (cfg->reduced && !w->reduced) return FR_ENULL;
+    if (cfg->reduced && w->packed) return FR_EINVAL; /* float panels: not with reduced ones */
     size_t nf[RF_COUNT];
     FR_CHECK(rnn_forward_regions(nf, cfg, training));
-    const fr_plan plan = rnn_plan(cfg, call, sizeof(real));
+    const fr_plan plan = rnn_plan(cfg, call, sizeof(real), w->packed != NULL);
 
-    FN(rnn_fwd) c = {.cfg = cfg, .seq = seq, .w = w, .G = fr_rnn_warp_of(cfg), .pack = plan.ukernel};
+    FN(rnn_fwd) c = {.cfg = cfg, .seq = seq, .w = w, .G = fr_rnn_warp_of(cfg),
+                     .pack = plan.ukernel && !w->packed};
     FR_CHECK(fr_workspace_point((void **)c.p, nf, RF_COUNT, seq->work, sizeof(real)));
-    c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? c.p[RF_WX_P] : NULL, NULL};
-    c.r = (WMAT){w->W_r, H, 1, plan.ukernel ? c.p[RF_WR_P] : NULL, NULL};
-    c.s = (WMAT){w->W_s, H, 1, plan.ukernel ? c.p[RF_WS_P] : NULL, NULL};
+    real *pk[RP_COUNT] = {c.p[RF_WX_P], c.p[RF_WR_P], c.p[RF_WS_P]}; /* packed here, or given */
+    if (w->packed) {
+        size_t np[RP_COUNT];
+        FR_CHECK(rnn_packed_regions(np, cfg));
+        fr_regions_point((void **)pk, np, RP_COUNT, (void *)w->packed, sizeof(real), 1);
+    }
+    c.x = (WMAT){w->W_x, I, 1, plan.ukernel ? pk[RP_WX] : NULL, NULL};
+    c.r = (WMAT){w->W_r, H, 1, plan.ukernel ? pk[RP_WR] : NULL, NULL};
+    c.s = (WMAT){w->W_s, H, 1, plan.ukernel ? pk[RP_WS] : NULL, NULL};
     if (cfg->reduced) { /* the reduced panels (fr_rnn_qpack's layout) and their activations */
         size_t nq[RQ_COUNT];
         FR_CHECK(rnn_qpacked_regions(nq, cfg));
@@ -171,6 +179,21 @@ int FN(fr_rnn_forward)(const FN(fr_rnn_forward_seq) *seq, const FN(fr_rnn_weight
                                : c.p[RF_S_RING] + (size_t)((T - 1) & 1) * BH;
     memcpy(seq->s_T, s_last, BH * sizeof(real));
     memcpy(seq->r_T, seq->r_seq + (size_t)n_last * BH, BH * sizeof(real));
+    return FR_OK;
+}
+
+int FN(fr_rnn_pack)(real *packed, const FN(fr_rnn_weights) *w, const fr_rnn_config *cfg) {
+    FR_CHECK(rnn_check_config(cfg));
+    if (!packed || !w || !w->W_x || !w->W_r || (cfg->state_feedback && !w->W_s)) return FR_ENULL;
+    if (cfg->reduced) return FR_EINVAL;
+    const int64_t I = cfg->I, H = cfg->H;
+    size_t np[RP_COUNT];
+    real *pk[RP_COUNT];
+    FR_CHECK(rnn_packed_regions(np, cfg));
+    fr_regions_point((void **)pk, np, RP_COUNT, packed, sizeof(real), 1);
+    FN(fr_pack)(pk[RP_WX], w->W_x, 1, H, I, I);
+    FN(fr_pack)(pk[RP_WR], w->W_r, 1, H, H, H);
+    if (cfg->state_feedback) FN(fr_pack)(pk[RP_WS], w->W_s, 1, H, H, H);
     return FR_OK;
 }
 
@@ -294,7 +317,7 @@ int FN(fr_rnn_backward)(const FN(fr_rnn_grads) *g, const FN(fr_rnn_backward_seq)
     const int64_t T = cfg->T, B = cfg->B, I = cfg->I, H = cfg->H;
     size_t nb[RB_COUNT];
     FR_CHECK(rnn_backward_regions(nb, cfg));
-    const fr_plan plan = rnn_plan(cfg, call, sizeof(real));
+    const fr_plan plan = rnn_plan(cfg, call, sizeof(real), 0);
 
     FN(rnn_bwd) c = {.cfg = cfg, .g = g, .seq = seq, .w = w, .G = fr_rnn_warp_of(cfg)};
     FR_CHECK(fr_workspace_point((void **)c.p, nb, RB_COUNT, seq->work, sizeof(real)));

@@ -64,6 +64,8 @@ LAYERS = {
     "gru-reverse-batch-first": lambda dt: fr.GRU(I, H, reverse=True, batch_first=True, dtype=dt,
                                                  seed=7),
     "rnn-2": lambda dt: fr.RNN(I, H, num_layers=2, dtype=dt, seed=8),
+    "rnn-feedback-bidir": lambda dt: fr.RNN(I, H, state_feedback=True, bidirectional=True,
+                                            dtype=dt, seed=10),
 }
 
 
@@ -84,7 +86,7 @@ def test_kept_packs_equal_an_uncached_call_and_the_oracle(name, dtype, lengths):
         np.testing.assert_array_equal(y, want)
         for a, b in zip(st, st_want):
             np.testing.assert_array_equal(a, b)
-    takes_packs = "full" not in name and "rnn" not in name
+    takes_packs = "full" not in name
     assert bool(layer._packs) == takes_packs
     y_t = y.transpose(1, 0, 2) if layer.batch_first else y
     if layer.reverse:
@@ -136,7 +138,7 @@ def _changes(layer):
             ("loaded", loaded)]
 
 
-@pytest.mark.parametrize("cls", [fr.LSTM, fr.GRU], ids=["lstm", "gru"])
+@pytest.mark.parametrize("cls", [fr.LSTM, fr.GRU, fr.RNN], ids=["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("which", range(7))
 def test_each_change_of_a_parameter_reaches_the_next_inference(cls, which):
     layer = cls(I, H, seed=1)

@@ -79,34 +79,44 @@ def test_packed_weights_are_refused_for_another_cell():
         _kernel.PackedWeights(cfg, W_x=p["W_x"], W_v=p["W_v"][:-1])
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("lbr", [True, False], ids=["linear-before-reset", "original"])
-def test_gru_packed_weights_equal_the_call_that_packs(lbr, dtype):
-    """_kernel.GRUPackedWeights: a GRU forward on panels packed once equals the call that
-    packs its own (H = 45: a partial panel), and a pack for another I, H is refused."""
-    layer = fr.GRU(21, 45, linear_before_reset=lbr, dtype=dtype, seed=3)
-    x = np.random.default_rng(0).standard_normal((12, 5, 21)).astype(dtype)
-    p = {k: v.reshape(-1) for k, v in layer.params.items()}
-    cfg = layer._cell_config(12, 5, 21, None, False)
-    pw = _kernel.GRUPackedWeights(cfg, W_x=p["W_x"], W_h=p["W_h"])
+CELLS = {  # layer, its packed weights' class and names, the kernel forward's sequence names
+    "gru": (lambda dt: fr.GRU(21, 45, dtype=dt, seed=3), "GRUPackedWeights", ("W_x", "W_h")),
+    "gru-original": (lambda dt: fr.GRU(21, 45, linear_before_reset=False, dtype=dt, seed=3),
+                     "GRUPackedWeights", ("W_x", "W_h")),
+    "rnn": (lambda dt: fr.RNN(21, 45, dtype=dt, seed=3), "RNNPackedWeights", ("W_x", "W_r")),
+    "rnn-feedback": (lambda dt: fr.RNN(21, 45, state_feedback=True, dtype=dt, seed=3),
+                     "RNNPackedWeights", ("W_x", "W_r", "W_s")),
+}
 
-    def run(packed):
-        y, hT = np.empty(12 * 5 * 45, dtype), np.empty(5 * 45, dtype)
-        _kernel.gru_forward(cfg, h_seq=y, h_T=hT, acts=None, work=np.empty(cfg.sizes()[2], dtype),
-                            x=x.reshape(-1), h0=np.zeros(5 * 45, dtype), W_x=p["W_x"],
-                            W_h=p["W_h"], b=p["b"], b_hn=p.get("b_hn"), packed=packed)
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_gru_and_rnn_packed_weights_equal_the_call_that_packs(cell, dtype):
+    """_kernel.GRUPackedWeights / RNNPackedWeights: a forward on panels packed once equals
+    the call that packs its own (H = 45: a partial panel), bit for bit, and a pack for
+    another I, H is refused."""
+    make, kind, names = CELLS[cell]
+    layer = make(dtype)
+    x = np.random.default_rng(0).standard_normal((12, 5, 21)).astype(dtype)
+    p = layer._cell_dict(layer.params, 0, 0)
+    cfg = layer._cell_config(12, 5, 21, None, False)
+    pw = getattr(_kernel, kind)(cfg, **{n: p[n].reshape(-1) for n in names})
+
+    def run(lay, c, packed):
+        H = lay.hidden_size
+        y, s, o = np.empty((12, 5, H), dtype), np.empty((5, H), dtype), np.empty((5, H), dtype)
+        z = np.zeros((5, H), dtype)
+        work = np.empty(c.sizes()[2], dtype)
+        lay._kernel_forward(c, y, s, o, None, work, x, z, z, lay._cell_dict(lay.params, 0, 0),
+                            packed)
         return y
 
     with _tuning.override(packed_max_rows=1 << 30, team_min_steps=8):
         assert _kernel.packs_weights(12, 5) and not _kernel.packs_weights(7, 5)
-        np.testing.assert_array_equal(run(pw), run(None))
-    other = fr.GRU(21, 44, dtype=dtype)._cell_config(12, 5, 21, None, False)
-    with pytest.raises(ValueError, match="packed: made for I, H = 21, 45"):
-        _kernel.gru_forward(other, h_seq=np.empty(12 * 5 * 44, dtype),
-                            h_T=np.empty(5 * 44, dtype), acts=None,
-                            work=np.empty(other.sizes()[2], dtype), x=x.reshape(-1),
-                            h0=np.zeros(5 * 44, dtype), W_x=np.zeros(3 * 44 * 21, dtype),
-                            W_h=np.zeros(3 * 44 * 44, dtype), b=np.zeros(3 * 44, dtype),
-                            b_hn=np.zeros(44, dtype), packed=pw)
-    with pytest.raises(ValueError, match="W_h"):
-        _kernel.GRUPackedWeights(cfg, W_x=p["W_x"], W_h=p["W_h"][:-1])
+        np.testing.assert_array_equal(run(layer, cfg, pw), run(layer, cfg, None))
+        other = make(dtype).__class__(21, 44, dtype=dtype)
+        with pytest.raises(ValueError, match="packed: made for I, H"):
+            run(other, other._cell_config(12, 5, 21, None, False), pw)
+    with pytest.raises(ValueError, match=names[1]):
+        getattr(_kernel, kind)(cfg, **{n: p[n].reshape(-1)[:-1] if n == names[1]
+                                       else p[n].reshape(-1) for n in names})

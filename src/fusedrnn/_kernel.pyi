@@ -95,9 +95,16 @@ class RNNConfig:
     def sizes(self) -> Tuple[int, int, int, int]: ...
 
 def rnn_sizes(T: int, B: int, I: int, H: int, state_feedback: int) -> Tuple[int, int, int, int]: ...
+class RNNPackedWeights:
+    buffer: npt.NDArray[Any]
+    I: int
+    H: int
+    state_feedback: int
+    dtype: np.dtype
+    def __init__(self, c: RNNConfig, *, W_x: _Buf, W_r: _Buf, W_s: _OptBuf = ...) -> None: ...
 def rnn_forward(c: RNNConfig, *, r_seq: _Buf, s_T: _Buf, r_T: _Buf, acts: _OptBuf,
                 work: _OptBuf, x: _Buf, s0: _Buf, r0: _Buf, W_x: _Buf, W_r: _Buf,
-                theta_s: _Buf, W_s: _OptBuf) -> None: ...
+                theta_s: _Buf, W_s: _OptBuf, packed: Optional[RNNPackedWeights] = ...) -> None: ...
 def rnn_backward(c: RNNConfig, *, dW_x: _Buf, dW_r: _Buf, dtheta_s: _Buf, dW_s: _OptBuf,
                  dx: _OptBuf, ds0: _OptBuf, dr0: _OptBuf, work: _Buf, dr_seq: _OptBuf,
                  ds_T: _OptBuf, dr_T: _OptBuf, acts: _OptBuf, x: _Buf, r_seq: _Buf, s0: _Buf,

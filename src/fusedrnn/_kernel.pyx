@@ -138,12 +138,14 @@ cdef extern from "fusedrnn.h" nogil:
         const float *theta_s
         const float *W_s
         const void *reduced
+        const float *packed
     ctypedef struct fr_rnn_weights_f64:
         const double *W_x
         const double *W_r
         const double *theta_s
         const double *W_s
         const void *reduced
+        const double *packed
     ctypedef struct fr_rnn_grads_f32:
         float *dW_x
         float *dW_r
@@ -222,6 +224,9 @@ cdef extern from "fusedrnn.h" nogil:
     int fr_rnn_acts_size(size_t *n, const fr_rnn_config *cfg)
     int fr_rnn_workspace_size(size_t *n, const fr_rnn_config *cfg, int training)
     int fr_rnn_backward_workspace_size(size_t *n, const fr_rnn_config *cfg)
+    int fr_rnn_packed_size(size_t *n, const fr_rnn_config *cfg)
+    int fr_rnn_pack_f32(float *packed, const fr_rnn_weights_f32 *w, const fr_rnn_config *cfg)
+    int fr_rnn_pack_f64(double *packed, const fr_rnn_weights_f64 *w, const fr_rnn_config *cfg)
     int fr_rnn_qpacked_size(size_t *nbytes, const fr_rnn_config *cfg)
     int fr_rnn_qpack(void *packed, const void *W_x, const float *W_x_scale, const void *W_r,
                      const float *W_r_scale, const fr_rnn_config *cfg)
@@ -639,6 +644,15 @@ cdef inline Py_ssize_t _len(object a):
     return -1 if a is None else a.shape[0]
 
 
+cdef object _pack_dtype(object W_x, str what):
+    """The dtype of a cell's packed float weights: W_x's, float32 or float64 (TypeError
+    naming `what` else)."""
+    dtype = np.dtype(W_x.dtype)
+    if dtype != np.float32 and dtype != np.float64:
+        raise TypeError(f"{what}: W_x must be float32 or float64, got {dtype}")
+    return dtype
+
+
 cdef class PackedWeights:
     """A cell's forward weights (W_x, W_v, W_qv) packed once for the kernel's
     micro-kernel, for a stream of forward calls with the same weights (T = 1
@@ -655,15 +669,13 @@ cdef class PackedWeights:
         if c.cfg.peepholes == 2:
             raise ValueError("PackedWeights: full peepholes do not run on the micro-kernel")
         _check_weights(c, _len(W_x), _len(W_v), 4 * c.cfg.H, 3 * c.cfg.H, _len(W_qv))
-        self.dtype = np.dtype(W_x.dtype)
+        self.dtype = _pack_dtype(W_x, "PackedWeights")
         self.I, self.H, self.P = c.cfg.I, c.cfg.H, c.cfg.P
         self.buffer = np.empty(n, self.dtype)
         if self.dtype == np.float32:
             status = _pack[float](self.buffer, W_x, W_v, W_qv, &c.cfg)
-        elif self.dtype == np.float64:
-            status = _pack[double](self.buffer, W_x, W_v, W_qv, &c.cfg)
         else:
-            raise TypeError(f"PackedWeights: W_x must be float32 or float64, got {self.dtype}")
+            status = _pack[double](self.buffer, W_x, W_v, W_qv, &c.cfg)
         _check(status, "PackedWeights")
 
 
@@ -926,12 +938,64 @@ def rnn_sizes(int64_t T, int64_t B, int64_t I, int64_t H, int state_feedback):
     return RNNConfig(T, B, I, H, state_feedback).sizes()
 
 
+cdef class RNNPackedWeights:
+    """An RNN cell's float forward weights W_x (H, I), W_r (H, H) and, with state feedback,
+    W_s (H, H) packed once for the micro-kernel: `rnn_forward(..., packed=pw)` then packs
+    nothing (and runs on the micro-kernel whatever T). Made for the I, H, state_feedback
+    and dtype of `c`; a copy, so pack again after the weights change."""
+    cdef readonly object buffer  # the packed panels, 64-byte aligned inside
+    cdef readonly int64_t I, H
+    cdef readonly int state_feedback
+    cdef readonly object dtype
+
+    def __init__(self, RNNConfig c, *, W_x, W_r, W_s=None):
+        cdef size_t n = 0
+        cdef int status
+        if c.cfg.reduced:
+            raise ValueError("RNNPackedWeights: float weights (the reduced ones are "
+                             "RNNQPackedWeights)")
+        _check(fr_rnn_packed_size(&n, &c.cfg), "RNNPackedWeights")
+        _have(W_x, <size_t>(c.cfg.H * c.cfg.I), "W_x")
+        _have(W_r, <size_t>(c.cfg.H * c.cfg.H), "W_r")
+        if c.cfg.state_feedback:
+            _have(W_s, <size_t>(c.cfg.H * c.cfg.H), "W_s")
+        self.dtype = _pack_dtype(W_x, "RNNPackedWeights")
+        self.I, self.H, self.state_feedback = c.cfg.I, c.cfg.H, c.cfg.state_feedback
+        self.buffer = np.empty(n, self.dtype)
+        if self.dtype == np.float32:
+            status = _rnn_pack[float](self.buffer, W_x, W_r, W_s, &c.cfg)
+        else:
+            status = _rnn_pack[double](self.buffer, W_x, W_r, W_s, &c.cfg)
+        _check(status, "RNNPackedWeights")
+
+
+cdef int _rnn_pack(real[::1] buf, const real[::1] W_x, const real[::1] W_r, const real[::1] W_s,
+                   const fr_rnn_config *cfg) except? -9:
+    """fr_rnn_pack_* of W_x, W_r (W_s) into buf (theta_s is not read)."""
+    cdef fr_rnn_weights_f32 w32
+    cdef fr_rnn_weights_f64 w64
+    cdef int status
+    if real is float:
+        memset(&w32, 0, sizeof(w32))
+        w32.W_x, w32.W_r, w32.W_s = &W_x[0], &W_r[0], _cptr(W_s)
+        with nogil:
+            status = fr_rnn_pack_f32(&buf[0], &w32, cfg)
+    else:
+        memset(&w64, 0, sizeof(w64))
+        w64.W_x, w64.W_r, w64.W_s = &W_x[0], &W_r[0], _cptr(W_s)
+        with nogil:
+            status = fr_rnn_pack_f64(&buf[0], &w64, cfg)
+    return status
+
+
 def rnn_forward(RNNConfig c, *, real[::1] r_seq, real[::1] s_T, real[::1] r_T, real[::1] acts,
                 real[::1] work, const real[::1] x, const real[::1] s0, const real[::1] r0,
                 const real[::1] W_x, const real[::1] W_r, const real[::1] theta_s,
-                const real[::1] W_s):
-    """fr_rnn_forward on flat buffers; acts=None selects inference."""
+                const real[::1] W_s, RNNPackedWeights packed=None):
+    """fr_rnn_forward on flat buffers; acts=None selects inference. packed: the cell's
+    RNNPackedWeights (then nothing is packed in the call)."""
     cdef size_t n_acts = 0, n_work = 0
+    cdef real[::1] pk = None
     cdef int64_t T = c.cfg.T, B = c.cfg.B, I = c.cfg.I, H = c.cfg.H
     cdef size_t TBH = <size_t>(T * B * H), BH = <size_t>(B * H)
     cdef bint training = acts is not None
@@ -950,6 +1014,12 @@ def rnn_forward(RNNConfig c, *, real[::1] r_seq, real[::1] s_T, real[::1] r_T, r
         if W_s is None:
             raise ValueError("internal: W_s missing")
         _need(W_s.shape[0], <size_t>(H * H), "W_s")
+    if packed is not None:
+        if (packed.I, packed.H, packed.state_feedback) != (I, H, c.cfg.state_feedback):
+            raise ValueError(f"packed: made for I, H, state_feedback = {packed.I}, {packed.H}, "
+                             f"{packed.state_feedback}, the call has {I}, {H}, "
+                             f"{c.cfg.state_feedback}")
+        pk = packed.buffer  # a dtype other than the call's fails here (TypeError)
     cdef fr_rnn_forward_seq_f32 s32
     cdef fr_rnn_forward_seq_f64 s64
     cdef fr_rnn_weights_f32 w32
@@ -960,14 +1030,14 @@ def rnn_forward(RNNConfig c, *, real[::1] r_seq, real[::1] s_T, real[::1] r_T, r
             s32.acts = _ptr(acts); s32.work = _ptr(work)
             s32.x = &x[0]; s32.s0 = &s0[0]; s32.r0 = &r0[0]
             w32.W_x = &W_x[0]; w32.W_r = &W_r[0]; w32.theta_s = &theta_s[0]; w32.W_s = _cptr(W_s)
-            w32.reduced = NULL
+            w32.reduced = NULL; w32.packed = _cptr(pk)
             status = fr_rnn_forward_f32(&s32, &w32, &c.cfg, &c.call)
         else:
             s64.r_seq = &r_seq[0]; s64.s_T = &s_T[0]; s64.r_T = &r_T[0]
             s64.acts = _ptr(acts); s64.work = _ptr(work)
             s64.x = &x[0]; s64.s0 = &s0[0]; s64.r0 = &r0[0]
             w64.W_x = &W_x[0]; w64.W_r = &W_r[0]; w64.theta_s = &theta_s[0]; w64.W_s = _cptr(W_s)
-            w64.reduced = NULL
+            w64.reduced = NULL; w64.packed = _cptr(pk)
             status = fr_rnn_forward_f64(&s64, &w64, &c.cfg, &c.call)
     _check(status, "RNN forward")
 
@@ -1028,7 +1098,7 @@ def rnn_forward_reduced(RNNConfig c, RNNQPackedWeights reduced, *, float[::1] r_
         s32.acts = NULL; s32.work = _ptr(work)
         s32.x = &x[0]; s32.s0 = &s0[0]; s32.r0 = &r0[0]
         w32.W_x = NULL; w32.W_r = NULL; w32.theta_s = &theta_s[0]; w32.W_s = _cptr(W_s)
-        w32.reduced = <const void *>qp
+        w32.reduced = <const void *>qp; w32.packed = NULL
         status = fr_rnn_forward_f32(&s32, &w32, &c.cfg, &c.call)
     _check(status, "RNN forward")
 
@@ -1087,7 +1157,7 @@ def rnn_backward(RNNConfig c, *, real[::1] dW_x, real[::1] dW_r, real[::1] dthet
             s32.acts = _cptr(acts); s32.x = &x[0]; s32.r_seq = &r_seq[0]
             s32.s0 = &s0[0]; s32.r0 = &r0[0]
             w32.W_x = &W_x[0]; w32.W_r = &W_r[0]; w32.theta_s = NULL; w32.W_s = _cptr(W_s)
-            w32.reduced = NULL
+            w32.reduced = NULL; w32.packed = NULL
             status = fr_rnn_backward_f32(&g32, &s32, &w32, &c.cfg, &c.call)
         else:
             g64.dW_x = &dW_x[0]; g64.dW_r = &dW_r[0]; g64.dtheta_s = &dtheta_s[0]
@@ -1097,7 +1167,7 @@ def rnn_backward(RNNConfig c, *, real[::1] dW_x, real[::1] dW_r, real[::1] dthet
             s64.acts = _cptr(acts); s64.x = &x[0]; s64.r_seq = &r_seq[0]
             s64.s0 = &s0[0]; s64.r0 = &r0[0]
             w64.W_x = &W_x[0]; w64.W_r = &W_r[0]; w64.theta_s = NULL; w64.W_s = _cptr(W_s)
-            w64.reduced = NULL
+            w64.reduced = NULL; w64.packed = NULL
             status = fr_rnn_backward_f64(&g64, &s64, &w64, &c.cfg, &c.call)
     _check(status, "RNN backward")
 
@@ -1191,15 +1261,13 @@ cdef class GRUPackedWeights:
         _check(fr_gru_packed_size(&n, &c.cfg), "GRUPackedWeights")
         _have(W_x, <size_t>(3 * c.cfg.H * c.cfg.I), "W_x")
         _have(W_h, <size_t>(3 * c.cfg.H * c.cfg.H), "W_h")
-        self.dtype = np.dtype(W_x.dtype)
+        self.dtype = _pack_dtype(W_x, "GRUPackedWeights")
         self.I, self.H = c.cfg.I, c.cfg.H
         self.buffer = np.empty(n, self.dtype)
         if self.dtype == np.float32:
             status = _gru_pack[float](self.buffer, W_x, W_h, &c.cfg)
-        elif self.dtype == np.float64:
-            status = _gru_pack[double](self.buffer, W_x, W_h, &c.cfg)
         else:
-            raise TypeError(f"GRUPackedWeights: W_x must be float32 or float64, got {self.dtype}")
+            status = _gru_pack[double](self.buffer, W_x, W_h, &c.cfg)
         _check(status, "GRUPackedWeights")
 
 

@@ -303,7 +303,7 @@ static fr_call plan_for(const model *m) {
 #define LSTM_WEIGHTS(real, th) {SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), \
                                 SEG(th, S_WQV), NULL, NULL}
 #define LSTM_GRADS(g) {SEG(g, S_WX), SEG(g, S_WV), SEG(g, S_B), SEG(g, S_WS), SEG(g, S_WQV)}
-#define RNN_WEIGHTS(th) {SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), NULL}
+#define RNN_WEIGHTS(th) {SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), NULL, NULL}
 #define RNN_GRADS(g) {SEG(g, S_WX), SEG(g, S_WV), SEG(g, S_B), SEG(g, S_WS)}
 // the GRU's: W_x, W_h, b, b_hn in the segments of W_x, W_v, b, W_s
 #define GRU_WEIGHTS(th) {SEG(th, S_WX), SEG(th, S_WV), SEG(th, S_B), SEG(th, S_WS), NULL, NULL}

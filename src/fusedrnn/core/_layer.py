@@ -256,20 +256,24 @@ class RecurrentLayer(ReadOnlyConfig):
     def _cell_forward(self, p: Dict[str, np.ndarray], x: np.ndarray, s0: np.ndarray,
                       o0: np.ndarray, lengths: Optional[np.ndarray], reverse: bool,
                       training: bool, y: Optional[np.ndarray] = None,
-                      acts: Optional[np.ndarray] = None, held: Any = None
+                      acts: Optional[np.ndarray] = None, held: Any = None,
+                      s_T: Optional[np.ndarray] = None, o_T: Optional[np.ndarray] = None
                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[CellTape]]:
         """Run one cell over x (T, B, I_l): outputs (T, B, R), final s (B, H) and
         output (B, R), and the tape a training forward keeps. y (T, B, R) and acts
         (the activation store) may be given (regions of a flat tape). held: (cell
         index, the `params` arrays p's packed weights come from) for an inference
-        call that may use the kept packed weights, else None."""
+        call that may use the kept packed weights, else None. s_T (B, H), o_T (B, R):
+        C-contiguous arrays to write the final state into (default: new ones)."""
         T, B, I_l = x.shape
         cfg, (n_acts, n_train, n_infer, _) = self._config_of(T, B, I_l, lengths, reverse)
         packed = None if held is None else self._kept_pack(held[0], held[1], cfg, p)
         if y is None:
             y = aligned_empty(T * B * self.output_size, self.dtype).reshape(T, B, self.output_size)
-        s_T = np.empty((B, self.hidden_size), self.dtype)
-        o_T = np.empty((B, self.output_size), self.dtype)
+        if s_T is None:
+            s_T = np.empty((B, self.hidden_size), self.dtype)
+        if o_T is None:
+            o_T = np.empty((B, self.output_size), self.dtype)
         if acts is None and training:
             acts = aligned_empty(n_acts, self.dtype)
         if acts is not None and acts.shape != (n_acts,):
@@ -497,13 +501,11 @@ class RecurrentLayer(ReadOnlyConfig):
                 return self._cell_forward(self._cell_dict(p, l, d), inp, s0_all[i], o0_all[i],
                                           lens, bool(d) or self.reverse, training,
                                           None if buf is None else buf["y" + sfx],
-                                          None if buf is None else buf["acts" + sfx], held)
+                                          None if buf is None else buf["acts" + sfx], held,
+                                          s_T[i], o_T[i])
 
             results = self._each_direction(run_forward, B)
-            for d, (_, s_i, o_i, tape) in enumerate(results):
-                s_T[l * self.num_directions + d], o_T[l * self.num_directions + d] = s_i, o_i
-                if tape is not None:
-                    cells.append(tape)
+            cells.extend(r[3] for r in results if r[3] is not None)  # s_T, o_T written in place
             outs = [r[0] for r in results]
             out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
             if valid is not None:

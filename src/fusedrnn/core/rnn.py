@@ -93,7 +93,13 @@ class RNN(RecurrentLayer):
         _kernel.rnn_forward(cfg, r_seq=flat(y), s_T=flat(s_T), r_T=flat(o_T), acts=acts,
                             work=work, x=flat(x), s0=flat(s0), r0=flat(o0), W_x=flat(p["W_x"]),
                             W_r=flat(p["W_r"]), theta_s=flat(p["theta_s"]),
-                            W_s=flat(p.get("W_s")))
+                            W_s=flat(p.get("W_s")), packed=packed)
+
+    _PACKED = ("W_x", "W_r", "W_s")
+
+    def _pack_weights(self, cfg: Any, p: Dict[str, np.ndarray]) -> Any:
+        return _kernel.RNNPackedWeights(cfg, W_x=flat(p["W_x"]), W_r=flat(p["W_r"]),
+                                        W_s=flat(p.get("W_s")))
 
     def _kernel_backward(self, cfg: Any, tape: CellTape, g: Dict[str, np.ndarray], work: np.ndarray,
                          dx: np.ndarray, ds0: np.ndarray, do0: np.ndarray, dy: Optional[np.ndarray],
