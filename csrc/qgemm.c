@@ -338,6 +338,42 @@ static inline Q_AVX512VNNI __m512 q_out_vnni16(__v16si acc, const uint32_t *cs,
 #define QK_SHAPE (12, 12, 1, 2, 4, 4)
 #include "qgemm_body.h"
 
+/* ---- bf16, AVX2 + FMA, from FR_QWIDE_MIN_ROWS rows on: widened once, 5 rows x 2 vectors
+ * (qgemm_wide_body.h). The tile above widens each weight word for 2 rows and
+ * each activation word at every use, as many shifts and masks as FMAs; this one
+ * widens a block of a panel and a tile's activations once into buffers on the
+ * stack and runs float32 FMAs on them. Below the threshold (a few rows) the
+ * buffers cost more than they save. The sums are the same either way. The
+ * AVX-512F path keeps its 12-row tile: on a CPU that runs 512-bit FMAs at
+ * half rate (two 256-bit halves) its widening is not what bounds it, and the
+ * wide tile measured slower there. */
+#define WSUF _bf16_avx2
+#define WATTR Q_AVX2
+#define WVL 8
+#define WV __m256
+#define WI __m256i
+#define WMR 5
+#define WKCW 64
+#define WZERO() _mm256_setzero_ps()
+#define WLOAD(p) _mm256_loadu_ps(p)
+#define WSTORE(p, v) _mm256_storeu_ps((p), (v))
+#define WADD(a, b) _mm256_add_ps((a), (b))
+#define WFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define WBCAST(p) _mm256_broadcast_ss(p)
+#define WSHL16(i) _mm256_castsi256_ps(_mm256_slli_epi32((i), 16))
+#define WHI16(i) _mm256_castsi256_ps(_mm256_and_si256((i), _mm256_set1_epi32((int)0xFFFF0000u)))
+#define WILOAD(p) _mm256_loadu_si256((const __m256i *)(p))
+#include "qgemm_wide_body.h"
+
+static Q_AVX2 void gemm_bf16_avx2_any(float *C, int64_t ldc, const uint32_t *A, int64_t lda,
+                                      const uint32_t *W, int64_t ldp, const float *sa,
+                                      int64_t M, int64_t N, int64_t kg, int beta1) {
+    if (M >= FR_QWIDE_MIN_ROWS)
+        gemm_wide_bf16_avx2(C, ldc, A, lda, W, ldp, M, N, kg, beta1);
+    else
+        gemm_bf16_avx2(C, ldc, A, lda, W, ldp, sa, M, N, kg, beta1);
+}
+
 /* ---- bf16, AVX512_BF16 (vdpbf16ps): 12 rows x 2 vectors ------------------------- */
 #define QSUF _bf16_avx512bf16
 #define QATTR Q_AVX512BF16
@@ -432,7 +468,7 @@ typedef struct {
 /* [type - 1][isa] */
 static const q_path q_paths[2][FR_QISA_COUNT] = {
     {{"generic", "", gemm_bf16_generic, prep_bf16_generic},
-     {"avx2", "avx2+fma", Q_X86(gemm_bf16_avx2), Q_X86(prep_bf16_avx2)},
+     {"avx2", "avx2+fma", Q_X86(gemm_bf16_avx2_any), Q_X86(prep_bf16_avx2)},
      {"avx512", "avx512f", Q_X86(gemm_bf16_avx512), Q_X86(prep_bf16_avx512)},
      {"avx512bf16", "avx512f+avx512bf16", Q_X86(gemm_bf16_avx512bf16),
       Q_X86(prep_bf16_avx512bf16)}},

@@ -53,6 +53,9 @@ int fr_qbest_isa(int type);
 int fr_qget_isa(int type);
 /* Force a path (tests and benchmarks): FR_EINVAL when unknown or unsupported. */
 int fr_qset_isa(int type, int isa);
+/* The bf16 AVX2 path runs its wide tile (weights widened once per block) for
+ * M >= FR_QWIDE_MIN_ROWS rows, its 2-row tile below (the same sums either way). */
+#define FR_QWIDE_MIN_ROWS 16
 
 /* ---- bfloat16 -------------------------------------------------------------------- */
 /* dst[i] = bf16 bits of src[i]: round to nearest even; |x| < 2^-126 -> signed

@@ -20,7 +20,10 @@ def _paths(precision):
 
 PATHS = _paths("bf16") + _paths("int8")
 SHAPES = [(1, 1, 1), (1, 33, 5), (3, 32, 2), (5, 70, 7), (8, 512, 128), (13, 97, 64),
-          (17, 130, 600), (40, 64, 129), (200, 33, 31)]
+          (17, 130, 600), (40, 64, 129), (200, 33, 31),
+          # the bf16 AVX2 path's wide tile from 16 rows on (qgemm.h FR_QWIDE_MIN_ROWS): both
+          # sides of the switch, its row tiles and blocks, blocks of K (odd K), half panels
+          (15, 45, 257), (16, 16, 129), (21, 70, 255), (123, 33, 257)]
 
 
 @pytest.fixture

@@ -132,12 +132,13 @@ def test_each_isa_path_matches_the_oracle(precision, isa, isa_forced):
     rng = np.random.default_rng(isa)
     lstm = fr.LSTM(37, 40, proj_size=9, seed=5)          # K off the groups, H off the panel
     q = lstm.quantize(precision)
-    x = rng.uniform(-1, 1, (6, 13, 37)).astype(np.float32)
-    y, st = q.forward(x, training=False)
-    y_r, s_r, _ = _oracle(q, x)
-    y_f, st_f = lstm.forward(x, training=False)
-    assert_matches_oracle(y, y_r, y_f)
-    assert_matches_oracle(st.s, s_r, st_f.s)
+    for B in (13, 17):  # the bf16 AVX2 path's recurrent product: its 2-row tile, its wide one
+        x = rng.uniform(-1, 1, (6, B, 37)).astype(np.float32)
+        y, st = q.forward(x, training=False)
+        y_r, s_r, _ = _oracle(q, x)
+        y_f, st_f = lstm.forward(x, training=False)
+        assert_matches_oracle(y, y_r, y_f)
+        assert_matches_oracle(st.s, s_r, st_f.s)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -492,7 +493,7 @@ def test_gru_each_isa_path_matches_the_oracle(precision, isa, linear_before_rese
     rng = np.random.default_rng(isa + 30)
     gru = fr.GRU(37, 40, linear_before_reset=linear_before_reset, seed=5)  # K, H off the grid
     q = gru.quantize(precision)
-    T, B = 8, 13
+    T, B = 8, 17   # from 16 rows on the bf16 AVX2 path's recurrent product runs its wide tile
     x = rng.uniform(-1, 1, (T, B, 37)).astype(np.float32)
     h0 = rng.uniform(-0.5, 0.5, (1, B, 40)).astype(np.float32)
     y, st = q.forward(x, gru.State(h0), training=False)

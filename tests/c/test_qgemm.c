@@ -20,8 +20,9 @@
  *              no saturation, no overflow
  *   sizes      size queries, overflow, NULLs, bad arguments
  * Each GEMM case checks C's padding columns and the rows past M are untouched;
- * shapes: M = 1 .. 17, 64, 200; N not a multiple of the panel; K = 1, odd K,
- * K = 600; offsets that break 64-byte alignment. Last line: "N passed, M failed".
+ * shapes: M = 1 .. 21, 64, 121 .. 123, 200, 243 (both sides of the bf16 AVX2
+ * path's FR_QWIDE_MIN_ROWS, its tiles and blocks); N not a multiple of the
+ * panel; K = 1, odd K, K = 129 .. 601; offsets that break 64-byte alignment. Last line: "N passed, M failed".
  */
 #include <math.h>
 #include <stdarg.h>
@@ -401,6 +402,15 @@ static int n_gemm_cases(gcase *out) {
         {5, 65, 600, 1, 0, 0}, {17, 130, 600, 1, 1, 1}, {8, 512, 128, 1, 0, 0},
         {12, 96, 63, 0, 0, 0}, {13, 97, 64, 1, 1, 0}, {64, 40, 129, 1, 0, 1},
         {200, 70, 33, 1, 1, 0}, {200, 33, 256, 0, 0, 1},
+        // the bf16 AVX2 path's wide tile from FR_QWIDE_MIN_ROWS rows on: both sides of the
+        // switch, tiles of 1 .. 5 rows, blocks of 120 rows and of 64 words of K (K odd,
+        // a last block of one word), N a half panel, or not
+        {FR_QWIDE_MIN_ROWS - 1, 45, 257, 1, 1, 0}, {FR_QWIDE_MIN_ROWS, 16, 129, 1, 0, 1},
+        {FR_QWIDE_MIN_ROWS, 45, 130, 0, 1, 0},     {FR_QWIDE_MIN_ROWS + 1, 17, 255, 1, 1, 1},
+        {FR_QWIDE_MIN_ROWS + 2, 48, 1, 1, 0, 0},   {FR_QWIDE_MIN_ROWS + 3, 100, 2, 0, 0, 1},
+        {FR_QWIDE_MIN_ROWS + 4, 33, 601, 1, 1, 0}, {21, 64, 128, 1, 1, 1},
+        {121, 45, 299, 1, 1, 0}, {122, 70, 7, 1, 0, 1}, {123, 33, 257, 0, 1, 1},
+        {243, 40, 131, 1, 1, 0},
     };
     for (size_t i = 0; i < sizeof more / sizeof more[0]; i++) out[n++] = more[i];
     return n;
@@ -423,7 +433,7 @@ static void test_gemm_paths(int type) {
         gresult res = {.ok = 1};
         for (int i = 0; i < nc; i++) run_case(type, &cases[i], &res, seq);
         if (type == FR_QT_INT8)
-            report(res.ok, "int8 gemm path %-10s %d cases (M 1..17, 64, 200; N 1..512; K 1..600; "
+            report(res.ok, "int8 gemm path %-10s %d cases (M 1..243; N 1..512; K 1..600; "
                            "(N,K)/(K,N) weights; +C; misaligned): == integer reference%s",
                    fr_qisa_name(type, isa), nc, res.fail);
         else

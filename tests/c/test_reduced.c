@@ -341,6 +341,13 @@ static void test_lstm_cases(void) {
             check_case(name, type, &c, lstm_run_v, (size_t)(7 * 5 * R + 5 * 70), bound);
             lstm_free(&c);
         }
+        { // 17 rows: the bf16 AVX2 path's recurrent product on its wide tile
+            lstm_case c = lstm_make(type, 5, 17, 37, 70, 0, FR_PEEP_DIAGONAL, 0, NULL);
+            char name[96];
+            snprintf(name, sizeof name, "%s lstm diagonal, batch 17", tn[type]);
+            check_case(name, type, &c, lstm_run_v, (size_t)(5 * 17 * 70 + 17 * 70), bound);
+            lstm_free(&c);
+        }
         for (int sf = 0; sf <= 1; sf++) {
             rnn_case c = rnn_make(type, 7, 5, 37, 70, sf, lens);
             char name[96];
