@@ -5,8 +5,8 @@ and the int8 LSTM (`lstm.quantize("int8")`) against ONNX Runtime's int8 LSTM (th
 model through `quantize_dynamic`, a DynamicQuantizeLSTM node, as bench/reduced.py), all in
 this one process, taking turns call by call, timed with time.process_time (CPU time,
 which a shared host inflates far less than wall time), plus fusedrnn's breakdown: the kernel
-call alone on preallocated buffers, at T and at T = 1 (the fixed cost of a call, the rest
-divided by T - 1 is the cost of a step).
+call alone on preallocated buffers (with the packed weights an inference call keeps), at T and
+at T = 1 (the fixed cost of a call, the rest divided by T - 1 is the cost of a step).
 
     python bench/profile_small.py                     # small, 1 thread, 2000 calls per row
     python bench/profile_small.py --T 100 --B 1 --I 64 --H 128 --calls 500
@@ -38,8 +38,6 @@ def calls(T: int, B: int, I: int, H: int) -> Dict[str, Callable[[], object]]:
     """{row: one call}, every fusedrnn row checked against torch first."""
     import torch
     import fusedrnn as fr
-    from fusedrnn import _kernel
-    from fusedrnn.core._layer import flat
     torch.set_num_threads(1)
     fr.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -68,22 +66,9 @@ def calls(T: int, B: int, I: int, H: int) -> Dict[str, Callable[[], object]]:
         out[f"torch {cell}"] = torch_call
         out[f"ORT {cell}"] = lambda sess=sess: sess.run(["Y"], {"X": x})
         # the kernel alone, on buffers made once (no validation, allocation or state copies)
-        p = {k: flat(v) for k, v in layer.params.items()}
         for steps in (T, 1):
             xs = np.ascontiguousarray(x[:steps])
-            h_seq = np.empty(steps * B * H, np.float32)
-            hT, cT, z = (np.zeros(B * H, np.float32) for _ in range(3))
-            if cell == "gru":
-                cfg = _kernel.GRUConfig(steps, B, I, H, True, False, None, 1)
-                work = np.empty(cfg.sizes()[2], np.float32)
-
-                def kcall(cfg=cfg, h_seq=h_seq, hT=hT, work=work, xs=xs, z=z, p=p):
-                    _kernel.gru_forward(cfg, h_seq=h_seq, h_T=hT, acts=None, work=work,
-                                        x=flat(xs), h0=z, W_x=p["W_x"], W_h=p["W_h"], b=p["b"],
-                                        b_hn=p["b_hn"])
-            else:
-                kcall = layer_kernel_call(layer, xs, steps, B, H)
-            out[f"kernel {cell} T={steps}"] = kcall
+            out[f"kernel {cell} T={steps}"] = layer_kernel_call(layer, xs, steps, B, H)
         if cell == "lstm":
             out.update(int8_calls(case, layer, x))
     return out
@@ -105,13 +90,18 @@ def int8_calls(case: Case, layer, x: np.ndarray) -> Dict[str, Callable[[], objec
 
 
 def layer_kernel_call(layer, xs: np.ndarray, steps: int, B: int, H: int) -> Callable[[], object]:
-    """The LSTM's kernel call through the layer's own _kernel_forward, on buffers made once."""
+    """The cell's kernel call through the layer's own _kernel_forward, on buffers made once,
+    with the packed weights an inference forward keeps (where the call packs: T >= 8)."""
+    from fusedrnn import _kernel
     cfg = layer._cell_config(steps, B, xs.shape[2], None, False)
     work = np.empty(cfg.sizes()[2], np.float32)
     y = np.empty((steps, B, H), np.float32)
     s_T, o_T = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
     z = np.zeros((B, H), np.float32)
     p = layer._cell_dict(layer.params, 0, 0)
+    if hasattr(layer, "_pack_weights") and _kernel.packs_weights(steps, B):  # kept packs
+        packed = layer._pack_weights(cfg, p)
+        return lambda: layer._kernel_forward(cfg, y, s_T, o_T, None, work, xs, z, z, p, packed)
     return lambda: layer._kernel_forward(cfg, y, s_T, o_T, None, work, xs, z, z, p)
 
 
