@@ -2,7 +2,8 @@
 (`layer.quantize(...)`, on the CPU's best kernels and forced onto the AVX2 ones) against ONNX
 Runtime int8 (`quantize_dynamic` -> DynamicQuantizeLSTM), OpenVINO bf16
 (`INFERENCE_PRECISION_HINT=bf16`), torch bf16 and torch dynamic int8, with fusedrnn float32
-as the reference; every row with the max abs error of y against the float32 forward of the
+as the reference (also forced onto AVX2, micro-kernel and OpenBLAS, the like-for-like base of
+the AVX2 paths); every row with the max abs error of y against the float32 forward of the
 same weights, and a table of the weights' bytes per precision.
 
     python bench/run.py --reduced            # small, medium, large; 1 and 2 threads
@@ -38,6 +39,7 @@ QUICK_CASES = {"small": (20, 1, 16, 32)}
 # competitor -> (label, precision)
 COMPETITORS: Dict[str, Tuple[str, str]] = {
     "fr_f32": ("fusedrnn float32", "f32"),
+    "fr_f32_avx2": ("fusedrnn float32, AVX2", "f32"),
     "fr_bf16": ("fusedrnn bf16", "bf16"),
     "fr_bf16_avx2": ("fusedrnn bf16, AVX2 path", "bf16"),
     "fr_int8": ("fusedrnn int8", "int8"),
@@ -53,7 +55,8 @@ TARGETS = ([(c, "fr_int8", "ort_int8", 1.2) for c in CASES]
            + [("small", "fr_bf16", p, 1.2) for p in ("ov_bf16", "torch_bf16")]
            + [("medium", "fr_bf16", p, 1.15) for p in ("ov_bf16", "torch_bf16")]
            + [("large", "fr_bf16", "ov_bf16", 1.15)]
-           + [(c, f"fr_{p}_avx2", "fr_f32", 1.0) for c in CASES for p in ("bf16", "int8")])
+           + [(c, f"fr_{p}_avx2", "fr_f32", 1.0) for c in CASES for p in ("bf16", "int8")]
+           + [(c, f"fr_{p}_avx2", "fr_f32_avx2", 1.0) for c in CASES for p in ("bf16", "int8")])
 
 
 # ============================================================================ the problem
@@ -117,15 +120,29 @@ def work_fr(name: str, problem, threads: int, timer) -> dict:
         layer.params[k][...] = v
     precision = COMPETITORS[name][1]
     model = layer if precision == "f32" else layer.quantize(precision)
-    isa = None
-    if name.endswith("_avx2"):
+    isa = f32_isa = None
+    if name == "fr_f32_avx2":
+        # the micro-kernel's AVX2 tiles and OpenBLAS's Haswell kernels (OPENBLAS_CORETYPE,
+        # set in this worker's environment by workers.COMPETITOR_ENV): float32 as it runs
+        # on an AVX2 CPU without AVX-512
+        from threadpoolctl import threadpool_info
+        if _kernel.best_isa() < 1:
+            return _skip("this CPU has no AVX2 path")
+        arch = sorted({i.get("architecture") for i in threadpool_info()
+                       if i.get("internal_api") == "openblas"} - {None})
+        if arch and arch != ["Haswell"]:
+            raise RuntimeError(f"OpenBLAS runs {arch} kernels, not Haswell's (OPENBLAS_CORETYPE="
+                               f"{os.environ.get('OPENBLAS_CORETYPE')!r})")
+        f32_isa = _kernel.set_isa(1)
+    elif name.endswith("_avx2"):
         paths = {n: (i, ok) for i, n, _, ok in _kernel.qisa_paths(precision)}
         if "avx2" not in paths or not paths["avx2"][1]:
             return _skip("this CPU has no AVX2 path")
         isa = _kernel.qset_isa(precision, paths["avx2"][0])
     try:
         path = (_kernel.qisa_paths(precision)[_kernel.qget_isa(precision)][1]
-                if precision != "f32" else "float32")
+                if precision != "f32" else "float32" if f32_isa is None else
+                f"float32, micro-kernel avx2, OpenBLAS {','.join(arch) or '?'}")
         x = problem["x"]
         with threadpool_limits(threads, "blas"):
             th = fr_threads(threads)
@@ -134,6 +151,8 @@ def work_fr(name: str, problem, threads: int, timer) -> dict:
     finally:
         if isa is not None:
             _kernel.qset_isa(precision, isa)
+        if f32_isa is not None:
+            _kernel.set_isa(f32_isa)
     return {"version": fr.__version__, "threads": th, "timings": {"inference": t}, "y": y,
             "path": path}
 
@@ -385,10 +404,12 @@ def target_rows(results) -> List[dict]:
 
 def summary(cname: str, th: int, rs: Dict[str, dict]) -> str:
     base = rs["fr_f32"].get("median_s")
+    base2 = rs.get("fr_f32_avx2", {}).get("median_s")
     parts = []
     for c, r in rs.items():
         if "median_s" in r:
-            parts.append(f"{c} {r['median_s'] * 1e3:.3f} ms ({base / r['median_s']:.2f}x)")
+            vs2 = f", {base2 / r['median_s']:.2f}x f32 AVX2" if base2 else ""
+            parts.append(f"{c} {r['median_s'] * 1e3:.3f} ms ({base / r['median_s']:.2f}x{vs2})")
         else:
             parts.append(f"{c} skipped")
     return f"reduced {cname} {th} thr: " + ", ".join(parts)
@@ -397,22 +418,26 @@ def summary(cname: str, th: int, rs: Dict[str, dict]) -> str:
 def markdown(blob: dict) -> str:
     lines = [f"## Reduced precision: inference, one LSTM layer ({blob['date']}, "
              f"load average {blob['loadavg']:.1f})", "",
-             "Median per call; `vs f32` is fusedrnn float32's time over the row's (> 1: faster); "
+             "Median per call; `vs f32` is fusedrnn float32's time over the row's (> 1: faster), "
+             "`vs f32 AVX2` the same for fusedrnn float32 on AVX2 (its micro-kernel and OpenBLAS "
+             "forced onto their AVX2 kernels, the like-for-like base of the AVX2 paths); "
              "error: max |y - y_float32| over the whole output, the same weights.", ""]
     for cname, dims in blob["cases"].items():
         for th, rs in blob["results"][cname].items():
             lines += [f"### {cname} (T={dims['T']} B={dims['B']} I={dims['I']} H={dims['H']}), "
                       f"{th} thread{'s' if int(th) > 1 else ''}", "",
-                      "| competitor | ms | vs f32 | max abs error of y | path |",
-                      "| --- | ---: | ---: | ---: | --- |"]
+                      "| competitor | ms | vs f32 | vs f32 AVX2 | max abs error of y | path |",
+                      "| --- | ---: | ---: | ---: | ---: | --- |"]
             base = rs["fr_f32"]["median_s"]
+            base2 = rs.get("fr_f32_avx2", {}).get("median_s")
             for c, r in rs.items():
                 label = COMPETITORS[c][0]
                 if "median_s" not in r:
-                    lines.append(f"| {label} | skipped: {r['skipped']} | | | |")
+                    lines.append(f"| {label} | skipped: {r['skipped']} | | | | |")
                     continue
+                vs2 = f"{base2 / r['median_s']:.2f}x" if base2 else ""
                 lines.append(f"| {label} | {r['median_s'] * 1e3:.3f} | {base / r['median_s']:.2f}x "
-                             f"| {r['max_abs_err']:.1e} | {r.get('path') or ''} |")
+                             f"| {vs2} | {r['max_abs_err']:.1e} | {r.get('path') or ''} |")
             lines.append("")
     lines += ["### Targets", "", "| case | threads | fusedrnn | against | speed ratio | bound | met "
               "| error <= peer's |", "| --- | ---: | --- | --- | ---: | ---: | --- | --- |"]

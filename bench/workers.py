@@ -239,6 +239,12 @@ def serve(competitor: str, threads: int) -> int:
     return 0
 
 
+# Environment a competitor's worker needs before its first import: fusedrnn float32 on AVX2
+# (reduced.py) runs SciPy's OpenBLAS on its Haswell (AVX2) kernels, which OpenBLAS reads
+# from OPENBLAS_CORETYPE when it loads.
+COMPETITOR_ENV = {"fr_f32_avx2": {"OPENBLAS_CORETYPE": "Haswell"}}
+
+
 class Worker:
     """A live worker process for one (competitor, threads). `python`: the interpreter to run
     it with (default: this one), e.g. another installation's venv/bin/python; the worker runs
@@ -249,6 +255,7 @@ class Worker:
         env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
+        env.update(COMPETITOR_ENV.get(competitor, {}))
         self.competitor, self.threads = competitor, threads
         self.name = f"{competitor}/{threads}" + (f" ({label})" if label else "")
         self.log_path = os.path.join(logdir, f"{competitor}-{threads}{'-' + label if label else ''}.log")
